@@ -1,0 +1,152 @@
+"""The composition root: config + plugins → a :class:`~maitred.core.runtime.Broker`.
+
+With :mod:`maitred.core.cli`, the only core module that may import :mod:`maitred.plugins`.
+
+Embedded use (clients and workers in the same asyncio program)::
+
+    from maitred.core.app import embedded
+
+    async with embedded(mdp=["inproc://maitred"]) as broker:
+        ctx = broker.transport("mdp").context   # share it for inproc:// clients
+        ...
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import msgspec
+import pluggy
+
+from maitred.core.clock import Clock, monotonic
+from maitred.core.config import Config, convert_section, load_config
+from maitred.core.errors import ConfigError
+from maitred.core.runtime import Broker, Hooks
+from maitred.core.transport import TransportSpec
+from maitred.plugins.manager import make_plugin_manager
+
+
+def plugin_manager_for(config: Config, plugins: Iterable[object] = ()) -> pluggy.PluginManager:
+    return make_plugin_manager(disabled=config.plugins.disable, plugins=plugins)
+
+
+def transport_specs(pm: pluggy.PluginManager) -> dict[str, TransportSpec]:
+    """Every transport the registered plugins provide, by name."""
+    specs: dict[str, TransportSpec] = {}
+    for provided in pm.hook.maitred_transports():
+        for spec in provided or ():
+            if spec.name in specs:
+                raise ConfigError(f"two plugins provide a transport named {spec.name!r}")
+            specs[spec.name] = spec
+    return specs
+
+
+def resolve_transports(
+    config: Config, specs: Mapping[str, TransportSpec]
+) -> dict[str, tuple[TransportSpec, msgspec.Struct]]:
+    """Decode each ``[transports.NAME]`` with its plugin's config type; keep the enabled ones."""
+    enabled: dict[str, tuple[TransportSpec, msgspec.Struct]] = {}
+    for name, table in config.transports.items():
+        spec = specs.get(name)
+        if spec is None:
+            known = ", ".join(sorted(specs)) or "none"
+            raise ConfigError(
+                f"{config.source}: transports.{name}: no such transport (installed: {known})"
+            )
+        tconfig = convert_section(table, spec.config_type, f"transports.{name}", config.source)
+        problems = getattr(tconfig, "problems", None)
+        if callable(problems):
+            for problem in problems():
+                raise ConfigError(f"{config.source}: transports.{name}: {problem}")
+        if getattr(tconfig, "enabled", True):
+            enabled[name] = (spec, tconfig)
+    return enabled
+
+
+def apply_addresses(
+    config: Config, specs: Mapping[str, TransportSpec], addresses: Mapping[str, Sequence[str]]
+) -> Config:
+    """Override/enable transports from ``--NAME ADDR`` command-line flags."""
+    transports = {k: dict(v) for k, v in config.transports.items()}
+    for name, addrs in addresses.items():
+        if not addrs:
+            continue
+        spec = specs[name]
+        if spec.cli_addresses is None:
+            raise ConfigError(f"transport {name} takes no address on the command line")
+        table = transports.setdefault(name, {})
+        table.update(spec.cli_addresses(addrs))
+        table["enabled"] = True
+    return msgspec.structs.replace(config, transports=transports)
+
+
+def bind_hooks(pm: pluggy.PluginManager) -> Hooks:
+    """Turn the hooks somebody implements into plain callables (None otherwise)."""
+    h = pm.hook
+
+    def implemented(name: str) -> bool:
+        return bool(getattr(h, name).get_hookimpls())
+
+    hooks = Hooks()
+    if implemented("maitred_authenticate"):
+        hooks.authenticate = lambda transport, credentials: h.maitred_authenticate(
+            transport=transport, credentials=credentials
+        )
+    if implemented("maitred_authorize"):
+        hooks.authorize = lambda identity, action, name: h.maitred_authorize(
+            identity=identity, action=action, name=name
+        )
+    if implemented("maitred_system_event"):
+        hooks.system_event = lambda topic, payload: h.maitred_system_event(
+            topic=topic, payload=payload
+        )
+    if implemented("maitred_broker_started"):
+        hooks.started = lambda broker: list(h.maitred_broker_started(broker=broker))
+    if implemented("maitred_broker_stopping"):
+        hooks.stopping = lambda broker: list(h.maitred_broker_stopping(broker=broker))
+    return hooks
+
+
+def build_broker(
+    config: Config,
+    *,
+    pm: pluggy.PluginManager | None = None,
+    plugins: Iterable[object] = (),
+    addresses: Mapping[str, Sequence[str]] | None = None,
+    clock: Clock = monotonic,
+) -> Broker:
+    """A broker for ``config`` with every installed plugin (minus the disabled ones)."""
+    if pm is None:
+        pm = plugin_manager_for(config, plugins)
+    specs = transport_specs(pm)
+    if addresses:
+        config = apply_addresses(config, specs, addresses)
+    transports = resolve_transports(config, specs)
+    pm.hook.maitred_configure.call_historic(kwargs={"config": config})
+    return Broker(config, transports, bind_hooks(pm), clock=clock)
+
+
+def embedded(
+    config: Config | str | None = None,
+    *,
+    plugins: Iterable[object] = (),
+    **addresses: Sequence[str],
+) -> Broker:
+    """A broker to run inside your own asyncio program: ``async with embedded(...) as b``.
+
+    ``config`` is a :class:`Config`, a path to a TOML file, or None for the embedded defaults.
+    Keyword arguments name transports and their addresses (``mdp=["inproc://x"]``); when any
+    is given, only the transports named run.
+    """
+    cfg = config if isinstance(config, Config) else load_config(config)
+    if addresses:
+        cfg = msgspec.structs.replace(
+            cfg, transports={k: v for k, v in cfg.transports.items() if k in addresses}
+        )
+    return build_broker(cfg, plugins=plugins, addresses=dict(addresses))
+
+
+def defaults() -> dict[str, Any]:
+    """The embedded defaults as a plain dict (what ``conf/maitred.toml`` writes out)."""
+    return msgspec.to_builtins(Config())  # type: ignore[no-any-return]

@@ -1,0 +1,190 @@
+"""The configuration: one TOML file decoded into msgspec Structs.
+
+Every key has a default (the embedded defaults; ``conf/maitred.toml`` writes them all out, and a
+test keeps the two equal). Unknown keys and bad values are refused with a message that names the
+key and the file. Transport sections (``[transports.NAME]``) are checked against the config type
+that the transport's plugin declares (see :mod:`maitred.core.transport`).
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import msgspec
+
+from maitred.core.access import AccessPolicy, AllowAll, Rule, RuleTable
+from maitred.core.errors import ConfigError
+from maitred.core.routing.model import ServicePolicy
+from maitred.core.routing.patterns import is_pattern, matches, validate_pattern
+from maitred.core.routing.router import Liveness
+
+T = TypeVar("T")
+
+class BrokerSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """``[broker]``: the process as a whole."""
+
+    #: shown in logs and mmi.info
+    name: str = "maitred"
+    #: how often deadlines and liveness are checked (seconds); deadlines are never early
+    tick_interval: float = 0.05
+    #: on SIGINT/SIGTERM: how long in-flight requests may take to finish before they fail
+    drain_timeout: float = 5.0
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    #: run the event loop on uvloop when it is installed
+    uvloop: bool = True
+
+
+class AccessSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """``[access]``: the permission table applied to every transport."""
+
+    default: Literal["allow", "deny"] = "allow"
+    rules: list[Rule] = msgspec.field(default_factory=list)
+
+    def policy(self) -> AccessPolicy:
+        if self.default == "allow" and not self.rules:
+            return AllowAll()
+        return RuleTable(self.rules, default_allow=self.default == "allow")
+
+
+class PluginsSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """``[plugins]``: which installed plugins (entry points of group ``maitred``) to skip."""
+
+    disable: list[str] = msgspec.field(default_factory=list)
+
+
+def _default_transports() -> dict[str, dict[str, Any]]:
+    return {"mdp": {}}
+
+
+class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """The whole configuration file."""
+
+    broker: BrokerSection = msgspec.field(default_factory=BrokerSection)
+    liveness: Liveness = msgspec.field(default_factory=Liveness)
+    #: ``default`` applies to every service; other keys are service names or patterns
+    services: dict[str, dict[str, Any]] = msgspec.field(default_factory=dict)
+    access: AccessSection = msgspec.field(default_factory=AccessSection)
+    plugins: PluginsSection = msgspec.field(default_factory=PluginsSection)
+    #: one table per transport; a transport runs when its table exists and ``enabled`` is true
+    transports: dict[str, dict[str, Any]] = msgspec.field(default_factory=_default_transports)
+    #: where this config came from (not a key of the file)
+    source: str = "<embedded defaults>"
+
+    def policies(self) -> ServicePolicies:
+        """The resolved per-service policies (build once; raises :class:`ConfigError`)."""
+        return ServicePolicies(self.services, self.source)
+
+    def enabled_transports(self) -> list[str]:
+        return [name for name, t in self.transports.items() if t.get("enabled", True)]
+
+    def check(self) -> None:
+        """Validate what the Struct types alone cannot; raises :class:`ConfigError`."""
+        problems: list[str] = []
+        problems += [f"liveness: {p}" for p in self.liveness.problems()]
+        if self.broker.tick_interval <= 0:
+            problems.append("broker.tick_interval: must be > 0")
+        if self.broker.drain_timeout < 0:
+            problems.append("broker.drain_timeout: must be >= 0")
+        for i, rule in enumerate(self.access.rules):
+            problems += [f"access.rules[{i}]: {p}" for p in rule.problems()]
+        for name in self.plugins.disable:
+            if not name:
+                problems.append("plugins.disable: empty name")
+        if problems:
+            raise ConfigError(f"{self.source}: " + "; ".join(problems))
+        self.policies()  # validates [services.*]
+
+
+class ServicePolicies:
+    """Resolves a service's policy: its own table, else the first matching pattern table, over
+    ``[services.default]``, over the built-in defaults."""
+
+    def __init__(self, tables: Mapping[str, Mapping[str, Any]], source: str) -> None:
+        base = dict(tables.get("default", {}))
+        self.default = _convert(base, ServicePolicy, "services.default", source)
+        self.exact: dict[str, ServicePolicy] = {}
+        self.patterns: list[tuple[str, ServicePolicy]] = []
+        for name, table in tables.items():
+            if name == "default":
+                continue
+            problem = validate_pattern(name)
+            if problem:
+                raise ConfigError(f"{source}: services.{name}: {problem}")
+            merged = {**base, **table}
+            policy = _convert(merged, ServicePolicy, f"services.{name}", source)
+            if is_pattern(name):
+                self.patterns.append((name, policy))
+            else:
+                self.exact[name] = policy
+        for name, policy in [("default", self.default), *self.exact.items(), *self.patterns]:
+            for p in policy.problems():
+                raise ConfigError(f"{source}: services.{name}: {p}")
+
+    def for_service(self, name: str) -> ServicePolicy:
+        policy = self.exact.get(name)
+        if policy is not None:
+            return policy
+        for pattern, policy in self.patterns:
+            if matches(pattern, name):
+                return policy
+        return self.default
+
+
+_AT = re.compile(r"\s*-\s*at\s*`\$(?P<path>[^`]*)`\s*$")
+
+
+def _explain(error: Exception, prefix: str) -> str:
+    """Turn msgspec's ``... - at `$.a.b``` into ``a.b: ...`` under ``prefix``."""
+    text = str(error)
+    path = ""
+    m = _AT.search(text)
+    if m:
+        text = text[: m.start()]
+        path = m.group("path").lstrip(".")
+        path = re.sub(r"\[(\d+)\]", r"[\1]", path)
+    full = ".".join(p for p in (prefix, path) if p)
+    return f"{full}: {text}" if full else text
+
+
+def _convert(data: Any, typ: type[T], key: str, source: str) -> T:
+    try:
+        return msgspec.convert(data, type=typ, strict=True)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"{source}: {_explain(exc, key)}") from None
+
+
+def convert_section(data: Any, typ: type[T], key: str, source: str) -> T:
+    """Decode one config table into ``typ`` with an error that names ``key`` and the file."""
+    return _convert(data, typ, key, source)
+
+
+def parse_config(text: str, source: str = "<string>") -> Config:
+    """Parse TOML text into a checked :class:`Config`."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source}: not valid TOML: {exc}") from None
+    if "source" in data:
+        raise ConfigError(f"{source}: source: not a configuration key")
+    config = _convert(data, Config, "", source)
+    config.source = source
+    config.check()
+    return config
+
+
+def load_config(path: str | Path | None) -> Config:
+    """Load and check a config file; ``None`` gives the embedded defaults."""
+    if path is None:
+        config = Config()
+        config.check()
+        return config
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{p}: cannot read: {exc.strerror or exc}") from None
+    return parse_config(text, str(p))

@@ -1,0 +1,57 @@
+"""One root error with a numeric code; each transport maps codes to its own wire form.
+
+Code ranges (documented in docs/reference/errors.md):
+
+- 400–499: the caller's fault (bad request, not allowed, unknown name, too large, queue full);
+- 500–599: the broker's or the service's situation (no worker, timeout, worker died, shutdown).
+
+The numbers follow HTTP where an HTTP status means the same thing, so the HTTP front end maps
+most of them one to one.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class ErrorCode(IntEnum):
+    BAD_REQUEST = 400
+    UNAUTHORIZED = 401
+    FORBIDDEN = 403
+    NOT_FOUND = 404
+    TOO_LARGE = 413
+    QUEUE_FULL = 429
+    INTERNAL = 500
+    NOT_IMPLEMENTED = 501
+    WORKER_DIED = 502
+    NO_WORKER = 503
+    TIMEOUT = 504
+    SHUTTING_DOWN = 530
+    CANCELLED = 531
+
+
+class MaitredError(Exception):
+    """The root of every error maitred raises on purpose: a code and a short reason."""
+
+    code: ErrorCode = ErrorCode.INTERNAL
+
+    def __init__(self, reason: str, code: ErrorCode | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        if code is not None:
+            self.code = code
+
+    def __str__(self) -> str:
+        return f"{int(self.code)} {self.code.name}: {self.reason}"
+
+
+class ConfigError(MaitredError):
+    """A configuration file or value that cannot be used; the reason names the key and file."""
+
+    code = ErrorCode.BAD_REQUEST
+
+
+class Denied(MaitredError):
+    """The access policy refused an action."""
+
+    code = ErrorCode.FORBIDDEN

@@ -1,0 +1,228 @@
+"""The objects the router keeps: sessions, workers, services, requests; and the sink contract.
+
+Transports implement :class:`SessionSink` (non-blocking: queue bytes, never await) and hold the
+:class:`Session` and :class:`Worker` handles the router gives them. Everything else here belongs
+to the router; transports read these objects but never change them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict, deque
+from collections.abc import Mapping, Sequence
+from enum import IntEnum
+from typing import Any, Literal, Protocol
+
+import msgspec
+
+from maitred.core.access import Action, Identity
+from maitred.core.errors import MaitredError
+
+#: A message body: opaque frames, never decoded by the core.
+Body = Sequence[bytes]
+Headers = Mapping[str, str]
+
+NO_DEADLINE = math.inf
+
+
+class ReplyKind(IntEnum):
+    PARTIAL = 1
+    FINAL = 2
+
+
+class RequestState(IntEnum):
+    QUEUED = 1
+    DISPATCHED = 2
+    DONE = 3
+    EXPIRED = 4
+    CANCELLED = 5
+
+
+class ServicePolicy(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """How a service treats its requests (``[services.default]`` / ``[services.NAME]``)."""
+
+    #: with no worker connected: ``wait`` queues until the deadline, ``fail`` answers 503 at once
+    on_no_worker: Literal["wait", "fail"] = "wait"
+    #: seconds from acceptance to the final reply; 0 means no deadline
+    request_timeout: float = 30.0
+    #: requests waiting for a worker (not counting those being served)
+    max_queue: int = 10_000
+    #: when the queue is full: ``reject`` the new request, or ``drop_oldest`` waiting one
+    overflow: Literal["reject", "drop_oldest"] = "reject"
+    #: re-dispatch an in-flight request when its worker dies (for idempotent services)
+    redeliver: bool = False
+    #: with ``redeliver``: how many times a request is handed to a worker before it fails
+    max_deliveries: int = 3
+
+    def problems(self) -> list[str]:
+        out = []
+        if self.request_timeout < 0:
+            out.append("request_timeout must be >= 0")
+        if self.max_queue < 0:
+            out.append("max_queue must be >= 0")
+        if self.max_deliveries < 1:
+            out.append("max_deliveries must be >= 1")
+        return out
+
+
+class SessionSink(Protocol):
+    """What a transport implements for each session. Every method must return at once."""
+
+    def deliver_request(self, worker: Worker, request: Request) -> None:
+        """Hand ``request`` to ``worker`` (a worker of this session); reply with its id."""
+
+    def deliver_reply(self, request: Request, kind: ReplyKind, body: Body) -> None:
+        """A partial or final reply to ``request``, which this session submitted."""
+
+    def deliver_error(self, request: Request, error: MaitredError) -> None:
+        """``request`` (submitted by this session) failed; no more replies follow."""
+
+    def deliver_event(self, topic: str, body: Body, headers: Headers) -> None:
+        """A publication on ``topic`` matching one of this session's subscriptions."""
+
+    def worker_removed(self, worker: Worker, reason: str) -> None:
+        """The router dropped ``worker`` on its own (expired, shutdown): tell the peer."""
+
+
+class Session:
+    """One connection (or one logical peer) of a transport."""
+
+    __slots__ = (
+        "allow_cache",
+        "closed",
+        "id",
+        "identity",
+        "label",
+        "opened",
+        "patterns",
+        "sink",
+        "transport",
+        "workers",
+    )
+
+    def __init__(
+        self, sid: int, transport: str, sink: SessionSink, identity: Identity, label: str, now: float
+    ) -> None:
+        self.id = sid
+        self.transport = transport
+        self.sink = sink
+        self.identity = identity
+        self.label = label or f"{transport}:{sid}"
+        self.opened = now
+        self.closed = False
+        self.workers: dict[Worker, None] = {}
+        self.patterns: set[str] = set()
+        self.allow_cache: dict[tuple[Action, str], bool] = {}
+
+    def __repr__(self) -> str:
+        return f"<Session {self.label} {self.identity.name}>"
+
+
+class Worker:
+    """A worker of one service, owned by a session. ``tag`` is the transport's own handle."""
+
+    __slots__ = (
+        "alive",
+        "busy_timeout",
+        "credit",
+        "id",
+        "idle_timeout",
+        "inflight",
+        "label",
+        "live_key",
+        "served",
+        "service",
+        "session",
+        "since",
+        "tag",
+        "touched",
+    )
+
+    def __init__(
+        self,
+        wid: int,
+        session: Session,
+        service: Service,
+        credit: int,
+        tag: Any,
+        label: str,
+        now: float,
+        idle_timeout: float,
+        busy_timeout: float,
+    ) -> None:
+        self.id = wid
+        self.session = session
+        self.service = service
+        self.credit = credit
+        self.tag = tag
+        self.label = label or f"{session.label}/w{wid}"
+        self.inflight: dict[int, Request] = {}
+        self.since = now
+        self.touched = now
+        self.served = 0
+        self.alive = True
+        self.idle_timeout = idle_timeout
+        self.busy_timeout = busy_timeout
+        self.live_key = 0.0  # which liveness list the worker is in (its current timeout)
+
+    def __repr__(self) -> str:
+        return f"<Worker {self.label} of {self.service.name}>"
+
+
+class Service:
+    """A named service: its workers, its waiting requests and its policy."""
+
+    __slots__ = (
+        "errors",
+        "free",
+        "name",
+        "policy",
+        "queue",
+        "queued",
+        "replies",
+        "requests",
+        "timeouts",
+        "workers",
+    )
+
+    def __init__(self, name: str, policy: ServicePolicy) -> None:
+        self.name = name
+        self.policy = policy
+        self.workers: dict[Worker, None] = {}
+        #: workers with credit left, least recently used first
+        self.free: OrderedDict[Worker, None] = OrderedDict()
+        #: waiting requests, oldest first; entries no longer QUEUED are skipped lazily
+        self.queue: deque[Request] = deque()
+        self.queued = 0  # live entries in ``queue``
+        self.requests = 0
+        self.replies = 0
+        self.errors = 0
+        self.timeouts = 0
+
+    def inflight(self) -> int:
+        return sum(len(w.inflight) for w in self.workers)
+
+    def __repr__(self) -> str:
+        return f"<Service {self.name} workers={len(self.workers)} queued={self.queued}>"
+
+
+class Request(msgspec.Struct, kw_only=True):
+    """A request the router has accepted, from acceptance to its final reply or error.
+
+    ``correlation`` is the caller's transport's own note of whom to answer (an MDP routing id, a
+    middleman Rid, a JSON id, an HTTP future); the router never looks inside it. Workers see only
+    ``id`` (their reply token).
+    """
+
+    id: int
+    service: str
+    body: Body
+    caller: Session
+    correlation: Any
+    deadline: float
+    accepted: float
+    headers: Headers | None = None
+    state: RequestState = RequestState.QUEUED
+    worker: Worker | None = None
+    deliveries: int = 0
+    bucket: dict[int, Request] | None = None

@@ -1,0 +1,760 @@
+"""The routing core: services and their workers, requests and replies, topics, liveness.
+
+No I/O, no awaits, no clock: every method that depends on time takes ``now`` (monotonic seconds)
+from the runtime. Deliveries go out through each session's :class:`SessionSink`, synchronously.
+
+Dispatch pairs the oldest waiting request of a service with its least recently used worker that
+has credit left. Deadlines sit in a coarse timing wheel (buckets of ``resolution`` seconds, never
+early); liveness keeps workers in insertion-ordered lists by their last activity, so both cost
+O(1) per message and ``tick`` only looks at what is due.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+import msgspec
+
+from maitred.core.access import Action, AllowAll, Identity, AccessPolicy, is_open
+from maitred.core.errors import Denied, ErrorCode, MaitredError
+from maitred.core.routing.model import (
+    NO_DEADLINE,
+    Body,
+    Headers,
+    ReplyKind,
+    Request,
+    RequestState,
+    Service,
+    ServicePolicy,
+    Session,
+    SessionSink,
+    Worker,
+)
+from maitred.core.routing.patterns import SubjectTree, is_pattern, validate_pattern
+
+log = logging.getLogger("maitred.core.router")
+
+MMI_PREFIX = "mmi."
+SYS_PREFIX = "$sys."
+#: system topics a client may publish on (everything else under ``$sys.`` is the broker's)
+CLIENT_SYS_TOPICS = frozenset({"$sys.broadcast"})
+
+_QUEUED = RequestState.QUEUED
+_DISPATCHED = RequestState.DISPATCHED
+_DONE = RequestState.DONE
+_EXPIRED = RequestState.EXPIRED
+_CANCELLED = RequestState.CANCELLED
+_FINAL = ReplyKind.FINAL
+_PARTIAL = ReplyKind.PARTIAL
+
+_json = msgspec.json.Encoder()
+
+EventHook = Callable[[str, dict[str, Any]], None]
+MmiHandler = Callable[["Router", str, Body], list[bytes]]
+
+
+class Liveness(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Worker liveness defaults (``[liveness]``): a worker silent this long is dead."""
+
+    heartbeat_interval: float = 2.5
+    liveness: int = 3
+    #: a worker holding requests may stay silent this long (majortomo's default)
+    busy_timeout: float = 900.0
+
+    @property
+    def idle_timeout(self) -> float:
+        return self.heartbeat_interval * self.liveness
+
+    def problems(self) -> list[str]:
+        out = []
+        if self.heartbeat_interval <= 0:
+            out.append("heartbeat_interval must be > 0")
+        if self.liveness < 1:
+            out.append("liveness must be >= 1")
+        if self.busy_timeout < 0:
+            out.append("busy_timeout must be >= 0 (0: never expire busy workers)")
+        return out
+
+
+class Router:
+    """The transport-neutral routing core. See the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        policy_for: Callable[[str], ServicePolicy] | None = None,
+        liveness: Liveness | None = None,
+        access: AccessPolicy | None = None,
+        on_event: EventHook | None = None,
+        mmi: MmiHandler | None = None,
+        resolution: float = 0.05,
+    ) -> None:
+        self._policy_for = policy_for or (lambda _name: ServicePolicy())
+        self.liveness = liveness or Liveness()
+        self.access: AccessPolicy = access or AllowAll()
+        self._access_open = is_open(self.access)
+        self._on_event = on_event
+        self._mmi = mmi
+        self._res = resolution
+        self.services: dict[str, Service] = {}
+        self.sessions: dict[int, Session] = {}
+        self.topics: SubjectTree[Session] = SubjectTree()
+        self.stats: Counter[str] = Counter()
+        self._next_request = 0
+        self._next_session = 0
+        self._next_worker = 0
+        # deadline wheel: bucket index -> {request id: request}; heap of bucket indices
+        self._wheel: dict[int, dict[int, Request]] = {}
+        self._wheel_heap: list[int] = []
+        # liveness lists: timeout -> workers ordered by last activity (oldest first)
+        self._live: dict[float, OrderedDict[Worker, None]] = {}
+        self.draining = False
+
+    # -- sessions ---------------------------------------------------------------------------
+
+    def open_session(
+        self,
+        transport: str,
+        sink: SessionSink,
+        identity: Identity,
+        now: float,
+        label: str = "",
+        *,
+        quiet: bool = False,
+    ) -> Session:
+        """Register a connection. ``quiet`` sessions (e.g. an endpoint's shared client session)
+        publish no join/leave events."""
+        self._next_session += 1
+        session = Session(self._next_session, transport, sink, identity, label, now)
+        self.sessions[session.id] = session
+        if not quiet:
+            self._emit(
+                "$sys.session.join",
+                {"session": session.label, "transport": transport, "identity": identity.name},
+            )
+        return session
+
+    def close_session(self, session: Session, now: float, reason: str = "closed") -> None:
+        """Forget a connection: its workers leave (their requests are redelivered or failed),
+        its subscriptions end, replies still due to it are dropped."""
+        if session.closed:
+            return
+        session.closed = True
+        for worker in list(session.workers):
+            self._drop_worker(worker, now, reason, notify=False)
+        for pattern in session.patterns:
+            self.topics.remove(pattern, session)
+        session.patterns.clear()
+        del self.sessions[session.id]
+        self._emit(
+            "$sys.session.leave",
+            {"session": session.label, "transport": session.transport, "reason": reason},
+        )
+
+    def set_identity(self, session: Session, identity: Identity) -> None:
+        """Change who a session is (e.g. after a late login); clears its permission cache."""
+        session.identity = identity
+        session.allow_cache.clear()
+
+    # -- access -----------------------------------------------------------------------------
+
+    def allowed(self, session: Session, action: Action, name: str) -> bool:
+        """Ask the access policy (cached per session); a denial is counted and published."""
+        if self._access_open:
+            return True
+        key = (action, name)
+        verdict = session.allow_cache.get(key)
+        if verdict is None:
+            verdict = self.access.allowed(session.identity, action, name)
+            if len(session.allow_cache) > 4096:
+                session.allow_cache.clear()
+            session.allow_cache[key] = verdict
+        if not verdict:
+            self.stats[f"denied.{action.value}"] += 1
+            self._emit(
+                "$sys.auth.denied",
+                {
+                    "identity": session.identity.name,
+                    "session": session.label,
+                    "transport": session.transport,
+                    "action": action.value,
+                    "name": name,
+                },
+            )
+        return verdict
+
+    def set_access(self, access: AccessPolicy) -> None:
+        """Replace the policy (e.g. when keys or rules change at run time)."""
+        self.access = access
+        self._access_open = is_open(access)
+        for session in self.sessions.values():
+            session.allow_cache.clear()
+
+    # -- services and workers -----------------------------------------------------------------
+
+    def service(self, name: str) -> Service:
+        """The service called ``name``, created with its configured policy on first use."""
+        service = self.services.get(name)
+        if service is None:
+            service = self.services[name] = Service(name, self._policy_for(name))
+        return service
+
+    def add_worker(
+        self,
+        session: Session,
+        service_name: str,
+        now: float,
+        *,
+        credit: int = 1,
+        tag: Any = None,
+        label: str = "",
+        idle_timeout: float | None = None,
+        busy_timeout: float | None = None,
+    ) -> Worker:
+        """Make ``session`` a worker of ``service_name`` with ``credit`` requests at a time.
+
+        ``idle_timeout``/``busy_timeout`` override the liveness defaults; 0 means the transport
+        watches liveness itself (the router never expires the worker). Raises
+        :class:`~maitred.core.errors.Denied` or a ``BAD_REQUEST`` error.
+        """
+        if session.closed:
+            raise MaitredError("session is closed", ErrorCode.BAD_REQUEST)
+        if self.draining:
+            raise MaitredError("broker is shutting down", ErrorCode.SHUTTING_DOWN)
+        if not service_name or service_name.startswith(MMI_PREFIX):
+            raise MaitredError(f"cannot serve {service_name!r}", ErrorCode.BAD_REQUEST)
+        if credit < 1:
+            raise MaitredError("credit must be >= 1", ErrorCode.BAD_REQUEST)
+        if not self.allowed(session, Action.SERVE, service_name):
+            raise Denied(f"{session.identity.name} may not serve {service_name}")
+        service = self.service(service_name)
+        self._next_worker += 1
+        worker = Worker(
+            self._next_worker,
+            session,
+            service,
+            credit,
+            tag,
+            label,
+            now,
+            self.liveness.idle_timeout if idle_timeout is None else idle_timeout,
+            self.liveness.busy_timeout if busy_timeout is None else busy_timeout,
+        )
+        first = not service.workers
+        service.workers[worker] = None
+        service.free[worker] = None
+        session.workers[worker] = None
+        self._live_put(worker, worker.idle_timeout)
+        if first:
+            self._emit("$sys.service.online", {"service": service_name})
+        self._emit(
+            "$sys.worker.ready",
+            {
+                "service": service_name,
+                "worker": worker.label,
+                "transport": session.transport,
+                "identity": session.identity.name,
+            },
+        )
+        self._dispatch(service, now)
+        return worker
+
+    def remove_worker(self, worker: Worker, now: float, reason: str = "disconnect") -> None:
+        """The peer said it leaves (e.g. MDP DISCONNECT). Its requests are redelivered or failed."""
+        self._drop_worker(worker, now, reason, notify=False)
+
+    def touch(self, worker: Worker, now: float) -> None:
+        """The worker showed a sign of life (a heartbeat, any command)."""
+        if worker.alive:
+            worker.touched = now
+            live = self._live.get(worker.live_key)
+            if live is not None:
+                live.move_to_end(worker)
+
+    def _live_put(self, worker: Worker, timeout: float) -> None:
+        worker.live_key = timeout
+        if timeout > 0:
+            live = self._live.get(timeout)
+            if live is None:
+                live = self._live[timeout] = OrderedDict()
+            live[worker] = None
+
+    def _live_move(self, worker: Worker, timeout: float) -> None:
+        old = self._live.get(worker.live_key)
+        if old is not None:
+            old.pop(worker, None)
+        self._live_put(worker, timeout)
+
+    def _drop_worker(self, worker: Worker, now: float, reason: str, notify: bool) -> None:
+        if not worker.alive:
+            return
+        worker.alive = False
+        service = worker.service
+        live = self._live.get(worker.live_key)
+        if live is not None:
+            live.pop(worker, None)
+        del service.workers[worker]
+        service.free.pop(worker, None)
+        worker.session.workers.pop(worker, None)
+        requeue: list[Request] = []
+        for request in worker.inflight.values():
+            if request.state is not _DISPATCHED:
+                continue  # expired or cancelled while in flight: already answered
+            request.worker = None
+            if service.policy.redeliver and request.deliveries < service.policy.max_deliveries:
+                request.state = _QUEUED
+                requeue.append(request)
+                self.stats["requests.redelivered"] += 1
+            else:
+                self._fail(request, MaitredError(f"worker died ({reason})", ErrorCode.WORKER_DIED))
+        worker.inflight.clear()
+        if requeue:
+            service.queue.extendleft(reversed(requeue))
+            service.queued += len(requeue)
+        if notify:
+            try:
+                worker.session.sink.worker_removed(worker, reason)
+            except Exception:  # a transport bug must not corrupt the router's state
+                log.exception("worker_removed failed for %s", worker.label)
+        expired = reason == "expired"
+        self._emit(
+            "$sys.worker.expired" if expired else "$sys.worker.gone",
+            {"service": service.name, "worker": worker.label, "reason": reason},
+        )
+        if not service.workers:
+            self._emit("$sys.service.offline", {"service": service.name})
+            if service.queued and service.policy.on_no_worker == "fail":
+                self._fail_queue(service, ErrorCode.NO_WORKER, "no worker left for the service")
+        self._dispatch(service, now)
+        self._maybe_forget(service)
+
+    def _maybe_forget(self, service: Service) -> None:
+        if not service.workers and not service.queued:
+            service.queue.clear()
+            if self.services.get(service.name) is service:
+                del self.services[service.name]
+
+    # -- requests ---------------------------------------------------------------------------
+
+    def submit(
+        self,
+        session: Session,
+        service_name: str,
+        body: Body,
+        correlation: Any,
+        now: float,
+        *,
+        timeout: float | None = None,
+        headers: Headers | None = None,
+    ) -> Request | None:
+        """Accept a request from ``session``. Replies and errors come back through its sink
+        (an error may come back before this returns); returns the request, or None when it was
+        refused at once."""
+        self._next_request += 1
+        if service_name.startswith(MMI_PREFIX):
+            return self._submit_mmi(session, service_name, body, correlation, now, headers)
+        service = self.services.get(service_name)
+        if service is None:
+            service = self.services[service_name] = Service(
+                service_name, self._policy_for(service_name)
+            )
+        policy = service.policy
+        if timeout is None:
+            timeout = policy.request_timeout
+        request = Request(
+            id=self._next_request,
+            service=service_name,
+            body=body,
+            caller=session,
+            correlation=correlation,
+            deadline=now + timeout if timeout > 0 else NO_DEADLINE,
+            accepted=now,
+            headers=headers,
+        )
+        service.requests += 1
+        if not self._access_open and not self.allowed(session, Action.CALL, service_name):
+            self._refuse(service, request, Denied(f"{session.identity.name} may not call"))
+            return None
+        if self.draining:
+            self._refuse(
+                service, request, MaitredError("broker is shutting down", ErrorCode.SHUTTING_DOWN)
+            )
+            return None
+        free = service.free
+        if free and not service.queued:
+            self._assign(next(iter(free)), request, now)
+            return request
+        if not service.workers and policy.on_no_worker == "fail":
+            self._unhandled(request, "no worker")
+            self._refuse(
+                service, request, MaitredError(f"no worker for {service_name}", ErrorCode.NO_WORKER)
+            )
+            return None
+        if service.queued >= policy.max_queue:
+            if policy.overflow == "reject" or policy.max_queue == 0:
+                self.stats["requests.queue_full"] += 1
+                self._refuse(
+                    service, request, MaitredError("queue is full", ErrorCode.QUEUE_FULL)
+                )
+                return None
+            oldest = self._pop_queued(service)
+            if oldest is not None:
+                self.stats["requests.dropped_oldest"] += 1
+                self._fail(oldest, MaitredError("dropped: queue full", ErrorCode.QUEUE_FULL))
+        if request.deadline != NO_DEADLINE:
+            self._arm(request)
+        service.queue.append(request)
+        service.queued += 1
+        self._dispatch(service, now)
+        return request
+
+    def _refuse(self, service: Service, request: Request, error: MaitredError) -> None:
+        request.state = _DONE
+        service.errors += 1
+        self._maybe_forget(service)
+        request.caller.sink.deliver_error(request, error)
+
+    def _submit_mmi(
+        self,
+        session: Session,
+        name: str,
+        body: Body,
+        correlation: Any,
+        now: float,
+        headers: Headers | None,
+    ) -> Request | None:
+        request = Request(
+            id=self._next_request,
+            service=name,
+            body=body,
+            caller=session,
+            correlation=correlation,
+            deadline=NO_DEADLINE,
+            accepted=now,
+            headers=headers,
+            state=_DONE,
+        )
+        if not self.allowed(session, Action.CALL, name):
+            session.sink.deliver_error(request, Denied(f"{session.identity.name} may not call"))
+            return None
+        self.stats["mmi.requests"] += 1
+        if self._mmi is None:
+            reply = [*body[:-1], b"501"] if body else [b"501"]
+        else:
+            reply = self._mmi(self, name, body)
+        session.sink.deliver_reply(request, _FINAL, reply)
+        return request
+
+    def _pop_queued(self, service: Service) -> Request | None:
+        queue = service.queue
+        while queue:
+            request = queue.popleft()
+            if request.state is _QUEUED:
+                service.queued -= 1
+                return request
+        return None
+
+    def _dispatch(self, service: Service, now: float) -> None:
+        free = service.free
+        queue = service.queue
+        while free and service.queued:
+            request = queue.popleft()
+            if request.state is not _QUEUED:
+                continue
+            service.queued -= 1
+            if request.caller.closed:
+                request.state = _CANCELLED
+                self._disarm(request)
+                continue
+            self._assign(next(iter(free)), request, now)
+        if not service.queued and queue:
+            queue.clear()
+
+    def _assign(self, worker: Worker, request: Request, now: float) -> None:
+        inflight = worker.inflight
+        was_idle = not inflight
+        inflight[request.id] = request
+        request.worker = worker
+        request.state = _DISPATCHED
+        request.deliveries += 1
+        free = worker.service.free
+        if len(inflight) >= worker.credit:
+            del free[worker]
+        else:
+            free.move_to_end(worker)
+        if was_idle:
+            worker.touched = now
+            self._live_move(worker, worker.busy_timeout)
+        worker.session.sink.deliver_request(worker, request)
+
+    def reply(self, worker: Worker, token: int, body: Body, now: float, final: bool = True) -> bool:
+        """A reply from ``worker`` to the request whose id is ``token``. False (and counted)
+        when the worker holds no such request."""
+        request = worker.inflight.get(token)
+        if request is None:
+            self.stats["replies.unknown"] += 1
+            return False
+        worker.touched = now
+        if final:
+            del worker.inflight[token]
+            worker.served += 1
+            service = worker.service
+            free = service.free
+            if worker.alive and worker not in free:
+                free[worker] = None
+            if not worker.inflight:
+                self._live_move(worker, worker.idle_timeout)
+            else:
+                self.touch(worker, now)
+            state = request.state
+            request.state = _DONE
+            if state is _DISPATCHED:
+                service.replies += 1
+                if request.bucket is not None:
+                    del request.bucket[request.id]
+                    request.bucket = None
+                caller = request.caller
+                if not caller.closed:
+                    caller.sink.deliver_reply(request, _FINAL, body)
+            if service.queued:
+                self._dispatch(service, now)
+            return True
+        self.touch(worker, now)
+        if request.state is _DISPATCHED and not request.caller.closed:
+            request.caller.sink.deliver_reply(request, _PARTIAL, body)
+        return True
+
+    def reply_error(self, worker: Worker, token: int, error: MaitredError, now: float) -> bool:
+        """The worker answers ``token`` with an error (for protocols that have error replies)."""
+        request = worker.inflight.get(token)
+        if request is None:
+            self.stats["replies.unknown"] += 1
+            return False
+        if request.state is _DISPATCHED:
+            request.state = _DONE  # so reply() below delivers nothing
+            self._disarm(request)
+            worker.service.errors += 1
+            if not request.caller.closed:
+                request.caller.sink.deliver_error(request, error)
+        return self.reply(worker, token, (), now, final=True)
+
+    def cancel(self, request: Request, now: float) -> None:
+        """The caller gave up on ``request``: nothing more is delivered for it. A worker serving
+        it keeps its credit until it answers."""
+        if request.state is _QUEUED:
+            request.state = _CANCELLED
+            service = self.services.get(request.service)
+            if service is not None:
+                service.queued -= 1
+                self._maybe_forget(service)
+        elif request.state is _DISPATCHED:
+            request.state = _CANCELLED
+        self._disarm(request)
+
+    def _fail(self, request: Request, error: MaitredError) -> None:
+        request.state = _DONE
+        self._disarm(request)
+        service = self.services.get(request.service)
+        if service is not None:
+            service.errors += 1
+        if not request.caller.closed:
+            request.caller.sink.deliver_error(request, error)
+
+    def _fail_queue(self, service: Service, code: ErrorCode, reason: str) -> None:
+        while service.queued:
+            request = self._pop_queued(service)
+            if request is None:
+                break
+            self._unhandled(request, reason)
+            self._fail(request, MaitredError(reason, code))
+        service.queue.clear()
+
+    def _unhandled(self, request: Request, reason: str) -> None:
+        self.stats["requests.unhandled"] += 1
+        self._emit(
+            "$sys.message.unhandled",
+            {"service": request.service, "reason": reason, "caller": request.caller.label},
+        )
+
+    # -- deadlines ----------------------------------------------------------------------------
+
+    def _arm(self, request: Request) -> None:
+        index = -int(-request.deadline // self._res)  # ceil: never expire early
+        bucket = self._wheel.get(index)
+        if bucket is None:
+            bucket = self._wheel[index] = {}
+            heapq.heappush(self._wheel_heap, index)
+        bucket[request.id] = request
+        request.bucket = bucket
+
+    def _disarm(self, request: Request) -> None:
+        bucket = request.bucket
+        if bucket is not None:
+            bucket.pop(request.id, None)
+            request.bucket = None
+
+    def tick(self, now: float) -> None:
+        """Expire what is due at ``now``: request deadlines and silent workers."""
+        current = int(now // self._res)
+        heap = self._wheel_heap
+        while heap and heap[0] <= current:
+            bucket = self._wheel.pop(heapq.heappop(heap), None)
+            if bucket:
+                for request in list(bucket.values()):
+                    request.bucket = None
+                    self._expire(request, now)
+        for timeout, live in list(self._live.items()):
+            limit = now - timeout
+            while live:
+                worker = next(iter(live))
+                if worker.touched > limit:
+                    break
+                self.stats["workers.expired"] += 1
+                log.info(
+                    "worker %s of %s expired after %.1fs of silence",
+                    worker.label,
+                    worker.service.name,
+                    now - worker.touched,
+                )
+                self._drop_worker(worker, now, "expired", notify=True)
+            if not live:
+                del self._live[timeout]
+
+    def _expire(self, request: Request, now: float) -> None:
+        service = self.services.get(request.service)
+        if request.state is _QUEUED:
+            request.state = _EXPIRED
+            if service is not None:
+                service.queued -= 1
+                service.timeouts += 1
+            self.stats["requests.expired_queued"] += 1
+            self._unhandled(request, "deadline passed while waiting for a worker")
+            error = MaitredError(
+                f"no worker answered {request.service} before the deadline", ErrorCode.TIMEOUT
+            )
+            if not request.caller.closed:
+                request.caller.sink.deliver_error(request, error)
+            if service is not None:
+                self._maybe_forget(service)
+        elif request.state is _DISPATCHED:
+            # stays in the worker's inflight until it answers, so its credit stays taken
+            request.state = _EXPIRED
+            if service is not None:
+                service.timeouts += 1
+            self.stats["requests.expired_inflight"] += 1
+            error = MaitredError(
+                f"{request.service} did not answer before the deadline", ErrorCode.TIMEOUT
+            )
+            if not request.caller.closed:
+                request.caller.sink.deliver_error(request, error)
+
+    # -- topics -------------------------------------------------------------------------------
+
+    def subscribe(self, session: Session, pattern: str) -> bool:
+        """Subscribe ``session`` to ``pattern``; False when it was already subscribed.
+        Raises ``Denied`` or a ``BAD_REQUEST`` error for an invalid pattern."""
+        problem = validate_pattern(pattern)
+        if problem:
+            raise MaitredError(problem, ErrorCode.BAD_REQUEST)
+        if not self.allowed(session, Action.SUBSCRIBE, pattern):
+            raise Denied(f"{session.identity.name} may not subscribe to {pattern}")
+        if pattern in session.patterns:
+            return False
+        session.patterns.add(pattern)
+        self.topics.add(pattern, session)
+        return True
+
+    def unsubscribe(self, session: Session, pattern: str) -> bool:
+        if pattern not in session.patterns:
+            return False
+        session.patterns.discard(pattern)
+        self.topics.remove(pattern, session)
+        return True
+
+    def publish(
+        self,
+        session: Session | None,
+        topic: str,
+        body: Body,
+        headers: Headers | None = None,
+    ) -> int:
+        """Deliver to every session subscribed to a matching pattern (once per session).
+        ``session`` None is the broker itself. Returns the number of sessions reached."""
+        if session is not None:
+            problem = validate_pattern(topic)
+            if problem or is_pattern(topic):
+                raise MaitredError(problem or "cannot publish to a pattern", ErrorCode.BAD_REQUEST)
+            if topic.startswith(SYS_PREFIX) and topic not in CLIENT_SYS_TOPICS:
+                self.allowed(session, Action.PUBLISH, topic)  # counts/publishes as a denial
+                raise Denied(f"{topic} is reserved for the broker")
+            if not self.allowed(session, Action.PUBLISH, topic):
+                raise Denied(f"{session.identity.name} may not publish to {topic}")
+        targets = self.topics.match(topic)
+        hdrs = headers or {}
+        for target in targets:
+            if not target.closed:
+                try:
+                    target.sink.deliver_event(topic, body, hdrs)
+                except Exception:
+                    log.exception("deliver_event failed for %s", target.label)
+        self.stats["published"] += 1
+        self.stats["delivered"] += len(targets)
+        return len(targets)
+
+    def _emit(self, topic: str, payload: dict[str, Any]) -> None:
+        if self._on_event is not None:
+            try:
+                self._on_event(topic, payload)
+            except Exception:
+                log.exception("system event hook failed for %s", topic)
+        if self.topics:
+            targets = self.topics.match(topic)
+            if targets:
+                body = (_json.encode(payload),)
+                for target in targets:
+                    if not target.closed:
+                        try:
+                            target.sink.deliver_event(topic, body, {})
+                        except Exception:
+                            log.exception("deliver_event failed for %s", target.label)
+
+    # -- shutdown -----------------------------------------------------------------------------
+
+    def begin_drain(self) -> None:
+        """Refuse new requests and workers from now on; in-flight requests may still finish."""
+        self.draining = True
+
+    def inflight_count(self) -> int:
+        return sum(svc.inflight() for svc in self.services.values())
+
+    def shutdown(self, now: float) -> None:
+        """Fail everything still pending and drop every worker (telling each peer)."""
+        self.draining = True
+        for service in list(self.services.values()):
+            self._fail_queue(service, ErrorCode.SHUTTING_DOWN, "broker is shutting down")
+            for worker in list(service.workers):
+                for request in worker.inflight.values():
+                    if request.state is _DISPATCHED:
+                        self._fail(
+                            request,
+                            MaitredError("broker is shutting down", ErrorCode.SHUTTING_DOWN),
+                        )
+                self._drop_worker(worker, now, "shutdown", notify=True)
+
+    # -- introspection (MMI, metrics) ----------------------------------------------------------
+
+    def iter_workers(self) -> Iterator[Worker]:
+        for service in self.services.values():
+            yield from service.workers
+
+    def snapshot(self) -> Mapping[str, Any]:
+        return {
+            "services": len(self.services),
+            "sessions": len(self.sessions),
+            "workers": sum(len(s.workers) for s in self.services.values()),
+            "stats": dict(self.stats),
+        }

@@ -1,0 +1,235 @@
+"""The asyncio driver around the router: transports, the tick timer, start-up and drain.
+
+Use it embedded in an asyncio program (see :func:`maitred.core.app.embedded`)::
+
+    async with embedded(mdp=["inproc://broker"]) as broker:
+        ...  # clients and workers in the same process
+
+or let ``maitred serve`` run it. ``stop()`` drains: new requests and workers are refused, the
+transports stop accepting, in-flight requests get ``drain_timeout`` seconds to finish, the rest
+fail with SHUTTING_DOWN, workers are told DISCONNECT, sockets close.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+import msgspec
+
+from maitred.core import __version__
+from maitred.core.access import Action, HookedPolicy, Identity
+from maitred.core.clock import Clock, monotonic
+from maitred.core.config import Config
+from maitred.core.errors import MaitredError
+from maitred.core.management import Management
+from maitred.core.routing.router import Router
+from maitred.core.transport import BrokerPort, Transport, TransportSpec
+
+log = logging.getLogger("maitred.core.runtime")
+
+LifecycleHook = Callable[["Broker"], list[Any]]
+
+
+@dataclass
+class Hooks:
+    """Plugin hooks bound once at start-up into plain callables (None: nobody implements it)."""
+
+    authenticate: Callable[[str, Mapping[str, Any]], Identity | None] | None = None
+    authorize: Callable[[Identity, Action, str], bool | None] | None = None
+    system_event: Callable[[str, dict[str, Any]], None] | None = None
+    started: LifecycleHook | None = None
+    stopping: LifecycleHook | None = None
+
+
+async def _await_all(results: list[Any]) -> None:
+    for result in results:
+        if inspect.isawaitable(result):
+            await result
+
+
+class Broker:
+    """One broker: a router, its transports and its timers."""
+
+    def __init__(
+        self,
+        config: Config,
+        transports: Mapping[str, tuple[TransportSpec, msgspec.Struct]],
+        hooks: Hooks | None = None,
+        clock: Clock = monotonic,
+    ) -> None:
+        self.config = config
+        self.hooks = hooks or Hooks()
+        self.clock = clock
+        self._specs = dict(transports)
+        self._policies = config.policies()
+        access = config.access.policy()
+        if self.hooks.authorize is not None:
+            access = HookedPolicy(self.hooks.authorize, access)
+        self.router = Router(
+            policy_for=self._policies.for_service,
+            liveness=config.liveness,
+            access=access,
+            on_event=self.hooks.system_event,
+            mmi=Management(self.info, clock),
+            resolution=config.broker.tick_interval,
+        )
+        self.port = BrokerPort(
+            self.router,
+            clock,
+            config.liveness,
+            authenticate=self.hooks.authenticate,
+            info=self.info,
+        )
+        self.transports: dict[str, Transport] = {}
+        self.started_at: float | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._stopped = asyncio.Event()
+        self._drained = asyncio.Event()
+        self._stopping: asyncio.Task[None] | None = None
+        self.state = "new"
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self.state != "new":
+            raise MaitredError(f"broker already {self.state}")
+        self.state = "starting"
+        self.started_at = self.clock()
+        try:
+            for name, (spec, tconfig) in self._specs.items():
+                transport = spec.factory(tconfig, self.port)
+                await transport.start()
+                self.transports[name] = transport
+                for endpoint in transport.endpoints():
+                    log.info("%s listening on %s", name, endpoint)
+        except BaseException:
+            await self._close_transports()
+            self.state = "stopped"
+            raise
+        self._schedule_tick()
+        self.state = "running"
+        if self.hooks.started is not None:
+            await _await_all(self.hooks.started(self))
+        log.info(
+            "%s %s running with %s",
+            self.config.broker.name,
+            __version__,
+            ", ".join(self.transports) or "no transports",
+        )
+
+    async def stop(self, drain_timeout: float | None = None) -> None:
+        """Drain and stop (idempotent; concurrent callers wait for the same drain)."""
+        if self._stopping is None:
+            self._stopping = asyncio.ensure_future(self._stop(drain_timeout))
+        await asyncio.shield(self._stopping)
+
+    def request_stop(self) -> None:
+        """Begin :meth:`stop` from a signal handler or callback (returns at once)."""
+        if self._stopping is None and self.state in ("running", "starting"):
+            self._stopping = asyncio.ensure_future(self._stop(None))
+
+    async def _stop(self, drain_timeout: float | None) -> None:
+        if self.state not in ("running", "starting"):
+            self._stopped.set()
+            return
+        self.state = "draining"
+        timeout = self.config.broker.drain_timeout if drain_timeout is None else drain_timeout
+        if self.hooks.stopping is not None:
+            try:
+                await _await_all(self.hooks.stopping(self))
+            except Exception:
+                log.exception("a maitred_broker_stopping hook failed")
+        self.router.begin_drain()
+        for transport in self.transports.values():
+            try:
+                await transport.stop_accepting()
+            except Exception:
+                log.exception("transport %s failed to stop accepting", transport.name)
+        inflight = self.router.inflight_count()
+        if inflight and timeout > 0:
+            log.info("draining: waiting up to %.1fs for %d in-flight requests", timeout, inflight)
+            self._check_drained()
+            try:
+                await asyncio.wait_for(self._drained.wait(), timeout)
+            except TimeoutError:
+                log.warning(
+                    "drain timeout: %d requests still in flight fail with SHUTTING_DOWN",
+                    self.router.inflight_count(),
+                )
+        self.router.shutdown(self.clock())
+        await self._close_transports()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self.state = "stopped"
+        log.info("%s stopped", self.config.broker.name)
+        self._stopped.set()
+
+    async def _close_transports(self) -> None:
+        for transport in reversed(list(self.transports.values())):
+            try:
+                await transport.close()
+            except Exception:
+                log.exception("transport %s failed to close", transport.name)
+
+    async def serve_forever(self) -> None:
+        """Wait until the broker has stopped (after :meth:`stop` or :meth:`request_stop`)."""
+        await self._stopped.wait()
+
+    async def __aenter__(self) -> Broker:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    # -- timers ---------------------------------------------------------------------------
+
+    def _schedule_tick(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._timer = loop.call_later(self.config.broker.tick_interval, self._tick)
+
+    def _tick(self) -> None:
+        try:
+            self.router.tick(self.clock())
+        except Exception:  # never let the timer die; the failure is a bug worth a traceback
+            log.exception("router tick failed")
+        if self.state == "draining":
+            self._check_drained()
+        if self.state in ("running", "draining"):
+            self._schedule_tick()
+
+    def _check_drained(self) -> None:
+        if not self.router.inflight_count():
+            self._drained.set()
+
+    # -- introspection ----------------------------------------------------------------------
+
+    def transport(self, name: str) -> Transport:
+        """A running transport by name (KeyError when not running)."""
+        return self.transports[name]
+
+    def endpoints(self) -> dict[str, list[str]]:
+        return {name: t.endpoints() for name, t in self.transports.items()}
+
+    def info(self) -> dict[str, Any]:
+        now = self.clock()
+        return {
+            "name": self.config.broker.name,
+            "version": __version__,
+            "uptime": round(now - self.started_at, 3) if self.started_at is not None else 0.0,
+            "state": self.state,
+            "transports": self.endpoints(),
+            "config": self.config.source,
+        }

@@ -1,0 +1,415 @@
+"""The MDP transport: one ROUTER socket for clients and workers of every dialect.
+
+Hot path (DESIGN.md §6): the socket's FD is registered with ``loop.add_reader``; when readable,
+messages are drained with NOBLOCK in batches until EAGAIN, each routed at once (sends never
+await: a ROUTER send either queues or, at the peer's high-water mark, drops). No per-message
+logging, task, hook lookup or JSON.
+
+MDP clients need no session state: each request's correlation carries the client's routing id,
+dialect and service frame, so the reply goes back in kind. All clients of an endpoint share one
+quiet session (identity from ``[transports.mdp]``). Each worker is a session of its own, created
+on a valid READY and closed on DISCONNECT, expiry or a protocol violation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import msgspec
+import zmq
+
+from maitred.core.access import Identity
+from maitred.core.errors import ErrorCode, MaitredError
+from maitred.core.routing.model import Body, Headers, ReplyKind, Request, Session, Worker
+from maitred.core.transport import BrokerPort
+from maitred.transports.mdp import codec
+from maitred.transports.mdp.codec import (
+    CLIENT_REQUEST,
+    DISCONNECT,
+    HEARTBEAT,
+    READY,
+    REPLY_FINAL,
+    REPLY_PARTIAL,
+    MdpFormatError,
+)
+
+log = logging.getLogger("maitred.transports.mdp")
+
+_FINAL = ReplyKind.FINAL
+_NOBLOCK = zmq.NOBLOCK
+
+
+class MdpConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """``[transports.mdp]``: the ZeroMQ Majordomo front end."""
+
+    enabled: bool = True
+    #: ZeroMQ endpoints to bind: ``tcp://HOST:PORT`` (port 0 or ``*``: any free port),
+    #: ``ipc:///path``, ``inproc://name``
+    endpoints: list[str] = msgspec.field(default_factory=lambda: ["tcp://127.0.0.1:5555"])
+    #: seconds between HEARTBEATs to workers; 0: the ``[liveness]`` value
+    heartbeat_interval: float = 0.0
+    #: intervals of silence before a worker is dead; 0: the ``[liveness]`` value
+    liveness: int = 0
+    #: largest accepted message body (sum of frame sizes, bytes)
+    max_message_size: int = 1 << 20
+    #: most body frames in one message
+    max_frames: int = 64
+    #: messages handled per wake-up before yielding to other work
+    batch: int = 512
+    #: ZeroMQ high-water marks (messages queued per peer)
+    sndhwm: int = 100_000
+    rcvhwm: int = 100_000
+    #: answer a failed request (no worker, timeout, worker died, denied) with a FINAL whose body
+    #: is ``[b"<code>", b"<reason>"]`` (like MMI's status frames); false: drop it (the client
+    #: times out, as MDP clients are used to)
+    error_replies: bool = True
+    #: the identity MDP peers get (MDP has no authentication of its own)
+    identity: str = "anonymous"
+    roles: list[str] = msgspec.field(default_factory=list)
+    #: milliseconds to keep sending queued messages (e.g. DISCONNECTs) after close
+    linger_ms: int = 500
+
+    def problems(self) -> list[str]:
+        out = []
+        if not self.endpoints:
+            out.append("endpoints: at least one endpoint is needed")
+        for ep in self.endpoints:
+            if "://" not in ep:
+                out.append(f"endpoints: {ep!r} is not a ZeroMQ endpoint (tcp://, ipc://, inproc://)")
+        if self.max_message_size < 1:
+            out.append("max_message_size must be >= 1")
+        if self.max_frames < 1:
+            out.append("max_frames must be >= 1")
+        if self.batch < 1:
+            out.append("batch must be >= 1")
+        return out
+
+
+class _MdpWorker:
+    __slots__ = ("dialect", "rid", "session", "worker")
+
+    def __init__(self, rid: bytes, dialect: int, session: Session, worker: Worker) -> None:
+        self.rid = rid
+        self.dialect = dialect
+        self.session = session
+        self.worker = worker
+
+
+def _bind_address(endpoint: str) -> str:
+    if endpoint.startswith("tcp://") and endpoint.endswith(":0"):
+        return endpoint[:-2] + ":*"
+    return endpoint
+
+
+class MdpTransport:
+    """The ``mdp`` transport (see the module docstring)."""
+
+    name = "mdp"
+
+    def __init__(self, config: MdpConfig, port: BrokerPort, context: zmq.Context[Any] | None = None):
+        self.config = config
+        self.port = port
+        self.router = port.router
+        self._own_context = context is None
+        self.context: zmq.Context[Any] = context or zmq.Context()
+        self.socket: zmq.Socket[Any] | None = None
+        self._bound: list[str] = []
+        live = port.liveness
+        self.heartbeat_interval = config.heartbeat_interval or live.heartbeat_interval
+        self.idle_timeout = self.heartbeat_interval * (config.liveness or live.liveness)
+        self._workers: dict[bytes, _MdpWorker] = {}
+        self._names: dict[bytes, str] = {}
+        self._clients: Session | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._fd: int | None = None
+        self._hb_timer: asyncio.TimerHandle | None = None
+        self._scheduled = False
+        self._closed = False
+        self.stats = port.stats
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        loop = self._loop = asyncio.get_running_loop()
+        sock = self.socket = self.context.socket(zmq.ROUTER)
+        sock.setsockopt(zmq.LINGER, self.config.linger_ms)
+        sock.setsockopt(zmq.SNDHWM, self.config.sndhwm)
+        sock.setsockopt(zmq.RCVHWM, self.config.rcvhwm)
+        # a single frame larger than the whole body limit (plus headroom) drops the connection in
+        # libzmq before Python sees it; smaller oversized messages are refused per message below
+        sock.setsockopt(zmq.MAXMSGSIZE, self.config.max_message_size + 4096)
+        try:
+            for endpoint in self.config.endpoints:
+                sock.bind(_bind_address(endpoint))
+                self._bound.append(sock.getsockopt_string(zmq.LAST_ENDPOINT))
+        except zmq.ZMQError as exc:
+            sock.close(0)
+            self.socket = None
+            raise MaitredError(
+                f"mdp: cannot bind {endpoint}: {exc.strerror}", ErrorCode.BAD_REQUEST
+            ) from None
+        identity = Identity(self.config.identity, frozenset(self.config.roles))
+        self._clients = self.router.open_session(
+            "mdp", self, identity, self.port.clock(), label="mdp:clients", quiet=True
+        )
+        self._identity = identity
+        self._fd = sock.getsockopt(zmq.FD)
+        loop.add_reader(self._fd, self._on_readable)
+        self._hb_timer = loop.call_later(self.heartbeat_interval, self._heartbeat)
+        self._on_readable()
+
+    def endpoints(self) -> list[str]:
+        return list(self._bound)
+
+    async def stop_accepting(self) -> None:
+        # the router refuses new requests and READYs while draining; replies keep flowing
+        return None
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._hb_timer is not None:
+            self._hb_timer.cancel()
+        now = self.port.clock()
+        for w in list(self._workers.values()):
+            self._send(w.rid, codec.worker_disconnect(w.dialect))
+            self.router.close_session(w.session, now, "broker closing")
+        self._workers.clear()
+        if self._clients is not None:
+            self.router.close_session(self._clients, now, "broker closing")
+        if self._loop is not None and self._fd is not None:
+            self._loop.remove_reader(self._fd)
+        if self.socket is not None:
+            self.socket.close(self.config.linger_ms)
+            self.socket = None
+        if self._own_context:
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(None, self.context.term)
+
+    # -- receive ------------------------------------------------------------------------------
+
+    def _on_readable(self) -> None:
+        self._scheduled = False
+        sock = self.socket
+        if sock is None:
+            return
+        recv = sock.recv_multipart
+        handle = self._handle
+        now = self.port.clock()
+        n = 0
+        try:
+            for n in range(self.config.batch):  # noqa: B007
+                try:
+                    frames = recv(_NOBLOCK)
+                except zmq.Again:
+                    break
+                handle(frames, now)
+            else:
+                self._reschedule()
+                return
+            # the FD is edge-triggered and sends may have consumed the edge: look again
+            if sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                self._reschedule()
+        except zmq.ZMQError as exc:
+            if not self._closed:
+                log.error("mdp socket error after %d messages: %s", n, exc)
+
+    def _reschedule(self) -> None:
+        if not self._scheduled and self._loop is not None:
+            self._scheduled = True
+            self._loop.call_soon(self._on_readable)
+
+    def _handle(self, frames: list[bytes], now: float) -> None:
+        rid = frames[0]
+        try:
+            command, dialect, name, body = codec.parse(frames[1:])
+        except MdpFormatError as exc:
+            self._reject(rid, exc.reason)
+            return
+        if command == CLIENT_REQUEST:
+            self._on_request(rid, dialect, name, body, now)
+        elif command == REPLY_FINAL or command == REPLY_PARTIAL:
+            w = self._workers.get(rid)
+            if w is None:
+                self._violation(rid, dialect, "reply from a peer that never sent READY")
+                return
+            try:
+                token = int(name)
+            except ValueError:
+                self._reject(rid, "reply with an unknown client address")
+                self.router.touch(w.worker, now)
+                return
+            if len(body) > self.config.max_frames or sum(map(len, body)) > self.config.max_message_size:
+                self._reject(rid, "oversized reply")
+                self.router.reply_error(
+                    w.worker,
+                    token,
+                    MaitredError("the reply is larger than the broker accepts", ErrorCode.TOO_LARGE),
+                    now,
+                )
+                return
+            if not self.router.reply(w.worker, token, body, now, command == REPLY_FINAL):
+                self.stats["mdp.late_replies"] += 1
+        elif command == HEARTBEAT:
+            w = self._workers.get(rid)
+            if w is None:
+                self._violation(rid, dialect, "HEARTBEAT from a peer that never sent READY")
+            else:
+                self.router.touch(w.worker, now)
+        elif command == READY:
+            self._on_ready(rid, dialect, name, now)
+        elif command == DISCONNECT:
+            w = self._workers.pop(rid, None)
+            if w is not None:
+                log.debug("worker %s of %s disconnected", w.worker.label, w.worker.service.name)
+                self.router.close_session(w.session, now, "disconnect")
+
+    def _service_name(self, raw: bytes) -> str | None:
+        name = self._names.get(raw)
+        if name is None:
+            try:
+                name = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                return None
+            if len(self._names) < 65536:
+                self._names[raw] = name
+        return name
+
+    def _on_request(self, rid: bytes, dialect: int, service_raw: bytes, body: list[bytes], now: float) -> None:
+        service = self._service_name(service_raw)
+        if service is None or not service:
+            self._reject(rid, "service name is not UTF-8 text")
+            return
+        clients = self._clients
+        assert clients is not None
+        if len(body) > self.config.max_frames or sum(map(len, body)) > self.config.max_message_size:
+            self._reject(rid, "oversized request")
+            request = Request(
+                id=0,
+                service=service,
+                body=(),
+                caller=clients,
+                correlation=(rid, dialect, service_raw),
+                deadline=0.0,
+                accepted=now,
+            )
+            self.deliver_error(
+                request, MaitredError("the request is larger than the broker accepts", ErrorCode.TOO_LARGE)
+            )
+            return
+        self.router.submit(clients, service, body, (rid, dialect, service_raw), now)
+
+    def _on_ready(self, rid: bytes, dialect: int, service_raw: bytes, now: float) -> None:
+        old = self._workers.get(rid)
+        if old is not None:
+            self._violation(rid, dialect, "second READY")
+            return
+        service = self._service_name(service_raw)
+        if service is None:
+            self._violation(rid, dialect, "READY with a service name that is not UTF-8")
+            return
+        if service.startswith("mmi."):
+            self._violation(rid, dialect, "READY for an mmi.* service")
+            return
+        session = self.router.open_session(
+            "mdp", self, self._identity, now, label=f"mdp:{rid.hex()}"
+        )
+        try:
+            worker = self.router.add_worker(
+                session,
+                service,
+                now,
+                credit=1,
+                label=f"mdp:{rid.hex()}",
+                idle_timeout=self.idle_timeout,
+            )
+        except MaitredError as exc:
+            self.stats[f"mdp.ready_refused.{exc.code.name.lower()}"] += 1
+            log.info("mdp: READY for %s refused: %s", service, exc.reason)
+            self._send(rid, codec.worker_disconnect(dialect))
+            self.router.close_session(session, now, f"refused: {exc.reason}")
+            return
+        mw = _MdpWorker(rid, dialect, session, worker)
+        worker.tag = mw
+        self._workers[rid] = mw
+        log.debug("worker %s ready for %s (%s)", worker.label, service, codec.DIALECT_NAMES.get(dialect))
+
+    def _reject(self, rid: bytes, reason: str) -> None:
+        """Drop a message: counted, logged at debug level, no state created."""
+        self.stats["mdp.rejected"] += 1
+        self.stats[f"mdp.rejected.{reason}"] += 1
+        log.debug("mdp: dropped a message from %s: %s", rid.hex(), reason)
+
+    def _violation(self, rid: bytes, dialect: int, reason: str) -> None:
+        """A worker broke the protocol: DISCONNECT it and forget it."""
+        self._reject(rid, reason)
+        self._send(rid, codec.worker_disconnect(dialect))
+        w = self._workers.pop(rid, None)
+        if w is not None:
+            self.router.close_session(w.session, self.port.clock(), f"protocol violation: {reason}")
+
+    # -- send ---------------------------------------------------------------------------------
+
+    def _send(self, rid: bytes, frames: list[bytes]) -> None:
+        sock = self.socket
+        if sock is None:
+            return
+        try:
+            sock.send_multipart([rid, *frames], _NOBLOCK)
+        except zmq.ZMQError as exc:
+            self.stats["mdp.send_failed"] += 1
+            log.debug("mdp: send to %s failed: %s", rid.hex(), exc)
+
+    def _heartbeat(self) -> None:
+        if self._closed or self._loop is None:
+            return
+        for w in self._workers.values():
+            self._send(w.rid, codec.worker_heartbeat(w.dialect))
+        self._hb_timer = self._loop.call_later(self.heartbeat_interval, self._heartbeat)
+
+    # -- SessionSink --------------------------------------------------------------------------
+
+    def deliver_request(self, worker: Worker, request: Request) -> None:
+        w: _MdpWorker = worker.tag
+        self._send(w.rid, codec.worker_request(w.dialect, b"%d" % request.id, list(request.body)))
+
+    def deliver_reply(self, request: Request, kind: ReplyKind, body: Body) -> None:
+        rid, dialect, service_raw = request.correlation
+        frames = codec.client_reply(dialect, kind is _FINAL, service_raw, list(body))
+        if frames is not None:
+            self._send(rid, frames)
+
+    def deliver_error(self, request: Request, error: MaitredError) -> None:
+        self.stats[f"mdp.errors.{int(error.code)}"] += 1
+        if not self.config.error_replies:
+            return
+        rid, dialect, service_raw = request.correlation
+        body = [b"%d" % int(error.code), error.reason.encode("utf-8", "replace")]
+        frames = codec.client_reply(dialect, True, service_raw, body)
+        if frames is not None:
+            self._send(rid, frames)
+
+    def deliver_event(self, topic: str, body: Body, headers: Headers) -> None:
+        # MDP has no subscriptions, so the router never publishes to an MDP session
+        return None
+
+    def worker_removed(self, worker: Worker, reason: str) -> None:
+        w: _MdpWorker | None = worker.tag
+        if w is None:
+            return
+        self._send(w.rid, codec.worker_disconnect(w.dialect))
+        if self._workers.get(w.rid) is w:
+            del self._workers[w.rid]
+        if self._loop is not None:
+            self._loop.call_soon(self._close_worker_session, w.session, reason)
+
+    def _close_worker_session(self, session: Session, reason: str) -> None:
+        self.router.close_session(session, self.port.clock(), reason)
+
+
+def cli_addresses(addresses: Sequence[str]) -> dict[str, Any]:
+    return {"endpoints": list(addresses)}

@@ -1,0 +1,284 @@
+"""Majordomo (MDP/0.1, RFC 18 MDP/0.2 and the majortomo dialect) as pure bytes ⇄ tuples.
+
+No I/O here: the adapter owns the socket and calls these functions. Layouts start *after* the
+routing-id frame that a ROUTER socket prepends (see PROTOCOLS.md §1).
+
+A peer's **dialect** is a small int of flags, detected from its first valid message and used to
+answer it in kind:
+
+- ``ENVELOPE``: every message starts with an empty frame (MDP/0.1, majortomo, REQ sockets);
+- ``V2``: MDP/0.2 headers (``MDPC02``/``MDPW02``) rather than 0.1;
+- ``SHORT``: majortomo client style: REQUEST byte 0x02, replies 0x03/0x04 with no service frame.
+
+The parser returns a plain tuple ``(command, dialect, name, body)`` for speed (this is on the hot
+path); malformed input raises :class:`MdpFormatError` with a short reason, never anything else.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+# -- protocol constants ------------------------------------------------------------------------
+
+C01: Final = b"MDPC01"
+W01: Final = b"MDPW01"
+C02: Final = b"MDPC02"
+W02: Final = b"MDPW02"
+EMPTY: Final = b""
+
+# dialect flags
+ENVELOPE: Final = 1
+V2: Final = 2
+SHORT: Final = 4
+
+#: the dialects maitred speaks, by name (for logs, MMI and docs)
+DIALECT_NAMES: Final[dict[int, str]] = {
+    ENVELOPE: "MDP/0.1",
+    V2: "MDP/0.2 (RFC 18)",
+    V2 | ENVELOPE: "MDP/0.2 (RFC 18, enveloped)",
+    V2 | ENVELOPE | SHORT: "MDP/0.2 (majortomo)",
+    V2 | SHORT: "MDP/0.2 (majortomo, no envelope)",
+}
+
+# parsed commands (broker side)
+CLIENT_REQUEST: Final = 1
+READY: Final = 2
+REPLY_PARTIAL: Final = 3
+REPLY_FINAL: Final = 4
+HEARTBEAT: Final = 5
+DISCONNECT: Final = 6
+
+COMMAND_NAMES: Final[dict[int, str]] = {
+    CLIENT_REQUEST: "REQUEST",
+    READY: "READY",
+    REPLY_PARTIAL: "PARTIAL",
+    REPLY_FINAL: "FINAL",
+    HEARTBEAT: "HEARTBEAT",
+    DISCONNECT: "DISCONNECT",
+}
+
+# worker command bytes
+_W01_CMDS: Final[dict[bytes, int]] = {
+    b"\x01": READY,
+    b"\x03": REPLY_FINAL,
+    b"\x04": HEARTBEAT,
+    b"\x05": DISCONNECT,
+}
+_W02_CMDS: Final[dict[bytes, int]] = {
+    b"\x01": READY,
+    b"\x03": REPLY_PARTIAL,
+    b"\x04": REPLY_FINAL,
+    b"\x05": HEARTBEAT,
+    b"\x06": DISCONNECT,
+}
+
+#: (command, dialect, name, body): name is the service for REQUEST/READY, the client-address
+#: token for PARTIAL/FINAL, b"" otherwise.
+Parsed = tuple[int, int, bytes, list[bytes]]
+
+_NO_BODY: Final[list[bytes]] = []
+
+
+class MdpFormatError(ValueError):
+    """A message that is not valid MDP; ``reason`` says why (for the debug log and counters)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def parse(frames: list[bytes]) -> Parsed:
+    """Parse one message received on the broker's ROUTER socket (routing id already removed)."""
+    n = len(frames)
+    if n == 0:
+        raise MdpFormatError("empty message")
+    dialect = 0
+    i = 0
+    if not frames[0]:
+        dialect = ENVELOPE
+        i = 1
+        if n < 2:
+            raise MdpFormatError("only an empty frame")
+    header = frames[i]
+    if header == C02:
+        if n < i + 3:
+            raise MdpFormatError("MDPC02 message too short")
+        cmd = frames[i + 1]
+        if cmd == b"\x01":
+            return (CLIENT_REQUEST, dialect | V2, frames[i + 2], frames[i + 3 :])
+        if cmd == b"\x02":
+            return (CLIENT_REQUEST, dialect | V2 | SHORT, frames[i + 2], frames[i + 3 :])
+        raise MdpFormatError("unknown MDPC02 command")
+    if header == W02:
+        return _parse_worker(frames, n, i + 1, dialect | V2, _W02_CMDS)
+    if header == C01:
+        if not dialect:
+            raise MdpFormatError("MDPC01 without the leading empty frame")
+        if n < 3:
+            raise MdpFormatError("MDPC01 message without a service frame")
+        return (CLIENT_REQUEST, ENVELOPE, frames[2], frames[3:])
+    if header == W01:
+        if not dialect:
+            raise MdpFormatError("MDPW01 without the leading empty frame")
+        return _parse_worker(frames, n, 2, ENVELOPE, _W01_CMDS)
+    raise MdpFormatError("unknown protocol header")
+
+
+def _parse_worker(
+    frames: list[bytes], n: int, i: int, dialect: int, table: dict[bytes, int]
+) -> Parsed:
+    if n <= i:
+        raise MdpFormatError("worker message without a command")
+    command = table.get(frames[i])
+    if command is None:
+        raise MdpFormatError("unknown worker command")
+    if command == REPLY_FINAL or command == REPLY_PARTIAL:
+        # client-address, "", body...
+        if n < i + 3:
+            raise MdpFormatError("reply without client address and empty frame")
+        if frames[i + 2]:
+            raise MdpFormatError("reply: client address not followed by an empty frame")
+        return (command, dialect, frames[i + 1], frames[i + 3 :])
+    if command == READY:
+        if n != i + 2:
+            raise MdpFormatError("READY must carry exactly one service frame")
+        if not frames[i + 1]:
+            raise MdpFormatError("READY with an empty service name")
+        return (READY, dialect, frames[i + 1], _NO_BODY)
+    if n != i + 1:
+        raise MdpFormatError("HEARTBEAT/DISCONNECT with extra frames")
+    return (command, dialect, EMPTY, _NO_BODY)
+
+
+# -- broker → peer -----------------------------------------------------------------------------
+
+
+def client_reply(dialect: int, final: bool, service: bytes, body: list[bytes]) -> list[bytes] | None:
+    """Frames for a reply to a client in its dialect; ``None`` when the dialect cannot carry it.
+
+    MDP/0.1 has exactly one reply per request, so its clients get only the final reply.
+    """
+    if not dialect & V2:
+        if not final:
+            return None
+        return [EMPTY, C01, service, *body]
+    if dialect & SHORT:
+        head = [C02, b"\x04" if final else b"\x03"]
+    else:
+        head = [C02, b"\x03" if final else b"\x02", service]
+    if dialect & ENVELOPE:
+        return [EMPTY, *head, *body]
+    return [*head, *body]
+
+
+def worker_request(dialect: int, token: bytes, body: list[bytes]) -> list[bytes]:
+    """Frames for a REQUEST to a worker; ``token`` is echoed back by the worker in its reply."""
+    header = W02 if dialect & V2 else W01
+    if dialect & ENVELOPE:
+        return [EMPTY, header, b"\x02", token, EMPTY, *body]
+    return [header, b"\x02", token, EMPTY, *body]
+
+
+def worker_heartbeat(dialect: int) -> list[bytes]:
+    """Frames for a HEARTBEAT to a worker."""
+    if dialect & V2:
+        return [EMPTY, W02, b"\x05"] if dialect & ENVELOPE else [W02, b"\x05"]
+    return [EMPTY, W01, b"\x04"]
+
+
+def worker_disconnect(dialect: int) -> list[bytes]:
+    """Frames for a DISCONNECT to a worker."""
+    if dialect & V2:
+        return [EMPTY, W02, b"\x06"] if dialect & ENVELOPE else [W02, b"\x06"]
+    return [EMPTY, W01, b"\x05"]
+
+
+# -- peer side (used by the Python client and worker) -------------------------------------------
+
+
+def client_request(dialect: int, service: bytes, body: list[bytes]) -> list[bytes]:
+    """Frames a client sends for a REQUEST (without the empty frame a REQ socket adds itself)."""
+    if not dialect & V2:
+        return [EMPTY, C01, service, *body]
+    head = [C02, b"\x02" if dialect & SHORT else b"\x01", service]
+    if dialect & ENVELOPE:
+        return [EMPTY, *head, *body]
+    return [*head, *body]
+
+
+def parse_client_reply(dialect: int, frames: list[bytes]) -> tuple[bool, bytes | None, list[bytes]]:
+    """Parse a reply received by a client: ``(final, service or None, body)``.
+
+    Raises :class:`MdpFormatError` when the frames are not a reply in that dialect.
+    """
+    i = 0
+    if dialect & ENVELOPE:
+        if not frames or frames[0]:
+            raise MdpFormatError("reply without the leading empty frame")
+        i = 1
+    if not dialect & V2:
+        if len(frames) < i + 2 or frames[i] != C01:
+            raise MdpFormatError("not an MDPC01 reply")
+        return (True, frames[i + 1], frames[i + 2 :])
+    if len(frames) < i + 2 or frames[i] != C02:
+        raise MdpFormatError("not an MDPC02 reply")
+    cmd = frames[i + 1]
+    if dialect & SHORT:
+        if cmd not in (b"\x03", b"\x04"):
+            raise MdpFormatError("unknown majortomo reply command")
+        return (cmd == b"\x04", None, frames[i + 2 :])
+    if cmd not in (b"\x02", b"\x03") or len(frames) < i + 3:
+        raise MdpFormatError("unknown RFC 18 reply command")
+    return (cmd == b"\x03", frames[i + 2], frames[i + 3 :])
+
+
+def worker_ready(dialect: int, service: bytes) -> list[bytes]:
+    """Frames a worker sends to announce itself for ``service``."""
+    if dialect & V2:
+        return [EMPTY, W02, b"\x01", service] if dialect & ENVELOPE else [W02, b"\x01", service]
+    return [EMPTY, W01, b"\x01", service]
+
+
+def worker_reply(dialect: int, token: bytes, body: list[bytes], final: bool = True) -> list[bytes]:
+    """Frames a worker sends for a reply (MDP/0.1 REPLY, or 0.2 PARTIAL/FINAL)."""
+    if dialect & V2:
+        cmd = b"\x04" if final else b"\x03"
+        head = [W02, cmd, token, EMPTY]
+        return [EMPTY, *head, *body] if dialect & ENVELOPE else [*head, *body]
+    if not final:
+        raise ValueError("MDP/0.1 workers cannot send partial replies")
+    return [EMPTY, W01, b"\x03", token, EMPTY, *body]
+
+
+def worker_heartbeat_from_worker(dialect: int) -> list[bytes]:
+    """Frames a worker sends for HEARTBEAT (the same bytes the broker sends)."""
+    return worker_heartbeat(dialect)
+
+
+def parse_worker_inbound(dialect: int, frames: list[bytes]) -> tuple[int, bytes, list[bytes]]:
+    """Parse what a worker receives from the broker: ``(command, token, body)``.
+
+    ``command`` is :data:`CLIENT_REQUEST` for a REQUEST (token = client address), or
+    :data:`HEARTBEAT` / :data:`DISCONNECT`.
+    """
+    i = 0
+    if frames and not frames[0]:
+        i = 1
+    if len(frames) < i + 2:
+        raise MdpFormatError("worker message too short")
+    header = frames[i]
+    cmd = frames[i + 1]
+    if header == W02:
+        table = {b"\x02": CLIENT_REQUEST, b"\x05": HEARTBEAT, b"\x06": DISCONNECT}
+    elif header == W01:
+        table = {b"\x02": CLIENT_REQUEST, b"\x04": HEARTBEAT, b"\x05": DISCONNECT}
+    else:
+        raise MdpFormatError("unknown worker header")
+    command = table.get(cmd)
+    if command is None:
+        raise MdpFormatError("unknown command to worker")
+    if command == CLIENT_REQUEST:
+        if len(frames) < i + 4 or frames[i + 3]:
+            raise MdpFormatError("REQUEST without client address and empty frame")
+        return (CLIENT_REQUEST, frames[i + 2], frames[i + 4 :])
+    return (command, EMPTY, _NO_BODY)
