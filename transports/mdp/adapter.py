@@ -88,14 +88,21 @@ class MdpConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
         return out
 
 
+class _Unset:
+    pass
+
+
+_UNSET: Any = _Unset()
+
+
 class _MdpWorker:
     __slots__ = ("dialect", "rid", "session", "worker")
 
-    def __init__(self, rid: bytes, dialect: int, session: Session, worker: Worker) -> None:
+    def __init__(self, rid: bytes, dialect: int, session: Session) -> None:
         self.rid = rid
         self.dialect = dialect
         self.session = session
-        self.worker = worker
+        self.worker: Worker = _UNSET
 
 
 def _bind_address(endpoint: str) -> str:
@@ -318,24 +325,26 @@ class MdpTransport:
         session = self.router.open_session(
             "mdp", self, self._identity, now, label=f"mdp:{rid.hex()}"
         )
+        mw = _MdpWorker(rid, dialect, session)
+        self._workers[rid] = mw  # before add_worker, which may dispatch to it at once
         try:
-            worker = self.router.add_worker(
+            mw.worker = self.router.add_worker(
                 session,
                 service,
                 now,
                 credit=1,
+                tag=mw,
                 label=f"mdp:{rid.hex()}",
                 idle_timeout=self.idle_timeout,
             )
         except MaitredError as exc:
+            del self._workers[rid]
             self.stats[f"mdp.ready_refused.{exc.code.name.lower()}"] += 1
             log.info("mdp: READY for %s refused: %s", service, exc.reason)
             self._send(rid, codec.worker_disconnect(dialect))
             self.router.close_session(session, now, f"refused: {exc.reason}")
             return
-        mw = _MdpWorker(rid, dialect, session, worker)
-        worker.tag = mw
-        self._workers[rid] = mw
+        worker = mw.worker
         log.debug("worker %s ready for %s (%s)", worker.label, service, codec.DIALECT_NAMES.get(dialect))
 
     def _reject(self, rid: bytes, reason: str) -> None:

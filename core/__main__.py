@@ -1,0 +1,7 @@
+"""``python -m maitred.core`` is the ``maitred`` command."""
+
+import sys
+
+from maitred.core.cli import main
+
+sys.exit(main())

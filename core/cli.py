@@ -1,0 +1,291 @@
+"""The ``maitred`` command (and ``python -m maitred.core``).
+
+Verbs: ``serve`` (run the broker), ``check`` (validate a config), ``call``, ``worker``,
+``services`` (talk to a running broker through the transport plugin that speaks the broker URL),
+``plugins`` (list installed plugins). Exit codes: 0 success, 1 runtime failure, 2 usage or config
+error, 3 timeout, 4 the broker answered with an error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import shlex
+import signal
+import subprocess
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from maitred.core import __version__
+from maitred.core.app import build_broker, transport_specs
+from maitred.core.config import Config, load_config
+from maitred.core.errors import ConfigError, MaitredError
+from maitred.core.transport import BrokerClient, TransportSpec
+from maitred.plugins.manager import installed_plugins, make_plugin_manager
+
+log = logging.getLogger("maitred.cli")
+
+DEFAULT_BROKER = "tcp://127.0.0.1:5555"
+EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_TIMEOUT, EXIT_ERROR_REPLY = 0, 1, 2, 3, 4
+
+
+def _all_specs() -> dict[str, TransportSpec]:
+    try:
+        return transport_specs(make_plugin_manager())
+    except Exception as exc:  # a broken third-party plugin must not hide the CLI
+        print(f"maitred: warning: could not load plugins: {exc}", file=sys.stderr)
+        return {}
+
+
+def build_parser(specs: dict[str, TransportSpec]) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="maitred", description="maitred: one routing core, every client on its own protocol."
+    )
+    parser.add_argument("--version", action="version", version=f"maitred {__version__}")
+    sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+    serve = sub.add_parser("serve", help="run the broker")
+    serve.add_argument("-c", "--config", help="TOML config file (default: embedded defaults)")
+    serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    for name, spec in sorted(specs.items()):
+        if spec.cli_addresses is not None:
+            serve.add_argument(
+                f"--{name}",
+                action="append",
+                default=[],
+                metavar=spec.cli_metavar,
+                help=f"enable {name} on this address (repeatable): {spec.description}",
+            )
+
+    check = sub.add_parser("check", help="validate a config file without starting")
+    check.add_argument("-c", "--config", required=True)
+
+    def broker_opt(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "-b",
+            "--broker",
+            default=os.environ.get("MAITRED_BROKER", DEFAULT_BROKER),
+            help=f"broker URL (env MAITRED_BROKER, default {DEFAULT_BROKER})",
+        )
+        p.add_argument("-t", "--timeout", type=float, default=10.0, help="seconds (default 10)")
+
+    call = sub.add_parser("call", help="call a service and print the reply")
+    call.add_argument("service")
+    call.add_argument("body", nargs="*", help="body frames (default: stdin with --stdin)")
+    call.add_argument("--file", help="read the body (one frame) from a file")
+    call.add_argument("--stdin", action="store_true", help="read the body (one frame) from stdin")
+    broker_opt(call)
+
+    worker = sub.add_parser("worker", help="serve a service by running a program per request")
+    worker.add_argument("service")
+    worker.add_argument(
+        "--program", required=True, help="command run per request: request on stdin, stdout = reply"
+    )
+    worker.add_argument("--max-requests", type=int, help="exit after this many requests")
+    worker.add_argument(
+        "--program-timeout", type=float, default=60.0, help="seconds a run may take (default 60)"
+    )
+    broker_opt(worker)
+
+    services = sub.add_parser("services", help="list services (mmi.services)")
+    services.add_argument("--json", action="store_true", help="print the raw JSON")
+    broker_opt(services)
+
+    sub.add_parser("plugins", help="list installed plugins and transports")
+    return parser
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _install_uvloop(config: Config) -> None:
+    if not config.broker.uvloop:
+        return
+    try:
+        import uvloop
+    except ImportError:
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+async def _serve(config: Config, addresses: dict[str, list[str]]) -> int:
+    broker = build_broker(config, addresses=addresses)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, broker.request_stop)
+    try:
+        await broker.start()
+    except MaitredError as exc:
+        log.error("cannot start: %s", exc.reason)
+        return EXIT_FAIL
+    for name, endpoints in broker.endpoints().items():
+        # one machine-readable line per transport, for scripts and tests that bind port 0
+        print(f"maitred: {name} listening on {' '.join(endpoints)}", flush=True)
+    await broker.serve_forever()
+    return EXIT_OK
+
+
+def cmd_serve(args: argparse.Namespace, specs: dict[str, TransportSpec]) -> int:
+    config = load_config(args.config)
+    _setup_logging(args.log_level or config.broker.log_level)
+    addresses = {name: getattr(args, name, []) for name in specs if getattr(args, name, [])}
+    if addresses and args.config is None:
+        # flags on the command line without a file: run only the transports named
+        config = Config(transports={name: {} for name in addresses})
+    _install_uvloop(config)
+    return asyncio.run(_serve(config, addresses))
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    build_broker(config)  # decodes every transport table with its plugin's config type
+    enabled = ", ".join(config.enabled_transports()) or "none"
+    print(f"{args.config}: ok (transports enabled: {enabled})")
+    return EXIT_OK
+
+
+def _connect(url: str, timeout: float) -> BrokerClient:
+    pm = make_plugin_manager()
+    client: BrokerClient | None = pm.hook.maitred_connect(url=url, timeout=timeout)
+    if client is None:
+        raise ConfigError(f"no installed transport plugin speaks {url!r}")
+    return client
+
+
+def cmd_call(args: argparse.Namespace) -> int:
+    if args.file:
+        with open(args.file, "rb") as fh:
+            body = [fh.read()]
+    elif args.stdin:
+        body = [sys.stdin.buffer.read()]
+    else:
+        body = [b.encode() for b in args.body]
+    client = _connect(args.broker, args.timeout)
+    try:
+        reply = client.request(args.service, body, args.timeout)
+    finally:
+        client.close()
+    out = sys.stdout.buffer
+    for i, frame in enumerate(reply):
+        if i:
+            out.write(b"\n")
+        out.write(frame)
+    out.write(b"\n")
+    out.flush()
+    return EXIT_OK
+
+
+def run_program(command: str, body: list[bytes], timeout: float) -> list[bytes]:
+    """Run ``command`` with the request (frames concatenated) on stdin; stdout is the reply.
+
+    A failing run answers ``[b"500", b"<what failed>"]`` (the broker's error-reply shape) so
+    the caller learns at once instead of waiting for its timeout.
+    """
+    try:
+        proc = subprocess.run(
+            shlex.split(command),
+            input=b"".join(body),
+            capture_output=True,
+            timeout=timeout,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        log.warning("program %r timed out after %.1fs", command, timeout)
+        return [b"504", f"program timed out after {timeout}s".encode()]
+    except OSError as exc:
+        log.error("cannot run %r: %s", command, exc)
+        return [b"500", f"cannot run program: {exc}".encode()]
+    if proc.returncode != 0:
+        tail = proc.stderr.decode("utf-8", "replace").strip()[-200:]
+        log.warning("program %r exited %d: %s", command, proc.returncode, tail)
+        return [b"500", f"program exited {proc.returncode}: {tail}".encode()]
+    return [proc.stdout]
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    _setup_logging("info")
+    client = _connect(args.broker, args.timeout)
+    log.info("serving %s at %s with %r", args.service, args.broker, args.program)
+
+    def handler(body: list[bytes]) -> list[bytes]:
+        return run_program(args.program, body, args.program_timeout)
+
+    try:
+        client.serve(args.service, handler, max_requests=args.max_requests)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        client.close()
+    return EXIT_OK
+
+
+def cmd_services(args: argparse.Namespace) -> int:
+    client = _connect(args.broker, args.timeout)
+    try:
+        reply = client.request("mmi.services", [b""], args.timeout)
+    finally:
+        client.close()
+    rows: list[dict[str, Any]] = json.loads(reply[-1])
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return EXIT_OK
+    print(f"{'SERVICE':30} {'WORKERS':>7} {'FREE':>5} {'QUEUED':>7} {'INFLIGHT':>8}")
+    for row in rows:
+        print(
+            f"{row['name']:30} {row['workers']:>7} {row['free']:>5} "
+            f"{row['queued']:>7} {row['inflight']:>8}"
+        )
+    return EXIT_OK
+
+
+def cmd_plugins(specs: dict[str, TransportSpec]) -> int:
+    print("plugins (entry points of group 'maitred'):")
+    for name in installed_plugins():
+        print(f"  {name}")
+    print("transports:")
+    for name, spec in sorted(specs.items()):
+        print(f"  {name:10} {spec.description}")
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    specs = _all_specs()
+    args = build_parser(specs).parse_args(argv)
+    try:
+        if args.verb == "serve":
+            return cmd_serve(args, specs)
+        if args.verb == "check":
+            return cmd_check(args)
+        if args.verb == "call":
+            return cmd_call(args)
+        if args.verb == "worker":
+            return cmd_worker(args)
+        if args.verb == "services":
+            return cmd_services(args)
+        if args.verb == "plugins":
+            return cmd_plugins(specs)
+    except ConfigError as exc:
+        print(f"maitred: {exc.reason}", file=sys.stderr)
+        return EXIT_USAGE
+    except TimeoutError as exc:
+        print(f"maitred: timeout: {exc or 'no reply in time'}", file=sys.stderr)
+        return EXIT_TIMEOUT
+    except MaitredError as exc:
+        print(f"maitred: {exc}", file=sys.stderr)
+        return EXIT_ERROR_REPLY
+    except KeyboardInterrupt:
+        return 130
+    return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())
