@@ -132,7 +132,7 @@ def _parse_worker(
     command = table.get(frames[i])
     if command is None:
         raise MdpFormatError("unknown worker command")
-    if command == REPLY_FINAL or command == REPLY_PARTIAL:
+    if command in (REPLY_FINAL, REPLY_PARTIAL):
         # client-address, "", body...
         if n < i + 3:
             raise MdpFormatError("reply without client address and empty frame")
@@ -153,7 +153,9 @@ def _parse_worker(
 # -- broker → peer -----------------------------------------------------------------------------
 
 
-def client_reply(dialect: int, final: bool, service: bytes, body: list[bytes]) -> list[bytes] | None:
+def client_reply(
+    dialect: int, final: bool, service: bytes, body: list[bytes]
+) -> list[bytes] | None:
     """Frames for a reply to a client in its dialect; ``None`` when the dialect cannot carry it.
 
     MDP/0.1 has exactly one reply per request, so its clients get only the final reply.
@@ -197,7 +199,11 @@ def worker_disconnect(dialect: int) -> list[bytes]:
 
 
 def client_request(dialect: int, service: bytes, body: list[bytes]) -> list[bytes]:
-    """Frames a client sends for a REQUEST (without the empty frame a REQ socket adds itself)."""
+    """Frames a DEALER client sends for a REQUEST.
+
+    MDP/0.1 always starts with the empty frame; a REQ socket adds that frame itself, so a REQ
+    client sends ``frames[1:]``.
+    """
     if not dialect & V2:
         return [EMPTY, C01, service, *body]
     head = [C02, b"\x02" if dialect & SHORT else b"\x01", service]
@@ -259,26 +265,43 @@ def parse_worker_inbound(dialect: int, frames: list[bytes]) -> tuple[int, bytes,
     """Parse what a worker receives from the broker: ``(command, token, body)``.
 
     ``command`` is :data:`CLIENT_REQUEST` for a REQUEST (token = client address), or
-    :data:`HEARTBEAT` / :data:`DISCONNECT`.
+    :data:`HEARTBEAT` / :data:`DISCONNECT`. The frames must be in the worker's own ``dialect``:
+    its header version, and the leading empty frame exactly when ``ENVELOPE`` is set (always for
+    MDP/0.1), as the broker answers each worker in kind.
     """
-    i = 0
-    if frames and not frames[0]:
+    if dialect & V2:
+        header = W02
+        table = _W02_INBOUND
+        i = 1 if dialect & ENVELOPE else 0
+    else:
+        header = W01
+        table = _W01_INBOUND
         i = 1
     if len(frames) < i + 2:
         raise MdpFormatError("worker message too short")
-    header = frames[i]
-    cmd = frames[i + 1]
-    if header == W02:
-        table = {b"\x02": CLIENT_REQUEST, b"\x05": HEARTBEAT, b"\x06": DISCONNECT}
-    elif header == W01:
-        table = {b"\x02": CLIENT_REQUEST, b"\x04": HEARTBEAT, b"\x05": DISCONNECT}
-    else:
+    if i and frames[0]:
+        raise MdpFormatError("worker message without the leading empty frame")
+    if frames[i] != header:
         raise MdpFormatError("unknown worker header")
-    command = table.get(cmd)
+    command = table.get(frames[i + 1])
     if command is None:
         raise MdpFormatError("unknown command to worker")
     if command == CLIENT_REQUEST:
         if len(frames) < i + 4 or frames[i + 3]:
             raise MdpFormatError("REQUEST without client address and empty frame")
         return (CLIENT_REQUEST, frames[i + 2], frames[i + 4 :])
+    if len(frames) != i + 2:
+        raise MdpFormatError("HEARTBEAT/DISCONNECT with extra frames")
     return (command, EMPTY, _NO_BODY)
+
+
+_W01_INBOUND: Final[dict[bytes, int]] = {
+    b"\x02": CLIENT_REQUEST,
+    b"\x04": HEARTBEAT,
+    b"\x05": DISCONNECT,
+}
+_W02_INBOUND: Final[dict[bytes, int]] = {
+    b"\x02": CLIENT_REQUEST,
+    b"\x05": HEARTBEAT,
+    b"\x06": DISCONNECT,
+}
