@@ -8,6 +8,7 @@ that the transport's plugin declares (see :mod:`maitred.core.transport`).
 
 from __future__ import annotations
 
+import math
 import re
 import tomllib
 from collections.abc import Mapping
@@ -66,11 +67,11 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     broker: BrokerSection = msgspec.field(default_factory=BrokerSection)
     liveness: Liveness = msgspec.field(default_factory=Liveness)
     #: ``default`` applies to every service; other keys are service names or patterns
-    services: dict[str, dict[str, Any]] = msgspec.field(default_factory=dict)
+    services: dict[str, Any] = msgspec.field(default_factory=dict)
     access: AccessSection = msgspec.field(default_factory=AccessSection)
     plugins: PluginsSection = msgspec.field(default_factory=PluginsSection)
     #: one table per transport; a transport runs when its table exists and ``enabled`` is true
-    transports: dict[str, dict[str, Any]] = msgspec.field(default_factory=_default_transports)
+    transports: dict[str, Any] = msgspec.field(default_factory=_default_transports)
     #: where this config came from (not a key of the file)
     source: str = "<embedded defaults>"
 
@@ -85,10 +86,14 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
         """Validate what the Struct types alone cannot; raises :class:`ConfigError`."""
         problems: list[str] = []
         problems += [f"liveness: {p}" for p in self.liveness.problems()]
-        if self.broker.tick_interval <= 0:
-            problems.append("broker.tick_interval: must be > 0")
-        if self.broker.drain_timeout < 0:
-            problems.append("broker.drain_timeout: must be >= 0")
+        if not (0 < self.broker.tick_interval <= 10):
+            problems.append("broker.tick_interval: must be a number > 0 and <= 10")
+        if not (0 <= self.broker.drain_timeout < math.inf):
+            problems.append("broker.drain_timeout: must be a finite number >= 0")
+        for section in ("services", "transports"):
+            for key, value in getattr(self, section).items():
+                if not isinstance(value, dict):
+                    problems.append(f"{section}.{key}: must be a table, not {type(value).__name__}")
         for i, rule in enumerate(self.access.rules):
             problems += [f"access.rules[{i}]: {p}" for p in rule.problems()]
         for name in self.plugins.disable:

@@ -56,8 +56,8 @@ class ServicePolicy(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_
 
     def problems(self) -> list[str]:
         out = []
-        if self.request_timeout < 0:
-            out.append("request_timeout must be >= 0")
+        if not (0 <= self.request_timeout < math.inf):
+            out.append("request_timeout must be a finite number >= 0")
         if self.max_queue < 0:
             out.append("max_queue must be >= 0")
         if self.max_deliveries < 1:
@@ -95,6 +95,7 @@ class Session:
         "label",
         "opened",
         "patterns",
+        "quiet",
         "sink",
         "transport",
         "workers",
@@ -110,6 +111,7 @@ class Session:
         self.label = label or f"{transport}:{sid}"
         self.opened = now
         self.closed = False
+        self.quiet = False
         self.workers: dict[Worker, None] = {}
         self.patterns: set[str] = set()
         self.allow_cache: dict[tuple[Action, str], bool] = {}

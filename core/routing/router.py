@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import heapq
 import logging
+import math
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
@@ -71,12 +72,12 @@ class Liveness(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
 
     def problems(self) -> list[str]:
         out = []
-        if self.heartbeat_interval <= 0:
-            out.append("heartbeat_interval must be > 0")
+        if not (0 < self.heartbeat_interval < math.inf):
+            out.append("heartbeat_interval must be a finite number > 0")
         if self.liveness < 1:
             out.append("liveness must be >= 1")
-        if self.busy_timeout < 0:
-            out.append("busy_timeout must be >= 0 (0: never expire busy workers)")
+        if not (0 <= self.busy_timeout < math.inf):
+            out.append("busy_timeout must be a finite number >= 0 (0: never expire busy workers)")
         return out
 
 
@@ -130,6 +131,7 @@ class Router:
         publish no join/leave events."""
         self._next_session += 1
         session = Session(self._next_session, transport, sink, identity, label, now)
+        session.quiet = quiet
         self.sessions[session.id] = session
         if not quiet:
             self._emit(
@@ -144,12 +146,18 @@ class Router:
         if session.closed:
             return
         session.closed = True
+        # take every worker of the session out of dispatch first, so a request redelivered
+        # while the first one is dropped cannot land on a sibling that is about to go too
+        for worker in session.workers:
+            worker.service.free.pop(worker, None)
         for worker in list(session.workers):
             self._drop_worker(worker, now, reason, notify=False)
         for pattern in session.patterns:
             self.topics.remove(pattern, session)
         session.patterns.clear()
         del self.sessions[session.id]
+        if session.quiet:
+            return
         self._emit(
             "$sys.session.leave",
             {"session": session.label, "transport": session.transport, "reason": reason},
@@ -174,18 +182,21 @@ class Router:
                 session.allow_cache.clear()
             session.allow_cache[key] = verdict
         if not verdict:
-            self.stats[f"denied.{action.value}"] += 1
-            self._emit(
-                "$sys.auth.denied",
-                {
-                    "identity": session.identity.name,
-                    "session": session.label,
-                    "transport": session.transport,
-                    "action": action.value,
-                    "name": name,
-                },
-            )
+            self._denied(session, action, name)
         return verdict
+
+    def _denied(self, session: Session, action: Action, name: str) -> None:
+        self.stats[f"denied.{action.value}"] += 1
+        self._emit(
+            "$sys.auth.denied",
+            {
+                "identity": session.identity.name,
+                "session": session.label,
+                "transport": session.transport,
+                "action": action.value,
+                "name": name,
+            },
+        )
 
     def set_access(self, access: AccessPolicy) -> None:
         """Replace the policy (e.g. when keys or rules change at run time)."""
@@ -354,6 +365,8 @@ class Router:
         """Accept a request from ``session``. Replies and errors come back through its sink
         (an error may come back before this returns); returns the request, or None when it was
         refused at once."""
+        if session.closed:
+            raise MaitredError("session is closed", ErrorCode.BAD_REQUEST)
         self._next_request += 1
         if service_name.startswith(MMI_PREFIX):
             return self._submit_mmi(session, service_name, body, correlation, now, headers)
@@ -386,6 +399,8 @@ class Router:
             return None
         free = service.free
         if free and not service.queued:
+            if request.deadline != NO_DEADLINE:
+                self._arm(request)
             self._assign(next(iter(free)), request, now)
             return request
         if not service.workers and policy.on_no_worker == "fail":
@@ -607,22 +622,30 @@ class Router:
                 for request in list(bucket.values()):
                     request.bucket = None
                     self._expire(request, now)
+        # collect every overdue worker and take it out of dispatch before dropping any, so a
+        # request redelivered from one cannot land on another that is overdue too
+        due: list[Worker] = []
         for timeout, live in list(self._live.items()):
             limit = now - timeout
-            while live:
-                worker = next(iter(live))
+            for worker in live:
                 if worker.touched > limit:
                     break
-                self.stats["workers.expired"] += 1
-                log.info(
-                    "worker %s of %s expired after %.1fs of silence",
-                    worker.label,
-                    worker.service.name,
-                    now - worker.touched,
-                )
-                self._drop_worker(worker, now, "expired", notify=True)
-            if not live:
-                del self._live[timeout]
+                due.append(worker)
+        for worker in due:
+            worker.service.free.pop(worker, None)
+        for worker in due:
+            if not worker.alive:
+                continue
+            self.stats["workers.expired"] += 1
+            log.info(
+                "worker %s of %s expired after %.1fs of silence",
+                worker.label,
+                worker.service.name,
+                now - worker.touched,
+            )
+            self._drop_worker(worker, now, "expired", notify=True)
+        for timeout in [t for t, live in self._live.items() if not live]:
+            del self._live[timeout]
 
     def _expire(self, request: Request, now: float) -> None:
         service = self.services.get(request.service)
@@ -636,10 +659,9 @@ class Router:
             error = MaitredError(
                 f"no worker answered {request.service} before the deadline", ErrorCode.TIMEOUT
             )
-            if not request.caller.closed:
-                request.caller.sink.deliver_error(request, error)
             if service is not None:
                 self._maybe_forget(service)
+            self._tell_error(request, error)
         elif request.state is _DISPATCHED:
             # stays in the worker's inflight until it answers, so its credit stays taken
             request.state = _EXPIRED
@@ -649,14 +671,25 @@ class Router:
             error = MaitredError(
                 f"{request.service} did not answer before the deadline", ErrorCode.TIMEOUT
             )
-            if not request.caller.closed:
-                request.caller.sink.deliver_error(request, error)
+            self._tell_error(request, error)
+
+    def _tell_error(self, request: Request, error: MaitredError) -> None:
+        """Deliver an error from the timer path, where one failing sink must not stop the
+        expiry of everything else due (the router's state is already updated)."""
+        if request.caller.closed:
+            return
+        try:
+            request.caller.sink.deliver_error(request, error)
+        except Exception:
+            log.exception("deliver_error failed for %s", request.caller.label)
 
     # -- topics -------------------------------------------------------------------------------
 
     def subscribe(self, session: Session, pattern: str) -> bool:
         """Subscribe ``session`` to ``pattern``; False when it was already subscribed.
         Raises ``Denied`` or a ``BAD_REQUEST`` error for an invalid pattern."""
+        if session.closed:
+            raise MaitredError("session is closed", ErrorCode.BAD_REQUEST)
         problem = validate_pattern(pattern)
         if problem:
             raise MaitredError(problem, ErrorCode.BAD_REQUEST)
@@ -685,11 +718,13 @@ class Router:
         """Deliver to every session subscribed to a matching pattern (once per session).
         ``session`` None is the broker itself. Returns the number of sessions reached."""
         if session is not None:
+            if session.closed:
+                raise MaitredError("session is closed", ErrorCode.BAD_REQUEST)
             problem = validate_pattern(topic)
             if problem or is_pattern(topic):
                 raise MaitredError(problem or "cannot publish to a pattern", ErrorCode.BAD_REQUEST)
             if topic.startswith(SYS_PREFIX) and topic not in CLIENT_SYS_TOPICS:
-                self.allowed(session, Action.PUBLISH, topic)  # counts/publishes as a denial
+                self._denied(session, Action.PUBLISH, topic)
                 raise Denied(f"{topic} is reserved for the broker")
             if not self.allowed(session, Action.PUBLISH, topic):
                 raise Denied(f"{session.identity.name} may not publish to {topic}")

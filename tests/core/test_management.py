@@ -1,0 +1,229 @@
+"""MMI (mmi.*), answered by the core through :class:`Management`, whatever the protocol."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from maitred.core.clock import FakeClock
+from maitred.core.errors import ErrorCode, MaitredError
+from maitred.core.management import MMI_SERVICES, Management
+from maitred.core.routing.model import ReplyKind, RequestState
+from tests.core.harness import START, Harness, sink_of
+
+HarnessFactory = Callable[..., Harness]
+
+
+@pytest.fixture
+def mh(make_harness: HarnessFactory) -> Harness:
+    clock = FakeClock(START)
+    info = {"version": "9.9", "name": "test"}
+    return make_harness(clock=clock, mmi=Management(info=lambda: info, now=clock))
+
+
+def ask(h: Harness, name: str, *body: bytes) -> list[bytes]:
+    """Call ``name`` and return the (single, final) answer."""
+    client = h.session(f"mmi-client-{len(h.sinks)}")
+    req = h.call(client, name, body)
+    assert req is not None
+    assert req.state is RequestState.DONE
+    [(request, kind, answer)] = sink_of(client).replies
+    assert request is req and kind is ReplyKind.FINAL
+    assert sink_of(client).errors == []
+    return answer
+
+
+def ask_json(h: Harness, name: str, *body: bytes) -> Any:
+    answer = ask(h, name, *body)
+    return json.loads(answer[-1])
+
+
+def test_mmi_names() -> None:
+    assert set(MMI_SERVICES) == {
+        "mmi.service",
+        "mmi.services",
+        "mmi.workers",
+        "mmi.queues",
+        "mmi.topics",
+        "mmi.info",
+    }
+
+
+def test_mmi_service_counts_live_workers(mh: Harness) -> None:
+    assert ask(mh, "mmi.service", b"echo") == [b"404"]
+    w = mh.worker("echo")
+    assert ask(mh, "mmi.service", b"echo") == [b"200"]
+    mh.router.remove_worker(w, mh.now)
+    assert ask(mh, "mmi.service", b"echo") == [b"404"]
+
+
+def test_mmi_service_for_a_service_only_ever_requested(mh: Harness) -> None:
+    client = mh.session("client")
+    mh.req(client, "wanted")
+    assert "wanted" in mh.router.services
+    assert ask(mh, "mmi.service", b"wanted") == [b"404"]
+
+
+def test_mmi_replaces_the_last_frame(mh: Harness) -> None:
+    mh.worker("echo")
+    assert ask(mh, "mmi.service", b"keep", b"me", b"echo") == [b"keep", b"me", b"200"]
+
+
+def test_mmi_empty_body_gets_one_frame(mh: Harness) -> None:
+    assert ask(mh, "mmi.service") == [b"404"]
+    assert len(ask(mh, "mmi.services")) == 1
+
+
+def test_unknown_mmi_is_501(mh: Harness) -> None:
+    assert ask(mh, "mmi.nonesuch", b"a", b"b") == [b"a", b"501"]
+    assert mh.router.stats["mmi.not_implemented"] == 1
+    assert "mmi.nonesuch" not in mh.router.services
+
+
+def test_router_without_management_answers_501(h: Harness) -> None:
+    assert ask(h, "mmi.service", b"x", b"echo") == [b"x", b"501"]
+    assert ask(h, "mmi.service") == [b"501"]
+
+
+def test_mmi_requests_do_not_create_services(mh: Harness) -> None:
+    for name in MMI_SERVICES:
+        ask(mh, name, b"")
+    assert mh.router.services == {}
+    assert mh.router.stats["mmi.requests"] == len(MMI_SERVICES)
+
+
+@pytest.mark.parametrize("name", ["mmi.service", "mmi.echo", "mmi.x.y"])
+def test_nobody_may_serve_mmi(mh: Harness, name: str) -> None:
+    with pytest.raises(MaitredError) as info:
+        mh.worker(name)
+    assert info.value.code is ErrorCode.BAD_REQUEST
+
+
+def test_mmi_services(mh: Harness) -> None:
+    w = mh.worker("b", credit=2)
+    mh.worker("a")
+    client = mh.session("client")
+    r = mh.req(client, "b")
+    mh.req(client, "waiting")
+    mh.reply(w, r)
+    mh.req(client, "b")
+    rows = ask_json(mh, "mmi.services")
+    assert rows == [
+        {
+            "name": "a",
+            "workers": 1,
+            "free": 1,
+            "queued": 0,
+            "inflight": 0,
+            "requests": 0,
+            "replies": 0,
+            "errors": 0,
+            "timeouts": 0,
+        },
+        {
+            "name": "b",
+            "workers": 1,
+            "free": 1,
+            "queued": 0,
+            "inflight": 1,
+            "requests": 2,
+            "replies": 1,
+            "errors": 0,
+            "timeouts": 0,
+        },
+        {
+            "name": "waiting",
+            "workers": 0,
+            "free": 0,
+            "queued": 1,
+            "inflight": 0,
+            "requests": 1,
+            "replies": 0,
+            "errors": 0,
+            "timeouts": 0,
+        },
+    ]
+
+
+def test_mmi_workers(mh: Harness) -> None:
+    start = mh.now
+    wa = mh.router.add_worker(mh.session("pa"), "a", mh.now, credit=3, label="wa")
+    mh.clock.advance(2.5)
+    mh.router.add_worker(mh.session("pb"), "b", mh.now, label="wb")
+    client = mh.session("client")
+    r = mh.req(client, "a")
+    mh.clock.advance(1.0)
+    mh.reply(wa, r)
+    mh.clock.advance(0.5)
+    rows = ask_json(mh, "mmi.workers")
+    assert [row["worker"] for row in rows] == ["wa", "wb"]
+    assert rows[0] == {
+        "service": "a",
+        "worker": "wa",
+        "transport": "test",
+        "identity": "anonymous",
+        "credit": 3,
+        "inflight": 0,
+        "served": 1,
+        "idle_for": 0.5,
+        "connected_for": round(mh.now - start, 3),
+    }
+    only_b = ask_json(mh, "mmi.workers", b"b")
+    assert [row["worker"] for row in only_b] == ["wb"]
+    assert only_b[0]["idle_for"] == 1.5
+    assert ask_json(mh, "mmi.workers", b"nobody") == []
+    assert ask_json(mh, "mmi.workers", b"") == rows
+
+
+def test_mmi_workers_without_a_clock(make_harness: HarnessFactory) -> None:
+    h = make_harness(mmi=Management())
+    h.worker("a")
+    [row] = ask_json(h, "mmi.workers")
+    assert row["idle_for"] is None and row["connected_for"] is None
+
+
+def test_mmi_queues(mh: Harness) -> None:
+    mh.worker("a")
+    client = mh.session("client")
+    mh.req(client, "a")
+    mh.req(client, "a")
+    mh.req(client, "z")
+    assert ask_json(mh, "mmi.queues") == {
+        "a": {"queued": 1, "inflight": 1},
+        "z": {"queued": 1, "inflight": 0},
+    }
+
+
+def test_mmi_topics(mh: Harness) -> None:
+    s1 = mh.session("s1")
+    s2 = mh.session("s2")
+    mh.router.subscribe(s1, "news.>")
+    mh.router.subscribe(s2, "news.>")
+    mh.router.subscribe(s2, "alerts")
+    assert ask_json(mh, "mmi.topics") == {"alerts": 1, "news.>": 2}
+
+
+def test_mmi_info(mh: Harness) -> None:
+    mh.worker("a")
+    info = ask_json(mh, "mmi.info")
+    assert info["version"] == "9.9"
+    assert info["name"] == "test"
+    assert info["services"] == 1
+    assert info["workers"] == 1
+    assert info["sessions"] == len(mh.router.sessions)
+    assert isinstance(info["stats"], dict)
+    assert info["stats"]["mmi.requests"] >= 1
+
+
+def test_mmi_is_answered_through_any_caller_session(mh: Harness) -> None:
+    client = mh.session("client")
+    req = mh.call(client, "mmi.service", (b"nothing",), correlation=("route", 1))
+    assert req is not None
+    [(request, kind, body)] = sink_of(client).replies
+    assert kind is ReplyKind.FINAL
+    assert request.correlation == ("route", 1)
+    assert request.service == "mmi.service"
+    assert body == [b"404"]
