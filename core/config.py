@@ -25,6 +25,7 @@ from maitred.core.routing.router import Liveness
 
 T = TypeVar("T")
 
+
 class BrokerSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """``[broker]``: the process as a whole."""
 

@@ -193,7 +193,10 @@ class LocalWorker(_Base):
         except Exception as exc:
             log.exception("local worker for %s failed", worker.service.name)
             router.reply_error(
-                worker, request.id, MaitredError(f"worker failed: {exc}", ErrorCode.INTERNAL), clock()
+                worker,
+                request.id,
+                MaitredError(f"worker failed: {exc}", ErrorCode.INTERNAL),
+                clock(),
             )
 
     def close(self) -> None:

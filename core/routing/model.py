@@ -102,7 +102,13 @@ class Session:
     )
 
     def __init__(
-        self, sid: int, transport: str, sink: SessionSink, identity: Identity, label: str, now: float
+        self,
+        sid: int,
+        transport: str,
+        sink: SessionSink,
+        identity: Identity,
+        label: str,
+        now: float,
     ) -> None:
         self.id = sid
         self.transport = transport

@@ -20,7 +20,7 @@ from typing import Any
 
 import msgspec
 
-from maitred.core.access import Action, AllowAll, Identity, AccessPolicy, is_open
+from maitred.core.access import AccessPolicy, Action, AllowAll, Identity, is_open
 from maitred.core.errors import Denied, ErrorCode, MaitredError
 from maitred.core.routing.model import (
     NO_DEADLINE,
@@ -412,9 +412,7 @@ class Router:
         if service.queued >= policy.max_queue:
             if policy.overflow == "reject" or policy.max_queue == 0:
                 self.stats["requests.queue_full"] += 1
-                self._refuse(
-                    service, request, MaitredError("queue is full", ErrorCode.QUEUE_FULL)
-                )
+                self._refuse(service, request, MaitredError("queue is full", ErrorCode.QUEUE_FULL))
                 return None
             oldest = self._pop_queued(service)
             if oldest is not None:

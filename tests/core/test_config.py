@@ -193,7 +193,10 @@ def test_bad_values_are_refused(text: str, where: str) -> None:
         ("[services.echo]\nmax_queue = -1\n", "services.echo: max_queue must be >= 0"),
         ("[services.echo]\nmax_deliveries = 0\n", "services.echo: max_deliveries"),
         ('[services."a.*"]\nrequest_timeout = -5\n', "services.a.*: request_timeout"),
-        ("[liveness]\nheartbeat_interval = 0\n", "liveness: heartbeat_interval must be a finite number > 0"),
+        (
+            "[liveness]\nheartbeat_interval = 0\n",
+            "liveness: heartbeat_interval must be a finite number > 0",
+        ),
         ("[liveness]\nliveness = 0\n", "liveness: liveness must be >= 1"),
         ("[liveness]\nbusy_timeout = -1\n", "liveness: busy_timeout must be a finite number >= 0"),
         ("[broker]\ntick_interval = 0\n", "broker.tick_interval: must be a number > 0"),

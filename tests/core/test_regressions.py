@@ -17,7 +17,6 @@ from maitred.core.routing.model import RequestState, ServicePolicy
 from maitred.core.routing.router import Liveness
 from tests.core.harness import FakeSink, Harness, sink_of
 
-
 F = TypeVar("F", bound=Callable[..., object])
 
 

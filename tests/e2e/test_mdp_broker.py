@@ -165,7 +165,7 @@ def test_mmi_in_every_dialect(broker: BrokerThread, ctx: Ctx, ckind: str) -> Non
     assert client.call(b"mmi.service", b"keep", b"echo") == [b"keep", b"200"]
     assert client.call(b"mmi.nonsense", b"x") == [b"501"]
     rows = json.loads(client.call(b"mmi.services")[0])
-    assert {"name": "echo", "workers": 1} .items() <= rows[0].items()
+    assert {"name": "echo", "workers": 1}.items() <= rows[0].items()
     workers = json.loads(client.call(b"mmi.workers", b"echo")[0])
     assert len(workers) == 1 and workers[0]["service"] == "echo"
     assert workers[0]["transport"] == "mdp"
@@ -213,7 +213,9 @@ def test_lru_dispatch_over_two_workers(broker: BrokerThread, ctx: Ctx) -> None:
     assert got == {(b"r1",), (b"r2",), (b"r3",)}
 
 
-def test_unknown_service_expires_at_deadline(make_broker: Callable[..., BrokerThread], ctx: Ctx) -> None:
+def test_unknown_service_expires_at_deadline(
+    make_broker: Callable[..., BrokerThread], ctx: Ctx
+) -> None:
     broker = make_broker("[services.default]\nrequest_timeout = 0.3\n")
     client = RawClient(ctx, broker.endpoint, "rfc")
     client.send(b"nobody", b"x")
@@ -228,7 +230,7 @@ def test_request_waits_for_a_worker_that_comes_late(broker: BrokerThread, ctx: C
     client.send(b"late", b"x")
     worker = RawWorker(ctx, broker.endpoint, "0.1", b"late")
     worker.ready()
-    addr, body = worker.request()
+    addr, _ = worker.request()
     worker.final(addr, b"finally")
     assert client.recv() == (True, [b"finally"])
 
@@ -241,10 +243,10 @@ def test_fail_fast_policy(make_broker: Callable[..., BrokerThread], ctx: Ctx) ->
     assert final and body[0] == b"503"
 
 
-def test_error_replies_off_means_silence(make_broker: Callable[..., BrokerThread], ctx: Ctx) -> None:
-    broker = make_broker(
-        '[services.fast]\non_no_worker = "fail"\n', mdp="error_replies = false\n"
-    )
+def test_error_replies_off_means_silence(
+    make_broker: Callable[..., BrokerThread], ctx: Ctx
+) -> None:
+    broker = make_broker('[services.fast]\non_no_worker = "fail"\n', mdp="error_replies = false\n")
     client = RawClient(ctx, broker.endpoint, "rfc")
     client.send(b"fast", b"x")
     assert nothing(client.sock, 0.3)
@@ -280,7 +282,9 @@ def test_worker_death_with_redeliver_reaches_another_worker(
     assert client.recv() == (True, [b"done by w2"])
 
 
-def test_silent_worker_expires_and_is_told(make_broker: Callable[..., BrokerThread], ctx: Ctx) -> None:
+def test_silent_worker_expires_and_is_told(
+    make_broker: Callable[..., BrokerThread], ctx: Ctx
+) -> None:
     broker = make_broker("", mdp="heartbeat_interval = 0.05\nliveness = 3\n")
     worker = RawWorker(ctx, broker.endpoint, "rfc", b"hb")
     ready(broker, worker)
@@ -345,7 +349,9 @@ def test_protocol_violations_get_disconnect_and_no_state(broker: BrokerThread, c
         [b"", C01, b"\xff\xfe"],  # service not UTF-8
     ],
 )
-def test_garbage_is_dropped_and_counted(broker: BrokerThread, ctx: Ctx, frames: list[bytes]) -> None:
+def test_garbage_is_dropped_and_counted(
+    broker: BrokerThread, ctx: Ctx, frames: list[bytes]
+) -> None:
     bad = socket(ctx, zmq.DEALER, broker.endpoint)
     bad.send_multipart(frames)
     wait_until(lambda: broker.stats().get("mdp.rejected", 0) >= 1, what="the rejection count")

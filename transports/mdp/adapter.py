@@ -87,7 +87,9 @@ class MdpConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
             out.append("endpoints: at least one endpoint is needed")
         for ep in self.endpoints:
             if "://" not in ep:
-                out.append(f"endpoints: {ep!r} is not a ZeroMQ endpoint (tcp://, ipc://, inproc://)")
+                out.append(
+                    f"endpoints: {ep!r} is not a ZeroMQ endpoint (tcp://, ipc://, inproc://)"
+                )
         if self.max_message_size < 1:
             out.append("max_message_size must be >= 1")
         if self.max_frames < 1:
@@ -125,7 +127,9 @@ class MdpTransport:
 
     name = "mdp"
 
-    def __init__(self, config: MdpConfig, port: BrokerPort, context: zmq.Context[Any] | None = None):
+    def __init__(
+        self, config: MdpConfig, port: BrokerPort, context: zmq.Context[Any] | None = None
+    ):
         self.config = config
         self.port = port
         self.router = port.router
@@ -260,12 +264,17 @@ class MdpTransport:
                 self._reject(rid, "reply with an unknown client address")
                 self.router.touch(w.worker, now)
                 return
-            if len(body) > self.config.max_frames or sum(map(len, body)) > self.config.max_message_size:
+            if (
+                len(body) > self.config.max_frames
+                or sum(map(len, body)) > self.config.max_message_size
+            ):
                 self._reject(rid, "oversized reply")
                 self.router.reply_error(
                     w.worker,
                     token,
-                    MaitredError("the reply is larger than the broker accepts", ErrorCode.TOO_LARGE),
+                    MaitredError(
+                        "the reply is larger than the broker accepts", ErrorCode.TOO_LARGE
+                    ),
                     now,
                 )
                 return
@@ -296,7 +305,9 @@ class MdpTransport:
                 self._names[raw] = name
         return name
 
-    def _on_request(self, rid: bytes, dialect: int, service_raw: bytes, body: list[bytes], now: float) -> None:
+    def _on_request(
+        self, rid: bytes, dialect: int, service_raw: bytes, body: list[bytes], now: float
+    ) -> None:
         service = self._service_name(service_raw)
         if service is None or not service:
             self._reject(rid, "service name is not UTF-8 text")
@@ -315,7 +326,8 @@ class MdpTransport:
                 accepted=now,
             )
             self.deliver_error(
-                request, MaitredError("the request is larger than the broker accepts", ErrorCode.TOO_LARGE)
+                request,
+                MaitredError("the request is larger than the broker accepts", ErrorCode.TOO_LARGE),
             )
             return
         self.router.submit(clients, service, body, (rid, dialect, service_raw), now)
@@ -355,7 +367,9 @@ class MdpTransport:
             self.router.close_session(session, now, f"refused: {exc.reason}")
             return
         worker = mw.worker
-        log.debug("worker %s ready for %s (%s)", worker.label, service, codec.DIALECT_NAMES.get(dialect))
+        log.debug(
+            "worker %s ready for %s (%s)", worker.label, service, codec.DIALECT_NAMES.get(dialect)
+        )
 
     def _reject(self, rid: bytes, reason: str) -> None:
         """Drop a message: counted, logged at debug level, no state created."""
