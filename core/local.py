@@ -20,7 +20,7 @@ import inspect
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from types import TracebackType
-from typing import Self
+from typing import Self, cast
 
 from maitred.core.access import ANONYMOUS, Identity
 from maitred.core.errors import ErrorCode, MaitredError
@@ -179,7 +179,8 @@ class LocalWorker(_Base):
             result = self._handler(list(request.body))
             if inspect.isasyncgen(result):
                 previous: Sequence[bytes] | None = None
-                async for body in result:
+                parts = cast(AsyncIterator[Sequence[bytes]], result)
+                async for body in parts:
                     if previous is not None:
                         router.reply(worker, request.id, previous, clock(), final=False)
                     previous = body

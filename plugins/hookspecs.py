@@ -37,6 +37,7 @@ def maitred_transports() -> Sequence[TransportSpec]:
     error. A transport runs when the config has an enabled ``[transports.NAME]`` table (or the
     CLI flag ``--NAME ADDR`` is given).
     """
+    return []
 
 
 @hookspec(historic=True)

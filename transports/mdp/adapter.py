@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, cast
 
 import msgspec
 import zmq
@@ -46,7 +46,7 @@ _SNDMORE = int(zmq.SNDMORE)
 # the Cython base-class methods: about half the cost of send_multipart/recv_multipart
 _send_frame = _BaseSocket.send
 _recv_frame = _BaseSocket.recv
-_get_opt = _BaseSocket.get
+_get_opt = cast(Callable[[Any, int], int], _BaseSocket.get)  # EVENTS is an int option
 _EVENTS = int(zmq.EVENTS)
 _POLLIN = int(zmq.POLLIN)
 
