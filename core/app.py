@@ -13,8 +13,8 @@ Embedded use (clients and workers in the same asyncio program)::
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
 
 import msgspec
 import pluggy
@@ -25,6 +25,8 @@ from maitred.core.errors import ConfigError
 from maitred.core.runtime import Broker, Hooks
 from maitred.core.transport import TransportSpec
 from maitred.plugins.manager import make_plugin_manager
+
+log = logging.getLogger("maitred.core.app")
 
 
 def plugin_manager_for(config: Config, plugins: Iterable[object] = ()) -> pluggy.PluginManager:
@@ -49,6 +51,13 @@ def resolve_transports(
     enabled: dict[str, tuple[TransportSpec, msgspec.Struct]] = {}
     for name, table in config.transports.items():
         spec = specs.get(name)
+        if spec is None and (
+            name in config.plugins.disable
+            or (isinstance(table, dict) and table.get("enabled") is False)
+        ):
+            if name in config.plugins.disable:
+                log.warning("transports.%s is configured but plugin %r is disabled", name, name)
+            continue
         if spec is None:
             known = ", ".join(sorted(specs)) or "none"
             raise ConfigError(
@@ -145,8 +154,3 @@ def embedded(
             cfg, transports={k: v for k, v in cfg.transports.items() if k in addresses}
         )
     return build_broker(cfg, plugins=plugins, addresses=dict(addresses))
-
-
-def defaults() -> dict[str, Any]:
-    """The embedded defaults as a plain dict (what ``conf/maitred.toml`` writes out)."""
-    return msgspec.to_builtins(Config())  # type: ignore[no-any-return]

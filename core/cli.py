@@ -163,8 +163,11 @@ def _connect(url: str, timeout: float) -> BrokerClient:
 
 def cmd_call(args: argparse.Namespace) -> int:
     if args.file:
-        with open(args.file, "rb") as fh:
-            body = [fh.read()]
+        try:
+            with open(args.file, "rb") as fh:
+                body = [fh.read()]
+        except OSError as exc:
+            raise ConfigError(f"{args.file}: cannot read: {exc.strerror or exc}") from None
     elif args.stdin:
         body = [sys.stdin.buffer.read()]
     else:

@@ -390,7 +390,9 @@ class Router:
         )
         service.requests += 1
         if not self._access_open and not self.allowed(session, Action.CALL, service_name):
-            self._refuse(service, request, Denied(f"{session.identity.name} may not call"))
+            self._refuse(
+                service, request, Denied(f"{session.identity.name} may not call {service_name}")
+            )
             return None
         if self.draining:
             self._refuse(
@@ -452,7 +454,9 @@ class Router:
             state=_DONE,
         )
         if not self.allowed(session, Action.CALL, name):
-            session.sink.deliver_error(request, Denied(f"{session.identity.name} may not call"))
+            session.sink.deliver_error(
+                request, Denied(f"{session.identity.name} may not call {name}")
+            )
             return None
         self.stats["mmi.requests"] += 1
         if self._mmi is None:
@@ -762,7 +766,13 @@ class Router:
         self.draining = True
 
     def inflight_count(self) -> int:
-        return sum(svc.inflight() for svc in self.services.values())
+        """Requests a worker is serving whose caller still waits (what a drain waits for)."""
+        return sum(
+            1
+            for worker in self.iter_workers()
+            for request in worker.inflight.values()
+            if request.state is _DISPATCHED
+        )
 
     def shutdown(self, now: float) -> None:
         """Fail everything still pending and drop every worker (telling each peer)."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections.abc import Callable, Sequence
 from typing import Any, cast
 
@@ -90,6 +91,14 @@ class MdpConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
                 out.append(
                     f"endpoints: {ep!r} is not a ZeroMQ endpoint (tcp://, ipc://, inproc://)"
                 )
+        if not (0 <= self.heartbeat_interval < math.inf):
+            out.append("heartbeat_interval must be a finite number >= 0 (0: the [liveness] value)")
+        if self.liveness < 0:
+            out.append("liveness must be >= 0 (0: the [liveness] value)")
+        if self.sndhwm < 0 or self.rcvhwm < 0:
+            out.append("sndhwm and rcvhwm must be >= 0 (0: no limit)")
+        if self.linger_ms < -1:
+            out.append("linger_ms must be >= -1 (-1: wait forever)")
         if self.max_message_size < 1:
             out.append("max_message_size must be >= 1")
         if self.max_frames < 1:
@@ -309,8 +318,8 @@ class MdpTransport:
         self, rid: bytes, dialect: int, service_raw: bytes, body: list[bytes], now: float
     ) -> None:
         service = self._service_name(service_raw)
-        if service is None or not service:
-            self._reject(rid, "service name is not UTF-8 text")
+        if not service:
+            self._reject(rid, "empty service name" if service == "" else "service name not UTF-8")
             return
         clients = self._clients
         assert clients is not None
