@@ -234,3 +234,6 @@ class Request(msgspec.Struct, kw_only=True):
     worker: Worker | None = None
     deliveries: int = 0
     bucket: dict[int, Request] | None = None
+    #: headers the worker sent with the reply being delivered (protocols that have headers
+    #: read it in ``deliver_reply``; it is replaced by each partial and by the final reply)
+    reply_headers: Headers | None = None

@@ -16,7 +16,7 @@ import logging
 import math
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 
@@ -361,10 +361,12 @@ class Router:
         *,
         timeout: float | None = None,
         headers: Headers | None = None,
+        on_no_worker: Literal["wait", "fail"] | None = None,
     ) -> Request | None:
         """Accept a request from ``session``. Replies and errors come back through its sink
         (an error may come back before this returns); returns the request, or None when it was
-        refused at once."""
+        refused at once. ``timeout`` and ``on_no_worker`` override the service's policy for
+        this request (e.g. a protocol whose clients expect "no responder" at once)."""
         if session.closed:
             raise MaitredError("session is closed", ErrorCode.BAD_REQUEST)
         self._next_request += 1
@@ -405,7 +407,7 @@ class Router:
                 self._arm(request)
             self._assign(next(iter(free)), request, now)
             return request
-        if not service.workers and policy.on_no_worker == "fail":
+        if not service.workers and (on_no_worker or policy.on_no_worker) == "fail":
             self._unhandled(request, "no worker")
             self._refuse(
                 service, request, MaitredError(f"no worker for {service_name}", ErrorCode.NO_WORKER)
@@ -508,13 +510,24 @@ class Router:
             self._live_move(worker, worker.busy_timeout)
         worker.session.sink.deliver_request(worker, request)
 
-    def reply(self, worker: Worker, token: int, body: Body, now: float, final: bool = True) -> bool:
-        """A reply from ``worker`` to the request whose id is ``token``. False (and counted)
-        when the worker holds no such request."""
+    def reply(
+        self,
+        worker: Worker,
+        token: int,
+        body: Body,
+        now: float,
+        final: bool = True,
+        headers: Headers | None = None,
+    ) -> bool:
+        """A reply from ``worker`` to the request whose id is ``token`` (``headers``, if any,
+        reach the caller's transport as ``request.reply_headers``). False (and counted) when
+        the worker holds no such request."""
         request = worker.inflight.get(token)
         if request is None:
             self.stats["replies.unknown"] += 1
             return False
+        if headers is not None:
+            request.reply_headers = headers
         worker.touched = now
         if final:
             del worker.inflight[token]
