@@ -81,7 +81,9 @@ def apply_addresses(
     for name, addrs in addresses.items():
         if not addrs:
             continue
-        spec = specs[name]
+        spec = specs.get(name)
+        if spec is None:
+            raise ConfigError(f"transport {name!r} is not installed or its plugin is disabled")
         if spec.cli_addresses is None:
             raise ConfigError(f"transport {name} takes no address on the command line")
         table = transports.setdefault(name, {})

@@ -147,8 +147,8 @@ def cmd_serve(args: argparse.Namespace, specs: dict[str, TransportSpec]) -> int:
 
 def cmd_check(args: argparse.Namespace) -> int:
     config = load_config(args.config)
-    build_broker(config)  # decodes every transport table with its plugin's config type
-    enabled = ", ".join(config.enabled_transports()) or "none"
+    broker = build_broker(config)  # decodes every transport table with its plugin's config type
+    enabled = ", ".join(broker.transport_names) or "none"
     print(f"{args.config}: ok (transports enabled: {enabled})")
     return EXIT_OK
 
@@ -285,6 +285,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except MaitredError as exc:
         print(f"maitred: {exc}", file=sys.stderr)
         return EXIT_ERROR_REPLY
+    except OSError as exc:
+        print(f"maitred: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_FAIL
     except KeyboardInterrupt:
         return 130
     return EXIT_USAGE

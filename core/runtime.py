@@ -47,10 +47,19 @@ class Hooks:
     stopping: LifecycleHook | None = None
 
 
-async def _await_all(results: list[Any]) -> None:
+async def _await_all(results: list[Any], what: str, *, raise_first: bool) -> None:
+    """Await every awaitable a lifecycle hook returned; each failure is logged, and with
+    ``raise_first`` the first one is raised after all the others were awaited."""
+    first: BaseException | None = None
     for result in results:
         if inspect.isawaitable(result):
-            await result
+            try:
+                await result
+            except Exception as exc:
+                log.exception("a %s hook failed", what)
+                first = first or exc
+    if first is not None and raise_first:
+        raise first
 
 
 class Broker:
@@ -67,6 +76,8 @@ class Broker:
         self.hooks = hooks or Hooks()
         self.clock = clock
         self._specs = dict(transports)
+        #: the transports this broker runs (enabled in config, plugin installed)
+        self.transport_names = list(self._specs)
         self._policies = config.policies()
         access = config.access.policy()
         if self.hooks.authorize is not None:
@@ -115,7 +126,13 @@ class Broker:
         self._schedule_tick()
         self.state = "running"
         if self.hooks.started is not None:
-            await _await_all(self.hooks.started(self))
+            try:
+                await _await_all(
+                    self.hooks.started(self), "maitred_broker_started", raise_first=True
+                )
+            except BaseException:
+                await self.stop(0)
+                raise
         log.info(
             "%s %s running with %s",
             self.config.broker.name,
@@ -142,7 +159,9 @@ class Broker:
         timeout = self.config.broker.drain_timeout if drain_timeout is None else drain_timeout
         if self.hooks.stopping is not None:
             try:
-                await _await_all(self.hooks.stopping(self))
+                await _await_all(
+                    self.hooks.stopping(self), "maitred_broker_stopping", raise_first=False
+                )
             except Exception:
                 log.exception("a maitred_broker_stopping hook failed")
         self.router.begin_drain()

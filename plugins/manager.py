@@ -38,7 +38,13 @@ def make_plugin_manager(
         for name in disabled:
             if name not in known:
                 log.warning("plugins.disable names %r, which is not an installed plugin", name)
-        pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
+        for ep in entry_points(group=ENTRY_POINT_GROUP):
+            if pm.is_blocked(ep.name) or pm.get_plugin(ep.name) is not None:
+                continue
+            plugin = ep.load()
+            if pm.is_registered(plugin):
+                continue  # also passed in ``plugins``: one registration is enough
+            pm.register(plugin, name=ep.name)
     return pm
 
 

@@ -177,6 +177,8 @@ class MdpTransport:
         except zmq.ZMQError as exc:
             sock.close(0)
             self.socket = None
+            if self._own_context:
+                self.context.term()
             raise MaitredError(
                 f"mdp: cannot bind {endpoint}: {exc.strerror}", ErrorCode.BAD_REQUEST
             ) from None
