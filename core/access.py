@@ -1,13 +1,18 @@
 """Access control: one policy, asked by the core for every transport.
 
 *Who* is an :class:`Identity` (a name and roles) that a transport attaches to a session after it
-authenticated the peer. *What* is an :class:`Action` on a name (a service or a topic). The policy
-answers allow or deny; the router asks it before it performs the action, so a denial is uniform
-across protocols.
+authenticated the peer. *What* is an :class:`Action` on a name (a service or a topic). The router
+asks before it performs the action, so a denial is uniform across protocols. The decision:
+
+1. the policy's explicit answer (``decide``): a ``maitred_authorize`` hook, then the first
+   matching ``[access]`` rule; an explicit answer always wins;
+2. otherwise, for a **restricted** identity (e.g. a middleman client-key connection), only what
+   was granted at run time (:class:`Grants`, e.g. by a middleman EPUB/EREQ/ESUB);
+3. otherwise the policy's default (``[access] default``, allow unless configured).
 
 :class:`RuleTable` is the policy built from the ``[access]`` config section: rules are tried in
-order, the first whose ``who``, ``actions`` and ``names`` all match decides; with no match the
-table's default decides. ``who`` entries are ``*`` (anyone), ``role:NAME`` or an identity name.
+order, the first whose ``who``, ``actions`` and ``names`` all match decides. ``who`` entries are
+``*`` (anyone), ``role:NAME`` or an identity name.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from typing import Protocol
 
 import msgspec
 
-from maitred.core.routing.patterns import matches, validate_pattern
+from maitred.core.routing.patterns import SubjectTree, matches, validate_pattern
 
 
 class Action(StrEnum):
@@ -33,6 +38,8 @@ class Identity(msgspec.Struct, frozen=True):
 
     name: str
     roles: frozenset[str] = frozenset()
+    #: restricted identities may do only what a rule explicitly allows or a grant permits
+    restricted: bool = False
 
     def has_role(self, role: str) -> bool:
         return role in self.roles
@@ -42,7 +49,13 @@ ANONYMOUS = Identity("anonymous")
 
 
 class AccessPolicy(Protocol):
-    """Decides whether ``identity`` may perform ``action`` on ``name``."""
+    """Decides whether ``identity`` may perform ``action`` on ``name``.
+
+    A policy may also offer ``decide(identity, action, name) -> bool | None`` (an explicit
+    answer, or None when no rule speaks) and ``default_allow``; then run-time grants can open
+    what it leaves undecided for restricted identities. A policy with only ``allowed`` is taken
+    as always explicit.
+    """
 
     def allowed(self, identity: Identity, action: Action, name: str) -> bool: ...
 
@@ -51,6 +64,10 @@ class AllowAll:
     """The policy when nothing is configured: everything is allowed."""
 
     open = True
+    default_allow = True
+
+    def decide(self, identity: Identity, action: Action, name: str) -> bool | None:
+        return None
 
     def allowed(self, identity: Identity, action: Action, name: str) -> bool:
         return True
@@ -95,11 +112,15 @@ class RuleTable:
         self.default_allow = default_allow
         self.open = default_allow and not self.rules
 
-    def allowed(self, identity: Identity, action: Action, name: str) -> bool:
+    def decide(self, identity: Identity, action: Action, name: str) -> bool | None:
         for rule in self.rules:
             if rule.applies(identity, action, name):
                 return rule.allow
-        return self.default_allow
+        return None
+
+    def allowed(self, identity: Identity, action: Action, name: str) -> bool:
+        verdict = self.decide(identity, action, name)
+        return self.default_allow if verdict is None else verdict
 
 
 class HookedPolicy:
@@ -117,12 +138,70 @@ class HookedPolicy:
     ) -> None:
         self._hook = hook
         self._fallback = fallback
+        self.default_allow: bool = getattr(fallback, "default_allow", True)
+
+    def decide(self, identity: Identity, action: Action, name: str) -> bool | None:
+        verdict = self._hook(identity, action, name)
+        if verdict is not None:
+            return bool(verdict)
+        explicit = getattr(self._fallback, "decide", None)
+        if explicit is None:
+            return self._fallback.allowed(identity, action, name)
+        result: bool | None = explicit(identity, action, name)
+        return result
 
     def allowed(self, identity: Identity, action: Action, name: str) -> bool:
-        verdict = self._hook(identity, action, name)
-        if verdict is None:
-            return self._fallback.allowed(identity, action, name)
-        return bool(verdict)
+        verdict = self.decide(identity, action, name)
+        return self.default_allow if verdict is None else verdict
+
+
+class Grants:
+    """Permissions granted at run time to roles, e.g. by a middleman EPUB/EREQ/ESUB: "anyone
+    with role R may A on names matching P". They open doors for restricted identities only
+    (unrestricted ones are governed by the policy alone)."""
+
+    def __init__(self) -> None:
+        self._trees: dict[Action, SubjectTree[str]] = {a: SubjectTree() for a in Action}
+        self.version = 0
+
+    def grant(self, role: str, action: Action, pattern: str) -> bool:
+        """Grant; False when it was granted already. Raises ValueError for a bad pattern."""
+        problem = validate_pattern(pattern)
+        if problem:
+            raise ValueError(problem)
+        added = self._trees[action].add(pattern, role)
+        self.version += added
+        return added
+
+    def revoke(self, role: str, action: Action, pattern: str) -> bool:
+        removed = self._trees[action].remove(pattern, role)
+        self.version += removed
+        return removed
+
+    def permits(self, identity: Identity, action: Action, name: str) -> bool:
+        tree = self._trees[action]
+        if not len(tree):
+            return False
+        return not identity.roles.isdisjoint(tree.match(name))
+
+    def listing(self) -> dict[str, dict[str, int]]:
+        """``{action: {pattern: roles}}`` for MMI and diagnostics."""
+        return {a.value: t.patterns() for a, t in self._trees.items() if len(t)}
+
+
+def decide(
+    policy: AccessPolicy, grants: Grants, identity: Identity, action: Action, name: str
+) -> bool:
+    """The whole decision described in the module docstring."""
+    explicit = getattr(policy, "decide", None)
+    if explicit is None:
+        return policy.allowed(identity, action, name)
+    verdict: bool | None = explicit(identity, action, name)
+    if verdict is not None:
+        return verdict
+    if identity.restricted:
+        return grants.permits(identity, action, name)
+    return bool(getattr(policy, "default_allow", True))
 
 
 def is_open(policy: AccessPolicy) -> bool:

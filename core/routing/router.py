@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 import msgspec
 
-from maitred.core.access import AccessPolicy, Action, AllowAll, Identity, is_open
+from maitred.core.access import AccessPolicy, Action, AllowAll, Grants, Identity, decide, is_open
 from maitred.core.errors import Denied, ErrorCode, MaitredError
 from maitred.core.routing.model import (
     NO_DEADLINE,
@@ -97,6 +97,7 @@ class Router:
         self._policy_for = policy_for or (lambda _name: ServicePolicy())
         self.liveness = liveness or Liveness()
         self.access: AccessPolicy = access or AllowAll()
+        self.grants = Grants()
         self._access_open = is_open(self.access)
         self._on_event = on_event
         self._mmi = mmi
@@ -172,12 +173,12 @@ class Router:
 
     def allowed(self, session: Session, action: Action, name: str) -> bool:
         """Ask the access policy (cached per session); a denial is counted and published."""
-        if self._access_open:
+        if self._access_open and not session.identity.restricted:
             return True
         key = (action, name)
         verdict = session.allow_cache.get(key)
         if verdict is None:
-            verdict = self.access.allowed(session.identity, action, name)
+            verdict = decide(self.access, self.grants, session.identity, action, name)
             if len(session.allow_cache) > 4096:
                 session.allow_cache.clear()
             session.allow_cache[key] = verdict
@@ -197,6 +198,24 @@ class Router:
                 "name": name,
             },
         )
+
+    def grant(self, role: str, action: Action, pattern: str) -> bool:
+        """Let restricted identities with ``role`` perform ``action`` on names matching
+        ``pattern`` (run-time grants, e.g. middleman EPUB/EREQ/ESUB)."""
+        added = self.grants.grant(role, action, pattern)
+        if added:
+            self._clear_caches()
+        return added
+
+    def revoke(self, role: str, action: Action, pattern: str) -> bool:
+        removed = self.grants.revoke(role, action, pattern)
+        if removed:
+            self._clear_caches()
+        return removed
+
+    def _clear_caches(self) -> None:
+        for session in self.sessions.values():
+            session.allow_cache.clear()
 
     def set_access(self, access: AccessPolicy) -> None:
         """Replace the policy (e.g. when keys or rules change at run time)."""
