@@ -410,7 +410,9 @@ class Router:
             headers=headers,
         )
         service.requests += 1
-        if not self._access_open and not self.allowed(session, Action.CALL, service_name):
+        if (not self._access_open or session.identity.restricted) and not self.allowed(
+            session, Action.CALL, service_name
+        ):
             self._refuse(
                 service, request, Denied(f"{session.identity.name} may not call {service_name}")
             )
