@@ -1,0 +1,163 @@
+"""The ``maitred`` command as an operator uses it: serve, worker --program, call, services,
+check, and a graceful stop on SIGTERM. Each runs as a real subprocess."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+MAITRED = [sys.executable, "-m", "maitred.core"]
+
+
+class Served:
+    def __init__(self, *args: str) -> None:
+        self.proc = subprocess.Popen(
+            [*MAITRED, "serve", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.endpoints: dict[str, list[str]] = {}
+        self.stderr_lines: list[str] = []
+        ready = threading.Event()
+
+        def read_stdout() -> None:
+            assert self.proc.stdout is not None
+            for line in self.proc.stdout:
+                m = re.match(r"maitred: (\w+) listening on (.*)", line.strip())
+                if m:
+                    self.endpoints[m.group(1)] = m.group(2).split()
+                    ready.set()
+
+        def read_stderr() -> None:
+            assert self.proc.stderr is not None
+            for line in self.proc.stderr:
+                self.stderr_lines.append(line)
+
+        self._readers = [
+            threading.Thread(target=read_stdout, daemon=True),
+            threading.Thread(target=read_stderr, daemon=True),
+        ]
+        for t in self._readers:
+            t.start()
+        if not ready.wait(20):
+            self.proc.kill()
+            raise AssertionError("broker did not start: " + "".join(self.stderr_lines))
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        rc = self.proc.wait(20)
+        self.close()
+        return rc
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        for t in self._readers:
+            t.join(5)
+        for pipe in (self.proc.stdout, self.proc.stderr):
+            if pipe is not None:
+                pipe.close()
+
+
+@pytest.fixture
+def served() -> Iterator[Served]:
+    s = Served("--mdp", "tcp://127.0.0.1:0")
+    yield s
+    s.close()
+
+
+def run(
+    *args: str, timeout: float = 30, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*MAITRED, *args], capture_output=True, text=True, timeout=timeout, input=stdin, check=False
+    )
+
+
+@pytest.mark.slow
+def test_worker_program_call_services_and_graceful_stop(served: Served) -> None:
+    ep = served.endpoints["mdp"][0]
+    worker = subprocess.Popen(
+        [*MAITRED, "worker", "echo", "--program", "tr a-z A-Z", "-b", ep],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        # the call waits in the broker until the worker is ready: no race to sleep over
+        result = run("call", "echo", "hello", "-b", ep, "-t", "20")
+        assert result.returncode == 0, result.stderr
+        assert result.stdout == "HELLO\n"
+        listing = run("services", "-b", ep)
+        assert listing.returncode == 0, listing.stderr
+        assert re.search(r"^echo\s+1\s+1\s+0\s+0$", listing.stdout, re.M), listing.stdout
+        mmi = run("call", "mmi.service", "echo", "-b", ep)
+        assert mmi.stdout == "200\n"
+        # a failing program answers with an error the caller sees at once
+        bad = subprocess.Popen(
+            [*MAITRED, "worker", "boom", "--program", "false", "-b", ep, "--max-requests", "1"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        failed = run("call", "boom", "x", "-b", ep, "-t", "20")
+        assert failed.returncode == 4, (failed.stdout, failed.stderr)
+        assert "program exited 1" in failed.stderr
+        assert bad.wait(20) == 0
+    finally:
+        rc = served.stop()
+        worker.terminate()
+        worker.wait(20)
+    assert rc == 0
+    log = "".join(served.stderr_lines)
+    assert "mdp listening on" in log and "stopped" in log
+
+
+@pytest.mark.slow
+def test_call_without_worker_times_out_with_exit_3(served: Served) -> None:
+    ep = served.endpoints["mdp"][0]
+    result = run("call", "nobody", "x", "-b", ep, "-t", "0.5")
+    assert result.returncode == 3
+    assert "timeout" in result.stderr
+
+
+def test_check_names_the_key_and_the_file(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[services.echo]\nrequest_timeout = "soon"\n')
+    result = run("check", "-c", str(bad))
+    assert result.returncode == 2
+    assert str(bad) in result.stderr and "services.echo.request_timeout" in result.stderr
+    unknown = tmp_path / "unknown.toml"
+    unknown.write_text('[transports.mdp]\nendpoint = "tcp://127.0.0.1:1"\n')
+    result = run("check", "-c", str(unknown))
+    assert result.returncode == 2
+    assert "transports.mdp" in result.stderr and "endpoint" in result.stderr
+    good = tmp_path / "good.toml"
+    good.write_text('[transports.mdp]\nendpoints = ["tcp://127.0.0.1:0"]\n')
+    result = run("check", "-c", str(good))
+    assert result.returncode == 0 and "ok" in result.stdout
+
+
+def test_serve_refuses_a_busy_port_cleanly(served: Served) -> None:
+    ep = served.endpoints["mdp"][0]
+    result = run("serve", "--mdp", ep, timeout=30)
+    assert result.returncode == 1
+    assert "cannot bind" in result.stderr
+
+
+def test_no_env_leaks_into_the_default_broker_url() -> None:
+    # the CLI's default broker comes from MAITRED_BROKER or the embedded default
+    env = dict(os.environ, MAITRED_BROKER="tcp://127.0.0.1:1")
+    result = subprocess.run(
+        [*MAITRED, "call", "--help"], capture_output=True, text=True, env=env, check=False
+    )
+    assert result.returncode == 0 and "MAITRED_BROKER" in result.stdout
