@@ -563,6 +563,10 @@ class Router:
                 self.touch(worker, now)
             state = request.state
             request.state = _DONE
+            # hand the worker its next request before answering the caller: on a busy service
+            # the worker's round trip is the critical path, the caller's reply is not
+            if service.queued:
+                self._dispatch(service, now)
             if state is _DISPATCHED:
                 service.replies += 1
                 if request.bucket is not None:
@@ -571,8 +575,6 @@ class Router:
                 caller = request.caller
                 if not caller.closed:
                     caller.sink.deliver_reply(request, _FINAL, body)
-            if service.queued:
-                self._dispatch(service, now)
             return True
         self.touch(worker, now)
         if request.state is _DISPATCHED and not request.caller.closed:

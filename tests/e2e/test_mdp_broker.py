@@ -435,3 +435,24 @@ def test_drain_finishes_inflight_and_disconnects_workers(broker: BrokerThread, c
     worker.expect_disconnect()
     stopper.join(10)
     assert broker.broker.state == "stopped"
+
+
+def test_worker_credit_pipelines_requests(
+    make_broker: Callable[..., BrokerThread], ctx: Ctx
+) -> None:
+    broker = make_broker("", mdp="worker_credit = 2\n")
+    worker = RawWorker(ctx, broker.endpoint, "rfc", b"pipe")
+    ready(broker, worker)
+    client = RawClient(ctx, broker.endpoint, "rfc")
+    for i in range(3):
+        client.send(b"pipe", b"%d" % i)
+    a0, b0 = worker.request()
+    a1, b1 = worker.request()  # the second arrives while the first is still being served
+    assert (b0, b1) == ([b"0"], [b"1"])
+    assert nothing(worker.sock, 0.1)  # but never more than the credit
+    worker.final(a0, b"r0")
+    a2, b2 = worker.request()
+    assert b2 == [b"2"]
+    worker.final(a1, b"r1")
+    worker.final(a2, b"r2")
+    assert [client.recv()[1] for _ in range(3)] == [[b"r0"], [b"r1"], [b"r2"]]
