@@ -1,0 +1,320 @@
+"""Durable queues: the store behind persistent queues (``memory`` or ``sqlite``).
+
+No asyncio and no I/O beyond :mod:`sqlite3`: every write is *buffered* by the calling transport
+(``append``, ``ack``, ``delivered``, ``dead_letter``, queue create/destroy) and made durable by
+:meth:`Store.flush`, one transaction for everything buffered since the last flush. A transport
+groups commits — e.g. one flush per event-loop turn — and tells a sender its message was accepted
+only after the flush that contains it returned (``flushed`` tells which writes that was).
+
+Message ids are per-queue counters that never go back: the counter of a queue is persisted with
+every batch and survives the queue's destruction and broker restarts.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Protocol
+
+
+@dataclass(slots=True)
+class StoredMessage:
+    """A message in a persistent queue. ``kind`` is the protocol's own encoding (opaque)."""
+
+    queue: str
+    n: int
+    payload: bytes
+    kind: bytes
+    origin: str
+    time: int
+    deliveries: int = 0
+
+
+@dataclass(slots=True)
+class DeadLetter:
+    message: StoredMessage
+    reason: str
+
+
+@dataclass(slots=True)
+class Recovered:
+    """What a store holds at start-up: each live queue with its messages (by id), the id
+    counters of every queue ever created, and the dead letters."""
+
+    queues: dict[str, list[StoredMessage]] = field(default_factory=dict)
+    counters: dict[str, int] = field(default_factory=dict)
+    dead: list[DeadLetter] = field(default_factory=list)
+
+
+class Store(Protocol):
+    """A durable queue store. Writes are buffered until :meth:`flush`."""
+
+    #: number of the last flush that completed (starts at 0); ``pending`` is the number of the
+    #: flush that will make the currently buffered writes durable
+    flushed: int
+
+    @property
+    def pending(self) -> int: ...
+
+    @property
+    def dirty(self) -> bool:
+        """True when writes wait for a flush."""
+        ...
+
+    def recover(self) -> Recovered: ...
+
+    def create_queue(self, name: str) -> None: ...
+
+    def destroy_queue(self, name: str) -> None:
+        """Forget the queue and its messages (its id counter stays)."""
+        ...
+
+    def append(self, message: StoredMessage) -> None:
+        """Add a message; ``message.n`` must be the queue's next id (the counter follows it)."""
+        ...
+
+    def ack(self, queue: str, n: int) -> None: ...
+
+    def delivered(self, queue: str, n: int, deliveries: int) -> None:
+        """Record how many times the message was handed to a consumer."""
+        ...
+
+    def dead_letter(self, message: StoredMessage, reason: str) -> None:
+        """Move the message out of its queue into the dead letters."""
+        ...
+
+    def dead_letters(self, queue: str | None = None) -> list[DeadLetter]: ...
+
+    def flush(self) -> int:
+        """Commit everything buffered (one transaction); returns the new ``flushed`` number."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class MemoryStore:
+    """Keeps nothing across restarts: the same interface, for tests and ``store = "memory"``."""
+
+    def __init__(self) -> None:
+        self.flushed = 0
+        self._dirty = False
+        self._queues: dict[str, dict[int, StoredMessage]] = {}
+        self._counters: dict[str, int] = {}
+        self._dead: list[DeadLetter] = []
+
+    @property
+    def pending(self) -> int:
+        return self.flushed + 1
+
+    @property
+    def dirty(self) -> bool:
+        return self._dirty
+
+    def recover(self) -> Recovered:
+        return Recovered(
+            {q: sorted(m.values(), key=lambda s: s.n) for q, m in self._queues.items()},
+            dict(self._counters),
+            list(self._dead),
+        )
+
+    def create_queue(self, name: str) -> None:
+        self._queues.setdefault(name, {})
+        self._counters.setdefault(name, 0)
+        self._dirty = True
+
+    def destroy_queue(self, name: str) -> None:
+        self._queues.pop(name, None)
+        self._dirty = True
+
+    def append(self, message: StoredMessage) -> None:
+        self._queues.setdefault(message.queue, {})[message.n] = message
+        self._counters[message.queue] = max(self._counters.get(message.queue, 0), message.n + 1)
+        self._dirty = True
+
+    def ack(self, queue: str, n: int) -> None:
+        q = self._queues.get(queue)
+        if q is not None:
+            q.pop(n, None)
+        self._dirty = True
+
+    def delivered(self, queue: str, n: int, deliveries: int) -> None:
+        self._dirty = True
+
+    def dead_letter(self, message: StoredMessage, reason: str) -> None:
+        self.ack(message.queue, message.n)
+        self._dead.append(DeadLetter(message, reason))
+
+    def dead_letters(self, queue: str | None = None) -> list[DeadLetter]:
+        return [d for d in self._dead if queue is None or d.message.queue == queue]
+
+    def flush(self) -> int:
+        self.flushed += 1
+        self._dirty = False
+        return self.flushed
+
+    def close(self) -> None:
+        return None
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS queues (
+    name TEXT PRIMARY KEY, next_n INTEGER NOT NULL, live INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS messages (
+    queue TEXT NOT NULL, n INTEGER NOT NULL, payload BLOB NOT NULL, kind BLOB NOT NULL,
+    origin TEXT NOT NULL, time INTEGER NOT NULL, deliveries INTEGER NOT NULL,
+    PRIMARY KEY (queue, n)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS dead (
+    queue TEXT NOT NULL, n INTEGER NOT NULL, payload BLOB NOT NULL, kind BLOB NOT NULL,
+    origin TEXT NOT NULL, time INTEGER NOT NULL, deliveries INTEGER NOT NULL,
+    reason TEXT NOT NULL, PRIMARY KEY (queue, n)) WITHOUT ROWID;
+"""
+
+_Op = tuple[str, tuple[object, ...]]
+
+
+class SQLiteStore:
+    """SQLite in WAL mode. ``synchronous = "normal"`` survives a process crash (kill -9);
+    ``"full"`` also a power loss, at the price of an fsync per flush."""
+
+    def __init__(self, path: str | Path, synchronous: Literal["normal", "full"] = "normal"):
+        self.path = str(path)
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute(f"PRAGMA synchronous={synchronous.upper()}")
+        self._db.executescript(_SCHEMA)
+        self.flushed = 0
+        self._ops: list[_Op] = []
+        self._counters: dict[str, int] = {}
+        self._changed_counters: set[str] = set()
+        for name, next_n in self._db.execute("SELECT name, next_n FROM queues"):
+            self._counters[name] = next_n
+
+    @property
+    def pending(self) -> int:
+        return self.flushed + 1
+
+    @property
+    def dirty(self) -> bool:
+        return bool(self._ops or self._changed_counters)
+
+    def recover(self) -> Recovered:
+        out = Recovered(counters=dict(self._counters))
+        for (name,) in self._db.execute("SELECT name FROM queues WHERE live = 1 ORDER BY name"):
+            out.queues[name] = []
+        rows = self._db.execute(
+            "SELECT queue, n, payload, kind, origin, time, deliveries FROM messages "
+            "ORDER BY queue, n"
+        )
+        for queue, n, payload, kind, origin, time, deliveries in rows:
+            out.queues.setdefault(queue, []).append(
+                StoredMessage(queue, n, bytes(payload), bytes(kind), origin, time, deliveries)
+            )
+        out.dead = self.dead_letters()
+        return out
+
+    def create_queue(self, name: str) -> None:
+        self._counters.setdefault(name, 0)
+        self._ops.append(
+            (
+                "INSERT INTO queues (name, next_n, live) VALUES (?, ?, 1) "
+                "ON CONFLICT(name) DO UPDATE SET live = 1",
+                (name, self._counters[name]),
+            )
+        )
+
+    def destroy_queue(self, name: str) -> None:
+        self._ops.append(("UPDATE queues SET live = 0 WHERE name = ?", (name,)))
+        self._ops.append(("DELETE FROM messages WHERE queue = ?", (name,)))
+
+    def append(self, message: StoredMessage) -> None:
+        m = message
+        self._ops.append(
+            (
+                "INSERT OR REPLACE INTO messages VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (m.queue, m.n, m.payload, m.kind, m.origin, m.time, m.deliveries),
+            )
+        )
+        if m.n + 1 > self._counters.get(m.queue, 0):
+            self._counters[m.queue] = m.n + 1
+            self._changed_counters.add(m.queue)
+
+    def ack(self, queue: str, n: int) -> None:
+        self._ops.append(("DELETE FROM messages WHERE queue = ? AND n = ?", (queue, n)))
+
+    def delivered(self, queue: str, n: int, deliveries: int) -> None:
+        self._ops.append(
+            ("UPDATE messages SET deliveries = ? WHERE queue = ? AND n = ?", (deliveries, queue, n))
+        )
+
+    def dead_letter(self, message: StoredMessage, reason: str) -> None:
+        m = message
+        self._ops.append(
+            (
+                "INSERT OR REPLACE INTO dead VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (m.queue, m.n, m.payload, m.kind, m.origin, m.time, m.deliveries, reason),
+            )
+        )
+        self.ack(m.queue, m.n)
+
+    def dead_letters(self, queue: str | None = None) -> list[DeadLetter]:
+        sql = "SELECT queue, n, payload, kind, origin, time, deliveries, reason FROM dead"
+        args: tuple[object, ...] = ()
+        if queue is not None:
+            sql += " WHERE queue = ?"
+            args = (queue,)
+        return [
+            DeadLetter(StoredMessage(q, n, bytes(p), bytes(k), o, t, d), r)
+            for q, n, p, k, o, t, d, r in self._db.execute(sql + " ORDER BY queue, n", args)
+        ]
+
+    def flush(self) -> int:
+        ops, self._ops = self._ops, []
+        counters = [(self._counters[q], q) for q in self._changed_counters]
+        self._changed_counters.clear()
+        db = self._db
+        db.execute("BEGIN")
+        try:
+            for sql, group in _grouped(ops):
+                db.executemany(sql, group)
+            if counters:
+                db.executemany(
+                    "INSERT INTO queues (name, next_n, live) VALUES (?2, ?1, 1) "
+                    "ON CONFLICT(name) DO UPDATE SET next_n = max(next_n, ?1)",
+                    counters,
+                )
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        self.flushed += 1
+        return self.flushed
+
+    def close(self) -> None:
+        if self.dirty:
+            self.flush()
+        self._db.close()
+
+
+def _grouped(ops: list[_Op]) -> Iterable[tuple[str, list[tuple[object, ...]]]]:
+    """Consecutive operations with the same SQL, as executemany groups (order kept)."""
+    sql: str | None = None
+    group: list[tuple[object, ...]] = []
+    for op_sql, args in ops:
+        if op_sql != sql:
+            if sql is not None:
+                yield sql, group
+            sql, group = op_sql, []
+        group.append(args)
+    if sql is not None:
+        yield sql, group
+
+
+def open_store(kind: Literal["memory", "sqlite"], path: str = "") -> Store:
+    """A store by its config name (``[transports.http] store``)."""
+    if kind == "memory":
+        return MemoryStore()
+    return SQLiteStore(path or "maitred-store.sqlite3")

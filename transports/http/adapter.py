@@ -1,0 +1,776 @@
+"""The ``http`` transport: maitred's REST API (``/v1/``), metrics and health, and the xapi
+message switch (Gen 3), on the same aiohttp listeners (TCP and/or Unix sockets).
+
+REST callers share one quiet router session; each call's correlation is a small object holding
+an asyncio future (or, for SSE, a queue), so a reply costs no task. A client that disconnects
+cancels its handler (aiohttp ``handler_cancellation``) and so its router request. Topic
+subscriptions (SSE) get one router session per stream. The switch lives in
+:mod:`maitred.transports.http.switch`; durable queues in :mod:`maitred.core.store`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import os
+import stat
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Literal
+
+import msgspec
+from aiohttp import web
+
+from maitred.core.access import Identity
+from maitred.core.errors import ErrorCode, MaitredError
+from maitred.core.routing.model import Body, Headers, ReplyKind, Request, Worker
+from maitred.core.store import MemoryStore, SQLiteStore, Store
+from maitred.core.transport import BrokerPort
+from maitred.transports.http import codec
+from maitred.transports.http.codec import SwitchError
+from maitred.transports.http.metrics import render_metrics
+from maitred.transports.http.openapi import openapi_document
+from maitred.transports.http.switch import Switch, Token
+
+log = logging.getLogger("maitred.transports.http")
+
+_FINAL = ReplyKind.FINAL
+_OCTETS = "application/octet-stream"
+
+
+class HttpConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """``[transports.http]``: REST API, metrics and the message switch."""
+
+    enabled: bool = True
+    #: ``HOST:PORT`` (port 0: any free port) and/or ``unix:/path/to/socket``
+    listen: list[str] = msgspec.field(default_factory=lambda: ["127.0.0.1:8080"])
+    #: largest request body in bytes (larger: 413 before the body is read)
+    max_body_size: int = 1 << 20
+    #: seconds a REST call may take when the caller sends no deadline header; 0: the service's
+    #: ``request_timeout``
+    request_timeout: float = 0.0
+    #: the request header that carries a call's deadline in seconds
+    timeout_header: str = "X-Maitred-Timeout"
+    #: the identity of REST callers and switch sessions (unless an authenticator plugin says
+    #: otherwise for a switch login token)
+    identity: str = "anonymous"
+    roles: list[str] = msgspec.field(default_factory=list)
+    #: serve the message-switch protocol on the same listeners
+    switch: bool = True
+    #: requests a switch session holds at once per queue it transfers from
+    switch_credit: int = 16
+    #: deliveries without an ack before a stored message goes to the dead letters
+    max_deliveries: int = 5
+    #: events kept for ``GET /trace`` (0: no trace)
+    trace_size: int = 1000
+    #: login tokens (shell patterns) allowed to ``POST /shutdown``; others get 403
+    shutdown_tokens: list[str] = msgspec.field(default_factory=list)
+    #: where persistent switch queues live: ``memory`` (lost on restart) or ``sqlite``
+    store: Literal["memory", "sqlite"] = "memory"
+    store_path: str = "maitred-store.sqlite3"
+    #: ``normal`` survives a process crash; ``full`` also a power loss (fsync per commit)
+    store_sync: Literal["normal", "full"] = "normal"
+    #: events buffered per SSE subscriber before it is cut off as too slow
+    sse_buffer: int = 1000
+
+    def problems(self) -> list[str]:
+        out = []
+        if not self.listen:
+            out.append("listen: at least one address is needed")
+        for addr in self.listen:
+            if not addr.startswith("unix:"):
+                host, sep, port = addr.rpartition(":")
+                if not sep or not host or not port.isdigit():
+                    out.append(f"listen: {addr!r} is not HOST:PORT or unix:/path")
+        if self.max_body_size < 1:
+            out.append("max_body_size must be >= 1")
+        if not (0 <= self.request_timeout < math.inf):
+            out.append("request_timeout must be a finite number >= 0")
+        if self.switch_credit < 1:
+            out.append("switch_credit must be >= 1")
+        if self.max_deliveries < 1:
+            out.append("max_deliveries must be >= 1")
+        if self.trace_size < 0:
+            out.append("trace_size must be >= 0")
+        if self.sse_buffer < 1:
+            out.append("sse_buffer must be >= 1")
+        if self.store == "sqlite" and not self.store_path:
+            out.append("store_path: needed with store = 'sqlite'")
+        return out
+
+
+class _Call:
+    """One REST call in flight: its correlation in the router."""
+
+    __slots__ = ("fut", "queue")
+
+    def __init__(self, fut: asyncio.Future[Any] | None, queue: asyncio.Queue[Any] | None):
+        self.fut = fut
+        self.queue = queue
+
+
+class _RestSink:
+    """The sink of the quiet session all REST callers share."""
+
+    def deliver_request(self, worker: Worker, request: Request) -> None:
+        return None
+
+    def deliver_reply(self, request: Request, kind: ReplyKind, body: Body) -> None:
+        call: _Call = request.correlation
+        if call.queue is not None:
+            call.queue.put_nowait((kind, list(body)))
+        elif kind is _FINAL and call.fut is not None and not call.fut.done():
+            call.fut.set_result((True, list(body)))
+
+    def deliver_error(self, request: Request, error: MaitredError) -> None:
+        call: _Call = request.correlation
+        if call.queue is not None:
+            call.queue.put_nowait(("error", error))
+        elif call.fut is not None and not call.fut.done():
+            call.fut.set_result((False, error))
+
+    def deliver_event(self, topic: str, body: Body, headers: Headers) -> None:
+        return None
+
+    def worker_removed(self, worker: Worker, reason: str) -> None:
+        return None
+
+
+class _TopicSink:
+    """One SSE subscriber: events into a bounded queue; overflow ends the stream."""
+
+    def __init__(self, size: int) -> None:
+        self.queue: asyncio.Queue[tuple[str, list[bytes], dict[str, str]] | None] = asyncio.Queue(
+            size
+        )
+        self.overflow = False
+
+    def deliver_request(self, worker: Worker, request: Request) -> None:
+        return None
+
+    def deliver_reply(self, request: Request, kind: ReplyKind, body: Body) -> None:
+        return None
+
+    def deliver_error(self, request: Request, error: MaitredError) -> None:
+        return None
+
+    def close(self) -> None:
+        self.overflow = True
+        while True:
+            try:
+                self.queue.put_nowait(None)
+                return
+            except asyncio.QueueFull:
+                self.queue.get_nowait()
+
+    def deliver_event(self, topic: str, body: Body, headers: Headers) -> None:
+        if self.overflow:
+            return
+        try:
+            self.queue.put_nowait((topic, list(body), dict(headers)))
+        except asyncio.QueueFull:
+            self.overflow = True
+
+    def worker_removed(self, worker: Worker, reason: str) -> None:
+        return None
+
+
+def _error(code: ErrorCode, reason: str) -> web.Response:
+    return web.Response(
+        status=codec.status_for(code),
+        body=codec.error_body(code, reason),
+        content_type="application/json",
+    )
+
+
+def _json(value: Any, status: int = 200) -> web.Response:
+    return web.Response(
+        status=status, body=codec.encode_json(value), content_type="application/json"
+    )
+
+
+def _plain(body: bytes, status: int = 200) -> web.Response:
+    return web.Response(status=status, body=body)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def _remove_stale_socket(path: str) -> None:
+    try:
+        if stat.S_ISSOCK(os.stat(path).st_mode):
+            os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+class HttpTransport:
+    """The ``http`` transport (see the module docstring)."""
+
+    name = "http"
+
+    def __init__(self, config: HttpConfig, port: BrokerPort, store: Store | None = None) -> None:
+        self.config = config
+        self.port = port
+        self.router = port.router
+        self.stats = port.stats
+        self.identity = Identity(config.identity, frozenset(config.roles))
+        self._store = store
+        self._runner: web.AppRunner | None = None
+        self._bound: list[str] = []
+        self._unix_paths: list[str] = []
+        self._session = None
+        self._accepting = False
+        self._closed = False
+        self._topic_sinks: set[_TopicSink] = set()
+        self.switch: Switch | None = None
+        #: set by the plugin when the broker starts (``POST /shutdown`` of an authorised token)
+        self.request_stop: Callable[[], None] | None = None
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        cfg = self.config
+        now = self.port.clock()
+        self._rest = self.router.open_session(
+            "http", _RestSink(), self.identity, now, label="http:rest", quiet=True
+        )
+        if cfg.switch:
+            store = self._store
+            if store is None:
+                store = (
+                    SQLiteStore(cfg.store_path, cfg.store_sync)
+                    if cfg.store == "sqlite"
+                    else MemoryStore()
+                )
+            self.switch = Switch(
+                self.port,
+                store,
+                identity=self.identity,
+                credit=cfg.switch_credit,
+                max_deliveries=cfg.max_deliveries,
+                trace_size=cfg.trace_size,
+                shutdown_tokens=cfg.shutdown_tokens,
+            )
+            self.switch.open()
+        app = web.Application(client_max_size=cfg.max_body_size)
+        r = app.router
+        r.add_get("/v1/openapi.json", self._openapi)
+        r.add_post("/v1/services/{name}", self._call)
+        r.add_get("/v1/services", self._services)
+        r.add_get("/v1/services/{name}", self._service)
+        r.add_get("/v1/queues", self._queues)
+        r.add_get("/v1/topics", self._topics)
+        r.add_post("/v1/topics/{topic}", self._publish)
+        r.add_get("/v1/topics/{pattern}", self._subscribe)
+        r.add_get("/v1/dead-letters", self._dead_letters)
+        r.add_get("/metrics", self._metrics)
+        r.add_get("/healthz", self._healthz)
+        r.add_get("/readyz", self._readyz)
+        r.add_route("*", "/v1/{tail:.*}", self._v1_not_found)
+        r.add_route("*", "/{tail:.*}", self._switch_route)
+        runner = self._runner = web.AppRunner(
+            app,
+            handle_signals=False,
+            access_log=None,
+            handler_cancellation=True,
+            shutdown_timeout=1.0,
+        )
+        await runner.setup()
+        server = runner.server
+        assert server is not None
+        lost = server.connection_lost
+
+        def connection_lost(handler: Any, exc: BaseException | None = None) -> None:
+            lost(handler, exc)
+            if self.switch is not None:
+                self.switch.connection_closed(handler)
+
+        server.connection_lost = connection_lost  # type: ignore[method-assign]
+        try:
+            for addr in cfg.listen:
+                await self._bind(runner, addr)
+        except OSError as exc:
+            await self.close()
+            raise MaitredError(
+                f"http: cannot listen on {addr}: {exc.strerror or exc}", ErrorCode.BAD_REQUEST
+            ) from None
+        self._accepting = True
+
+    async def _bind(self, runner: web.AppRunner, addr: str) -> None:
+        if addr.startswith("unix:"):
+            path = addr[5:]
+            _remove_stale_socket(path)
+            site: web.BaseSite = web.UnixSite(runner, path)
+            await site.start()
+            self._unix_paths.append(path)
+            self._bound.append(f"unix:{path}")
+            return
+        host, _, port = addr.rpartition(":")
+        host = host.strip("[]")
+        site = web.TCPSite(runner, host, int(port), reuse_address=True)
+        await site.start()
+        # the asyncio (or uvloop) server: its sockets know the real port
+        sockets: Sequence[Any] = getattr(site._server, "sockets", None) or ()
+        for sock in sockets:
+            real = sock.getsockname()
+            shown = f"[{real[0]}]" if ":" in real[0] else real[0]
+            self._bound.append(f"http://{shown}:{real[1]}")
+
+    def endpoints(self) -> list[str]:
+        return list(self._bound)
+
+    async def stop_accepting(self) -> None:
+        self._accepting = False
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._accepting = False
+        # end what would keep a connection busy: SSE streams and switch long polls
+        for sink in self._topic_sinks:
+            sink.close()
+        if self.switch is not None:
+            self.switch.close()
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        now = self.port.clock()
+        rest = getattr(self, "_rest", None)
+        if rest is not None:
+            self.router.close_session(rest, now, "closing")
+        for path in self._unix_paths:
+            _remove_stale_socket(path)
+
+    # -- helpers --------------------------------------------------------------------------
+
+    async def _read_body(self, request: web.Request) -> bytes:
+        """The whole body, or _TooLarge as soon as it is known to exceed the limit."""
+        limit = self.config.max_body_size
+        length = request.content_length
+        if length is not None and length > limit:
+            raise _TooLarge
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            chunk = await request.content.readany()
+            if not chunk:
+                break
+            size += len(chunk)
+            if size > limit:
+                raise _TooLarge
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def _too_large(self, response: web.Response) -> web.Response:
+        self.stats["http.too_large"] += 1
+        response.force_close()
+        return response
+
+    def _timeout(self, request: web.Request) -> float | None:
+        raw = request.headers.get(self.config.timeout_header)
+        if raw is None:
+            return self.config.request_timeout or None
+        value = float(raw)  # ValueError: 400
+        if not (0 < value < math.inf):
+            raise ValueError("the deadline must be a number of seconds > 0")
+        return value
+
+    def _mmi(self, name: str, arg: bytes = b"") -> Any:
+        """Ask the MMI (answered at once) and decode its JSON answer."""
+        loop = asyncio.get_running_loop()
+        call = _Call(loop.create_future(), None)
+        self.router.submit(self._rest, name, [arg], call, self.port.clock())
+        assert call.fut is not None and call.fut.done()
+        ok, value = call.fut.result()
+        if not ok:
+            raise value
+        return msgspec.json.decode(value[-1])
+
+    # -- REST ----------------------------------------------------------------------------------
+
+    async def _openapi(self, request: web.Request) -> web.Response:
+        return _json(openapi_document())
+
+    async def _v1_not_found(self, request: web.Request) -> web.Response:
+        return _error(ErrorCode.NOT_FOUND, f"no such resource: {request.method} {request.path}")
+
+    async def _call(self, request: web.Request) -> web.StreamResponse:
+        name = request.match_info["name"]
+        if not self._accepting:
+            return _error(ErrorCode.SHUTTING_DOWN, "broker is shutting down")
+        try:
+            timeout = self._timeout(request)
+        except ValueError as exc:
+            return _error(ErrorCode.BAD_REQUEST, f"{self.config.timeout_header}: {exc}")
+        try:
+            body = await self._read_body(request)
+        except _TooLarge:
+            return self._too_large(_error(ErrorCode.TOO_LARGE, "the request body is too large"))
+        if (
+            request.content_type == "application/json"
+            and request.headers.get("X-Maitred-Frames-Json") != "0"
+        ):
+            try:
+                frames = codec.parse_frames_json(body)
+            except ValueError as exc:
+                return _error(ErrorCode.BAD_REQUEST, str(exc))
+        else:
+            frames = [body]
+        accept = request.headers.get("Accept", "")
+        loop = asyncio.get_running_loop()
+        if "text/event-stream" in accept:
+            return await self._call_stream(request, name, frames, timeout)
+        call = _Call(loop.create_future(), None)
+        assert call.fut is not None
+        self.stats["http.calls"] += 1
+        submitted = self.router.submit(
+            self._rest, name, frames, call, self.port.clock(), timeout=timeout
+        )
+        try:
+            ok, value = await call.fut
+        except asyncio.CancelledError:
+            if submitted is not None:
+                self.stats["http.calls_cancelled"] += 1
+                self.router.cancel(submitted, self.port.clock())
+            raise
+        if not ok:
+            err: MaitredError = value
+            return _error(err.code, err.reason)
+        reply: list[bytes] = value
+        if "application/json" in accept:
+            return web.Response(body=codec.frames_json_body(reply), content_type="application/json")
+        return web.Response(
+            body=b"".join(reply),
+            content_type=_OCTETS,
+            headers={"X-Maitred-Frames": ",".join(str(len(f)) for f in reply)},
+        )
+
+    async def _call_stream(
+        self, request: web.Request, name: str, frames: list[bytes], timeout: float | None
+    ) -> web.StreamResponse:
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        call = _Call(None, queue)
+        self.stats["http.calls"] += 1
+        submitted = self.router.submit(
+            self._rest, name, frames, call, self.port.clock(), timeout=timeout
+        )
+        if submitted is None and not queue.empty():
+            # refused at once: a plain error response (the status says what went wrong)
+            kind, value = queue.get_nowait()
+            if kind == "error":
+                return _error(value.code, value.reason)
+            queue.put_nowait((kind, value))
+        response = web.StreamResponse(
+            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+        )
+        try:
+            await response.prepare(request)
+            while True:
+                kind, value = await queue.get()
+                if kind == "error":
+                    err: MaitredError = value
+                    await response.write(
+                        codec.sse_event("error", codec.error_body(err.code, err.reason))
+                    )
+                    break
+                event = "final" if kind is _FINAL else "partial"
+                await response.write(codec.sse_event(event, codec.frames_json_body(value)))
+                if kind is _FINAL:
+                    break
+        except (asyncio.CancelledError, ConnectionResetError):
+            if submitted is not None:
+                self.router.cancel(submitted, self.port.clock())
+            raise
+        await response.write_eof()
+        return response
+
+    async def _services(self, request: web.Request) -> web.Response:
+        return _json(self._mmi("mmi.services"))
+
+    async def _service(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        rows = [row for row in self._mmi("mmi.services") if row["name"] == name]
+        if not rows:
+            return _error(ErrorCode.NOT_FOUND, f"no service {name} (no worker, nothing queued)")
+        row = dict(rows[0])
+        row["worker_list"] = self._mmi("mmi.workers", name.encode())
+        return _json(row)
+
+    async def _queues(self, request: web.Request) -> web.Response:
+        value = {"services": self._mmi("mmi.queues")}
+        if self.switch is not None:
+            value["switch"] = {
+                name: {
+                    "persistent": q.persistent,
+                    "messages": len(q.messages),
+                    "leased": sum(1 for m in q.messages.values() if m.lease is not None),
+                }
+                for name, q in sorted(self.switch.queues.items())
+            }
+        return _json(value)
+
+    async def _topics(self, request: web.Request) -> web.Response:
+        return _json(self._mmi("mmi.topics"))
+
+    async def _dead_letters(self, request: web.Request) -> web.Response:
+        if self.switch is None:
+            return _json([])
+        queue = request.query.get("queue")
+        return _json(
+            [
+                {
+                    "queue": d.message.queue,
+                    "id": d.message.n,
+                    "reason": d.reason,
+                    "deliveries": d.message.deliveries,
+                    "origin": d.message.origin,
+                    "payload": codec.payload_text(d.message.payload),
+                }
+                for d in self.switch.store.dead_letters(queue)
+            ]
+        )
+
+    async def _publish(self, request: web.Request) -> web.Response:
+        topic = request.match_info["topic"]
+        try:
+            body = await self._read_body(request)
+        except _TooLarge:
+            return self._too_large(_error(ErrorCode.TOO_LARGE, "the request body is too large"))
+        try:
+            n = self.router.publish(self._rest, topic, [body])
+        except MaitredError as exc:
+            return _error(exc.code, exc.reason)
+        return _json({"delivered": n})
+
+    async def _subscribe(self, request: web.Request) -> web.StreamResponse:
+        pattern = request.match_info["pattern"]
+        sink = _TopicSink(self.config.sse_buffer)
+        self._topic_sinks.add(sink)
+        now = self.port.clock()
+        session = self.router.open_session(
+            "http", sink, self.identity, now, label=f"http:sse:{id(sink):x}"
+        )
+        try:
+            try:
+                self.router.subscribe(session, pattern)
+            except MaitredError as exc:
+                return _error(exc.code, exc.reason)
+            response = web.StreamResponse(
+                headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+            )
+            await response.prepare(request)
+            await response.write(b": subscribed to " + pattern.encode() + b"\n\n")
+            seq = 0
+            while not self._closed:
+                item = await sink.queue.get()
+                if item is None:
+                    break
+                topic, frames, headers = item
+                await response.write(
+                    codec.sse_event("message", codec.topic_event_data(topic, frames, headers), seq)
+                )
+                seq += 1
+                if sink.overflow and sink.queue.empty() and not self._closed:
+                    self.stats["http.sse_overflow"] += 1
+                    await response.write(
+                        codec.sse_event(
+                            "error",
+                            codec.error_body(ErrorCode.QUEUE_FULL, "subscriber too slow"),
+                        )
+                    )
+                    break
+            return response
+        finally:
+            self._topic_sinks.discard(sink)
+            self.router.close_session(session, self.port.clock(), "stream closed")
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        body, ctype = render_metrics(self.router, self.switch)
+        return web.Response(body=body, headers={"Content-Type": ctype})
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        return _json({"status": "ok"})
+
+    async def _readyz(self, request: web.Request) -> web.Response:
+        if self._accepting and not self.router.draining:
+            return _json({"status": "ready"})
+        return _json({"status": "draining"}, status=503)
+
+    # -- message switch -----------------------------------------------------------------------
+
+    async def _switch_route(self, request: web.Request) -> web.StreamResponse:
+        switch = self.switch
+        uri = request.raw_path
+        if switch is None:
+            return _error(ErrorCode.NOT_FOUND, f"no such resource: {request.method} {uri}")
+        parts = codec.split_path(uri)
+        if parts is None:
+            return _plain(codec.not_found(uri), 404)
+        handler = self._switch_handler(request.method, parts)
+        if handler is None:
+            return _plain(codec.not_found(uri), 404)
+        needs_login, fn = handler
+        token = switch.token_of(request.protocol)
+        if needs_login and token is None:
+            return _plain(codec.PLEASE_LOG_IN, 404)
+        try:
+            return await fn(request, parts, token)
+        except _TooLarge:
+            return self._too_large(_plain(b"Request Entity Too Large", 413))
+        except (SwitchError, ValueError, KeyError, IndexError, msgspec.DecodeError) as exc:
+            self.stats["http.switch.bad_input"] += 1
+            log.debug("switch: %s %s: %s", request.method, uri, exc)
+            return _plain(codec.INTERNAL_ERROR, 500)
+
+    _SwitchFn = Callable[[web.Request, list[str], Token | None], Awaitable[web.StreamResponse]]
+
+    def _switch_handler(self, method: str, parts: list[str]) -> tuple[bool, _SwitchFn] | None:
+        if not parts:
+            return None
+        op, n = parts[0], len(parts)
+        if method == "GET":
+            if n == 1 and op == "":
+                return False, self._sw_diagnostics
+            if op == "login" and n == 2:
+                return False, self._sw_login
+            if op in ("persistent", "transient") and n == 2:
+                return True, self._sw_create
+            if op == "destroy" and n == 2:
+                return True, self._sw_destroy
+            if op == "ack" and n == 3:
+                return True, self._sw_ack
+            if op == "list" and n <= 3:
+                return True, self._sw_list
+            if op == "trace" and n in (1, 3):
+                return False, self._sw_trace
+            if op == "admin":
+                return False, self._sw_admin
+        elif method == "POST":
+            if op == "request" and n == 3:
+                return True, self._sw_request
+            if op == "response" and n == 4:
+                return True, self._sw_response
+            if op == "transfer" and n == 1:
+                return True, self._sw_transfer
+            if op == "shutdown" and n == 1:
+                return True, self._sw_shutdown
+        return None
+
+    @property
+    def _sw(self) -> Switch:
+        assert self.switch is not None
+        return self.switch
+
+    async def _sw_diagnostics(
+        self, request: web.Request, parts: list[str], token: Token | None
+    ) -> web.StreamResponse:
+        return _plain(self._sw.diagnostics())
+
+    async def _sw_login(
+        self, request: web.Request, parts: list[str], token: Token | None
+    ) -> web.StreamResponse:
+        self._sw.login(request.protocol, parts[1])
+        return _plain(b"")
+
+    async def _sw_create(
+        self, request: web.Request, parts: list[str], token: Token | None
+    ) -> web.StreamResponse:
+        assert token is not None
+        name = parts[1]
+        if not name:
+            raise SwitchError("empty queue name")
+        self._sw.create(token, name, parts[0] == "persistent")
+        await self._sw.committed()
+        return _plain(name.encode("utf-8"))
+
+    async def _sw_destroy(
+        self, request: web.Request, parts: list[str], token: Token | None
+    ) -> web.StreamResponse:
+        self._sw.destroy(parts[1])
+        await self._sw.committed()
+        return _plain(b"")
+
+    async def _sw_ack(
+        self, request: web.Request, parts: list[str], token: Token | None
+    ) -> web.StreamResponse:
+        assert token is not None
+        self._sw.ack(token, parts[1], int(parts[2]))
+        await self._sw.committed()
+        return _plain(b"")
+
+    async def _sw_list(
+        self, request: web.Request, parts: list[str], token: Token | None
+    ) -> web.StreamResponse:
+        alive = len(parts) == 3 and parts[1] == "alive"
+        if len(parts) == 3 and not alive:
+            raise SwitchError("list takes /<prefix> or /alive/<prefix>")
+        prefix = parts[-1] if len(parts) > 1 else ""
+        return _plain(codec.names_body(self._sw.list_queues(prefix, alive)))
+
+    async def _sw_trace(
+        self, request: web.Request, parts: list[str], token: Token | None
+    ) -> web.StreamResponse:
+        start, timeout = codec.parse_trace_args(parts[1:])
+        return _plain(await self._sw.get_trace(start, timeout))
+
+    async def _sw_admin(
+        self, request: web.Request, parts: list[str], token: Token | None
+    ) -> web.StreamResponse:
+        rows = "".join(
+            f"<tr><td>{name}</td><td>{'persistent' if q.persistent else 'transient'}</td>"
+            f"<td>{len(q.messages)}</td></tr>"
+            for name, q in sorted(self._sw.queues.items())
+        )
+        page = (
+            "<!doctype html><title>maitred switch</title><h1>maitred message switch</h1>"
+            f"<table><tr><th>queue</th><th>kind</th><th>messages</th></tr>{rows}</table>"
+        )
+        return web.Response(text=page, content_type="text/html")
+
+    async def _sw_request(
+        self, request: web.Request, parts: list[str], token: Token | None
+    ) -> web.StreamResponse:
+        assert token is not None
+        payload = await self._read_body(request)
+        sent = self._sw.send(token, parts[1], payload, codec.request_kind(parts[2]))
+        await self._sw.committed()
+        return _plain(codec.id_list(parts[1], None if sent is None else sent[1]))
+
+    async def _sw_response(
+        self, request: web.Request, parts: list[str], token: Token | None
+    ) -> web.StreamResponse:
+        assert token is not None
+        req_n = int(parts[3])
+        payload = await self._read_body(request)
+        sent = self._sw.respond(token, parts[1], parts[2], req_n, payload)
+        await self._sw.committed()
+        if sent is None:
+            return _plain(b"[]")
+        return _plain(codec.id_list(sent[0], sent[1]))
+
+    async def _sw_transfer(
+        self, request: web.Request, parts: list[str], token: Token | None
+    ) -> web.StreamResponse:
+        assert token is not None
+        start, timeout, queues = codec.parse_transfer(await self._read_body(request))
+        body = await self._sw.transfer(token, start, timeout, queues)
+        if self._sw.store.dirty:
+            await self._sw.committed()  # delivery counts
+        return _plain(body)
+
+    async def _sw_shutdown(
+        self, request: web.Request, parts: list[str], token: Token | None
+    ) -> web.StreamResponse:
+        assert token is not None
+        if not self._sw.may_shutdown(token) or self.request_stop is None:
+            return _plain(b"Forbidden", 403)
+        log.warning("switch: shutdown requested by %s", token.name)
+        asyncio.get_running_loop().call_soon(self.request_stop)
+        return _plain(b"")
+
+
+def cli_addresses(addresses: Sequence[str]) -> dict[str, Any]:
+    return {"listen": list(addresses)}

@@ -1,0 +1,377 @@
+"""Python clients for the HTTP transport.
+
+- :class:`RestClient` (blocking, stdlib ``http.client``) and :class:`AsyncRestClient` (aiohttp)
+  for the REST API: ``call`` returns the final reply's frames; errors raise
+  :class:`~maitred.core.errors.MaitredError` with the code from the JSON error body.
+- :class:`SwitchClient` (blocking) for the message-switch protocol: login, queues, send,
+  transfer, ack, list, diagnostics, trace, and the RPC pattern (``rpc``, ``serve``).
+
+A broker URL is ``http://HOST:PORT`` or ``unix:/path/to/socket``.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+from urllib.parse import quote
+
+from maitred.core.errors import ErrorCode
+from maitred.transports.http import codec
+
+
+class _UnixConnection(http.client.HTTPConnection):
+    def __init__(self, path: str, timeout: float) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self._path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        sock.connect(self._path)
+        self.sock = sock
+
+
+def connection(url: str, timeout: float) -> http.client.HTTPConnection:
+    """A keep-alive connection to ``http://HOST:PORT`` or ``unix:/path``."""
+    if url.startswith("unix:"):
+        return _UnixConnection(url[5:], timeout)
+    if url.startswith("http://"):
+        hostport = url[7:].split("/", 1)[0]
+        return http.client.HTTPConnection(hostport, timeout=timeout)
+    raise ValueError(f"not an http:// or unix: URL: {url!r}")
+
+
+def _seg(name: str) -> str:
+    return quote(name, safe="")
+
+
+class RestClient:
+    """Blocking REST client (one keep-alive connection; not thread-safe)."""
+
+    def __init__(self, url: str, timeout: float = 10.0) -> None:
+        self.url = url
+        self.timeout = timeout
+        self._conn: http.client.HTTPConnection | None = None
+
+    def _request(
+        self, method: str, path: str, body: bytes | None, headers: dict[str, str], timeout: float
+    ) -> tuple[int, bytes]:
+        for attempt in (0, 1):
+            if self._conn is None:
+                self._conn = connection(self.url, timeout)
+            self._conn.timeout = timeout
+            if self._conn.sock is not None:
+                self._conn.sock.settimeout(timeout)
+            try:
+                self._conn.request(method, path, body=body, headers=headers)
+                resp = self._conn.getresponse()
+                return resp.status, resp.read()
+            except (ConnectionError, http.client.RemoteDisconnected, BrokenPipeError):
+                self.close()
+                if attempt:
+                    raise
+            except TimeoutError:
+                self.close()
+                raise
+        raise AssertionError("unreachable")
+
+    def call(self, service: str, *frames: bytes, timeout: float | None = None) -> list[bytes]:
+        """Call ``service`` with ``frames``; the final reply's frames."""
+        t = self.timeout if timeout is None else timeout
+        headers = {
+            "X-Maitred-Timeout": repr(float(t)),
+            "Accept": "application/json",
+        }
+        if len(frames) == 1:
+            body = frames[0]
+            headers["Content-Type"] = "application/octet-stream"
+        else:
+            body = codec.frames_json_body(frames)
+            headers["Content-Type"] = "application/json"
+        status, data = self._request("POST", f"/v1/services/{_seg(service)}", body, headers, t + 5)
+        if status != 200:
+            err = codec.error_from_body(status, data)
+            if err.code == ErrorCode.TIMEOUT:
+                raise TimeoutError(err.reason)
+            raise err
+        return codec.parse_frames_json(data)
+
+    def get_json(self, path: str) -> Any:
+        status, data = self._request("GET", path, None, {}, self.timeout)
+        if status != 200:
+            raise codec.error_from_body(status, data)
+        return json.loads(data)
+
+    def services(self) -> list[dict[str, Any]]:
+        value: list[dict[str, Any]] = self.get_json("/v1/services")
+        return value
+
+    def publish(self, topic: str, body: bytes) -> int:
+        status, data = self._request("POST", f"/v1/topics/{_seg(topic)}", body, {}, self.timeout)
+        if status != 200:
+            raise codec.error_from_body(status, data)
+        return int(json.loads(data)["delivered"])
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def __enter__(self) -> RestClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class AsyncRestClient:
+    """asyncio REST client on an aiohttp ClientSession (TCP or Unix socket)."""
+
+    def __init__(self, url: str, timeout: float = 10.0) -> None:
+        import aiohttp
+
+        self.timeout = timeout
+        if url.startswith("unix:"):
+            self._base = "http://localhost"
+            connector: aiohttp.BaseConnector = aiohttp.UnixConnector(path=url[5:])
+        else:
+            self._base = url.rstrip("/")
+            connector = aiohttp.TCPConnector()
+        self._session = aiohttp.ClientSession(connector=connector)
+
+    async def call(self, service: str, *frames: bytes, timeout: float | None = None) -> list[bytes]:
+        import aiohttp
+
+        t = self.timeout if timeout is None else timeout
+        headers = {"X-Maitred-Timeout": repr(float(t)), "Accept": "application/json"}
+        if len(frames) == 1:
+            body = frames[0]
+        else:
+            body = codec.frames_json_body(frames)
+            headers["Content-Type"] = "application/json"
+        async with self._session.post(
+            f"{self._base}/v1/services/{_seg(service)}",
+            data=body,
+            headers=headers,
+            timeout=aiohttp.ClientTimeout(total=t + 5),
+        ) as resp:
+            data = await resp.read()
+            if resp.status != 200:
+                err = codec.error_from_body(resp.status, data)
+                if err.code == ErrorCode.TIMEOUT:
+                    raise TimeoutError(err.reason)
+                raise err
+            return codec.parse_frames_json(data)
+
+    async def stream(
+        self, service: str, *frames: bytes, timeout: float | None = None
+    ) -> list[tuple[str, list[bytes]]]:
+        """Call with SSE: every (event, frames) received, partials then the final."""
+        t = self.timeout if timeout is None else timeout
+        headers = {"X-Maitred-Timeout": repr(float(t)), "Accept": "text/event-stream"}
+        body = frames[0] if len(frames) == 1 else codec.frames_json_body(frames)
+        if len(frames) != 1:
+            headers["Content-Type"] = "application/json"
+        async with self._session.post(
+            f"{self._base}/v1/services/{_seg(service)}", data=body, headers=headers
+        ) as resp:
+            data = await resp.read()
+            if resp.status != 200:
+                raise codec.error_from_body(resp.status, data)
+        out: list[tuple[str, list[bytes]]] = []
+        for event, payload in codec.parse_sse(data):
+            if event == "error":
+                raise codec.error_from_body(500, payload)
+            out.append((event, codec.parse_frames_json(payload)))
+        return out
+
+    async def close(self) -> None:
+        await self._session.close()
+
+    async def __aenter__(self) -> AsyncRestClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+class SwitchError(Exception):
+    """The switch answered something other than 200."""
+
+    def __init__(self, status: int, body: bytes) -> None:
+        super().__init__(f"{status}: {body.decode('utf-8', 'replace')}")
+        self.status = status
+        self.body = body
+
+
+class SwitchClient:
+    """Blocking message-switch client: two connections logged in with the same token, one
+    for Transfer (which blocks) and one for everything else, like the real clients."""
+
+    def __init__(self, url: str, token: str | None = None, timeout: float = 30.0) -> None:
+        import os
+
+        self.url = url
+        self.token = token or f"maitred:{os.getpid()}"
+        self.timeout = timeout
+        self._main = connection(url, timeout)
+        self._poll = connection(url, timeout)
+        for conn in (self._main, self._poll):
+            self._do(conn, "GET", f"/login/{_seg(self.token)}")
+
+    def _do(
+        self,
+        conn: http.client.HTTPConnection,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        timeout: float | None = None,
+    ) -> bytes:
+        if timeout is not None:
+            conn.timeout = timeout
+            if conn.sock is not None:
+                conn.sock.settimeout(timeout)
+        conn.request(method, path, body=body)
+        resp = conn.getresponse()
+        data = resp.read()
+        if resp.status != 200:
+            raise SwitchError(resp.status, data)
+        return data
+
+    def get(self, path: str) -> bytes:
+        return self._do(self._main, "GET", path)
+
+    def create(self, queue: str, persistent: bool = True) -> str:
+        kind = "persistent" if persistent else "transient"
+        return self.get(f"/{kind}/{_seg(queue)}").decode()
+
+    def destroy(self, queue: str) -> None:
+        self.get(f"/destroy/{_seg(queue)}")
+
+    def send(self, queue: str, reply_to: str, payload: bytes) -> tuple[str, int] | None:
+        ids = json.loads(
+            self._do(self._main, "POST", f"/request/{_seg(queue)}/{_seg(reply_to)}", payload)
+        )
+        return (ids[0][0], ids[0][1]) if ids else None
+
+    def respond(self, reply_to: str, queue: str, n: int, payload: bytes) -> None:
+        self._do(self._main, "POST", f"/response/{_seg(reply_to)}/{_seg(queue)}/{n}", payload)
+
+    def transfer(
+        self, queues: Sequence[str], start: int | None, timeout: float
+    ) -> tuple[list[tuple[tuple[str, int], bytes, list[Any]]], int]:
+        req: dict[str, Any] = {"timeout": float(timeout), "queues": list(queues)}
+        if start is not None:
+            req["from"] = str(start)
+        data = json.loads(
+            self._do(
+                self._poll, "POST", "/transfer", json.dumps(req).encode(), timeout=timeout + 10
+            )
+        )
+        msgs = [
+            ((q, n), codec.payload_bytes(m["payload"]), m["kind"]) for (q, n), m in data["messages"]
+        ]
+        return msgs, int(data["next"])
+
+    def ack(self, queue: str, n: int) -> None:
+        self.get(f"/ack/{_seg(queue)}/{n}")
+
+    def list_queues(self, prefix: str = "", alive: bool = False) -> list[str]:
+        path = f"/list/alive/{_seg(prefix)}" if alive else f"/list/{_seg(prefix)}"
+        names: list[str] = json.loads(self.get(path))
+        return names
+
+    def diagnostics(self) -> dict[str, Any]:
+        value: dict[str, Any] = json.loads(self.get("/"))
+        return value
+
+    def trace(self, start: int = -1, timeout: float = 5.0) -> list[tuple[int, dict[str, Any]]]:
+        data = json.loads(
+            self._do(self._main, "GET", f"/trace/{start}/{timeout}", timeout=timeout + 10)
+        )
+        return [(i, e) for i, e in data["events"]]
+
+    def shutdown(self) -> None:
+        self._do(self._main, "POST", "/shutdown", b"")
+
+    def rpc(self, queue: str, payload: bytes, timeout: float = 30.0) -> bytes:
+        """The RPC pattern of §4.5: a transient reply queue, send, wait for the Response."""
+        reply_q = self.create(self.token, persistent=False)
+        self.create(queue, persistent=True)
+        sent = self.send(queue, reply_q, payload)
+        if sent is None:
+            raise SwitchError(404, f"queue {queue} does not exist".encode())
+        deadline = time.monotonic() + timeout
+        start: int | None = None
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"no response from {queue} within {timeout}s")
+            msgs, start = self.transfer([reply_q], start, min(left, 30.0))
+            for (q, n), body, kind in msgs:
+                if str(kind[0]).lower() == "response" and list(kind[1]) == list(sent):
+                    self.ack(q, n)
+                    return body
+
+    def serve(
+        self,
+        queue: str,
+        handler: Callable[[bytes], bytes],
+        *,
+        max_requests: int | None = None,
+        poll: float = 5.0,
+    ) -> int:
+        """Serve ``queue``: each Request's payload → ``handler`` → Response, then Ack."""
+        self.create(queue, persistent=True)
+        served = 0
+        start: int | None = None
+        while max_requests is None or served < max_requests:
+            msgs, start = self.transfer([queue], start, poll)
+            for (q, n), body, kind in reversed(msgs):  # oldest first
+                if str(kind[0]).lower() == "request":
+                    self.respond(str(kind[1]), q, n, handler(body))
+                self.ack(q, n)
+                served += 1
+        return served
+
+    def close(self) -> None:
+        self._main.close()
+        self._poll.close()
+
+    def __enter__(self) -> SwitchClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class HttpCliClient:
+    """The blocking client behind ``maitred call/worker/services -b http://... | unix:...``:
+    calls go through the REST API, ``worker`` serves through the message switch."""
+
+    def __init__(self, url: str, timeout: float) -> None:
+        self.url = url
+        self.timeout = timeout
+        self._rest = RestClient(url, timeout)
+
+    def request(self, service: str, body: Sequence[bytes], timeout: float) -> list[bytes]:
+        return self._rest.call(service, *(body or [b""]), timeout=timeout)
+
+    def serve(
+        self,
+        service: str,
+        handler: Callable[[list[bytes]], list[bytes]],
+        *,
+        max_requests: int | None = None,
+    ) -> None:
+        with SwitchClient(self.url, timeout=self.timeout) as sw:
+            sw.serve(
+                service, lambda payload: b"".join(handler([payload])), max_requests=max_requests
+            )
+
+    def close(self) -> None:
+        self._rest.close()

@@ -1,0 +1,741 @@
+"""The xapi message-switch protocol (Gen 3) on the HTTP transport, with queues as services.
+
+A login token is a switch session (several connections may share it; it lives while any is
+open) and one router session. Transferring on a *persistent* queue ``foo`` makes the token a
+worker of service ``foo`` (``switch_credit`` requests at a time). A ``Request`` sent into a
+persistent queue is stored (committed before its id is returned) and submitted to the router by
+the transport's quiet queue session, so MDP, REST or WebSocket workers of ``foo`` may answer it
+too; the reply becomes a ``Response`` in the sender's reply queue. A request from any other
+protocol dispatched to a switch worker becomes a (volatile) message in the queue. Each message is
+leased to one token until it is acked; a token that goes away gives its leases back.
+Plain messages (responses, anything in a transient queue) are handed out by Transfer directly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fnmatch
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from maitred.core.access import Identity
+from maitred.core.errors import ErrorCode, MaitredError
+from maitred.core.routing.model import (
+    Body,
+    Headers,
+    ReplyKind,
+    Request,
+    RequestState,
+    Session,
+    Worker,
+)
+from maitred.core.store import Store, StoredMessage
+from maitred.core.transport import BrokerPort
+from maitred.transports.http import codec
+from maitred.transports.http.codec import Kind
+
+log = logging.getLogger("maitred.transports.http.switch")
+
+_ACKED = "acknowledged without a response"
+
+
+class Msg:
+    """A message in a switch queue."""
+
+    __slots__ = (
+        "deliveries",
+        "kind",
+        "lease",
+        "n",
+        "origin",
+        "parked",
+        "payload",
+        "queue",
+        "redelivered",
+        "request",
+        "shown",
+        "stored",
+        "time_ns",
+        "volatile",
+    )
+
+    def __init__(
+        self, queue: str, n: int, payload: bytes, kind: Kind, origin: str, time_ns: int
+    ) -> None:
+        self.queue = queue
+        self.n = n
+        self.payload = payload
+        self.kind = kind
+        self.origin = origin
+        self.time_ns = time_ns
+        self.lease: str | None = None  # the token holding it
+        self.shown = False  # returned by a Transfer to its lessee
+        self.redelivered = False  # came back from a lease: visible whatever the cursor
+        self.request: Request | None = None  # the router request carrying it
+        self.stored = False
+        self.volatile = False  # made for a caller of another protocol (not stored)
+        self.parked = False  # the router refused it: resubmitted when a worker comes
+        self.deliveries = 0
+
+
+class Queue:
+    __slots__ = ("expected_ns", "messages", "name", "owner", "persistent", "waiters")
+
+    def __init__(self, name: str, persistent: bool, owner: str | None) -> None:
+        self.name = name
+        self.persistent = persistent
+        self.owner = owner
+        self.messages: dict[int, Msg] = {}
+        self.expected_ns: int | None = None
+        self.waiters: set[asyncio.Future[None]] = set()
+
+
+class Token:
+    """A login token: the switch session."""
+
+    __slots__ = ("connections", "name", "session", "sink", "transient", "workers")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.connections = 0
+        self.session: Session | None = None
+        self.sink: TokenSink | None = None
+        self.workers: dict[str, Worker] = {}
+        self.transient: set[str] = set()
+
+
+class TokenSink:
+    """The router's view of a token: its workers get requests as queue messages."""
+
+    def __init__(self, switch: Switch, token: Token) -> None:
+        self.switch = switch
+        self.token = token
+
+    def deliver_request(self, worker: Worker, request: Request) -> None:
+        self.switch.on_dispatch(self.token, worker, request)
+
+    def deliver_reply(self, request: Request, kind: ReplyKind, body: Body) -> None:
+        return None
+
+    def deliver_error(self, request: Request, error: MaitredError) -> None:
+        return None
+
+    def deliver_event(self, topic: str, body: Body, headers: Headers) -> None:
+        return None
+
+    def worker_removed(self, worker: Worker, reason: str) -> None:
+        if self.token.workers.get(worker.service.name) is worker:
+            del self.token.workers[worker.service.name]
+
+
+class QueueSink:
+    """The sink of the quiet session that submits stored requests on behalf of senders."""
+
+    def __init__(self, switch: Switch) -> None:
+        self.switch = switch
+
+    def deliver_request(self, worker: Worker, request: Request) -> None:
+        return None
+
+    def deliver_reply(self, request: Request, kind: ReplyKind, body: Body) -> None:
+        if kind is ReplyKind.FINAL:
+            self.switch.on_reply(request, body)
+
+    def deliver_error(self, request: Request, error: MaitredError) -> None:
+        self.switch.on_error(request, error)
+
+    def deliver_event(self, topic: str, body: Body, headers: Headers) -> None:
+        return None
+
+    def worker_removed(self, worker: Worker, reason: str) -> None:
+        return None
+
+
+class Switch:
+    """Queues, tokens, leases and the trace of one HTTP transport."""
+
+    def __init__(
+        self,
+        port: BrokerPort,
+        store: Store,
+        *,
+        identity: Identity,
+        credit: int,
+        max_deliveries: int,
+        trace_size: int,
+        shutdown_tokens: list[str],
+    ) -> None:
+        self.port = port
+        self.router = port.router
+        self.store = store
+        self.identity = identity
+        self.credit = credit
+        self.max_deliveries = max_deliveries
+        self.shutdown_tokens = shutdown_tokens
+        self.queues: dict[str, Queue] = {}
+        self.tokens: dict[str, Token] = {}
+        self.conns: dict[object, Token] = {}
+        self.counters: dict[str, int] = {}
+        self.start = port.clock()
+        self.trace: deque[tuple[int, dict[str, Any]]] = deque(maxlen=trace_size)
+        self.trace_next = 0
+        self.trace_waiters: set[asyncio.Future[None]] = set()
+        self.qsession: Session | None = None
+        self.last_append: tuple[str, int] | None = None
+        self._flush_waiters: list[asyncio.Future[None]] = []
+        self._flush_scheduled = False
+        self._retry: list[Msg] = []
+        self.stats = port.stats
+        self.closing = False
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    def open(self) -> None:
+        """Open the queue session and bring back the persistent queues from the store."""
+        now = self.port.clock()
+        self.qsession = self.router.open_session(
+            "http", QueueSink(self), self.identity, now, label="switch:queues", quiet=True
+        )
+        recovered = self.store.recover()
+        self.counters.update(recovered.counters)
+        for name, messages in recovered.queues.items():
+            q = self.queues[name] = Queue(name, True, None)
+            for s in messages:
+                m = Msg(name, s.n, s.payload, codec.decode_kind(s.kind), s.origin, 0)
+                m.stored = True
+                m.deliveries = s.deliveries
+                m.redelivered = s.deliveries > 0
+                q.messages[s.n] = m
+                if self._routed(q, m):
+                    self._submit(m, now)
+        if recovered.queues:
+            log.info(
+                "switch: recovered %d queues, %d messages",
+                len(recovered.queues),
+                sum(len(v) for v in recovered.queues.values()),
+            )
+
+    def close(self) -> None:
+        self.closing = True
+        now = self.port.clock()
+        for q in self.queues.values():
+            self._wake(q)
+        for fut in self.trace_waiters:
+            if not fut.done():
+                fut.set_result(None)
+        for token in list(self.tokens.values()):
+            self._close_token(token, now)
+        if self.qsession is not None:
+            self.router.close_session(self.qsession, now, "closing")
+        if self.store.dirty:
+            self.store.flush()
+        for fut in self._flush_waiters:
+            if not fut.done():
+                fut.set_result(None)
+        self.store.close()
+
+    # -- time -------------------------------------------------------------------------------
+
+    def now_ns(self) -> int:
+        return int((self.port.clock() - self.start) * 1e9)
+
+    # -- durability (group commit) ------------------------------------------------------------
+
+    def committed(self) -> asyncio.Future[None]:
+        """A future done when everything written so far is durable (one flush per loop turn)."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
+        if not self.store.dirty or self.closing:
+            fut.set_result(None)
+            return fut
+        self._flush_waiters.append(fut)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            loop.call_soon(self._flush)
+        return fut
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        waiters, self._flush_waiters = self._flush_waiters, []
+        try:
+            self.store.flush()
+        except Exception as exc:
+            log.exception("store flush failed")
+            for fut in waiters:
+                if not fut.done():
+                    fut.set_exception(exc)
+            return
+        for fut in waiters:
+            if not fut.done():
+                fut.set_result(None)
+
+    # -- tokens and connections ---------------------------------------------------------------
+
+    def login(self, conn: object, name: str) -> None:
+        old = self.conns.get(conn)
+        if old is not None:
+            if old.name == name:
+                return
+            self.connection_closed(conn)
+        token = self.tokens.get(name)
+        if token is None:
+            token = self.tokens[name] = Token(name)
+            identity = self.port.authenticate("http", {"token": name}, self.identity)
+            sink = token.sink = TokenSink(self, token)
+            token.session = self.router.open_session(
+                "http", sink, identity or self.identity, self.port.clock(), label=f"switch:{name}"
+            )
+        token.connections += 1
+        self.conns[conn] = token
+
+    def token_of(self, conn: object) -> Token | None:
+        return self.conns.get(conn)
+
+    def connection_closed(self, conn: object) -> None:
+        token = self.conns.pop(conn, None)
+        if token is None:
+            return
+        token.connections -= 1
+        if token.connections <= 0:
+            self._close_token(token, self.port.clock())
+
+    def _close_token(self, token: Token, now: float) -> None:
+        if self.tokens.get(token.name) is token:
+            del self.tokens[token.name]
+        for conn in [c for c, t in self.conns.items() if t is token]:
+            del self.conns[conn]
+        released: list[Msg] = []
+        for q in list(self.queues.values()):
+            for m in list(q.messages.values()):
+                if m.lease != token.name:
+                    continue
+                m.lease = None
+                m.shown = False
+                if m.volatile:
+                    del q.messages[m.n]  # the router fails or redelivers its request
+                    continue
+                released.append(m)
+        if token.session is not None:
+            # its workers leave: stored requests they held come back through on_error
+            self.router.close_session(token.session, now, "logged out")
+        token.workers.clear()
+        for name in list(token.transient):
+            self._destroy(name, now)
+        for m in released:
+            if m.request is not None and m.request.state is RequestState.DISPATCHED:
+                continue  # still with the router (redelivered there)
+            if m.request is not None and m.request.state is RequestState.QUEUED:
+                continue
+            m.request = None
+            self._give_back(m, now, "its consumer went away")
+
+    def _give_back(self, m: Msg, now: float, reason: str) -> None:
+        """A message returns to its queue after a lease ended without an ack."""
+        q = self.queues.get(m.queue)
+        if q is None or q.messages.get(m.n) is not m:
+            return
+        m.lease = None
+        m.shown = False
+        if m.deliveries >= self.max_deliveries:
+            self._dead_letter(q, m, f"{reason}; delivered {m.deliveries} times without an ack")
+            return
+        m.redelivered = True
+        if self._routed(q, m):
+            self._submit(m, now)
+        self._wake(q)
+
+    def _dead_letter(self, q: Queue, m: Msg, reason: str) -> None:
+        del q.messages[m.n]
+        self.stats["http.switch.dead_letters"] += 1
+        log.warning("switch: %s/%d dead-lettered: %s", m.queue, m.n, reason)
+        self.store.dead_letter(
+            StoredMessage(
+                m.queue,
+                m.n,
+                m.payload,
+                codec.encode_kind(m.kind),
+                m.origin,
+                m.time_ns,
+                m.deliveries,
+            ),
+            reason,
+        )
+
+    # -- queues -----------------------------------------------------------------------------
+
+    @staticmethod
+    def _routed(q: Queue, m: Msg) -> bool:
+        """Requests in persistent queues go through the router (any protocol may serve them)."""
+        return q.persistent and m.kind[0] == "Request" and not m.volatile
+
+    def create(self, token: Token, name: str, persistent: bool) -> None:
+        if name in self.queues:
+            return
+        self.queues[name] = Queue(name, persistent, None if persistent else token.name)
+        if persistent:
+            self.store.create_queue(name)
+            self.counters.setdefault(name, 0)
+        else:
+            token.transient.add(name)
+
+    def destroy(self, name: str) -> None:
+        self._destroy(name, self.port.clock())
+
+    def _destroy(self, name: str, now: float) -> None:
+        q = self.queues.pop(name, None)
+        if q is None:
+            return
+        if q.owner is not None:
+            owner = self.tokens.get(q.owner)
+            if owner is not None:
+                owner.transient.discard(name)
+        for m in q.messages.values():
+            req = m.request
+            if req is not None and req.caller is self.qsession and req.state is RequestState.QUEUED:
+                self.router.cancel(req, now)
+        q.messages.clear()
+        if q.persistent:
+            self.store.destroy_queue(name)
+        for token in list(self.tokens.values()):
+            worker = token.workers.pop(name, None)
+            if worker is not None:
+                self.router.remove_worker(worker, now, "queue destroyed")
+        self._wake(q)
+
+    def _next_id(self, name: str) -> int:
+        n = self.counters.get(name, 0)
+        self.counters[name] = n + 1
+        return n
+
+    def _append(
+        self, q: Queue, payload: bytes, kind: Kind, origin: str, *, volatile: bool = False
+    ) -> Msg:
+        m = Msg(q.name, self._next_id(q.name), payload, kind, origin, self.now_ns())
+        m.volatile = volatile
+        q.messages[m.n] = m
+        if q.persistent and not volatile:
+            m.stored = True
+            self.store.append(
+                StoredMessage(q.name, m.n, payload, codec.encode_kind(kind), origin, m.time_ns, 0)
+            )
+        self._trace(q.name, codec.trace_message(q.name, m.n, payload, kind), input=origin)
+        return m
+
+    def send(self, token: Token, queue: str, payload: bytes, kind: Kind) -> tuple[str, int] | None:
+        """POST /request and the fallback of POST /response: append (and route) a message."""
+        q = self.queues.get(queue)
+        if q is None:
+            self.stats["http.switch.dropped"] += 1
+            return None
+        m = self._append(q, payload, kind, token.name)
+        if self._routed(q, m):
+            self._submit(m, self.port.clock())
+        else:
+            self._wake(q)
+        return (q.name, m.n)
+
+    def respond(
+        self, token: Token, reply_queue: str, req_queue: str, req_n: int, payload: bytes
+    ) -> tuple[str, int] | None:
+        """POST /response/<reply_queue>/<req_queue>/<req_n>."""
+        q = self.queues.get(req_queue)
+        m = q.messages.get(req_n) if q is not None else None
+        req = m.request if m is not None else None
+        if (
+            m is not None
+            and req is not None
+            and req.worker is not None
+            and req.id in req.worker.inflight
+        ):
+            m.request = None
+            self.last_append = None
+            self.router.reply(req.worker, req.id, [payload], self.port.clock())
+            if m.volatile and q is not None:
+                # the caller of another protocol got its reply: the message is done
+                q.messages.pop(m.n, None)
+                return None
+            return self.last_append
+        return self.send(token, reply_queue, payload, codec.response_kind(req_queue, req_n))
+
+    def ack(self, token: Token, queue: str, n: int) -> None:
+        q = self.queues.get(queue)
+        if q is None:
+            return
+        m = q.messages.pop(n, None)
+        if m is None:
+            return
+        if m.stored:
+            self.store.ack(queue, n)
+        self._trace(
+            queue,
+            codec.trace_ack(queue, n),
+            input=token.name,
+            processing_time=max(0, self.now_ns() - m.time_ns),
+        )
+        req = m.request
+        m.request = None
+        if req is not None:
+            now = self.port.clock()
+            if req.worker is not None and req.id in req.worker.inflight:
+                # the consumer acked without a response: free its credit; the caller learns
+                self.router.reply_error(
+                    req.worker, req.id, MaitredError(_ACKED, ErrorCode.INTERNAL), now
+                )
+            elif req.state is RequestState.QUEUED:
+                self.router.cancel(req, now)
+
+    # -- routing ------------------------------------------------------------------------------
+
+    def _submit(self, m: Msg, now: float) -> None:
+        assert self.qsession is not None
+        m.parked = False
+        m.request = self.router.submit(
+            self.qsession, m.queue, [m.payload], m, now, timeout=0.0, on_no_worker="wait"
+        )
+
+    def on_dispatch(self, token: Token, worker: Worker, request: Request) -> None:
+        """The router hands ``request`` to ``token``'s worker of its queue."""
+        q = self.queues.get(worker.service.name)
+        if request.caller is self.qsession:
+            m: Msg = request.correlation
+            if q is None or q.messages.get(m.n) is not m:
+                # the queue went away meanwhile: free the credit on the next turn
+                self._later(lambda: self.router.reply(worker, request.id, (), self.port.clock()))
+                return
+        else:
+            if q is None:
+                err = MaitredError(f"queue {worker.service.name} is gone", ErrorCode.WORKER_DIED)
+                self._later(
+                    lambda: self.router.reply_error(worker, request.id, err, self.port.clock())
+                )
+                return
+            payload = b"".join(request.body)
+            m = self._append(
+                q,
+                payload,
+                codec.request_kind(request.caller.label),
+                request.caller.label,
+                volatile=True,
+            )
+        m.request = request
+        m.lease = token.name
+        m.shown = False
+        m.deliveries += 1
+        if m.stored:
+            self.store.delivered(m.queue, m.n, m.deliveries)
+        self._wake(q)
+
+    def on_reply(self, request: Request, body: Body) -> None:
+        """The final reply to a stored request: a Response in the sender's reply queue."""
+        m: Msg = request.correlation
+        m.request = None
+        q = self.queues.get(m.queue)
+        if m.lease is None and q is not None and q.messages.get(m.n) is m:
+            # served by a worker of another protocol: the reply is the ack
+            del q.messages[m.n]
+            if m.stored:
+                self.store.ack(m.queue, m.n)
+        reply_to = m.kind[1]
+        rq = self.queues.get(reply_to) if isinstance(reply_to, str) else None
+        if rq is None:
+            self.stats["http.switch.replies_dropped"] += 1
+            self.last_append = None
+            return
+        origin = m.lease or "maitred"
+        r = self._append(rq, b"".join(body), codec.response_kind(m.queue, m.n), origin)
+        self.last_append = (rq.name, r.n)
+        self._wake(rq)
+
+    def on_error(self, request: Request, error: MaitredError) -> None:
+        m: Msg = request.correlation
+        if m.request is request:
+            m.request = None
+        if error.reason == _ACKED:
+            return
+        code = error.code
+        if code == ErrorCode.SHUTTING_DOWN or code == ErrorCode.CANCELLED:
+            return  # stays in the store for the next start
+        if code == ErrorCode.WORKER_DIED:
+            if m.lease is None:
+                m.deliveries += 1  # it was with a worker of another protocol
+            self._retry.append(m)
+            self._later(self._retry_all)
+            return
+        if code == ErrorCode.QUEUE_FULL:
+            m.parked = True
+            self.stats["http.switch.parked"] += 1
+            return
+        q = self.queues.get(m.queue)
+        if q is not None and q.messages.get(m.n) is m:
+            self._dead_letter(q, m, error.reason)
+
+    def _retry_all(self) -> None:
+        retry, self._retry = self._retry, []
+        now = self.port.clock()
+        for m in retry:
+            if m.request is None:
+                self._give_back(m, now, "its worker went away")
+
+    def _later(self, fn: Callable[[], object]) -> None:
+        asyncio.get_running_loop().call_soon(fn)
+
+    def ensure_worker(self, token: Token, q: Queue, now: float) -> None:
+        if not q.persistent or q.name in token.workers or token.session is None:
+            return
+        try:
+            token.workers[q.name] = self.router.add_worker(
+                token.session,
+                q.name,
+                now,
+                credit=self.credit,
+                tag=token,
+                label=f"switch:{token.name}/{q.name}",
+                idle_timeout=0,
+                busy_timeout=0,
+            )
+        except MaitredError as exc:
+            self.stats["http.switch.worker_refused"] += 1
+            log.info("switch: %s may not serve %s: %s", token.name, q.name, exc.reason)
+            return
+        for m in list(q.messages.values()):
+            if m.parked:
+                self._submit(m, now)
+
+    # -- transfer -------------------------------------------------------------------------------
+
+    def _eligible(self, token: Token, start: int, names: list[str]) -> list[tuple[Queue, Msg]]:
+        out: list[tuple[Queue, Msg]] = []
+        me = token.name
+        for name in names:
+            q = self.queues.get(name)
+            if q is None:
+                continue
+            for m in reversed(q.messages.values()):
+                if m.lease == me:
+                    if m.n > start or not m.shown:
+                        out.append((q, m))
+                elif m.lease is None and not self._routed(q, m) and (m.n > start or m.redelivered):
+                    out.append((q, m))
+        return out
+
+    async def transfer(self, token: Token, start: int, timeout: float, names: list[str]) -> bytes:
+        loop = asyncio.get_running_loop()
+        now = self.port.clock()
+        now_ns = self.now_ns()
+        expected = now_ns + int(timeout * 1e9)
+        for name in names:
+            q = self.queues.get(name)
+            if q is not None:
+                q.expected_ns = expected
+                self.ensure_worker(token, q, now)
+        deadline = loop.time() + timeout
+        found = self._eligible(token, start, names)
+        while not found:
+            remaining = deadline - loop.time()
+            if remaining <= 0 or self.closing or token.session is None or token.session.closed:
+                break
+            fut: asyncio.Future[None] = loop.create_future()
+            waiting = [q for q in (self.queues.get(n) for n in names) if q is not None]
+            if not waiting:
+                break  # none of its queues exists (any more)
+            for q in waiting:
+                q.waiters.add(fut)
+            try:
+                await asyncio.wait_for(fut, remaining)
+            except TimeoutError:
+                pass
+            finally:
+                for q in waiting:
+                    q.waiters.discard(fut)
+            found = self._eligible(token, start, names)
+        if not found:
+            return codec.transfer_body((), start)
+        out = []
+        top = start
+        for q, m in found:
+            m.lease = token.name
+            m.shown = True
+            m.redelivered = False
+            top = max(top, m.n)
+            out.append((q.name, m.n, m.payload, m.kind))
+            self._trace(
+                q.name, codec.trace_message(q.name, m.n, m.payload, m.kind), output=token.name
+            )
+        return codec.transfer_body(out, top)
+
+    def _wake(self, q: Queue) -> None:
+        for fut in q.waiters:
+            if not fut.done():
+                fut.set_result(None)
+        q.waiters.clear()
+
+    # -- listing, diagnostics, trace ----------------------------------------------------------
+
+    def list_queues(self, prefix: str, alive: bool) -> list[str]:
+        now_ns = self.now_ns()
+        return sorted(
+            name
+            for name, q in self.queues.items()
+            if name.startswith(prefix)
+            and (not alive or (q.expected_ns is not None and q.expected_ns > now_ns))
+        )
+
+    def diagnostics(self) -> bytes:
+        permanent: dict[str, tuple[int | None, list[list[Any]]]] = {}
+        transient: dict[str, tuple[int | None, list[list[Any]]]] = {}
+        for name, q in sorted(self.queues.items()):
+            entries = [
+                codec.queue_entry(name, m.n, m.origin, m.time_ns, m.payload, m.kind)
+                for m in sorted(q.messages.values(), key=lambda m: m.n)
+            ]
+            (permanent if q.persistent else transient)[name] = (q.expected_ns, entries)
+        return codec.diagnostics_body(self.now_ns(), permanent, transient)
+
+    def _trace(
+        self,
+        queue: str,
+        message: list[Any],
+        *,
+        input: str | None = None,
+        output: str | None = None,
+        processing_time: int | None = None,
+    ) -> None:
+        if self.trace.maxlen == 0:
+            return
+        event = codec.trace_event(
+            time.time(),  # noqa: TID251 - the trace's wire format is a Unix time
+            queue,
+            message,
+            input=input,
+            output=output,
+            processing_time=processing_time,
+        )
+        self.trace.append((self.trace_next, event))
+        self.trace_next += 1
+        for fut in self.trace_waiters:
+            if not fut.done():
+                fut.set_result(None)
+        self.trace_waiters.clear()
+
+    async def get_trace(self, start: int, timeout: float) -> bytes:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            events = [(i, e) for i, e in self.trace if i > start]
+            remaining = deadline - loop.time()
+            if events or remaining <= 0 or self.closing:
+                return codec.trace_body(events)
+            fut: asyncio.Future[None] = loop.create_future()
+            self.trace_waiters.add(fut)
+            try:
+                await asyncio.wait_for(fut, remaining)
+            except TimeoutError:
+                pass
+            finally:
+                self.trace_waiters.discard(fut)
+
+    def may_shutdown(self, token: Token) -> bool:
+        return any(fnmatch.fnmatchcase(token.name, p) for p in self.shutdown_tokens)
