@@ -456,3 +456,23 @@ def test_worker_credit_pipelines_requests(
     worker.final(a1, b"r1")
     worker.final(a2, b"r2")
     assert [client.recv()[1] for _ in range(3)] == [[b"r0"], [b"r1"], [b"r2"]]
+
+
+@pytest.mark.parametrize("ckind", CLIENT_KINDS)
+@pytest.mark.parametrize("wkind", WORKER_KINDS)
+def test_empty_bodies_both_ways(broker: BrokerThread, ctx: Ctx, ckind: str, wkind: str) -> None:
+    worker = RawWorker(ctx, broker.endpoint, wkind, b"void")
+    ready(broker, worker)
+    client = RawClient(ctx, broker.endpoint, ckind)
+    client.send(b"void")
+    addr, body = worker.request()
+    assert body == []
+    worker.final(addr)
+    frames = client.recv_raw()
+    expected = {
+        "0.1-req": [C01, b"void"],
+        "0.1-dealer": [b"", C01, b"void"],
+        "rfc": [C02, b"\x03", b"void"],
+        "majortomo": [b"", C02, b"\x04"],
+    }[ckind]
+    assert frames == expected

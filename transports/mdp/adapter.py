@@ -49,6 +49,19 @@ _send_frame = _BaseSocket.send
 _recv_frame = _BaseSocket.recv
 _get_opt = cast(Callable[[Any, int], int], _BaseSocket.get)  # EVENTS is an int option
 _EVENTS = int(zmq.EVENTS)
+# reply heads per client dialect (every dialect codec.parse can report), for direct sends
+_CLIENT_DIALECTS = (
+    codec.ENVELOPE,
+    codec.V2,
+    codec.V2 | codec.ENVELOPE,
+    codec.V2 | codec.SHORT,
+    codec.V2 | codec.ENVELOPE | codec.SHORT,
+)
+_CLIENT_HEADS: dict[int, tuple[tuple[bytes, ...] | None, tuple[bytes, ...] | None]] = {
+    d: (codec.client_reply_head(d, False), codec.client_reply_head(d, True))
+    for d in _CLIENT_DIALECTS
+}
+_WITH_SERVICE = frozenset(d for d in _CLIENT_DIALECTS if codec.client_reply_has_service(d))
 _POLLIN = int(zmq.POLLIN)
 
 
@@ -123,11 +136,12 @@ _UNSET: Any = _Unset()
 
 
 class _MdpWorker:
-    __slots__ = ("dialect", "rid", "session", "worker")
+    __slots__ = ("dialect", "head", "rid", "session", "worker")
 
     def __init__(self, rid: bytes, dialect: int, session: Session) -> None:
         self.rid = rid
         self.dialect = dialect
+        self.head = codec.worker_request_head(dialect)
         self.session = session
         self.worker: Worker = _UNSET
 
@@ -237,22 +251,25 @@ class MdpTransport:
             return
         handle = self._handle
         now = self.port.clock()
-        budget = self.config.batch
         try:
-            # ZMQ_EVENTS both re-arms the edge-triggered FD and tells whether a message waits;
-            # cheaper than letting recv raise Again at the end of every batch
-            while _get_opt(sock, _EVENTS) & _POLLIN:
-                if not budget:
-                    self._reschedule()  # let timers and other transports run, then go on
-                    return
-                budget -= 1
-                frame = _recv_frame(sock, _NOBLOCK, False)
+            for _ in range(self.config.batch):
+                try:
+                    frame = _recv_frame(sock, _NOBLOCK, False)
+                except zmq.Again:
+                    break
                 # Frame.more is far cheaper than getsockopt(RCVMORE) per frame
                 frames = [frame.bytes]
                 while frame.more:
                     frame = _recv_frame(sock, _NOBLOCK, False)
                     frames.append(frame.bytes)
                 handle(frames, now)
+            else:
+                self._reschedule()  # let timers and other transports run, then go on
+                return
+            # The FD is edge-triggered and our own sends may have consumed its edge: asking
+            # ZMQ_EVENTS re-arms it and says whether a message slipped in meanwhile.
+            if _get_opt(sock, _EVENTS) & _POLLIN:
+                self._reschedule()
         except zmq.ZMQError as exc:
             if not self._closed:
                 log.error("mdp socket error: %s", exc)
@@ -265,7 +282,7 @@ class MdpTransport:
     def _handle(self, frames: list[bytes], now: float) -> None:
         rid = frames[0]
         try:
-            command, dialect, name, body = codec.parse(frames[1:])
+            command, dialect, name, body = codec.parse(frames, 1)
         except MdpFormatError as exc:
             self._reject(rid, exc.reason)
             return
@@ -416,8 +433,7 @@ class MdpTransport:
             for i, frame in enumerate(frames):
                 _send_frame(sock, frame, _SNDMORE if i < last else 0)
         except zmq.ZMQError as exc:
-            self.stats["mdp.send_failed"] += 1
-            log.debug("mdp: send to %s failed: %s", rid.hex(), exc)
+            self._send_failed(rid, exc)
 
     def _heartbeat(self) -> None:
         if self._closed or self._loop is None:
@@ -430,13 +446,55 @@ class MdpTransport:
 
     def deliver_request(self, worker: Worker, request: Request) -> None:
         w: _MdpWorker = worker.tag
-        self._send(w.rid, codec.worker_request(w.dialect, b"%d" % request.id, list(request.body)))
+        sock = self.socket
+        if sock is None:
+            return
+        try:
+            _send_frame(sock, w.rid, _SNDMORE)
+            for frame in w.head:
+                _send_frame(sock, frame, _SNDMORE)
+            _send_frame(sock, b"%d" % request.id, _SNDMORE)
+            self._send_body(sock, request.body)
+        except zmq.ZMQError as exc:
+            self._send_failed(w.rid, exc)
 
     def deliver_reply(self, request: Request, kind: ReplyKind, body: Body) -> None:
         rid, dialect, service_raw = request.correlation
-        frames = codec.client_reply(dialect, kind is _FINAL, service_raw, list(body))
-        if frames is not None:
-            self._send(rid, frames)
+        head = _CLIENT_HEADS[dialect][kind is _FINAL]
+        sock = self.socket
+        if head is None or sock is None:
+            return  # a partial to an MDP/0.1 client: that dialect has only the final reply
+        if not body:  # rare: let the codec lay out where the message ends
+            frames = codec.client_reply(dialect, kind is _FINAL, service_raw, [])
+            if frames is not None:
+                self._send(rid, frames)
+            return
+        try:
+            _send_frame(sock, rid, _SNDMORE)
+            for frame in head:
+                _send_frame(sock, frame, _SNDMORE)
+            if dialect in _WITH_SERVICE:
+                _send_frame(sock, service_raw, _SNDMORE)
+            last = len(body) - 1
+            for i, frame in enumerate(body):
+                _send_frame(sock, frame, _SNDMORE if i < last else 0)
+        except zmq.ZMQError as exc:
+            self._send_failed(rid, exc)
+
+    @staticmethod
+    def _send_body(sock: zmq.Socket[Any], body: Body) -> None:
+        """The empty delimiter and the body frames of a REQUEST (the last frame ends it)."""
+        if not body:
+            _send_frame(sock, b"", 0)
+            return
+        _send_frame(sock, b"", _SNDMORE)
+        last = len(body) - 1
+        for i, frame in enumerate(body):
+            _send_frame(sock, frame, _SNDMORE if i < last else 0)
+
+    def _send_failed(self, rid: bytes, exc: zmq.ZMQError) -> None:
+        self.stats["mdp.send_failed"] += 1
+        log.debug("mdp: send to %s failed: %s", rid.hex(), exc)
 
     def deliver_error(self, request: Request, error: MaitredError) -> None:
         self.stats[f"mdp.errors.{int(error.code)}"] += 1

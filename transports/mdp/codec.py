@@ -87,17 +87,18 @@ class MdpFormatError(ValueError):
         self.reason = reason
 
 
-def parse(frames: list[bytes]) -> Parsed:
-    """Parse one message received on the broker's ROUTER socket (routing id already removed)."""
+def parse(frames: list[bytes], start: int = 0) -> Parsed:
+    """Parse one message received on the broker's ROUTER socket, from ``frames[start]`` on
+    (``start=1`` skips the routing id without copying the list)."""
     n = len(frames)
-    if n == 0:
+    if n <= start:
         raise MdpFormatError("empty message")
     dialect = 0
-    i = 0
-    if not frames[0]:
+    i = start
+    if not frames[i]:
         dialect = ENVELOPE
-        i = 1
-        if n < 2:
+        i += 1
+        if n <= i:
             raise MdpFormatError("only an empty frame")
     header = frames[i]
     if header == C02:
@@ -114,13 +115,13 @@ def parse(frames: list[bytes]) -> Parsed:
     if header == C01:
         if not dialect:
             raise MdpFormatError("MDPC01 without the leading empty frame")
-        if n < 3:
+        if n < i + 2:
             raise MdpFormatError("MDPC01 message without a service frame")
-        return (CLIENT_REQUEST, ENVELOPE, frames[2], frames[3:])
+        return (CLIENT_REQUEST, ENVELOPE, frames[i + 1], frames[i + 2 :])
     if header == W01:
         if not dialect:
             raise MdpFormatError("MDPW01 without the leading empty frame")
-        return _parse_worker(frames, n, 2, ENVELOPE, _W01_CMDS)
+        return _parse_worker(frames, n, i + 1, ENVELOPE, _W01_CMDS)
     raise MdpFormatError("unknown protocol header")
 
 
@@ -171,6 +172,29 @@ def client_reply(
     if dialect & ENVELOPE:
         return [EMPTY, *head, *body]
     return [*head, *body]
+
+
+def worker_request_head(dialect: int) -> tuple[bytes, ...]:
+    """The frames before the client address in a REQUEST to a worker of ``dialect``."""
+    header = W02 if dialect & V2 else W01
+    return (EMPTY, header, b"\x02") if dialect & ENVELOPE else (header, b"\x02")
+
+
+def client_reply_head(dialect: int, final: bool) -> tuple[bytes, ...] | None:
+    """The frames before the service frame (if any) of a reply to a client of ``dialect``;
+    None when the dialect cannot carry it (a partial to MDP/0.1)."""
+    if not dialect & V2:
+        return (EMPTY, C01) if final else None
+    if dialect & SHORT:
+        head: tuple[bytes, ...] = (C02, b"\x04" if final else b"\x03")
+    else:
+        head = (C02, b"\x03" if final else b"\x02")
+    return (EMPTY, *head) if dialect & ENVELOPE else head
+
+
+def client_reply_has_service(dialect: int) -> bool:
+    """Whether replies in ``dialect`` carry the service frame (all but majortomo's)."""
+    return not (dialect & V2 and dialect & SHORT)
 
 
 def worker_request(dialect: int, token: bytes, body: list[bytes]) -> list[bytes]:
