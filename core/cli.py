@@ -20,6 +20,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+import pluggy
+
 from maitred.core import __version__
 from maitred.core.app import build_broker, transport_specs
 from maitred.core.config import Config, load_config
@@ -33,15 +35,18 @@ DEFAULT_BROKER = "tcp://127.0.0.1:5555"
 EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_TIMEOUT, EXIT_ERROR_REPLY = 0, 1, 2, 3, 4
 
 
-def _all_specs() -> dict[str, TransportSpec]:
+def _plugins() -> tuple[pluggy.PluginManager | None, dict[str, TransportSpec]]:
     try:
-        return transport_specs(make_plugin_manager())
+        pm = make_plugin_manager()
+        return pm, transport_specs(pm)
     except Exception as exc:  # a broken third-party plugin must not hide the CLI
         print(f"maitred: warning: could not load plugins: {exc}", file=sys.stderr)
-        return {}
+        return None, {}
 
 
-def build_parser(specs: dict[str, TransportSpec]) -> argparse.ArgumentParser:
+def build_parser(
+    specs: dict[str, TransportSpec], pm: pluggy.PluginManager | None = None
+) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="maitred", description="maitred: one routing core, every client on its own protocol."
     )
@@ -96,6 +101,8 @@ def build_parser(specs: dict[str, TransportSpec]) -> argparse.ArgumentParser:
     broker_opt(services)
 
     sub.add_parser("plugins", help="list installed plugins and transports")
+    if pm is not None:
+        pm.hook.maitred_add_commands(subparsers=sub)
     return parser
 
 
@@ -261,9 +268,12 @@ def cmd_plugins(specs: dict[str, TransportSpec]) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    specs = _all_specs()
-    args = build_parser(specs).parse_args(argv)
+    pm, specs = _plugins()
+    args = build_parser(specs, pm).parse_args(argv)
     try:
+        run = getattr(args, "run", None)
+        if run is not None:  # a verb a plugin added (maitred_add_commands)
+            return int(run(args))
         if args.verb == "serve":
             return cmd_serve(args, specs)
         if args.verb == "check":

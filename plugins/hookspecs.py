@@ -83,6 +83,17 @@ def maitred_broker_stopping(broker: Broker) -> Awaitable[None] | None:
     """Called when a drain begins, before transports stop accepting. May return an awaitable."""
 
 
+@hookspec
+def maitred_add_commands(subparsers: Any) -> None:
+    """Add verbs to the ``maitred`` command (called once while the CLI builds its parser).
+
+    ``subparsers`` is the ``argparse`` sub-parsers action: call ``subparsers.add_parser(...)``
+    and give each new parser a default ``run`` (``parser.set_defaults(run=fn)``) taking the
+    parsed ``argparse.Namespace`` and returning the exit code. A verb that exists already is
+    an error (argparse refuses it).
+    """
+
+
 @hookspec(firstresult=True)
 def maitred_connect(url: str, timeout: float) -> BrokerClient | None:
     """Return a blocking CLI client for a broker at ``url`` if this plugin speaks its scheme

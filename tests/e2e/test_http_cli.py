@@ -58,3 +58,35 @@ def test_switch_client_rpc(make_broker: Callable[..., BrokerThread]) -> None:
         assert "rev" in cli.list_queues()
         assert cli.diagnostics()["permanent_queues"]["rev"]["queue_contents"] == []
         assert any(e["queue"] == "rev" for _, e in cli.trace(-1, 0))
+
+
+def test_message_cli_verbs(
+    make_broker: Callable[..., BrokerThread], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """list, diagnostics, ack, destroy, tail, mscgen, shutdown as message-cli offers them."""
+    b = make_broker(http_toml([f"unix:{short_socket_path()}"]))
+    url = endpoint_of(b, "unix:")
+    with SwitchClient(url, token="cli:9") as cli:
+        cli.create("jobs")
+        assert cli.send("jobs", "cli:9", b"do it") == ("jobs", 0)
+    capsys.readouterr()
+    assert main(["list", "--all", "-b", url]) == 0
+    assert "jobs" in capsys.readouterr().out.split()
+    assert main(["diagnostics", "-b", url]) == 0
+    summary = capsys.readouterr().out
+    assert "Services never started: 1" in summary and "jobs/0" in summary
+    assert main(["diagnostics", "--json", "-b", url]) == 0
+    assert '"permanent_queues"' in capsys.readouterr().out
+    assert main(["tail", "-b", url]) == 0
+    assert "jobs/0" in capsys.readouterr().out
+    assert main(["mscgen", "-b", url]) == 0
+    chart = capsys.readouterr().out
+    assert chart.startswith("msc {") and '"jobs"' in chart
+    assert main(["ack", "jobs", "0", "-b", url]) == 0
+    assert main(["destroy", "jobs", "-b", url]) == 0
+    capsys.readouterr()
+    assert main(["list", "--all", "-b", url]) == 0
+    assert "jobs" not in capsys.readouterr().out.split()
+    # shutdown is refused for a session that is not authorised
+    assert main(["shutdown", "-b", url]) == 4
+    assert "403" in capsys.readouterr().err

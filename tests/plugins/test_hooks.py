@@ -692,3 +692,22 @@ def test_maitred_broker_started_failure_closes_the_transports() -> None:
             await broker.stop(0)
 
     run(main)
+
+
+class AddsAVerb:
+    @hookimpl
+    def maitred_add_commands(self, subparsers: Any) -> None:
+        p = subparsers.add_parser("ping", help="say pong")
+        p.add_argument("--times", type=int, default=1)
+        p.set_defaults(run=lambda args: print("pong " * args.times) or 7)
+
+
+def test_maitred_add_commands_adds_a_verb_to_the_cli(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def manager(**kwargs: Any) -> Any:
+        return make_plugin_manager(plugins=[AddsAVerb()], load_entry_points=False)
+
+    monkeypatch.setattr(cli, "make_plugin_manager", manager)
+    assert cli.main(["ping", "--times", "2"]) == 7
+    assert capsys.readouterr().out == "pong pong \n"

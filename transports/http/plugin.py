@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from maitred.core.transport import BrokerClient, BrokerPort, TransportSpec
 from maitred.plugins import hookimpl
@@ -49,3 +49,11 @@ def maitred_connect(url: str, timeout: float) -> BrokerClient | None:
 
         return HttpCliClient(url, timeout)
     return None
+
+
+@hookimpl
+def maitred_add_commands(subparsers: Any) -> None:
+    """message-cli's verbs: list, diagnostics, ack, destroy, tail, mscgen, shutdown."""
+    from maitred.transports.http.cli import add_commands
+
+    add_commands(subparsers)

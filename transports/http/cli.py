@@ -1,0 +1,242 @@
+"""The message-cli verbs an xapi operator expects, added to ``maitred`` by the http plugin
+(hook ``maitred_add_commands``): ``list``, ``diagnostics``, ``ack``, ``destroy``, ``tail``,
+``mscgen``, ``shutdown``. They speak the message-switch protocol to ``-b URL``
+(``http://HOST:PORT`` or ``unix:/path``; env ``MAITRED_SWITCH``). ``call``, ``worker`` and
+``services`` are the core verbs, which reach the switch with the same URL.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from maitred.transports.http.client import SwitchClient, SwitchError
+
+DEFAULT_SWITCH = "http://127.0.0.1:8080"
+NS = 1e9
+
+
+def _client(args: argparse.Namespace) -> SwitchClient:
+    return SwitchClient(args.broker, timeout=args.timeout)
+
+
+def _fail(exc: Exception) -> int:
+    if isinstance(exc, SwitchError):
+        reason = exc.body.decode("utf-8", "replace").strip() or f"HTTP {exc.status}"
+        print(f"maitred: the switch answered {exc.status}: {reason}", file=sys.stderr)
+        return 4
+    print(f"maitred: {exc}", file=sys.stderr)
+    return 1
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    try:
+        with _client(args) as sw:
+            names = sw.list_queues(args.prefix, alive=not args.all)
+    except (OSError, SwitchError) as exc:
+        return _fail(exc)
+    for name in names:
+        print(name)
+    return 0
+
+
+def summarise(diag: dict[str, Any], now_ns: int | None = None) -> list[str]:
+    """The human summary of a diagnostics document (``GET /``), as message-cli prints it:
+    services running / never started / crashed, waiting requests, reply queues."""
+    now = diag.get("current_time", 0) if now_ns is None else now_ns
+    running, never, crashed, waiting = [], [], [], []
+    for name, queue in sorted(diag.get("permanent_queues", {}).items()):
+        expected = queue.get("next_transfer_expected")
+        if expected is None:
+            never.append(name)
+        elif expected >= now:
+            running.append(name)
+        else:
+            crashed.append(f"{name} (last seen {(now - expected) / NS:.1f}s ago)")
+        for (q, n), entry in queue.get("queue_contents", []):
+            origin = entry.get("origin")
+            who = origin[1] if isinstance(origin, list) and len(origin) > 1 else "?"
+            age = (now - entry.get("time", now)) / NS
+            waiting.append(f"{q}/{n} from {who}, waiting {age:.1f}s")
+    transient = sorted(diag.get("transient_queues", {}))
+    out = ["Switch diagnostics", ""]
+    out += _section("Services running", running)
+    out += _section("Services never started", never)
+    out += _section("Services which have failed", crashed)
+    out += _section("Requests waiting", waiting)
+    out += _section("Reply queues", transient)
+    return out
+
+
+def _section(title: str, items: Iterable[str]) -> list[str]:
+    items = list(items)
+    return [f"{title}: {len(items)}", *[f"  {item}" for item in items], ""]
+
+
+def cmd_diagnostics(args: argparse.Namespace) -> int:
+    try:
+        with _client(args) as sw:
+            diag = sw.diagnostics()
+    except (OSError, SwitchError) as exc:
+        return _fail(exc)
+    if args.json:
+        print(json.dumps(diag, indent=2))
+    else:
+        print("\n".join(summarise(diag)))
+    return 0
+
+
+def cmd_ack(args: argparse.Namespace) -> int:
+    try:
+        with _client(args) as sw:
+            sw.ack(args.queue, args.n)
+    except (OSError, SwitchError) as exc:
+        return _fail(exc)
+    return 0
+
+
+def cmd_destroy(args: argparse.Namespace) -> int:
+    try:
+        with _client(args) as sw:
+            sw.destroy(args.queue)
+    except (OSError, SwitchError) as exc:
+        return _fail(exc)
+    return 0
+
+
+def trace_line(event: dict[str, Any]) -> str:
+    """One trace event as a line: time, who sent what to which queue, who took it."""
+    when = time.strftime("%H:%M:%S", time.localtime(event.get("time", 0.0)))
+    msg = event.get("message", [])
+    if msg and msg[0] == "Ack":
+        q, n = msg[1]
+        what = f"ack {q}/{n}"
+    elif msg:
+        q, n = msg[1]
+        kind = msg[2].get("kind", ["?"]) if len(msg) > 2 else ["?"]
+        payload = msg[2].get("payload", "") if len(msg) > 2 else ""
+        what = f"{kind[0]} {q}/{n} {payload[:60]!r}"
+    else:
+        what = "?"
+    src = event.get("input", "-")
+    dst = event.get("output", "-")
+    return f"{when} {src} -> {event.get('queue', '-')} -> {dst}: {what}"
+
+
+def cmd_tail(args: argparse.Namespace) -> int:
+    start = -1
+    deadline = None if args.follow else time.monotonic()
+    try:
+        with _client(args) as sw:
+            while True:
+                events = sw.trace(start, timeout=args.poll if args.follow else 0.0)
+                for n, event in events:
+                    print(trace_line(event), flush=True)
+                    start = max(start, n)
+                if deadline is not None and (not events or time.monotonic() > deadline):
+                    return 0
+    except KeyboardInterrupt:
+        return 0
+    except (OSError, SwitchError) as exc:
+        return _fail(exc)
+
+
+def mscgen(events: Iterable[dict[str, Any]]) -> str:
+    """A sequence chart (mscgen syntax) of the trace: sessions and queues as columns."""
+    arrows: list[str] = []
+    names: list[str] = []
+
+    def col(name: str) -> str:
+        if name not in names:
+            names.append(name)
+        return '"' + name.replace('"', "'") + '"'
+
+    for event in events:
+        queue = event.get("queue", "")
+        msg = event.get("message", [])
+        label = ""
+        if msg and msg[0] == "Message" and len(msg) > 2:
+            label = str(msg[2].get("kind", ["?"])[0])
+        elif msg:
+            label = str(msg[0])
+        if "input" in event:
+            arrows.append(f'  {col(event["input"])} -> {col(queue)} [label="{label}"];')
+        if "output" in event:
+            arrows.append(f'  {col(queue)} -> {col(event["output"])} [label="{label}"];')
+    header = "msc {\n  " + ", ".join(col(n) for n in list(names)) + ";\n"
+    return header + "\n".join(arrows) + "\n}\n"
+
+
+def cmd_mscgen(args: argparse.Namespace) -> int:
+    try:
+        with _client(args) as sw:
+            events = [event for _, event in sw.trace(-1, timeout=0.0)]
+    except (OSError, SwitchError) as exc:
+        return _fail(exc)
+    sys.stdout.write(mscgen(events))
+    return 0
+
+
+def cmd_shutdown(args: argparse.Namespace) -> int:
+    try:
+        with SwitchClient(args.broker, token=args.token, timeout=args.timeout) as sw:
+            sw.shutdown()
+    except (OSError, SwitchError) as exc:
+        return _fail(exc)
+    return 0
+
+
+def add_commands(subparsers: Any) -> None:
+    """Register the verbs (called from the plugin's ``maitred_add_commands``)."""
+
+    def switch_opts(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "-b",
+            "--broker",
+            default=os.environ.get("MAITRED_SWITCH", DEFAULT_SWITCH),
+            help=f"switch URL: http://HOST:PORT or unix:PATH (env MAITRED_SWITCH, default "
+            f"{DEFAULT_SWITCH})",
+        )
+        p.add_argument("-t", "--timeout", type=float, default=10.0, help="seconds (default 10)")
+
+    p = subparsers.add_parser("list", help="list switch queues (alive ones unless --all)")
+    p.add_argument("--prefix", default="", help="only names starting with this")
+    p.add_argument("--all", action="store_true", help="every queue, not only alive ones")
+    switch_opts(p)
+    p.set_defaults(run=cmd_list)
+
+    p = subparsers.add_parser("diagnostics", help="summary of switch services and queues")
+    p.add_argument("--json", action="store_true", help="print the raw diagnostics document")
+    switch_opts(p)
+    p.set_defaults(run=cmd_diagnostics)
+
+    p = subparsers.add_parser("ack", help="acknowledge (delete) message N of a queue")
+    p.add_argument("queue")
+    p.add_argument("n", type=int)
+    switch_opts(p)
+    p.set_defaults(run=cmd_ack)
+
+    p = subparsers.add_parser("destroy", help="destroy a switch queue and its messages")
+    p.add_argument("queue")
+    switch_opts(p)
+    p.set_defaults(run=cmd_destroy)
+
+    p = subparsers.add_parser("tail", help="print the switch trace (--follow: keep going)")
+    p.add_argument("-f", "--follow", action="store_true")
+    p.add_argument("--poll", type=float, default=5.0, help="long-poll seconds with --follow")
+    switch_opts(p)
+    p.set_defaults(run=cmd_tail)
+
+    p = subparsers.add_parser("mscgen", help="the trace as an mscgen sequence chart")
+    switch_opts(p)
+    p.set_defaults(run=cmd_mscgen)
+
+    p = subparsers.add_parser("shutdown", help="stop the broker (an authorised token only)")
+    p.add_argument("--token", help="login token (must be in shutdown_tokens)")
+    switch_opts(p)
+    p.set_defaults(run=cmd_shutdown)
