@@ -1,0 +1,516 @@
+"""The WebSocket transport (``[transports.ws]``): middleman's text protocol and maitred's JSON
+dialect on one listener (websockets' asyncio server).
+
+A connection that negotiates the subprotocol ``maitred.json`` speaks the JSON dialect
+(:mod:`.json_dialect`); any other connection speaks middleman (:mod:`.middleman`). Each
+connection is one router session and its own :class:`~maitred.core.routing.model.SessionSink`.
+
+Sinks never block: every outgoing frame goes into the connection's bounded outbox, and one
+writer task per connection sends them in order. When the outbox is full, the slow-consumer
+policy applies: ``drop`` drops event deliveries (counted; replies, requests and errors are
+always queued, up to twice the limit, beyond which the connection is closed) or ``close``
+closes the connection at once (code 1008, "slow consumer"). Inbound frames are handled one at a
+time, in order, by the connection's reader.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import secrets
+import ssl
+from collections import deque
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import msgspec
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
+from websockets.typing import Subprotocol
+
+from maitred.core.access import Action, Identity
+from maitred.core.errors import ErrorCode, MaitredError
+from maitred.core.routing.model import Body, Headers, ReplyKind, Request, Session, Worker
+from maitred.core.transport import BrokerPort
+
+log = logging.getLogger("maitred.transports.ws")
+
+JSON_SUBPROTOCOL = Subprotocol("maitred.json")
+
+#: close codes (RFC 6455 §7.4.1) and what they mean here
+CLOSE_NORMAL = 1000
+CLOSE_GOING_AWAY = 1001  # broker shutting down
+CLOSE_UNSUPPORTED = 1003  # binary frame in the middleman dialect
+CLOSE_POLICY = 1008  # wrong key, no key in time, slow consumer
+CLOSE_TOO_BIG = 1009  # frame larger than max_frame_size (sent by websockets)
+CLOSE_INTERNAL = 1011  # a bug in maitred
+
+
+class KeyConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """One accepted key (``[[transports.ws.keys]]``)."""
+
+    key: str
+    #: trusted keys may EREQ/EPUB/ESUB/INT and do anything the access policy allows;
+    #: untrusted ones are restricted identities (only what is granted or explicitly allowed)
+    trusted: bool = False
+    identity: str = ""
+    roles: list[str] = msgspec.field(default_factory=list)
+
+
+def _default_keys() -> list[KeyConfig]:
+    # middleman's development defaults: change them in production
+    return [
+        KeyConfig(key="xyzzy", trusted=True, identity="service", roles=["trusted"]),
+        KeyConfig(key="plugh", trusted=False, identity="client", roles=["untrusted"]),
+    ]
+
+
+class WsConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """``[transports.ws]``: the WebSocket front end (middleman and JSON dialects)."""
+
+    enabled: bool = True
+    #: ``HOST:PORT`` to listen on (port 0: any free port); a list listens on each
+    listen: str | list[str] = "127.0.0.1:8764"
+    #: PEM files: when both are set the listener speaks wss:// (TLS)
+    tls_cert: str = ""
+    tls_key: str = ""
+    #: accepted keys; default: middleman's dev keys "xyzzy" (trusted) and "plugh" (untrusted)
+    keys: list[KeyConfig] = msgspec.field(default_factory=_default_keys)
+    #: the role that EREQ/EPUB/ESUB grant permissions to
+    grant_role: str = "untrusted"
+    #: largest inbound frame in bytes (bigger: close 1009)
+    max_frame_size: int = 1 << 20
+    #: frames queued per connection before the slow-consumer policy applies
+    outbox: int = 10_000
+    slow_consumer: Literal["drop", "close"] = "drop"
+    #: seconds between pings / to wait for a pong (0: no pings)
+    ping_interval: float = 20.0
+    ping_timeout: float = 20.0
+    #: seconds a new connection has to present its key (or hello)
+    handshake_timeout: float = 10.0
+    #: seconds for a request from this transport; 0: the service's policy
+    request_timeout: float = 0.0
+    #: how many requests a middleman responder (EREQ) or JSON service holds at once
+    responder_credit: int = 1024
+    #: seconds to flush outboxes when the broker closes
+    close_timeout: float = 2.0
+
+    def listen_addresses(self) -> list[str]:
+        return [self.listen] if isinstance(self.listen, str) else list(self.listen)
+
+    def problems(self) -> list[str]:
+        out = []
+        addrs = self.listen_addresses()
+        if not addrs:
+            out.append("listen: at least one HOST:PORT is needed")
+        for addr in addrs:
+            try:
+                split_address(addr)
+            except ValueError as exc:
+                out.append(f"listen: {exc}")
+        if bool(self.tls_cert) != bool(self.tls_key):
+            out.append("tls_cert and tls_key go together")
+        if not self.keys:
+            out.append("keys: at least one key is needed")
+        seen: set[str] = set()
+        for k in self.keys:
+            if not k.key:
+                out.append("keys: empty key")
+            if k.key in seen:
+                out.append(f"keys: {k.key!r} twice")
+            seen.add(k.key)
+        if self.max_frame_size < 64:
+            out.append("max_frame_size must be >= 64")
+        if self.outbox < 1:
+            out.append("outbox must be >= 1")
+        for name in ("ping_interval", "ping_timeout", "request_timeout"):
+            if not (0 <= getattr(self, name) < math.inf):
+                out.append(f"{name} must be a finite number >= 0")
+        if not (0 < self.handshake_timeout < math.inf):
+            out.append("handshake_timeout must be a finite number > 0")
+        if not (0 <= self.close_timeout < math.inf):
+            out.append("close_timeout must be a finite number >= 0")
+        if self.responder_credit < 1:
+            out.append("responder_credit must be >= 1")
+        return out
+
+
+def split_address(addr: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[v6]:PORT``; ``ws://`` prefix allowed) → (host, port)."""
+    for prefix in ("ws://", "wss://"):
+        if addr.startswith(prefix):
+            addr = addr[len(prefix) :]
+    addr = addr.rstrip("/")
+    host, sep, port = addr.rpartition(":")
+    if not sep or not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"{addr!r} is not HOST:PORT")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def _new_cid() -> str:
+    # 20 characters like middleman's xid ids (base32hex alphabet), but random
+    alphabet = "0123456789abcdefghijklmnopqrstuv"
+    return "".join(secrets.choice(alphabet) for _ in range(20))
+
+
+class Conn:
+    """What both dialects share: the websocket, the session, the outbox and its writer."""
+
+    dialect = ""
+
+    def __init__(self, transport: WsTransport, ws: ServerConnection) -> None:
+        self.transport = transport
+        self.ws = ws
+        self.router = transport.router
+        self.stats = transport.stats
+        self.cid = transport.new_cid()
+        self.uid = ""
+        self.session: Session | None = None
+        self.identity: Identity | None = None
+        self.restricted = True
+        self._outbox: deque[str] = deque()
+        self._wake = asyncio.Event()
+        self._limit = transport.config.outbox
+        self._drop = transport.config.slow_consumer == "drop"
+        self.closing = False
+        self._close: tuple[int, str] | None = None
+        self._role = ""
+        self._private: list[tuple[Action, str]] = []
+
+    # -- outbox -------------------------------------------------------------------------------
+
+    def push(self, frame: str, event: bool = False) -> None:
+        """Queue a frame (never blocks). ``event`` frames may be dropped by the policy."""
+        if self.closing:
+            return
+        outbox = self._outbox
+        if len(outbox) >= self._limit:
+            if self._drop and event:
+                self.stats["ws.events_dropped"] += 1
+                return
+            if not self._drop or len(outbox) >= 2 * self._limit:
+                self.stats["ws.slow_consumer_closed"] += 1
+                self.close(CLOSE_POLICY, "slow consumer: outbox full", flush=False)
+                return
+        outbox.append(frame)
+        self._wake.set()
+
+    def close(self, code: int, reason: str, flush: bool = True) -> None:
+        """Close after sending what is queued (``flush``) or at once. Never blocks."""
+        if self._close is None:
+            self._close = (code, reason)
+        if not flush:
+            self._outbox.clear()
+        self.closing = True
+        self._wake.set()
+
+    async def writer(self) -> None:
+        outbox = self._outbox
+        ws = self.ws
+        try:
+            while True:
+                while outbox:
+                    await ws.send(outbox.popleft())
+                if self.closing:
+                    break
+                self._wake.clear()
+                await self._wake.wait()
+            code, reason = self._close or (CLOSE_NORMAL, "")
+            await ws.close(code, reason)
+        except ConnectionClosed:
+            pass
+
+    # -- identity -----------------------------------------------------------------------------
+
+    def authenticate(self, key: str) -> Identity | None:
+        """The identity for ``key`` (config keys, then authenticator plugins), or None."""
+        table = self.transport.keys.get(key)
+        default = None
+        if table is not None:
+            roles = frozenset(table.roles)
+            default = Identity(
+                table.identity or ("service" if table.trusted else "client"),
+                roles,
+                restricted=not table.trusted,
+            )
+        return self.transport.port.authenticate(
+            "ws", {"key": key, "dialect": self.dialect}, default
+        )
+
+    def open(self, identity: Identity) -> Session:
+        """Open the router session; a restricted identity gets a private role that lets it
+        subscribe to its own ``MSG:<cid>`` channel (and nothing else)."""
+        self.restricted = identity.restricted
+        if identity.restricted:
+            self._role = f"ws-conn:{self.cid}"
+            identity = Identity(identity.name, identity.roles | {self._role}, restricted=True)
+        self.identity = identity
+        now = self.transport.port.clock()
+        self.session = self.router.open_session("ws", self, identity, now, label=f"ws:{self.cid}")
+        self.transport.register(self)
+        return self.session
+
+    def release(self, reason: str) -> None:
+        """The connection ended: close the session, revoke the private grants."""
+        self.closing = True
+        self._wake.set()
+        self.transport.unregister(self)
+        if self.session is not None and not self.session.closed:
+            self.router.close_session(self.session, self.transport.port.clock(), reason)
+        self.revoke_private()
+        self.on_released()
+
+    def on_released(self) -> None:
+        """Dialect clean-up after the session closed."""
+
+    def subscribe_private(self) -> None:
+        """Subscribe to ``MSG:<cid>`` (a restricted identity through its private grant). An
+        ``[access]`` rule that forbids it wins: the connection then has no private channel."""
+        assert self.session is not None
+        private = f"MSG:{self.cid}"
+        self.grant_private(Action.SUBSCRIBE, private)
+        try:
+            self.router.subscribe(self.session, private)
+        except MaitredError as exc:
+            log.debug("ws: %s has no private channel: %s", self.cid, exc.reason)
+
+    def grant_private(self, action: Action, name: str) -> None:
+        """Grant this connection alone (a restricted one) ``action`` on ``name``."""
+        if self._role:
+            self.router.grant(self._role, action, name)
+            self._private.append((action, name))
+
+    def revoke_private(self) -> None:
+        for action, name in self._private:
+            self.router.revoke(self._role, action, name)
+        self._private.clear()
+
+    # -- SessionSink (each dialect implements these; they must never block) ------------------
+
+    def deliver_request(self, worker: Worker, request: Request) -> None:
+        raise NotImplementedError
+
+    def deliver_reply(self, request: Request, kind: ReplyKind, body: Body) -> None:
+        raise NotImplementedError
+
+    def deliver_error(self, request: Request, error: MaitredError) -> None:
+        raise NotImplementedError
+
+    def deliver_event(self, topic: str, body: Body, headers: Headers) -> None:
+        raise NotImplementedError
+
+    def worker_removed(self, worker: Worker, reason: str) -> None:
+        raise NotImplementedError
+
+    # -- the connection's life ----------------------------------------------------------------
+
+    async def handshake(self) -> bool:
+        """Read and answer the dialect's first frame; False closes the connection."""
+        raise NotImplementedError
+
+    def on_text(self, text: str) -> None:
+        raise NotImplementedError
+
+    def on_binary(self, data: bytes) -> None:
+        raise NotImplementedError
+
+    async def run(self) -> None:
+        writer = asyncio.ensure_future(self.writer())
+        reason = "closed"
+        try:
+            try:
+                ok = await asyncio.wait_for(
+                    self.handshake(), self.transport.config.handshake_timeout
+                )
+            except TimeoutError:
+                self.stats["ws.handshake_timeout"] += 1
+                self.close(CLOSE_POLICY, "no key in time")
+                ok = False
+            if ok:
+                async for message in self.ws:
+                    if self.closing:
+                        break
+                    if isinstance(message, str):
+                        self.on_text(message)
+                    else:
+                        self.on_binary(message)
+        except ConnectionClosed as exc:
+            sent = exc.sent
+            if sent is not None and sent.code == CLOSE_TOO_BIG:
+                self.stats["ws.oversized"] += 1
+                reason = "frame too big"
+            else:
+                reason = "connection lost"
+        except Exception:
+            # a bug in a dialect handler: close this connection only, with 1011
+            log.exception("ws: connection %s failed", self.cid)
+            self.stats["ws.internal_errors"] += 1
+            self.close(CLOSE_INTERNAL, "internal error", flush=False)
+            reason = "internal error"
+        finally:
+            self.release(reason)
+            self.closing = True
+            self._wake.set()
+            try:
+                await asyncio.wait_for(writer, self.transport.config.close_timeout + 1)
+            except (TimeoutError, ConnectionClosed):
+                writer.cancel()
+
+
+class WsTransport:
+    """The ``ws`` transport (see the module docstring)."""
+
+    name = "ws"
+
+    def __init__(self, config: WsConfig, port: BrokerPort) -> None:
+        self.config = config
+        self.port = port
+        self.router = port.router
+        self.stats = port.stats
+        self.keys = {k.key: k for k in config.keys}
+        self.conns: dict[str, Conn] = {}
+        self.by_session: dict[int, Conn] = {}
+        self._servers: list[Server] = []
+        self._bound: list[str] = []
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._accepting = True
+        self._closed = False
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def _ssl(self) -> ssl.SSLContext | None:
+        if not self.config.tls_cert:
+            return None
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        try:
+            context.load_cert_chain(self.config.tls_cert, self.config.tls_key)
+        except (OSError, ssl.SSLError) as exc:
+            raise MaitredError(
+                f"ws: cannot load TLS cert/key: {exc}", ErrorCode.BAD_REQUEST
+            ) from None
+        return context
+
+    async def start(self) -> None:
+        context = self._ssl()
+        scheme = "wss" if context else "ws"
+        cfg = self.config
+        ping = cfg.ping_interval or None
+        for addr in cfg.listen_addresses():
+            host, port = split_address(addr)
+            try:
+                server = await serve(
+                    self._handler,
+                    host,
+                    port,
+                    ssl=context,
+                    select_subprotocol=_select_subprotocol,
+                    max_size=cfg.max_frame_size,
+                    ping_interval=ping,
+                    ping_timeout=(cfg.ping_timeout or None) if ping else None,
+                    close_timeout=cfg.close_timeout or None,
+                    compression=None,
+                )
+            except OSError as exc:
+                await self.close()
+                raise MaitredError(
+                    f"ws: cannot listen on {addr}: {exc.strerror}", ErrorCode.BAD_REQUEST
+                ) from None
+            self._servers.append(server)
+            for sock in server.sockets:
+                h, p = sock.getsockname()[:2]
+                self._bound.append(f"{scheme}://{f'[{h}]' if ':' in h else h}:{p}")
+
+    def endpoints(self) -> list[str]:
+        return list(self._bound)
+
+    async def stop_accepting(self) -> None:
+        self._accepting = False
+        for server in self._servers:
+            server.close(close_connections=False)
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._accepting = False
+        for conn in list(self.conns.values()):
+            conn.close(CLOSE_GOING_AWAY, "broker shutting down")
+        for server in self._servers:
+            server.close(close_connections=False)
+        tasks = list(self._tasks)
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=self.config.close_timeout + 2)
+            for task in pending:
+                task.cancel()
+        for server in self._servers:
+            server.close(close_connections=True)
+            await server.wait_closed()
+        self._servers.clear()
+
+    # -- connections --------------------------------------------------------------------------
+
+    def new_cid(self) -> str:
+        while True:
+            cid = _new_cid()
+            if cid not in self.conns:
+                return cid
+
+    def register(self, conn: Conn) -> None:
+        self.conns[conn.cid] = conn
+        if conn.session is not None:
+            self.by_session[conn.session.id] = conn
+
+    def unregister(self, conn: Conn) -> None:
+        if self.conns.get(conn.cid) is conn:
+            del self.conns[conn.cid]
+        if conn.session is not None and self.by_session.get(conn.session.id) is conn:
+            del self.by_session[conn.session.id]
+
+    def cid_of(self, session: Session | None) -> str:
+        """A session's connection id (its label when it is not a WebSocket connection)."""
+        if session is None:
+            return ""
+        conn = self.by_session.get(session.id)
+        return conn.cid if conn is not None else session.label
+
+    def uid_of(self, session: Session | None) -> str:
+        if session is None:
+            return ""
+        conn = self.by_session.get(session.id)
+        return conn.uid if conn is not None else ""
+
+    async def _handler(self, ws: ServerConnection) -> None:
+        if not self._accepting:
+            await ws.close(CLOSE_GOING_AWAY, "broker shutting down")
+            return
+        task = asyncio.current_task()
+        if task is not None:
+            self._tasks.add(task)
+        self.stats["ws.connections"] += 1
+        try:
+            conn: Conn
+            if ws.subprotocol == JSON_SUBPROTOCOL:
+                from maitred.transports.ws.json_dialect import JsonConn
+
+                conn = JsonConn(self, ws)
+            else:
+                from maitred.transports.ws.middleman import MmConn
+
+                conn = MmConn(self, ws)
+            await conn.run()
+        finally:
+            if task is not None:
+                self._tasks.discard(task)
+
+
+def _select_subprotocol(
+    connection: ServerConnection, subprotocols: Sequence[Subprotocol]
+) -> Subprotocol | None:
+    """``maitred.json`` when offered; otherwise no subprotocol (the middleman dialect)."""
+    return JSON_SUBPROTOCOL if JSON_SUBPROTOCOL in subprotocols else None
+
+
+def cli_addresses(addresses: Sequence[str]) -> dict[str, Any]:
+    """``--ws HOST:PORT`` (repeatable)."""
+    return {"listen": list(addresses)}

@@ -1,0 +1,316 @@
+"""The middleman dialect (PROTOCOLS.md §2): key handshake, PUB/SUB/UNS/REQ/RES/EREQ/EPUB/ESUB/INT.
+
+Mapping onto the router (one session per connection):
+
+- ``PUB k`` → ``router.publish`` with the sender's headers plus ``Cid``/``Uid``; subscribers get
+  ``PUB k`` with those headers (``Cid``/``Uid`` last, empty when the publisher was not a
+  WebSocket connection). ``SUB``/``UNS``/``UNSUB`` → subscribe/unsubscribe (wildcards allowed).
+- ``REQ k`` → ``router.submit(on_no_worker="fail")``; the responder gets ``REQ k`` with the
+  client's headers, ``Cid``, ``Uid`` and ``Rid`` (the router's request id, decimal).
+- ``RES k`` with ``Rid`` → ``router.reply`` by the responder's worker; the client gets ``RES
+  <requested name>`` with the responder's headers minus ``Rid``, then ``Cid``/``Uid``.
+- ``EREQ k`` (trusted) → a worker of service ``k`` with ``responder_credit``, and a grant to
+  ``grant_role`` of CALL and PUBLISH on ``k``; ``EPUB k`` → PUBLISH and CALL (and RES) on ``k``;
+  ``ESUB k`` → SUBSCRIBE on ``k``. Grants last as long as the broker runs.
+
+Bodies: a middleman body is one text block, carried as one body frame (UTF-8). A request or
+reply from another protocol with several frames reaches a middleman peer with its frames joined
+by ``\\n``; bytes that are not UTF-8 are replaced (U+FFFD). Partial replies are not sent to
+middleman clients (the protocol has one RES per REQ): they get the final reply only. A reply
+without a ``Reqid`` header (e.g. from an MDP worker, which has no headers) gets the request's
+``Reqid``, so middleman clients can always correlate.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
+
+from maitred.core.access import Action
+from maitred.core.errors import Denied, ErrorCode, MaitredError
+from maitred.core.routing.model import Body, Headers, ReplyKind, Request, Worker
+from maitred.transports.ws.adapter import CLOSE_POLICY, CLOSE_UNSUPPORTED, Conn
+from maitred.transports.ws.mm_codec import MmHeaders, MmMessage, ParseError, encode, parse
+
+if TYPE_CHECKING:
+    from websockets.asyncio.server import ServerConnection
+
+    from maitred.transports.ws.adapter import WsTransport
+
+_FINAL = ReplyKind.FINAL
+_OWN = frozenset({"Cid", "Uid", "Rid"})
+
+
+def body_text(body: Body) -> str:
+    """Body frames as one middleman body (frames joined by LF, UTF-8 with replacement)."""
+    raw = body[0] if len(body) == 1 else b"\n".join(bytes(f) for f in body)
+    return bytes(raw).decode("utf-8", "replace")
+
+
+def _pairs(headers: Headers | None) -> Iterable[tuple[str, str]]:
+    if headers is None:
+        return ()
+    if isinstance(headers, MmHeaders):
+        return headers.pairs
+    return headers.items()
+
+
+def _without_own(headers: Headers | None) -> list[tuple[str, str]]:
+    return [(k, v) for k, v in _pairs(headers) if k not in _OWN]
+
+
+def error_frame(text: str) -> str:
+    return encode("PUB", "ERROR", (), text)
+
+
+def request_error_text(target: str, error: MaitredError) -> str:
+    """The middleman text for a failed REQ (documented in docs/reference/ws.md)."""
+    code = error.code
+    if code == ErrorCode.FORBIDDEN:
+        return f"Not trusted REQ {target}"
+    if code in (ErrorCode.NO_WORKER, ErrorCode.WORKER_DIED):
+        return f"No responder for REQ {target}"
+    if code == ErrorCode.TIMEOUT:
+        return f"Timeout for REQ {target}"
+    return f"Error {int(code)} for REQ {target}: {error.reason}"
+
+
+class MmConn(Conn):
+    """A middleman connection."""
+
+    dialect = "middleman"
+
+    def __init__(self, transport: WsTransport, ws: ServerConnection) -> None:
+        super().__init__(transport, ws)
+        #: Rid → the worker (of this connection) that holds the request
+        self.inflight: dict[int, Worker] = {}
+        #: service name → this connection's worker for it (EREQ)
+        self.workers: dict[str, Worker] = {}
+        self._commands: dict[str, Callable[[MmMessage], None]] = {
+            "PUB": self._pub,
+            "SUB": self._sub,
+            "UNS": self._uns,
+            "UNSUB": self._uns,
+            "REQ": self._req,
+            "RES": self._res,
+            "EREQ": self._ereq,
+            "EPUB": self._epub,
+            "ESUB": self._esub,
+            "INT": self._int,
+        }
+
+    # -- handshake ----------------------------------------------------------------------------
+
+    async def handshake(self) -> bool:
+        first = await self.ws.recv()
+        identity = self.authenticate(first) if isinstance(first, str) else None
+        if identity is None:
+            self.stats["ws.bad_key"] += 1
+            self.close(CLOSE_POLICY, "bad key")
+            return False
+        self.open(identity)
+        self.push("MM OK")
+        self.push(self.cid)
+        self.subscribe_private()
+        return True
+
+    # -- inbound ------------------------------------------------------------------------------
+
+    def on_binary(self, data: bytes) -> None:
+        self.stats["ws.mm.binary_frames"] += 1
+        self.close(CLOSE_UNSUPPORTED, "middleman frames are text")
+
+    def on_text(self, text: str) -> None:
+        try:
+            msg = parse(text)
+        except ParseError as exc:
+            self.stats["ws.mm.parse_errors"] += 1
+            self.error(f"Parse error: {exc.reason}")
+            return
+        handler = self._commands.get(msg.command)
+        if handler is None:
+            self.stats["ws.mm.unknown_commands"] += 1
+            self.error(f"Unknown command {msg.command[:40]} {msg.target[:200]}")
+            return
+        handler(msg)
+
+    def error(self, text: str) -> None:
+        self.stats["ws.mm.errors_sent"] += 1
+        self.push(error_frame(text))
+
+    def _headers(self, msg: MmMessage) -> MmHeaders:
+        """The sender's headers with ``Cid``/``Uid`` overwritten (moved last)."""
+        own = [(k, v) for k, v in msg.headers if k not in _OWN]
+        return MmHeaders([*own, ("Cid", self.cid), ("Uid", self.uid)])
+
+    def _pub(self, msg: MmMessage) -> None:
+        assert self.session is not None
+        try:
+            self.router.publish(self.session, msg.target, (msg.body.encode(),), self._headers(msg))
+        except Denied:
+            self.error(f"Not trusted PUB {msg.target}")
+        except MaitredError as exc:
+            self.error(f"Bad target PUB {msg.target}: {exc.reason}")
+
+    def _sub(self, msg: MmMessage) -> None:
+        assert self.session is not None
+        try:
+            self.router.subscribe(self.session, msg.target)
+        except Denied:
+            self.error(f"Not trusted: SUB {msg.target}")
+        except MaitredError as exc:
+            self.error(f"Bad target SUB {msg.target}: {exc.reason}")
+
+    def _uns(self, msg: MmMessage) -> None:
+        assert self.session is not None
+        self.router.unsubscribe(self.session, msg.target)
+
+    def _req(self, msg: MmMessage) -> None:
+        assert self.session is not None
+        timeout = self.transport.config.request_timeout or None
+        self.router.submit(
+            self.session,
+            msg.target,
+            (msg.body.encode(),),
+            msg.target,
+            self.transport.port.clock(),
+            timeout=timeout,
+            headers=self._headers(msg),
+            on_no_worker="fail",
+        )
+
+    def _res(self, msg: MmMessage) -> None:
+        assert self.session is not None
+        k = msg.target
+        if self.restricted and not self.router.allowed(self.session, Action.PUBLISH, k):
+            self.error(f"Not trusted RES {k}")
+            return
+        rid = dict(msg.headers).get("Rid", "")
+        try:
+            token = int(rid)
+        except ValueError:
+            token = -1
+        worker = self.inflight.pop(token, None)
+        if worker is None or not self.router.reply(
+            worker,
+            token,
+            (msg.body.encode(),),
+            self.transport.port.clock(),
+            final=True,
+            headers=self._headers(msg),
+        ):
+            self.error(f"No client for request ID  RES {k}")
+
+    def _trusted(self, msg: MmMessage) -> bool:
+        if self.restricted:
+            self.stats["ws.mm.not_trusted"] += 1
+            self.error(f"Not trusted {msg.command} {msg.target}")
+            return False
+        return True
+
+    def _grant(self, msg: MmMessage, actions: Iterable[Action]) -> bool:
+        role = self.transport.config.grant_role
+        try:
+            for action in actions:
+                self.router.grant(role, action, msg.target)
+        except ValueError as exc:
+            self.error(f"Bad target {msg.command} {msg.target}: {exc}")
+            return False
+        return True
+
+    def _ereq(self, msg: MmMessage) -> None:
+        if not self._trusted(msg):
+            return
+        assert self.session is not None
+        k = msg.target
+        if k not in self.workers:
+            try:
+                self.workers[k] = self.router.add_worker(
+                    self.session,
+                    k,
+                    self.transport.port.clock(),
+                    credit=self.transport.config.responder_credit,
+                    tag=self,
+                    label=f"ws:{self.cid}/{k}",
+                    idle_timeout=0,
+                    busy_timeout=0,
+                )
+            except MaitredError as exc:
+                self.error(f"Cannot serve EREQ {k}: {exc.reason}")
+                return
+        self._grant(msg, (Action.CALL, Action.PUBLISH))
+
+    def _epub(self, msg: MmMessage) -> None:
+        if self._trusted(msg):
+            self._grant(msg, (Action.PUBLISH, Action.CALL))
+
+    def _esub(self, msg: MmMessage) -> None:
+        if self._trusted(msg):
+            self._grant(msg, (Action.SUBSCRIBE,))
+
+    def _int(self, msg: MmMessage) -> None:
+        if msg.target != "UID":
+            self.stats["ws.mm.unknown_commands"] += 1
+            self.error(f"Unknown command INT {msg.target[:200]}")
+            return
+        if not self._trusted(msg):
+            return
+        headers = dict(msg.headers)
+        forcid = headers.get("Forcid", "")
+        conn = self.transport.conns.get(forcid)
+        if conn is None:
+            self.error(f"No connection {forcid[:64]} INT UID")
+            return
+        conn.uid = headers.get("Setuid", "")
+
+    # -- SessionSink ----------------------------------------------------------------------------
+
+    def deliver_request(self, worker: Worker, request: Request) -> None:
+        self.inflight[request.id] = worker
+        t = self.transport
+        headers = [
+            *_without_own(request.headers),
+            ("Cid", t.cid_of(request.caller)),
+            ("Uid", t.uid_of(request.caller)),
+            ("Rid", str(request.id)),
+        ]
+        self.push(encode("REQ", request.service, headers, body_text(request.body)))
+
+    def deliver_reply(self, request: Request, kind: ReplyKind, body: Body) -> None:
+        if kind is not _FINAL:
+            self.stats["ws.mm.partials_skipped"] += 1
+            return
+        t = self.transport
+        session = request.worker.session if request.worker is not None else None
+        own = _without_own(request.reply_headers)
+        asked = request.headers
+        if asked is not None and "Reqid" in asked and not any(k == "Reqid" for k, _ in own):
+            # a responder without headers (MDP, ...): keep the client's correlation
+            own.insert(0, ("Reqid", asked["Reqid"]))
+        headers = [
+            *own,
+            ("Cid", t.cid_of(session)),
+            ("Uid", t.uid_of(session)),
+        ]
+        self.push(encode("RES", request.service, headers, body_text(body)))
+
+    def deliver_error(self, request: Request, error: MaitredError) -> None:
+        self.error(request_error_text(request.service, error))
+
+    def deliver_event(self, topic: str, body: Body, headers: Headers) -> None:
+        pairs = [
+            *_without_own(headers),
+            ("Cid", headers.get("Cid", "")),
+            ("Uid", headers.get("Uid", "")),
+        ]
+        self.push(encode("PUB", topic, pairs, body_text(body)), event=True)
+
+    def worker_removed(self, worker: Worker, reason: str) -> None:
+        if self.workers.get(worker.service.name) is worker:
+            del self.workers[worker.service.name]
+        for rid in [r for r, w in self.inflight.items() if w is worker]:
+            del self.inflight[rid]
+
+    def on_released(self) -> None:
+        self.inflight.clear()
+        self.workers.clear()
