@@ -1,0 +1,1 @@
+"""Benchmarks (not shipped). See bench/README.md; run ``python bench/run_mdp.py --help``."""

@@ -1,0 +1,290 @@
+"""WebSocket benchmark: maitred's ws transport against a raw websockets echo of the same frames.
+
+Legs (each in fresh processes, medians of ``--runs``):
+
+- ``raw``: a plain websockets echo server (one process) — the floor: the client's middleman REQ
+  frame comes straight back;
+- ``ws-mdp``: middleman client → maitred (``--ws``/``--mdp``) → MDP echo worker (bench/loadgen.py);
+- ``ws-ws``: middleman client → maitred → middleman echo service (a plain websockets client, EREQ);
+- ``fanout``: one publisher, ``--subscribers`` middleman connections (default 1,000) subscribed to
+  one topic, ``--messages`` publications: deliveries/s until every subscriber got every message.
+
+The client keeps ``--inflight`` requests (default 64) of ``--size`` bytes (default 1 KiB) in
+flight, correlated by a ``ReqID`` header. Usage::
+
+    .venv/bin/python bench/ws.py                  # all legs, 3 runs
+    .venv/bin/python bench/ws.py --smoke          # one short run of each
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.asyncio.server import ServerConnection, serve
+
+HERE = Path(__file__).resolve().parent
+PY = sys.executable
+MAITRED = str(Path(PY).with_name("maitred"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@contextlib.contextmanager
+def proc(*argv: str) -> Iterator[subprocess.Popen[bytes]]:
+    p = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        yield p
+    finally:
+        p.terminate()
+        try:
+            p.wait(10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
+async def open_ws(url: str, timeout: float = 15.0) -> ClientConnection:
+    """Connect, retrying while the server starts (bounded)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return await connect(url, compression=None, max_size=None, ping_interval=None)
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.05)
+
+
+async def login(url: str, key: str = "xyzzy", raw: bool = False) -> ClientConnection:
+    ws = await open_ws(url)
+    if not raw:
+        await ws.send(key)
+        assert await ws.recv() == "MM OK"
+        await ws.recv()
+    return ws
+
+
+# -- peers ------------------------------------------------------------------------------------
+
+
+async def echo_server(port: int) -> None:
+    async def handler(ws: ServerConnection) -> None:
+        async for msg in ws:
+            await ws.send(msg)
+
+    async with serve(handler, "127.0.0.1", port, compression=None, max_size=None):
+        await asyncio.Future()
+
+
+async def mm_service(url: str, service: str) -> None:
+    ws = await login(url)
+    await ws.send(f"EREQ {service}\r\n\r\n.\r\n")
+    async for frame in ws:
+        assert isinstance(frame, str)
+        head, _, body = frame.partition("\r\n\r\n")
+        if not head.startswith("REQ "):
+            continue
+        hdrs = dict(line.split(": ", 1) for line in head.split("\r\n")[1:] if ": " in line)
+        await ws.send(
+            f"RES {service}\r\nRid: {hdrs['Rid']}\r\nReqid: {hdrs.get('Reqid', '')}\r\n\r\n{body}"
+        )
+
+
+# -- load -------------------------------------------------------------------------------------
+
+
+async def request_load(
+    url: str, raw: bool, inflight: int, size: int, warmup: float, duration: float
+) -> dict[str, float]:
+    ws = await login(url, raw=raw)
+    body = "x" * size
+    frames = [f"REQ echo\r\nReqID: {i}\r\n\r\n{body}\r\n.\r\n" for i in range(inflight)]
+    sent_at = [0.0] * inflight
+    lat: list[float] = []
+    count = 0
+    measuring = False
+    for i in range(inflight):
+        sent_at[i] = time.perf_counter()
+        await ws.send(frames[i])
+    start = time.perf_counter()
+    t_measure = start + warmup
+    t_end = t_measure + duration
+    while True:
+        msg = await asyncio.wait_for(ws.recv(), 10)
+        assert isinstance(msg, str)
+        if msg.startswith("PUB ERROR"):
+            raise RuntimeError(msg)
+        i = int(msg.split("Reqid: " if not raw else "ReqID: ", 1)[1].split("\r\n", 1)[0])
+        now = time.perf_counter()
+        if measuring:
+            count += 1
+            lat.append(now - sent_at[i])
+        elif now >= t_measure:
+            measuring = True
+            t_measure = now
+        if now >= t_end:
+            break
+        sent_at[i] = now
+        await ws.send(frames[i])
+    elapsed = time.perf_counter() - t_measure
+    await ws.close()
+    lat.sort()
+    return {
+        "req_s": count / elapsed,
+        "p50_ms": 1000 * lat[len(lat) // 2] if lat else 0.0,
+        "p99_ms": 1000 * lat[int(len(lat) * 0.99)] if lat else 0.0,
+    }
+
+
+async def fanout(url: str, subscribers: int, messages: int, timeout: float) -> dict[str, float]:
+    subs = [await login(url) for _ in range(subscribers)]
+    for ws in subs:
+        await ws.send("SUB fan\r\n\r\n.\r\n")
+    pub = await login(url)
+    # one probe publication proves every SUB was processed (each connection is in order)
+    await pub.send("PUB fan\r\n\r\nprobe\r\n.\r\n")
+    await asyncio.gather(*(asyncio.wait_for(ws.recv(), timeout) for ws in subs))
+    done = asyncio.Event()
+    remaining = subscribers * messages
+
+    async def drain(ws: ClientConnection) -> None:
+        nonlocal remaining
+        for _ in range(messages):
+            await ws.recv()
+            remaining -= 1
+        if remaining == 0:
+            done.set()
+
+    tasks = [asyncio.ensure_future(drain(ws)) for ws in subs]
+    start = time.perf_counter()
+    for i in range(messages):
+        await pub.send(f"PUB fan\r\n\r\n{i:064d}\r\n.\r\n")
+    await asyncio.wait_for(done.wait(), timeout)
+    elapsed = time.perf_counter() - start
+    for t in tasks:
+        t.cancel()
+    for ws in [*subs, pub]:
+        await ws.close()
+    return {"deliveries_s": subscribers * messages / elapsed, "seconds": elapsed}
+
+
+# -- orchestration ----------------------------------------------------------------------------
+
+
+def maitred_cmd(ws_port: int, mdp_port: int) -> list[str]:
+    return [
+        MAITRED if os.path.exists(MAITRED) else PY,
+        *([] if os.path.exists(MAITRED) else ["-m", "maitred.core"]),
+        "serve",
+        "--ws",
+        f"127.0.0.1:{ws_port}",
+        "--mdp",
+        f"tcp://127.0.0.1:{mdp_port}",
+        "--log-level",
+        "warning",
+    ]
+
+
+async def probe(url: str) -> None:
+    """One request through the broker: the worker is ready."""
+    deadline = time.monotonic() + 15
+    ws = await login(url)
+    try:
+        while True:
+            await ws.send("REQ echo\r\nReqID: p\r\n\r\np\r\n.\r\n")
+            got = await asyncio.wait_for(ws.recv(), 5)
+            if isinstance(got, str) and got.startswith("RES "):
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"no echo worker: {got!r}")
+            await asyncio.sleep(0.05)
+    finally:
+        await ws.close()
+
+
+def run_leg(leg: str, args: argparse.Namespace) -> dict[str, float]:
+    ws_port, mdp_port = free_port(), free_port()
+    url = f"ws://127.0.0.1:{ws_port}"
+    with contextlib.ExitStack() as stack:
+        if leg == "raw":
+            stack.enter_context(proc(PY, __file__, "echo-server", str(ws_port)))
+        else:
+            stack.enter_context(proc(*maitred_cmd(ws_port, mdp_port)))
+            if leg == "ws-mdp":
+                stack.enter_context(
+                    proc(PY, str(HERE / "loadgen.py"), "worker", "--endpoint",
+                         f"tcp://127.0.0.1:{mdp_port}", "--service", "echo")
+                )  # fmt: skip
+            elif leg == "ws-ws":
+                stack.enter_context(proc(PY, __file__, "mm-service", url))
+            if leg != "fanout":
+                asyncio.run(probe(url))
+        if leg == "fanout":
+            return asyncio.run(fanout(url, args.subscribers, args.messages, args.timeout))
+        return asyncio.run(
+            request_load(url, leg == "raw", args.inflight, args.size, args.warmup, args.duration)
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["echo-server"]:
+        asyncio.run(echo_server(int(argv[1])))
+        return 0
+    if argv[:1] == ["mm-service"]:
+        asyncio.run(mm_service(argv[1], "echo"))
+        return 0
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--legs", default="raw,ws-mdp,ws-ws,fanout")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--inflight", type=int, default=64)
+    parser.add_argument("--size", type=int, default=1024)
+    parser.add_argument("--warmup", type=float, default=0.5)
+    parser.add_argument("--duration", type=float, default=2.0)
+    parser.add_argument("--subscribers", type=int, default=1000)
+    parser.add_argument("--messages", type=int, default=20)
+    parser.add_argument("--timeout", type=float, default=60.0)
+    parser.add_argument("--smoke", action="store_true", help="1 short run, 100 subscribers")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.runs, args.warmup, args.duration = 1, 0.2, 0.5
+        args.subscribers, args.messages = 100, 5
+    results: dict[str, list[dict[str, float]]] = {}
+    for leg in args.legs.split(","):
+        for run in range(args.runs):
+            r = run_leg(leg, args)
+            print(f"{leg} run {run + 1}: {json.dumps(r)}", file=sys.stderr)
+            results.setdefault(leg, []).append(r)
+    med: dict[str, dict[str, float]] = {
+        leg: {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+        for leg, runs in results.items()
+    }
+    print(f"WebSocket bench: {args.inflight} in flight, {args.size} B, medians of {args.runs}")
+    raw = med.get("raw", {}).get("req_s")
+    for leg, m in med.items():
+        line = f"  {leg:7s} " + "  ".join(f"{k}={v:,.1f}" for k, v in m.items())
+        if raw and "req_s" in m and leg != "raw":
+            line += f"  ratio_vs_raw={m['req_s'] / raw:.2f}"
+        print(line)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,42 @@
+"""The benchmark runs end to end (no timing is asserted: figures belong in bench/README.md and
+the issue notes, measured on a quiet machine)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.slow
+def test_mdp_bench_smoke(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "run_mdp.py"),
+            "--smoke",
+            "--legs",
+            "maitred,proxy",
+            "--maitred-cmd",
+            "{python} -m maitred.core serve --mdp {endpoint} --log-level warning",
+            "--json",
+            str(out),
+            "--strict",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads(out.read_text())
+    legs = {row["leg"] for row in report["summary"] if row["ok_runs"]}
+    assert legs == {"maitred", "proxy"}
+    assert all(row["req_per_s"] > 0 for row in report["summary"])
