@@ -1,11 +1,18 @@
 """HTTP transport benchmark: REST call rate and p99 vs a raw aiohttp echo server (same body size),
 the switch RPC rate, and the durable path (persisted + acked messages/s, SQLite store).
 
-    .venv/bin/python bench/http_bench.py [--runs 3] [--requests 4000] [--concurrency 64]
+    .venv/bin/python bench/http_bench.py [--runs 3] [--legs raw,rest,rpc,store,durable,durable_unix]
 
 Each leg is bounded in count and time; the median of ``--runs`` is printed with the ratio.
 The broker and the raw echo server run as subprocesses; the MDP echo worker is a thread of this
-process on its own zmq socket; load comes from aiohttp clients in this process.
+process on its own zmq socket; REST load comes from aiohttp clients in this process.
+
+``store``: the SQLiteStore alone (append, delivery count, ack; a commit each, ``--store-batch``
+messages per commit). ``durable`` / ``durable_unix``: the whole durable path over TCP / the Unix
+socket (the switch's own transport), from a load-generator *process* (``durable-load`` role) with
+a lean keep-alive HTTP/1.1 client: ``--senders`` sessions send into a persistent queue (one
+request in flight each, answered after the commit), one consumer session transfers on one
+connection and acks on ``--ackers`` more; the rate is messages sent *and* acked per second.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -78,7 +86,7 @@ def start(
 
 
 def mdp_echo_worker(endpoint: str, stop: threading.Event) -> None:
-    ctx = zmq.Context.instance()
+    ctx: zmq.Context[Any] = zmq.Context.instance()
     sock = ctx.socket(zmq.DEALER)
     sock.linger = 0
     sock.connect(endpoint)
@@ -142,52 +150,217 @@ def switch_rpc_rate(url: str, n: int) -> float:
     return rate
 
 
-async def durable_rate(url: str, n: int, senders: int) -> float:
-    """Messages sent into a persistent (SQLite) queue and transferred + acked, per second."""
-    async with aiohttp.ClientSession() as session:
+class RawConn(asyncio.Protocol):
+    """One keep-alive HTTP/1.1 connection with pre-encoded requests and a minimal response
+    parser (the server always sends Content-Length): the client costs far less than aiohttp's,
+    so the broker, not the load generator, is what the durable leg measures. Requests may be
+    pipelined (answered in order)."""
 
-        async def login(token: str) -> aiohttp.ClientSession:
-            s = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1))
-            async with s.get(f"{url}/login/{token}") as r:
-                assert r.status == 200
-            return s
+    def __init__(self) -> None:
+        self.buf = bytearray()
+        self.waiters: deque[asyncio.Future[tuple[int, bytes]]] = deque()
+        self.transport: asyncio.Transport | None = None
+        self.lost: BaseException | None = None
 
-        admin = await login("bench:admin")
-        async with admin.get(f"{url}/persistent/bench.durable") as r:
-            assert r.status == 200
-        consumer = await login("bench:consumer")
-        sent = 0
-        acked = 0
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
 
-        async def send(i: int) -> None:
-            nonlocal sent
-            s = await login(f"bench:snd{i}")
-            while sent < n:
-                sent += 1
-                async with s.post(f"{url}/request/bench.durable/nobody", data=b"m" * 256) as r:
-                    assert r.status == 200
-            await s.close()
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self.lost = exc or ConnectionResetError("connection closed")
+        while self.waiters:
+            fut = self.waiters.popleft()
+            if not fut.done():
+                fut.set_exception(self.lost)
 
-        async def consume() -> None:
-            nonlocal acked
-            cursor = -1
-            while acked < n:
-                req = {"timeout": 5.0, "queues": ["bench.durable"], "from": str(cursor)}
-                async with consumer.post(f"{url}/transfer", data=json.dumps(req)) as r:
-                    got = json.loads(await r.read())
-                cursor = int(got["next"])
-                for (q, m), _ in got["messages"]:
-                    async with consumer.get(f"{url}/ack/{q}/{m}") as r:
-                        assert r.status == 200
-                    acked += 1
+    def data_received(self, data: bytes) -> None:
+        buf = self.buf
+        buf += data
+        while self.waiters:
+            i = buf.find(b"\r\n\r\n")
+            if i < 0:
+                return
+            head = bytes(buf[:i]).lower()
+            j = head.find(b"content-length:")
+            length = 0
+            if j >= 0:
+                end = head.find(b"\r\n", j)
+                length = int(head[j + 15 : end if end >= 0 else len(head)])
+            if len(buf) < i + 4 + length:
+                return
+            body = bytes(buf[i + 4 : i + 4 + length])
+            del buf[: i + 4 + length]
+            fut = self.waiters.popleft()
+            if not fut.done():
+                fut.set_result((int(head[9:12]), body))
 
+    def send(self, raw: bytes) -> asyncio.Future[tuple[int, bytes]]:
+        fut: asyncio.Future[tuple[int, bytes]] = asyncio.get_running_loop().create_future()
+        if self.lost is not None:
+            fut.set_exception(self.lost)
+            return fut
+        assert self.transport is not None
+        self.waiters.append(fut)
+        self.transport.write(raw)
+        return fut
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+
+def raw_request(method: str, path: str, body: bytes = b"") -> bytes:
+    head = f"{method} {path} HTTP/1.1\r\nHost: bench\r\nContent-Length: {len(body)}\r\n\r\n"
+    return head.encode() + body
+
+
+async def raw_login(url: str, token: str) -> RawConn:
+    """``url``: ``http://HOST:PORT`` or ``unix:/path``."""
+    loop = asyncio.get_running_loop()
+    if url.startswith("unix:"):
+        _, conn = await loop.create_unix_connection(RawConn, url[5:])
+    else:
+        host, port = url.removeprefix("http://").rsplit(":", 1)
+        _, conn = await loop.create_connection(RawConn, host, int(port))
+    status, _ = await conn.send(raw_request("GET", f"/login/{token}"))
+    assert status == 200, status
+    return conn
+
+
+async def durable_load(
+    url: str, n: int, senders: int, ackers: int, size: int, limit: float
+) -> dict[str, float]:
+    """``senders`` sessions (one keep-alive connection each, one request in flight) send ``n``
+    messages into the persistent queue ``bench.durable``; one consumer session transfers them on
+    one connection and acks them on ``ackers`` more connections (each ack waits for its answer).
+    A send is answered only after its message is committed, an ack only after the delete is.
+    Returns the rate of messages sent *and* acked (n / time to the last ack) and the p50/p99 of
+    the send round trip (ms). Bounded by ``limit`` seconds."""
+    queue = f"bench.durable.{time.monotonic_ns()}"
+    admin = await raw_login(url, "bench:admin")
+    status, _ = await admin.send(raw_request("GET", f"/persistent/{queue}"))
+    assert status == 200
+    transfer_conn = await raw_login(url, "bench:consumer")
+    ack_conns = [await raw_login(url, "bench:consumer") for _ in range(ackers)]
+    send_conns = [await raw_login(url, f"bench:snd{i}") for i in range(senders)]
+    payload = b"m" * size
+    send_req = raw_request("POST", f"/request/{queue}/nobody", payload)
+    lat: list[float] = []
+    sent = 0
+    acked = 0
+    to_ack: asyncio.Queue[int] = asyncio.Queue()
+    done = asyncio.get_running_loop().create_future()
+
+    async def send(conn: RawConn) -> None:
+        nonlocal sent
+        while sent < n:
+            sent += 1
+            t0 = time.perf_counter()
+            status, body = await conn.send(send_req)
+            if status != 200 or not body.startswith(b'[["'):
+                raise RuntimeError(f"send: {status} {body!r}")
+            lat.append(time.perf_counter() - t0)
+
+    async def transfer() -> None:
+        cursor = -1
+        while not done.done():
+            req = json.dumps({"timeout": 1.0, "queues": [queue], "from": str(cursor)}).encode()
+            status, body = await transfer_conn.send(raw_request("POST", "/transfer", req))
+            if status != 200:
+                raise RuntimeError(f"transfer: {status} {body!r}")
+            got = json.loads(body)
+            cursor = int(got["next"])
+            for (_, m), _msg in got["messages"]:
+                to_ack.put_nowait(m)
+
+    async def ack(conn: RawConn) -> None:
+        nonlocal acked
+        while True:
+            m = await to_ack.get()
+            status, _ = await conn.send(raw_request("GET", f"/ack/{queue}/{m}"))
+            if status != 200:
+                raise RuntimeError(f"ack: {status}")
+            acked += 1
+            if acked >= n and not done.done():
+                done.set_result(None)
+
+    t0 = time.perf_counter()
+    tasks = [asyncio.ensure_future(send(c)) for c in send_conns]
+    tasks += [asyncio.ensure_future(ack(c)) for c in ack_conns]
+    tasks.append(asyncio.ensure_future(transfer()))
+
+    def failed(task: asyncio.Future[None]) -> None:
+        if not task.cancelled() and task.exception() is not None and not done.done():
+            done.set_exception(task.exception())  # type: ignore[arg-type]
+
+    for t in tasks:
+        t.add_done_callback(failed)
+    try:
+        try:
+            await asyncio.wait_for(asyncio.shield(done), limit)
+        except TimeoutError:
+            raise RuntimeError(f"durable leg: only {acked}/{n} acked in {limit} s") from None
+        elapsed = time.perf_counter() - t0
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await admin.send(raw_request("GET", f"/destroy/{queue}"))
+        for c in [admin, transfer_conn, *ack_conns, *send_conns]:
+            c.close()
+    lat.sort()
+    return {
+        "msg_per_s": n / elapsed,
+        "send_p50_ms": lat[len(lat) // 2] * 1000,
+        "send_p99_ms": lat[int(len(lat) * 0.99) - 1] * 1000,
+    }
+
+
+def durable_rate(url: str, n: int, senders: int, ackers: int, size: int) -> dict[str, float]:
+    """The durable leg in its own process (the load generator gets the other core)."""
+    out = subprocess.run(
+        [
+            *(PY, __file__, "durable-load", "--url", url, "--durable", str(n)),
+            *("--senders", str(senders), "--ackers", str(ackers), "--durable-size", str(size)),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    if out.returncode != 0:
+        raise RuntimeError(f"durable load failed: {out.stderr[-2000:]}")
+    result: dict[str, float] = json.loads(out.stdout.strip().splitlines()[-1])
+    return result
+
+
+def store_rate(n: int, batch: int, size: int) -> float:
+    """The SQLite store alone: append + commit, delivered + commit, ack + commit per message,
+    ``batch`` messages per commit as the switch batches them (one flush per loop turn)."""
+    from maitred.core.store import SQLiteStore, StoredMessage
+
+    with tempfile.TemporaryDirectory(prefix="mhstore") as d:
+        s = SQLiteStore(Path(d) / "store.sqlite3")
+        s.create_queue("q")
+        s.flush()
+        payload = b"m" * size
         t0 = time.perf_counter()
-        await asyncio.wait_for(asyncio.gather(consume(), *(send(i) for i in range(senders))), 120)
+        for base in range(0, n, batch):
+            ids = range(base, min(n, base + batch))
+            for i in ids:
+                s.append(StoredMessage("q", i, payload, b'["Request","nobody"]', "snd", i))
+            s.flush()
+            for i in ids:
+                s.delivered("q", i, 1)
+            s.flush()
+            for i in ids:
+                s.ack("q", i)
+            s.flush()
         rate = n / (time.perf_counter() - t0)
-        await admin.close()
-        await consumer.close()
-        del session
+        s.close()
     return rate
+
+
+LEGS = ("raw", "rest", "rpc", "store", "durable", "durable_unix")
 
 
 def main() -> int:
@@ -197,12 +370,35 @@ def main() -> int:
     ap.add_argument("--concurrency", type=int, default=64)
     ap.add_argument("--size", type=int, default=1024)
     ap.add_argument("--rpc", type=int, default=300)
-    ap.add_argument("--durable", type=int, default=3000)
+    ap.add_argument("--durable", type=int, default=20000, help="messages per durable run")
+    ap.add_argument("--senders", type=int, default=32, help="durable leg: sending sessions")
+    ap.add_argument("--ackers", type=int, default=16, help="durable leg: ack connections")
+    ap.add_argument("--durable-size", type=int, default=256, help="durable message bytes")
+    ap.add_argument("--store-batch", type=int, default=32, help="store leg: messages per commit")
+    ap.add_argument("--legs", default=",".join(LEGS), help="comma-separated subset of " + str(LEGS))
+    ap.add_argument("--url", default="", help="(durable-load role) http://HOST:PORT or unix:PATH")
     ap.add_argument("_role", nargs="?", default="")
     args = ap.parse_args()
     if args._role == "echo-server":
         _echo_server()
         return 0
+    if args._role == "durable-load":
+        try:
+            import uvloop
+
+            uvloop.install()
+        except ImportError:
+            pass
+        result = asyncio.run(
+            durable_load(
+                args.url, args.durable, args.senders, args.ackers, args.durable_size, 120.0
+            )
+        )
+        print(json.dumps(result), flush=True)
+        return 0
+    legs = [leg for leg in args.legs.split(",") if leg]
+    if unknown := set(legs) - set(LEGS):
+        ap.error(f"unknown legs: {sorted(unknown)}")
     body = b"x" * args.size
     tmp = Path(tempfile.mkdtemp(prefix="mhbench"))
     cfg = tmp / "maitred.toml"
@@ -212,7 +408,7 @@ log_level = "warning"
 [transports.mdp]
 endpoints = ["tcp://127.0.0.1:0"]
 [transports.http]
-listen = ["127.0.0.1:0"]
+listen = ["127.0.0.1:0", "unix:{tmp / "sw.sock"}"]
 store = "sqlite"
 store_path = "{tmp / "store.sqlite3"}"
 switch_credit = 256
@@ -220,23 +416,43 @@ switch_credit = 256
     )
     echo, eps = start([PY, __file__, "echo-server"], "echo")
     broker, beps = start([MAITRED, "serve", "-c", str(cfg)], "http")
+    unix_url = f"unix:{tmp / 'sw.sock'}"
     stop = threading.Event()
     wt = threading.Thread(target=mdp_echo_worker, args=(beps["mdp"], stop), daemon=True)
     wt.start()
-    results: dict[str, list[Any]] = {"raw": [], "rest": [], "rpc": [], "durable": []}
+    results: dict[str, list[Any]] = {leg: [] for leg in legs}
     try:
-        asyncio.run(load(f"{beps['http']}/v1/services/echo", 200, 8, body))  # warm-up
+        if "rest" in legs:
+            asyncio.run(load(f"{beps['http']}/v1/services/echo", 200, 8, body))  # warm-up
+        if "durable" in legs or "durable_unix" in legs:
+            durable_rate(beps["http"], 2000, args.senders, args.ackers, args.durable_size)
         for run in range(args.runs):
-            results["raw"].append(
-                asyncio.run(load(f"{eps['echo']}/echo", args.requests, args.concurrency, body))
-            )
-            results["rest"].append(
-                asyncio.run(
-                    load(f"{beps['http']}/v1/services/echo", args.requests, args.concurrency, body)
+            if "raw" in legs:
+                results["raw"].append(
+                    asyncio.run(load(f"{eps['echo']}/echo", args.requests, args.concurrency, body))
                 )
-            )
-            results["rpc"].append(switch_rpc_rate(beps["http"], args.rpc))
-            results["durable"].append(asyncio.run(durable_rate(beps["http"], args.durable, 16)))
+            if "rest" in legs:
+                results["rest"].append(
+                    asyncio.run(
+                        load(
+                            f"{beps['http']}/v1/services/echo",
+                            args.requests,
+                            args.concurrency,
+                            body,
+                        )
+                    )
+                )
+            if "rpc" in legs:
+                results["rpc"].append(switch_rpc_rate(beps["http"], args.rpc))
+            if "store" in legs:
+                results["store"].append(store_rate(50_000, args.store_batch, args.durable_size))
+            for leg, url in (("durable", beps["http"]), ("durable_unix", unix_url)):
+                if leg in legs:
+                    results[leg].append(
+                        durable_rate(
+                            url, args.durable, args.senders, args.ackers, args.durable_size
+                        )
+                    )
             print(f"run {run + 1}: " + json.dumps({k: v[-1] for k, v in results.items()}))
     finally:
         stop.set()
@@ -244,17 +460,34 @@ switch_credit = 256
         echo.kill()
         broker.wait()
         echo.wait()
-    raw_rate = statistics.median(r for r, _ in results["raw"])
-    raw_p99 = statistics.median(p for _, p in results["raw"])
-    rest_rate = statistics.median(r for r, _ in results["rest"])
-    rest_p99 = statistics.median(p for _, p in results["rest"])
-    print(f"raw aiohttp echo     {raw_rate:8.0f} req/s  p99 {raw_p99:6.2f} ms")
-    print(
-        f"maitred REST->MDP    {rest_rate:8.0f} req/s  p99 {rest_p99:6.2f} ms  "
-        f"ratio {rest_rate / raw_rate:.2f}"
-    )
-    print(f"switch RPC (serial)  {statistics.median(results['rpc']):8.0f} calls/s")
-    print(f"durable send+ack     {statistics.median(results['durable']):8.0f} msg/s (sqlite)")
+    med = statistics.median
+    if "raw" in legs:
+        raw_rate = med(r for r, _ in results["raw"])
+        raw_p99 = med(p for _, p in results["raw"])
+        print(f"raw aiohttp echo     {raw_rate:8.0f} req/s  p99 {raw_p99:6.2f} ms")
+    if "rest" in legs:
+        rest_rate = med(r for r, _ in results["rest"])
+        rest_p99 = med(p for _, p in results["rest"])
+        ratio = f"  ratio {rest_rate / raw_rate:.2f}" if "raw" in legs else ""
+        print(f"maitred REST->MDP    {rest_rate:8.0f} req/s  p99 {rest_p99:6.2f} ms{ratio}")
+    if "rpc" in legs:
+        print(f"switch RPC (serial)  {med(results['rpc']):8.0f} calls/s")
+    if "store" in legs:
+        print(
+            f"sqlite store alone   {med(results['store']):8.0f} msg/s "
+            f"(append+delivered+ack, {args.store_batch} per commit)"
+        )
+    for leg, over in (("durable", "TCP"), ("durable_unix", "Unix socket")):
+        if leg not in legs:
+            continue
+        d = results[leg]
+        p50 = med(r["send_p50_ms"] for r in d)
+        p99 = med(r["send_p99_ms"] for r in d)
+        print(
+            f"durable send+ack     {med(r['msg_per_s'] for r in d):8.0f} msg/s (sqlite, {over}; "
+            f"{args.senders} senders, 1 consumer with {args.ackers} ack connections; "
+            f"send p50 {p50:.2f} ms, p99 {p99:.2f} ms)"
+        )
     return 0
 
 

@@ -12,8 +12,9 @@ every batch and survives the queue's destruction and broker restarts.
 
 from __future__ import annotations
 
+import os
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Protocol
@@ -173,21 +174,62 @@ CREATE TABLE IF NOT EXISTS dead (
 
 _Op = tuple[str, tuple[object, ...]]
 
+_INSERT = "INSERT OR REPLACE INTO messages VALUES (?, ?, ?, ?, ?, ?, ?)"
+_DELETE = "DELETE FROM messages WHERE queue = ? AND n = ?"
+_DELIVERED = "UPDATE messages SET deliveries = ? WHERE queue = ? AND n = ?"
+#: checkpoint the WAL into the database every this many pages (SQLite's default is 1000): fewer,
+#: larger checkpoints, since most rows are deleted again soon after they are written
+_CHECKPOINT_PAGES = 4096
+
+
+def default_store_path(env: Mapping[str, str] | None = None) -> Path:
+    """Where the SQLite store lives when ``store_path`` is not set: the user's XDG state
+    directory, ``$XDG_STATE_HOME/maitred/store.sqlite3`` (``~/.local/state/maitred/...`` when
+    the variable is unset or not absolute, as the XDG Base Directory spec says) — the same file
+    whatever directory the broker is started from."""
+    env = os.environ if env is None else env
+    base = env.get("XDG_STATE_HOME", "")
+    root = Path(base) if base and Path(base).is_absolute() else Path.home() / ".local" / "state"
+    return root / "maitred" / "store.sqlite3"
+
+
+class StoreLocked(RuntimeError):
+    """Another process (another broker) has the store open."""
+
 
 class SQLiteStore:
     """SQLite in WAL mode. ``synchronous = "normal"`` survives a process crash (kill -9);
-    ``"full"`` also a power loss, at the price of an fsync per flush."""
+    ``"full"`` also a power loss, at the price of an fsync per flush.
+
+    The file is opened with an exclusive lock held until :meth:`close` (or the process dies): two
+    brokers on one store would each recover, and so deliver, the same messages; the second one
+    gets :class:`StoreLocked` instead."""
 
     def __init__(self, path: str | Path, synchronous: Literal["normal", "full"] = "normal"):
         self.path = str(path)
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db = sqlite3.connect(
+            self.path, isolation_level=None, check_same_thread=False, timeout=0.0
+        )
+        try:
+            self._db.execute("PRAGMA locking_mode=EXCLUSIVE")
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("BEGIN EXCLUSIVE")  # takes the lock, kept after COMMIT
+            self._db.execute("COMMIT")
+        except sqlite3.OperationalError as exc:
+            self._db.close()
+            if "locked" in str(exc):
+                raise StoreLocked(f"{self.path}: the store is in use by another process") from None
+            raise
         self._db.execute(f"PRAGMA synchronous={synchronous.upper()}")
+        self._db.execute(f"PRAGMA wal_autocheckpoint={_CHECKPOINT_PAGES}")
         self._db.executescript(_SCHEMA)
         self.flushed = 0
-        self._ops: list[_Op] = []
+        self._ops: list[_Op | None] = []
+        #: messages appended since the last flush -> the index of their insert in ``_ops``: a
+        #: delivery count folds into the insert, an ack cancels it (the row is never written)
+        self._inserts: dict[tuple[str, int], int] = {}
         self._counters: dict[str, int] = {}
         self._changed_counters: set[str] = set()
         for name, next_n in self._db.execute("SELECT name, next_n FROM queues"):
@@ -227,28 +269,39 @@ class SQLiteStore:
         )
 
     def destroy_queue(self, name: str) -> None:
+        self._inserts = {k: i for k, i in self._inserts.items() if k[0] != name}
         self._ops.append(("UPDATE queues SET live = 0 WHERE name = ?", (name,)))
         self._ops.append(("DELETE FROM messages WHERE queue = ?", (name,)))
 
     def append(self, message: StoredMessage) -> None:
         m = message
+        earlier = self._inserts.get((m.queue, m.n))
+        if earlier is not None:
+            self._ops[earlier] = None  # replaced by this one
+        self._inserts[(m.queue, m.n)] = len(self._ops)
         self._ops.append(
-            (
-                "INSERT OR REPLACE INTO messages VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (m.queue, m.n, m.payload, m.kind, m.origin, m.time, m.deliveries),
-            )
+            (_INSERT, (m.queue, m.n, m.payload, m.kind, m.origin, m.time, m.deliveries))
         )
         if m.n + 1 > self._counters.get(m.queue, 0):
             self._counters[m.queue] = m.n + 1
             self._changed_counters.add(m.queue)
 
     def ack(self, queue: str, n: int) -> None:
-        self._ops.append(("DELETE FROM messages WHERE queue = ? AND n = ?", (queue, n)))
+        i = self._inserts.pop((queue, n), None)
+        if i is not None:
+            self._ops[i] = None  # appended and acked within one batch: nothing to write
+            return
+        self._ops.append((_DELETE, (queue, n)))
 
     def delivered(self, queue: str, n: int, deliveries: int) -> None:
-        self._ops.append(
-            ("UPDATE messages SET deliveries = ? WHERE queue = ? AND n = ?", (deliveries, queue, n))
-        )
+        i = self._inserts.get((queue, n))
+        if i is not None:
+            op = self._ops[i]
+            assert op is not None
+            args = op[1]
+            self._ops[i] = (_INSERT, (*args[:6], deliveries))
+            return
+        self._ops.append((_DELIVERED, (deliveries, queue, n)))
 
     def dead_letter(self, message: StoredMessage, reason: str) -> None:
         m = message
@@ -273,6 +326,7 @@ class SQLiteStore:
 
     def flush(self) -> int:
         ops, self._ops = self._ops, []
+        self._inserts.clear()
         counters = [(self._counters[q], q) for q in self._changed_counters]
         self._changed_counters.clear()
         db = self._db
@@ -299,11 +353,15 @@ class SQLiteStore:
         self._db.close()
 
 
-def _grouped(ops: list[_Op]) -> Iterable[tuple[str, list[tuple[object, ...]]]]:
-    """Consecutive operations with the same SQL, as executemany groups (order kept)."""
+def _grouped(ops: list[_Op | None]) -> Iterable[tuple[str, list[tuple[object, ...]]]]:
+    """Consecutive operations with the same SQL, as executemany groups (order kept; cancelled
+    operations, None, are skipped)."""
     sql: str | None = None
     group: list[tuple[object, ...]] = []
-    for op_sql, args in ops:
+    for op in ops:
+        if op is None:
+            continue
+        op_sql, args = op
         if op_sql != sql:
             if sql is not None:
                 yield sql, group
@@ -317,4 +375,4 @@ def open_store(kind: Literal["memory", "sqlite"], path: str = "") -> Store:
     """A store by its config name (``[transports.http] store``)."""
     if kind == "memory":
         return MemoryStore()
-    return SQLiteStore(path or "maitred-store.sqlite3")
+    return SQLiteStore(path or default_store_path())

@@ -17,8 +17,10 @@ def short_socket_path(name: str = "sw.sock") -> str:
 
 
 def http_toml(listen: list[str], extra: str = "") -> str:
+    """An ``[transports.http]`` table; the store is ``memory`` unless ``extra`` sets one."""
     quoted = ", ".join(f'"{a}"' for a in listen)
-    return f"[transports.http]\nlisten = [{quoted}]\n{extra}\n"
+    store = "" if "store" in extra else 'store = "memory"\n'
+    return f"[transports.http]\nlisten = [{quoted}]\n{store}{extra}\n"
 
 
 def endpoint_of(broker: BrokerThread, kind: str) -> str:

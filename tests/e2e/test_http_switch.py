@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -293,3 +294,106 @@ def test_lease_returns_when_the_consumer_goes(
     first.close()  # w:1 goes without acking: the message comes back, to w:2
     _status, _, body = second.read()
     assert json.loads(body)["messages"][0][0] == ["jobs", 0]
+
+
+def test_sqlite_is_the_default_store(
+    make_broker: Callable[..., BrokerThread], conns: list[RawHttp]
+) -> None:
+    """No ``store`` key: the SQLite store at the XDG default path (a temporary directory under
+    the tests, see tests/conftest.py) keeps a persistent queue across a restart."""
+    from maitred.core.store import default_store_path
+
+    table = '[transports.http]\nlisten = ["127.0.0.1:0"]\n'
+    b = make_broker(table)
+    c = connect(conns, endpoint_of(b, "http://"), "snd:1")
+    queue = f"defaults.{id(c)}"  # the default file is shared by the whole test session
+    assert c.do("GET", f"/persistent/{queue}") == (200, queue.encode())
+    assert c.do("POST", f"/request/{queue}/nobody", b"kept") == (
+        200,
+        b'[["%s",0]]' % queue.encode(),
+    )
+    assert default_store_path().is_file()
+    c.close()
+    b.stop(drain_timeout=0)
+    again = make_broker(table)
+    d = connect(conns, endpoint_of(again, "http://"), "w:1")
+    diag = json.loads(d.do("GET", "/")[1])
+    ((qid, entry),) = diag["permanent_queues"][queue]["queue_contents"]
+    assert qid == [queue, 0] and entry["message"]["payload"] == "kept"
+    assert d.do("GET", f"/destroy/{queue}") == (200, b"")
+
+
+def _transfer_ids(c: RawHttp, queue: str) -> list[int]:
+    req = b'{"timeout":5.0,"queues":["%s"]}' % queue.encode()
+    status, body = c.do("POST", "/transfer", req)
+    assert status == 200
+    return [qid[1] for qid, _ in json.loads(body)["messages"]]
+
+
+def test_failed_deliveries_count_across_a_restart_then_dead_letter(
+    make_broker: Callable[..., BrokerThread], conns: list[RawHttp], tmp_path: Path
+) -> None:
+    """A consumer that goes away without an ack fails one delivery; the count is stored, so
+    after a restart the second failed delivery (``max_deliveries = 2``) dead-letters it."""
+    table = http_toml(
+        ["127.0.0.1:0"],
+        f'store = "sqlite"\nstore_path = "{tmp_path / "s.db"}"\nmax_deliveries = 2',
+    )
+    b = make_broker(table)
+    ep = endpoint_of(b, "http://")
+    snd = connect(conns, ep, "snd:1")
+    assert snd.do("GET", "/persistent/jobs") == (200, b"jobs")
+    assert snd.do("POST", "/request/jobs/nobody", b"poison") == (200, b'[["jobs",0]]')
+    w = connect(conns, ep, "w:1")
+    assert _transfer_ids(w, "jobs") == [0]
+    w.close()  # the lease ends without an ack: one failed delivery
+    wait_until(
+        lambda: b.call(lambda: "w:1" not in b.broker.transports["http"].switch.tokens),
+        what="w:1 gone",
+    )
+    assert json.loads(snd.do("GET", "/v1/dead-letters")[1]) == []
+    snd.close()
+    b.stop(drain_timeout=0)
+
+    again = make_broker(table)
+    ep = endpoint_of(again, "http://")
+    w2 = connect(conns, ep, "w:2")
+    assert _transfer_ids(w2, "jobs") == [0]  # back after the restart
+    w2.close()  # the second failed delivery
+    c = connect(conns, ep, "admin:1")
+    wait_until(lambda: json.loads(c.do("GET", "/v1/dead-letters")[1]) != [], what="the dead letter")
+    (dead,) = json.loads(c.do("GET", "/v1/dead-letters")[1])
+    assert (dead["queue"], dead["id"], dead["deliveries"]) == ("jobs", 0, 2)
+    assert "delivered 2 times without an ack" in dead["reason"]
+
+
+def test_requests_parked_by_a_full_service_queue_go_out_as_it_drains(
+    make_broker: Callable[..., BrokerThread], conns: list[RawHttp]
+) -> None:
+    """More stored requests than the service's ``max_queue``: the router refuses the extra ones
+    (they are parked, still stored) and they are submitted again as acks make room — with the
+    worker connected all along (a regression: they used to wait for a *new* worker)."""
+    b = make_broker(
+        "[services.default]\nmax_queue = 2\n" + http_toml(["127.0.0.1:0"], "switch_credit = 1")
+    )
+    ep = endpoint_of(b, "http://")
+    w = connect(conns, ep, "w:1")
+    snd = connect(conns, ep, "snd:1")
+    assert snd.do("GET", "/persistent/jobs") == (200, b"jobs")
+    assert w.do("POST", "/transfer", b'{"timeout":0.0,"queues":["jobs"]}')[0] == 200  # a worker
+    for i in range(6):
+        assert snd.do("POST", "/request/jobs/nobody", b"j%d" % i) == (200, b'[["jobs",%d]]' % i)
+    assert b.stats()["http.switch.parked"] == 3  # 1 with the worker, 2 queued, 3 parked
+    got = []
+    cursor = -1
+    while len(got) < 6:
+        req = b'{"timeout":5.0,"queues":["jobs"],"from":"%d"}' % cursor
+        status, body = w.do("POST", "/transfer", req)
+        assert status == 200
+        reply = json.loads(body)
+        assert reply["messages"], f"stuck after {got}"
+        for (_, n), _msg in reply["messages"]:
+            got.append(n)
+            assert w.do("GET", f"/ack/jobs/{n}") == (200, b"")
+        cursor = int(reply["next"])
+    assert got == list(range(6))

@@ -8,7 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from maitred.core.store import MemoryStore, SQLiteStore, Store, StoredMessage, open_store
+from maitred.core.store import (
+    MemoryStore,
+    SQLiteStore,
+    Store,
+    StoredMessage,
+    StoreLocked,
+    default_store_path,
+    open_store,
+)
 
 
 def msg(queue: str, n: int, payload: bytes = b"p") -> StoredMessage:
@@ -78,3 +86,47 @@ def test_open_store_by_name(tmp_path: Path) -> None:
     s = open_store("sqlite", str(tmp_path / "x.db"))
     assert isinstance(s, SQLiteStore)
     s.close()
+
+
+def test_sqlite_batch_folds_deliveries_and_cancels_acked_appends(tmp_path: Path) -> None:
+    s = SQLiteStore(tmp_path / "s.db")
+    s.create_queue("q")
+    for n in range(4):
+        s.append(msg("q", n))
+    s.delivered("q", 0, 1)  # folds into the pending insert
+    s.delivered("q", 1, 1)
+    s.ack("q", 1)  # appended and acked in one batch: never written
+    s.flush()
+    s.delivered("q", 2, 2)  # after the flush: an UPDATE
+    s.ack("q", 3)  # a DELETE
+    s.append(msg("q", 4))
+    s.destroy_queue("q")  # drops the pending insert of 4 with the queue
+    s.create_queue("q")
+    s.flush()
+    got = s.recover()
+    assert got.queues["q"] == [] and got.counters["q"] == 5
+    s.append(msg("q", 5))
+    s.delivered("q", 5, 1)
+    s.flush()
+    s._db.close()
+    again = SQLiteStore(tmp_path / "s.db")
+    (m,) = again.recover().queues["q"]
+    assert (m.n, m.deliveries) == (5, 1)
+    again.close()
+
+
+def test_sqlite_store_is_locked_while_open(tmp_path: Path) -> None:
+    first = SQLiteStore(tmp_path / "s.db")
+    with pytest.raises(StoreLocked, match="in use by another process"):
+        SQLiteStore(tmp_path / "s.db")
+    first.close()
+    SQLiteStore(tmp_path / "s.db").close()  # free again once closed
+
+
+def test_default_store_path_follows_xdg(tmp_path: Path) -> None:
+    home = Path.home() / ".local" / "state" / "maitred" / "store.sqlite3"
+    assert default_store_path({"XDG_STATE_HOME": str(tmp_path)}) == (
+        tmp_path / "maitred" / "store.sqlite3"
+    )
+    assert default_store_path({}) == home
+    assert default_store_path({"XDG_STATE_HOME": "relative/dir"}) == home  # the spec: ignored

@@ -14,6 +14,7 @@ import asyncio
 import logging
 import math
 import os
+import sqlite3
 import stat
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Literal
@@ -24,10 +25,11 @@ from aiohttp import web
 from maitred.core.access import Identity
 from maitred.core.errors import ErrorCode, MaitredError
 from maitred.core.routing.model import Body, Headers, ReplyKind, Request, Worker
-from maitred.core.store import MemoryStore, SQLiteStore, Store
+from maitred.core.store import MemoryStore, SQLiteStore, Store, StoreLocked, default_store_path
 from maitred.core.transport import BrokerPort
 from maitred.transports.http import codec
 from maitred.transports.http.codec import SwitchError
+from maitred.transports.http.examples import add_example_routes
 from maitred.transports.http.metrics import render_metrics
 from maitred.transports.http.openapi import openapi_document
 from maitred.transports.http.switch import Switch, Token
@@ -65,9 +67,12 @@ class HttpConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     trace_size: int = 1000
     #: login tokens (shell patterns) allowed to ``POST /shutdown``; others get 403
     shutdown_tokens: list[str] = msgspec.field(default_factory=list)
-    #: where persistent switch queues live: ``memory`` (lost on restart) or ``sqlite``
-    store: Literal["memory", "sqlite"] = "memory"
-    store_path: str = "maitred-store.sqlite3"
+    #: where persistent switch queues live: ``sqlite`` (the embedded default: kept across
+    #: restarts and crashes) or ``memory`` (lost on restart)
+    store: Literal["memory", "sqlite"] = "sqlite"
+    #: the SQLite file; empty: ``$XDG_STATE_HOME/maitred/store.sqlite3`` (by default
+    #: ``~/.local/state/maitred/store.sqlite3``). One broker per file (it is locked).
+    store_path: str = ""
     #: ``normal`` survives a process crash; ``full`` also a power loss (fsync per commit)
     store_sync: Literal["normal", "full"] = "normal"
     #: events buffered per SSE subscriber before it is cut off as too slow
@@ -94,8 +99,6 @@ class HttpConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
             out.append("trace_size must be >= 0")
         if self.sse_buffer < 1:
             out.append("sse_buffer must be >= 1")
-        if self.store == "sqlite" and not self.store_path:
-            out.append("store_path: needed with store = 'sqlite'")
         return out
 
 
@@ -240,7 +243,7 @@ class HttpTransport:
             store = self._store
             if store is None:
                 store = (
-                    SQLiteStore(cfg.store_path, cfg.store_sync)
+                    self._open_sqlite(cfg.store_path or str(default_store_path()), cfg.store_sync)
                     if cfg.store == "sqlite"
                     else MemoryStore()
                 )
@@ -268,6 +271,7 @@ class HttpTransport:
         r.add_get("/metrics", self._metrics)
         r.add_get("/healthz", self._healthz)
         r.add_get("/readyz", self._readyz)
+        add_example_routes(r)  # GET /examples/: the example pages (package data)
         r.add_route("*", "/v1/{tail:.*}", self._v1_not_found)
         r.add_route("*", "/{tail:.*}", self._switch_route)
         runner = self._runner = web.AppRunner(
@@ -297,6 +301,17 @@ class HttpTransport:
                 f"http: cannot listen on {addr}: {exc.strerror or exc}", ErrorCode.BAD_REQUEST
             ) from None
         self._accepting = True
+
+    @staticmethod
+    def _open_sqlite(path: str, sync: Literal["normal", "full"]) -> SQLiteStore:
+        try:
+            store = SQLiteStore(path, sync)
+        except (StoreLocked, OSError, sqlite3.Error) as exc:
+            raise MaitredError(
+                f"http: cannot open the store: {exc}", ErrorCode.BAD_REQUEST
+            ) from None
+        log.info("http: switch store %s", path)
+        return store
 
     async def _bind(self, runner: web.AppRunner, addr: str) -> None:
         if addr.startswith("unix:"):
@@ -519,6 +534,8 @@ class HttpTransport:
         if self.switch is None:
             return _json([])
         queue = request.query.get("queue")
+        if self.switch.store.dirty:
+            await self.switch.committed()  # what is buffered is read back from the store
         return _json(
             [
                 {

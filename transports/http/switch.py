@@ -77,20 +77,46 @@ class Msg:
         self.request: Request | None = None  # the router request carrying it
         self.stored = False
         self.volatile = False  # made for a caller of another protocol (not stored)
-        self.parked = False  # the router refused it: resubmitted when a worker comes
+        self.parked = False  # the router refused it (queue full): resubmitted when room is made
         self.deliveries = 0
 
 
 class Queue:
-    __slots__ = ("expected_ns", "messages", "name", "owner", "persistent", "waiters")
+    __slots__ = (
+        "expected_ns",
+        "messages",
+        "name",
+        "open",
+        "owner",
+        "parked",
+        "persistent",
+        "waiters",
+    )
 
     def __init__(self, name: str, persistent: bool, owner: str | None) -> None:
         self.name = name
         self.persistent = persistent
         self.owner = owner
         self.messages: dict[int, Msg] = {}
+        #: the messages a Transfer looks at: a superset of those not waiting in the router
+        #: (plain messages, and routed ones while leased), cleaned lazily by ``_eligible`` — so
+        #: a Transfer costs O(leased + plain), not O(queue length)
+        self.open: dict[int, Msg] = {}
+        #: requests the router refused (its queue for the service was full), oldest first:
+        #: submitted again as the router's queue drains (``Switch._unpark``)
+        self.parked: deque[Msg] = deque()
         self.expected_ns: int | None = None
         self.waiters: set[asyncio.Future[None]] = set()
+
+
+#: see ``Switch.trace``
+_TraceRecord = tuple[
+    int, float, str, int, "tuple[bytes, Kind] | None", str | None, str | None, int | None
+]
+
+
+def _by_id(m: Msg) -> int:
+    return m.n
 
 
 class Token:
@@ -180,7 +206,9 @@ class Switch:
         self.conns: dict[object, Token] = {}
         self.counters: dict[str, int] = {}
         self.start = port.clock()
-        self.trace: deque[tuple[int, dict[str, Any]]] = deque(maxlen=trace_size)
+        #: (event id, unix time, queue, id, message or None for an Ack, input, output,
+        #: processing time): JSON is made only when someone reads the trace
+        self.trace: deque[_TraceRecord] = deque(maxlen=trace_size)
         self.trace_next = 0
         self.trace_waiters: set[asyncio.Future[None]] = set()
         self.qsession: Session | None = None
@@ -211,6 +239,8 @@ class Switch:
                 q.messages[s.n] = m
                 if self._routed(q, m):
                     self._submit(m, now)
+                else:
+                    q.open[s.n] = m
         if recovered.queues:
             log.info(
                 "switch: recovered %d queues, %d messages",
@@ -252,14 +282,20 @@ class Switch:
             fut.set_result(None)
             return fut
         self._flush_waiters.append(fut)
+        self._schedule_flush()
+        return fut
+
+    def _schedule_flush(self) -> None:
         if not self._flush_scheduled:
             self._flush_scheduled = True
-            loop.call_soon(self._flush)
-        return fut
+            asyncio.get_running_loop().call_soon(self._flush)
 
     def _flush(self) -> None:
         self._flush_scheduled = False
+        if self.closing:
+            return  # close() flushed and answered every waiter
         waiters, self._flush_waiters = self._flush_waiters, []
+        self.stats["http.switch.commits"] += 1
         try:
             self.store.flush()
         except Exception as exc:
@@ -301,6 +337,8 @@ class Switch:
         token.connections -= 1
         if token.connections <= 0:
             self._close_token(token, self.port.clock())
+            if self.store.dirty and not self.closing:
+                self._schedule_flush()  # delivery counts, dead letters: nobody waits for them
 
     def _close_token(self, token: Token, now: float) -> None:
         if self.tokens.get(token.name) is token:
@@ -312,16 +350,21 @@ class Switch:
             for m in list(q.messages.values()):
                 if m.lease != token.name:
                     continue
-                m.lease = None
-                m.shown = False
                 if m.volatile:
+                    m.lease = None
                     del q.messages[m.n]  # the router fails or redelivers its request
+                    q.open.pop(m.n, None)
                     continue
                 released.append(m)
         if token.session is not None:
-            # its workers leave: stored requests they held come back through on_error
+            # its workers leave: stored requests they held come back through on_error (which
+            # must still see them leased to this token: their delivery is already counted)
             self.router.close_session(token.session, now, "logged out")
         token.workers.clear()
+        for m in released:
+            if m.lease == token.name:
+                m.lease = None
+                m.shown = False
         for name in list(token.transient):
             self._destroy(name, now)
         for m in released:
@@ -342,6 +385,11 @@ class Switch:
         if m.deliveries >= self.max_deliveries:
             self._dead_letter(q, m, f"{reason}; delivered {m.deliveries} times without an ack")
             return
+        if m.stored:
+            # the count of failed deliveries survives a restart; a delivery cut short by a
+            # broker crash is not counted (the consumer did not fail it), and the happy path
+            # (deliver, ack) writes no UPDATE
+            self.store.delivered(m.queue, m.n, m.deliveries)
         m.redelivered = True
         if self._routed(q, m):
             self._submit(m, now)
@@ -349,6 +397,7 @@ class Switch:
 
     def _dead_letter(self, q: Queue, m: Msg, reason: str) -> None:
         del q.messages[m.n]
+        q.open.pop(m.n, None)
         self.stats["http.switch.dead_letters"] += 1
         log.warning("switch: %s/%d dead-lettered: %s", m.queue, m.n, reason)
         self.store.dead_letter(
@@ -397,6 +446,8 @@ class Switch:
             if req is not None and req.caller is self.qsession and req.state is RequestState.QUEUED:
                 self.router.cancel(req, now)
         q.messages.clear()
+        q.open.clear()
+        q.parked.clear()
         if q.persistent:
             self.store.destroy_queue(name)
         for token in list(self.tokens.values()):
@@ -416,12 +467,14 @@ class Switch:
         m = Msg(q.name, self._next_id(q.name), payload, kind, origin, self.now_ns())
         m.volatile = volatile
         q.messages[m.n] = m
+        if not (q.persistent and kind[0] == "Request" and not volatile):
+            q.open[m.n] = m  # not routed: Transfer hands it out directly
         if q.persistent and not volatile:
             m.stored = True
             self.store.append(
                 StoredMessage(q.name, m.n, payload, codec.encode_kind(kind), origin, m.time_ns, 0)
             )
-        self._trace(q.name, codec.trace_message(q.name, m.n, payload, kind), input=origin)
+        self._trace(q.name, m.n, m, input=origin)
         return m
 
     def send(self, token: Token, queue: str, payload: bytes, kind: Kind) -> tuple[str, int] | None:
@@ -456,6 +509,7 @@ class Switch:
             if m.volatile and q is not None:
                 # the caller of another protocol got its reply: the message is done
                 q.messages.pop(m.n, None)
+                q.open.pop(m.n, None)
                 return None
             return self.last_append
         return self.send(token, reply_queue, payload, codec.response_kind(req_queue, req_n))
@@ -467,11 +521,13 @@ class Switch:
         m = q.messages.pop(n, None)
         if m is None:
             return
+        q.open.pop(n, None)
         if m.stored:
             self.store.ack(queue, n)
         self._trace(
             queue,
-            codec.trace_ack(queue, n),
+            n,
+            None,
             input=token.name,
             processing_time=max(0, self.now_ns() - m.time_ns),
         )
@@ -486,6 +542,8 @@ class Switch:
                 )
             elif req.state is RequestState.QUEUED:
                 self.router.cancel(req, now)
+            if q.parked:
+                self._unpark(q, now)
 
     # -- routing ------------------------------------------------------------------------------
 
@@ -523,9 +581,8 @@ class Switch:
         m.request = request
         m.lease = token.name
         m.shown = False
-        m.deliveries += 1
-        if m.stored:
-            self.store.delivered(m.queue, m.n, m.deliveries)
+        m.deliveries += 1  # stored when the lease ends without an ack (``_give_back``)
+        q.open[m.n] = m
         self._wake(q)
 
     def on_reply(self, request: Request, body: Body) -> None:
@@ -536,8 +593,11 @@ class Switch:
         if m.lease is None and q is not None and q.messages.get(m.n) is m:
             # served by a worker of another protocol: the reply is the ack
             del q.messages[m.n]
+            q.open.pop(m.n, None)
             if m.stored:
                 self.store.ack(m.queue, m.n)
+        if q is not None and q.parked:
+            self._unpark(q, self.port.clock())
         reply_to = m.kind[1]
         rq = self.queues.get(reply_to) if isinstance(reply_to, str) else None
         if rq is None:
@@ -567,6 +627,9 @@ class Switch:
         if code == ErrorCode.QUEUE_FULL:
             m.parked = True
             self.stats["http.switch.parked"] += 1
+            pq = self.queues.get(m.queue)
+            if pq is not None:
+                pq.parked.append(m)
             return
         q = self.queues.get(m.queue)
         if q is not None and q.messages.get(m.n) is m:
@@ -600,25 +663,54 @@ class Switch:
             self.stats["http.switch.worker_refused"] += 1
             log.info("switch: %s may not serve %s: %s", token.name, q.name, exc.reason)
             return
-        for m in list(q.messages.values()):
-            if m.parked:
+        self._unpark(q, now)
+
+    def _unpark(self, q: Queue, now: float) -> None:
+        """Submit parked requests again, oldest first, while the router has room for them."""
+        parked = q.parked
+        while parked:
+            service = self.router.services.get(q.name)
+            if (
+                service is not None
+                and not service.free
+                and service.queued >= service.policy.max_queue
+            ):
+                return
+            m = parked.popleft()
+            if m.parked and q.messages.get(m.n) is m:
                 self._submit(m, now)
 
     # -- transfer -------------------------------------------------------------------------------
 
     def _eligible(self, token: Token, start: int, names: list[str]) -> list[tuple[Queue, Msg]]:
+        """Messages ``token`` may be given: newest first within each queue."""
         out: list[tuple[Queue, Msg]] = []
         me = token.name
         for name in names:
             q = self.queues.get(name)
             if q is None:
                 continue
-            for m in reversed(q.messages.values()):
-                if m.lease == me:
-                    if m.n > start or not m.shown:
-                        out.append((q, m))
-                elif m.lease is None and not self._routed(q, m) and (m.n > start or m.redelivered):
-                    out.append((q, m))
+            found: list[Msg] = []
+            stale: list[int] = []
+            messages = q.messages
+            for n, m in q.open.items():
+                if messages.get(n) is not m:
+                    stale.append(n)  # acked, answered or dead-lettered
+                    continue
+                lease = m.lease
+                if lease == me:
+                    if n > start or not m.shown:
+                        found.append(m)
+                elif lease is None:
+                    if self._routed(q, m):
+                        stale.append(n)  # back with the router: on_dispatch adds it again
+                    elif n > start or m.redelivered:
+                        found.append(m)
+            for n in stale:
+                del q.open[n]
+            if found:
+                found.sort(key=_by_id, reverse=True)
+                out.extend((q, m) for m in found)
         return out
 
     async def transfer(self, token: Token, start: int, timeout: float, names: list[str]) -> bytes:
@@ -661,9 +753,7 @@ class Switch:
             m.redelivered = False
             top = max(top, m.n)
             out.append((q.name, m.n, m.payload, m.kind))
-            self._trace(
-                q.name, codec.trace_message(q.name, m.n, m.payload, m.kind), output=token.name
-            )
+            self._trace(q.name, m.n, m, output=token.name)
         return codec.transfer_body(out, top)
 
     def _wake(self, q: Queue) -> None:
@@ -697,7 +787,8 @@ class Switch:
     def _trace(
         self,
         queue: str,
-        message: list[Any],
+        n: int,
+        message: Msg | None,
         *,
         input: str | None = None,
         output: str | None = None,
@@ -705,26 +796,43 @@ class Switch:
     ) -> None:
         if self.trace.maxlen == 0:
             return
-        event = codec.trace_event(
+        record = (
+            self.trace_next,
             time.time(),  # noqa: TID251 - the trace's wire format is a Unix time
             queue,
-            message,
-            input=input,
-            output=output,
-            processing_time=processing_time,
+            n,
+            None
+            if message is None
+            else (message.payload[: codec.TRACE_PAYLOAD_LIMIT], message.kind),
+            input,
+            output,
+            processing_time,
         )
-        self.trace.append((self.trace_next, event))
+        self.trace.append(record)
         self.trace_next += 1
-        for fut in self.trace_waiters:
-            if not fut.done():
-                fut.set_result(None)
-        self.trace_waiters.clear()
+        if self.trace_waiters:
+            for fut in self.trace_waiters:
+                if not fut.done():
+                    fut.set_result(None)
+            self.trace_waiters.clear()
+
+    @staticmethod
+    def _trace_event(record: _TraceRecord) -> tuple[int, dict[str, Any]]:
+        i, unix, queue, n, message, input, output, processing_time = record
+        if message is None:
+            body = codec.trace_ack(queue, n)
+        else:
+            body = codec.trace_message(queue, n, message[0], message[1])
+        event = codec.trace_event(
+            unix, queue, body, input=input, output=output, processing_time=processing_time
+        )
+        return i, event
 
     async def get_trace(self, start: int, timeout: float) -> bytes:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while True:
-            events = [(i, e) for i, e in self.trace if i > start]
+            events = [self._trace_event(r) for r in self.trace if r[0] > start]
             remaining = deadline - loop.time()
             if events or remaining <= 0 or self.closing:
                 return codec.trace_body(events)

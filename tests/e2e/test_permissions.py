@@ -1,0 +1,492 @@
+"""The permission conformance test: ONE ``[access]`` table and ONE list of cases, run over every
+transport (docs/reference/access.md). Each transport's peer gets an identity with the role
+``app`` (MDP and HTTP from ``[transports.*] identity/roles``, WebSocket from its key); each case
+is an action on a name, allowed or denied by the table. An allowed action must be performed; a
+denied one must get the transport's own denial form, must not be performed, must be counted in
+the router's stats (``denied.<action>``) and published on ``$sys.auth.denied``.
+
+What a transport cannot express is said in ``NOT_EXPRESSIBLE`` (and in access.md): MDP has no
+publish/subscribe; maitred's REST API has no way to serve.
+"""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import json
+import urllib.parse
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, NamedTuple
+
+import pytest
+import zmq
+from websockets.sync.client import ClientConnection, connect
+from websockets.typing import Subprotocol
+
+from maitred.core.access import Identity
+from maitred.core.local import LocalClient, LocalWorker
+from tests.e2e.helpers import BrokerThread, RawClient, RawWorker, wait_until
+
+# -- the one table ----------------------------------------------------------------------------
+
+ACCESS = """
+[access]
+# allow by default: with "deny", a trusted WebSocket connection's own MSG:<id> subscription is
+# denied too (no rule can name it; see access.md)
+default = "allow"
+
+# first match decides: this deny comes before the allow below
+[[access.rules]]
+allow = false
+who = ["role:app"]
+actions = ["call"]
+names = ["ok.secret"]
+
+[[access.rules]]
+who = ["role:app"]
+names = ["ok.>"]
+
+[[access.rules]]
+allow = false
+who = ["role:app"]
+names = ["no.>"]
+"""
+
+MDP_KEYS = """
+identity = "mdp-app"
+roles = ["app"]
+"""
+
+TRANSPORTS = """
+[transports.http]
+listen = ["127.0.0.1:0"]
+switch = false
+identity = "http-app"
+roles = ["app"]
+
+[transports.ws]
+listen = "127.0.0.1:0"
+ping_interval = 0
+grant_role = "guest"  # middleman EREQ/EPUB/ESUB open doors for the untrusted key
+
+[[transports.ws.keys]]
+key = "app-key"
+trusted = true
+identity = "ws-app"
+roles = ["app"]
+
+[[transports.ws.keys]]
+key = "guest-key"
+trusted = false
+identity = "ws-guest"
+roles = ["guest"]
+"""
+
+
+class Case(NamedTuple):
+    action: str
+    name: str
+    allowed: bool
+
+
+CASES = [
+    Case("call", "ok.svc", True),
+    Case("call", "ok.secret", False),  # the first rule (deny) wins over the second (allow)
+    Case("call", "no.svc", False),  # the third rule
+    Case("serve", "ok.new", True),
+    Case("serve", "no.new", False),
+    Case("publish", "ok.topic", True),
+    Case("publish", "no.topic", False),
+    Case("subscribe", "ok.topic", True),
+    Case("subscribe", "no.topic", False),
+]
+
+#: transport → actions it has no way to express (the cases are not run there)
+NOT_EXPRESSIBLE = {
+    "mdp": {"publish", "subscribe"},  # MDP/0.1 and 0.2 have no pub/sub
+    "http": {"serve"},  # the REST API only calls; serving over HTTP is the message switch's
+    "middleman": set(),
+    "json": set(),
+    # the same two dialects with the untrusted key: a restricted identity (role guest), which
+    # may do only what a rule explicitly allows it or a grant opens (here: nothing)
+    "middleman-guest": set(),
+    "json-guest": set(),
+}
+GUESTS = {"middleman-guest", "json-guest"}
+
+IDENTITY = {
+    "mdp": "mdp-app",
+    "http": "http-app",
+    "middleman": "ws-app",
+    "json": "ws-app",
+    "middleman-guest": "ws-guest",
+    "json-guest": "ws-guest",
+}
+TRANSPORT_NAME = {t: "ws" if t in GUESTS or t in ("middleman", "json") else t for t in IDENTITY}
+
+
+def allowed(transport: str, case: Case) -> bool:
+    return case.allowed and transport not in GUESTS
+
+
+OPS = Identity("ops", frozenset({"ops"}))
+SERVICES = ("ok.svc", "ok.secret", "no.svc")
+
+
+def cases_for(transport: str) -> list[Any]:
+    return [
+        pytest.param(
+            transport,
+            c,
+            id=f"{transport}-{c.action}-{c.name}-{'ok' if allowed(transport, c) else 'no'}",
+        )
+        for c in CASES
+        if c.action not in NOT_EXPRESSIBLE[transport]
+    ]
+
+
+ALL_CASES = [p for t in NOT_EXPRESSIBLE for p in cases_for(t)]
+
+
+# -- the broker and its observers -------------------------------------------------------------
+
+
+class Fixture:
+    """The broker plus in-process helpers with the ``ops`` role: workers for the services the
+    cases call (each answers ``served:<name>``) and an observer of ``$sys.auth.denied`` and of
+    ``ok.topic`` / ``no.topic``."""
+
+    def __init__(self, broker: BrokerThread) -> None:
+        self.broker = broker
+
+        async def setup() -> LocalClient:
+            for service in SERVICES:
+
+                async def handler(body: list[bytes], service: str = service) -> list[bytes]:
+                    return [f"served:{service}".encode()]
+
+                LocalWorker(broker.broker, service, handler, identity=OPS, label="ops")
+            observer = LocalClient(broker.broker, OPS, label="observer")
+            for pattern in ("$sys.auth.denied", "ok.topic", "no.topic"):
+                observer.subscribe(pattern)
+            return observer
+
+        self.observer: LocalClient = broker.run(setup())
+        self.seen: list[tuple[str, list[bytes]]] = []
+
+    def stats(self) -> dict[str, int]:
+        return self.broker.stats()
+
+    def events(self, topic: str) -> list[list[bytes]]:
+        def drain() -> None:
+            while not self.observer.events.empty():
+                t, body, _ = self.observer.events.get_nowait()
+                self.seen.append((t, body))
+
+        self.broker.call(drain)
+        return [body for t, body in self.seen if t == topic]
+
+    def denials(self) -> list[dict[str, Any]]:
+        return [json.loads(b"".join(body)) for body in self.events("$sys.auth.denied")]
+
+    def publish(self, topic: str, text: str) -> None:
+        self.broker.call(lambda: self.observer.publish(topic, text.encode()))
+
+    def workers(self, service: str) -> list[str]:
+        def labels() -> list[str]:
+            svc = self.broker.broker.router.services.get(service)
+            return [w.label for w in svc.workers] if svc else []
+
+        return self.broker.call(labels)
+
+
+@pytest.fixture
+def fx(make_broker: Callable[..., BrokerThread]) -> Fixture:
+    # make_broker adds [transports.mdp] itself (with its endpoint): ours are its extra keys
+    return Fixture(make_broker(ACCESS + TRANSPORTS, mdp=MDP_KEYS))
+
+
+# -- one performer per transport ----------------------------------------------------------------
+# Each returns None when the action was performed, else the transport's denial (its own form).
+
+
+def mdp_perform(fx: Fixture, ctx: zmq.Context[Any], case: Case) -> Any:
+    if case.action == "call":
+        client = RawClient(ctx, fx.broker.endpoint, "majortomo")
+        body = client.call(case.name.encode(), b"hi", timeout=5)
+        if body == [f"served:{case.name}".encode()]:
+            return None
+        return body  # the error reply: [b"403", reason]
+    assert case.action == "serve"
+    worker = RawWorker(ctx, fx.broker.endpoint, "rfc", case.name.encode())
+    worker.ready()
+    if case.allowed:
+        wait_until(lambda: len(fx.workers(case.name)) == 1, what="the MDP worker")
+        return None
+    worker.expect_disconnect(timeout=5)
+    assert fx.workers(case.name) == []
+    return "DISCONNECT"
+
+
+def http_perform(fx: Fixture, case: Case) -> Any:
+    base = urllib.parse.urlsplit(fx.broker.endpoints["http"][0])
+    conn = http.client.HTTPConnection(base.hostname or "", base.port, timeout=5)
+    try:
+        if case.action == "call":
+            conn.request("POST", f"/v1/services/{case.name}", b"hi")
+            resp = conn.getresponse()
+            body = resp.read()
+            if resp.status == 200:
+                assert body == f"served:{case.name}".encode()
+                return None
+        elif case.action == "publish":
+            conn.request("POST", f"/v1/topics/{case.name}", b"from-http")
+            resp = conn.getresponse()
+            body = resp.read()
+            if resp.status == 200:
+                assert json.loads(body) == {"delivered": 1}
+                assert fx.events(case.name) == [[b"from-http"]]
+                return None
+        else:
+            conn.request("GET", f"/v1/topics/{case.name}")
+            resp = conn.getresponse()
+            if resp.status == 200:
+                assert resp.getheader("Content-Type") == "text/event-stream"
+                assert resp.readline() == f": subscribed to {case.name}\n".encode()
+                resp.readline()
+                fx.publish(case.name, "to-http")
+                lines = [resp.readline() for _ in range(3)]
+                assert any(b"to-http" in line for line in lines), lines
+                return None
+            body = resp.read()
+        assert resp.getheader("Content-Type", "").startswith("application/json")
+        return resp.status, json.loads(body)
+    finally:
+        conn.close()
+
+
+def mm_frame(command: str, target: str, body: str = "") -> str:
+    return f"{command} {target}\r\n\r\n{body}\r\n.\r\n"
+
+
+@contextmanager
+def mm_connect(fx: Fixture, key: str) -> Iterator[ClientConnection]:
+    with connect(fx.broker.endpoints["ws"][0], open_timeout=5) as ws:
+        ws.send(key)
+        assert ws.recv(5) == "MM OK"
+        ws.recv(5)  # the connection id
+        yield ws
+
+
+MM_ERROR = "PUB ERROR\r\n\r\n"
+
+
+def mm_error_text(frame: Any) -> str | None:
+    assert isinstance(frame, str)
+    if not frame.startswith(MM_ERROR):
+        return None
+    return frame[len(MM_ERROR) :].removesuffix("\r\n.\r\n")
+
+
+def mm_perform(fx: Fixture, case: Case, key: str = "app-key") -> Any:
+    with mm_connect(fx, key) as ws:
+        if case.action == "call":
+            ws.send(mm_frame("REQ", case.name, "hi"))
+            frame = ws.recv(5)
+            if frame.startswith(f"RES {case.name}\r\n"):
+                assert f"\r\n\r\nserved:{case.name}\r\n.\r\n" in frame
+                return None
+            return mm_error_text(frame)
+        if case.action == "serve":
+            ws.send(mm_frame("EREQ", case.name))
+            if case.allowed and key == "app-key":
+                wait_until(lambda: len(fx.workers(case.name)) == 1, what="the EREQ worker")
+                return None
+            return mm_error_text(ws.recv(5))
+        if case.action == "publish":
+            ws.send(mm_frame("PUB", case.name, "from-mm"))
+            if case.allowed and key == "app-key":
+                wait_until(lambda: fx.events(case.name) == [[b"from-mm"]], what="the PUB")
+                return None
+            return mm_error_text(ws.recv(5))
+        ws.send(mm_frame("SUB", case.name))
+        if case.allowed and key == "app-key":
+            # SUB has no answer; frames are handled in order, so a PUB of our own after it
+            # comes back once the subscription is in place
+            ws.send(mm_frame("PUB", case.name, "own"))
+            frame = ws.recv(5)
+            assert frame.startswith(f"PUB {case.name}\r\n") and "\r\n\r\nown\r\n.\r\n" in frame
+            fx.publish(case.name, "to-mm")
+            frame = ws.recv(5)
+            assert frame.startswith(f"PUB {case.name}\r\n") and "\r\n\r\nto-mm\r\n.\r\n" in frame
+            return None
+        return mm_error_text(ws.recv(5))
+
+
+@contextmanager
+def json_connect(
+    fx: Fixture, key: str = "app-key", **hello: Any
+) -> Iterator[tuple[ClientConnection, dict[str, Any]]]:
+    url = fx.broker.endpoints["ws"][0]
+    with connect(url, subprotocols=[Subprotocol("maitred.json")], open_timeout=5) as ws:
+        ws.send(json.dumps({"type": "hello", "key": key, **hello}))
+        welcome = json.loads(ws.recv(5))
+        assert welcome["type"] == "welcome", welcome
+        yield ws, welcome
+
+
+def json_perform(fx: Fixture, case: Case, key: str = "app-key") -> Any:
+    if case.action == "serve":
+        with json_connect(fx, key, name=case.name, methods=[]) as (ws, welcome):
+            if welcome.get("services"):
+                assert welcome["services"] == [case.name]
+                assert len(fx.workers(case.name)) == 1
+                return None
+            assert welcome.get("services", []) == []  # omitted when empty
+            error = json.loads(ws.recv(5))
+            # the broker omits a null id (ws-json.md): the same to a client as "id": null
+            error.setdefault("id", None)
+            return error
+    with json_connect(fx, key, name="consumer") as (ws, _):
+        if case.action == "call":
+            ws.send(json.dumps({"type": "request", "id": "r1", "destination": case.name}))
+            answer = json.loads(ws.recv(5))
+            if answer["type"] == "reply":
+                assert answer["id"] == "r1"
+                assert base64.b64decode(answer["data"]) == f"served:{case.name}".encode()
+                return None
+            return answer
+        if case.action == "publish":
+            msg = {"type": "publish", "id": "p1", "topic": case.name, "payload": "from-json"}
+            ws.send(json.dumps(msg))
+            answer = json.loads(ws.recv(5))
+            if answer["type"] == "ack":
+                assert answer == {"type": "ack", "id": "p1", "count": 1}
+                assert fx.events(case.name) == [[b'"from-json"']]
+                return None
+            return answer
+        ws.send(json.dumps({"type": "subscribe", "id": "s1", "topic": case.name}))
+        answer = json.loads(ws.recv(5))
+        if answer["type"] == "ack":
+            fx.publish(case.name, '"to-json"')
+            event = json.loads(ws.recv(5))
+            assert event["type"] == "event" and event["payload"] == "to-json", event
+            return None
+        return answer
+
+
+# -- the denial forms ---------------------------------------------------------------------------
+
+VERB = {"call": "call", "serve": "serve", "publish": "publish to", "subscribe": "subscribe to"}
+
+
+def reason(transport: str, case: Case) -> str:
+    return f"{IDENTITY[transport]} may not {VERB[case.action]} {case.name}"
+
+
+def expected_denial(transport: str, case: Case) -> Any:
+    why = reason(transport, case)
+    if transport == "mdp":
+        # a denied call: the error reply [code, reason]; a denied READY: DISCONNECT
+        return [b"403", why.encode()] if case.action == "call" else "DISCONNECT"
+    if transport == "http":
+        return 403, {"error": {"code": "forbidden", "reason": why}}
+    if transport == "middleman-guest" and case.action == "serve":
+        return (
+            f"Not trusted EREQ {case.name}"  # refused by the transport: untrusted keys never serve
+        )
+    if transport in ("middleman", "middleman-guest"):
+        return {
+            "call": f"Not trusted REQ {case.name}",
+            "serve": f"Cannot serve EREQ {case.name}: {why}",
+            "publish": f"Not trusted PUB {case.name}",
+            "subscribe": f"Not trusted: SUB {case.name}",
+        }[case.action]
+    ids = {"call": "r1", "serve": None, "publish": "p1", "subscribe": "s1"}
+    message = f"cannot serve {case.name}: {why}" if case.action == "serve" else why
+    out = {"type": "error", "id": ids[case.action], "code": 403, "message": message}
+    return out
+
+
+@pytest.mark.parametrize(("transport", "case"), ALL_CASES)
+def test_permission_table(transport: str, case: Case, fx: Fixture, ctx: zmq.Context[Any]) -> None:
+    before = fx.stats()
+    performers: dict[str, Callable[[], Any]] = {
+        "mdp": lambda: mdp_perform(fx, ctx, case),
+        "http": lambda: http_perform(fx, case),
+        "middleman": lambda: mm_perform(fx, case),
+        "json": lambda: json_perform(fx, case),
+        "middleman-guest": lambda: mm_perform(fx, case, "guest-key"),
+        "json-guest": lambda: json_perform(fx, case, "guest-key"),
+    }
+    denial = performers[transport]()
+    after = fx.stats()
+    counter = f"denied.{case.action}"
+    if allowed(transport, case):
+        assert denial is None
+        assert after.get(counter, 0) == before.get(counter, 0)
+        assert fx.denials() == []
+        return
+    assert denial == expected_denial(transport, case)
+    if transport == "middleman-guest" and case.action == "serve":
+        # the transport refuses EREQ from an untrusted key before asking the router: counted as
+        # ws.mm.not_trusted, not as denied.serve, and not published on $sys.auth.denied
+        assert after.get("ws.mm.not_trusted", 0) == before.get("ws.mm.not_trusted", 0) + 1
+        assert after.get(counter, 0) == before.get(counter, 0)
+        assert fx.denials() == []
+        assert fx.workers(case.name) == []
+        return
+    assert after.get(counter, 0) == before.get(counter, 0) + 1
+    assert fx.denials() == [
+        {
+            "identity": IDENTITY[transport],
+            "session": fx.denials()[0]["session"],
+            "transport": TRANSPORT_NAME[transport],
+            "action": case.action,
+            "name": case.name,
+        }
+    ]
+    # not performed: nothing published, no worker added
+    if case.action == "publish":
+        assert fx.events(case.name) == []
+    if case.action == "serve":
+        assert fx.workers(case.name) == []
+
+
+def test_every_transport_has_cases() -> None:
+    covered = {(p.values[0], p.values[1].action) for p in ALL_CASES}
+    for transport, missing in NOT_EXPRESSIBLE.items():
+        for action in ("call", "serve", "publish", "subscribe"):
+            assert ((transport, action) in covered) == (action not in missing)
+
+
+def test_grants_open_doors_for_the_untrusted_key(fx: Fixture) -> None:
+    """Middleman's run-time half of the model: a trusted connection's EPUB/ESUB grants the
+    untrusted key's role (``grant_role``) what no rule gives it; the JSON dialect sees the
+    same grants (one model)."""
+    with mm_connect(fx, "guest-key") as guest, mm_connect(fx, "app-key") as app:
+        guest.send(mm_frame("PUB", "g.news", "early"))
+        assert mm_error_text(guest.recv(5)) == "Not trusted PUB g.news"
+        app.send(mm_frame("EPUB", "g.news"))
+        app.send(mm_frame("ESUB", "g.news"))
+
+        def granted() -> bool:
+            listing = fx.broker.call(fx.broker.broker.router.grants.listing)
+            return "g.news" in listing.get("subscribe", {}) and "g.news" in listing.get(
+                "publish", {}
+            )
+
+        wait_until(granted, what="the grants")
+        guest.send(mm_frame("SUB", "g.news"))
+        guest.send(mm_frame("PUB", "g.news", "now"))
+        frame = guest.recv(5)
+        assert frame.startswith("PUB g.news\r\n") and "\r\n\r\nnow\r\n.\r\n" in frame
+        with json_connect(fx, "guest-key", name="guest") as (ws, welcome):
+            assert welcome.get("trusted", False) is False  # omitted when false
+            ws.send(json.dumps({"type": "publish", "id": "p", "topic": "g.news", "payload": 1}))
+            assert json.loads(ws.recv(5)) == {"type": "ack", "id": "p", "count": 1}
+            ws.send(json.dumps({"type": "publish", "id": "q", "topic": "g.other", "payload": 1}))
+            answer = json.loads(ws.recv(5))
+            assert answer["type"] == "error" and answer["code"] == 403
+    assert [d["name"] for d in fx.denials()] == ["g.news", "g.other"]
