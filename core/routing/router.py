@@ -723,15 +723,17 @@ class Router:
 
     # -- topics -------------------------------------------------------------------------------
 
-    def subscribe(self, session: Session, pattern: str) -> bool:
+    def subscribe(self, session: Session, pattern: str, *, check: bool = True) -> bool:
         """Subscribe ``session`` to ``pattern``; False when it was already subscribed.
-        Raises ``Denied`` or a ``BAD_REQUEST`` error for an invalid pattern."""
+        Raises ``Denied`` or a ``BAD_REQUEST`` error for an invalid pattern. ``check=False`` is
+        for channels a transport owns for the session itself (e.g. middleman's private
+        ``MSG:<id>``): the access policy is not asked."""
         if session.closed:
             raise MaitredError("session is closed", ErrorCode.BAD_REQUEST)
         problem = validate_pattern(pattern)
         if problem:
             raise MaitredError(problem, ErrorCode.BAD_REQUEST)
-        if not self.allowed(session, Action.SUBSCRIBE, pattern):
+        if check and not self.allowed(session, Action.SUBSCRIBE, pattern):
             raise Denied(f"{session.identity.name} may not subscribe to {pattern}")
         if pattern in session.patterns:
             return False

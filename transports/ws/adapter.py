@@ -29,7 +29,7 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.typing import Subprotocol
 
-from maitred.core.access import Action, Identity
+from maitred.core.access import Identity
 from maitred.core.errors import ErrorCode, MaitredError
 from maitred.core.routing.model import Body, Headers, ReplyKind, Request, Session, Worker
 from maitred.core.transport import BrokerPort
@@ -175,8 +175,6 @@ class Conn:
         self._drop = transport.config.slow_consumer == "drop"
         self.closing = False
         self._close: tuple[int, str] | None = None
-        self._role = ""
-        self._private: list[tuple[Action, str]] = []
 
     # -- outbox -------------------------------------------------------------------------------
 
@@ -239,12 +237,8 @@ class Conn:
         )
 
     def open(self, identity: Identity) -> Session:
-        """Open the router session; a restricted identity gets a private role that lets it
-        subscribe to its own ``MSG:<cid>`` channel (and nothing else)."""
+        """Open the router session for the authenticated ``identity``."""
         self.restricted = identity.restricted
-        if identity.restricted:
-            self._role = f"ws-conn:{self.cid}"
-            identity = Identity(identity.name, identity.roles | {self._role}, restricted=True)
         self.identity = identity
         now = self.transport.port.clock()
         self.session = self.router.open_session("ws", self, identity, now, label=f"ws:{self.cid}")
@@ -258,33 +252,21 @@ class Conn:
         self.transport.unregister(self)
         if self.session is not None and not self.session.closed:
             self.router.close_session(self.session, self.transport.port.clock(), reason)
-        self.revoke_private()
         self.on_released()
 
     def on_released(self) -> None:
         """Dialect clean-up after the session closed."""
 
     def subscribe_private(self) -> None:
-        """Subscribe to ``MSG:<cid>`` (a restricted identity through its private grant). An
-        ``[access]`` rule that forbids it wins: the connection then has no private channel."""
+        """Subscribe to ``MSG:<cid>``: the connection's own channel, which the transport owns,
+        so the access policy is not asked (a deny-by-default ``[access]`` table does not take
+        it away, and nobody is reported as denied for it)."""
         assert self.session is not None
         private = f"MSG:{self.cid}"
-        self.grant_private(Action.SUBSCRIBE, private)
         try:
-            self.router.subscribe(self.session, private)
+            self.router.subscribe(self.session, private, check=False)
         except MaitredError as exc:
             log.debug("ws: %s has no private channel: %s", self.cid, exc.reason)
-
-    def grant_private(self, action: Action, name: str) -> None:
-        """Grant this connection alone (a restricted one) ``action`` on ``name``."""
-        if self._role:
-            self.router.grant(self._role, action, name)
-            self._private.append((action, name))
-
-    def revoke_private(self) -> None:
-        for action, name in self._private:
-            self.router.revoke(self._role, action, name)
-        self._private.clear()
 
     # -- SessionSink (each dialect implements these; they must never block) ------------------
 
