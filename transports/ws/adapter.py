@@ -20,6 +20,7 @@ import logging
 import math
 import secrets
 import ssl
+from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Sequence
 from typing import Any, Literal
@@ -154,7 +155,7 @@ def _new_cid() -> str:
     return "".join(secrets.choice(alphabet) for _ in range(20))
 
 
-class Conn:
+class Conn(ABC):
     """What both dialects share: the websocket, the session, the outbox and its writer."""
 
     dialect = ""
@@ -254,7 +255,7 @@ class Conn:
             self.router.close_session(self.session, self.transport.port.clock(), reason)
         self.on_released()
 
-    def on_released(self) -> None:
+    def on_released(self) -> None:  # noqa: B027 (an optional hook: most dialects need none)
         """Dialect clean-up after the session closed."""
 
     def subscribe_private(self) -> None:
@@ -270,32 +271,40 @@ class Conn:
 
     # -- SessionSink (each dialect implements these; they must never block) ------------------
 
+    @abstractmethod
     def deliver_request(self, worker: Worker, request: Request) -> None:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def deliver_reply(self, request: Request, kind: ReplyKind, body: Body) -> None:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def deliver_error(self, request: Request, error: MaitredError) -> None:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def deliver_event(self, topic: str, body: Body, headers: Headers) -> None:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def worker_removed(self, worker: Worker, reason: str) -> None:
-        raise NotImplementedError
+        ...
 
     # -- the connection's life ----------------------------------------------------------------
 
+    @abstractmethod
     async def handshake(self) -> bool:
         """Read and answer the dialect's first frame; False closes the connection."""
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def on_text(self, text: str) -> None:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def on_binary(self, data: bytes) -> None:
-        raise NotImplementedError
+        ...
 
     async def run(self) -> None:
         writer = asyncio.ensure_future(self.writer())
