@@ -193,6 +193,13 @@ def maitred_cmd(ws_port: int, mdp_port: int) -> list[str]:
         MAITRED if os.path.exists(MAITRED) else PY,
         *([] if os.path.exists(MAITRED) else ["-m", "maitred.core"]),
         "serve",
+        # MAITRED_BENCH_CONFIG: a config file for the broker (e.g. [transports.mdp]
+        # worker_credit = 8); the --ws/--mdp addresses below still apply
+        *(
+            ["-c", os.environ["MAITRED_BENCH_CONFIG"]]
+            if os.environ.get("MAITRED_BENCH_CONFIG")
+            else []
+        ),
         "--ws",
         f"127.0.0.1:{ws_port}",
         "--mdp",

@@ -28,9 +28,11 @@ endpoints = ["tcp://127.0.0.1:0"]
 class BrokerThread:
     """A broker on a private event loop in a daemon thread."""
 
-    def __init__(self, toml: str) -> None:
+    def __init__(
+        self, toml: str, loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None
+    ) -> None:
         self.config = parse_config(toml, "<test>")
-        self.loop = asyncio.new_event_loop()
+        self.loop = (loop_factory or asyncio.new_event_loop)()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
         self.broker: Broker = self.run(self._build())

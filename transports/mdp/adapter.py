@@ -177,6 +177,7 @@ class MdpTransport:
         self._fd: int | None = None
         self._hb_timer: asyncio.TimerHandle | None = None
         self._scheduled = False
+        self._draining = False
         self._closed = False
         self.stats = port.stats
 
@@ -251,6 +252,7 @@ class MdpTransport:
             return
         handle = self._handle
         now = self.port.clock()
+        self._draining = True
         try:
             for _ in range(self.config.batch):
                 try:
@@ -273,6 +275,14 @@ class MdpTransport:
         except zmq.ZMQError as exc:
             if not self._closed:
                 log.error("mdp socket error: %s", exc)
+        finally:
+            self._draining = False
+
+    def _sent_outside_drain(self) -> None:
+        """A send from outside ``_on_readable`` (another transport's caller, a timer) may let
+        libzmq consume the FD's edge while messages wait: look once more, soon (coalesced)."""
+        if not self._draining and not self._scheduled:
+            self._reschedule()
 
     def _reschedule(self) -> None:
         if not self._scheduled and self._loop is not None:
@@ -434,6 +444,8 @@ class MdpTransport:
                 _send_frame(sock, frame, _SNDMORE if i < last else 0)
         except zmq.ZMQError as exc:
             self._send_failed(rid, exc)
+        if not self._draining:
+            self._sent_outside_drain()
 
     def _heartbeat(self) -> None:
         if self._closed or self._loop is None:
@@ -457,6 +469,8 @@ class MdpTransport:
             self._send_body(sock, request.body)
         except zmq.ZMQError as exc:
             self._send_failed(w.rid, exc)
+        if not self._draining:
+            self._sent_outside_drain()
 
     def deliver_reply(self, request: Request, kind: ReplyKind, body: Body) -> None:
         rid, dialect, service_raw = request.correlation
@@ -480,6 +494,8 @@ class MdpTransport:
                 _send_frame(sock, frame, _SNDMORE if i < last else 0)
         except zmq.ZMQError as exc:
             self._send_failed(rid, exc)
+        if not self._draining:
+            self._sent_outside_drain()
 
     @staticmethod
     def _send_body(sock: zmq.Socket[Any], body: Body) -> None:
