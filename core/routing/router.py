@@ -595,6 +595,21 @@ class Router:
                 request.caller.sink.deliver_error(request, error)
         return self.reply(worker, token, (), now, final=True)
 
+    def held_by_worker(self, request: Request) -> Worker | None:
+        """The worker that still holds ``request`` (its reply token is open), else None."""
+        worker = request.worker
+        if worker is not None and worker.alive and request.id in worker.inflight:
+            return worker
+        return None
+
+    def can_accept(self, service_name: str) -> bool:
+        """Whether a request to ``service_name`` would be taken now (a free worker, or room in
+        its queue) rather than refused as QUEUE_FULL."""
+        service = self.services.get(service_name)
+        if service is None:
+            return True
+        return bool(service.free) or service.queued < service.policy.max_queue
+
     def cancel(self, request: Request, now: float) -> None:
         """The caller gave up on ``request``: nothing more is delivered for it. A worker serving
         it keeps its credit until it answers."""

@@ -497,15 +497,11 @@ class Switch:
         q = self.queues.get(req_queue)
         m = q.messages.get(req_n) if q is not None else None
         req = m.request if m is not None else None
-        if (
-            m is not None
-            and req is not None
-            and req.worker is not None
-            and req.id in req.worker.inflight
-        ):
+        worker = self.router.held_by_worker(req) if req is not None else None
+        if m is not None and req is not None and worker is not None:
             m.request = None
             self.last_append = None
-            self.router.reply(req.worker, req.id, [payload], self.port.clock())
+            self.router.reply(worker, req.id, [payload], self.port.clock())
             if m.volatile and q is not None:
                 # the caller of another protocol got its reply: the message is done
                 q.messages.pop(m.n, None)
@@ -535,10 +531,11 @@ class Switch:
         m.request = None
         if req is not None:
             now = self.port.clock()
-            if req.worker is not None and req.id in req.worker.inflight:
+            worker = self.router.held_by_worker(req)
+            if worker is not None:
                 # the consumer acked without a response: free its credit; the caller learns
                 self.router.reply_error(
-                    req.worker, req.id, MaitredError(_ACKED, ErrorCode.INTERNAL), now
+                    worker, req.id, MaitredError(_ACKED, ErrorCode.INTERNAL), now
                 )
             elif req.state is RequestState.QUEUED:
                 self.router.cancel(req, now)
@@ -669,12 +666,7 @@ class Switch:
         """Submit parked requests again, oldest first, while the router has room for them."""
         parked = q.parked
         while parked:
-            service = self.router.services.get(q.name)
-            if (
-                service is not None
-                and not service.free
-                and service.queued >= service.policy.max_queue
-            ):
+            if not self.router.can_accept(q.name):
                 return
             m = parked.popleft()
             if m.parked and q.messages.get(m.n) is m:
