@@ -18,7 +18,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import pluggy
 
@@ -26,6 +26,7 @@ from maitred.core import __version__
 from maitred.core.app import build_broker, transport_specs
 from maitred.core.config import Config, load_config
 from maitred.core.errors import ConfigError, MaitredError
+from maitred.core.logs import setup_logging
 from maitred.core.transport import BrokerClient, TransportSpec
 from maitred.plugins.manager import installed_plugins, make_plugin_manager
 
@@ -56,6 +57,11 @@ def build_parser(
     serve = sub.add_parser("serve", help="run the broker")
     serve.add_argument("-c", "--config", help="TOML config file (default: embedded defaults)")
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    serve.add_argument(
+        "--log-format",
+        choices=["text", "json"],
+        help="text lines, or one JSON object per line (per-request records carry the request id)",
+    )
     for name, spec in sorted(specs.items()):
         if spec.cli_addresses is not None:
             serve.add_argument(
@@ -106,12 +112,8 @@ def build_parser(
     return parser
 
 
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper()),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+def _setup_logging(level: str, fmt: Literal["text", "json"] = "text") -> None:
+    setup_logging(level, fmt)
 
 
 def _install_uvloop(config: Config) -> None:
@@ -143,7 +145,9 @@ async def _serve(config: Config, addresses: dict[str, list[str]]) -> int:
 
 def cmd_serve(args: argparse.Namespace, specs: dict[str, TransportSpec]) -> int:
     config = load_config(args.config)
-    _setup_logging(args.log_level or config.broker.log_level)
+    _setup_logging(
+        args.log_level or config.broker.log_level, args.log_format or config.broker.log_format
+    )
     addresses = {name: getattr(args, name, []) for name in specs if getattr(args, name, [])}
     if addresses and args.config is None:
         # flags on the command line without a file: run only the transports named

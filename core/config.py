@@ -36,6 +36,9 @@ class BrokerSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     #: on SIGINT/SIGTERM: how long in-flight requests may take to finish before they fail
     drain_timeout: float = 5.0
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    #: ``text`` (one human line per record) or ``json`` (one JSON object per line, with the
+    #: request id, service and transport of per-request records as fields)
+    log_format: Literal["text", "json"] = "text"
     #: run the event loop on uvloop when it is installed
     uvloop: bool = True
 

@@ -19,6 +19,7 @@ any other          -                                ``501``
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -40,7 +41,15 @@ def _last(body: Body) -> str:
     return body[-1].decode("utf-8", "replace") if body else ""
 
 
+def _ms(seconds: float | None) -> float | None:
+    """Seconds as milliseconds for JSON (None stays None; beyond the last bucket: None)."""
+    if seconds is None or seconds == math.inf:
+        return None
+    return round(seconds * 1000.0, 3)
+
+
 def _service_row(svc: Service) -> dict[str, Any]:
+    lat = svc.latency
     return {
         "name": svc.name,
         "workers": len(svc.workers),
@@ -51,6 +60,15 @@ def _service_row(svc: Service) -> dict[str, Any]:
         "replies": svc.replies,
         "errors": svc.errors,
         "timeouts": svc.timeouts,
+        "errors_by_code": {str(code): n for code, n in sorted(svc.error_codes.items())},
+        # acceptance to final reply; p50/p99 are the upper bounds of the histogram buckets
+        # holding them (docs/reference/mmi.md)
+        "latency": {
+            "count": lat.count,
+            "mean_ms": _ms(lat.sum / lat.count) if lat.count else None,
+            "p50_ms": _ms(lat.quantile(0.5)),
+            "p99_ms": _ms(lat.quantile(0.99)),
+        },
     }
 
 

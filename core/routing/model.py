@@ -8,7 +8,8 @@ to the router; transports read these objects but never change them.
 from __future__ import annotations
 
 import math
-from collections import OrderedDict, deque
+from bisect import bisect_left
+from collections import Counter, OrderedDict, deque
 from collections.abc import Mapping, Sequence
 from enum import IntEnum
 from typing import Any, Literal, Protocol
@@ -36,6 +37,65 @@ class RequestState(IntEnum):
     DONE = 3
     EXPIRED = 4
     CANCELLED = 5
+
+
+#: upper bounds (seconds) of the request latency histogram buckets (plus +Inf)
+LATENCY_BOUNDS: tuple[float, ...] = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+)
+
+
+class Histogram:
+    """Request latencies (acceptance to final reply) in fixed buckets, Prometheus style:
+    ``counts[i]`` holds the observations ``<= LATENCY_BOUNDS[i]`` and above the bound before;
+    the last count is the ``+Inf`` bucket."""
+
+    __slots__ = ("count", "counts", "sum")
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(LATENCY_BOUNDS) + 1)
+        self.sum = 0.0
+        self.count = 0
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect_left(LATENCY_BOUNDS, seconds)] += 1
+        self.sum += seconds
+        self.count += 1
+
+    def quantile(self, q: float) -> float | None:
+        """The upper bound of the bucket holding the ``q`` quantile (None when empty; ``inf``
+        when it lies beyond the last bound)."""
+        if not self.count:
+            return None
+        rank = q * self.count
+        seen = 0
+        for bound, n in zip(LATENCY_BOUNDS, self.counts, strict=False):
+            seen += n
+            if seen >= rank:
+                return bound
+        return math.inf
+
+
+class TransportStats:
+    """Counters of one transport as seen by the router: ``requests``, ``replies`` (final) and
+    ``errors`` of the requests its sessions submitted, and ``served``: requests handed to its
+    workers."""
+
+    __slots__ = ("errors", "replies", "requests", "served")
+
+    def __init__(self) -> None:
+        self.requests = 0
+        self.replies = 0
+        self.errors = 0
+        self.served = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return {
+            "requests": self.requests,
+            "replies": self.replies,
+            "errors": self.errors,
+            "served": self.served,
+        }
 
 
 class ServicePolicy(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -90,6 +150,7 @@ class Session:
     __slots__ = (
         "allow_cache",
         "closed",
+        "counters",
         "id",
         "identity",
         "label",
@@ -121,6 +182,8 @@ class Session:
         self.workers: dict[Worker, None] = {}
         self.patterns: set[str] = set()
         self.allow_cache: dict[tuple[Action, str], bool] = {}
+        #: shared by every session of the transport (the router sets it)
+        self.counters = TransportStats()
 
     def __repr__(self) -> str:
         return f"<Session {self.label} {self.identity.name}>"
@@ -181,8 +244,10 @@ class Service:
     """A named service: its workers, its waiting requests and its policy."""
 
     __slots__ = (
+        "error_codes",
         "errors",
         "free",
+        "latency",
         "name",
         "policy",
         "queue",
@@ -206,6 +271,9 @@ class Service:
         self.replies = 0
         self.errors = 0
         self.timeouts = 0
+        #: failed requests by error code (deadline expiries included, as 504)
+        self.error_codes: Counter[int] = Counter()
+        self.latency = Histogram()
 
     def inflight(self) -> int:
         return sum(len(w.inflight) for w in self.workers)

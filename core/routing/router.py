@@ -33,6 +33,7 @@ from maitred.core.routing.model import (
     ServicePolicy,
     Session,
     SessionSink,
+    TransportStats,
     Worker,
 )
 from maitred.core.routing.patterns import SubjectTree, is_pattern, validate_pattern
@@ -55,6 +56,10 @@ _PARTIAL = ReplyKind.PARTIAL
 _json = msgspec.json.Encoder()
 
 EventHook = Callable[[str, dict[str, Any]], None]
+#: ``tracer(event, request, detail, now)`` with event ``accepted`` (detail: the caller's label),
+#: ``dispatched`` (the worker's label), ``replied`` (the worker's label) or ``failed`` (the
+#: error code and reason): every request's life, for traces and logs (``Router.tracers``)
+Tracer = Callable[[str, Request, str, float], None]
 MmiHandler = Callable[["Router", str, Body], list[bytes]]
 
 
@@ -106,6 +111,10 @@ class Router:
         self.sessions: dict[int, Session] = {}
         self.topics: SubjectTree[Session] = SubjectTree()
         self.stats: Counter[str] = Counter()
+        #: per transport name: what its sessions submitted and what its workers served
+        self.transports: dict[str, TransportStats] = {}
+        #: called for each step of every request (see :data:`Tracer`); empty costs nothing
+        self.tracers: list[Tracer] = []
         self._next_request = 0
         self._next_session = 0
         self._next_worker = 0
@@ -133,6 +142,10 @@ class Router:
         self._next_session += 1
         session = Session(self._next_session, transport, sink, identity, label, now)
         session.quiet = quiet
+        counters = self.transports.get(transport)
+        if counters is None:
+            counters = self.transports[transport] = TransportStats()
+        session.counters = counters
         self.sessions[session.id] = session
         if not quiet:
             self._emit(
@@ -410,6 +423,17 @@ class Router:
             headers=headers,
         )
         service.requests += 1
+        session.counters.requests += 1
+        if self.tracers:
+            self._trace("accepted", request, session.label, now)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "req %d: %s called %s",
+                request.id,
+                session.label,
+                service_name,
+                extra={"req": request.id, "service": service_name, "transport": session.transport},
+            )
         if (not self._access_open or session.identity.restricted) and not self.allowed(
             session, Action.CALL, service_name
         ):
@@ -453,6 +477,7 @@ class Router:
     def _refuse(self, service: Service, request: Request, error: MaitredError) -> None:
         request.state = _DONE
         service.errors += 1
+        self._count_error(service, request, error)
         self._maybe_forget(service)
         request.caller.sink.deliver_error(request, error)
 
@@ -529,6 +554,23 @@ class Router:
         if was_idle:
             worker.touched = now
             self._live_move(worker, worker.busy_timeout)
+        worker.session.counters.served += 1
+        if self.tracers:
+            self._trace("dispatched", request, worker.label, now)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "req %d: %s -> worker %s (delivery %d)",
+                request.id,
+                request.service,
+                worker.label,
+                request.deliveries,
+                extra={
+                    "req": request.id,
+                    "service": request.service,
+                    "transport": worker.session.transport,
+                    "worker": worker.label,
+                },
+            )
         worker.session.sink.deliver_request(worker, request)
 
     def reply(
@@ -569,10 +611,28 @@ class Router:
                 self._dispatch(service, now)
             if state is _DISPATCHED:
                 service.replies += 1
+                service.latency.observe(now - request.accepted)
+                caller = request.caller
+                caller.counters.replies += 1
+                if self.tracers:
+                    self._trace("replied", request, worker.label, now)
+                if log.isEnabledFor(logging.DEBUG):
+                    log.debug(
+                        "req %d: %s answered by %s in %.1f ms",
+                        request.id,
+                        request.service,
+                        worker.label,
+                        (now - request.accepted) * 1000.0,
+                        extra={
+                            "req": request.id,
+                            "service": request.service,
+                            "transport": caller.transport,
+                            "worker": worker.label,
+                        },
+                    )
                 if request.bucket is not None:
                     del request.bucket[request.id]
                     request.bucket = None
-                caller = request.caller
                 if not caller.closed:
                     caller.sink.deliver_reply(request, _FINAL, body)
             return True
@@ -591,6 +651,7 @@ class Router:
             request.state = _DONE  # so reply() below delivers nothing
             self._disarm(request)
             worker.service.errors += 1
+            self._count_error(worker.service, request, error)
             if not request.caller.closed:
                 request.caller.sink.deliver_error(request, error)
         return self.reply(worker, token, (), now, final=True)
@@ -629,6 +690,7 @@ class Router:
         service = self.services.get(request.service)
         if service is not None:
             service.errors += 1
+        self._count_error(service, request, error)
         if not request.caller.closed:
             request.caller.sink.deliver_error(request, error)
 
@@ -640,6 +702,36 @@ class Router:
             self._unhandled(request, reason)
             self._fail(request, MaitredError(reason, code))
         service.queue.clear()
+
+    def _count_error(self, service: Service | None, request: Request, error: MaitredError) -> None:
+        """Count a failed request by code (service and caller's transport), trace and log it."""
+        code = int(error.code)
+        if service is not None:
+            service.error_codes[code] += 1
+        request.caller.counters.errors += 1
+        if self.tracers:
+            self._trace("failed", request, f"{code} {error}", math.nan)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "req %d: %s failed: %d %s",
+                request.id,
+                request.service,
+                code,
+                error,
+                extra={
+                    "req": request.id,
+                    "service": request.service,
+                    "transport": request.caller.transport,
+                    "code": code,
+                },
+            )
+
+    def _trace(self, event: str, request: Request, detail: str, now: float) -> None:
+        for tracer in self.tracers:
+            try:
+                tracer(event, request, detail, now)
+            except Exception:  # a tracer must never break routing
+                log.exception("tracer %r failed", tracer)
 
     def _unhandled(self, request: Request, reason: str) -> None:
         self.stats["requests.unhandled"] += 1
@@ -712,6 +804,7 @@ class Router:
             error = MaitredError(
                 f"no worker answered {request.service} before the deadline", ErrorCode.TIMEOUT
             )
+            self._count_error(service, request, error)
             if service is not None:
                 self._maybe_forget(service)
             self._tell_error(request, error)
@@ -724,6 +817,7 @@ class Router:
             error = MaitredError(
                 f"{request.service} did not answer before the deadline", ErrorCode.TIMEOUT
             )
+            self._count_error(service, request, error)
             self._tell_error(request, error)
 
     def _tell_error(self, request: Request, error: MaitredError) -> None:
@@ -853,4 +947,6 @@ class Router:
             "sessions": len(self.sessions),
             "workers": sum(len(s.workers) for s in self.services.values()),
             "stats": dict(self.stats),
+            # per transport name (mmi.info's "transports" lists the endpoints)
+            "traffic": {name: t.as_dict() for name, t in sorted(self.transports.items())},
         }

@@ -122,6 +122,8 @@ def test_mmi_services(mh: Harness) -> None:
             "replies": 0,
             "errors": 0,
             "timeouts": 0,
+            "errors_by_code": {},
+            "latency": NO_LATENCY,
         },
         {
             "name": "b",
@@ -133,6 +135,8 @@ def test_mmi_services(mh: Harness) -> None:
             "replies": 1,
             "errors": 0,
             "timeouts": 0,
+            "errors_by_code": {},
+            "latency": {"count": 1, "mean_ms": 0.0, "p50_ms": 0.5, "p99_ms": 0.5},
         },
         {
             "name": "waiting",
@@ -144,8 +148,31 @@ def test_mmi_services(mh: Harness) -> None:
             "replies": 0,
             "errors": 0,
             "timeouts": 0,
+            "errors_by_code": {},
+            "latency": NO_LATENCY,
         },
     ]
+
+
+NO_LATENCY = {"count": 0, "mean_ms": None, "p50_ms": None, "p99_ms": None}
+
+
+def test_mmi_services_latency_and_error_codes(mh: Harness) -> None:
+    w = mh.worker("s", credit=4)
+    client = mh.session("client")
+    fast = mh.req(client, "s")
+    slow = mh.req(client, "s")
+    mh.clock.advance(0.003)
+    mh.reply(w, fast)  # 3 ms: the 5 ms bucket
+    mh.clock.advance(0.2)
+    mh.reply(w, slow)  # 203 ms: the 250 ms bucket
+    mh.req(client, "s", timeout=1.0)
+    mh.clock.advance(2.0)
+    mh.router.tick(mh.now)  # expires in flight: 504
+    (row,) = ask_json(mh, "mmi.services")
+    assert row["latency"] == {"count": 2, "mean_ms": 103.0, "p50_ms": 5.0, "p99_ms": 250.0}
+    assert row["errors_by_code"] == {"504": 1}
+    assert row["timeouts"] == 1
 
 
 def test_mmi_workers(mh: Harness) -> None:

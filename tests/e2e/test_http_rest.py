@@ -183,6 +183,17 @@ def test_metrics(rest: BrokerThread, echo: Callable[..., None]) -> None:
     assert 'maitred_service_workers{service="echo"} 1.0' in text
     assert 'maitred_service_replies_total{service="echo"} 1.0' in text
     assert 'maitred_router_events_total{event="http.calls"} 1.0' in text
+    # latency histogram, per-transport counters (the REST caller, the MDP worker)
+    assert 'maitred_service_latency_seconds_count{service="echo"} 1.0' in text
+    assert 'maitred_service_latency_seconds_bucket{le="+Inf",service="echo"} 1.0' in text
+    assert 'maitred_transport_replies_total{transport="http"} 1.0' in text
+    assert 'maitred_transport_served_total{transport="mdp"} 1.0' in text
+    with RestClient(endpoint_of(rest, "http://")) as client, pytest.raises(TimeoutError):
+        client.call("nobody.home", b"x", timeout=0.05)
+    c = RawHttp(endpoint_of(rest, "http://"))
+    text = (c.send("GET", "/metrics"), c.read())[1][2].decode()
+    c.close()
+    assert 'maitred_transport_errors_total{transport="http"} 1.0' in text
 
 
 def test_publish_and_subscribe_with_sys_events(rest: BrokerThread, ctx: Ctx) -> None:
@@ -221,3 +232,27 @@ def test_client_disconnect_cancels_its_request(rest: BrokerThread, ctx: Ctx) -> 
     c.close()
     wait_until(lambda: rest.stats().get("http.calls_cancelled") == 1, what="the call was cancelled")
     wait_until(lambda: rest.call(lambda: "slow" not in rest.broker.router.services))
+
+
+def test_tail_shows_requests_of_every_protocol(
+    rest: BrokerThread, echo: Callable[..., None], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Once a trace reader has come (``maitred tail``), requests that never touch the switch —
+    here a REST call answered by an MDP worker — are traced too, under the router's request id."""
+    from maitred.core.cli import main
+
+    echo()
+    url = endpoint_of(rest, "http://")
+    assert main(["tail", "-b", url]) == 0  # a reader: the router's requests are traced from now
+    with RestClient(url) as client:
+        assert client.call("echo", b"traced") == [b"traced"]
+    capsys.readouterr()
+    assert main(["tail", "-b", url]) == 0
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if " echo" in ln or "rest" in ln]
+    assert len(lines) == 3, lines
+    rid = lines[0].rsplit("echo/", 1)[1].split()[0]
+    # accepted from the REST caller, handed to the MDP worker, answered by it
+    assert "http:rest -> echo -> -: Request echo/" + rid + " 'traced'" in lines[0]
+    assert "-> echo -> mdp" in lines[1] and f"echo/{rid} 'traced'" in lines[1]
+    assert lines[2].split()[1].startswith("mdp")
+    assert f"-> http:rest -> http:rest: Response http:rest/{rid}" in lines[2]

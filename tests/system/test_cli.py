@@ -161,3 +161,45 @@ def test_no_env_leaks_into_the_default_broker_url() -> None:
         [*MAITRED, "call", "--help"], capture_output=True, text=True, env=env, check=False
     )
     assert result.returncode == 0 and "MAITRED_BROKER" in result.stdout
+
+
+@pytest.mark.slow
+def test_json_logs_follow_one_request_across_protocols() -> None:
+    """A REST call answered by an MDP worker: with ``--log-format json`` and debug level, the
+    broker's records of that request (accepted from http, dispatched to the mdp worker,
+    answered) carry the same ``req`` id, each with the transport of its side."""
+    import json
+    import urllib.request
+
+    s = Served(
+        "--mdp", "tcp://127.0.0.1:0", "--http", "127.0.0.1:0",
+        "--log-format", "json", "--log-level", "debug",
+    )
+    worker = None
+    try:
+        ep = s.endpoints["mdp"][0]
+        worker = subprocess.Popen(
+            [*MAITRED, "worker", "echo", "--program", "cat", "-b", ep],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        http = s.endpoints["http"][0]
+        req = urllib.request.Request(
+            f"{http}/v1/services/echo", data=b"hi", method="POST",
+            headers={"X-Maitred-Timeout": "20"},
+        )
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            assert resp.read() == b"hi"
+    finally:
+        assert s.stop() == 0
+        if worker is not None:
+            worker.terminate()
+            worker.wait(20)
+    records = [json.loads(line) for line in s.stderr_lines if line.startswith("{")]
+    assert records and all({"time", "level", "logger", "msg"} <= r.keys() for r in records)
+    accepted = [r for r in records if r.get("service") == "echo" and "called" in r["msg"]]
+    assert len(accepted) == 1 and accepted[0]["transport"] == "http"
+    rid = accepted[0]["req"]
+    steps = [r for r in records if r.get("req") == rid]
+    assert [r["transport"] for r in steps] == ["http", "mdp", "http"], steps
+    assert "answered by" in steps[-1]["msg"]

@@ -9,8 +9,14 @@ from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
-from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.metrics_core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 
+from maitred.core.routing.model import LATENCY_BOUNDS
 from maitred.core.routing.router import Router
 
 if TYPE_CHECKING:
@@ -67,6 +73,42 @@ class _Collector:
             counters["timeouts"].add_metric([name], svc.timeouts)
         yield from gauges.values()
         yield from counters.values()
+        by_code = CounterMetricFamily(
+            "maitred_service_errors_by_code",
+            "Failed requests by service and maitred error code (docs/reference/errors.md)",
+            labels=["service", "code"],
+        )
+        latency = HistogramMetricFamily(
+            "maitred_service_latency_seconds",
+            "Acceptance to final reply, per service",
+            labels=["service"],
+        )
+        for name, svc in sorted(router.services.items()):
+            for code, n in sorted(svc.error_codes.items()):
+                by_code.add_metric([name, str(code)], float(n))
+            hist = svc.latency
+            cumulative = 0
+            buckets: list[tuple[str, float]] = []
+            for bound, n in zip(LATENCY_BOUNDS, hist.counts, strict=False):
+                cumulative += n
+                buckets.append((repr(bound), float(cumulative)))
+            buckets.append(("+Inf", float(hist.count)))
+            latency.add_metric([name], buckets, sum_value=hist.sum)
+        yield by_code
+        yield latency
+        per_transport = {
+            name: CounterMetricFamily(f"maitred_transport_{name}", help_, labels=["transport"])
+            for name, help_ in (
+                ("requests", "Requests its sessions submitted"),
+                ("replies", "Final replies its callers received"),
+                ("errors", "Requests of its callers that failed"),
+                ("served", "Requests handed to its workers"),
+            )
+        }
+        for tname, tstats in sorted(router.transports.items()):
+            for key, value in tstats.as_dict().items():
+                per_transport[key].add_metric([tname], float(value))
+        yield from per_transport.values()
         if self.switch is not None:
             depth = GaugeMetricFamily(
                 "maitred_switch_queue_messages", "Messages in a switch queue", labels=["queue"]

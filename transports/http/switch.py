@@ -115,6 +115,20 @@ _TraceRecord = tuple[
 ]
 
 
+#: seconds without a trace reader after which requests of other protocols stop being traced
+ROUTER_TRACE_IDLE = 60.0
+
+
+class _RouterMsg:
+    """What the trace keeps of a request that did not cross the switch (payload and kind)."""
+
+    __slots__ = ("kind", "payload")
+
+    def __init__(self, payload: bytes, kind: Kind) -> None:
+        self.payload = payload
+        self.kind = kind
+
+
 def _by_id(m: Msg) -> int:
     return m.n
 
@@ -218,6 +232,9 @@ class Switch:
         self._retry: list[Msg] = []
         self.stats = port.stats
         self.closing = False
+        #: when a trace reader last asked (loop time); requests of other protocols are traced
+        #: while readers come back within ``ROUTER_TRACE_IDLE`` seconds (``_router_trace``)
+        self._trace_read_at = 0.0
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -258,6 +275,8 @@ class Switch:
                 fut.set_result(None)
         for token in list(self.tokens.values()):
             self._close_token(token, now)
+        if self._router_trace in self.router.tracers:
+            self.router.tracers.remove(self._router_trace)
         if self.qsession is not None:
             self.router.close_session(self.qsession, now, "closing")
         if self.store.dirty:
@@ -780,7 +799,7 @@ class Switch:
         self,
         queue: str,
         n: int,
-        message: Msg | None,
+        message: Msg | _RouterMsg | None,
         *,
         input: str | None = None,
         output: str | None = None,
@@ -820,8 +839,61 @@ class Switch:
         )
         return i, event
 
+    def _router_trace(self, event: str, request: Request, detail: str, now: float) -> None:
+        """Router tracer: every request that does not cross the switch (MDP, WebSocket, REST
+        callers and workers) goes into the trace too, so ``maitred tail`` shows all traffic
+        with the router's request id as the message id. The switch's own queue traffic is
+        traced where it happens. Detaches itself when no reader came for a while."""
+        if (
+            not self.trace_waiters
+            and asyncio.get_running_loop().time() - self._trace_read_at > ROUTER_TRACE_IDLE
+        ):
+            if self._router_trace in self.router.tracers:
+                self.router.tracers.remove(self._router_trace)
+            return
+        caller = request.caller
+        if isinstance(caller.sink, (QueueSink, TokenSink)):
+            return
+        worker = request.worker
+        if worker is not None and isinstance(worker.session.sink, TokenSink):
+            return
+        service, rid = request.service, request.id
+        if event == "accepted":
+            payload = request.body[-1] if request.body else b""
+            self._trace(
+                service, rid, _RouterMsg(payload, codec.request_kind(detail)), input=detail
+            )
+        elif event == "dispatched":
+            payload = request.body[-1] if request.body else b""
+            self._trace(
+                service, rid, _RouterMsg(payload, codec.request_kind(caller.label)), output=detail
+            )
+        elif event == "replied":
+            self._trace(
+                caller.label,
+                rid,
+                _RouterMsg(b"", codec.response_kind(service, rid)),
+                input=detail,
+                output=caller.label,
+                processing_time=int((now - request.accepted) * 1e9),
+            )
+        elif event == "failed":
+            self._trace(
+                caller.label,
+                rid,
+                _RouterMsg(f"error {detail}".encode(), codec.response_kind(service, rid)),
+                input="maitred",
+                output=caller.label,
+            )
+
+    def _attach_router_trace(self) -> None:
+        self._trace_read_at = asyncio.get_running_loop().time()
+        if self.trace.maxlen and self._router_trace not in self.router.tracers:
+            self.router.tracers.append(self._router_trace)
+
     async def get_trace(self, start: int, timeout: float) -> bytes:
         loop = asyncio.get_running_loop()
+        self._attach_router_trace()
         deadline = loop.time() + timeout
         while True:
             events = [self._trace_event(r) for r in self.trace if r[0] > start]
