@@ -194,6 +194,7 @@ class Worker:
 
     __slots__ = (
         "alive",
+        "base_credit",
         "busy_timeout",
         "credit",
         "id",
@@ -201,6 +202,8 @@ class Worker:
         "inflight",
         "label",
         "live_key",
+        "max_credit",
+        "pipeline_below",
         "served",
         "service",
         "session",
@@ -225,6 +228,10 @@ class Worker:
         self.session = session
         self.service = service
         self.credit = credit
+        self.base_credit = credit
+        #: adaptive credit (0: off): see ``Router.add_worker``
+        self.max_credit = 0
+        self.pipeline_below = 0.0
         self.tag = tag
         self.label = label or f"{session.label}/w{wid}"
         self.inflight: dict[int, Request] = {}
@@ -301,6 +308,8 @@ class Request(msgspec.Struct, kw_only=True):
     state: RequestState = RequestState.QUEUED
     worker: Worker | None = None
     deliveries: int = 0
+    #: when it was last handed to a worker
+    dispatched: float = 0.0
     bucket: dict[int, Request] | None = None
     #: headers the worker sent with the reply being delivered (protocols that have headers
     #: read it in ``deliver_reply``; it is replaced by each partial and by the final reply)

@@ -257,8 +257,16 @@ class Router:
         label: str = "",
         idle_timeout: float | None = None,
         busy_timeout: float | None = None,
+        max_credit: int = 0,
+        pipeline_below: float = 0.002,
     ) -> Worker:
         """Make ``session`` a worker of ``service_name`` with ``credit`` requests at a time.
+
+        Adaptive credit (``max_credit`` > ``credit``): while the service has requests waiting
+        and the worker answers each one within ``pipeline_below`` seconds of its dispatch, its
+        credit grows by one per reply up to ``max_credit`` (requests are pipelined to it); the
+        first answer that takes longer sets it back to ``credit``. Fast services get pipelining,
+        slow ones keep one request per worker (no request waits long behind another).
 
         ``idle_timeout``/``busy_timeout`` override the liveness defaults; 0 means the transport
         watches liveness itself (the router never expires the worker). Raises
@@ -272,6 +280,8 @@ class Router:
             raise MaitredError(f"cannot serve {service_name!r}", ErrorCode.BAD_REQUEST)
         if credit < 1:
             raise MaitredError("credit must be >= 1", ErrorCode.BAD_REQUEST)
+        if max_credit and max_credit < credit:
+            raise MaitredError("max_credit must be >= credit", ErrorCode.BAD_REQUEST)
         if not self.allowed(session, Action.SERVE, service_name):
             raise Denied(f"{session.identity.name} may not serve {service_name}")
         service = self.service(service_name)
@@ -287,6 +297,9 @@ class Router:
             self.liveness.idle_timeout if idle_timeout is None else idle_timeout,
             self.liveness.busy_timeout if busy_timeout is None else busy_timeout,
         )
+        if max_credit > credit:
+            worker.max_credit = max_credit
+            worker.pipeline_below = pipeline_below
         first = not service.workers
         service.workers[worker] = None
         service.free[worker] = None
@@ -546,6 +559,7 @@ class Router:
         request.worker = worker
         request.state = _DISPATCHED
         request.deliveries += 1
+        request.dispatched = now
         free = worker.service.free
         if len(inflight) >= worker.credit:
             del free[worker]
@@ -597,8 +611,18 @@ class Router:
             worker.served += 1
             service = worker.service
             free = service.free
-            if worker.alive and worker not in free:
-                free[worker] = None
+            if worker.max_credit:
+                if now - request.dispatched < worker.pipeline_below:
+                    if service.queued and worker.credit < worker.max_credit:
+                        worker.credit += 1
+                elif worker.credit > worker.base_credit:
+                    worker.credit = worker.base_credit
+            if worker.alive:
+                if len(worker.inflight) < worker.credit:
+                    if worker not in free:
+                        free[worker] = None
+                else:  # its credit was just lowered below what it holds
+                    free.pop(worker, None)
             if not worker.inflight:
                 self._live_move(worker, worker.idle_timeout)
             else:

@@ -289,3 +289,58 @@ def test_inflight_counts(h: Harness) -> None:
     assert list(h.router.iter_workers()) == [w]
     snap = h.router.snapshot()
     assert snap["services"] == 1 and snap["workers"] == 1 and snap["sessions"] == 2
+
+
+# -- adaptive credit ---------------------------------------------------------------------------
+
+
+def test_adaptive_credit_grows_with_fast_replies_under_backlog_and_drops_on_a_slow_one() -> None:
+    h = Harness()
+    w = h.router.add_worker(
+        h.session("w"), "s", h.now, credit=1, max_credit=3, pipeline_below=0.01
+    )
+    c = h.session("c")
+    reqs = [h.req(c, "s") for _ in range(6)]
+    assert len(w.inflight) == 1  # starts at MDP's one request per worker
+    h.clock.advance(0.001)
+    h.reply(w, reqs[0])  # fast, with a backlog: credit 2
+    assert w.credit == 2 and len(w.inflight) == 2
+    h.clock.advance(0.001)
+    h.reply(w, reqs[1])  # credit 3 (the maximum)
+    assert w.credit == 3 and len(w.inflight) == 3
+    h.clock.advance(0.001)
+    h.reply(w, reqs[2])
+    assert w.credit == 3 and len(w.inflight) == 3
+    h.clock.advance(0.5)
+    h.reply(w, reqs[3])  # slow: back to 1, and no new request while it holds 2
+    assert w.credit == 1 and len(w.inflight) == 2
+    assert w not in w.service.free
+    h.reply(w, reqs[4])  # slow too (it waited): still holds one
+    assert len(w.inflight) == 1 and w not in w.service.free
+    h.reply(w, reqs[5])
+    assert not w.inflight and w in w.service.free
+
+
+def test_adaptive_credit_does_not_grow_without_a_backlog() -> None:
+    h = Harness()
+    w = h.router.add_worker(h.session("w"), "s", h.now, credit=1, max_credit=8)
+    c = h.session("c")
+    for _ in range(5):
+        h.reply(w, h.req(c, "s"))
+    assert w.credit == 1
+
+
+def test_fixed_credit_workers_never_change_credit() -> None:
+    h = Harness()
+    w = h.worker("s", credit=2)
+    c = h.session("c")
+    reqs = [h.req(c, "s") for _ in range(4)]
+    h.reply(w, reqs[0])
+    h.reply(w, reqs[1])
+    assert w.credit == 2 and len(w.inflight) == 2
+
+
+def test_max_credit_below_credit_is_refused() -> None:
+    h = Harness()
+    with pytest.raises(MaitredError):
+        h.router.add_worker(h.session("w"), "s", h.now, credit=4, max_credit=2)

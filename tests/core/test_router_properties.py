@@ -146,6 +146,7 @@ class RouterMachine(RuleBasedStateMachine):
         credit=st.integers(1, 3),
         idle=st.sampled_from([None, None, 0, 1.0]),
         busy=st.sampled_from([None, None, 0]),
+        extra=st.sampled_from([0, 0, 2]),
     )
     def add_worker(
         self,
@@ -154,6 +155,7 @@ class RouterMachine(RuleBasedStateMachine):
         credit: int,
         idle: float | None,
         busy: float | None,
+        extra: int,
     ) -> None:
         candidates = [
             s for s in self.open_sessions() if all(w.service.name != service for w in s.workers)
@@ -163,7 +165,14 @@ class RouterMachine(RuleBasedStateMachine):
         session = data.draw(st.sampled_from(candidates))
         try:
             worker = self.router.add_worker(
-                session, service, self.h.now, credit=credit, idle_timeout=idle, busy_timeout=busy
+                session,
+                service,
+                self.h.now,
+                credit=credit,
+                idle_timeout=idle,
+                busy_timeout=busy,
+                max_credit=credit + extra if extra else 0,  # adaptive credit
+                pipeline_below=0.5,
             )
         except MaitredError:
             return
@@ -293,7 +302,11 @@ class RouterMachine(RuleBasedStateMachine):
                 assert worker.service is svc
                 assert not worker.session.closed
                 assert worker in worker.session.workers
-                assert len(worker.inflight) <= worker.credit
+                # adaptive credit may drop below what a worker holds (never above its max)
+                assert len(worker.inflight) <= max(worker.credit, worker.max_credit)
+                assert worker.base_credit <= worker.credit <= max(
+                    worker.base_credit, worker.max_credit
+                )
                 if len(worker.inflight) < worker.credit:
                     free.add(worker)
                 for token, request in worker.inflight.items():

@@ -94,11 +94,20 @@ class MdpConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     roles: list[str] = msgspec.field(default_factory=list)
     #: milliseconds to keep sending queued messages (e.g. DISCONNECTs) after close
     linger_ms: int = 500
-    #: requests a worker may hold at once. MDP's own rule is 1 (the default). 2 or more
-    #: pipelines: the next request already waits in the worker's socket while it works, which
-    #: hides the broker round trip (much higher throughput for a busy service) at the price of
-    #: strict LRU fairness, and a worker that dies loses (or, with redeliver, returns) them all
+    #: requests a worker may hold at once to start with. MDP's own rule is 1 (the default). 2
+    #: or more pipelines: the next request already waits in the worker's socket while it works,
+    #: which hides the broker round trip (much higher throughput for a busy service) at the
+    #: price of strict LRU fairness, and a worker that dies loses (or, with redeliver, returns)
+    #: them all
     worker_credit: int = 1
+    #: adaptive pipelining: while requests wait for a service and a worker answers each within
+    #: ``worker_pipeline_below`` seconds of receiving it, its credit grows by one per answer up
+    #: to this; the first slower answer sets it back to ``worker_credit``. Equal to
+    #: ``worker_credit`` (e.g. 1): off, every worker holds ``worker_credit`` requests at most
+    worker_credit_max: int = 16
+    #: seconds from sending a request to a worker to its final answer below which the answer
+    #: counts as fast for adaptive pipelining (see ``worker_credit_max``)
+    worker_pipeline_below: float = 0.002
 
     def problems(self) -> list[str]:
         out = []
@@ -125,6 +134,10 @@ class MdpConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
             out.append("batch must be >= 1")
         if self.worker_credit < 1:
             out.append("worker_credit must be >= 1")
+        if self.worker_credit_max < self.worker_credit:
+            out.append("worker_credit_max must be >= worker_credit")
+        if not (0 < self.worker_pipeline_below < math.inf):
+            out.append("worker_pipeline_below must be a finite number > 0 (seconds)")
         return out
 
 
@@ -400,6 +413,8 @@ class MdpTransport:
                 service,
                 now,
                 credit=self.config.worker_credit,
+                max_credit=self.config.worker_credit_max,
+                pipeline_below=self.config.worker_pipeline_below,
                 tag=mw,
                 label=f"mdp:{rid.hex()}",
                 idle_timeout=self.idle_timeout,
