@@ -3,31 +3,23 @@ browser: headless Chromium (Debian's ``chromium``) loads it from an embedded bro
 speaks the maitred.json dialect over the ws transport, calls a service served by a raw MDP
 worker, and lists the ``$sys.`` events it sees.
 
-Chromium is driven through the DevTools protocol (``--remote-debugging-port=0``, the port read
-from ``DevToolsActivePort``), not with ``--virtual-time-budget --dump-dom``: virtual time does
-not wait for WebSocket traffic, so the DOM was sometimes dumped before the reply came (seen in
-about one run in five). Without chromium the browser test is skipped, except under CI (``CI``
-set), where it fails: CI installs the package (``.ci/run``).
+Chromium is driven through the DevTools protocol by the shared helper ``tests/e2e/chromium.py``
+(why not ``--dump-dom``, and the skip/fail rule without chromium, are explained there).
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 import zmq
-from websockets.sync.client import ClientConnection, connect
 
+from tests.e2e.chromium import DevTools, chromium_fixture  # noqa: F401 (the fixture)
 from tests.e2e.helpers import BrokerThread, RawWorker, wait_until
 
 TOML = """
@@ -68,112 +60,6 @@ def test_examples_are_served(web_broker: BrokerThread) -> None:
     assert status == 404
     status, _, _ = get(f"{http}/examples/..%2Fadapter.py")
     assert status == 404
-
-
-class DevTools:
-    """Just enough of the Chrome DevTools protocol: one page, evaluate JavaScript in it."""
-
-    def __init__(self, ws: ClientConnection) -> None:
-        self.ws = ws
-        self.next_id = 0
-        self.session = ""
-
-    def send(self, method: str, wait: float, **params: Any) -> dict[str, Any]:
-        self.next_id += 1
-        msg: dict[str, Any] = {"id": self.next_id, "method": method, "params": params}
-        if self.session:
-            msg["sessionId"] = self.session
-        self.ws.send(json.dumps(msg))
-        deadline = time.monotonic() + wait
-        while True:
-            answer = json.loads(self.ws.recv(max(0.01, deadline - time.monotonic())))
-            if answer.get("id") != self.next_id:
-                continue  # an event
-            if "error" in answer:
-                raise AssertionError(f"{method}: {answer['error']}")
-            result: dict[str, Any] = answer["result"]
-            return result
-
-    def open(self, url: str) -> None:
-        target = self.send("Target.createTarget", 10, url=url)["targetId"]
-        attached = self.send("Target.attachToTarget", 10, targetId=target, flatten=True)
-        self.session = attached["sessionId"]
-
-    def wait_for(self, selector: str, timeout: float) -> str:
-        """The page's HTML once ``selector`` matches (the page's own DOM, polled in the page)."""
-        script = (
-            "new Promise((resolve) => { const check = () => "
-            f"(location.protocol === 'http:' && document.querySelector({json.dumps(selector)}))"
-            " ? resolve(document.documentElement.outerHTML) : setTimeout(check, 20); check(); })"
-        )
-        deadline = time.monotonic() + timeout
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise AssertionError(f"{selector} did not appear within {timeout}s")
-            try:
-                result = self.send(
-                    "Runtime.evaluate",
-                    left,
-                    expression=script,
-                    awaitPromise=True,
-                    returnByValue=True,
-                )
-            except AssertionError:
-                continue  # e.g. the context was replaced by the navigation: ask again
-            value = result.get("result", {}).get("value")
-            if isinstance(value, str):
-                return value
-
-
-@pytest.fixture
-def chromium(tmp_path: Path) -> Iterator[DevTools]:
-    binary = shutil.which("chromium")
-    if binary is None:
-        if os.environ.get("CI"):
-            pytest.fail("chromium is missing (CI installs Debian's chromium in .ci/run)")
-        pytest.skip("chromium is not installed (apt-get install chromium)")
-    profile = tmp_path / "profile"
-    proc = subprocess.Popen(
-        [
-            binary,
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--disable-dev-shm-usage",
-            f"--user-data-dir={profile}",
-            "--remote-debugging-address=127.0.0.1",
-            "--remote-debugging-port=0",
-            "about:blank",
-        ],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        port_file = profile / "DevToolsActivePort"
-
-        def ready() -> bool:
-            if proc.poll() is not None:
-                raise AssertionError(f"chromium exited with {proc.returncode}")
-            return len(port_file.read_text().splitlines()) >= 2 if port_file.exists() else False
-
-        wait_until(ready, timeout=10, what="chromium's DevTools port")
-        port, path = port_file.read_text().splitlines()[:2]
-        with connect(f"ws://127.0.0.1:{port}{path}", max_size=None, open_timeout=10) as ws:
-            yield DevTools(ws)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
 
 
 def test_page_calls_a_service_and_lists_sys_events(

@@ -256,3 +256,21 @@ def test_tail_shows_requests_of_every_protocol(
     assert "-> echo -> mdp" in lines[1] and f"echo/{rid} 'traced'" in lines[1]
     assert lines[2].split()[1].startswith("mdp")
     assert f"-> http:rest -> http:rest: Response http:rest/{rid}" in lines[2]
+
+
+def test_mmi_routes_denied_by_access_answer_403(make_broker: Callable[..., BrokerThread]) -> None:
+    extra = """
+[access]
+default = "allow"
+[[access.rules]]
+allow = false
+actions = ["call"]
+names = ["mmi.>"]
+"""
+    b = make_broker(extra + http_toml(["127.0.0.1:0"]))
+    c = RawHttp(endpoint_of(b, "http://"))
+    for path in ("/v1/services", "/v1/services/echo", "/v1/queues", "/v1/topics"):
+        c.send("GET", path)
+        status, _, data = c.read()
+        assert (status, json.loads(data)["error"]["code"]) == (403, "forbidden"), path
+    c.close()

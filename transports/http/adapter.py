@@ -28,6 +28,7 @@ from maitred.core.routing.model import Body, Headers, ReplyKind, Request, Worker
 from maitred.core.store import MemoryStore, SQLiteStore, Store, StoreLocked, default_store_path
 from maitred.core.transport import BrokerPort
 from maitred.transports.http import codec
+from maitred.transports.http.admin import add_admin_routes
 from maitred.transports.http.codec import SwitchError
 from maitred.transports.http.examples import add_example_routes
 from maitred.transports.http.metrics import render_metrics
@@ -77,6 +78,11 @@ class HttpConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     store_sync: Literal["normal", "full"] = "normal"
     #: events buffered per SSE subscriber before it is cut off as too slow
     sse_buffer: int = 1000
+    #: serve the live dashboard at ``/admin/`` ([the dashboard](../howto/dashboard.md)), only
+    #: when ``identity`` may call ``mmi.services`` (else 403); what the page shows is what its
+    #: WebSocket key may see. ``false``: not served (with ``switch``, the switch's own ``/admin``
+    #: page answers there)
+    admin: bool = True
 
     def problems(self) -> list[str]:
         out = []
@@ -186,6 +192,17 @@ def _error(code: ErrorCode, reason: str) -> web.Response:
     )
 
 
+@web.middleware
+async def _maitred_errors(request: web.Request, handler: Any) -> web.StreamResponse:
+    """A :class:`MaitredError` a handler lets through (e.g. the MMI refused by ``[access]``)
+    is answered with its status and the JSON error body, not a 500."""
+    try:
+        response: web.StreamResponse = await handler(request)
+    except MaitredError as exc:
+        return _error(exc.code, exc.reason)
+    return response
+
+
 def _json(value: Any, status: int = 200) -> web.Response:
     return web.Response(
         status=status, body=codec.encode_json(value), content_type="application/json"
@@ -257,7 +274,7 @@ class HttpTransport:
                 shutdown_tokens=cfg.shutdown_tokens,
             )
             self.switch.open()
-        app = web.Application(client_max_size=cfg.max_body_size)
+        app = web.Application(client_max_size=cfg.max_body_size, middlewares=[_maitred_errors])
         r = app.router
         r.add_get("/v1/openapi.json", self._openapi)
         r.add_post("/v1/services/{name}", self._call)
@@ -272,6 +289,8 @@ class HttpTransport:
         r.add_get("/healthz", self._healthz)
         r.add_get("/readyz", self._readyz)
         add_example_routes(r)  # GET /examples/: the example pages (package data)
+        if cfg.admin:  # GET /admin/: the live dashboard (before the switch's /admin page)
+            add_admin_routes(r, self.port, self._rest)
         r.add_route("*", "/v1/{tail:.*}", self._v1_not_found)
         r.add_route("*", "/{tail:.*}", self._switch_route)
         runner = self._runner = web.AppRunner(

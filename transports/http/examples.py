@@ -10,6 +10,9 @@ from importlib import resources
 
 from aiohttp import web
 
+#: files of the folder served elsewhere, under their own access rule (``/admin/``)
+NOT_EXAMPLES = frozenset({"admin.html"})
+
 #: suffix → Content-Type of the files served
 _TYPES = {
     ".html": "text/html",
@@ -27,6 +30,8 @@ def example_files() -> dict[str, bytes]:
         return out
     for entry in folder.iterdir():
         name = entry.name
+        if name in NOT_EXAMPLES:
+            continue
         if entry.is_file() and any(name.endswith(s) for s in _TYPES):
             out[name] = entry.read_bytes()
     return out

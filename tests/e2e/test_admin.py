@@ -1,0 +1,214 @@
+"""The live dashboard (``GET /admin/``, ``transports/http/admin.py`` and ``static/admin.html``).
+
+Plain HTTP: the page, the redirect, the endpoint list, the ``admin`` switch and the access gate.
+In headless Chromium (``tests/e2e/chromium.py``): the page finds the ws transport by itself,
+speaks the JSON dialect, and shows a raw MDP worker arriving, working and leaving, the rate and
+totals of the calls it serves, and the ``$sys.`` events; a screenshot of it is saved to
+``$MAITRED_ARTIFACTS`` (else the test's ``tmp_path``) as ``admin-dashboard.png``.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import urllib.parse
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import zmq
+
+from tests.e2e.chromium import DevTools, chromium_fixture  # noqa: F401 (the fixture)
+from tests.e2e.helpers import BrokerThread, RawClient, RawWorker, wait_until
+
+TOML = """
+[transports.http]
+listen = ["127.0.0.1:0"]
+switch = false
+{extra}
+
+[transports.ws]
+listen = "127.0.0.1:0"
+ping_interval = 0
+"""
+
+#: the REST identity may not call the MMI: the dashboard is refused
+DENY_MMI = """
+[[access.rules]]
+allow = false
+who = ["anonymous"]
+actions = ["call"]
+names = ["mmi.>"]
+"""
+
+
+def http_get(base: str, path: str) -> tuple[int, dict[str, str], bytes]:
+    """One GET without following redirects: (status, headers, body)."""
+    url = urllib.parse.urlsplit(base)
+    conn = http.client.HTTPConnection(url.hostname or "127.0.0.1", url.port, timeout=5)
+    try:
+        conn.request("GET", path)
+        resp = conn.getresponse()
+        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
+    finally:
+        conn.close()
+
+
+@pytest.fixture
+def web_broker(make_broker: Callable[..., BrokerThread]) -> BrokerThread:
+    return make_broker(TOML.format(extra=""))
+
+
+def test_dashboard_is_served(web_broker: BrokerThread) -> None:
+    http = web_broker.endpoints["http"][0]
+    status, headers, body = http_get(http, "/admin/")
+    assert status == 200
+    assert headers["content-type"] == "text/html; charset=utf-8"
+    assert headers["x-frame-options"] == "DENY" and headers["cache-control"] == "no-cache"
+    # only the page's own script runs (by hash; the browser test shows that it does run)
+    assert "script-src 'sha256-" in headers["content-security-policy"]
+    assert "frame-ancestors 'none'" in headers["content-security-policy"]
+    assert b"<title>maitred dashboard</title>" in body
+    assert b'"maitred.json"' in body and b"mmi.services" in body and b"$sys.>" in body
+    status, headers, _ = http_get(http, "/admin")
+    assert status == 301 and headers["location"] == "/admin/"
+    status, headers, body = http_get(http, "/admin/endpoints.json")
+    assert status == 200 and headers["content-type"].startswith("application/json")
+    assert json.loads(body) == {"ws": web_broker.endpoints["ws"]}
+
+
+def test_dashboard_can_be_turned_off(make_broker: Callable[..., BrokerThread]) -> None:
+    broker = make_broker(TOML.format(extra="admin = false"))
+    http = broker.endpoints["http"][0]
+    for path in ("/admin/", "/admin", "/admin/endpoints.json"):
+        status, _, body = http_get(http, path)
+        assert status == 404, (path, body)
+
+
+def test_dashboard_needs_the_right_to_call_the_mmi(
+    make_broker: Callable[..., BrokerThread],
+) -> None:
+    broker = make_broker(TOML.format(extra="") + DENY_MMI)
+    http = broker.endpoints["http"][0]
+    for path in ("/admin/", "/admin/endpoints.json"):
+        status, headers, body = http_get(http, path)
+        assert status == 403, (path, body)
+        assert headers["content-type"].startswith("application/json")
+        assert json.loads(body) == {
+            "error": {"code": "forbidden", "reason": "anonymous may not call mmi.services"}
+        }
+    assert broker.stats()["denied.call"] == 2
+    # the redirect itself shows nothing
+    status, _, _ = http_get(http, "/admin")
+    assert status == 301
+
+
+def _cell(service: str, column: str) -> str:
+    """JavaScript: the text of one cell of the services table (or null)."""
+    row = f'#services tr[data-service="{service}"] td.{column}'
+    return f"document.querySelector({json.dumps(row)})?.textContent"
+
+
+def test_dashboard_shows_workers_calls_and_events_live(
+    web_broker: BrokerThread, ctx: zmq.Context[Any], chromium: DevTools, tmp_path: Path
+) -> None:
+    http = web_broker.endpoints["http"][0]
+    # no ?ws=: the page finds the ws transport through /admin/endpoints.json
+    chromium.open(f"{http}/admin/?refresh=0.25", width=1280, height=1000)
+    chromium.wait_for('#status[data-state="live"]', timeout=10)
+    # its own $sys.> subscription is in the topics table; no service yet
+    html = chromium.wait_for('#topics tr[data-topic="$sys.>"]', timeout=5)
+    assert "no service" in html, html
+
+    worker = RawWorker(ctx, web_broker.endpoint, "rfc", b"echo")
+    worker.ready()
+    html = chromium.wait_for('#workers tr[data-service="echo"]', timeout=5)
+    html = chromium.wait_js(
+        f"{_cell('echo', 'workers')} === '1'"
+        " && document.querySelector('#workers tr[data-service=\"echo\"] .state')"
+        "?.textContent === 'idle'"
+        " && document.querySelector('#events li[data-topic=\"$sys.worker.ready\"]')",
+        timeout=5,
+        what="the worker in the tables and its $sys.worker.ready event",
+    )
+    assert '<td class="transport text">mdp</td>' in html, html
+    assert "service=echo" in html, html  # the event's payload
+
+    # three calls from a raw MDP client: totals, and a request rate over the sliding window
+    client = RawClient(ctx, web_broker.endpoint, "rfc")
+    for n in range(3):
+        client.send(b"echo", b"hello %d" % n)
+        addr, body = worker.request(timeout=5)
+        worker.final(addr, *body)
+        assert client.recv(timeout=5) == (True, [b"hello %d" % n])
+    chromium.wait_js(
+        f"{_cell('echo', 'replies')} === '3' && {_cell('echo', 'requests')} === '3'"
+        f" && Number({_cell('echo', 'req-rate')}) > 0"
+        " && Number(document.getElementById('total-req-rate').textContent) > 0"
+        " && Number(document.querySelector("
+        "'#transports-table tr[data-transport=\"mdp\"] td.served-rate')?.textContent) > 0",
+        timeout=5,
+        what="the calls' totals and rates",
+    )
+    # latency (mmi.services' latency.mean_ms, p50_ms, p99_ms) in milliseconds
+    assert chromium.evaluate(
+        " && ".join(
+            f"/^[0-9.]+ ms$/.test({_cell('echo', c)})" for c in ("lat-mean", "lat-p50", "lat-p99")
+        )
+    ), chromium.evaluate("document.querySelector('#services tbody').outerHTML")
+
+    # a fourth call held by the worker: it shows as busy, the request as in flight
+    client.send(b"echo", b"held")
+    addr, body = worker.request(timeout=5)
+    chromium.wait_js(
+        "document.querySelector('#workers tr[data-service=\"echo\"] .state')"
+        "?.textContent === 'busy'"
+        f" && {_cell('echo', 'inflight')} === '1'"
+        " && document.querySelector('#queues tr[data-queue=\"echo\"] td.inflight')"
+        "?.textContent === '1'",
+        timeout=5,
+        what="the busy worker",
+    )
+    png = chromium.screenshot(
+        Path(os.environ.get("MAITRED_ARTIFACTS") or tmp_path) / "admin-dashboard.png"
+    )
+    assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 10_000
+    worker.final(addr, *body)
+    assert client.recv(timeout=5) == (True, [b"held"])
+
+    # the worker leaves: its rows go, the events say so
+    worker.disconnect()
+    wait_until(
+        lambda: web_broker.call(lambda: "echo" not in web_broker.broker.router.services),
+        what="the service to be forgotten",
+    )
+    html = chromium.wait_js(
+        "!document.querySelector('#workers tr[data-worker]')"
+        " && !document.querySelector('#services tr[data-service]')"
+        " && document.querySelector('#events li[data-topic=\"$sys.service.offline\"]')",
+        timeout=5,
+        what="the worker's departure",
+    )
+    assert 'data-topic="$sys.worker.gone"' in html, html
+
+
+def test_dashboard_shows_what_its_key_may_not_see(
+    web_broker: BrokerThread, chromium: DevTools
+) -> None:
+    # plugh: middleman's untrusted dev key, a restricted identity: no MMI, no $sys.> for it
+    http = web_broker.endpoints["http"][0]
+    chromium.open(f"{http}/admin/?refresh=0.25#key=plugh", width=1280, height=1000)
+    html = chromium.wait_js(
+        "document.getElementById('status').dataset.state === 'live'"
+        " && /403/.test(document.getElementById('services-note').textContent)"
+        " && /403/.test(document.getElementById('workers-note').textContent)"
+        " && /403/.test(document.getElementById('events-note').textContent)",
+        timeout=10,
+        what="the denials on the page",
+    )
+    assert "(untrusted key)" in html, html
+    assert "client may not call mmi.services" in html, html
+    assert not web_broker.call(lambda: web_broker.broker.router.services)
+    assert web_broker.stats()["denied.call"] >= 5

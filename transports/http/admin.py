@@ -1,0 +1,114 @@
+"""The live dashboard at ``/admin/`` (``[transports.http] admin``, on by default).
+
+The page (``static/admin.html``, package data, no build step) holds no data itself: it connects
+to the ws transport with the JSON dialect (``maitred.json``), asks the MMI (``mmi.services``,
+``mmi.workers``, ``mmi.queues``, ``mmi.topics``, ``mmi.info``) every second, subscribes to
+``$sys.>``, and computes rates from successive counter readings. What it may see is what the
+``[access]`` policy lets the identity of the key it says hello with see.
+
+Routes (registered only when ``admin = true``):
+
+* ``GET /admin`` → 301 to ``/admin/``;
+* ``GET /admin/`` → the page;
+* ``GET /admin/endpoints.json`` → ``{"ws": [...]}``, the ws transport's bound endpoints (the
+  page's default WebSocket URL, unless it is given ``?ws=``).
+
+Access, as for the REST API's MMI views (``GET /v1/services`` asks ``mmi.services`` in the REST
+session): both routes are answered only when the http identity may ``call`` ``mmi.services``;
+otherwise 403 with the REST error body (the denial is counted and published on
+``$sys.auth.denied`` like any other). Other ``/admin/...`` paths are left to the message switch
+(its one-table page), as before.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import re
+from importlib import resources
+
+from aiohttp import web
+
+from maitred.core.access import Action
+from maitred.core.errors import ErrorCode
+from maitred.core.routing.model import Session
+from maitred.core.transport import BrokerPort
+from maitred.transports.http import codec
+
+#: the page's file name in ``static/``
+PAGE = "admin.html"
+#: the MMI name whose ``call`` permission opens the dashboard
+GATE = "mmi.services"
+
+_SCRIPT = re.compile(rb"<script>(.*?)</script>", re.S)
+_NONE = "'none'"
+
+
+def admin_page() -> bytes:
+    """The dashboard's HTML (package data)."""
+    return resources.files("maitred.transports.http").joinpath("static", PAGE).read_bytes()
+
+
+def page_headers(page: bytes) -> dict[str, str]:
+    """The page's response headers: no caching, no framing, no Referer (the page may carry a key
+    in its URL), and a Content-Security-Policy that runs only the page's own inline scripts
+    (by hash) and lets it connect only to its own origin and to WebSocket URLs."""
+    hashes = " ".join(
+        "'sha256-" + base64.b64encode(hashlib.sha256(m.group(1)).digest()).decode() + "'"
+        for m in _SCRIPT.finditer(page)
+    )
+    csp = (
+        f"default-src 'none'; script-src {hashes or _NONE}; "
+        "style-src 'unsafe-inline'; img-src data:; connect-src 'self' ws: wss:; "
+        "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+    )
+    return {
+        "Cache-Control": "no-cache",
+        "Content-Security-Policy": csp,
+        "Referrer-Policy": "no-referrer",
+        "X-Frame-Options": "DENY",
+        "X-Content-Type-Options": "nosniff",
+    }
+
+
+def add_admin_routes(router: web.UrlDispatcher, port: BrokerPort, session: Session) -> None:
+    """``GET /admin``, ``/admin/`` and ``/admin/endpoints.json``; ``session`` is the REST
+    session, whose identity the access policy is asked about."""
+    page = admin_page()
+    headers = page_headers(page)
+
+    def denied() -> web.Response | None:
+        if port.router.allowed(session, Action.CALL, GATE):
+            return None
+        return web.Response(
+            status=codec.status_for(ErrorCode.FORBIDDEN),
+            body=codec.error_body(
+                ErrorCode.FORBIDDEN, f"{session.identity.name} may not call {GATE}"
+            ),
+            content_type="application/json",
+        )
+
+    async def redirect(request: web.Request) -> web.Response:
+        raise web.HTTPMovedPermanently("/admin/")
+
+    async def index(request: web.Request) -> web.Response:
+        refused = denied()
+        if refused is not None:
+            return refused
+        return web.Response(body=page, content_type="text/html", charset="utf-8", headers=headers)
+
+    async def endpoints(request: web.Request) -> web.Response:
+        refused = denied()
+        if refused is not None:
+            return refused
+        transports = port.info().get("transports", {})
+        ws = [str(e) for e in transports.get("ws", [])] if isinstance(transports, dict) else []
+        return web.Response(
+            body=codec.encode_json({"ws": ws}),
+            content_type="application/json",
+            headers={"Cache-Control": "no-cache"},
+        )
+
+    router.add_get("/admin", redirect)
+    router.add_get("/admin/", index)
+    router.add_get("/admin/endpoints.json", endpoints)
