@@ -41,6 +41,16 @@ class BrokerSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     log_format: Literal["text", "json"] = "text"
     #: run the event loop on uvloop when it is installed
     uvloop: bool = True
+    #: where services with ``on_no_worker = "store"`` keep their requests: ``sqlite`` (a file,
+    #: survives a crash) or ``memory`` (lost when the process ends). Opened only when some
+    #: ``[services.*]`` table asks for ``store``
+    store: Literal["memory", "sqlite"] = "sqlite"
+    #: the SQLite file; empty: ``$XDG_STATE_HOME/maitred/services.sqlite3`` (by default
+    #: ``~/.local/state/maitred/services.sqlite3``). One broker per file (it is locked)
+    store_path: str = ""
+    #: SQLite ``synchronous``: ``normal`` survives a process crash, ``full`` also a power loss
+    #: (an fsync per commit)
+    store_sync: Literal["normal", "full"] = "normal"
 
 
 class AccessSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -132,6 +142,11 @@ class ServicePolicies:
         for name, policy in [("default", self.default), *self.exact.items(), *self.patterns]:
             for p in policy.problems():
                 raise ConfigError(f"{source}: services.{name}: {p}")
+
+    def uses_store(self) -> bool:
+        """Whether any service may have ``on_no_worker = "store"``."""
+        policies = [self.default, *self.exact.values(), *(p for _, p in self.patterns)]
+        return any(p.on_no_worker == "store" for p in policies)
 
     def for_service(self, name: str) -> ServicePolicy:
         policy = self.exact.get(name)

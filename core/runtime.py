@@ -26,9 +26,11 @@ from maitred.core import __version__
 from maitred.core.access import Action, HookedPolicy, Identity
 from maitred.core.clock import Clock, monotonic
 from maitred.core.config import Config
-from maitred.core.errors import MaitredError
+from maitred.core.durable import StoreJournal
+from maitred.core.errors import ErrorCode, MaitredError
 from maitred.core.management import Management
 from maitred.core.routing.router import Router
+from maitred.core.store import StoreLocked, open_store
 from maitred.core.transport import BrokerPort, Transport, TransportSpec
 
 log = logging.getLogger("maitred.core.runtime")
@@ -98,6 +100,9 @@ class Broker:
             info=self.info,
         )
         self.transports: dict[str, Transport] = {}
+        #: the durable store of ``on_no_worker = "store"`` services (None when no service uses
+        #: it); opened by :meth:`start`
+        self.journal: StoreJournal | None = None
         self.started_at: float | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._stopped = asyncio.Event()
@@ -113,6 +118,7 @@ class Broker:
         self.state = "starting"
         self.started_at = self.clock()
         try:
+            self._open_journal()
             for name, (spec, tconfig) in self._specs.items():
                 transport = spec.factory(tconfig, self.port)
                 await transport.start()
@@ -121,6 +127,7 @@ class Broker:
                     log.info("%s listening on %s", name, endpoint)
         except BaseException:
             await self._close_transports()
+            self._close_journal()
             self.state = "stopped"
             raise
         self._schedule_tick()
@@ -183,12 +190,39 @@ class Broker:
                 )
         self.router.shutdown(self.clock())
         await self._close_transports()
+        self._close_journal()
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
         self.state = "stopped"
         log.info("%s stopped", self.config.broker.name)
         self._stopped.set()
+
+    def _open_journal(self) -> None:
+        """Open the store of ``store`` services and queue what it holds again."""
+        if not self._policies.uses_store():
+            return
+        b = self.config.broker
+        try:
+            store = open_store(b.store, b.store_path, b.store_sync, "services.sqlite3")
+        except StoreLocked as exc:
+            raise MaitredError(
+                f"cannot open the service store: {exc}", ErrorCode.INTERNAL
+            ) from None
+        except OSError as exc:
+            raise MaitredError(
+                f"cannot open the service store {b.store_path or '(default path)'}: {exc}",
+                ErrorCode.INTERNAL,
+            ) from None
+        journal = self.journal = StoreJournal(store)
+        self.router.journal = journal
+        self.port.journal = journal
+        journal.recover(self.router, self.clock())
+
+    def _close_journal(self) -> None:
+        if self.journal is not None:
+            self.router.journal = None
+            self.journal.close()
 
     async def _close_transports(self) -> None:
         for transport in reversed(list(self.transports.values())):

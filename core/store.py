@@ -141,6 +141,9 @@ class MemoryStore:
         self._dirty = True
 
     def delivered(self, queue: str, n: int, deliveries: int) -> None:
+        m = self._queues.get(queue, {}).get(n)
+        if m is not None:
+            m.deliveries = deliveries
         self._dirty = True
 
     def dead_letter(self, message: StoredMessage, reason: str) -> None:
@@ -182,7 +185,9 @@ _DELIVERED = "UPDATE messages SET deliveries = ? WHERE queue = ? AND n = ?"
 _CHECKPOINT_PAGES = 4096
 
 
-def default_store_path(env: Mapping[str, str] | None = None) -> Path:
+def default_store_path(
+    env: Mapping[str, str] | None = None, name: str = "store.sqlite3"
+) -> Path:
     """Where the SQLite store lives when ``store_path`` is not set: the user's XDG state
     directory, ``$XDG_STATE_HOME/maitred/store.sqlite3`` (``~/.local/state/maitred/...`` when
     the variable is unset or not absolute, as the XDG Base Directory spec says) — the same file
@@ -190,7 +195,7 @@ def default_store_path(env: Mapping[str, str] | None = None) -> Path:
     env = os.environ if env is None else env
     base = env.get("XDG_STATE_HOME", "")
     root = Path(base) if base and Path(base).is_absolute() else Path.home() / ".local" / "state"
-    return root / "maitred" / "store.sqlite3"
+    return root / "maitred" / name
 
 
 class StoreLocked(RuntimeError):
@@ -371,8 +376,13 @@ def _grouped(ops: list[_Op | None]) -> Iterable[tuple[str, list[tuple[object, ..
         yield sql, group
 
 
-def open_store(kind: Literal["memory", "sqlite"], path: str = "") -> Store:
-    """A store by its config name (``[transports.http] store``)."""
+def open_store(
+    kind: Literal["memory", "sqlite"],
+    path: str = "",
+    synchronous: Literal["normal", "full"] = "normal",
+    default_name: str = "store.sqlite3",
+) -> Store:
+    """A store by its config name (``[transports.http] store``, ``[broker] store``)."""
     if kind == "memory":
         return MemoryStore()
-    return SQLiteStore(path or default_store_path())
+    return SQLiteStore(path or default_store_path(name=default_name), synchronous)

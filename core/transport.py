@@ -20,6 +20,7 @@ import msgspec
 
 from maitred.core.access import Identity
 from maitred.core.clock import Clock
+from maitred.core.durable import StoreJournal
 from maitred.core.routing.router import Liveness, Router
 
 
@@ -60,6 +61,9 @@ class BrokerPort:
         self._authenticate = authenticate
         self._info = info or (lambda: {})
         self.max_message_size = max_message_size
+        #: the durable store of ``on_no_worker = "store"`` services, when one is open: a
+        #: transport awaits ``journal.committed()`` before it tells a caller "accepted"
+        self.journal: StoreJournal | None = None
 
     @property
     def stats(self) -> Counter[str]:

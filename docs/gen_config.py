@@ -145,7 +145,13 @@ DESCRIPTIONS: dict[str, dict[str, str]] = {
             "worker comes or its deadline passes (504 `TIMEOUT`); `fail` refuses it at once with "
             "503 `NO_WORKER`. With `fail`, requests still waiting when the last worker leaves "
             "also fail with 503. When the service has workers but all are busy, requests queue "
-            "under both settings."
+            "under both settings. `store`: every request is kept in the broker's durable store "
+            "(`[broker] store`) from acceptance until a worker answers it, across crashes and "
+            "restarts; the deadline ends only the caller's wait (504 saying the request is "
+            "stored), a worker that dies hands it back (at most `max_deliveries` times, then it "
+            "goes to the dead letters), a full queue refuses new requests (never drops one). "
+            "REST callers can ask `Prefer: respond-async` for a 202 once it is on disk. See "
+            "[delivery](../topics/delivery.md#durable-services-on_no_worker-store)."
         ),
         "request_timeout": (
             "Seconds from the moment the broker accepts a request to its final reply. After "

@@ -101,8 +101,10 @@ class TransportStats:
 class ServicePolicy(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """How a service treats its requests (``[services.default]`` / ``[services.NAME]``)."""
 
-    #: with no worker connected: ``wait`` queues until the deadline, ``fail`` answers 503 at once
-    on_no_worker: Literal["wait", "fail"] = "wait"
+    #: with no worker connected: ``wait`` queues until the deadline, ``fail`` answers 503 at
+    #: once, ``store`` keeps every request in the broker's durable store until a worker answers
+    #: it (across restarts; the caller's deadline only ends its wait)
+    on_no_worker: Literal["wait", "fail", "store"] = "wait"
     #: seconds from acceptance to the final reply; 0 means no deadline
     request_timeout: float = 30.0
     #: requests waiting for a worker (not counting those being served)
@@ -123,6 +125,24 @@ class ServicePolicy(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_
         if self.max_deliveries < 1:
             out.append("max_deliveries must be >= 1")
         return out
+
+
+class Journal(Protocol):
+    """Where the router keeps the requests of ``on_no_worker = "store"`` services (the runtime's
+    durable store). Calls return at once: writes are buffered and committed in batches."""
+
+    def append(self, request: Request) -> None:
+        """A request was accepted: store it and set ``request.stored`` to its id."""
+
+    def done(self, request: Request) -> None:
+        """Its worker answered it (a final reply or an error reply): forget it."""
+
+    def redelivered(self, request: Request) -> None:
+        """Its worker died and it waits for another one (``request.deliveries`` so far)."""
+
+    def dead(self, request: Request, reason: str) -> None:
+        """It was handed to workers ``max_deliveries`` times without an answer: move it to the
+        dead letters with ``reason``."""
 
 
 class SessionSink(Protocol):
@@ -310,6 +330,8 @@ class Request(msgspec.Struct, kw_only=True):
     deliveries: int = 0
     #: when it was last handed to a worker
     dispatched: float = 0.0
+    #: its id in the durable store (services with ``on_no_worker = "store"``), else -1
+    stored: int = -1
     bucket: dict[int, Request] | None = None
     #: headers the worker sent with the reply being delivered (protocols that have headers
     #: read it in ``deliver_reply``; it is replaced by each partial and by the final reply)

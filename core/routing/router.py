@@ -20,12 +20,22 @@ from typing import Any, Literal
 
 import msgspec
 
-from maitred.core.access import AccessPolicy, Action, AllowAll, Grants, Identity, decide, is_open
+from maitred.core.access import (
+    ANONYMOUS,
+    AccessPolicy,
+    Action,
+    AllowAll,
+    Grants,
+    Identity,
+    decide,
+    is_open,
+)
 from maitred.core.errors import Denied, ErrorCode, MaitredError
 from maitred.core.routing.model import (
     NO_DEADLINE,
     Body,
     Headers,
+    Journal,
     ReplyKind,
     Request,
     RequestState,
@@ -86,6 +96,28 @@ class Liveness(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
         return out
 
 
+class _DropSink:
+    """The sink of the orphan session (stored requests whose caller is gone): drops all."""
+
+    def deliver_request(self, worker: Worker, request: Request) -> None:
+        return None
+
+    def deliver_reply(self, request: Request, kind: ReplyKind, body: Body) -> None:
+        return None
+
+    def deliver_error(self, request: Request, error: MaitredError) -> None:
+        return None
+
+    def deliver_event(self, topic: str, body: Body, headers: Headers) -> None:
+        return None
+
+    def worker_removed(self, worker: Worker, reason: str) -> None:
+        return None
+
+
+_DROP = _DropSink()
+
+
 class Router:
     """The transport-neutral routing core. See the module docstring."""
 
@@ -115,6 +147,10 @@ class Router:
         self.transports: dict[str, TransportStats] = {}
         #: called for each step of every request (see :data:`Tracer`); empty costs nothing
         self.tracers: list[Tracer] = []
+        #: the durable store of ``on_no_worker = "store"`` services (set by the runtime; without
+        #: one such services behave like ``wait``)
+        self.journal: Journal | None = None
+        self._orphans: Session | None = None
         self._next_request = 0
         self._next_session = 0
         self._next_worker = 0
@@ -361,11 +397,22 @@ class Router:
             if request.state is not _DISPATCHED:
                 continue  # expired or cancelled while in flight: already answered
             request.worker = None
-            if service.policy.redeliver and request.deliveries < service.policy.max_deliveries:
+            journal = self.journal if request.stored >= 0 else None
+            if (journal is not None or service.policy.redeliver) and (
+                request.deliveries < service.policy.max_deliveries
+            ):
                 request.state = _QUEUED
                 requeue.append(request)
                 self.stats["requests.redelivered"] += 1
+                if journal is not None:
+                    journal.redelivered(request)
             else:
+                if journal is not None:
+                    self.stats["requests.dead_lettered"] += 1
+                    journal.dead(
+                        request,
+                        f"handed to {request.deliveries} workers, none answered ({reason})",
+                    )
                 self._fail(request, MaitredError(f"worker died ({reason})", ErrorCode.WORKER_DIED))
         worker.inflight.clear()
         if requeue:
@@ -459,12 +506,17 @@ class Router:
                 service, request, MaitredError("broker is shutting down", ErrorCode.SHUTTING_DOWN)
             )
             return None
+        journal = self.journal if policy.on_no_worker == "store" else None
         free = service.free
         if free and not service.queued:
+            if journal is not None:
+                journal.append(request)
             if request.deadline != NO_DEADLINE:
                 self._arm(request)
             self._assign(next(iter(free)), request, now)
             return request
+        if journal is not None:
+            return self._store(service, request, journal, now)
         if not service.workers and (on_no_worker or policy.on_no_worker) == "fail":
             self._unhandled(request, "no worker")
             self._refuse(
@@ -486,6 +538,70 @@ class Router:
         service.queued += 1
         self._dispatch(service, now)
         return request
+
+    def _store(
+        self, service: Service, request: Request, journal: Journal, now: float
+    ) -> Request | None:
+        """Queue a request of a ``store`` service: kept in the journal until a worker answers
+        it; never dropped for room (a full queue refuses the new request instead)."""
+        if service.queued >= service.policy.max_queue:
+            self.stats["requests.queue_full"] += 1
+            self._refuse(service, request, MaitredError("queue is full", ErrorCode.QUEUE_FULL))
+            return None
+        journal.append(request)
+        if request.deadline != NO_DEADLINE:
+            self._arm(request)
+        service.queue.append(request)
+        service.queued += 1
+        self._dispatch(service, now)
+        return request
+
+    def restore(
+        self,
+        service_name: str,
+        body: Body,
+        headers: Headers | None,
+        stored: int,
+        deliveries: int,
+        now: float,
+    ) -> Request:
+        """Queue a request brought back from the durable store (after a restart). It has no
+        caller any more (its replies are dropped) and no deadline; the journal has it already."""
+        self._next_request += 1
+        service = self.service(service_name)
+        request = Request(
+            id=self._next_request,
+            service=service_name,
+            body=body,
+            caller=self._orphan_session(now),
+            correlation=None,
+            deadline=NO_DEADLINE,
+            accepted=now,
+            headers=headers,
+            deliveries=deliveries,
+            stored=stored,
+        )
+        service.requests += 1
+        service.queue.append(request)
+        service.queued += 1
+        self._dispatch(service, now)
+        return request
+
+    def _orphan_session(self, now: float = 0.0) -> Session:
+        """The session of stored requests whose caller is gone: it drops what it is sent."""
+        session = self._orphans
+        if session is None or session.closed:
+            session = self._orphans = self.open_session(
+                "store", _DROP, ANONYMOUS, now, label="store:orphans", quiet=True
+            )
+        return session
+
+    def _detach(self, request: Request) -> None:
+        """A stored request outlives its caller's wait: hand it to the orphan session, so it
+        stays queued or with its worker and what comes for it is dropped."""
+        self._disarm(request)
+        request.deadline = NO_DEADLINE
+        request.caller = self._orphan_session()
 
     def _refuse(self, service: Service, request: Request, error: MaitredError) -> None:
         request.state = _DONE
@@ -545,9 +661,11 @@ class Router:
                 continue
             service.queued -= 1
             if request.caller.closed:
-                request.state = _CANCELLED
-                self._disarm(request)
-                continue
+                if request.stored < 0:
+                    request.state = _CANCELLED
+                    self._disarm(request)
+                    continue
+                self._detach(request)
             self._assign(next(iter(free)), request, now)
         if not service.queued and queue:
             queue.clear()
@@ -609,6 +727,8 @@ class Router:
         if final:
             del worker.inflight[token]
             worker.served += 1
+            if request.stored >= 0 and self.journal is not None:
+                self.journal.done(request)
             service = worker.service
             free = service.free
             if worker.max_credit:
@@ -697,7 +817,11 @@ class Router:
 
     def cancel(self, request: Request, now: float) -> None:
         """The caller gave up on ``request``: nothing more is delivered for it. A worker serving
-        it keeps its credit until it answers."""
+        it keeps its credit until it answers. A stored request stays queued or with its worker
+        (it is only detached from the caller)."""
+        if request.stored >= 0 and request.state in (_QUEUED, _DISPATCHED):
+            self._detach(request)
+            return
         if request.state is _QUEUED:
             request.state = _CANCELLED
             service = self.services.get(request.service)
@@ -818,6 +942,21 @@ class Router:
 
     def _expire(self, request: Request, now: float) -> None:
         service = self.services.get(request.service)
+        if request.stored >= 0 and request.state in (_QUEUED, _DISPATCHED):
+            # the caller's wait ends; the request stays in the store until a worker answers it
+            if service is not None:
+                service.timeouts += 1
+            self.stats["requests.expired_stored"] += 1
+            where = "waits for a worker" if request.state is _QUEUED else "is with its worker"
+            error = MaitredError(
+                f"no answer from {request.service} before the deadline; the request is "
+                f"stored and {where}",
+                ErrorCode.TIMEOUT,
+            )
+            self._count_error(service, request, error)
+            self._tell_error(request, error)
+            self._detach(request)
+            return
         if request.state is _QUEUED:
             request.state = _EXPIRED
             if service is not None:

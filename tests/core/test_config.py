@@ -170,7 +170,7 @@ def test_unknown_keys_are_refused(text: str, where: str, what: str) -> None:
         ("[broker]\nlog_level = 'loud'\n", "broker.log_level"),
         ("[broker]\nuvloop = 1\n", "broker.uvloop"),
         ("[liveness]\nliveness = 1.5\n", "liveness.liveness"),
-        ("[services.default]\non_no_worker = 'store'\n", "services.default.on_no_worker"),
+        ("[services.default]\non_no_worker = 'drop'\n", "services.default.on_no_worker"),
         ("[services.echo]\nmax_queue = true\n", "services.echo.max_queue"),
         ("[services.echo]\noverflow = 'spill'\n", "services.echo.overflow"),
         ("[services.echo]\nredeliver = 'yes'\n", "services.echo.redeliver"),

@@ -274,3 +274,15 @@ names = ["mmi.>"]
         status, _, data = c.read()
         assert (status, json.loads(data)["error"]["code"]) == (403, "forbidden"), path
     c.close()
+
+
+def test_prefer_respond_async_is_ignored_for_services_without_store(
+    rest: BrokerThread, echo: Callable[..., None]
+) -> None:
+    echo()
+    c = RawHttp(endpoint_of(rest, "http://"))
+    c.send("POST", "/v1/services/echo", b"sync", {"Prefer": "respond-async"})
+    status, headers, data = c.read()
+    c.close()
+    assert (status, data) == (200, b"sync")
+    assert "preference-applied" not in {k.lower() for k in headers}

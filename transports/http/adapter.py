@@ -23,6 +23,7 @@ import msgspec
 from aiohttp import web
 
 from maitred.core.access import Identity
+from maitred.core.durable import StoreJournal
 from maitred.core.errors import ErrorCode, MaitredError
 from maitred.core.routing.model import Body, Headers, ReplyKind, Request, Worker
 from maitred.core.store import MemoryStore, SQLiteStore, Store, StoreLocked, default_store_path
@@ -463,6 +464,16 @@ class HttpTransport:
         submitted = self.router.submit(
             self._rest, name, frames, call, self.port.clock(), timeout=timeout
         )
+        journal = self.port.journal
+        if (
+            submitted is not None
+            and submitted.stored >= 0
+            and journal is not None
+            and "respond-async" in request.headers.get("Prefer", "")
+        ):
+            accepted = await self._accept_stored(submitted, call, journal)
+            if accepted is not None:
+                return accepted
         try:
             ok, value = await call.fut
         except asyncio.CancelledError:
@@ -480,6 +491,30 @@ class HttpTransport:
             body=b"".join(reply),
             content_type=_OCTETS,
             headers={"X-Maitred-Frames": ",".join(str(len(f)) for f in reply)},
+        )
+
+    async def _accept_stored(
+        self, submitted: Request, call: _Call, journal: StoreJournal
+    ) -> web.Response | None:
+        """``Prefer: respond-async`` to a service with ``on_no_worker = "store"``: answer 202
+        once the request is committed to the store, and let it go on without this caller (its
+        reply is dropped). None when the answer came first (then it is sent as usual)."""
+        try:
+            await journal.committed()
+        except Exception:
+            log.exception("http: the store could not commit a request")
+            self.router.cancel(submitted, self.port.clock())
+            return _error(ErrorCode.INTERNAL, "the request could not be stored")
+        assert call.fut is not None
+        if call.fut.done():
+            return None
+        self.router.cancel(submitted, self.port.clock())
+        self.stats["http.calls_stored"] += 1
+        return web.Response(
+            status=202,
+            body=msgspec.json.encode({"service": submitted.service, "id": submitted.stored}),
+            content_type="application/json",
+            headers={"Preference-Applied": "respond-async"},
         )
 
     async def _call_stream(

@@ -47,6 +47,13 @@ def openapi_document() -> dict[str, Any]:
                             "(or error); application/json: the reply frames as base64",
                             "schema": {"type": "string"},
                         },
+                        {
+                            "name": "Prefer",
+                            "in": "header",
+                            "description": "respond-async: for a service with on_no_worker = "
+                            "store, answer 202 once the request is stored (ignored otherwise)",
+                            "schema": {"type": "string"},
+                        },
                     ],
                     "requestBody": {
                         "description": "The request: one frame (any content type), or with "
@@ -73,6 +80,29 @@ def openapi_document() -> dict[str, Any]:
                                     "schema": {"$ref": "#/components/schemas/Frames"}
                                 },
                                 "text/event-stream": {"schema": {"type": "string"}},
+                            },
+                        },
+                        "202": {
+                            "description": "Prefer: respond-async to a store service: the "
+                            "request is committed to the durable store and will be served "
+                            "without this caller.",
+                            "headers": {
+                                "Preference-Applied": {
+                                    "description": "respond-async",
+                                    "schema": {"type": "string"},
+                                }
+                            },
+                            "content": {
+                                "application/json": {
+                                    "schema": {
+                                        "type": "object",
+                                        "properties": {
+                                            "service": {"type": "string"},
+                                            "id": {"type": "integer"},
+                                        },
+                                        "required": ["service", "id"],
+                                    }
+                                }
                             },
                         },
                         **_errors(400, 403, 413, 429, 500, 502, 503, 504),
