@@ -198,4 +198,9 @@ class StoreJournal:
         self._fail_waiters(RuntimeError("the store is closed"))
 
     def snapshot(self) -> dict[str, Any]:
-        return {"appended": self.appended, "commits": self.store.flushed, "failures": self.failures}
+        out = {"appended": self.appended, "commits": self.store.flushed, "failures": self.failures}
+        for key in ("inserted", "deleted"):  # rows really written (SQLite store)
+            value = getattr(self.store, key, None)
+            if value is not None:
+                out[key] = value
+        return out

@@ -285,4 +285,5 @@ class Broker:
             "state": self.state,
             "transports": self.endpoints(),
             "config": self.config.source,
+            **({"store": self.journal.snapshot()} if self.journal is not None else {}),
         }

@@ -231,6 +231,10 @@ class SQLiteStore:
         self._db.execute(f"PRAGMA wal_autocheckpoint={_CHECKPOINT_PAGES}")
         self._db.executescript(_SCHEMA)
         self.flushed = 0
+        #: rows written by the commits so far (a message appended and acked between two
+        #: commits is never written): for benchmarks and mmi.info
+        self.inserted = 0
+        self.deleted = 0
         self._ops: list[_Op | None] = []
         #: messages appended since the last flush -> the index of their insert in ``_ops``: a
         #: delivery count folds into the insert, an ack cancels it (the row is never written)
@@ -339,6 +343,10 @@ class SQLiteStore:
         try:
             for sql, group in _grouped(ops):
                 db.executemany(sql, group)
+                if sql is _INSERT:
+                    self.inserted += len(group)
+                elif sql is _DELETE:
+                    self.deleted += len(group)
             if counters:
                 db.executemany(
                     "INSERT INTO queues (name, next_n, live) VALUES (?2, ?1, 1) "
