@@ -49,8 +49,9 @@ def split_path(raw_path: str) -> list[str] | None:
 
 
 def payload_text(payload: bytes) -> str:
-    """A payload as a JSON string: UTF-8 text as is, other bytes one code point each (latin-1),
-    so any byte string survives the round trip through :func:`payload_bytes`."""
+    """A payload as a JSON string: UTF-8 text as is, other bytes one code point each (latin-1).
+    The string cannot say which: :func:`payload_bytes` gives UTF-8 text back unchanged, but
+    bytes that are not UTF-8 come back as the UTF-8 of those code points (not the original)."""
     try:
         return payload.decode("utf-8")
     except UnicodeDecodeError:
