@@ -274,11 +274,18 @@ def main(argv: list[str] | None = None) -> int:
         args.runs, args.warmup, args.duration = 1, 0.2, 0.5
         args.subscribers, args.messages = 100, 5
     results: dict[str, list[dict[str, float]]] = {}
-    for leg in args.legs.split(","):
-        for run in range(args.runs):
+    # round robin (raw, ws-mdp, ws-ws, raw, ...): a change in the machine's load hits every leg
+    # alike, so the ratios of a run (each leg against the raw echo measured just before it) hold
+    ratios: dict[str, list[float]] = {}
+    legs = args.legs.split(",")
+    for run in range(args.runs):
+        for leg in legs:
             r = run_leg(leg, args)
             print(f"{leg} run {run + 1}: {json.dumps(r)}", file=sys.stderr)
             results.setdefault(leg, []).append(r)
+            raw_now = results.get("raw", [{}])[-1].get("req_s")
+            if leg != "raw" and raw_now and "req_s" in r:
+                ratios.setdefault(leg, []).append(r["req_s"] / raw_now)
     med: dict[str, dict[str, float]] = {
         leg: {k: statistics.median(r[k] for r in runs) for k in runs[0]}
         for leg, runs in results.items()
@@ -289,6 +296,8 @@ def main(argv: list[str] | None = None) -> int:
         line = f"  {leg:7s} " + "  ".join(f"{k}={v:,.1f}" for k, v in m.items())
         if raw and "req_s" in m and leg != "raw":
             line += f"  ratio_vs_raw={m['req_s'] / raw:.2f}"
+            if leg in ratios:
+                line += f"  median_run_ratio={statistics.median(ratios[leg]):.2f}"
         print(line)
     return 0
 

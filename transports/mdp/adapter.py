@@ -192,6 +192,11 @@ class MdpTransport:
         self._scheduled = False
         self._draining = False
         self._closed = False
+        #: messages (routing id first) handed to us from outside ``_on_readable`` (another
+        #: transport's caller or worker): sent together at the end of the loop turn, so a burst
+        #: costs libzmq's I/O thread one wake-up instead of one per message
+        self._outq: list[list[bytes]] = []
+        self._out_scheduled = False
         self.stats = port.stats
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -240,6 +245,7 @@ class MdpTransport:
         self._closed = True
         if self._hb_timer is not None:
             self._hb_timer.cancel()
+        self._flush_out()
         now = self.port.clock()
         for w in list(self._workers.values()):
             self._send(w.rid, codec.worker_disconnect(w.dialect))
@@ -263,6 +269,8 @@ class MdpTransport:
         sock = self.socket
         if sock is None:
             return
+        if self._outq:
+            self._flush_out()  # keep the order of everything sent
         handle = self._handle
         now = self.port.clock()
         self._draining = True
@@ -279,8 +287,12 @@ class MdpTransport:
                     frames.append(frame.bytes)
                 handle(frames, now)
             else:
+                self._flush_out()
                 self._reschedule()  # let timers and other transports run, then go on
                 return
+            # what the batch produced goes out together: one wake-up of libzmq's I/O thread
+            # for the burst rather than one per message
+            self._flush_out()
             # The FD is edge-triggered and our own sends may have consumed its edge: asking
             # ZMQ_EVENTS re-arms it and says whether a message slipped in meanwhile.
             if _get_opt(sock, _EVENTS) & _POLLIN:
@@ -290,12 +302,38 @@ class MdpTransport:
                 log.error("mdp socket error: %s", exc)
         finally:
             self._draining = False
+            if self._outq and not self._out_scheduled and self._loop is not None:
+                self._out_scheduled = True  # left over after an error: send them soon
+                self._loop.call_soon(self._flush_out)
 
     def _sent_outside_drain(self) -> None:
         """A send from outside ``_on_readable`` (another transport's caller, a timer) may let
         libzmq consume the FD's edge while messages wait: look once more, soon (coalesced)."""
         if not self._draining and not self._scheduled:
             self._reschedule()
+
+    def _defer(self, frames: list[bytes]) -> None:
+        self._outq.append(frames)
+        if not self._draining and not self._out_scheduled and self._loop is not None:
+            self._out_scheduled = True
+            self._loop.call_soon(self._flush_out)
+
+    def _flush_out(self) -> None:
+        """Send what :meth:`_defer` queued, in order."""
+        self._out_scheduled = False
+        queue, self._outq = self._outq, []
+        sock = self.socket
+        if not queue or sock is None:
+            return
+        for frames in queue:
+            try:
+                last = len(frames) - 1
+                for i, frame in enumerate(frames):
+                    _send_frame(sock, frame, _SNDMORE if i < last else 0)
+            except zmq.ZMQError as exc:
+                self._send_failed(frames[0], exc)
+        if not self._draining:
+            self._sent_outside_drain()
 
     def _reschedule(self) -> None:
         if not self._scheduled and self._loop is not None:
@@ -451,6 +489,8 @@ class MdpTransport:
         sock = self.socket
         if sock is None:
             return
+        if self._outq:
+            self._flush_out()  # keep the order of everything sent
         try:
             # a ROUTER send never blocks: at the peer's high-water mark libzmq drops the message
             _send_frame(sock, rid, _SNDMORE)
@@ -473,55 +513,22 @@ class MdpTransport:
 
     def deliver_request(self, worker: Worker, request: Request) -> None:
         w: _MdpWorker = worker.tag
-        sock = self.socket
-        if sock is None:
-            return
-        try:
-            _send_frame(sock, w.rid, _SNDMORE)
-            for frame in w.head:
-                _send_frame(sock, frame, _SNDMORE)
-            _send_frame(sock, b"%d" % request.id, _SNDMORE)
-            self._send_body(sock, request.body)
-        except zmq.ZMQError as exc:
-            self._send_failed(w.rid, exc)
-        if not self._draining:
-            self._sent_outside_drain()
+        if self.socket is not None:
+            self._defer([w.rid, *w.head, b"%d" % request.id, b"", *request.body])
 
     def deliver_reply(self, request: Request, kind: ReplyKind, body: Body) -> None:
         rid, dialect, service_raw = request.correlation
         head = _CLIENT_HEADS[dialect][kind is _FINAL]
-        sock = self.socket
-        if head is None or sock is None:
+        if head is None or self.socket is None:
             return  # a partial to an MDP/0.1 client: that dialect has only the final reply
         if not body:  # rare: let the codec lay out where the message ends
             frames = codec.client_reply(dialect, kind is _FINAL, service_raw, [])
             if frames is not None:
                 self._send(rid, frames)
-            return
-        try:
-            _send_frame(sock, rid, _SNDMORE)
-            for frame in head:
-                _send_frame(sock, frame, _SNDMORE)
-            if dialect in _WITH_SERVICE:
-                _send_frame(sock, service_raw, _SNDMORE)
-            last = len(body) - 1
-            for i, frame in enumerate(body):
-                _send_frame(sock, frame, _SNDMORE if i < last else 0)
-        except zmq.ZMQError as exc:
-            self._send_failed(rid, exc)
-        if not self._draining:
-            self._sent_outside_drain()
-
-    @staticmethod
-    def _send_body(sock: zmq.Socket[Any], body: Body) -> None:
-        """The empty delimiter and the body frames of a REQUEST (the last frame ends it)."""
-        if not body:
-            _send_frame(sock, b"", 0)
-            return
-        _send_frame(sock, b"", _SNDMORE)
-        last = len(body) - 1
-        for i, frame in enumerate(body):
-            _send_frame(sock, frame, _SNDMORE if i < last else 0)
+        elif dialect in _WITH_SERVICE:
+            self._defer([rid, *head, service_raw, *body])
+        else:
+            self._defer([rid, *head, *body])
 
     def _send_failed(self, rid: bytes, exc: zmq.ZMQError) -> None:
         self.stats["mdp.send_failed"] += 1
