@@ -28,6 +28,7 @@ from typing import Any, Literal
 import msgspec
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
+from websockets.protocol import State
 from websockets.typing import Subprotocol
 
 from maitred.core.access import Identity
@@ -36,6 +37,13 @@ from maitred.core.routing.model import Body, Headers, ReplyKind, Request, Sessio
 from maitred.core.transport import BrokerPort
 
 log = logging.getLogger("maitred.transports.ws")
+
+#: the writer frames up to this many queued messages per socket write …
+BATCH_MESSAGES = 256
+#: … while the socket's write buffer holds less than this (bytes); beyond it, messages go out
+#: one by one with websockets' flow control (so a slow reader fills the outbox, and the
+#: slow-consumer policy applies)
+BATCH_BUFFER = 256 * 1024
 
 JSON_SUBPROTOCOL = Subprotocol("maitred.json")
 
@@ -210,7 +218,10 @@ class Conn(ABC):
         try:
             while True:
                 while outbox:
-                    await ws.send(outbox.popleft())
+                    if len(outbox) > 1 and self._write_batch():
+                        await asyncio.sleep(0)  # let the readers and the router run
+                    else:
+                        await ws.send(outbox.popleft())  # with websockets' flow control
                 if self.closing:
                     break
                 self._wake.clear()
@@ -219,6 +230,31 @@ class Conn(ABC):
             await ws.close(code, reason)
         except ConnectionClosed:
             pass
+
+    def _write_batch(self) -> bool:
+        """Frame several queued messages at once with the websockets protocol and hand them to
+        the socket in one write (one system call instead of one per message). Only while the
+        connection is open and its socket keeps up (write buffer under ``BATCH_BUFFER``);
+        False: send one message the usual way instead, which waits for the peer to read."""
+        ws = self.ws
+        proto = ws.protocol
+        transport = ws.transport
+        if proto.state is not State.OPEN or transport.get_write_buffer_size() > BATCH_BUFFER:
+            return False
+        outbox = self._outbox
+        for _ in range(min(len(outbox), BATCH_MESSAGES)):
+            proto.send_text(outbox.popleft().encode())
+        chunks = proto.data_to_send()
+        data = b"".join(chunks)
+        if data:
+            transport.write(data)
+        if any(not c for c in chunks):  # the protocol wants the TCP connection half-closed
+            if transport.can_write_eof():
+                transport.write_eof()
+            else:
+                transport.close()
+        self.stats["ws.batched_writes"] += 1
+        return True
 
     # -- identity -----------------------------------------------------------------------------
 
