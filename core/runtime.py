@@ -123,13 +123,15 @@ class Broker:
                 transport = spec.factory(tconfig, self.port)
                 await transport.start()
                 self.transports[name] = transport
-                for endpoint in transport.endpoints():
-                    log.info("%s listening on %s", name, endpoint)
         except BaseException:
             await self._close_transports()
             self._close_journal()
             self.state = "stopped"
             raise
+        # only once every transport is up: a failed start must not read as half a broker listening
+        for name, transport in self.transports.items():
+            for endpoint in transport.endpoints():
+                log.info("%s listening on %s", name, endpoint)
         self._schedule_tick()
         self.state = "running"
         if self.hooks.started is not None:
@@ -207,7 +209,9 @@ class Broker:
             store = open_store(b.store, b.store_path, b.store_sync, "services.sqlite3")
         except StoreLocked as exc:
             raise MaitredError(
-                f"cannot open the service store: {exc}", ErrorCode.INTERNAL
+                f"cannot open the service store: {exc} (each broker needs a store of its own:"
+                " set [broker] store_path, or XDG_STATE_HOME)",
+                ErrorCode.INTERNAL,
             ) from None
         except OSError as exc:
             raise MaitredError(

@@ -351,7 +351,8 @@ DESCRIPTIONS: dict[str, dict[str, str]] = {
             "Requests a middleman responder (`EREQ`) or a JSON-dialect service holds at once."
         ),
         "close_timeout": (
-            "Seconds to flush outboxes and close the connections when the broker stops."
+            "Seconds to flush outboxes and close the connections when the broker stops, and"
+            " to wait for a peer's closing handshake. `0`: close at once."
         ),
     },
     "transports.ws.keys": {

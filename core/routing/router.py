@@ -232,10 +232,13 @@ class Router:
                 session.allow_cache.clear()
             session.allow_cache[key] = verdict
         if not verdict:
-            self._denied(session, action, name)
+            self.report_denied(session, action, name)
         return verdict
 
-    def _denied(self, session: Session, action: Action, name: str) -> None:
+    def report_denied(self, session: Session, action: Action, name: str) -> None:
+        """Count a denial and publish it on ``$sys.auth.denied``. The router calls it for what
+        it refuses itself; a transport calls it for what its protocol refuses before asking the
+        router (e.g. middleman's EREQ from an untrusted key)."""
         self.stats[f"denied.{action.value}"] += 1
         self._emit(
             "$sys.auth.denied",
@@ -1036,7 +1039,7 @@ class Router:
             if problem or is_pattern(topic):
                 raise MaitredError(problem or "cannot publish to a pattern", ErrorCode.BAD_REQUEST)
             if topic.startswith(SYS_PREFIX) and topic not in CLIENT_SYS_TOPICS:
-                self._denied(session, Action.PUBLISH, topic)
+                self.report_denied(session, Action.PUBLISH, topic)
                 raise Denied(f"{topic} is reserved for the broker")
             if not self.allowed(session, Action.PUBLISH, topic):
                 raise Denied(f"{session.identity.name} may not publish to {topic}")

@@ -430,13 +430,9 @@ def test_permission_table(transport: str, case: Case, fx: Fixture, ctx: zmq.Cont
         return
     assert denial == expected_denial(transport, case)
     if transport == "middleman-guest" and case.action == "serve":
-        # the transport refuses EREQ from an untrusted key before asking the router: counted as
-        # ws.mm.not_trusted, not as denied.serve, and not published on $sys.auth.denied
+        # the transport refuses EREQ from an untrusted key before asking the router; it reports
+        # the refusal to the router all the same (denied.serve, $sys.auth.denied, checked below)
         assert after.get("ws.mm.not_trusted", 0) == before.get("ws.mm.not_trusted", 0) + 1
-        assert after.get(counter, 0) == before.get(counter, 0)
-        assert fx.denials() == []
-        assert fx.workers(case.name) == []
-        return
     assert after.get(counter, 0) == before.get(counter, 0) + 1
     assert fx.denials() == [
         {

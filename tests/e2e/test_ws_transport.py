@@ -53,6 +53,7 @@ def test_serve_with_ws_flag_and_stop_says_going_away() -> None:
     [
         ('listen = "nope"', "listen"),
         ('tls_cert = "a.pem"', "tls_cert and tls_key"),
+        ('tls_cert = "/nonexistent/a.pem"\ntls_key = "/nonexistent/a.key"', "no such file"),
         ("keys = []", "keys"),
         ('keys = [{key = "a"}, {key = "a"}]', "twice"),
         ("outbox = 0", "outbox"),

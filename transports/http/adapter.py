@@ -326,7 +326,13 @@ class HttpTransport:
     def _open_sqlite(path: str, sync: Literal["normal", "full"]) -> SQLiteStore:
         try:
             store = SQLiteStore(path, sync)
-        except (StoreLocked, OSError, sqlite3.Error) as exc:
+        except StoreLocked as exc:
+            raise MaitredError(
+                f"http: cannot open the switch store: {exc} (each broker needs a store of its"
+                " own: set [transports.http] store_path, or XDG_STATE_HOME, or store = \"memory\")",
+                ErrorCode.BAD_REQUEST,
+            ) from None
+        except (OSError, sqlite3.Error) as exc:
             raise MaitredError(
                 f"http: cannot open the store: {exc}", ErrorCode.BAD_REQUEST
             ) from None

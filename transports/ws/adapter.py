@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import os
 import secrets
 import ssl
 from abc import ABC, abstractmethod
@@ -120,6 +121,10 @@ class WsConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
                 out.append(f"listen: {exc}")
         if bool(self.tls_cert) != bool(self.tls_key):
             out.append("tls_cert and tls_key go together")
+        for name in ("tls_cert", "tls_key"):
+            path = getattr(self, name)
+            if path and not os.path.isfile(path):
+                out.append(f"{name}: no such file: {path}")
         if not self.keys:
             out.append("keys: at least one key is needed")
         seen: set[str] = set()
@@ -435,7 +440,7 @@ class WsTransport:
                     max_size=cfg.max_frame_size,
                     ping_interval=ping,
                     ping_timeout=(cfg.ping_timeout or None) if ping else None,
-                    close_timeout=cfg.close_timeout or None,
+                    close_timeout=cfg.close_timeout,  # 0: do not wait for the peer's close frame
                     compression=None,
                 )
             except OSError as exc:

@@ -39,6 +39,9 @@ if TYPE_CHECKING:
 
 _FINAL = ReplyKind.FINAL
 _OWN = frozenset({"Cid", "Uid", "Rid"})
+#: the action each trusted-only command stands for, to report an untrusted one as a denial
+#: (INT UID is administration, outside the permission model: only counted)
+_TRUSTED_ACTION = {"EREQ": Action.SERVE, "EPUB": Action.PUBLISH, "ESUB": Action.SUBSCRIBE}
 
 
 def body_text(body: Body) -> str:
@@ -204,6 +207,11 @@ class MmConn(Conn):
     def _trusted(self, msg: MmMessage) -> bool:
         if self.restricted:
             self.stats["ws.mm.not_trusted"] += 1
+            action = _TRUSTED_ACTION.get(msg.command)
+            if action is not None and self.session is not None:
+                # one denial model for every transport: counted as denied.<action> and
+                # published on $sys.auth.denied like the router's own refusals
+                self.router.report_denied(self.session, action, msg.target)
             self.error(f"Not trusted {msg.command} {msg.target}")
             return False
         return True
