@@ -4,6 +4,7 @@ partials, MMI, worker death, deadlines, heartbeats, bad input, endpoints, drain.
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -476,3 +477,38 @@ def test_empty_bodies_both_ways(broker: BrokerThread, ctx: Ctx, ckind: str, wkin
         "majortomo": [b"", C02, b"\x04"],
     }[ckind]
     assert frames == expected
+
+
+def _zmq_io_threads() -> set[int]:
+    import os
+
+    tids = set()
+    for task in os.listdir(f"/proc/{os.getpid()}/task"):
+        try:
+            with open(f"/proc/{os.getpid()}/task/{task}/comm") as f:
+                if f.read().startswith("ZMQbg/IO"):
+                    tids.add(int(task))
+        except OSError:
+            pass
+    return tids
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="SCHED_BATCH is Linux's")
+@pytest.mark.parametrize("sched", ["batch", "default"])
+def test_io_thread_sched(sched: str) -> None:
+    import os
+
+    from maitred.transports.mdp.adapter import _new_context
+
+    before = _zmq_io_threads()
+    context = _new_context(sched)
+    sock = context.socket(zmq.ROUTER)  # libzmq starts its threads with the first socket
+    try:
+        # a libzmq thread names itself once it runs: wait for the name to show
+        wait_until(lambda: bool(_zmq_io_threads() - before), what="libzmq's I/O thread")
+        new = _zmq_io_threads() - before
+        want = os.SCHED_BATCH if sched == "batch" else os.SCHED_OTHER
+        assert {os.sched_getscheduler(tid) for tid in new} == {want}
+    finally:
+        sock.close(0)
+        context.term()
