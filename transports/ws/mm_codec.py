@@ -106,17 +106,31 @@ class MmMessage:
         )
 
 
+#: header names seen -> their canonical form / their encodable form (the same few names come
+#: in every message: a dict lookup instead of a loop over characters); bounded
+_CANONICAL: dict[str, str] = {}
+_ENCODABLE: dict[str, str] = {}
+_CACHE_MAX = 4096
+
+
 def canonical_key(key: str) -> str:
     """Go's ``CanonicalMIMEHeaderKey``: upper-case the first letter and every letter after a
     ``-``, lower-case the rest; a key with a character outside the token set is unchanged."""
+    done = _CANONICAL.get(key)
+    if done is not None:
+        return done
     if not key or any(c not in _TOKEN for c in key):
-        return key
-    out = []
-    upper = True
-    for c in key:
-        out.append(c.upper() if upper else c.lower())
-        upper = c == "-"
-    return "".join(out)
+        done = key
+    else:
+        out = []
+        upper = True
+        for c in key:
+            out.append(c.upper() if upper else c.lower())
+            upper = c == "-"
+        done = "".join(out)
+    if len(_CANONICAL) < _CACHE_MAX:
+        _CANONICAL[key] = done
+    return done
 
 
 def _trim(s: str) -> str:
@@ -189,9 +203,14 @@ def _headers(lines: _Lines) -> list[tuple[str, str]]:
 
 
 def _body(lines: _Lines) -> str:
-    parts: list[str] = []
     text = lines.text
     pos = lines.pos
+    # fast path, the usual frame: one body line (no LF, no leading dot) and the "." line last
+    if text.endswith("\r\n.\r\n") and len(text) - pos >= 5:
+        one = text[pos:-5]
+        if "\n" not in one and not one.startswith("."):
+            return one
+    parts: list[str] = []
     end = len(text)
     while True:
         if pos >= end:
@@ -217,6 +236,8 @@ def _body(lines: _Lines) -> str:
 def _stuff(body: str) -> str:
     # a CR before an LF of the body stays and gets its own CRLF ("\r\r\n"), which the
     # textproto rules read back as "\r\n": every body round-trips exactly
+    if "\n" not in body and not body.startswith("."):
+        return body  # one line, nothing to stuff
     return "\r\n".join("." + ln if ln.startswith(".") else ln for ln in body.split("\n"))
 
 
@@ -229,9 +250,15 @@ def _clean(s: str) -> str:
 
 def _name(name: str) -> str:
     """A header name that parses back: no line breaks, spaces, tabs or colons (each a ``-``)."""
+    done = _ENCODABLE.get(name)
+    if done is not None:
+        return done
+    done = name
     if any(c in " \t\r\n:" for c in name):
-        return "".join("-" if c in " \t\r\n:" else c for c in name)
-    return name
+        done = "".join("-" if c in " \t\r\n:" else c for c in name)
+    if len(_ENCODABLE) < _CACHE_MAX:
+        _ENCODABLE[name] = done
+    return done
 
 
 def encode(
