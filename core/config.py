@@ -51,6 +51,9 @@ class BrokerSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     #: SQLite ``synchronous``: ``normal`` survives a process crash, ``full`` also a power loss
     #: (an fsync per commit)
     store_sync: Literal["normal", "full"] = "normal"
+    #: most topic subscriptions one session (a connection) may hold; one more is refused with
+    #: 429 in the transport's own error form and counted (``subscriptions.refused``)
+    max_subscriptions: int = 10_000
 
 
 class AccessSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -102,6 +105,8 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
         problems += [f"liveness: {p}" for p in self.liveness.problems()]
         if not (0 < self.broker.tick_interval <= 10):
             problems.append("broker.tick_interval: must be a number > 0 and <= 10")
+        if self.broker.max_subscriptions < 1:
+            problems.append("broker.max_subscriptions: must be >= 1")
         if not (0 <= self.broker.drain_timeout < math.inf):
             problems.append("broker.drain_timeout: must be a finite number >= 0")
         for section in ("services", "transports"):

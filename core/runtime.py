@@ -91,6 +91,7 @@ class Broker:
             on_event=self.hooks.system_event,
             mmi=Management(self.info, clock),
             resolution=config.broker.tick_interval,
+            max_subscriptions=config.broker.max_subscriptions,
         )
         self.port = BrokerPort(
             self.router,

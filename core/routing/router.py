@@ -130,6 +130,7 @@ class Router:
         on_event: EventHook | None = None,
         mmi: MmiHandler | None = None,
         resolution: float = 0.05,
+        max_subscriptions: int = 10_000,
     ) -> None:
         self._policy_for = policy_for or (lambda _name: ServicePolicy())
         self.liveness = liveness or Liveness()
@@ -139,6 +140,9 @@ class Router:
         self._on_event = on_event
         self._mmi = mmi
         self._res = resolution
+        #: most patterns one session may subscribe to (a flood of SUBs must not grow the
+        #: broker without bound)
+        self.max_subscriptions = max_subscriptions
         self.services: dict[str, Service] = {}
         self.sessions: dict[int, Session] = {}
         self.topics: SubjectTree[Session] = SubjectTree()
@@ -1000,7 +1004,8 @@ class Router:
 
     def subscribe(self, session: Session, pattern: str, *, check: bool = True) -> bool:
         """Subscribe ``session`` to ``pattern``; False when it was already subscribed.
-        Raises ``Denied`` or a ``BAD_REQUEST`` error for an invalid pattern. ``check=False`` is
+        Raises ``Denied``, a ``BAD_REQUEST`` error for an invalid pattern, or ``QUEUE_FULL``
+        past ``max_subscriptions``. ``check=False`` is
         for channels a transport owns for the session itself (e.g. middleman's private
         ``MSG:<id>``): the access policy is not asked."""
         if session.closed:
@@ -1012,6 +1017,12 @@ class Router:
             raise Denied(f"{session.identity.name} may not subscribe to {pattern}")
         if pattern in session.patterns:
             return False
+        if len(session.patterns) >= self.max_subscriptions:
+            self.stats["subscriptions.refused"] += 1
+            raise MaitredError(
+                f"too many subscriptions (at most {self.max_subscriptions} per session)",
+                ErrorCode.QUEUE_FULL,
+            )
         session.patterns.add(pattern)
         self.topics.add(pattern, session)
         return True

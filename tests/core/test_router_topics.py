@@ -70,6 +70,23 @@ def test_subscribe_twice_and_unsubscribe(h: Harness) -> None:
     assert h.router.topics.patterns() == {}
 
 
+def test_subscriptions_per_session_are_limited(h: Harness) -> None:
+    h.router.max_subscriptions = 2
+    sub = h.session("sub")
+    assert h.router.subscribe(sub, "a") is True
+    assert h.router.subscribe(sub, "b.*") is True
+    assert h.router.subscribe(sub, "a") is False  # already held: no error
+    with pytest.raises(MaitredError) as info:
+        h.router.subscribe(sub, "c")
+    assert info.value.code == ErrorCode.QUEUE_FULL
+    assert h.router.stats["subscriptions.refused"] == 1
+    assert h.router.topics.patterns() == {"a": 1, "b.*": 1}
+    other = h.session("other")
+    assert h.router.subscribe(other, "c") is True  # the limit is per session
+    h.router.unsubscribe(sub, "a")
+    assert h.router.subscribe(sub, "c") is True
+
+
 def test_unsubscribe_one_of_overlapping_patterns(h: Harness) -> None:
     sub = h.session("sub")
     h.router.subscribe(sub, "a.*")

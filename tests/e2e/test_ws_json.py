@@ -224,6 +224,28 @@ def test_pubsub_wildcards_and_unsubscribe(ws_broker: BrokerThread) -> None:
     run(main())
 
 
+def test_subscriptions_past_the_limit_are_refused(
+    make_broker: Callable[..., BrokerThread],
+) -> None:
+    # the connection's own MSG:<id> channel is one of the three
+    broker = make_broker("[broker]\nmax_subscriptions = 3\n" + WS)
+
+    async def main() -> None:
+        client = await JsonClient.connect(url(broker), "xyzzy")
+        await client.subscribe("a")
+        await client.subscribe("b")
+        with pytest.raises(MaitredError) as info:
+            await client.subscribe("c")
+        assert info.value.code == ErrorCode.QUEUE_FULL
+        assert "at most 3" in info.value.reason
+        assert await client.publish("b", "still") == 1
+        assert payload_of(await client.next_event()) == "still"
+        await client.close()
+
+    run(main())
+    assert broker.stats()["subscriptions.refused"] == 1
+
+
 def test_sys_events_service_lifecycle(ws_broker: BrokerThread) -> None:
     async def main() -> None:
         watcher = await JsonClient.connect(url(ws_broker), "xyzzy")

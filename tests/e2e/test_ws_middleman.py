@@ -287,6 +287,31 @@ def test_oversized_frame_closes_1009(
     login(broker, conns, "xyzzy")
 
 
+def test_flood_of_sub_is_refused_past_the_limit(
+    make_broker: Callable[..., BrokerThread], conns: Conns
+) -> None:
+    broker = make_broker("[broker]\nmax_subscriptions = 3\n" + WS)
+    ws, cid = login(broker, conns, "xyzzy")
+    # the connection's own MSG:<cid> channel is one of the three
+    for i in range(6):
+        ws.send(f"SUB t{i}\r\n\r\n.\r\n")
+    for i in (2, 3, 4, 5):
+        assert recv(ws) == (
+            f"PUB ERROR\r\n\r\nToo many subscriptions SUB t{i}: too many subscriptions"
+            " (at most 3 per session)\r\n.\r\n"
+        )
+    assert broker.stats()["subscriptions.refused"] == 4
+    # the subscriptions it holds still work, and so does the connection
+    ws.send("PUB t1\r\n\r\nhi\r\n.\r\n")
+    assert recv(ws).startswith("PUB t1\r\n")
+    ws.send("UNS t0\r\n\r\n.\r\n")
+    ws.send("SUB t9\r\n\r\n.\r\n")
+    sync(ws)
+    assert broker.stats()["subscriptions.refused"] == 4
+    ws.send(f"PUB MSG:{cid}\r\n\r\nprivate\r\n.\r\n")
+    assert recv(ws).startswith(f"PUB MSG:{cid}\r\n")
+
+
 def test_slow_consumer_drop_policy(make_broker: Callable[..., BrokerThread], conns: Conns) -> None:
     broker = make_broker(WS + "outbox = 4\n")
     sub, _ = login(broker, conns, "xyzzy")

@@ -162,7 +162,10 @@ class MmConn(Conn):
         except Denied:
             self.error(f"Not trusted: SUB {msg.target}")
         except MaitredError as exc:
-            self.error(f"Bad target SUB {msg.target}: {exc.reason}")
+            if exc.code == ErrorCode.QUEUE_FULL:  # past [broker] max_subscriptions
+                self.error(f"Too many subscriptions SUB {msg.target}: {exc.reason}")
+            else:
+                self.error(f"Bad target SUB {msg.target}: {exc.reason}")
 
     def _uns(self, msg: MmMessage) -> None:
         assert self.session is not None
