@@ -17,6 +17,7 @@ import shlex
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -233,13 +234,24 @@ def cmd_worker(args: argparse.Namespace) -> int:
     def handler(body: list[bytes]) -> list[bytes]:
         return run_program(args.program, body, args.program_timeout)
 
+    # SIGTERM (a service manager stopping it) ends it like Ctrl-C: the client leaves the broker
+    # properly (MDP: DISCONNECT) instead of being found dead at the next heartbeat
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         client.serve(args.service, handler, max_requests=args.max_requests)
     except KeyboardInterrupt:
-        pass
+        log.info("stopping: leaving %s", args.service)
     finally:
         client.close()
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     return EXIT_OK
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
 
 
 def cmd_services(args: argparse.Namespace) -> int:

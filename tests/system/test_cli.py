@@ -123,6 +123,36 @@ def test_worker_program_call_services_and_graceful_stop(served: Served) -> None:
 
 
 @pytest.mark.slow
+def test_worker_leaves_the_broker_on_sigterm(tmp_path: Path) -> None:
+    # liveness so long that only the worker's DISCONNECT can take it out of the service in time
+    conf = tmp_path / "long-liveness.toml"
+    conf.write_text("[liveness]\nheartbeat_interval = 60.0\n")
+    served = Served("-c", str(conf), "--mdp", "tcp://127.0.0.1:0")
+    try:
+        ep = served.endpoints["mdp"][0]
+        worker = subprocess.Popen(
+            [*MAITRED, "worker", "leaving", "--program", "cat", "-b", ep],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        result = run("call", "leaving", "hi", "-b", ep, "-t", "20")  # waits for the worker
+        assert result.stdout == "hi\n", result.stderr
+        worker.terminate()
+        _, err = worker.communicate(timeout=20)
+        assert worker.returncode == 0, err
+        assert "stopping: leaving leaving" in err and "Traceback" not in err
+        for _ in range(100):  # bounded: 100 short calls, far less than 180 s of liveness
+            if run("call", "mmi.service", "leaving", "-b", ep).stdout == "404\n":
+                break
+        else:
+            raise AssertionError("the worker is still registered")
+    finally:
+        assert served.stop() == 0
+        served.close()
+
+
+@pytest.mark.slow
 def test_call_without_worker_times_out_with_exit_3(served: Served) -> None:
     ep = served.endpoints["mdp"][0]
     result = run("call", "nobody", "x", "-b", ep, "-t", "0.5")
