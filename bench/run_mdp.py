@@ -9,8 +9,9 @@ One measurement = fresh processes: the broker (or proxy), one echo worker, one c
 (``bench/loadgen.py``). The worker connects, a round trip through the broker proves readiness (no
 sleeps), then the client warms up and measures. Legs are interleaved (the order rotates every run)
 so drift on the machine spreads over all of them. The figures are medians over ``--runs``; the
-ratios are those of the medians. A table goes to stdout, progress to stderr, everything (each run,
-the commands, the machine) to a JSON file under ``bench/results/`` (gitignored).
+ratios are those of the medians, and the medians of the ratios of legs measured in the same
+round. A table goes to stdout, progress to stderr, everything (each run, the commands, the
+machine) to a JSON file under ``bench/results/`` (gitignored).
 
 Every child runs under ``bench/guard.py``: it is killed if this process dies, even by SIGKILL, and
 has a hard lifetime. On exit, error or Ctrl-C all children still running are terminated.
@@ -462,8 +463,16 @@ def summarize(runs: list[dict[str, Any]], legs: list[Leg], cfg: Config) -> list[
 Ratio = dict[str, float | None]
 
 
-def ratios(summary: list[dict[str, Any]], cfg: Config) -> dict[str, dict[str, Ratio | None]]:
-    """maitred/majortomo, maitred/proxy (and majortomo/proxy) of the medians per in-flight level."""
+def ratios(
+    summary: list[dict[str, Any]], cfg: Config, runs: list[dict[str, Any]] | None = None
+) -> dict[str, dict[str, Ratio | None]]:
+    """maitred/majortomo, maitred/proxy (and majortomo/proxy) of the medians per in-flight level,
+    and (``per_run``) the median of the ratios of legs measured in the same round: a change in
+    the machine's speed between rounds hits both sides of each of those alike."""
+    by_round: dict[tuple[int, int], dict[str, float]] = {}
+    for r in runs or []:
+        if r.get("ok") and r.get("req_per_s"):
+            by_round.setdefault((r["inflight"], r["run"]), {})[r["leg"]] = r["req_per_s"]
 
     def get(leg: str, n: int) -> dict[str, Any] | None:
         for row in summary:
@@ -480,8 +489,14 @@ def ratios(summary: list[dict[str, Any]], cfg: Config) -> dict[str, dict[str, Ra
             if a is None or b is None:
                 result[key][str(n)] = None
                 continue
+            paired = [
+                legs[num] / legs[den]
+                for (inflight, _), legs in by_round.items()
+                if inflight == n and num in legs and den in legs
+            ]
             result[key][str(n)] = {
                 "req_per_s": round(a["req_per_s"] / b["req_per_s"], 3),
+                "per_run": round(statistics.median(paired), 3) if paired else None,
                 "p50": round(a["p50_us"] / b["p50_us"], 3) if a["p50_us"] and b["p50_us"] else None,
                 "p99": round(a["p99_us"] / b["p99_us"], 3) if a["p99_us"] and b["p99_us"] else None,
             }
@@ -535,6 +550,16 @@ def render(summary: list[dict[str, Any]], rat: dict[str, Any], legs: list[Leg], 
             cell = "n/a" if r is None else f"{r['req_per_s']:.2f}x ({_fmt(r['p50'], '.2f')}x)"
             cells.append(f"{cell:>28}")
         lines.append(f"{key:<18}" + "".join(cells))
+    if cfg.runs > 1:
+        lines += ["", f"{'median of per-run':<18}" + "".join(
+            f"{f'in-flight {n}: req/s':>28}" for n in cfg.inflight)]  # fmt: skip
+        for key, per_n in rat.items():
+            cells = []
+            for n in cfg.inflight:
+                r = per_n.get(str(n))
+                v = None if r is None else r.get("per_run")
+                cells.append(f"{'n/a' if v is None else f'{v:.2f}x':>28}")
+            lines.append(f"{key:<18}" + "".join(cells))
     if busiest > BUSY_WARNING_PERCENT:
         lines.append(
             f"\nWARNING: other processes used up to {busiest:.0f}% of a CPU during the measured "
@@ -783,7 +808,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             log("bench: interrupted; all child processes were stopped")
             return 130
     summary = summarize(runs, legs, cfg)
-    rat = ratios(summary, cfg)
+    rat = ratios(summary, cfg, runs)
     print(render(summary, rat, legs, cfg), flush=True)
 
     if not args.no_json:
