@@ -541,25 +541,19 @@ def render(summary: list[dict[str, Any]], rat: dict[str, Any], legs: list[Leg], 
             f"{prefix} {_fmt(row['req_per_s']):>9} {_fmt(row['p50_us']):>8} "
             f"{_fmt(row['p99_us']):>8} {spread:>17}  {cpu_s:<22} {row['ok_runs']}/{row['runs']}"
         )
-    lines += ["", f"{'ratio of medians':<18}" + "".join(
-        f"{f'in-flight {n}: req/s (p50)':>28}" for n in cfg.inflight)]  # fmt: skip
-    for key, per_n in rat.items():
-        cells = []
-        for n in cfg.inflight:
-            r = per_n.get(str(n))
-            cell = "n/a" if r is None else f"{r['req_per_s']:.2f}x ({_fmt(r['p50'], '.2f')}x)"
-            cells.append(f"{cell:>28}")
-        lines.append(f"{key:<18}" + "".join(cells))
-    if cfg.runs > 1:
-        lines += ["", f"{'median of per-run':<18}" + "".join(
-            f"{f'in-flight {n}: req/s':>28}" for n in cfg.inflight)]  # fmt: skip
+    def table(title: str, unit: str, cell: Callable[[Ratio], str]) -> None:
+        lines.extend(["", f"{title:<18}" + "".join(
+            f"{f'in-flight {n}: {unit}':>28}" for n in cfg.inflight)])  # fmt: skip
         for key, per_n in rat.items():
-            cells = []
-            for n in cfg.inflight:
-                r = per_n.get(str(n))
-                v = None if r is None else r.get("per_run")
-                cells.append(f"{'n/a' if v is None else f'{v:.2f}x':>28}")
-            lines.append(f"{key:<18}" + "".join(cells))
+            cells = [per_n.get(str(n)) for n in cfg.inflight]
+            lines.append(f"{key:<18}" + "".join(
+                f"{'n/a' if r is None else cell(r):>28}" for r in cells))  # fmt: skip
+
+    table("ratio of medians", "req/s (p50)",
+          lambda r: f"{r['req_per_s']:.2f}x ({_fmt(r['p50'], '.2f')}x)")  # fmt: skip
+    if cfg.runs > 1:
+        table("median of per-run", "req/s",
+              lambda r: "n/a" if r.get("per_run") is None else f"{r['per_run']:.2f}x")  # fmt: skip
     if busiest > BUSY_WARNING_PERCENT:
         lines.append(
             f"\nWARNING: other processes used up to {busiest:.0f}% of a CPU during the measured "

@@ -113,7 +113,8 @@ class MdpConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     #: scheduling policy of libzmq's background threads, on Linux, when the transport makes its
     #: own ZeroMQ context: ``"batch"`` (SCHED_BATCH) keeps the I/O thread, woken for almost
     #: every message sent, from preempting the event loop that sends them on a machine with few
-    #: cores (+20-25 % WebSocket → MDP throughput on 2 cores); ``"default"`` leaves them alone
+    #: cores (+8-20 % WebSocket → MDP throughput on 2 cores, in A/B runs); ``"default"``
+    #: leaves them alone
     io_thread_sched: Literal["batch", "default"] = "batch"
 
     def problems(self) -> list[str]:

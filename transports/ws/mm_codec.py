@@ -17,6 +17,7 @@ No I/O here: no asyncio, sockets or websockets (import-linter contract "codecs d
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 __all__ = [
@@ -106,31 +107,23 @@ class MmMessage:
         )
 
 
-#: header names seen -> their canonical form / their encodable form (the same few names come
-#: in every message: a dict lookup instead of a loop over characters); bounded
-_CANONICAL: dict[str, str] = {}
-_ENCODABLE: dict[str, str] = {}
-_CACHE_MAX = 4096
+#: header names come back in every message (Reqid, Cid, Uid, ...): both name functions are
+#: memoised, a cache lookup instead of a loop over characters; bounded (least recently used out)
+_NAME_CACHE = 4096
 
 
+@functools.lru_cache(maxsize=_NAME_CACHE)
 def canonical_key(key: str) -> str:
     """Go's ``CanonicalMIMEHeaderKey``: upper-case the first letter and every letter after a
     ``-``, lower-case the rest; a key with a character outside the token set is unchanged."""
-    done = _CANONICAL.get(key)
-    if done is not None:
-        return done
     if not key or any(c not in _TOKEN for c in key):
-        done = key
-    else:
-        out = []
-        upper = True
-        for c in key:
-            out.append(c.upper() if upper else c.lower())
-            upper = c == "-"
-        done = "".join(out)
-    if len(_CANONICAL) < _CACHE_MAX:
-        _CANONICAL[key] = done
-    return done
+        return key
+    out = []
+    upper = True
+    for c in key:
+        out.append(c.upper() if upper else c.lower())
+        upper = c == "-"
+    return "".join(out)
 
 
 def _trim(s: str) -> str:
@@ -248,17 +241,12 @@ def _clean(s: str) -> str:
     return s
 
 
+@functools.lru_cache(maxsize=_NAME_CACHE)
 def _name(name: str) -> str:
     """A header name that parses back: no line breaks, spaces, tabs or colons (each a ``-``)."""
-    done = _ENCODABLE.get(name)
-    if done is not None:
-        return done
-    done = name
     if any(c in " \t\r\n:" for c in name):
-        done = "".join("-" if c in " \t\r\n:" else c for c in name)
-    if len(_ENCODABLE) < _CACHE_MAX:
-        _ENCODABLE[name] = done
-    return done
+        return "".join("-" if c in " \t\r\n:" else c for c in name)
+    return name
 
 
 def encode(
