@@ -4,8 +4,8 @@
     python bench/loadgen.py client --endpoint tcp://127.0.0.1:5555 --inflight 64 --duration 3
     python bench/loadgen.py probe  --endpoint tcp://127.0.0.1:5555
 
-Both sides speak the majortomo dialect of MDP/0.2 (PROTOCOLS.md §1.4): every message starts with an
-empty frame.
+Both sides speak the majortomo dialect of MDP/0.2 (docs/reference/mdp.md): every message
+starts with an empty frame.
 
 client  DEALER. Sends ``"" MDPC02 0x02 <service> <body>`` and expects ``"" MDPC02 0x04 <body>``
         (FINAL; PARTIAL 0x03 is read and ignored). The body's first 8 bytes are a little-endian
@@ -64,7 +64,7 @@ W_FINAL = b"\x04"
 W_HEARTBEAT = b"\x05"
 W_DISCONNECT = b"\x06"
 
-HEARTBEAT_INTERVAL = 2.5  # seconds; what every MDP peer expects (PROTOCOLS.md §1.5)
+HEARTBEAT_INTERVAL = 2.5  # seconds; what every MDP peer expects (MDP's 2.5 s default)
 DEFAULT_SERVICE = "echo"
 DEFAULT_SIZE = 1024
 SEQ = struct.Struct("<Q")

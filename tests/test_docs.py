@@ -92,3 +92,23 @@ def test_every_page_is_in_the_nav() -> None:
     pages = sorted(p.relative_to(DOCS).as_posix() for p in DOCS.rglob("*.md"))
     missing = [p for p in pages if not re.search(rf":\s*{re.escape(p)}\s*$", nav, re.M)]
     assert not missing, f"pages not in the nav of mkdocs.yml: {missing}"
+
+
+# Names of documents that live outside the repository (the team's shared notes); spelled in
+# pieces so this file does not match itself.
+_OUTSIDE = ("PROTOCOLS" + ".md", "DESIGN" + ".md", "shared/" + "seeds")
+_SCANNED = (".py", ".md", ".toml", ".ini", ".yml", ".cfg", ".txt", ".html", ".js", ".c", ".h")
+
+
+def test_nothing_cites_files_outside_the_repository() -> None:
+    """Code and docs point at docs/ pages, never at documents a reader of the repository lacks."""
+    skip = {".git", ".tox", ".venv", "site", "node_modules", "build", "artifacts"}
+    found = []
+    for path in ROOT.rglob("*"):
+        if not path.is_file() or path.suffix not in _SCANNED:
+            continue
+        if skip.intersection(path.relative_to(ROOT).parts):
+            continue
+        text = path.read_text(encoding="utf-8", errors="replace")
+        found += [f"{path.relative_to(ROOT)}: {name}" for name in _OUTSIDE if name in text]
+    assert not found, "cite docs/reference pages instead:\n" + "\n".join(found)

@@ -7,7 +7,7 @@
 // Options: --url ws://127.0.0.1:8764/ (or $MAITRED_WS), --key xyzzy (or $MAITRED_KEY),
 // --timeout SECONDS (default 10).
 //
-// The protocol (PROTOCOLS.md §2, docs/reference/ws.md): no subprotocol; the first text frame is
+// The protocol (docs/reference/wire.md, docs/reference/ws.md): no subprotocol; the first text frame is
 // the key, the server answers "MM OK" then our connection id. Then one text frame = one message:
 //
 //   CMD SP TARGET CRLF

@@ -1,6 +1,6 @@
 """Helpers for end-to-end tests: an embedded broker in its own thread and event loop, bound to
 127.0.0.1 on an ephemeral port; raw MDP peers of every dialect, frame by frame, written from
-PROTOCOLS.md §1 (not with maitred's codec, so the tests check the codec too)."""
+docs/reference/mdp.md (not with maitred's codec, so the tests check the codec too)."""
 
 from __future__ import annotations
 

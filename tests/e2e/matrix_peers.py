@@ -14,7 +14,7 @@ three behaviours, chosen by the service they serve:
 
 Callers return a :class:`Outcome`: the partial bodies, the final body, or the error (code and the
 text the protocol carried), each as the caller's protocol shows it. Raw wire formats are written
-here from PROTOCOLS.md (not with maitred's codecs) where that is short.
+here from docs/reference (not with maitred's codecs) where that is short.
 """
 
 from __future__ import annotations
@@ -580,8 +580,8 @@ class MaitredMdpCaller(Caller):
 
 
 class SwitchCaller(Caller):
-    """``message-switch call``: the §4.5 RPC pattern with SwitchClient (one payload, no error
-    message: a request that cannot be served stays in its durable queue)."""
+    """``message-switch call``: the RPC pattern of docs/reference/wire.md with SwitchClient
+    (one payload, no error message: a request that cannot be served stays in its durable queue)."""
 
     def call(self, service: str, body: Any, wait: float = WAIT) -> Outcome:
         url = self.broker.endpoints["http"][0]

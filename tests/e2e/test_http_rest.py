@@ -1,4 +1,4 @@
-"""maitred's REST API (PROTOCOLS.md §5) over real sockets: calls reaching MDP workers, SSE
+"""maitred's REST API (docs/reference/http.md) over real sockets: calls reaching MDP workers, SSE
 partials, the error table, MMI as JSON, publish/subscribe, metrics, health, OpenAPI."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The message switch (PROTOCOLS.md §4) over a real Unix socket and TCP: the §4.5 transcript
+"""The message switch (docs/reference/wire.md) over a real Unix socket and TCP: the RPC transcript
 byte for byte, diagnostics, trace, bad input, sessions, and queues as services across protocols."""
 
 from __future__ import annotations

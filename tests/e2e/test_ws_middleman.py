@@ -1,5 +1,6 @@
 """The middleman dialect over real sockets, with plain websockets clients as the middleman-style
-service and clients (not maitred's codec: the frames are written by hand from PROTOCOLS.md §2)."""
+service and clients (not maitred's codec: the frames are written by hand from
+docs/reference/wire.md)."""
 
 from __future__ import annotations
 

@@ -344,10 +344,11 @@ def test_python_clients_call_the_c_worker(
 def test_c_worker_frames_and_liveness(
     c_programs: CPrograms, procs: Callable[..., Proc], ctx: zmq.Context[Any]
 ) -> None:
-    """mdp_worker against a bare ROUTER socket playing the broker, frame by frame (PROTOCOLS.md
-    §1.3): READY, REQUEST → PARTIAL + FINAL with the client address echoed, HEARTBEATs every
-    interval (200 ms here); a silent broker is dead after 3 intervals and the worker reconnects
-    with a new routing id and a new READY; on SIGTERM it says DISCONNECT and exits 0."""
+    """mdp_worker against a bare ROUTER socket playing the broker, frame by frame (RFC 18 layouts,
+    docs/reference/mdp.md): READY, REQUEST → PARTIAL + FINAL with the client address echoed,
+    HEARTBEATs every interval (200 ms here); a silent broker is dead after 3 intervals and the
+    worker reconnects with a new routing id and a new READY; on SIGTERM it says DISCONNECT and
+    exits 0."""
     router = ctx.socket(zmq.ROUTER)
     try:
         router.setsockopt(zmq.LINGER, 0)

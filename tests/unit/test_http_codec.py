@@ -1,5 +1,5 @@
-"""transports/http/codec.py on bytes: the switch's JSON (rpclib rules, PROTOCOLS.md §4.4/4.5),
-paths, the error table, SSE and frames."""
+"""transports/http/codec.py on bytes: the switch's JSON (rpclib rules and the RPC pattern of
+docs/reference/wire.md), paths, the error table, SSE and frames."""
 
 from __future__ import annotations
 

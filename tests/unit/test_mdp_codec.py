@@ -1,8 +1,9 @@
-"""The MDP codec on bytes: every command of every dialect (PROTOCOLS.md §1), round trips, malformed
-input, and hypothesis properties (parse never raises anything but MdpFormatError, and whatever it
-accepts is exactly what the matching encoder produces).
+"""The MDP codec on bytes: every command of every dialect (docs/reference/mdp.md), round trips,
+malformed input, and hypothesis properties (parse never raises anything but MdpFormatError,
+and whatever it accepts is exactly what the matching encoder produces).
 
-Frame lists are written out literally from the PROTOCOLS.md tables, not built with the codec."""
+Frame lists are written out literally from the tables in docs/reference/mdp.md, not built with
+the codec."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
-"""The middleman text codec on strings: the §2.5 transcript as vectors, the textproto rules, and
-property tests (round trip; a byte-level model of Go's dotReader as the oracle for bodies)."""
+"""The middleman text codec on strings: the request/answer transcript of docs/reference/wire.md
+as vectors, the textproto rules, and property tests (round trip; a byte-level model of Go's
+dotReader as the oracle for bodies)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from maitred.transports.ws.mm_codec import (
     parse,
 )
 
-# -- PROTOCOLS.md §2.5, with maitred's bodies (no extra "\n" per hop) ---------------------------
+# -- the transcript of docs/reference/wire.md, with maitred's bodies (no extra "\n" per hop) ---
 
 CLIENT_REQ = "REQ echo\r\nReqID: abc-123\r\n\r\nping body\r\n.\r\n"
 SERVICE_GETS = "REQ echo\r\nReqid: abc-123\r\nCid: C1\r\nUid: \r\nRid: 1\r\n\r\nping body\r\n.\r\n"

@@ -299,7 +299,8 @@ class SwitchClient:
         self._do(self._main, "POST", "/shutdown", b"")
 
     def rpc(self, queue: str, payload: bytes, timeout: float = 30.0) -> bytes:
-        """The RPC pattern of §4.5: a transient reply queue, send, wait for the Response."""
+        """The switch's RPC pattern (docs/reference/wire.md): a transient reply queue, send, wait
+        for the Response."""
         reply_q = self.create(self.token, persistent=False)
         self.create(queue, persistent=True)
         sent = self.send(queue, reply_q, payload)

@@ -1,6 +1,6 @@
 """Pure encoding for the HTTP transport: message-switch paths and JSON (OCaml rpclib rules,
-PROTOCOLS.md §4.4), REST error bodies and the error → status table, SSE framing, frames as
-base64 JSON. No I/O: bytes and Python values in, bytes and Python values out.
+docs/reference/wire.md), REST error bodies and the error → status table, SSE framing, frames
+as base64 JSON. No I/O: bytes and Python values in, bytes and Python values out.
 """
 
 from __future__ import annotations

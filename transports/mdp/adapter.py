@@ -1,8 +1,8 @@
 """The MDP transport: one ROUTER socket for clients and workers of every dialect.
 
-Hot path (DESIGN.md §6): the socket's FD is registered with ``loop.add_reader``; when readable,
-messages are drained with NOBLOCK in batches until EAGAIN, each routed at once (sends never
-await: a ROUTER send either queues or, at the peer's high-water mark, drops). No per-message
+Hot path (docs/topics/design.md): the socket's FD is registered with ``loop.add_reader``; when
+readable, messages are drained with NOBLOCK in batches until EAGAIN, each routed at once (sends
+never await: a ROUTER send either queues or, at the peer's high-water mark, drops). No per-message
 logging, task, hook lookup or JSON.
 
 MDP clients need no session state: each request's correlation carries the client's routing id,

@@ -12,7 +12,7 @@
 
     Worker("tcp://127.0.0.1:5555", "echo", echo).run()
 
-**Dialects** (PROTOCOLS.md §1), chosen per client or worker by name:
+**Dialects** (docs/reference/mdp.md), chosen per client or worker by name:
 
 - ``"0.2"`` (the default; alias ``"rfc"``): RFC 18 MDP/0.2, no leading empty frame; replies
   carry the service frame;

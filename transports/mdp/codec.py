@@ -1,7 +1,7 @@
 """Majordomo (MDP/0.1, RFC 18 MDP/0.2 and the majortomo dialect) as pure bytes ⇄ tuples.
 
 No I/O here: the adapter owns the socket and calls these functions. Layouts start *after* the
-routing-id frame that a ROUTER socket prepends (see PROTOCOLS.md §1).
+routing-id frame that a ROUTER socket prepends (see docs/reference/mdp.md).
 
 A peer's **dialect** is a small int of flags, detected from its first valid message and used to
 answer it in kind:

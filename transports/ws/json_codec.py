@@ -1,4 +1,5 @@
-"""The maitred.json WebSocket dialect (PROTOCOLS.md §3), pure: msgspec Structs tagged by ``type``.
+"""The maitred.json WebSocket dialect (docs/reference/ws-json.md), pure: msgspec Structs tagged
+by ``type``.
 
 One text frame is one JSON object. The schema is written down in docs/reference/ws-json.md and
 docs/reference/ws-json.schema.json (a test keeps the three in step).

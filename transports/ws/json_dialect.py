@@ -1,4 +1,4 @@
-"""The maitred.json dialect (PROTOCOLS.md §3; schema in docs/reference/ws-json.md).
+"""The maitred.json dialect (schema and reference in docs/reference/ws-json.md).
 
 A connection says ``hello`` with its key first. A registration with ``methods`` makes it a
 worker of ``name`` and of each ``name:method`` (credit ``responder_credit``); without, it is a

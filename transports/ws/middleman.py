@@ -1,4 +1,5 @@
-"""The middleman dialect (PROTOCOLS.md §2): key handshake, PUB/SUB/UNS/REQ/RES/EREQ/EPUB/ESUB/INT.
+"""The middleman dialect (docs/reference/wire.md): key handshake,
+PUB/SUB/UNS/REQ/RES/EREQ/EPUB/ESUB/INT.
 
 Mapping onto the router (one session per connection):
 

@@ -1,4 +1,4 @@
-"""The middleman text protocol (PROTOCOLS.md §2.2), pure: one text frame ⇄ one message.
+"""The middleman text protocol (docs/reference/wire.md), pure: one text frame ⇄ one message.
 
 Parsing follows Go ``net/textproto`` as middleman uses it: the first line is split at its first
 space into command and target; then MIME headers (canonical names like Go's
