@@ -428,3 +428,56 @@ def test_diagnostics_of_a_big_switch_are_capped_and_do_not_stall(
 
 def _switch(b: BrokerThread) -> Any:
     return b.broker.transports["http"].switch  # type: ignore[attr-defined]
+
+
+# -- issue 10: the switch's page escapes what it shows and forbids scripts -------------------------
+
+
+def test_switch_page_escapes_queue_names_and_sends_a_strict_csp(
+    make_broker: Callable[..., BrokerThread], conns: list[RawHttp]
+) -> None:
+    b = make_broker(http_toml([f"unix:{short_socket_path()}"], "admin = false"))
+    c = connect(conns, endpoint_of(b, "unix:"), "x:1")
+    evil = "<script>alert(1)</script>&\"'"
+    quoted = "%3Cscript%3Ealert(1)%3C%2Fscript%3E%26%22%27"
+    assert c.do("GET", f"/persistent/{quoted}") == (200, evil.encode())
+    c.send("GET", "/admin")
+    status, headers, body = c.read()
+    assert status == 200
+    assert b"<script" not in body
+    assert b"&lt;script&gt;alert(1)&lt;/script&gt;&amp;&quot;&#x27;" in body
+    csp = headers["content-security-policy"]
+    assert csp.startswith("default-src 'none'") and "script-src" not in csp
+    assert headers["x-content-type-options"] == "nosniff"
+
+
+def test_rest_queue_view_lists_switch_queues_only_to_observers(
+    make_broker: Callable[..., BrokerThread], conns: list[RawHttp]
+) -> None:
+    rules = DENY + """
+[[access.rules]]
+who = ["role:app"]
+actions = ["call"]
+names = ["mmi.queues"]
+"""
+    b = make_broker(rules + http_toml([f"unix:{short_socket_path()}"], HTTP_APP))
+    c = connect(conns, endpoint_of(b, "unix:"), "app:3")
+    assert c.do("GET", "/transient/reply.hidden")[0] == 200  # not a service: switch only
+    assert c.do("POST", "/request/reply.hidden/reply.3", b"x")[0] == 200
+    status, body = c.do("GET", "/v1/queues")
+    assert status == 200
+    assert "switch" not in json.loads(body) and b"reply.hidden" not in body
+    # an observer sees names and counts (leased ones counted as they change)
+    open_broker = make_broker(http_toml([f"unix:{short_socket_path()}"]))
+    d = connect(conns, endpoint_of(open_broker, "unix:"), "app:4")
+    d.do("GET", "/transient/mine")
+    d.do("POST", "/request/mine/mine", b"a")
+    d.do("POST", "/request/mine/mine", b"b")
+    assert d.do("POST", "/transfer", b'{"timeout":0,"queues":["mine"]}')[0] == 200
+    d.do("POST", "/request/mine/mine", b"c")
+    status, body = d.do("GET", "/v1/queues")
+    assert json.loads(body)["switch"]["mine"] == {
+        "persistent": False,
+        "messages": 3,
+        "leased": 2,
+    }

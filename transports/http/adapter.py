@@ -650,14 +650,16 @@ class HttpTransport:
 
     async def _queues(self, request: web.Request) -> web.Response:
         value = {"services": self._mmi("mmi.queues")}
-        if self.switch is not None:
+        switch = self.switch
+        # the switch's queues only to an identity that may list them (not counted: a filter)
+        if switch is not None and switch.permits(self._rest, Action.OBSERVE, LIST):
             value["switch"] = {
                 name: {
                     "persistent": q.persistent,
                     "messages": len(q.messages),
-                    "leased": sum(1 for m in q.messages.values() if m.lease is not None),
+                    "leased": q.leased,
                 }
-                for name, q in sorted(self.switch.queues.items())
+                for name, q in sorted(switch.queues.items())
             }
         return _json(value)
 
