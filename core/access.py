@@ -31,6 +31,22 @@ class Action(StrEnum):
     SERVE = "serve"
     PUBLISH = "publish"
     SUBSCRIBE = "subscribe"
+    #: change what others rely on: destroy a queue, remove a message one does not hold, stop
+    #: the broker (the message switch's management operations)
+    MANAGE = "manage"
+    #: read-only views of what passes through the broker: diagnostics, the trace, listings,
+    #: metrics, dead letters
+    OBSERVE = "observe"
+
+
+#: the actions of a rule that names none: the traffic actions. ``manage`` and ``observe`` are
+#: granted by naming them, so a rule written for traffic never opens administration
+TRAFFIC_ACTIONS: tuple[Action, ...] = (
+    Action.CALL,
+    Action.SERVE,
+    Action.PUBLISH,
+    Action.SUBSCRIBE,
+)
 
 
 class Identity(msgspec.Struct, frozen=True):
@@ -78,7 +94,8 @@ class Rule(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
     allow: bool = True
     who: tuple[str, ...] = ("*",)
-    actions: tuple[Action, ...] = (Action.CALL, Action.SERVE, Action.PUBLISH, Action.SUBSCRIBE)
+    #: when not given: the traffic actions only (``TRAFFIC_ACTIONS``), not manage/observe
+    actions: tuple[Action, ...] = TRAFFIC_ACTIONS
     names: tuple[str, ...] = (">",)
 
     def problems(self) -> list[str]:

@@ -188,7 +188,10 @@ DESCRIPTIONS: dict[str, dict[str, str]] = {
             'Whom the rule is about: `"*"` (anyone), `"role:NAME"` (an identity with that role) '
             "or an identity name. Empty strings are refused."
         ),
-        "actions": "The actions it covers (all four by default).",
+        "actions": (
+            "The actions it covers (by default the four traffic actions; `manage` and"
+            " `observe` only when named)."
+        ),
         "names": (
             "The names it covers, as patterns (`*` one segment, `>` the rest); the default "
             "covers every name."

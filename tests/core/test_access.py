@@ -33,10 +33,22 @@ CALL, SERVE, PUBLISH, SUBSCRIBE = Action.CALL, Action.SERVE, Action.PUBLISH, Act
 # -- RuleTable ------------------------------------------------------------------------------------
 
 
-def test_rule_defaults_apply_to_everything() -> None:
+def test_rule_defaults_apply_to_every_traffic_action() -> None:
     rule = Rule()
-    for action in Action:
+    for action in (CALL, SERVE, PUBLISH, SUBSCRIBE):
         assert rule.applies(EVE, action, "any.name")
+
+
+def test_manage_and_observe_are_granted_only_by_naming_them() -> None:
+    # a rule written for traffic never opens administration: manage/observe fall to the default
+    table = RuleTable([Rule(who=("eve",))], default_allow=False)
+    assert table.allowed(EVE, CALL, "a.b")
+    assert not table.allowed(EVE, Action.MANAGE, "a.b")
+    assert not table.allowed(EVE, Action.OBSERVE, "$switch.trace")
+    table = RuleTable([Rule(who=("eve",), actions=(Action.OBSERVE,))], default_allow=False)
+    assert table.allowed(EVE, Action.OBSERVE, "$switch.trace")
+    assert not table.allowed(EVE, Action.MANAGE, "$sys.shutdown")
+    assert not table.allowed(EVE, CALL, "a.b")
 
 
 @pytest.mark.parametrize(

@@ -314,4 +314,12 @@ def test_event_hook_failure_is_logged_not_raised(caplog: pytest.LogCaptureFixtur
 
 
 def test_action_values() -> None:
-    assert [a.value for a in Action] == ["call", "serve", "publish", "subscribe"]
+    # new members go at the end (manage and observe came with the message switch's checks)
+    assert [a.value for a in Action] == [
+        "call",
+        "serve",
+        "publish",
+        "subscribe",
+        "manage",
+        "observe",
+    ]

@@ -44,7 +44,7 @@ from websockets.typing import Subprotocol
 
 from maitred.core.errors import ErrorCode, MaitredError
 from maitred.core.local import LocalClient
-from maitred.transports.http.client import SwitchClient
+from maitred.transports.http.client import SwitchClient, SwitchError
 from maitred.transports.mdp.client import Client as MdpClient
 from tests.e2e.helpers import BrokerThread, RawClient
 
@@ -590,6 +590,9 @@ class SwitchCaller(Caller):
                 return Outcome(final=sw.rpc(service, body, timeout=wait))
             except TimeoutError:
                 return Outcome(timed_out=True)
+            except SwitchError as exc:
+                # refused by the switch (e.g. [access]): its plain-text error form
+                return Outcome(error=(exc.status, exc.body.decode("utf-8", "replace")))
 
 
 def http_conn(broker: BrokerThread, wait: float) -> http.client.HTTPConnection:

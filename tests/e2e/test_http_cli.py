@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -90,3 +91,20 @@ def test_message_cli_verbs(
     # shutdown is refused for a session that is not authorised
     assert main(["shutdown", "-b", url]) == 4
     assert "403" in capsys.readouterr().err
+
+
+def test_shutdown_with_the_secret_file(
+    make_broker: Callable[..., BrokerThread], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    secret = tmp_path / "secret"
+    secret.write_text("cli-secret\n")
+    secret.chmod(0o600)
+    b = make_broker(
+        http_toml([f"unix:{short_socket_path()}"], f'shutdown_secret_file = "{secret}"')
+    )
+    url = endpoint_of(b, "unix:")
+    monkeypatch.setenv("MAITRED_SHUTDOWN_SECRET", "not-it")
+    assert main(["shutdown", "-b", url]) == 4  # the wrong secret from the environment
+    assert b.broker.state == "running"
+    assert main(["shutdown", "-b", url, "--secret-file", str(secret)]) == 0
+    wait_until(lambda: b.broker.state == "stopped", timeout=10, what="broker stopped")

@@ -3,6 +3,7 @@ byte for byte, diagnostics, trace, bad input, sessions, and queues as services a
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from collections.abc import Callable, Iterator
@@ -12,16 +13,26 @@ from typing import Any
 import pytest
 import zmq
 
+from maitred.core.local import LocalClient
 from tests.e2e.helpers import BrokerThread, RawClient, RawWorker, wait_until
 from tests.e2e.http_helpers import RawHttp, endpoint_of, http_toml, short_socket_path
 
 Ctx = zmq.Context[Any]
 
 
+SECRET = "switch-test-secret"
+
+
 @pytest.fixture
-def sw(make_broker: Callable[..., BrokerThread]) -> BrokerThread:
+def sw(make_broker: Callable[..., BrokerThread], monkeypatch: pytest.MonkeyPatch) -> BrokerThread:
     path = short_socket_path()
-    return make_broker(http_toml(["127.0.0.1:0", f"unix:{path}"], 'shutdown_tokens = ["admin:*"]'))
+    monkeypatch.setenv("MAITRED_TEST_SWITCH_SECRET", SECRET)
+    return make_broker(
+        http_toml(
+            ["127.0.0.1:0", f"unix:{path}"],
+            'shutdown_tokens = ["admin:*"]\nshutdown_secret_env = "MAITRED_TEST_SWITCH_SECRET"',
+        )
+    )
 
 
 @pytest.fixture
@@ -153,7 +164,7 @@ def test_bad_input_answers(sw: BrokerThread, conns: list[RawHttp]) -> None:
     assert c.do("POST", "/response/a/b/c", b"") == (500, b"Internal Server Error")
     assert c.do("POST", "/request/missing/cli:9", b"x") == (200, b"[]")
     assert c.do("GET", "/ack/missing/3") == (200, b"")
-    assert c.do("POST", "/shutdown") == (403, b"Forbidden")
+    assert c.do("POST", "/shutdown") == (403, b"Forbidden: wrong or missing shutdown secret")
     # percent-decoded segments; the connection still works after all of that
     assert c.do("GET", "/persistent/a%20b") == (200, b"a b")
     assert c.do("GET", "/list/a%20") == (200, b'["a b"]')
@@ -219,7 +230,9 @@ def test_long_poll_does_not_block_other_sessions(sw: BrokerThread, conns: list[R
 
 def test_shutdown_by_an_authorised_token(sw: BrokerThread, conns: list[RawHttp]) -> None:
     c = connect(conns, endpoint_of(sw, "unix:"), "admin:1")
-    assert c.do("POST", "/shutdown") == (200, b"")
+    assert c.do("POST", "/shutdown")[0] == 403  # the token name alone is no credential
+    auth = {"Authorization": f"Bearer {SECRET}"}
+    assert c.do("POST", "/shutdown", b"", auth) == (200, b"")
     wait_until(lambda: sw.broker.state == "stopped", timeout=10, what="broker stopped")
 
 
@@ -370,9 +383,11 @@ def test_failed_deliveries_count_across_a_restart_then_dead_letter(
 def test_requests_parked_by_a_full_service_queue_go_out_as_it_drains(
     make_broker: Callable[..., BrokerThread], conns: list[RawHttp]
 ) -> None:
-    """More stored requests than the service's ``max_queue``: the router refuses the extra ones
-    (they are parked, still stored) and they are submitted again as acks make room — with the
-    worker connected all along (a regression: they used to wait for a *new* worker)."""
+    """Stored requests the router refuses because callers of another protocol filled the
+    service's queue (``max_queue``) are parked, still stored, and submitted again as the worker
+    makes room — with the worker connected all along (a regression: they used to wait for a
+    *new* worker). The switch queue itself holds ``max_queue`` waiting messages: one more is
+    refused (429)."""
     b = make_broker(
         "[services.default]\nmax_queue = 2\n" + http_toml(["127.0.0.1:0"], "switch_credit = 1")
     )
@@ -381,19 +396,37 @@ def test_requests_parked_by_a_full_service_queue_go_out_as_it_drains(
     snd = connect(conns, ep, "snd:1")
     assert snd.do("GET", "/persistent/jobs") == (200, b"jobs")
     assert w.do("POST", "/transfer", b'{"timeout":0.0,"queues":["jobs"]}')[0] == 200  # a worker
-    for i in range(6):
-        assert snd.do("POST", "/request/jobs/nobody", b"j%d" % i) == (200, b'[["jobs",%d]]' % i)
-    assert b.stats()["http.switch.parked"] == 3  # 1 with the worker, 2 queued, 3 parked
+    calls: list[asyncio.Future[list[bytes]]] = []
+
+    async def local_calls() -> None:
+        client = LocalClient(b.broker, label="local")
+        for i in range(3):  # one with the worker, two fill the router's queue
+            calls.append(asyncio.ensure_future(client.request("jobs", b"l%d" % i, timeout=20)))
+            await asyncio.sleep(0)
+
+    b.run(local_calls())
+    wait_until(lambda: b.call(lambda: b.broker.router.services["jobs"].queued) == 2, what="full")
+    for i in range(2):
+        # (id 0 went to the message of the local caller the worker holds)
+        sent = snd.do("POST", "/request/jobs/nobody", b"j%d" % i)
+        assert sent == (200, b'[["jobs",%d]]' % (i + 1))
+    assert b.stats()["http.switch.parked"] == 2
+    status, body = snd.do("POST", "/request/jobs/nobody", b"j2")
+    assert status == 429 and body.startswith(b"Too Many Requests: "), body
     got = []
     cursor = -1
-    while len(got) < 6:
+    while len(got) < 5:
         req = b'{"timeout":5.0,"queues":["jobs"],"from":"%d"}' % cursor
         status, body = w.do("POST", "/transfer", req)
         assert status == 200
         reply = json.loads(body)
         assert reply["messages"], f"stuck after {got}"
-        for (_, n), _msg in reply["messages"]:
-            got.append(n)
-            assert w.do("GET", f"/ack/jobs/{n}") == (200, b"")
+        for (_, n), msg in reply["messages"]:
+            got.append(msg["payload"])
+            if msg["payload"].startswith("l"):  # a local caller waits for its answer
+                assert w.do("POST", f"/response/local/jobs/{n}", b"done")[0] == 200
+            else:
+                assert w.do("GET", f"/ack/jobs/{n}") == (200, b"")
         cursor = int(reply["next"])
-    assert got == list(range(6))
+    assert sorted(got) == ["j0", "j1", "l0", "l1", "l2"]
+    b.run(asyncio.wait_for(asyncio.gather(*calls), 5))

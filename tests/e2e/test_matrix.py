@@ -117,9 +117,9 @@ CALLERS = {
                    False),
         CallerKind("switch", "message-switch call (`SwitchClient.rpc`: transient reply queue, "
                    "send, transfer)", "switch", False, False,
-                   "none: the request is stored with no deadline; it waits in its queue (no "
-                   "worker, worker died) or is dead-lettered (denied); the caller's own wait "
-                   "ends", False),
+                   "403 `Forbidden: <why>` when [access] denies (before anything is stored); "
+                   "else none: the request is stored with no deadline and waits in its queue "
+                   "(no worker, worker died); the caller's own wait ends", False),
         CallerKind("rest", "REST `POST /v1/services/{name}` (as `RestClient.call`: "
                    "`Accept: application/json`, several frames as `{\"frames\": [...]}`)",
                    "frames", False, True, "HTTP status + `{\"error\": {code, reason}}`", False),
@@ -513,14 +513,11 @@ def test_denied(matrix: Matrix, ck: str) -> None:
     c = CALLERS[ck]
     sent, _ = caller_input(c, [b"let me in"])
     got = matrix.callers[ck].call("denied.svc", sent, wait=mp.WAIT if c.deadline else SWITCH_WAIT)
-    if c.deadline:
-        assert_error(ck, got, 403, "denied.svc")
-    else:
-        # the stored request is refused by the router: dead-lettered with the reason
-        assert got.timed_out and got.error is None, got
-        letters = matrix.dead_letters("denied.svc")
-        assert letters, letters
-        assert "may not call denied.svc" in json.dumps(letters)
+    # (the switch refuses at once too: it asks [access] before it stores anything)
+    assert_error(ck, got, 403, "denied.svc")
+    if c.body == "switch":
+        assert got.error is not None and "may not call denied.svc" in got.error[1], got
+        assert matrix.dead_letters("denied.svc") == []
 
 
 def final_bytes(c: CallerKind, got: mp.Outcome) -> bytes:

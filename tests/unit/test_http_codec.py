@@ -48,6 +48,37 @@ def test_diagnostics_omits_absent_fields() -> None:
         b'{"payload":"x","kind":["Request","cli:42"]}}]]}},'
         b'"transient_queues":{"cli:42":{"queue_contents":[]}}}'
     )
+    # the document built one queue at a time is the same bytes
+    assert body == codec.diagnostics_document(
+        9,
+        [codec.diagnostics_queue("foo", 7, [entry])],
+        [codec.diagnostics_queue("cli:42", None, [])],
+    )
+    assert codec.diagnostics_document(1, [], []) == codec.diagnostics_body(1, {}, {})
+
+
+def test_numbers_are_validated_or_clamped() -> None:
+    # huge timeouts are clamped (no OverflowError later), bad ones refused
+    for text in (b"1e300", b"1.7976931348623157e308"):
+        _, timeout, _ = codec.parse_transfer(b'{"timeout":%s,"queues":[]}' % text)
+        assert timeout == codec.MAX_WAIT
+    assert codec.parse_trace_args(["-1", "1e300"]) == (-1, codec.MAX_WAIT)
+    assert codec.parse_trace_args(["-1", "inf"]) == (-1, codec.MAX_WAIT)
+    for bad in (
+        b'{"timeout":-1,"queues":[]}',
+        b'{"timeout":1e309,"queues":[]}',  # beyond a double: msgspec refuses it
+        b'{"from":"99999999999999999999","queues":[]}',
+    ):
+        with pytest.raises(codec.SwitchError):
+            codec.parse_transfer(bad)
+    for args in (["0", "nan"], ["0", "-1"], ["-2", "1"], ["1" * 30, "1"]):
+        with pytest.raises(codec.SwitchError):
+            codec.parse_trace_args(args)
+    assert codec.parse_id(str(codec.MAX_ID)) == codec.MAX_ID
+    for bad_id in ("-1", "x", str(codec.MAX_ID + 1)):
+        with pytest.raises(codec.SwitchError):
+            codec.parse_id(bad_id)
+    assert codec.parse_id("-1", cursor=True) == -1
 
 
 def test_trace_event_and_args() -> None:

@@ -17,28 +17,31 @@ import os
 import sqlite3
 import stat
 from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
 from typing import Any, Literal
 
 import msgspec
 from aiohttp import web
 
-from maitred.core.access import Identity
+from maitred.core.access import Action, Identity
 from maitred.core.durable import StoreJournal
 from maitred.core.errors import ErrorCode, MaitredError
 from maitred.core.routing.model import Body, Headers, ReplyKind, Request, Worker
 from maitred.core.store import MemoryStore, SQLiteStore, Store, StoreLocked, default_store_path
 from maitred.core.transport import BrokerPort
 from maitred.transports.http import codec
-from maitred.transports.http.admin import add_admin_routes
+from maitred.transports.http.admin import add_admin_routes, switch_page, switch_page_headers
 from maitred.transports.http.codec import SwitchError
 from maitred.transports.http.examples import add_example_routes
 from maitred.transports.http.metrics import render_metrics
 from maitred.transports.http.openapi import openapi_document
-from maitred.transports.http.switch import Switch, Token
+from maitred.transports.http.switch import DEAD_LETTERS, LIST, Refused, Switch, Token
 
 log = logging.getLogger("maitred.transports.http")
 
 _FINAL = ReplyKind.FINAL
+#: what ``GET /metrics`` asks the policy about (``observe``)
+METRICS = "$sys.metrics"
 _OCTETS = "application/octet-stream"
 
 
@@ -67,8 +70,27 @@ class HttpConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     max_deliveries: int = 5
     #: events kept for ``GET /trace`` (0: no trace)
     trace_size: int = 1000
-    #: login tokens (shell patterns) allowed to ``POST /shutdown``; others get 403
+    #: ``POST /shutdown`` needs the shutdown secret (``Authorization: Bearer SECRET``), read
+    #: at start from this file (surrounding whitespace stripped); empty: see
+    #: ``shutdown_secret_env``. With neither, the switch cannot stop the broker
+    shutdown_secret_file: str = ""
+    #: the environment variable holding the shutdown secret (instead of a file)
+    shutdown_secret_env: str = ""
+    #: deprecated narrowing: when not empty, only login tokens matching one of these shell
+    #: patterns may shut down, and they too need the secret (a token name is no credential)
     shutdown_tokens: list[str] = msgspec.field(default_factory=list)
+    #: messages a switch queue that is not a service (a transient queue) holds; persistent
+    #: queues are services and hold their ``[services]`` policy's ``max_queue``
+    switch_max_queue: int = 10_000
+    #: payload bytes a switch queue holds (a service policy's ``max_queue_bytes`` where it has
+    #: one)
+    switch_max_queue_bytes: int = 64 << 20
+    #: queues the switch holds in all (persistent and transient)
+    switch_max_queues: int = 10_000
+    #: queues one login token may make (persistent ones count until destroyed)
+    switch_max_queues_per_token: int = 1000
+    #: messages listed per queue by the switch's diagnostics (``GET /``), the oldest first
+    diagnostics_messages: int = 100
     #: where persistent switch queues live: ``sqlite`` (the embedded default: kept across
     #: restarts and crashes) or ``memory`` (lost on restart)
     store: Literal["memory", "sqlite"] = "sqlite"
@@ -106,7 +128,52 @@ class HttpConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
             out.append("trace_size must be >= 0")
         if self.sse_buffer < 1:
             out.append("sse_buffer must be >= 1")
+        if self.shutdown_secret_file and self.shutdown_secret_env:
+            out.append("shutdown_secret_file and shutdown_secret_env: give one of them")
+        for key in (
+            "switch_max_queue",
+            "switch_max_queue_bytes",
+            "switch_max_queues",
+            "switch_max_queues_per_token",
+        ):
+            if getattr(self, key) < 1:
+                out.append(f"{key} must be >= 1")
+        if self.diagnostics_messages < 0:
+            out.append("diagnostics_messages must be >= 0")
         return out
+
+    def shutdown_secret(self) -> bytes | None:
+        """The shutdown secret from ``shutdown_secret_file`` or ``shutdown_secret_env`` (None
+        when neither is set); MaitredError when the one given is missing or empty."""
+        if self.shutdown_secret_file:
+            path = self.shutdown_secret_file
+            try:
+                raw = Path(path).read_bytes()
+                mode = os.stat(path).st_mode
+            except OSError as exc:
+                raise MaitredError(
+                    f"http: cannot read shutdown_secret_file {path}: {exc.strerror or exc}",
+                    ErrorCode.BAD_REQUEST,
+                ) from None
+            if mode & (stat.S_IRWXG | stat.S_IRWXO):
+                log.warning("http: shutdown_secret_file %s is readable by others", path)
+            where = f"shutdown_secret_file {path}"
+        elif self.shutdown_secret_env:
+            raw = os.environ.get(self.shutdown_secret_env, "").encode()
+            where = f"environment variable {self.shutdown_secret_env}"
+        else:
+            if self.shutdown_tokens:
+                log.warning(
+                    "http: shutdown_tokens is set but no shutdown secret: POST /shutdown is"
+                    " refused (a token name is no credential; set shutdown_secret_file)"
+                )
+            return None
+        secret = raw.strip()
+        if not secret:
+            raise MaitredError(
+                f"http: the shutdown secret ({where}) is empty", ErrorCode.BAD_REQUEST
+            )
+        return secret
 
 
 class _Call:
@@ -258,6 +325,7 @@ class HttpTransport:
             "http", _RestSink(), self.identity, now, label="http:rest", quiet=True
         )
         if cfg.switch:
+            secret = cfg.shutdown_secret()
             store = self._store
             if store is None:
                 store = (
@@ -273,6 +341,12 @@ class HttpTransport:
                 max_deliveries=cfg.max_deliveries,
                 trace_size=cfg.trace_size,
                 shutdown_tokens=cfg.shutdown_tokens,
+                shutdown_secret=secret,
+                max_queue=cfg.switch_max_queue,
+                max_queue_bytes=cfg.switch_max_queue_bytes,
+                max_queues=cfg.switch_max_queues,
+                max_queues_per_token=cfg.switch_max_queues_per_token,
+                diagnostics_messages=cfg.diagnostics_messages,
             )
             self.switch.open()
         app = web.Application(client_max_size=cfg.max_body_size, middlewares=[_maitred_errors])
@@ -576,26 +650,47 @@ class HttpTransport:
 
     async def _queues(self, request: web.Request) -> web.Response:
         value = {"services": self._mmi("mmi.queues")}
-        if self.switch is not None:
+        switch = self.switch
+        # the switch's queues only to an identity that may list them (not counted: a filter)
+        if switch is not None and switch.permits(self._rest, Action.OBSERVE, LIST):
             value["switch"] = {
                 name: {
                     "persistent": q.persistent,
                     "messages": len(q.messages),
-                    "leased": sum(1 for m in q.messages.values() if m.lease is not None),
+                    "leased": q.leased,
                 }
-                for name, q in sorted(self.switch.queues.items())
+                for name, q in sorted(switch.queues.items())
             }
         return _json(value)
 
     async def _topics(self, request: web.Request) -> web.Response:
         return _json(self._mmi("mmi.topics"))
 
+    def _observe(self, name: str) -> web.Response | None:
+        """None when the http identity may ``observe`` ``name``; else the REST 403 (the denial
+        is counted and published by the router)."""
+        if self.router.allowed(self._rest, Action.OBSERVE, name):
+            return None
+        return _error(ErrorCode.FORBIDDEN, f"{self.identity.name} may not observe {name}")
+
     async def _dead_letters(self, request: web.Request) -> web.Response:
-        if self.switch is None:
+        refused = self._observe(DEAD_LETTERS)
+        if refused is not None:
+            return refused
+        switch = self.switch
+        if switch is None:
             return _json([])
         queue = request.query.get("queue")
-        if self.switch.store.dirty:
-            await self.switch.committed()  # what is buffered is read back from the store
+        if switch.store.dirty:
+            await switch.committed()  # what is buffered is read back from the store
+        shown: dict[str, bool] = {}
+
+        def payload(q: str, data: bytes) -> str:
+            # the payload only to an identity that may call the queue (a preview-free view)
+            if q not in shown:
+                shown[q] = switch.permits(self._rest, Action.CALL, q)
+            return codec.payload_text(data) if shown[q] else ""
+
         return _json(
             [
                 {
@@ -604,9 +699,9 @@ class HttpTransport:
                     "reason": d.reason,
                     "deliveries": d.message.deliveries,
                     "origin": d.message.origin,
-                    "payload": codec.payload_text(d.message.payload),
+                    "payload": payload(d.message.queue, d.message.payload),
                 }
-                for d in self.switch.store.dead_letters(queue)
+                for d in switch.store.dead_letters(queue)
             ]
         )
 
@@ -665,6 +760,9 @@ class HttpTransport:
             self.router.close_session(session, self.port.clock(), "stream closed")
 
     async def _metrics(self, request: web.Request) -> web.Response:
+        refused = self._observe(METRICS)
+        if refused is not None:
+            return refused
         body, ctype = render_metrics(self.router, self.switch)
         return web.Response(body=body, headers={"Content-Type": ctype})
 
@@ -695,9 +793,18 @@ class HttpTransport:
             return _plain(codec.PLEASE_LOG_IN, 404)
         try:
             return await fn(request, parts, token)
+        except Refused as exc:
+            return _plain(codec.refusal(exc.status, exc.reason), exc.status)
         except _TooLarge:
             return self._too_large(_plain(b"Request Entity Too Large", 413))
-        except (SwitchError, ValueError, KeyError, IndexError, msgspec.DecodeError) as exc:
+        except (
+            SwitchError,
+            ValueError,
+            KeyError,
+            IndexError,
+            OverflowError,
+            msgspec.DecodeError,
+        ) as exc:
             self.stats["http.switch.bad_input"] += 1
             log.debug("switch: %s %s: %s", request.method, uri, exc)
             return _plain(codec.INTERNAL_ERROR, 500)
@@ -744,7 +851,7 @@ class HttpTransport:
     async def _sw_diagnostics(
         self, request: web.Request, parts: list[str], token: Token | None
     ) -> web.StreamResponse:
-        return _plain(self._sw.diagnostics())
+        return _plain(await self._sw.diagnostics(token))
 
     async def _sw_login(
         self, request: web.Request, parts: list[str], token: Token | None
@@ -766,7 +873,8 @@ class HttpTransport:
     async def _sw_destroy(
         self, request: web.Request, parts: list[str], token: Token | None
     ) -> web.StreamResponse:
-        self._sw.destroy(parts[1])
+        assert token is not None
+        self._sw.destroy(token, parts[1])
         await self._sw.committed()
         return _plain(b"")
 
@@ -774,7 +882,7 @@ class HttpTransport:
         self, request: web.Request, parts: list[str], token: Token | None
     ) -> web.StreamResponse:
         assert token is not None
-        self._sw.ack(token, parts[1], int(parts[2]))
+        self._sw.ack(token, parts[1], codec.parse_id(parts[2]))
         await self._sw.committed()
         return _plain(b"")
 
@@ -785,27 +893,28 @@ class HttpTransport:
         if len(parts) == 3 and not alive:
             raise SwitchError("list takes /<prefix> or /alive/<prefix>")
         prefix = parts[-1] if len(parts) > 1 else ""
-        return _plain(codec.names_body(self._sw.list_queues(prefix, alive)))
+        return _plain(codec.names_body(self._sw.list_names(token, prefix, alive)))
 
     async def _sw_trace(
         self, request: web.Request, parts: list[str], token: Token | None
     ) -> web.StreamResponse:
         start, timeout = codec.parse_trace_args(parts[1:])
-        return _plain(await self._sw.get_trace(start, timeout))
+        return _plain(await self._sw.get_trace(token, start, timeout))
 
     async def _sw_admin(
         self, request: web.Request, parts: list[str], token: Token | None
     ) -> web.StreamResponse:
-        rows = "".join(
-            f"<tr><td>{name}</td><td>{'persistent' if q.persistent else 'transient'}</td>"
-            f"<td>{len(q.messages)}</td></tr>"
+        self._sw.check(self._sw.session_of(token), Action.OBSERVE, LIST)
+        rows = [
+            (name, "persistent" if q.persistent else "transient", len(q.messages))
             for name, q in sorted(self._sw.queues.items())
+        ]
+        return web.Response(
+            body=switch_page(rows),
+            content_type="text/html",
+            charset="utf-8",
+            headers=switch_page_headers(),
         )
-        page = (
-            "<!doctype html><title>maitred switch</title><h1>maitred message switch</h1>"
-            f"<table><tr><th>queue</th><th>kind</th><th>messages</th></tr>{rows}</table>"
-        )
-        return web.Response(text=page, content_type="text/html")
 
     async def _sw_request(
         self, request: web.Request, parts: list[str], token: Token | None
@@ -820,7 +929,7 @@ class HttpTransport:
         self, request: web.Request, parts: list[str], token: Token | None
     ) -> web.StreamResponse:
         assert token is not None
-        req_n = int(parts[3])
+        req_n = codec.parse_id(parts[3])
         payload = await self._read_body(request)
         sent = self._sw.respond(token, parts[1], parts[2], req_n, payload)
         await self._sw.committed()
@@ -842,8 +951,12 @@ class HttpTransport:
         self, request: web.Request, parts: list[str], token: Token | None
     ) -> web.StreamResponse:
         assert token is not None
-        if not self._sw.may_shutdown(token) or self.request_stop is None:
-            return _plain(b"Forbidden", 403)
+        auth = request.headers.get("Authorization", "")
+        scheme, _, value = auth.partition(" ")
+        secret = value.strip().encode() if scheme.lower() == "bearer" and value.strip() else None
+        self._sw.shutdown(token, secret)  # Refused: 403
+        if self.request_stop is None:
+            return _plain(codec.refusal(403, "this broker cannot be stopped from here"), 403)
         log.warning("switch: shutdown requested by %s", token.name)
         asyncio.get_running_loop().call_soon(self.request_stop)
         return _plain(b"")

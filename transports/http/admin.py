@@ -13,6 +13,11 @@ Routes (registered only when ``admin = true``):
 * ``GET /admin/endpoints.json`` → ``{"ws": [...]}``, the ws transport's bound endpoints (the
   page's default WebSocket URL, unless it is given ``?ws=``).
 
+The message switch's own page (``GET /admin`` and below when the dashboard is off, or
+``/admin/...`` paths the dashboard does not take) is :func:`switch_page`: one table of queue
+names, kinds and lengths, every value HTML-escaped, with no script and a Content-Security-Policy
+of ``default-src 'none'``. It needs ``observe`` on ``$switch.list``.
+
 Access, as for the REST API's MMI views (``GET /v1/services`` asks ``mmi.services`` in the REST
 session): both routes are answered only when the http identity may ``call`` ``mmi.services``;
 otherwise 403 with the REST error body (the denial is counted and published on
@@ -24,7 +29,9 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import html
 import re
+from collections.abc import Iterable
 from importlib import resources
 
 from aiohttp import web
@@ -65,6 +72,37 @@ def page_headers(page: bytes) -> dict[str, str]:
     return {
         "Cache-Control": "no-cache",
         "Content-Security-Policy": csp,
+        "Referrer-Policy": "no-referrer",
+        "X-Frame-Options": "DENY",
+        "X-Content-Type-Options": "nosniff",
+    }
+
+
+#: the switch page has no script, style or image: nothing may load or run
+SWITCH_CSP = (
+    "default-src 'none'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
+
+
+def switch_page(rows: Iterable[tuple[str, str, int]]) -> bytes:
+    """The message switch's ``/admin`` page: (queue, kind, messages) rows, all escaped (queue
+    names are chosen by clients)."""
+    esc = html.escape
+    body = "".join(
+        f"<tr><td>{esc(name)}</td><td>{esc(kind)}</td><td>{int(count)}</td></tr>"
+        for name, kind, count in rows
+    )
+    return (
+        '<!doctype html><html lang="en"><meta charset="utf-8"><title>maitred switch</title>'
+        "<h1>maitred message switch</h1>"
+        f"<table><tr><th>queue</th><th>kind</th><th>messages</th></tr>{body}</table></html>"
+    ).encode()
+
+
+def switch_page_headers() -> dict[str, str]:
+    return {
+        "Cache-Control": "no-cache",
+        "Content-Security-Policy": SWITCH_CSP,
         "Referrer-Policy": "no-referrer",
         "X-Frame-Options": "DENY",
         "X-Content-Type-Options": "nosniff",

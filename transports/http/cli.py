@@ -13,6 +13,7 @@ import os
 import sys
 import time
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 from maitred.transports.http.client import SwitchClient, SwitchError
@@ -184,8 +185,13 @@ def cmd_mscgen(args: argparse.Namespace) -> int:
 
 def cmd_shutdown(args: argparse.Namespace) -> int:
     try:
+        secret = (
+            Path(args.secret_file).read_text().strip()
+            if args.secret_file
+            else os.environ.get("MAITRED_SHUTDOWN_SECRET", "").strip()
+        )
         with SwitchClient(args.broker, token=args.token, timeout=args.timeout) as sw:
-            sw.shutdown()
+            sw.shutdown(secret or None)
     except (OSError, SwitchError) as exc:
         return _fail(exc)
     return 0
@@ -236,7 +242,11 @@ def add_commands(subparsers: Any) -> None:
     switch_opts(p)
     p.set_defaults(run=cmd_mscgen)
 
-    p = subparsers.add_parser("shutdown", help="stop the broker (an authorised token only)")
-    p.add_argument("--token", help="login token (must be in shutdown_tokens)")
+    p = subparsers.add_parser("shutdown", help="stop the broker (needs the shutdown secret)")
+    p.add_argument("--token", help="login token (where shutdown_tokens narrows who may)")
+    p.add_argument(
+        "--secret-file",
+        help="file holding the shutdown secret (default: env MAITRED_SHUTDOWN_SECRET)",
+    )
     switch_opts(p)
     p.set_defaults(run=cmd_shutdown)

@@ -230,12 +230,13 @@ class SwitchClient:
         path: str,
         body: bytes | None = None,
         timeout: float | None = None,
+        headers: dict[str, str] | None = None,
     ) -> bytes:
         if timeout is not None:
             conn.timeout = timeout
             if conn.sock is not None:
                 conn.sock.settimeout(timeout)
-        conn.request(method, path, body=body)
+        conn.request(method, path, body=body, headers=headers or {})
         resp = conn.getresponse()
         data = resp.read()
         if resp.status != 200:
@@ -295,8 +296,10 @@ class SwitchClient:
         )
         return [(i, e) for i, e in data["events"]]
 
-    def shutdown(self) -> None:
-        self._do(self._main, "POST", "/shutdown", b"")
+    def shutdown(self, secret: str | None = None) -> None:
+        """POST /shutdown with the shutdown secret (``Authorization: Bearer``)."""
+        headers = {"Authorization": f"Bearer {secret}"} if secret else {}
+        self._do(self._main, "POST", "/shutdown", b"", headers=headers)
 
     def rpc(self, queue: str, payload: bytes, timeout: float = 30.0) -> bytes:
         """The switch's RPC pattern (docs/reference/wire.md): a transient reply queue, send, wait

@@ -31,6 +31,13 @@ class SwitchError(Exception):
     """Bad input on a switch route: answered 500 ``Internal Server Error``."""
 
 
+def refusal(status: int, reason: str) -> bytes:
+    """The switch's plain-text error form for a refusal: ``Forbidden: why`` (403) or
+    ``Too Many Requests: why`` (429)."""
+    head = b"Forbidden" if status == 403 else b"Too Many Requests"
+    return head + b": " + reason.encode("utf-8", "replace")
+
+
 def not_found(uri: str) -> bytes:
     return b"Not found: " + uri.encode("utf-8", "surrogateescape")
 
@@ -121,16 +128,41 @@ class TransferRequest(msgspec.Struct):
 _transfer_dec = msgspec.json.Decoder(TransferRequest)
 
 
+#: the longest wait a Transfer or a trace read is given, in seconds: a larger timeout (up to
+#: infinity) is clamped to it; the client simply polls again
+MAX_WAIT = 3600.0
+#: ids and cursors are 63-bit (they are encoded as JSON integers)
+MAX_ID = (1 << 63) - 1
+
+
+def parse_wait(value: float) -> float:
+    """A timeout in seconds: SwitchError when negative or NaN, clamped to ``MAX_WAIT``."""
+    if not (value >= 0):
+        raise SwitchError("bad timeout")
+    return min(float(value), MAX_WAIT)
+
+
+def parse_id(text: str, *, cursor: bool = False) -> int:
+    """A message id (or with ``cursor``, a Transfer cursor, which may be -1): SwitchError when
+    it is not an integer in range."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise SwitchError(f"bad id {text[:40]!r}") from None
+    if not ((-1 if cursor else 0) <= n <= MAX_ID):
+        raise SwitchError(f"id out of range: {text[:40]!r}")
+    return n
+
+
 def parse_transfer(body: bytes) -> tuple[int, float, list[str]]:
-    """(from, timeout, queues) of a Transfer body; SwitchError on bad input."""
+    """(from, timeout, queues) of a Transfer body; SwitchError on bad input; the timeout is
+    clamped to ``MAX_WAIT``."""
     try:
         req = _transfer_dec.decode(body)
-        start = -1 if req.from_ is None else int(req.from_)
     except (msgspec.DecodeError, ValueError) as exc:
         raise SwitchError(f"bad transfer request: {exc}") from None
-    if not (req.timeout >= 0):
-        raise SwitchError("bad transfer timeout")
-    return start, float(req.timeout), req.queues
+    start = -1 if req.from_ is None else parse_id(req.from_, cursor=True)
+    return start, parse_wait(req.timeout), req.queues
 
 
 def transfer_body(messages: Iterable[tuple[str, int, bytes, Kind]], next_cursor: int) -> bytes:
@@ -187,6 +219,32 @@ def diagnostics_body(
     )
 
 
+def diagnostics_queue(name: str, expected: int | None, entries: list[list[Any]]) -> bytes:
+    """One queue of ``GET /`` (``"name":{...}``), for :func:`diagnostics_document`."""
+    q: dict[str, Any] = {}
+    if expected is not None:
+        q["next_transfer_expected"] = expected
+    q["queue_contents"] = entries
+    return _enc.encode(name) + b":" + _enc.encode(q)
+
+
+def diagnostics_document(current_ns: int, permanent: list[bytes], transient: list[bytes]) -> bytes:
+    """``GET /`` from queues encoded one at a time (the same bytes as
+    :func:`diagnostics_body`)."""
+    return b"".join(
+        (
+            b'{"start_time":0,"current_time":',
+            _enc.encode(current_ns),
+            b',"permanent_queues":{',
+            b",".join(permanent),
+            b'},"transient_queues":{',
+            b",".join(transient),
+            b"}}",
+        )
+    )
+
+
+#: bytes of a payload shown in the trace and in diagnostics
 TRACE_PAYLOAD_LIMIT = 256
 
 
@@ -231,12 +289,10 @@ def parse_trace_args(parts: Sequence[str]) -> tuple[int, float]:
     if len(parts) != 2:
         raise SwitchError("trace takes /<from>/<timeout>")
     try:
-        start, timeout = int(parts[0]), float(parts[1])
+        timeout = float(parts[1])
     except ValueError:
         raise SwitchError("bad trace arguments") from None
-    if not (timeout >= 0):
-        raise SwitchError("bad trace timeout")
-    return start, timeout
+    return parse_id(parts[0], cursor=True), parse_wait(timeout)
 
 
 # -- REST ----------------------------------------------------------------------------------------

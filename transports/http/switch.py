@@ -9,19 +9,37 @@ too; the reply becomes a ``Response`` in the sender's reply queue. A request fro
 protocol dispatched to a switch worker becomes a (volatile) message in the queue. Each message is
 leased to one token until it is acked; a token that goes away gives its leases back.
 Plain messages (responses, anything in a transient queue) are handed out by Transfer directly.
+
+Access (docs/reference/access.md, "What each switch operation needs"): every operation is an
+action of the one ``[access]`` policy, asked for the token's identity (the transport's identity
+for requests made before a login). Sending is ``call`` on the queue, transferring ``serve``
+(a transient queue is read by the token that made it only), creating a queue ``call`` or
+``serve`` on its name; reading diagnostics, the trace and listings is ``observe``, destroying a
+queue and removing a message one does not hold is ``manage``. A message leased to one token is
+acked, answered and read by that token only, whatever the policy. A refusal raises
+:class:`Refused`, is counted as ``denied.<action>`` and published on ``$sys.auth.denied``.
+
+Limits: a queue that is a service (every persistent queue) holds at most the service's
+``max_queue`` messages; other queues ``switch_max_queue``; every queue at most
+``switch_max_queue_bytes`` of payload; a token makes at most ``switch_max_queues_per_token``
+queues and the switch holds at most ``switch_max_queues``. Diagnostics list at most
+``diagnostics_messages`` messages per queue with a payload preview, and yield to the event loop
+while they are built.
 """
 
 from __future__ import annotations
 
 import asyncio
 import fnmatch
+import hmac
 import logging
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
-from typing import Any
+from itertools import islice
+from typing import Any, NoReturn
 
-from maitred.core.access import Identity
+from maitred.core.access import Action, Identity, decide, is_open
 from maitred.core.errors import ErrorCode, MaitredError
 from maitred.core.routing.model import (
     Body,
@@ -40,6 +58,29 @@ from maitred.transports.http.codec import Kind
 log = logging.getLogger("maitred.transports.http.switch")
 
 _ACKED = "acknowledged without a response"
+
+#: the names the switch's read-only views and shutdown are asked about (docs/reference/access.md)
+DIAGNOSTICS = "$switch.diagnostics"
+TRACE = "$switch.trace"
+LIST = "$switch.list"
+DEAD_LETTERS = "$switch.dead-letters"
+SHUTDOWN = "$sys.shutdown"
+
+FORBIDDEN = 403
+TOO_MANY = 429
+
+#: seconds a diagnostics build may hold the event loop before it yields
+_SLICE = 0.002
+
+
+class Refused(Exception):
+    """A switch operation refused by the access policy, a lease or a limit (already counted):
+    answered with ``status`` and the switch's plain-text error form."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
 
 
 class Msg:
@@ -83,9 +124,12 @@ class Msg:
 
 class Queue:
     __slots__ = (
+        "creator",
         "expected_ns",
+        "leased",
         "messages",
         "name",
+        "nbytes",
         "open",
         "owner",
         "parked",
@@ -93,10 +137,19 @@ class Queue:
         "waiters",
     )
 
-    def __init__(self, name: str, persistent: bool, owner: str | None) -> None:
+    def __init__(
+        self, name: str, persistent: bool, owner: str | None, creator: str | None = None
+    ) -> None:
         self.name = name
         self.persistent = persistent
+        #: the token a transient queue belongs to (None: persistent)
         self.owner = owner
+        #: the token that made it (counted against its ``switch_max_queues_per_token``)
+        self.creator = creator
+        #: payload bytes of its messages
+        self.nbytes = 0
+        #: its messages leased to a token (the others wait: they count against its limit)
+        self.leased = 0
         self.messages: dict[int, Msg] = {}
         #: the messages a Transfer looks at: a superset of those not waiting in the router
         #: (plain messages, and routed ones while leased), cleaned lazily by ``_eligible`` — so
@@ -207,6 +260,12 @@ class Switch:
         max_deliveries: int,
         trace_size: int,
         shutdown_tokens: list[str],
+        shutdown_secret: bytes | None = None,
+        max_queue: int = 10_000,
+        max_queue_bytes: int = 64 << 20,
+        max_queues: int = 10_000,
+        max_queues_per_token: int = 1000,
+        diagnostics_messages: int = 100,
     ) -> None:
         self.port = port
         self.router = port.router
@@ -215,6 +274,14 @@ class Switch:
         self.credit = credit
         self.max_deliveries = max_deliveries
         self.shutdown_tokens = shutdown_tokens
+        self.shutdown_secret = shutdown_secret
+        self.max_queue = max_queue
+        self.max_queue_bytes = max_queue_bytes
+        self.max_queues = max_queues
+        self.max_queues_per_token = max_queues_per_token
+        self.diagnostics_messages = diagnostics_messages
+        #: queues made by each token name (persistent ones outlive the token)
+        self.created: Counter[str] = Counter()
         self.queues: dict[str, Queue] = {}
         self.tokens: dict[str, Token] = {}
         self.conns: dict[object, Token] = {}
@@ -254,6 +321,7 @@ class Switch:
                 m.deliveries = s.deliveries
                 m.redelivered = s.deliveries > 0
                 q.messages[s.n] = m
+                q.nbytes += len(m.payload)
                 if self._routed(q, m):
                     self._submit(m, now)
                 else:
@@ -370,9 +438,8 @@ class Switch:
                 if m.lease != token.name:
                     continue
                 if m.volatile:
-                    m.lease = None
-                    del q.messages[m.n]  # the router fails or redelivers its request
-                    q.open.pop(m.n, None)
+                    self._lease(m, None)
+                    self._remove(q, m)  # the router fails or redelivers its request
                     continue
                 released.append(m)
         if token.session is not None:
@@ -382,7 +449,7 @@ class Switch:
         token.workers.clear()
         for m in released:
             if m.lease == token.name:
-                m.lease = None
+                self._lease(m, None)
                 m.shown = False
         for name in list(token.transient):
             self._destroy(name, now)
@@ -399,7 +466,7 @@ class Switch:
         q = self.queues.get(m.queue)
         if q is None or q.messages.get(m.n) is not m:
             return
-        m.lease = None
+        self._lease(m, None)
         m.shown = False
         if m.deliveries >= self.max_deliveries:
             self._dead_letter(q, m, f"{reason}; delivered {m.deliveries} times without an ack")
@@ -415,8 +482,7 @@ class Switch:
         self._wake(q)
 
     def _dead_letter(self, q: Queue, m: Msg, reason: str) -> None:
-        del q.messages[m.n]
-        q.open.pop(m.n, None)
+        self._remove(q, m)
         self.stats["http.switch.dead_letters"] += 1
         log.warning("switch: %s/%d dead-lettered: %s", m.queue, m.n, reason)
         self.store.dead_letter(
@@ -432,6 +498,39 @@ class Switch:
             reason,
         )
 
+    # -- access -----------------------------------------------------------------------------
+
+    def session_of(self, token: Token | None) -> Session:
+        """The router session a request is asked about: its token's, or before a login the
+        transport's own (its identity)."""
+        if token is not None and token.session is not None:
+            return token.session
+        assert self.qsession is not None
+        return self.qsession
+
+    def permits(self, session: Session, action: Action, name: str) -> bool:
+        """The policy's answer without counting a denial (for filtering what a view shows)."""
+        router = self.router
+        if is_open(router.access) and not session.identity.restricted:
+            return True
+        return decide(router.access, router.grants, session.identity, action, name)
+
+    def check(self, session: Session, action: Action, name: str) -> None:
+        """Raise :class:`Refused` (counted and published by the router) unless allowed."""
+        if not self.router.allowed(session, action, name):
+            raise Refused(FORBIDDEN, f"{session.identity.name} may not {action.value} {name}")
+
+    def refuse(self, session: Session, action: Action, name: str, reason: str) -> NoReturn:
+        """A refusal the switch decides itself (a lease, a missing secret): counted as
+        ``denied.<action>`` and published like the policy's own."""
+        self.router.report_denied(session, action, name)
+        raise Refused(FORBIDDEN, reason)
+
+    def _full(self, what: str, reason: str) -> NoReturn:
+        self.stats[f"http.switch.refused.{what}"] += 1
+        log.info("switch: refused: %s", reason)
+        raise Refused(TOO_MANY, reason)
+
     # -- queues -----------------------------------------------------------------------------
 
     @staticmethod
@@ -439,23 +538,68 @@ class Switch:
         """Requests in persistent queues go through the router (any protocol may serve them)."""
         return q.persistent and m.kind[0] == "Request" and not m.volatile
 
+    def limits(self, q: Queue) -> tuple[int, int]:
+        """(messages waiting, as for the router, not counting those leased to a token; payload
+        bytes of all its messages) ``q`` may hold: a persistent queue is a service and has its
+        policy's ``max_queue`` (and ``max_queue_bytes`` where the policy has one); otherwise,
+        and where the service says 0, the switch's own limits."""
+        if not q.persistent:
+            return self.max_queue, self.max_queue_bytes
+        policy = self.router.service(q.name).policy
+        count = policy.max_queue or self.max_queue
+        size = int(getattr(policy, "max_queue_bytes", 0) or 0) or self.max_queue_bytes
+        return count, size
+
+    def _room(self, q: Queue, size: int) -> str | None:
+        """Why ``q`` cannot take a message of ``size`` bytes, or None."""
+        count, limit = self.limits(q)
+        if len(q.messages) - q.leased >= count:
+            return f"queue {q.name} is full ({count} messages waiting)"
+        if q.nbytes + size > limit:
+            return f"queue {q.name} is full ({limit} bytes)"
+        return None
+
     def create(self, token: Token, name: str, persistent: bool) -> None:
+        session = self.session_of(token)
+        if not (
+            self.permits(session, Action.CALL, name) or self.permits(session, Action.SERVE, name)
+        ):
+            self.refuse(
+                session,
+                Action.CALL,
+                name,
+                f"{session.identity.name} may neither call nor serve {name}",
+            )
         if name in self.queues:
             return
-        self.queues[name] = Queue(name, persistent, None if persistent else token.name)
+        if len(self.queues) >= self.max_queues:
+            self._full("queues", f"the switch holds {self.max_queues} queues")
+        if self.created[token.name] >= self.max_queues_per_token:
+            self._full(
+                "queues", f"token {token.name} made {self.max_queues_per_token} queues already"
+            )
+        self.queues[name] = Queue(
+            name, persistent, None if persistent else token.name, creator=token.name
+        )
+        self.created[token.name] += 1
         if persistent:
             self.store.create_queue(name)
             self.counters.setdefault(name, 0)
         else:
             token.transient.add(name)
 
-    def destroy(self, name: str) -> None:
+    def destroy(self, token: Token, name: str) -> None:
+        self.check(self.session_of(token), Action.MANAGE, name)
         self._destroy(name, self.port.clock())
 
     def _destroy(self, name: str, now: float) -> None:
         q = self.queues.pop(name, None)
         if q is None:
             return
+        if q.creator is not None:
+            self.created[q.creator] -= 1
+            if self.created[q.creator] <= 0:
+                del self.created[q.creator]
         if q.owner is not None:
             owner = self.tokens.get(q.owner)
             if owner is not None:
@@ -465,6 +609,8 @@ class Switch:
             if req is not None and req.caller is self.qsession and req.state is RequestState.QUEUED:
                 self.router.cancel(req, now)
         q.messages.clear()
+        q.nbytes = 0
+        q.leased = 0
         q.open.clear()
         q.parked.clear()
         if q.persistent:
@@ -480,12 +626,30 @@ class Switch:
         self.counters[name] = n + 1
         return n
 
+    def _remove(self, q: Queue, m: Msg) -> None:
+        """Take ``m`` out of ``q`` (acked, answered, dead-lettered, or gone with its caller)."""
+        if q.messages.pop(m.n, None) is m:
+            q.nbytes -= len(m.payload)
+            if m.lease is not None:
+                q.leased -= 1
+        q.open.pop(m.n, None)
+
+    def _lease(self, m: Msg, holder: str | None) -> None:
+        """Give ``m`` to token ``holder`` (None: back to its queue), keeping ``Queue.leased``
+        (the leased messages still in the queue) exact."""
+        if (m.lease is None) != (holder is None):
+            q = self.queues.get(m.queue)
+            if q is not None and q.messages.get(m.n) is m:
+                q.leased += 1 if holder is not None else -1
+        m.lease = holder
+
     def _append(
         self, q: Queue, payload: bytes, kind: Kind, origin: str, *, volatile: bool = False
     ) -> Msg:
         m = Msg(q.name, self._next_id(q.name), payload, kind, origin, self.now_ns())
         m.volatile = volatile
         q.messages[m.n] = m
+        q.nbytes += len(payload)
         if not (q.persistent and kind[0] == "Request" and not volatile):
             q.open[m.n] = m  # not routed: Transfer hands it out directly
         if q.persistent and not volatile:
@@ -496,12 +660,20 @@ class Switch:
         self._trace(q.name, m.n, m, input=origin)
         return m
 
-    def send(self, token: Token, queue: str, payload: bytes, kind: Kind) -> tuple[str, int] | None:
-        """POST /request and the fallback of POST /response: append (and route) a message."""
+    def send(
+        self, token: Token, queue: str, payload: bytes, kind: Kind, *, check: bool = True
+    ) -> tuple[str, int] | None:
+        """POST /request and the fallback of POST /response: append (and route) a message.
+        ``call`` on the queue (asked before its existence is told); refused when it is full."""
+        if check:
+            self.check(self.session_of(token), Action.CALL, queue)
         q = self.queues.get(queue)
         if q is None:
             self.stats["http.switch.dropped"] += 1
             return None
+        full = self._room(q, len(payload))
+        if full is not None:
+            self._full("queue_full", full)
         m = self._append(q, payload, kind, token.name)
         if self._routed(q, m):
             self._submit(m, self.port.clock())
@@ -509,34 +681,61 @@ class Switch:
             self._wake(q)
         return (q.name, m.n)
 
+    def _leased_elsewhere(self, token: Token, q: Queue, m: Msg, what: str) -> None:
+        """A message leased to another token is that token's alone, whatever the policy."""
+        if m.lease is not None and m.lease != token.name:
+            self.refuse(
+                self.session_of(token),
+                Action.MANAGE,
+                q.name,
+                f"{q.name}/{m.n} is leased to another token: only it may {what} it",
+            )
+
     def respond(
         self, token: Token, reply_queue: str, req_queue: str, req_n: int, payload: bytes
     ) -> tuple[str, int] | None:
-        """POST /response/<reply_queue>/<req_queue>/<req_n>."""
+        """POST /response/<reply_queue>/<req_queue>/<req_n>: the answer to a request the token
+        holds, else a plain Response sent into ``reply_queue`` (``call`` on it)."""
         q = self.queues.get(req_queue)
         m = q.messages.get(req_n) if q is not None else None
+        if q is not None and m is not None:
+            self._leased_elsewhere(token, q, m, "answer")
+        mine = m is not None and m.lease == token.name
         req = m.request if m is not None else None
         worker = self.router.held_by_worker(req) if req is not None else None
-        if m is not None and req is not None and worker is not None:
+        if q is not None and m is not None and req is not None and worker is not None and mine:
             m.request = None
             self.last_append = None
             self.router.reply(worker, req.id, [payload], self.port.clock())
-            if m.volatile and q is not None:
-                # the caller of another protocol got its reply: the message is done
-                q.messages.pop(m.n, None)
-                q.open.pop(m.n, None)
+            if m.volatile:
+                # the caller of another protocol got its reply: the message is done, and its
+                # worker's credit may take a parked request
+                self._remove(q, m)
+                if q.parked:
+                    self._unpark(q, self.port.clock())
                 return None
             return self.last_append
-        return self.send(token, reply_queue, payload, codec.response_kind(req_queue, req_n))
+        return self.send(
+            token,
+            reply_queue,
+            payload,
+            codec.response_kind(req_queue, req_n),
+            check=not mine,  # answering a request it was given is part of serving
+        )
 
     def ack(self, token: Token, queue: str, n: int) -> None:
+        """Remove a message: the token's own lease, or ``manage`` on the queue for a message
+        nobody holds; never a message leased to another token."""
         q = self.queues.get(queue)
         if q is None:
             return
-        m = q.messages.pop(n, None)
+        m = q.messages.get(n)
         if m is None:
             return
-        q.open.pop(n, None)
+        self._leased_elsewhere(token, q, m, "ack")
+        if m.lease is None:
+            self.check(self.session_of(token), Action.MANAGE, queue)
+        self._remove(q, m)
         if m.stored:
             self.store.ack(queue, n)
         self._trace(
@@ -595,7 +794,7 @@ class Switch:
                 volatile=True,
             )
         m.request = request
-        m.lease = token.name
+        self._lease(m, token.name)
         m.shown = False
         m.deliveries += 1  # stored when the lease ends without an ack (``_give_back``)
         q.open[m.n] = m
@@ -608,8 +807,7 @@ class Switch:
         q = self.queues.get(m.queue)
         if m.lease is None and q is not None and q.messages.get(m.n) is m:
             # served by a worker of another protocol: the reply is the ack
-            del q.messages[m.n]
-            q.open.pop(m.n, None)
+            self._remove(q, m)
             if m.stored:
                 self.store.ack(m.queue, m.n)
         if q is not None and q.parked:
@@ -618,6 +816,13 @@ class Switch:
         rq = self.queues.get(reply_to) if isinstance(reply_to, str) else None
         if rq is None:
             self.stats["http.switch.replies_dropped"] += 1
+            self.last_append = None
+            return
+        full = self._room(rq, sum(len(f) for f in body))
+        if full is not None:
+            # nobody reads the reply queue: the reply is dropped rather than stored unbounded
+            self.stats["http.switch.replies_dropped"] += 1
+            log.info("switch: reply to %s/%d dropped: %s", m.queue, m.n, full)
             self.last_append = None
             return
         origin = m.lease or "maitred"
@@ -724,7 +929,25 @@ class Switch:
                 out.extend((q, m) for m in found)
         return out
 
+    def may_transfer(self, token: Token, names: list[str]) -> None:
+        """``serve`` on every persistent queue named; a transient queue is its token's alone."""
+        session = self.session_of(token)
+        for name in names:
+            q = self.queues.get(name)
+            if q is None:
+                continue
+            if q.persistent:
+                self.check(session, Action.SERVE, name)
+            elif q.owner != token.name:
+                self.refuse(
+                    session,
+                    Action.SERVE,
+                    name,
+                    f"{name} is another token's transient queue: only it may read it",
+                )
+
     async def transfer(self, token: Token, start: int, timeout: float, names: list[str]) -> bytes:
+        self.may_transfer(token, names)
         loop = asyncio.get_running_loop()
         now = self.port.clock()
         now_ns = self.now_ns()
@@ -759,7 +982,7 @@ class Switch:
         out = []
         top = start
         for q, m in found:
-            m.lease = token.name
+            self._lease(m, token.name)
             m.shown = True
             m.redelivered = False
             top = max(top, m.n)
@@ -784,16 +1007,58 @@ class Switch:
             and (not alive or (q.expected_ns is not None and q.expected_ns > now_ns))
         )
 
-    def diagnostics(self) -> bytes:
-        permanent: dict[str, tuple[int | None, list[list[Any]]]] = {}
-        transient: dict[str, tuple[int | None, list[list[Any]]]] = {}
-        for name, q in sorted(self.queues.items()):
+    def list_names(self, token: Token | None, prefix: str, alive: bool) -> list[str]:
+        """GET /list: ``observe`` on ``$switch.list``."""
+        self.check(self.session_of(token), Action.OBSERVE, LIST)
+        return self.list_queues(prefix, alive)
+
+    def _payload_filter(self, session: Session) -> Callable[[str], bool]:
+        """Whether ``session`` may see the payloads of a queue: it may ``call`` it, or it is
+        its own transient queue (answers cached for one read)."""
+        seen: dict[str, bool] = {}
+
+        def visible(queue: str) -> bool:
+            verdict = seen.get(queue)
+            if verdict is None:
+                q = self.queues.get(queue)
+                own = q is not None and q.owner is not None and q.owner == _token_name(session)
+                verdict = seen[queue] = own or self.permits(session, Action.CALL, queue)
+            return verdict
+
+        return visible
+
+    async def diagnostics(self, token: Token | None) -> bytes:
+        """GET /: ``observe`` on ``$switch.diagnostics``. At most ``diagnostics_messages`` per
+        queue (the oldest), payloads cut to a preview and shown only where the reader may
+        ``call`` the queue; built in slices that yield to the event loop."""
+        session = self.session_of(token)
+        self.check(session, Action.OBSERVE, DIAGNOSTICS)
+        visible = self._payload_filter(session)
+        limit = self.diagnostics_messages
+        loop = asyncio.get_running_loop()
+        sections: dict[bool, list[bytes]] = {True: [], False: []}
+        slice_start = loop.time()
+        for name in sorted(self.queues):
+            q = self.queues.get(name)
+            if q is None:
+                continue  # destroyed while this was built
+            show = visible(name)
             entries = [
-                codec.queue_entry(name, m.n, m.origin, m.time_ns, m.payload, m.kind)
-                for m in sorted(q.messages.values(), key=lambda m: m.n)
+                codec.queue_entry(
+                    name,
+                    m.n,
+                    m.origin,
+                    m.time_ns,
+                    m.payload[: codec.TRACE_PAYLOAD_LIMIT] if show else b"",
+                    m.kind,
+                )
+                for m in sorted(islice(q.messages.values(), limit), key=_by_id)
             ]
-            (permanent if q.persistent else transient)[name] = (q.expected_ns, entries)
-        return codec.diagnostics_body(self.now_ns(), permanent, transient)
+            sections[q.persistent].append(codec.diagnostics_queue(name, q.expected_ns, entries))
+            if loop.time() - slice_start > _SLICE:
+                await asyncio.sleep(0)
+                slice_start = loop.time()
+        return codec.diagnostics_document(self.now_ns(), sections[True], sections[False])
 
     def _trace(
         self,
@@ -828,12 +1093,15 @@ class Switch:
             self.trace_waiters.clear()
 
     @staticmethod
-    def _trace_event(record: _TraceRecord) -> tuple[int, dict[str, Any]]:
+    def _trace_event(
+        record: _TraceRecord, visible: Callable[[str], bool]
+    ) -> tuple[int, dict[str, Any]]:
         i, unix, queue, n, message, input, output, processing_time = record
         if message is None:
             body = codec.trace_ack(queue, n)
         else:
-            body = codec.trace_message(queue, n, message[0], message[1])
+            payload = message[0] if visible(queue) else b""
+            body = codec.trace_message(queue, n, payload, message[1])
         event = codec.trace_event(
             unix, queue, body, input=input, output=output, processing_time=processing_time
         )
@@ -891,12 +1159,17 @@ class Switch:
         if self.trace.maxlen and self._router_trace not in self.router.tracers:
             self.router.tracers.append(self._router_trace)
 
-    async def get_trace(self, start: int, timeout: float) -> bytes:
+    async def get_trace(self, token: Token | None, start: int, timeout: float) -> bytes:
+        """GET /trace: ``observe`` on ``$switch.trace``; payloads only of queues (services) the
+        reader may ``call``."""
+        session = self.session_of(token)
+        self.check(session, Action.OBSERVE, TRACE)
         loop = asyncio.get_running_loop()
         self._attach_router_trace()
         deadline = loop.time() + timeout
         while True:
-            events = [self._trace_event(r) for r in self.trace if r[0] > start]
+            visible = self._payload_filter(session)
+            events = [self._trace_event(r, visible) for r in self.trace if r[0] > start]
             remaining = deadline - loop.time()
             if events or remaining <= 0 or self.closing:
                 return codec.trace_body(events)
@@ -909,5 +1182,26 @@ class Switch:
             finally:
                 self.trace_waiters.discard(fut)
 
-    def may_shutdown(self, token: Token) -> bool:
-        return any(fnmatch.fnmatchcase(token.name, p) for p in self.shutdown_tokens)
+    def shutdown(self, token: Token, secret: bytes | None) -> None:
+        """POST /shutdown: ``manage`` on ``$sys.shutdown``, and the shutdown secret (compared in
+        constant time); with ``shutdown_tokens``, also a token matching one of them. A token
+        name alone is never enough: any client may log in with any name."""
+        session = self.session_of(token)
+        self.check(session, Action.MANAGE, SHUTDOWN)
+        expected = self.shutdown_secret
+        if expected is None:
+            self.refuse(session, Action.MANAGE, SHUTDOWN, "no shutdown secret is configured")
+        if secret is None or not hmac.compare_digest(secret, expected):
+            self.refuse(session, Action.MANAGE, SHUTDOWN, "wrong or missing shutdown secret")
+        if self.shutdown_tokens and not any(
+            fnmatch.fnmatchcase(token.name, p) for p in self.shutdown_tokens
+        ):
+            self.refuse(
+                session, Action.MANAGE, SHUTDOWN, f"token {token.name} is not in shutdown_tokens"
+            )
+
+
+def _token_name(session: Session) -> str | None:
+    """The login token of a token's session (its sink says), else None."""
+    sink = session.sink
+    return sink.token.name if isinstance(sink, TokenSink) else None
