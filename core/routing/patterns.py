@@ -8,7 +8,7 @@ every name. Any other segment matches itself literally.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable
 from typing import Generic, TypeVar
 
 V = TypeVar("V", bound=Hashable)
@@ -169,3 +169,134 @@ class SubjectTree(Generic[V]):
 def any_matches(patterns: Iterable[str], name: str) -> bool:
     """Whether ``name`` matches any of ``patterns``."""
     return any(matches(p, name) for p in patterns)
+
+
+# -- pattern algebra: decisions on patterns, not on a pattern string taken as a name -------------
+
+
+def covers(general: str, specific: str) -> bool:
+    """Whether every name ``specific`` matches is matched by ``general`` too (both are valid
+    patterns; a plain name is a pattern matching itself). ``chat.>`` covers ``chat.*`` and
+    ``chat.a.b``; ``chat.*`` does not cover ``chat.>`` (``chat.a.b``)."""
+    if general == specific or general == ">":
+        return True
+    gsegs = general.split(".")
+    ssegs = specific.split(".")
+    for i, g in enumerate(gsegs):
+        if g == ">":
+            return len(ssegs) > i  # the rest of any name of specific: one segment or more
+        if i >= len(ssegs):
+            return False  # specific's names are shorter
+        s = ssegs[i]
+        if s == ">":
+            return False  # specific goes on where general stops or needs one exact segment
+        if g != "*" and g != s:
+            return False  # a literal covers only itself (not '*', not another literal)
+    return len(gsegs) == len(ssegs)
+
+
+def intersects(a: str, b: str) -> bool:
+    """Whether some name is matched by both patterns ``a`` and ``b``."""
+    if a == b or a == ">" or b == ">":
+        return True
+    asegs = a.split(".")
+    bsegs = b.split(".")
+    for i, x in enumerate(asegs):
+        if x == ">":
+            return len(bsegs) > i
+        if i >= len(bsegs):
+            return False
+        y = bsegs[i]
+        if y == ">":
+            return True  # x is a segment at i: b's rest takes it and a's remaining segments
+        if x != y and x != "*" and y != "*":
+            return False
+    return len(asegs) == len(bsegs)
+
+
+class TooComplex(Exception):
+    """:func:`find_name` gave up: the patterns need more steps than its budget."""
+
+
+_ALIVE, _FULL, _DEAD = 0, 1, 2
+
+
+def _step(segs: list[str], status: int, depth: int, seg: str) -> int:
+    """The status of a pattern after the name's segment ``depth`` is ``seg``."""
+    if status != _ALIVE:
+        return status
+    if depth >= len(segs):
+        return _DEAD
+    p = segs[depth]
+    if p == ">":
+        return _FULL
+    return _ALIVE if p == "*" or p == seg else _DEAD
+
+
+def find_name(
+    pattern: str,
+    patterns: list[str],
+    bad: Callable[[frozenset[int]], bool],
+    budget: int = 20_000,
+) -> str | None:
+    """A name matched by ``pattern`` for which ``bad(M)`` holds, where ``M`` is the set of
+    indices of ``patterns`` that match the name; None when there is none.
+
+    The search builds names segment by segment. At each position only the literals the
+    patterns still alive there name make a difference, plus one "fresh" segment standing for
+    every other value, and names longer than the longest pattern (+1) behave like it; so the
+    search is exact and finite. It gives up with :class:`TooComplex` past ``budget`` states.
+    """
+    psegs = pattern.split(".")
+    all_segs = [p.split(".") for p in patterns]
+    literals = {s for segs in [psegs, *all_segs] for s in segs if s not in ("*", ">")}
+    fresh = "x"
+    while fresh in literals:
+        fresh += "x"
+    seen: set[tuple[int, int, tuple[int, ...]]] = set()
+    steps = 0
+
+    def matched(depth: int, statuses: tuple[int, ...]) -> frozenset[int]:
+        return frozenset(
+            k
+            for k, st in enumerate(statuses)
+            if st == _FULL or (st == _ALIVE and len(all_segs[k]) == depth)
+        )
+
+    def search(depth: int, pst: int, statuses: tuple[int, ...], prefix: list[str]) -> str | None:
+        nonlocal steps
+        if pst == _DEAD:
+            return None
+        key = (depth, pst, statuses)
+        if key in seen:
+            return None
+        seen.add(key)
+        steps += 1
+        if steps > budget:
+            raise TooComplex(pattern)
+        ends = pst == _FULL or (pst == _ALIVE and len(psegs) == depth)
+        if depth and ends and bad(matched(depth, statuses)):
+            return ".".join(prefix)
+        if pst == _ALIVE and depth >= len(psegs):
+            return None  # pattern's names end here
+        if pst == _FULL and _ALIVE not in statuses:
+            return None  # every longer name is matched by the same patterns as this one
+        if pst == _ALIVE and psegs[depth] not in ("*", ">"):
+            candidates = [psegs[depth]]
+        else:
+            found = {
+                all_segs[k][depth]
+                for k, st in enumerate(statuses)
+                if st == _ALIVE and depth < len(all_segs[k])
+            }
+            candidates = [*sorted(found - {"*", ">"}), fresh]
+        for seg in candidates:
+            nxt = tuple(_step(all_segs[k], st, depth, seg) for k, st in enumerate(statuses))
+            prefix.append(seg)
+            hit = search(depth + 1, _step(psegs, pst, depth, seg), nxt, prefix)
+            prefix.pop()
+            if hit is not None:
+                return hit
+        return None
+
+    return search(0, _ALIVE, tuple(_ALIVE for _ in patterns), [])
