@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from maitred.core.routing.patterns import (
     SubjectTree,
+    TooComplex,
     any_matches,
+    covers,
+    find_name,
+    intersects,
     is_pattern,
     matches,
     validate_pattern,
@@ -173,3 +179,127 @@ def test_property_tree_agrees_with_matches(
     for p, v in list(model):
         tree.remove(p, v)
     assert tree._root.empty()
+
+
+# -- pattern algebra: covers, intersects, find_name ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("general", "specific", "expected"),
+    [
+        ("chat.*", "chat.*", True),
+        ("chat.*", "chat.room1", True),
+        ("chat.*", "chat.>", False),  # chat.>: chat.room1.private too
+        ("chat.>", "chat.*", True),
+        ("chat.>", "chat.>", True),
+        ("chat.>", "chat.*.>", True),
+        ("chat.>", "chat", False),
+        ("chat.*.>", "chat.>", False),  # chat.room1
+        (">", "a.b.c", True),
+        (">", "*.>", True),
+        ("*.>", ">", False),  # a one-segment name
+        ("*.*", "a.b", True),
+        ("*.*", "*.>", False),
+        ("a.b", "a.*", False),
+        ("a.b", "a.b", True),
+        ("news.*", "news.>", False),
+        ("secret.>", "*.plans", False),
+        ("*", "**", True),  # '**' is a literal segment
+        ("**", "*", False),
+    ],
+)
+def test_covers(general: str, specific: str, expected: bool) -> None:
+    assert covers(general, specific) is expected
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "expected"),
+    [
+        ("secret.>", ">", True),
+        ("secret.>", "*.plans", True),  # secret.plans
+        ("secret.>", "*.*", True),
+        ("secret.>", "secret", False),
+        ("secret.>", "public.>", False),
+        ("secret.*", "*.plans.x", False),
+        ("a.*.c", "*.b.>", True),
+        ("a.b", "a.c", False),
+        ("a.b", "a.b.c", False),
+        ("a.*", "a.b.>", False),  # lengths 2 against >= 3
+        ("*.>", "a", False),
+        ("*", "a", True),
+        ("a.>", "*.>", True),
+    ],
+)
+def test_intersects(a: str, b: str, expected: bool) -> None:
+    assert intersects(a, b) is expected
+    assert intersects(b, a) is expected
+
+
+# a bounded universe that is exact for patterns over {a, b, c}: 'z' stands for every other
+# segment, and names longer than the longest pattern (4) + 1 behave like those of length 5
+_UNIVERSE = [
+    ".".join(segs)
+    for n in range(1, 6)
+    for segs in itertools.product(["a", "b", "c", "z"], repeat=n)
+]
+
+
+@st.composite
+def _any_pattern(draw: st.DrawFn) -> str:
+    segs = draw(st.lists(st.sampled_from(["a", "b", "c", "*"]), min_size=1, max_size=4))
+    if draw(st.booleans()):
+        segs[-1] = ">"
+    return ".".join(segs)
+
+
+def _names_of(pattern: str) -> set[str]:
+    return {n for n in _UNIVERSE if matches(pattern, n)}
+
+
+@settings(max_examples=300, deadline=None, derandomize=True, database=None)
+@given(general=_any_pattern(), specific=_any_pattern())
+def test_property_covers_and_intersects_agree_with_matches(general: str, specific: str) -> None:
+    g, s = _names_of(general), _names_of(specific)
+    assert covers(general, specific) is (s <= g)
+    assert intersects(general, specific) is bool(g & s)
+    assert intersects(specific, general) is bool(g & s)
+
+
+def test_find_name() -> None:
+    # a name of 'chat.>' that 'chat.*' does not match
+    assert find_name("chat.>", ["chat.*"], lambda hit: not hit) == "chat.x.x"
+    assert find_name("chat.*", ["chat.*"], lambda hit: not hit) is None
+    # 'a.*' and 'a.*.>' together match every name of 'a.>'
+    assert find_name("a.>", ["a.*", "a.*.>"], lambda hit: not hit) is None
+    assert find_name(">", ["secret.>"], lambda hit: 0 in hit) == "secret.x"
+    assert find_name("*.plans", ["secret.>"], lambda hit: 0 in hit) == "secret.plans"
+    # the fresh segment never collides with a literal
+    assert find_name("*", ["x", "xx"], lambda hit: not hit) == "xxx"
+
+
+def test_find_name_gives_up_past_its_budget() -> None:
+    patterns = [f"{a}.{b}.{c}" for a in "abcd" for b in "abcd" for c in "abcd"]
+    with pytest.raises(TooComplex):
+        find_name(">", patterns, lambda hit: False, budget=10)
+
+
+@settings(max_examples=200, deadline=None, derandomize=True, database=None)
+@given(
+    pattern=_any_pattern(),
+    patterns=st.lists(_any_pattern(), max_size=4),
+    wanted=st.sets(st.integers(0, 3), max_size=2),
+)
+def test_property_find_name_is_exact(pattern: str, patterns: list[str], wanted: set[int]) -> None:
+    """find_name finds a name exactly when the bounded universe holds one."""
+
+    def hit_of(name: str) -> frozenset[int]:
+        return frozenset(k for k, p in enumerate(patterns) if matches(p, name))
+
+    def bad(hit: frozenset[int]) -> bool:
+        return hit == frozenset(w for w in wanted if w < len(patterns))
+
+    expected = any(bad(hit_of(n)) for n in _names_of(pattern))
+    found = find_name(pattern, patterns, bad)
+    assert (found is not None) is expected
+    if found is not None:
+        assert matches(pattern, found) and bad(hit_of(found))
