@@ -10,6 +10,9 @@ asks before it performs the action, so a denial is uniform across protocols. The
    was granted at run time (:class:`Grants`, e.g. by a middleman EPUB/EREQ/ESUB);
 3. otherwise the policy's default (``[access] default``, allow unless configured).
 
+A *pattern* (a subscription, or the names a grant would open) is decided by containment
+(:func:`decide_pattern`): allowed only if every name it can match is allowed as above.
+
 :class:`RuleTable` is the policy built from the ``[access]`` config section: rules are tried in
 order, the first whose ``who``, ``actions`` and ``names`` all match decides. ``who`` entries are
 ``*`` (anyone), ``role:NAME`` or an identity name.
