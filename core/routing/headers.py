@@ -14,7 +14,6 @@ Pure: no I/O.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Iterable, Iterator, Mapping
 
 __all__ = ["BROKER_HEADERS", "HeaderPairs", "client_headers", "is_broker_header", "pairs_of"]
@@ -23,10 +22,10 @@ __all__ = ["BROKER_HEADERS", "HeaderPairs", "client_headers", "is_broker_header"
 BROKER_HEADERS = frozenset({"cid", "uid", "rid"})
 
 
-@functools.lru_cache(maxsize=4096)
 def is_broker_header(name: str) -> bool:
     """Whether ``name`` is one of :data:`BROKER_HEADERS`, in any letter case."""
-    return name.lower() in BROKER_HEADERS
+    # every broker-owned name has three letters: most names are told apart by length alone
+    return len(name) == 3 and name.lower() in BROKER_HEADERS
 
 
 class HeaderPairs(Mapping[str, str]):
@@ -70,10 +69,16 @@ def client_headers(
     """``headers`` from a client without any broker-owned name (any case), followed by
     ``stamp`` (the transport's own values of those names). The same object when there is
     nothing to drop or add."""
-    own = tuple(stamp)
+    own = stamp if isinstance(stamp, tuple) else tuple(stamp)
     if not headers:
         return HeaderPairs(own) if own else headers
-    pairs = pairs_of(headers)
-    if not own and not any(is_broker_header(k) for k, _ in pairs):
+    if isinstance(headers, HeaderPairs):
+        pairs: Iterable[tuple[str, str]] = headers.pairs
+        count = len(headers.pairs)
+    else:
+        pairs, count = headers.items(), len(headers)
+    kept = [(k, v) for k, v in pairs if len(k) != 3 or k.lower() not in BROKER_HEADERS]
+    if not own and len(kept) == count:
         return headers
-    return HeaderPairs([*((k, v) for k, v in pairs if not is_broker_header(k)), *own])
+    kept += own
+    return HeaderPairs(kept)
