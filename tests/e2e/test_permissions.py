@@ -849,3 +849,106 @@ def test_headers_json_publish_to_json_and_sse_subscribers(fx: Fixture) -> None:
         assert headers == {"Cid": welcome["id"], "Uid": ""}
     finally:
         conn.close()
+
+
+# -- the reported case: a deny-by-default table ------------------------------------------------
+
+DENY_BY_DEFAULT = """
+[access]
+default = "deny"
+
+[[access.rules]]
+who = ["role:ops"]
+
+[[access.rules]]
+who = ["role:chat"]
+actions = ["subscribe"]
+names = ["chat.*"]
+"""
+
+DENY_KEYS = """
+[transports.http]
+listen = ["127.0.0.1:0"]
+switch = false
+identity = "http-chat"
+roles = ["chat"]
+
+[transports.ws]
+listen = "127.0.0.1:0"
+ping_interval = 0
+grant_role = "guest"
+
+[[transports.ws.keys]]
+key = "nothing-key"  # trusted, but the rules give it nothing
+trusted = true
+identity = "ws-nothing"
+roles = ["nobody"]
+
+[[transports.ws.keys]]
+key = "chat-key"
+trusted = true
+identity = "ws-chat"
+roles = ["chat"]
+
+[[transports.ws.keys]]
+key = "guest-key"
+trusted = false
+identity = "ws-guest"
+roles = ["guest"]
+"""
+
+
+def test_deny_by_default_grants_and_wildcards(make_broker: Callable[..., BrokerThread]) -> None:
+    """A trusted key the rules deny everything grants nothing (``ESUB >``, ``EPUB svc.x``):
+    the untrusted key gets no ``$sys`` events and its ``REQ svc.x`` is not served; an allow on
+    ``chat.*`` does not admit ``chat.>`` on any transport."""
+    fx = Fixture(make_broker(DENY_BY_DEFAULT + DENY_KEYS))
+
+    async def serve() -> None:
+        async def handler(body: list[bytes]) -> list[bytes]:
+            return [b"served"]
+
+        LocalWorker(fx.broker.broker, "svc.x", handler, identity=OPS, label="ops")
+
+    fx.broker.run(serve())
+    before = fx.stats()
+    with mm_connect(fx, "nothing-key") as nothing, mm_connect(fx, "guest-key") as guest:
+        nothing.send(mm_frame("ESUB", ">"))
+        refused = "Cannot grant ESUB >: ws-nothing may not subscribe to >"
+        assert mm_error_text(nothing.recv(5)) == refused
+        nothing.send(mm_frame("EPUB", "svc.x"))
+        assert (
+            mm_error_text(nothing.recv(5))
+            == "Cannot grant EPUB svc.x: ws-nothing may not publish to svc.x"
+        )
+        assert fx.grants() == {}
+        guest.send(mm_frame("SUB", "$sys.>"))
+        assert mm_error_text(guest.recv(5)) == "Not trusted: SUB $sys.>"
+        guest.send(mm_frame("REQ", "svc.x", "hi"))
+        assert mm_error_text(guest.recv(5)) == "Not trusted REQ svc.x"
+    after = fx.stats()
+    assert after["denied.subscribe"] == before.get("denied.subscribe", 0) + 2
+    assert after["denied.publish"] == before.get("denied.publish", 0) + 1
+    assert after["denied.call"] == before.get("denied.call", 0) + 1
+    assert [(d["identity"], d["action"], d["name"]) for d in fx.denials()] == [
+        ("ws-nothing", "subscribe", ">"),
+        ("ws-nothing", "publish", "svc.x"),
+        ("ws-guest", "subscribe", "$sys.>"),
+        ("ws-guest", "call", "svc.x"),
+    ]
+    with mm_connect(fx, "chat-key") as chat:
+        chat.send(mm_frame("SUB", "chat.>"))
+        assert mm_error_text(chat.recv(5)) == "Not trusted: SUB chat.>"
+    with json_connect(fx, "chat-key", name="c") as (ws, _):
+        ws.send(json.dumps({"type": "subscribe", "id": "s", "topic": "chat.>"}))
+        assert json.loads(ws.recv(5))["code"] == 403
+    base = urllib.parse.urlsplit(fx.broker.endpoints["http"][0])
+    conn = http.client.HTTPConnection(base.hostname or "", base.port, timeout=5)
+    try:
+        conn.request("GET", "/v1/topics/chat.>")
+        resp = conn.getresponse()
+        assert resp.status == 403
+        assert json.loads(resp.read())["error"]["reason"] == "http-chat may not subscribe to chat.>"
+    finally:
+        conn.close()
+    assert fx.stats()["denied.subscribe"] == before.get("denied.subscribe", 0) + 5
