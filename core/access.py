@@ -20,6 +20,7 @@ order, the first whose ``who``, ``actions`` and ``names`` all match decides. ``w
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable, Sequence
 from enum import StrEnum
 from typing import Protocol
@@ -35,6 +36,8 @@ from maitred.core.routing.patterns import (
     matches,
     validate_pattern,
 )
+
+log = logging.getLogger("maitred.core.access")
 
 
 class Action(StrEnum):
@@ -289,29 +292,34 @@ def pattern_witness(
         rules, default_allow = (), True
     else:
         return None if decide(policy, grants, identity, action, pattern) else pattern
-    names: list[str] = []
-    verdicts: list[tuple[int, bool]] = []  # per entry of names: (rule order, allow)
-    for order, rule in enumerate(rules):
+    names: list[str] = []  # the names of the rules that speak, in rule order
+    allow: list[bool] = []  # per entry of names: its rule's verdict
+    for rule in rules:
         if action in rule.actions and any(_who_matches(w, identity) for w in rule.who):
             for name in rule.names:
                 if intersects(name, pattern):
                     names.append(name)
-                    verdicts.append((order, rule.allow))
-    first_grant = len(names)
+                    allow.append(rule.allow)
+    granted: list[str] = []
     if identity.restricted:
-        names += [g for g in grants.patterns_for(identity, action) if intersects(g, pattern)]
+        granted = [g for g in grants.patterns_for(identity, action) if intersects(g, pattern)]
 
-    def denied(hit: frozenset[int]) -> bool:
-        ruled = [verdicts[k] for k in hit if k < first_grant]
-        if ruled:
-            return not min(ruled)[1]
+    def denied(first: int | None, by_grant: bool) -> bool:
+        if first is not None:
+            return not allow[first]  # the first matching rule decides
         if identity.restricted:
-            return not any(k >= first_grant for k in hit)
+            return not by_grant
         return not default_allow
 
     try:
-        return find_name(pattern, names, denied)
+        return find_name(pattern, names, denied, granted)
     except TooComplex:
+        log.warning(
+            "access: %s %s for %s is too complex to decide against the rules: refused",
+            action.value,
+            pattern,
+            identity.name,
+        )
         return TOO_COMPLEX
 
 

@@ -8,7 +8,7 @@ every name. Any other segment matches itself literally.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from typing import Generic, TypeVar
 
 V = TypeVar("V", bound=Hashable)
@@ -218,85 +218,121 @@ class TooComplex(Exception):
     """:func:`find_name` gave up: the patterns need more steps than its budget."""
 
 
-_ALIVE, _FULL, _DEAD = 0, 1, 2
-
-
-def _step(segs: list[str], status: int, depth: int, seg: str) -> int:
-    """The status of a pattern after the name's segment ``depth`` is ``seg``."""
-    if status != _ALIVE:
-        return status
-    if depth >= len(segs):
-        return _DEAD
-    p = segs[depth]
-    if p == ">":
-        return _FULL
-    return _ALIVE if p == "*" or p == seg else _DEAD
+#: the rest of a pattern that matches every longer name (no pattern's rest equals it: a
+#: segment is never empty)
+_FULL: tuple[str, ...] = ("",)
 
 
 def find_name(
     pattern: str,
-    patterns: list[str],
-    bad: Callable[[frozenset[int]], bool],
-    budget: int = 20_000,
+    ranked: Sequence[str],
+    bad: Callable[[int | None, bool], bool],
+    others: Sequence[str] = (),
+    budget: int = 200_000,
 ) -> str | None:
-    """A name matched by ``pattern`` for which ``bad(M)`` holds, where ``M`` is the set of
-    indices of ``patterns`` that match the name; None when there is none.
+    """A name matched by ``pattern`` for which ``bad(first, other)`` holds, or None when there
+    is none. ``first`` is the lowest index of the ``ranked`` patterns that match the name (None
+    when none does), ``other`` whether any of ``others`` matches it: what "the first matching
+    rule decides, else a grant" needs to know of a name.
 
-    The search builds names segment by segment. At each position only the literals the
-    patterns still alive there name make a difference, plus one "fresh" segment standing for
-    every other value, and names longer than the longest pattern (+1) behave like it; so the
-    search is exact and finite. It gives up with :class:`TooComplex` past ``budget`` states.
+    The search builds names segment by segment, tracking what is left of each pattern. At each
+    position only the literals the remaining patterns name make a difference, plus one "fresh"
+    segment standing for every other value; patterns with the same rest behave alike from there
+    on (of ranked ones only the first counts), and a ranked pattern that matches every longer
+    name hides all ranked after it. So the search is exact and finite. It gives up with
+    :class:`TooComplex` past ``budget`` steps (a step to the next segment costs one per
+    pattern it tracks), which bounds its time (tens of milliseconds) whatever the patterns.
     """
-    psegs = pattern.split(".")
-    all_segs = [p.split(".") for p in patterns]
-    literals = {s for segs in [psegs, *all_segs] for s in segs if s not in ("*", ">")}
+    literals = {
+        seg for p in [pattern, *ranked, *others] for seg in p.split(".") if seg not in ("*", ">")
+    }
     fresh = "x"
     while fresh in literals:
         fresh += "x"
-    seen: set[tuple[int, int, tuple[int, ...]]] = set()
+    seen: set[tuple[object, ...]] = set()
     steps = 0
 
-    def matched(depth: int, statuses: tuple[int, ...]) -> frozenset[int]:
-        return frozenset(
-            k
-            for k, st in enumerate(statuses)
-            if st == _FULL or (st == _ALIVE and len(all_segs[k]) == depth)
-        )
-
-    def search(depth: int, pst: int, statuses: tuple[int, ...], prefix: list[str]) -> str | None:
-        nonlocal steps
-        if pst == _DEAD:
+    def rest(segs: tuple[str, ...], seg: str) -> tuple[str, ...] | None:
+        """What is left of a pattern after the name's next segment ``seg`` (None: no match)."""
+        if not segs:
             return None
-        key = (depth, pst, statuses)
+        head = segs[0]
+        if head == ">":
+            return _FULL
+        return segs[1:] if head == "*" or head == seg else None
+
+    # a state: what is left of ``pattern`` (or _FULL); the lowest ranked index that matches
+    # every longer name (or None); the rest of each other ranked pattern -> its lowest index;
+    # whether some other pattern matches every longer name; the rests of the other others
+    def search(
+        prest: tuple[str, ...],
+        full_first: int | None,
+        alive: dict[tuple[str, ...], int],
+        other_full: bool,
+        other_alive: frozenset[tuple[str, ...]],
+        prefix: list[str],
+    ) -> str | None:
+        nonlocal steps
+        key = (prest, full_first, frozenset(alive.items()), other_full, other_alive)
         if key in seen:
             return None
         seen.add(key)
-        steps += 1
-        if steps > budget:
-            raise TooComplex(pattern)
-        ends = pst == _FULL or (pst == _ALIVE and len(psegs) == depth)
-        if depth and ends and bad(matched(depth, statuses)):
-            return ".".join(prefix)
-        if pst == _ALIVE and depth >= len(psegs):
-            return None  # pattern's names end here
-        if pst == _FULL and _ALIVE not in statuses:
+        if prefix and (prest is _FULL or not prest):
+            ends = [i for r, i in alive.items() if not r]
+            if full_first is not None:
+                ends.append(full_first)
+            if bad(min(ends) if ends else None, other_full or () in other_alive):
+                return ".".join(prefix)
+        if not prest:
+            return None  # the pattern's names end here
+        if prest is _FULL and not alive and not other_alive:
             return None  # every longer name is matched by the same patterns as this one
-        if pst == _ALIVE and psegs[depth] not in ("*", ">"):
-            candidates = [psegs[depth]]
+        head = prest[0] if prest is not _FULL else ">"
+        if head not in ("*", ">"):
+            candidates = [head]
         else:
-            found = {
-                all_segs[k][depth]
-                for k, st in enumerate(statuses)
-                if st == _ALIVE and depth < len(all_segs[k])
-            }
-            candidates = [*sorted(found - {"*", ">"}), fresh]
+            heads = {r[0] for r in alive if r} | {r[0] for r in other_alive if r}
+            candidates = [*sorted(heads - {"*", ">"}), fresh]
         for seg in candidates:
-            nxt = tuple(_step(all_segs[k], st, depth, seg) for k, st in enumerate(statuses))
+            steps += 1 + len(alive) + len(other_alive)
+            if steps > budget:
+                raise TooComplex(pattern)
+            nprest = _FULL if prest is _FULL else rest(prest, seg)
+            if nprest is None:
+                continue
+            nfull = full_first
+            nalive: dict[tuple[str, ...], int] = {}
+            for r, i in alive.items():
+                nr = rest(r, seg)
+                if nr is None:
+                    continue
+                if nr is _FULL:
+                    nfull = i if nfull is None else min(nfull, i)
+                elif nalive.get(nr, i) >= i:
+                    nalive[nr] = i
+            if nfull is not None:  # ranked patterns after it can never be the first
+                nalive = {r: i for r, i in nalive.items() if i < nfull}
+            nother_full = other_full
+            nother: set[tuple[str, ...]] = set()
+            if not nother_full:
+                for r in other_alive:
+                    nr = rest(r, seg)
+                    if nr is _FULL:
+                        nother_full = True
+                        break
+                    if nr is not None:
+                        nother.add(nr)
+            if nother_full:
+                nother.clear()
             prefix.append(seg)
-            hit = search(depth + 1, _step(psegs, pst, depth, seg), nxt, prefix)
+            hit = search(nprest, nfull, nalive, nother_full, frozenset(nother), prefix)
             prefix.pop()
             if hit is not None:
                 return hit
         return None
 
-    return search(0, _ALIVE, tuple(_ALIVE for _ in patterns), [])
+    start: dict[tuple[str, ...], int] = {}
+    for i, p in enumerate(ranked):
+        start.setdefault(tuple(p.split(".")), i)
+    other_start = frozenset(tuple(o.split(".")) for o in others)
+    return search(tuple(pattern.split(".")), None, start, False, other_start, [])

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from maitred.core.access import (
     ANONYMOUS,
+    TOO_COMPLEX,
     Action,
     AllowAll,
     Grants,
@@ -561,3 +562,12 @@ def test_property_a_delivered_topic_is_one_the_subscriber_may_subscribe_to(
             for t in sink_of(session).topics():
                 assert decide(h.router.access, h.router.grants, session.identity, SUBSCRIBE, t)
             sink_of(session).events.clear()
+
+
+def test_a_pattern_too_complex_to_decide_is_refused(caplog: pytest.LogCaptureFixture) -> None:
+    names = [p for i in range(100) for p in (f"a{i}.*.*.*", f"*.b{i}.*.*", f"*.*.c{i}.*")]
+    table = _table(Rule(actions=(SUBSCRIBE,), names=tuple(names)))
+    with caplog.at_level("WARNING", logger="maitred.core.access"):
+        assert pattern_witness(table, Grants(), EVE, SUBSCRIBE, ">") == TOO_COMPLEX
+    assert "too complex to decide" in caplog.text
+    assert decide_pattern(table, Grants(), EVE, SUBSCRIBE, "a1.*.*.*")  # covered at once

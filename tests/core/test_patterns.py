@@ -266,40 +266,70 @@ def test_property_covers_and_intersects_agree_with_matches(general: str, specifi
 
 
 def test_find_name() -> None:
+    def unmatched(first: int | None, other: bool) -> bool:
+        return first is None and not other
+
     # a name of 'chat.>' that 'chat.*' does not match
-    assert find_name("chat.>", ["chat.*"], lambda hit: not hit) == "chat.x.x"
-    assert find_name("chat.*", ["chat.*"], lambda hit: not hit) is None
+    assert find_name("chat.>", ["chat.*"], unmatched) == "chat.x.x"
+    assert find_name("chat.*", ["chat.*"], unmatched) is None
     # 'a.*' and 'a.*.>' together match every name of 'a.>'
-    assert find_name("a.>", ["a.*", "a.*.>"], lambda hit: not hit) is None
-    assert find_name(">", ["secret.>"], lambda hit: 0 in hit) == "secret.x"
-    assert find_name("*.plans", ["secret.>"], lambda hit: 0 in hit) == "secret.plans"
+    assert find_name("a.>", ["a.*", "a.*.>"], unmatched) is None
+    assert find_name("a.>", [], unmatched, others=["a.*", "a.*.>"]) is None
+    assert find_name("a.>", ["a.*"], unmatched, others=["a.*.>"]) is None
+    assert find_name(">", ["secret.>"], lambda first, _: first == 0) == "secret.x"
+    assert find_name("*.plans", ["secret.>"], lambda first, _: first == 0) == "secret.plans"
+    # only the first ranked pattern counts: 'a.b' (index 0) hides 'a.*' (index 1) for a.b
+    assert find_name("a.*", ["a.b", "a.*"], lambda first, _: first == 1) == "a.x"
+    assert find_name("a.b", ["a.b", "a.*"], lambda first, _: first == 1) is None
     # the fresh segment never collides with a literal
-    assert find_name("*", ["x", "xx"], lambda hit: not hit) == "xxx"
+    assert find_name("*", ["x", "xx"], unmatched) == "xxx"
 
 
 def test_find_name_gives_up_past_its_budget() -> None:
     patterns = [f"{a}.{b}.{c}" for a in "abcd" for b in "abcd" for c in "abcd"]
     with pytest.raises(TooComplex):
-        find_name(">", patterns, lambda hit: False, budget=10)
+        find_name(">", patterns, lambda first, other: False, budget=10)
 
 
-@settings(max_examples=200, deadline=None, derandomize=True, database=None)
+def test_find_name_merges_patterns_with_the_same_rest() -> None:
+    """Many patterns with wildcards at different places: states with the same rests merge,
+    so the whole space is searched in bounded steps; past the budget it gives up."""
+
+    def table(n: int) -> list[str]:
+        ranked = [p for i in range(n) for p in (f"a{i}.*.*.*", f"*.b{i}.*.*", f"*.*.c{i}.*")]
+        return [*ranked, "*.*.*.zz"]
+
+    small = table(10)
+    assert find_name(">", small, lambda first, _: first == len(small) - 1) == "x.x.x.zz"
+    assert find_name(">", small, lambda first, _: first == -1) is None  # searched it all
+    with pytest.raises(TooComplex):
+        find_name(">", table(100), lambda first, _: first == -1)
+
+
+@settings(max_examples=300, deadline=None, derandomize=True, database=None)
 @given(
     pattern=_any_pattern(),
-    patterns=st.lists(_any_pattern(), max_size=4),
-    wanted=st.sets(st.integers(0, 3), max_size=2),
+    ranked=st.lists(_any_pattern(), max_size=4),
+    others=st.lists(_any_pattern(), max_size=2),
+    wanted=st.sampled_from([None, 0, 1, 2, 3]),
+    wanted_other=st.booleans(),
 )
-def test_property_find_name_is_exact(pattern: str, patterns: list[str], wanted: set[int]) -> None:
+def test_property_find_name_is_exact(
+    pattern: str, ranked: list[str], others: list[str], wanted: int | None, wanted_other: bool
+) -> None:
     """find_name finds a name exactly when the bounded universe holds one."""
 
-    def hit_of(name: str) -> frozenset[int]:
-        return frozenset(k for k, p in enumerate(patterns) if matches(p, name))
+    def first_of(name: str) -> int | None:
+        return next((k for k, p in enumerate(ranked) if matches(p, name)), None)
 
-    def bad(hit: frozenset[int]) -> bool:
-        return hit == frozenset(w for w in wanted if w < len(patterns))
+    def other_of(name: str) -> bool:
+        return any(matches(o, name) for o in others)
 
-    expected = any(bad(hit_of(n)) for n in _names_of(pattern))
-    found = find_name(pattern, patterns, bad)
+    def bad(first: int | None, other: bool) -> bool:
+        return first == wanted and other is wanted_other
+
+    expected = any(bad(first_of(n), other_of(n)) for n in _names_of(pattern))
+    found = find_name(pattern, ranked, bad, others)
     assert (found is not None) is expected
     if found is not None:
-        assert matches(pattern, found) and bad(hit_of(found))
+        assert matches(pattern, found) and bad(first_of(found), other_of(found))
