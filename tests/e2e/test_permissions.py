@@ -830,7 +830,7 @@ def test_headers_middleman_publish_to_json_subscriber(fx: Fixture) -> None:
         assert len(headers) == 3 and headers["Uid"] == "" and headers["Cid"] not in ("", "x")
 
 
-def test_headers_json_publish_to_json_and_sse_subscribers(fx: Fixture) -> None:
+def test_headers_json_publish_to_rest_sse_subscriber(fx: Fixture) -> None:
     base = urllib.parse.urlsplit(fx.broker.endpoints["http"][0])
     conn = http.client.HTTPConnection(base.hostname or "", base.port, timeout=5)
     try:
