@@ -36,9 +36,11 @@ class HeaderPairs(Mapping[str, str]):
 
     def __init__(self, pairs: Iterable[tuple[str, str]] = ()) -> None:
         self.pairs: tuple[tuple[str, str], ...] = tuple(pairs)
-        first: dict[str, str] = {}
-        for k, v in self.pairs:
-            first.setdefault(k, v)
+        first = dict(self.pairs)
+        if len(first) != len(self.pairs):  # a name repeats: its first value is the one
+            first = {}
+            for k, v in self.pairs:
+                first.setdefault(k, v)
         self._first = first
 
     def __getitem__(self, key: str) -> str:
@@ -77,8 +79,7 @@ def client_headers(
         count = len(headers.pairs)
     else:
         pairs, count = headers.items(), len(headers)
-    kept = [(k, v) for k, v in pairs if len(k) != 3 or k.lower() not in BROKER_HEADERS]
+    kept = [p for p in pairs if len(p[0]) != 3 or p[0].lower() not in BROKER_HEADERS]
     if not own and len(kept) == count:
         return headers
-    kept += own
-    return HeaderPairs(kept)
+    return HeaderPairs((*kept, *own))

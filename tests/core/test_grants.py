@@ -182,3 +182,18 @@ def test_a_closed_session_cannot_grant() -> None:
     h.close(svc)
     with pytest.raises(MaitredError):
         h.router.grant("untrusted", Action.CALL, "x", by=svc)
+
+
+def test_a_session_that_becomes_restricted_receives_only_what_is_granted() -> None:
+    h = Harness()  # open policy: deliveries are checked only for restricted sessions
+    s = h.session("s", TRUSTED)
+    h.router.subscribe(s, "news.*")
+    h.router.publish(None, "news.eu", (b"1",))
+    h.router.set_identity(s, GUEST)
+    h.router.publish(None, "news.eu", (b"2",))
+    h.router.grant("untrusted", Action.SUBSCRIBE, "news.eu")
+    h.router.publish(None, "news.eu", (b"3",))
+    h.router.set_identity(s, TRUSTED)
+    h.close(s)
+    assert [b for _, b, _ in sink_of(s).events] == [[b"1"], [b"3"]]
+    assert h.router._restricted == 0
