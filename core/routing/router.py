@@ -324,15 +324,15 @@ class Router:
 
     def _release_grants(self, session_id: int) -> None:
         """The session is gone: its grants end unless another holder keeps them."""
-        ended = False
+        ended = 0
         for key, holders in list(self._grant_holders.items()):
             if session_id in holders:
                 holders.discard(session_id)
                 if not holders:
                     del self._grant_holders[key]
-                    ended |= self.grants.revoke(*key)
+                    ended += self.grants.revoke(*key)
         if ended:
-            self.stats["grants.withdrawn"] += 1
+            self.stats["grants.withdrawn"] += ended
             self._clear_caches()
 
     def _recheck_grants(self, session_id: int | None = None) -> None:

@@ -117,10 +117,12 @@ def test_grants_end_with_the_last_session_that_made_them() -> None:
     assert h.router.publish(guest, "chat", (b"1",)) == 0
     h.close(a)
     assert h.router.publish(guest, "chat", (b"2",)) == 0  # b still holds it
+    assert h.router.stats["grants.withdrawn"] == 0
     h.close(b)
     with pytest.raises(Denied):
         h.router.publish(guest, "chat", (b"3",))
     assert h.router.grants.listing() == {}
+    assert h.router.stats["grants.withdrawn"] == 1
 
 
 def test_a_grant_subscription_stops_receiving_when_the_grant_ends() -> None:
