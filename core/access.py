@@ -10,6 +10,9 @@ asks before it performs the action, so a denial is uniform across protocols. The
    was granted at run time (:class:`Grants`, e.g. by a middleman EPUB/EREQ/ESUB);
 3. otherwise the policy's default (``[access] default``, allow unless configured).
 
+A *pattern* (a subscription, or the names a grant would open) is decided by containment
+(:func:`decide_pattern`): allowed only if every name it can match is allowed as above.
+
 :class:`RuleTable` is the policy built from the ``[access]`` config section: rules are tried in
 order, the first whose ``who``, ``actions`` and ``names`` all match decides. ``who`` entries are
 ``*`` (anyone), ``role:NAME`` or an identity name.
@@ -17,13 +20,24 @@ order, the first whose ``who``, ``actions`` and ``names`` all match decides. ``w
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable, Sequence
 from enum import StrEnum
 from typing import Protocol
 
 import msgspec
 
-from maitred.core.routing.patterns import SubjectTree, matches, validate_pattern
+from maitred.core.routing.patterns import (
+    SubjectTree,
+    TooComplex,
+    find_name,
+    intersects,
+    is_pattern,
+    matches,
+    validate_pattern,
+)
+
+log = logging.getLogger("maitred.core.access")
 
 
 class Action(StrEnum):
@@ -157,10 +171,19 @@ class HookedPolicy:
         self._fallback = fallback
         self.default_allow: bool = getattr(fallback, "default_allow", True)
 
-    def decide(self, identity: Identity, action: Action, name: str) -> bool | None:
+    @property
+    def fallback(self) -> AccessPolicy:
+        return self._fallback
+
+    def hook_verdict(self, identity: Identity, action: Action, name: str) -> bool | None:
+        """The hook's own answer (None: it leaves the decision to the fallback)."""
         verdict = self._hook(identity, action, name)
+        return None if verdict is None else bool(verdict)
+
+    def decide(self, identity: Identity, action: Action, name: str) -> bool | None:
+        verdict = self.hook_verdict(identity, action, name)
         if verdict is not None:
-            return bool(verdict)
+            return verdict
         explicit = getattr(self._fallback, "decide", None)
         if explicit is None:
             return self._fallback.allowed(identity, action, name)
@@ -179,6 +202,8 @@ class Grants:
 
     def __init__(self) -> None:
         self._trees: dict[Action, SubjectTree[str]] = {a: SubjectTree() for a in Action}
+        #: action -> pattern -> roles (what :meth:`patterns_for` reads)
+        self._roles: dict[Action, dict[str, set[str]]] = {a: {} for a in Action}
         self.version = 0
 
     def grant(self, role: str, action: Action, pattern: str) -> bool:
@@ -187,13 +212,26 @@ class Grants:
         if problem:
             raise ValueError(problem)
         added = self._trees[action].add(pattern, role)
+        if added:
+            self._roles[action].setdefault(pattern, set()).add(role)
         self.version += added
         return added
 
     def revoke(self, role: str, action: Action, pattern: str) -> bool:
         removed = self._trees[action].remove(pattern, role)
+        if removed:
+            roles = self._roles[action][pattern]
+            roles.discard(role)
+            if not roles:
+                del self._roles[action][pattern]
         self.version += removed
         return removed
+
+    def patterns_for(self, identity: Identity, action: Action) -> list[str]:
+        """The patterns granted to any of ``identity``'s roles for ``action``."""
+        return [
+            p for p, roles in self._roles[action].items() if not identity.roles.isdisjoint(roles)
+        ]
 
     def permits(self, identity: Identity, action: Action, name: str) -> bool:
         tree = self._trees[action]
@@ -219,6 +257,87 @@ def decide(
     if identity.restricted:
         return grants.permits(identity, action, name)
     return bool(getattr(policy, "default_allow", True))
+
+
+def _verb(action: Action) -> str:
+    return {Action.PUBLISH: "publish to", Action.SUBSCRIBE: "subscribe to"}.get(
+        action, action.value
+    )
+
+
+def refusal(identity: Identity, action: Action, name: str) -> str:
+    """The reason a denial gives: ``<identity> may not <verb> <name>``."""
+    return f"{identity.name} may not {_verb(action)} {name}"
+
+
+def decide_pattern(
+    policy: AccessPolicy, grants: Grants, identity: Identity, action: Action, pattern: str
+) -> bool:
+    """The decision for a *pattern* (a subscription, or what a grant would open): allowed
+    only if every name the pattern matches is allowed as :func:`decide` decides for that name.
+
+    A plain name is decided by :func:`decide`. For a pattern: a ``maitred_authorize`` hook is
+    asked first, with the pattern string, and its answer stands; then, for a rule table, the
+    rules are walked as "first matching rule decides" would for each name the pattern matches
+    (rules whose names do not intersect the pattern play no part), names no rule matches fall
+    to the grants (restricted identities) or the default. A policy that is neither (a plain
+    ``allowed``) is asked with the pattern string.
+    """
+    return pattern_witness(policy, grants, identity, action, pattern) is None
+
+
+#: what :func:`pattern_witness` answers when it gave up (the pattern is refused)
+TOO_COMPLEX = "<too complex to decide>"
+
+
+def pattern_witness(
+    policy: AccessPolicy, grants: Grants, identity: Identity, action: Action, pattern: str
+) -> str | None:
+    """None when :func:`decide_pattern` allows ``pattern``; else a name it matches that is
+    denied (the pattern itself when the answer came for the string), or :data:`TOO_COMPLEX`."""
+    if not is_pattern(pattern):
+        return None if decide(policy, grants, identity, action, pattern) else pattern
+    if isinstance(policy, HookedPolicy):
+        verdict = policy.hook_verdict(identity, action, pattern)
+        if verdict is not None:
+            return None if verdict else pattern
+        policy = policy.fallback
+    if isinstance(policy, RuleTable):
+        rules = policy.rules
+        default_allow = policy.default_allow
+    elif isinstance(policy, AllowAll):
+        rules, default_allow = (), True
+    else:
+        return None if decide(policy, grants, identity, action, pattern) else pattern
+    names: list[str] = []  # the names of the rules that speak, in rule order
+    allow: list[bool] = []  # per entry of names: its rule's verdict
+    for rule in rules:
+        if action in rule.actions and any(_who_matches(w, identity) for w in rule.who):
+            for name in rule.names:
+                if intersects(name, pattern):
+                    names.append(name)
+                    allow.append(rule.allow)
+    granted: list[str] = []
+    if identity.restricted:
+        granted = [g for g in grants.patterns_for(identity, action) if intersects(g, pattern)]
+
+    def denied(first: int | None, by_grant: bool) -> bool:
+        if first is not None:
+            return not allow[first]  # the first matching rule decides
+        if identity.restricted:
+            return not by_grant
+        return not default_allow
+
+    try:
+        return find_name(pattern, names, denied, granted)
+    except TooComplex:
+        log.warning(
+            "access: %s %s for %s is too complex to decide against the rules: refused",
+            action.value,
+            pattern,
+            identity.name,
+        )
+        return TOO_COMPLEX
 
 
 def is_open(policy: AccessPolicy) -> bool:

@@ -8,7 +8,7 @@ every name. Any other segment matches itself literally.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from typing import Generic, TypeVar
 
 V = TypeVar("V", bound=Hashable)
@@ -169,3 +169,170 @@ class SubjectTree(Generic[V]):
 def any_matches(patterns: Iterable[str], name: str) -> bool:
     """Whether ``name`` matches any of ``patterns``."""
     return any(matches(p, name) for p in patterns)
+
+
+# -- pattern algebra: decisions on patterns, not on a pattern string taken as a name -------------
+
+
+def covers(general: str, specific: str) -> bool:
+    """Whether every name ``specific`` matches is matched by ``general`` too (both are valid
+    patterns; a plain name is a pattern matching itself). ``chat.>`` covers ``chat.*`` and
+    ``chat.a.b``; ``chat.*`` does not cover ``chat.>`` (``chat.a.b``)."""
+    if general == specific or general == ">":
+        return True
+    gsegs = general.split(".")
+    ssegs = specific.split(".")
+    for i, g in enumerate(gsegs):
+        if g == ">":
+            return len(ssegs) > i  # the rest of any name of specific: one segment or more
+        if i >= len(ssegs):
+            return False  # specific's names are shorter
+        s = ssegs[i]
+        if s == ">":
+            return False  # specific goes on where general stops or needs one exact segment
+        if g != "*" and g != s:
+            return False  # a literal covers only itself (not '*', not another literal)
+    return len(gsegs) == len(ssegs)
+
+
+def intersects(a: str, b: str) -> bool:
+    """Whether some name is matched by both patterns ``a`` and ``b``."""
+    if a == b or a == ">" or b == ">":
+        return True
+    asegs = a.split(".")
+    bsegs = b.split(".")
+    for i, x in enumerate(asegs):
+        if x == ">":
+            return len(bsegs) > i
+        if i >= len(bsegs):
+            return False
+        y = bsegs[i]
+        if y == ">":
+            return True  # x is a segment at i: b's rest takes it and a's remaining segments
+        if x != y and x != "*" and y != "*":
+            return False
+    return len(asegs) == len(bsegs)
+
+
+class TooComplex(Exception):
+    """:func:`find_name` gave up: the patterns need more steps than its budget."""
+
+
+#: the rest of a pattern that matches every longer name (no pattern's rest equals it: a
+#: segment is never empty)
+_FULL: tuple[str, ...] = ("",)
+
+
+def find_name(
+    pattern: str,
+    ranked: Sequence[str],
+    bad: Callable[[int | None, bool], bool],
+    others: Sequence[str] = (),
+    budget: int = 200_000,
+) -> str | None:
+    """A name matched by ``pattern`` for which ``bad(first, other)`` holds, or None when there
+    is none. ``first`` is the lowest index of the ``ranked`` patterns that match the name (None
+    when none does), ``other`` whether any of ``others`` matches it: what "the first matching
+    rule decides, else a grant" needs to know of a name.
+
+    The search builds names segment by segment, tracking what is left of each pattern. At each
+    position only the literals the remaining patterns name make a difference, plus one "fresh"
+    segment standing for every other value; patterns with the same rest behave alike from there
+    on (of ranked ones only the first counts), and a ranked pattern that matches every longer
+    name hides all ranked after it. So the search is exact and finite. It gives up with
+    :class:`TooComplex` past ``budget`` steps (a step to the next segment costs one per
+    pattern it tracks), which bounds its time (tens of milliseconds) whatever the patterns.
+    """
+    literals = {
+        seg for p in [pattern, *ranked, *others] for seg in p.split(".") if seg not in ("*", ">")
+    }
+    fresh = "x"
+    while fresh in literals:
+        fresh += "x"
+    seen: set[tuple[object, ...]] = set()
+    steps = 0
+
+    def rest(segs: tuple[str, ...], seg: str) -> tuple[str, ...] | None:
+        """What is left of a pattern after the name's next segment ``seg`` (None: no match)."""
+        if not segs:
+            return None
+        head = segs[0]
+        if head == ">":
+            return _FULL
+        return segs[1:] if head == "*" or head == seg else None
+
+    # a state: what is left of ``pattern`` (or _FULL); the lowest ranked index that matches
+    # every longer name (or None); the rest of each other ranked pattern -> its lowest index;
+    # whether some other pattern matches every longer name; the rests of the other others
+    def search(
+        prest: tuple[str, ...],
+        full_first: int | None,
+        alive: dict[tuple[str, ...], int],
+        other_full: bool,
+        other_alive: frozenset[tuple[str, ...]],
+        prefix: list[str],
+    ) -> str | None:
+        nonlocal steps
+        key = (prest, full_first, frozenset(alive.items()), other_full, other_alive)
+        if key in seen:
+            return None
+        seen.add(key)
+        if prefix and (prest is _FULL or not prest):
+            ends = [i for r, i in alive.items() if not r]
+            if full_first is not None:
+                ends.append(full_first)
+            if bad(min(ends) if ends else None, other_full or () in other_alive):
+                return ".".join(prefix)
+        if not prest:
+            return None  # the pattern's names end here
+        if prest is _FULL and not alive and not other_alive:
+            return None  # every longer name is matched by the same patterns as this one
+        head = prest[0] if prest is not _FULL else ">"
+        if head not in ("*", ">"):
+            candidates = [head]
+        else:
+            heads = {r[0] for r in alive if r} | {r[0] for r in other_alive if r}
+            candidates = [*sorted(heads - {"*", ">"}), fresh]
+        for seg in candidates:
+            steps += 1 + len(alive) + len(other_alive)
+            if steps > budget:
+                raise TooComplex(pattern)
+            nprest = _FULL if prest is _FULL else rest(prest, seg)
+            if nprest is None:
+                continue
+            nfull = full_first
+            nalive: dict[tuple[str, ...], int] = {}
+            for r, i in alive.items():
+                nr = rest(r, seg)
+                if nr is None:
+                    continue
+                if nr is _FULL:
+                    nfull = i if nfull is None else min(nfull, i)
+                elif nalive.get(nr, i) >= i:
+                    nalive[nr] = i
+            if nfull is not None:  # ranked patterns after it can never be the first
+                nalive = {r: i for r, i in nalive.items() if i < nfull}
+            nother_full = other_full
+            nother: set[tuple[str, ...]] = set()
+            if not nother_full:
+                for r in other_alive:
+                    nr = rest(r, seg)
+                    if nr is _FULL:
+                        nother_full = True
+                        break
+                    if nr is not None:
+                        nother.add(nr)
+            if nother_full:
+                nother.clear()
+            prefix.append(seg)
+            hit = search(nprest, nfull, nalive, nother_full, frozenset(nother), prefix)
+            prefix.pop()
+            if hit is not None:
+                return hit
+        return None
+
+    start: dict[tuple[str, ...], int] = {}
+    for i, p in enumerate(ranked):
+        start.setdefault(tuple(p.split(".")), i)
+    other_start = frozenset(tuple(o.split(".")) for o in others)
+    return search(tuple(pattern.split(".")), None, start, False, other_start, [])

@@ -15,7 +15,7 @@ import heapq
 import logging
 import math
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, Literal
 
 import msgspec
@@ -28,9 +28,12 @@ from maitred.core.access import (
     Grants,
     Identity,
     decide,
+    decide_pattern,
     is_open,
+    refusal,
 )
 from maitred.core.errors import Denied, ErrorCode, MaitredError
+from maitred.core.routing.headers import client_headers
 from maitred.core.routing.model import (
     NO_DEADLINE,
     Body,
@@ -46,7 +49,7 @@ from maitred.core.routing.model import (
     TransportStats,
     Worker,
 )
-from maitred.core.routing.patterns import SubjectTree, is_pattern, validate_pattern
+from maitred.core.routing.patterns import SubjectTree, is_pattern, matches, validate_pattern
 
 log = logging.getLogger("maitred.core.router")
 
@@ -136,6 +139,13 @@ class Router:
         self.liveness = liveness or Liveness()
         self.access: AccessPolicy = access or AllowAll()
         self.grants = Grants()
+        #: (role, action, pattern) of each run-time grant -> the sessions that made it (0: the
+        #: broker itself, e.g. a plugin calling grant() without ``by``); revoked when none is left
+        self._grant_holders: dict[tuple[str, Action, str], set[int]] = {}
+        #: session id -> the patterns it subscribed to with ``check=False`` (delivered unasked)
+        self._unchecked: dict[int, set[str]] = {}
+        #: open sessions with a restricted identity (deliveries to them are always checked)
+        self._restricted = 0
         self._access_open = is_open(self.access)
         self._on_event = on_event
         self._mmi = mmi
@@ -187,6 +197,7 @@ class Router:
             counters = self.transports[transport] = TransportStats()
         session.counters = counters
         self.sessions[session.id] = session
+        self._restricted += identity.restricted
         if not quiet:
             self._emit(
                 "$sys.session.join",
@@ -209,7 +220,10 @@ class Router:
         for pattern in session.patterns:
             self.topics.remove(pattern, session)
         session.patterns.clear()
+        self._unchecked.pop(session.id, None)
         del self.sessions[session.id]
+        self._restricted -= session.identity.restricted
+        self._release_grants(session.id)
         if session.quiet:
             return
         self._emit(
@@ -219,8 +233,11 @@ class Router:
 
     def set_identity(self, session: Session, identity: Identity) -> None:
         """Change who a session is (e.g. after a late login); clears its permission cache."""
+        if not session.closed:
+            self._restricted += identity.restricted - session.identity.restricted
         session.identity = identity
         session.allow_cache.clear()
+        self._recheck_grants(session.id)
 
     # -- access -----------------------------------------------------------------------------
 
@@ -231,7 +248,8 @@ class Router:
         key = (action, name)
         verdict = session.allow_cache.get(key)
         if verdict is None:
-            verdict = decide(self.access, self.grants, session.identity, action, name)
+            # a pattern (a subscription) is allowed only if every name it matches is
+            verdict = decide_pattern(self.access, self.grants, session.identity, action, name)
             if len(session.allow_cache) > 4096:
                 session.allow_cache.clear()
             session.allow_cache[key] = verdict
@@ -255,19 +273,93 @@ class Router:
             },
         )
 
-    def grant(self, role: str, action: Action, pattern: str) -> bool:
+    def may_grant(self, session: Session, action: Action, pattern: str) -> bool:
+        """Whether ``session`` may grant ``action`` on ``pattern``: only what its identity may
+        do itself, on every name the pattern matches (asked again when the rules change)."""
+        return decide_pattern(self.access, self.grants, session.identity, action, pattern)
+
+    def grant(self, role: str, action: Action, pattern: str, *, by: Session | None = None) -> bool:
         """Let restricted identities with ``role`` perform ``action`` on names matching
-        ``pattern`` (run-time grants, e.g. middleman EPUB/EREQ/ESUB)."""
+        ``pattern`` (run-time grants, e.g. middleman EPUB/EREQ/ESUB). True when the grant is
+        new. Raises ValueError for a bad pattern.
+
+        ``by`` is the session that grants: the grant must be within what it may do itself
+        (:meth:`may_grant`; else a denial, counted and published, and ``Denied``), it is
+        withdrawn when that session closes (or when the rules change and no longer let it),
+        and lasts while any session that made it remains. Without ``by``, the broker grants
+        (until :meth:`revoke`)."""
+        problem = validate_pattern(pattern)
+        if problem:
+            raise ValueError(problem)
+        holder = 0
+        if by is not None:
+            if by.closed:
+                raise MaitredError("session is closed", ErrorCode.BAD_REQUEST)
+            if not self.may_grant(by, action, pattern):
+                self.report_denied(by, action, pattern)
+                raise Denied(refusal(by.identity, action, pattern))
+            holder = by.id
+        self._grant_holders.setdefault((role, action, pattern), set()).add(holder)
         added = self.grants.grant(role, action, pattern)
         if added:
             self._clear_caches()
         return added
 
-    def revoke(self, role: str, action: Action, pattern: str) -> bool:
+    def revoke(self, role: str, action: Action, pattern: str, *, by: Session | None = None) -> bool:
+        """Withdraw a grant: ``by``'s share of it (the grant ends with its last holder), or,
+        without ``by``, the grant whoever made it. True when the grant ended."""
+        key = (role, action, pattern)
+        holders = self._grant_holders.get(key)
+        if by is not None:
+            if holders is None or by.id not in holders:
+                return False
+            holders.discard(by.id)
+            if holders:
+                return False
+        self._grant_holders.pop(key, None)
         removed = self.grants.revoke(role, action, pattern)
         if removed:
             self._clear_caches()
         return removed
+
+    def _release_grants(self, session_id: int) -> None:
+        """The session is gone: its grants end unless another holder keeps them."""
+        ended = 0
+        for key, holders in list(self._grant_holders.items()):
+            if session_id in holders:
+                holders.discard(session_id)
+                if not holders:
+                    del self._grant_holders[key]
+                    ended += self.grants.revoke(*key)
+        if ended:
+            self.stats["grants.withdrawn"] += ended
+            self._clear_caches()
+
+    def _recheck_grants(self, session_id: int | None = None) -> None:
+        """Drop each session's share of the grants it may no longer make (after the rules or
+        its identity changed); a grant ends with its last holder."""
+        ended = False
+        for key, holders in list(self._grant_holders.items()):
+            role, action, pattern = key
+            for sid in list(holders):
+                if sid == 0 or (session_id is not None and sid != session_id):
+                    continue
+                session = self.sessions.get(sid)
+                if session is None or not self.may_grant(session, action, pattern):
+                    holders.discard(sid)
+                    self.stats["grants.dropped"] += 1
+                    log.info(
+                        "grant of %s on %s to %s dropped: %s no longer may",
+                        action.value,
+                        pattern,
+                        role,
+                        session.label if session else sid,
+                    )
+            if not holders:
+                del self._grant_holders[key]
+                ended |= self.grants.revoke(role, action, pattern)
+        if ended:
+            self._clear_caches()
 
     def _clear_caches(self) -> None:
         for session in self.sessions.values():
@@ -279,6 +371,7 @@ class Router:
         self._access_open = is_open(access)
         for session in self.sessions.values():
             session.allow_cache.clear()
+        self._recheck_grants()
 
     # -- services and workers -----------------------------------------------------------------
 
@@ -461,13 +554,17 @@ class Router:
         timeout: float | None = None,
         headers: Headers | None = None,
         on_no_worker: Literal["wait", "fail"] | None = None,
+        stamp: Iterable[tuple[str, str]] = (),
     ) -> Request | None:
         """Accept a request from ``session``. Replies and errors come back through its sink
         (an error may come back before this returns); returns the request, or None when it was
         refused at once. ``timeout`` and ``on_no_worker`` override the service's policy for
-        this request (e.g. a protocol whose clients expect "no responder" at once)."""
+        this request (e.g. a protocol whose clients expect "no responder" at once).
+        ``headers`` are the caller's (broker-owned names dropped, see :meth:`publish`),
+        ``stamp`` the transport's own values."""
         if session.closed:
             raise MaitredError("session is closed", ErrorCode.BAD_REQUEST)
+        headers = client_headers(headers, stamp)
         self._next_request += 1
         if service_name.startswith(MMI_PREFIX):
             return self._submit_mmi(session, service_name, body, correlation, now, headers)
@@ -720,16 +817,19 @@ class Router:
         now: float,
         final: bool = True,
         headers: Headers | None = None,
+        *,
+        stamp: Iterable[tuple[str, str]] = (),
     ) -> bool:
         """A reply from ``worker`` to the request whose id is ``token`` (``headers``, if any,
-        reach the caller's transport as ``request.reply_headers``). False (and counted) when
-        the worker holds no such request."""
+        reach the caller's transport as ``request.reply_headers``, broker-owned names dropped
+        and ``stamp`` added, as for :meth:`publish`). False (and counted) when the worker
+        holds no such request."""
         request = worker.inflight.get(token)
         if request is None:
             self.stats["replies.unknown"] += 1
             return False
         if headers is not None:
-            request.reply_headers = headers
+            request.reply_headers = client_headers(headers, stamp)
         worker.touched = now
         if final:
             del worker.inflight[token]
@@ -1005,16 +1105,20 @@ class Router:
     def subscribe(self, session: Session, pattern: str, *, check: bool = True) -> bool:
         """Subscribe ``session`` to ``pattern``; False when it was already subscribed.
         Raises ``Denied``, a ``BAD_REQUEST`` error for an invalid pattern, or ``QUEUE_FULL``
-        past ``max_subscriptions``. ``check=False`` is
-        for channels a transport owns for the session itself (e.g. middleman's private
-        ``MSG:<id>``): the access policy is not asked."""
+        past ``max_subscriptions``.
+
+        A pattern is allowed only if every topic it can match is allowed (see
+        :func:`~maitred.core.access.decide_pattern`): ``chat.>`` needs more than an allow on
+        ``chat.*``, and ``>`` is refused while a deny rule takes any topic from it.
+        ``check=False`` is for channels a transport owns for the session itself (e.g.
+        middleman's private ``MSG:<id>``): the access policy is not asked, now or on delivery."""
         if session.closed:
             raise MaitredError("session is closed", ErrorCode.BAD_REQUEST)
         problem = validate_pattern(pattern)
         if problem:
             raise MaitredError(problem, ErrorCode.BAD_REQUEST)
         if check and not self.allowed(session, Action.SUBSCRIBE, pattern):
-            raise Denied(f"{session.identity.name} may not subscribe to {pattern}")
+            raise Denied(refusal(session.identity, Action.SUBSCRIBE, pattern))
         if pattern in session.patterns:
             return False
         if len(session.patterns) >= self.max_subscriptions:
@@ -1025,6 +1129,8 @@ class Router:
             )
         session.patterns.add(pattern)
         self.topics.add(pattern, session)
+        if not check:
+            self._unchecked.setdefault(session.id, set()).add(pattern)
         return True
 
     def unsubscribe(self, session: Session, pattern: str) -> bool:
@@ -1032,7 +1138,62 @@ class Router:
             return False
         session.patterns.discard(pattern)
         self.topics.remove(pattern, session)
+        unchecked = self._unchecked.get(session.id)
+        if unchecked is not None:
+            unchecked.discard(pattern)
+            if not unchecked:
+                del self._unchecked[session.id]
         return True
+
+    def may_receive(self, session: Session, topic: str) -> bool:
+        """Whether a publication on ``topic`` may be delivered to ``session``: it must be a
+        topic the session may subscribe to *now* (rules and grants change after a subscription
+        was made). Cached per session and topic, like every verdict; never reported as a
+        denial (the publisher did nothing wrong)."""
+        if self._access_open and not session.identity.restricted:
+            return True
+        key = (Action.SUBSCRIBE, topic)
+        verdict = session.allow_cache.get(key)
+        if verdict is None:
+            unchecked = self._unchecked.get(session.id)
+            if unchecked and any(matches(p, topic) for p in unchecked):
+                return True  # the transport's own channel (not cached: not a verdict)
+            verdict = decide(self.access, self.grants, session.identity, Action.SUBSCRIBE, topic)
+            if len(session.allow_cache) > 4096:
+                session.allow_cache.clear()
+            session.allow_cache[key] = verdict
+        return verdict
+
+    def _deliver(self, targets: set[Session], topic: str, body: Body, headers: Headers) -> int:
+        """Hand a publication to each target that may receive it; the number reached."""
+        check = not self._access_open
+        if not check and not self._restricted:  # nobody to check: the plain loop
+            reached = 0
+            for target in targets:
+                if not target.closed:
+                    reached += 1
+                    try:
+                        target.sink.deliver_event(topic, body, headers)
+                    except Exception:
+                        log.exception("deliver_event failed for %s", target.label)
+            return reached
+        key = (Action.SUBSCRIBE, topic)
+        reached = 0
+        for target in targets:
+            if target.closed:
+                continue
+            if check or target.identity.restricted:
+                # the cached verdict inline (the common case); else ask
+                verdict = target.allow_cache.get(key)
+                if not (verdict or (verdict is None and self.may_receive(target, topic))):
+                    self.stats["delivered.withheld"] += 1
+                    continue
+            reached += 1
+            try:
+                target.sink.deliver_event(topic, body, headers)
+            except Exception:
+                log.exception("deliver_event failed for %s", target.label)
+        return reached
 
     def publish(
         self,
@@ -1040,9 +1201,16 @@ class Router:
         topic: str,
         body: Body,
         headers: Headers | None = None,
+        *,
+        stamp: Iterable[tuple[str, str]] = (),
     ) -> int:
-        """Deliver to every session subscribed to a matching pattern (once per session).
-        ``session`` None is the broker itself. Returns the number of sessions reached."""
+        """Deliver to every session subscribed to a matching pattern (once per session) that
+        may receive ``topic`` (:meth:`may_receive`). ``session`` None is the broker itself.
+        Returns the number of sessions reached.
+
+        ``headers`` are the publisher's: any broker-owned name in them (``Cid``, ``Uid``,
+        ``Rid``, in any case) is dropped; ``stamp`` is the transport's own values of those
+        (added last)."""
         if session is not None:
             if session.closed:
                 raise MaitredError("session is closed", ErrorCode.BAD_REQUEST)
@@ -1053,18 +1221,13 @@ class Router:
                 self.report_denied(session, Action.PUBLISH, topic)
                 raise Denied(f"{topic} is reserved for the broker")
             if not self.allowed(session, Action.PUBLISH, topic):
-                raise Denied(f"{session.identity.name} may not publish to {topic}")
+                raise Denied(refusal(session.identity, Action.PUBLISH, topic))
         targets = self.topics.match(topic)
-        hdrs = headers or {}
-        for target in targets:
-            if not target.closed:
-                try:
-                    target.sink.deliver_event(topic, body, hdrs)
-                except Exception:
-                    log.exception("deliver_event failed for %s", target.label)
+        hdrs = client_headers(headers, stamp) or {}
+        reached = self._deliver(targets, topic, body, hdrs) if targets else 0
         self.stats["published"] += 1
-        self.stats["delivered"] += len(targets)
-        return len(targets)
+        self.stats["delivered"] += reached
+        return reached
 
     def _emit(self, topic: str, payload: dict[str, Any]) -> None:
         if self._on_event is not None:
@@ -1075,13 +1238,7 @@ class Router:
         if self.topics:
             targets = self.topics.match(topic)
             if targets:
-                body = (_json.encode(payload),)
-                for target in targets:
-                    if not target.closed:
-                        try:
-                            target.sink.deliver_event(topic, body, {})
-                        except Exception:
-                            log.exception("deliver_event failed for %s", target.label)
+                self._deliver(targets, topic, (_json.encode(payload),), {})
 
     # -- shutdown -----------------------------------------------------------------------------
 

@@ -2,23 +2,33 @@
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 from collections.abc import Callable
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from maitred.core.access import (
     ANONYMOUS,
+    TOO_COMPLEX,
     Action,
     AllowAll,
+    Grants,
     HookedPolicy,
     Identity,
     Rule,
     RuleTable,
+    decide,
+    decide_pattern,
     is_open,
+    pattern_witness,
     roles,
 )
 from maitred.core.errors import Denied, ErrorCode
 from maitred.core.routing.model import RequestState
+from maitred.core.routing.patterns import matches
 from tests.core.harness import Harness, sink_of
 
 HarnessFactory = Callable[..., Harness]
@@ -190,6 +200,8 @@ def test_router_asks_for_every_action(hr: Harness, rec: Recording) -> None:
         ("bob", CALL, "svc"),
         ("bob", SUBSCRIBE, "news.*"),
         ("bob", PUBLISH, "news.x"),
+        # the delivery of news.x to bob's own subscription: may bob receive news.x?
+        ("bob", SUBSCRIBE, "news.x"),
     ]
 
 
@@ -304,3 +316,270 @@ def test_mmi_calls_are_checked(hr: Harness, rec: Recording) -> None:
     assert hr.call(s, "mmi.service", (b"x",)) is None
     assert sink_of(s).error_codes() == [ErrorCode.FORBIDDEN]
     assert sink_of(s).replies == []
+
+
+# -- subscriptions by containment ------------------------------------------------------------------
+
+
+def _table(*rules: Rule, default_allow: bool = True) -> RuleTable:
+    return RuleTable(list(rules), default_allow=default_allow)
+
+
+CHAT_ONLY = _table(Rule(actions=(SUBSCRIBE,), names=("chat.*",)), default_allow=False)
+NO_SECRETS = _table(Rule(allow=False, actions=(SUBSCRIBE,), names=("secret.>",)))
+
+
+@pytest.mark.parametrize(
+    ("policy", "pattern", "allowed"),
+    [
+        (CHAT_ONLY, "chat.*", True),
+        (CHAT_ONLY, "chat.room1", True),
+        (CHAT_ONLY, "chat.>", False),  # chat.room1.private is not allowed
+        (CHAT_ONLY, ">", False),
+        (CHAT_ONLY, "*.*", False),
+        (NO_SECRETS, "secret.>", False),
+        (NO_SECRETS, ">", False),  # intersects the deny: refused, not narrowed
+        (NO_SECRETS, "*.plans", False),  # secret.plans
+        (NO_SECRETS, "*.*", False),
+        (NO_SECRETS, "secret.*", False),
+        (NO_SECRETS, "public.>", True),
+        (NO_SECRETS, "*", True),  # one segment: never secret.<something>
+        (NO_SECRETS, "secret", True),
+        # an earlier allow takes the names it covers before the deny is reached
+        (
+            _table(
+                Rule(actions=(SUBSCRIBE,), names=("secret.public",)),
+                Rule(allow=False, actions=(SUBSCRIBE,), names=("secret.>",)),
+            ),
+            "secret.public",
+            True,
+        ),
+        (
+            _table(
+                Rule(actions=(SUBSCRIBE,), names=("secret.public",)),
+                Rule(allow=False, actions=(SUBSCRIBE,), names=("secret.>",)),
+            ),
+            "secret.*",
+            False,
+        ),
+        # two allows that together cover the pattern (neither alone does)
+        (
+            _table(Rule(names=("a.*", "a.*.>")), default_allow=False),
+            "a.>",
+            True,
+        ),
+        # a deny shadowed by an allow that covers the pattern
+        (
+            _table(Rule(names=("chat.>",)), Rule(allow=False, names=(">",))),
+            "chat.*",
+            True,
+        ),
+        # rules for other actions or other identities play no part
+        (_table(Rule(allow=False, actions=(CALL,), names=(">",))), ">", True),
+        (_table(Rule(allow=False, who=("alice",), names=(">",))), ">", True),
+    ],
+)
+def test_subscription_is_decided_by_containment(
+    policy: RuleTable, pattern: str, allowed: bool
+) -> None:
+    assert decide_pattern(policy, Grants(), EVE, SUBSCRIBE, pattern) is allowed
+    witness = pattern_witness(policy, Grants(), EVE, SUBSCRIBE, pattern)
+    if allowed:
+        assert witness is None
+    else:  # a topic the pattern matches that the rules deny
+        assert witness is not None and matches(pattern, witness)
+        assert not policy.allowed(EVE, SUBSCRIBE, witness)
+
+
+GUEST = Identity("guest", frozenset({"guest"}), restricted=True)
+
+
+def test_grants_open_only_patterns_they_cover() -> None:
+    grants = Grants()
+    grants.grant("guest", SUBSCRIBE, "news.*")
+    policy = _table()
+    assert decide_pattern(policy, grants, GUEST, SUBSCRIBE, "news.*")
+    assert decide_pattern(policy, grants, GUEST, SUBSCRIBE, "news.eu")
+    assert not decide_pattern(policy, grants, GUEST, SUBSCRIBE, "news.>")
+    assert not decide_pattern(policy, grants, GUEST, SUBSCRIBE, ">")
+    grants.grant("guest", SUBSCRIBE, "news.*.>")
+    assert decide_pattern(policy, grants, GUEST, SUBSCRIBE, "news.>")  # both grants together
+    # an explicit deny that intersects the pattern refuses it, grant or not
+    denying = _table(Rule(allow=False, who=("role:guest",), names=("news.secret",)))
+    assert not decide_pattern(denying, grants, GUEST, SUBSCRIBE, "news.*")
+    assert decide_pattern(denying, grants, GUEST, SUBSCRIBE, "news.eu")
+    # grants of other roles open nothing
+    other = Identity("other", frozenset({"x"}), restricted=True)
+    assert not decide_pattern(policy, grants, other, SUBSCRIBE, "news.*")
+
+
+def test_the_hook_answers_for_the_pattern_string() -> None:
+    asked: list[str] = []
+
+    def hook(identity: Identity, action: Action, name: str) -> bool | None:
+        asked.append(name)
+        return {"open.>": True, "shut.*": False}.get(name)
+
+    policy = HookedPolicy(hook, NO_SECRETS)
+    assert decide_pattern(policy, Grants(), EVE, SUBSCRIBE, "open.>")
+    assert not decide_pattern(policy, Grants(), EVE, SUBSCRIBE, "shut.*")
+    assert not decide_pattern(policy, Grants(), EVE, SUBSCRIBE, ">")  # the rules: containment
+    assert asked == ["open.>", "shut.*", ">"]
+
+
+def test_a_plain_allowed_policy_is_asked_with_the_pattern(rec: Recording) -> None:
+    assert decide_pattern(rec, Grants(), EVE, SUBSCRIBE, "ok.>")
+    assert not decide_pattern(rec, Grants(), EVE, SUBSCRIBE, "deny.>")
+    assert [a[2] for a in rec.asked] == ["ok.>", "deny.>"]
+
+
+def test_router_refuses_wider_subscriptions(make_harness: HarnessFactory) -> None:
+    h = make_harness(access=NO_SECRETS)
+    s = h.session("s", EVE)
+    for pattern in (">", "*.plans", "*.*", "secret.*"):
+        with pytest.raises(Denied) as info:
+            h.router.subscribe(s, pattern)
+        assert info.value.reason == f"eve may not subscribe to {pattern}"
+    assert s.patterns == set()
+    assert h.router.stats["denied.subscribe"] == 4
+    denied = [p["name"] for p in h.payloads("$sys.auth.denied")]
+    assert denied == [">", "*.plans", "*.*", "secret.*"]
+    assert h.router.subscribe(s, "public.>")
+
+
+# -- the delivery check ----------------------------------------------------------------------------
+
+
+def test_delivery_withholds_topics_the_subscriber_may_no_longer_have(
+    make_harness: HarnessFactory,
+) -> None:
+    h = make_harness()
+    s = h.session("s", EVE)
+    assert h.router.subscribe(s, "chat.>")
+    pub = h.session("pub", BOB)
+    assert h.router.publish(pub, "chat.room1.private", (b"1",)) == 1
+    h.router.set_access(_table(Rule(allow=False, actions=(SUBSCRIBE,), names=("chat.*.private",))))
+    assert h.router.publish(pub, "chat.room1.private", (b"2",)) == 0
+    assert h.router.publish(pub, "chat.room1.public", (b"3",)) == 1
+    assert [b for t, b, _ in sink_of(s).events] == [[b"1"], [b"3"]]
+    assert h.router.stats["delivered.withheld"] == 1
+    assert h.router.stats.get("denied.subscribe", 0) == 0  # the publisher did nothing wrong
+
+
+def test_delivery_check_covers_system_events(make_harness: HarnessFactory) -> None:
+    h = make_harness()
+    s = h.session("s", EVE)
+    h.router.subscribe(s, "$sys.>")
+    h.router.set_access(_table(Rule(allow=False, actions=(SUBSCRIBE,), names=("$sys.session.>",))))
+    h.session("other", BOB)  # $sys.session.join
+    assert "$sys.session.join" not in sink_of(s).topics()
+
+
+def test_unchecked_channels_are_delivered_unasked(make_harness: HarnessFactory) -> None:
+    h = make_harness(access=_table(default_allow=False))
+    s = h.session("s", EVE)
+    assert h.router.subscribe(s, "MSG:s", check=False)
+    h.router.publish(None, "MSG:s", (b"x",))
+    assert sink_of(s).topics() == ["MSG:s"]
+    h.router.unsubscribe(s, "MSG:s")
+    assert h.router._unchecked == {}
+
+
+def _first_match(rules: list[Rule], default_allow: bool, name: str) -> bool:
+    return _table(*rules, default_allow=default_allow).allowed(EVE, SUBSCRIBE, name)
+
+
+_SEGS = ["a", "b", "c"]
+_UNIVERSE = [
+    ".".join(segs) for n in range(1, 6) for segs in itertools.product([*_SEGS, "z"], repeat=n)
+]
+
+
+@st.composite
+def _pattern(draw: st.DrawFn) -> str:
+    segs = draw(st.lists(st.sampled_from([*_SEGS, "*"]), min_size=1, max_size=4))
+    if draw(st.booleans()):
+        segs[-1] = ">"
+    return ".".join(segs)
+
+
+_rules = st.lists(
+    st.builds(
+        lambda allow, names: Rule(allow=allow, actions=(SUBSCRIBE,), names=tuple(names)),
+        st.booleans(),
+        st.lists(_pattern(), min_size=1, max_size=2),
+    ),
+    max_size=4,
+)
+
+
+@settings(max_examples=300, deadline=None, derandomize=True, database=None)
+@given(
+    rules=_rules,
+    default_allow=st.booleans(),
+    grants=st.lists(_pattern(), max_size=2),
+    restricted=st.booleans(),
+    pattern=_pattern(),
+)
+def test_property_a_pattern_is_allowed_iff_every_topic_it_matches_is(
+    rules: list[Rule], default_allow: bool, grants: list[str], restricted: bool, pattern: str
+) -> None:
+    identity = Identity("eve", frozenset({"guest"}), restricted=restricted)
+    table = _table(*rules, default_allow=default_allow)
+    granted = Grants()
+    for g in grants:
+        granted.grant("guest", SUBSCRIBE, g)
+    expected = all(
+        decide(table, granted, identity, SUBSCRIBE, t) for t in _UNIVERSE if matches(pattern, t)
+    )
+    assert decide_pattern(table, granted, identity, SUBSCRIBE, pattern) is expected
+
+
+@settings(max_examples=150, deadline=None, derandomize=True, database=None)
+@given(
+    before=_rules,
+    after=_rules,
+    default_allow=st.booleans(),
+    grants=st.lists(_pattern(), max_size=2),
+    patterns=st.lists(_pattern(), min_size=1, max_size=4),
+    topics=st.lists(st.sampled_from(_UNIVERSE), min_size=1, max_size=12),
+)
+def test_property_a_delivered_topic_is_one_the_subscriber_may_subscribe_to(
+    before: list[Rule],
+    after: list[Rule],
+    default_allow: bool,
+    grants: list[str],
+    patterns: list[str],
+    topics: list[str],
+) -> None:
+    """Whatever the rules, grants and subscriptions (and a change of rules in between), every
+    topic delivered to a session is one it may subscribe to as a plain topic."""
+    h = Harness(access=_table(*before, default_allow=default_allow))
+    guest = h.session("guest", Identity("g", frozenset({"guest"}), restricted=True))
+    plain = h.session("plain", EVE)
+    granter = h.session("granter", Identity("root", frozenset({"root"})))
+    for g in grants:
+        with contextlib.suppress(Denied):
+            h.router.grant("guest", SUBSCRIBE, g, by=granter)
+    for session in (guest, plain):
+        for p in patterns:
+            with contextlib.suppress(Denied):
+                h.router.subscribe(session, p)
+    for phase in (0, 1):
+        if phase:
+            h.router.set_access(_table(*after, default_allow=not default_allow))
+        for t in topics:
+            h.router.publish(None, t, (b"x",))
+        for session in (guest, plain):
+            for t in sink_of(session).topics():
+                assert decide(h.router.access, h.router.grants, session.identity, SUBSCRIBE, t)
+            sink_of(session).events.clear()
+
+
+def test_a_pattern_too_complex_to_decide_is_refused(caplog: pytest.LogCaptureFixture) -> None:
+    names = [p for i in range(100) for p in (f"a{i}.*.*.*", f"*.b{i}.*.*", f"*.*.c{i}.*")]
+    table = _table(Rule(actions=(SUBSCRIBE,), names=tuple(names)))
+    with caplog.at_level("WARNING", logger="maitred.core.access"):
+        assert pattern_witness(table, Grants(), EVE, SUBSCRIBE, ">") == TOO_COMPLEX
+    assert "too complex to decide" in caplog.text
+    assert decide_pattern(table, Grants(), EVE, SUBSCRIBE, "a1.*.*.*")  # covered at once

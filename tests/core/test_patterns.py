@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from maitred.core.routing.patterns import (
     SubjectTree,
+    TooComplex,
     any_matches,
+    covers,
+    find_name,
+    intersects,
     is_pattern,
     matches,
     validate_pattern,
@@ -173,3 +179,157 @@ def test_property_tree_agrees_with_matches(
     for p, v in list(model):
         tree.remove(p, v)
     assert tree._root.empty()
+
+
+# -- pattern algebra: covers, intersects, find_name ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("general", "specific", "expected"),
+    [
+        ("chat.*", "chat.*", True),
+        ("chat.*", "chat.room1", True),
+        ("chat.*", "chat.>", False),  # chat.>: chat.room1.private too
+        ("chat.>", "chat.*", True),
+        ("chat.>", "chat.>", True),
+        ("chat.>", "chat.*.>", True),
+        ("chat.>", "chat", False),
+        ("chat.*.>", "chat.>", False),  # chat.room1
+        (">", "a.b.c", True),
+        (">", "*.>", True),
+        ("*.>", ">", False),  # a one-segment name
+        ("*.*", "a.b", True),
+        ("*.*", "*.>", False),
+        ("a.b", "a.*", False),
+        ("a.b", "a.b", True),
+        ("news.*", "news.>", False),
+        ("secret.>", "*.plans", False),
+        ("*", "**", True),  # '**' is a literal segment
+        ("**", "*", False),
+    ],
+)
+def test_covers(general: str, specific: str, expected: bool) -> None:
+    assert covers(general, specific) is expected
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "expected"),
+    [
+        ("secret.>", ">", True),
+        ("secret.>", "*.plans", True),  # secret.plans
+        ("secret.>", "*.*", True),
+        ("secret.>", "secret", False),
+        ("secret.>", "public.>", False),
+        ("secret.*", "*.plans.x", False),
+        ("a.*.c", "*.b.>", True),
+        ("a.b", "a.c", False),
+        ("a.b", "a.b.c", False),
+        ("a.*", "a.b.>", False),  # lengths 2 against >= 3
+        ("*.>", "a", False),
+        ("*", "a", True),
+        ("a.>", "*.>", True),
+    ],
+)
+def test_intersects(a: str, b: str, expected: bool) -> None:
+    assert intersects(a, b) is expected
+    assert intersects(b, a) is expected
+
+
+# a bounded universe that is exact for patterns over {a, b, c}: 'z' stands for every other
+# segment, and names longer than the longest pattern (4) + 1 behave like those of length 5
+_UNIVERSE = [
+    ".".join(segs)
+    for n in range(1, 6)
+    for segs in itertools.product(["a", "b", "c", "z"], repeat=n)
+]
+
+
+@st.composite
+def _any_pattern(draw: st.DrawFn) -> str:
+    segs = draw(st.lists(st.sampled_from(["a", "b", "c", "*"]), min_size=1, max_size=4))
+    if draw(st.booleans()):
+        segs[-1] = ">"
+    return ".".join(segs)
+
+
+def _names_of(pattern: str) -> set[str]:
+    return {n for n in _UNIVERSE if matches(pattern, n)}
+
+
+@settings(max_examples=300, deadline=None, derandomize=True, database=None)
+@given(general=_any_pattern(), specific=_any_pattern())
+def test_property_covers_and_intersects_agree_with_matches(general: str, specific: str) -> None:
+    g, s = _names_of(general), _names_of(specific)
+    assert covers(general, specific) is (s <= g)
+    assert intersects(general, specific) is bool(g & s)
+    assert intersects(specific, general) is bool(g & s)
+
+
+def test_find_name() -> None:
+    def unmatched(first: int | None, other: bool) -> bool:
+        return first is None and not other
+
+    # a name of 'chat.>' that 'chat.*' does not match
+    assert find_name("chat.>", ["chat.*"], unmatched) == "chat.x.x"
+    assert find_name("chat.*", ["chat.*"], unmatched) is None
+    # 'a.*' and 'a.*.>' together match every name of 'a.>'
+    assert find_name("a.>", ["a.*", "a.*.>"], unmatched) is None
+    assert find_name("a.>", [], unmatched, others=["a.*", "a.*.>"]) is None
+    assert find_name("a.>", ["a.*"], unmatched, others=["a.*.>"]) is None
+    assert find_name(">", ["secret.>"], lambda first, _: first == 0) == "secret.x"
+    assert find_name("*.plans", ["secret.>"], lambda first, _: first == 0) == "secret.plans"
+    # only the first ranked pattern counts: 'a.b' (index 0) hides 'a.*' (index 1) for a.b
+    assert find_name("a.*", ["a.b", "a.*"], lambda first, _: first == 1) == "a.x"
+    assert find_name("a.b", ["a.b", "a.*"], lambda first, _: first == 1) is None
+    # the fresh segment never collides with a literal
+    assert find_name("*", ["x", "xx"], unmatched) == "xxx"
+
+
+def test_find_name_gives_up_past_its_budget() -> None:
+    patterns = [f"{a}.{b}.{c}" for a in "abcd" for b in "abcd" for c in "abcd"]
+    with pytest.raises(TooComplex):
+        find_name(">", patterns, lambda first, other: False, budget=10)
+
+
+def test_find_name_merges_patterns_with_the_same_rest() -> None:
+    """Many patterns with wildcards at different places: states with the same rests merge,
+    so the whole space is searched in bounded steps; past the budget it gives up."""
+
+    def table(n: int) -> list[str]:
+        ranked = [p for i in range(n) for p in (f"a{i}.*.*.*", f"*.b{i}.*.*", f"*.*.c{i}.*")]
+        return [*ranked, "*.*.*.zz"]
+
+    small = table(10)
+    assert find_name(">", small, lambda first, _: first == len(small) - 1) == "x.x.x.zz"
+    assert find_name(">", small, lambda first, _: first == -1) is None  # searched it all
+    with pytest.raises(TooComplex):
+        find_name(">", table(100), lambda first, _: first == -1)
+
+
+@settings(max_examples=300, deadline=None, derandomize=True, database=None)
+@given(
+    pattern=_any_pattern(),
+    ranked=st.lists(_any_pattern(), max_size=4),
+    others=st.lists(_any_pattern(), max_size=2),
+    wanted=st.sampled_from([None, 0, 1, 2, 3]),
+    wanted_other=st.booleans(),
+)
+def test_property_find_name_is_exact(
+    pattern: str, ranked: list[str], others: list[str], wanted: int | None, wanted_other: bool
+) -> None:
+    """find_name finds a name exactly when the bounded universe holds one."""
+
+    def first_of(name: str) -> int | None:
+        return next((k for k, p in enumerate(ranked) if matches(p, name)), None)
+
+    def other_of(name: str) -> bool:
+        return any(matches(o, name) for o in others)
+
+    def bad(first: int | None, other: bool) -> bool:
+        return first == wanted and other is wanted_other
+
+    expected = any(bad(first_of(n), other_of(n)) for n in _names_of(pattern))
+    found = find_name(pattern, ranked, bad, others)
+    assert (found is not None) is expected
+    if found is not None:
+        assert matches(pattern, found) and bad(first_of(found), other_of(found))

@@ -26,6 +26,8 @@ from websockets.typing import Subprotocol
 
 from maitred.core.access import Identity
 from maitred.core.local import LocalClient, LocalWorker
+from maitred.core.routing.patterns import matches
+from maitred.transports.ws.mm_codec import MmMessage, parse
 from tests.e2e.helpers import BrokerThread, RawClient, RawWorker, wait_until
 
 # -- the one table ----------------------------------------------------------------------------
@@ -51,6 +53,24 @@ names = ["ok.>"]
 allow = false
 who = ["role:app"]
 names = ["no.>"]
+
+# subscriptions are decided on patterns: this allow on chat.* does not cover chat.>, whose
+# deeper topics the next rule denies
+[[access.rules]]
+who = ["role:app"]
+actions = ["subscribe"]
+names = ["chat.*"]
+
+[[access.rules]]
+allow = false
+who = ["role:app"]
+actions = ["subscribe"]
+names = ["chat.>"]
+
+[[access.rules]]
+allow = false
+who = ["role:app"]
+names = ["secret.>"]
 """
 
 MDP_KEYS = """
@@ -192,6 +212,18 @@ class Fixture:
 
     def publish(self, topic: str, text: str) -> None:
         self.broker.call(lambda: self.observer.publish(topic, text.encode()))
+
+    def subscriptions(self, identity: str) -> set[str]:
+        """Every pattern a session of ``identity`` is subscribed to."""
+
+        def patterns() -> set[str]:
+            sessions = self.broker.broker.router.sessions.values()
+            return {p for s in sessions if s.identity.name == identity for p in s.patterns}
+
+        return self.broker.call(patterns)
+
+    def grants(self) -> dict[str, dict[str, int]]:
+        return self.broker.call(self.broker.broker.router.grants.listing)
 
     def workers(self, service: str) -> list[str]:
         def labels() -> list[str]:
@@ -421,6 +453,15 @@ def test_permission_table(transport: str, case: Case, fx: Fixture, ctx: zmq.Cont
         "json-guest": lambda: json_perform(fx, case, "guest-key"),
     }
     denial = performers[transport]()
+    check_outcome(fx, transport, case, denial, before)
+
+
+def check_outcome(
+    fx: Fixture, transport: str, case: Case, denial: Any, before: dict[str, int]
+) -> None:
+    """An allowed case was performed and reported nothing; a denied one got the transport's
+    own denial, was counted as ``denied.<action>`` and published on ``$sys.auth.denied``, and
+    was not performed."""
     after = fx.stats()
     counter = f"denied.{case.action}"
     if allowed(transport, case):
@@ -443,7 +484,7 @@ def test_permission_table(transport: str, case: Case, fx: Fixture, ctx: zmq.Cont
             "name": case.name,
         }
     ]
-    # not performed: nothing published, no worker added
+    # not performed: nothing published, no worker added (a subscription: see the performers)
     if case.action == "publish":
         assert fx.events(case.name) == []
     if case.action == "serve":
@@ -486,3 +527,428 @@ def test_grants_open_doors_for_the_untrusted_key(fx: Fixture) -> None:
             answer = json.loads(ws.recv(5))
             assert answer["type"] == "error" and answer["code"] == 403
     assert [d["name"] for d in fx.denials()] == ["g.news", "g.other"]
+
+
+# -- wildcard subscriptions: decided by containment, on every transport that subscribes ---------
+
+
+class Wild(NamedTuple):
+    """A subscription ``pattern``; ``probe`` is a topic it matches: published after an allowed
+    subscription (it must arrive), or one the rules deny (why the pattern is refused)."""
+
+    pattern: str
+    allowed: bool
+    probe: str
+
+
+WILD = [
+    Wild("chat.*", True, "chat.room1"),
+    Wild("chat.room1", True, "chat.room1"),
+    Wild("chat.>", False, "chat.room1.private"),  # the allow on chat.* does not cover it
+    Wild(">", False, "secret.plans"),  # intersects the deny on secret.> (and no.>)
+    Wild("*.plans", False, "secret.plans"),
+    Wild("*.*", False, "secret.plans"),
+    Wild("secret.*", False, "secret.plans"),
+    Wild("*.topic", False, "no.topic"),
+    Wild("ok.>", True, "ok.topic.deep"),
+    Wild("ok.*", True, "ok.topic"),
+]
+WILD_TRANSPORTS = ("middleman", "json", "http")
+
+
+def wild_subscribe(fx: Fixture, transport: str, w: Wild) -> Any:
+    """Subscribe with ``transport``; None when subscribed (and the probe arrived), else the
+    transport's denial. While the connection is open, a refused pattern must not be held."""
+    identity = IDENTITY[transport]
+    if transport == "middleman":
+        with mm_connect(fx, "app-key") as ws:
+            ws.send(mm_frame("SUB", w.pattern))
+            if w.allowed:
+                wait_until(lambda: w.pattern in fx.subscriptions(identity), what="the SUB")
+                fx.publish(w.probe, "probe")
+                frame = ws.recv(5)
+                assert frame.startswith(f"PUB {w.probe}\r\n") and "probe" in frame, frame
+                return None
+            denial = mm_error_text(ws.recv(5))
+            assert w.pattern not in fx.subscriptions(identity)
+            return denial
+    if transport == "json":
+        with json_connect(fx, "app-key", name="wild") as (ws, _):
+            ws.send(json.dumps({"type": "subscribe", "id": "s1", "topic": w.pattern}))
+            answer = json.loads(ws.recv(5))
+            if answer["type"] == "ack":
+                fx.publish(w.probe, '"probe"')
+                event = json.loads(ws.recv(5))
+                assert event["topic"] == w.probe and event["payload"] == "probe", event
+                return None
+            assert w.pattern not in fx.subscriptions(identity)
+            return answer
+    base = urllib.parse.urlsplit(fx.broker.endpoints["http"][0])
+    conn = http.client.HTTPConnection(base.hostname or "", base.port, timeout=5)
+    try:
+        conn.request("GET", "/v1/topics/" + urllib.parse.quote(w.pattern, safe=""))
+        resp = conn.getresponse()
+        if resp.status == 200:
+            assert resp.readline() == f": subscribed to {w.pattern}\n".encode()
+            resp.readline()
+            fx.publish(w.probe, "probe")
+            lines = [resp.readline() for _ in range(3)]
+            assert any(b'"text":"probe"' in line for line in lines), lines
+            return None
+        body = resp.read()
+        assert w.pattern not in fx.subscriptions(identity)
+        return resp.status, json.loads(body)
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize(
+    ("transport", "w"),
+    [
+        pytest.param(t, w, id=f"{t}-{w.pattern}-{'ok' if w.allowed else 'no'}")
+        for t in WILD_TRANSPORTS
+        for w in WILD
+    ],
+)
+def test_wildcard_subscriptions_are_decided_by_containment(
+    transport: str, w: Wild, fx: Fixture
+) -> None:
+    case = Case("subscribe", w.pattern, w.allowed)
+    assert matches(w.pattern, w.probe)
+    before = fx.stats()
+    denial = wild_subscribe(fx, transport, w)
+    check_outcome(fx, transport, case, denial, before)
+
+
+# -- grants: bounded by the granter, withdrawn when it goes ------------------------------------
+
+
+class Beyond(NamedTuple):
+    """A trusted connection's grant that exceeds its own rights (role app, the table above)."""
+
+    command: str
+    target: str
+    action: str  # the first action the granter may not do itself (the one reported)
+
+
+BEYOND = [
+    Beyond("ESUB", ">", "subscribe"),  # no.>, secret.> are not app's
+    Beyond("ESUB", "chat.>", "subscribe"),
+    Beyond("ESUB", "*.plans", "subscribe"),
+    Beyond("ESUB", "no.topic", "subscribe"),
+    Beyond("EPUB", "no.topic", "publish"),
+    Beyond("EPUB", "*.topic", "publish"),
+    Beyond("EREQ", "ok.secret", "call"),  # app may serve ok.secret, not call it
+]
+
+
+@pytest.mark.parametrize("b", BEYOND, ids=[f"{b.command}-{b.target}" for b in BEYOND])
+def test_a_grant_beyond_the_granters_rights_is_refused(b: Beyond, fx: Fixture) -> None:
+    before = fx.stats()
+    with mm_connect(fx, "app-key") as app, mm_connect(fx, "guest-key") as guest:
+        app.send(mm_frame(b.command, b.target))
+        verb = VERB[b.action]
+        assert mm_error_text(app.recv(5)) == (
+            f"Cannot grant {b.command} {b.target}: ws-app may not {verb} {b.target}"
+        )
+        assert fx.grants() == {}
+        after = fx.stats()
+        assert after.get(f"denied.{b.action}", 0) == before.get(f"denied.{b.action}", 0) + 1
+        [denial] = fx.denials()
+        assert denial["identity"] == "ws-app" and denial["action"] == b.action
+        assert denial["name"] == b.target and denial["transport"] == "ws"
+        # nothing was opened for the untrusted key
+        probe = b.target.replace(">", "x").replace("*", "no")
+        if b.action == "subscribe":
+            guest.send(mm_frame("SUB", b.target))
+            assert mm_error_text(guest.recv(5)) == f"Not trusted: SUB {b.target}"
+        elif b.action == "publish":
+            guest.send(mm_frame("PUB", probe, "x"))
+            assert mm_error_text(guest.recv(5)) == f"Not trusted PUB {probe}"
+        else:
+            guest.send(mm_frame("REQ", b.target, "x"))
+            assert mm_error_text(guest.recv(5)) == f"Not trusted REQ {b.target}"
+
+
+def test_the_grant_covers_only_its_pattern(fx: Fixture) -> None:
+    """A grant ``ESUB news.*`` lets the untrusted key subscribe to news.* and news.eu, not to
+    news.> (news.eu.x is not granted); refusals as in the table."""
+    with mm_connect(fx, "app-key") as app, mm_connect(fx, "guest-key") as guest:
+        app.send(mm_frame("ESUB", "news.*"))
+        wait_until(lambda: "news.*" in fx.grants().get("subscribe", {}), what="the grant")
+        before = fx.stats()
+        guest.send(mm_frame("SUB", "news.>"))
+        assert mm_error_text(guest.recv(5)) == "Not trusted: SUB news.>"
+        check_outcome(
+            fx, "middleman-guest", Case("subscribe", "news.>", False), "Not trusted: SUB news.>",
+            before,
+        )
+        with json_connect(fx, "guest-key", name="g") as (ws, _):
+            ws.send(json.dumps({"type": "subscribe", "id": "s1", "topic": "news.>"}))
+            assert json.loads(ws.recv(5)) == {
+                "type": "error",
+                "id": "s1",
+                "code": 403,
+                "message": "ws-guest may not subscribe to news.>",
+            }
+            ws.send(json.dumps({"type": "subscribe", "id": "s2", "topic": "news.*"}))
+            assert json.loads(ws.recv(5)) == {"type": "ack", "id": "s2"}
+            fx.publish("news.eu", '"hello"')
+            assert json.loads(ws.recv(5))["topic"] == "news.eu"
+        assert fx.stats()["denied.subscribe"] == before.get("denied.subscribe", 0) + 2
+
+
+def test_grants_end_when_the_granting_connection_closes(fx: Fixture) -> None:
+    with mm_connect(fx, "guest-key") as guest:
+        with mm_connect(fx, "app-key") as app, mm_connect(fx, "app-key") as app2:
+            app.send(mm_frame("ESUB", "ok.topic"))
+            app2.send(mm_frame("ESUB", "ok.topic"))  # the same grant, held twice
+            app.send(mm_frame("EPUB", "ok.topic"))
+            wait_until(lambda: "ok.topic" in fx.grants().get("publish", {}), what="the grants")
+            guest.send(mm_frame("SUB", "ok.topic"))
+            guest.send(mm_frame("PUB", "ok.topic", "mine"))
+            assert "\r\n\r\nmine\r\n.\r\n" in guest.recv(5)
+            app.close()
+            wait_until(lambda: "publish" not in fx.grants(), what="app's grants to end")
+            assert fx.grants() == {"subscribe": {"ok.topic": 1}}  # app2 still holds it
+            guest.send(mm_frame("PUB", "ok.topic", "late"))
+            assert mm_error_text(guest.recv(5)) == "Not trusted PUB ok.topic"
+        wait_until(lambda: fx.grants() == {}, what="every grant to end")
+        # the subscription is still there, but the topic is no longer the guest's to receive
+        fx.publish("ok.topic", "withheld")
+        guest.send(mm_frame("SUB", "ok.topic"))
+        assert mm_error_text(guest.recv(5)) == "Not trusted: SUB ok.topic"
+        assert fx.stats().get("delivered.withheld", 0) >= 1
+
+
+# -- broker-owned headers: a client's Cid/Uid/Rid never reach a peer -------------------------------
+
+#: mixed-case spoofs of the broker's headers, as a client sends them
+SPOOFS = [("UID", "admin"), ("uId", "root"), ("RID", "999999"), ("rid", "888888"), ("CID", "x")]
+
+
+def owned(msg: MmMessage) -> dict[str, list[str]]:
+    """The broker-owned headers of a middleman message, every value under a lower-case name."""
+    out: dict[str, list[str]] = {}
+    for k, v in msg.headers:
+        if k.lower() in ("cid", "uid", "rid"):
+            out.setdefault(k.lower(), []).append(v)
+    return out
+
+
+def mm_frame_with(command: str, target: str, headers: list[tuple[str, str]], body: str) -> str:
+    lines = "".join(f"{k}: {v}\r\n" for k, v in headers)
+    return f"{command} {target}\r\n{lines}\r\n{body}\r\n.\r\n"
+
+
+@contextmanager
+def mm_responder(fx: Fixture, service: str) -> Iterator[ClientConnection]:
+    with mm_connect(fx, "app-key") as ws:
+        ws.send(mm_frame("EREQ", service))
+        wait_until(lambda: len(fx.workers(service)) == 1, what="the EREQ responder")
+        yield ws
+
+
+def answer(responder: ClientConnection, service: str) -> MmMessage:
+    """Read the REQ the responder got, answer it with its Rid, return the REQ."""
+    req = parse(responder.recv(5))
+    assert req.command == "REQ" and req.target == service
+    [rid] = owned(req)["rid"]
+    responder.send(mm_frame_with("RES", service, [("Rid", rid)], "answer"))
+    return req
+
+
+def assert_broker_owned(msg: MmMessage, cid: str, uid: str = "") -> None:
+    heads = owned(msg)
+    assert heads["cid"] == [cid] and heads["uid"] == [uid], msg.headers
+    assert all(v not in ("admin", "root", "x") for vs in heads.values() for v in vs)
+    if "rid" in heads:
+        [rid] = heads["rid"]
+        assert rid not in ("999999", "888888")
+
+
+def test_headers_json_request_to_middleman(fx: Fixture) -> None:
+    with mm_responder(fx, "ok.hsvc") as responder, json_connect(fx, name="c") as (ws, welcome):
+        spoof = dict(SPOOFS) | {"Reqid": "r1"}
+        msg = {"type": "request", "id": "q", "destination": "ok.hsvc", "headers": spoof}
+        ws.send(json.dumps(msg))
+        req = answer(responder, "ok.hsvc")
+        assert_broker_owned(req, welcome["id"])
+        assert ("Reqid", "r1") in req.headers
+        reply = json.loads(ws.recv(5))
+        assert reply["type"] == "reply" and reply["id"] == "q"
+
+
+def test_headers_middleman_to_middleman(fx: Fixture) -> None:
+    with mm_responder(fx, "ok.hsvc") as responder, mm_connect(fx, "app-key") as client:
+        client.send(mm_frame_with("REQ", "ok.hsvc", SPOOFS, "hi"))
+        req = answer(responder, "ok.hsvc")
+        res = parse(client.recv(5))
+        assert res.command == "RES" and res.body == "answer"
+        assert owned(res)["cid"] and owned(res).get("rid") is None
+        # the client's own Cid: what the responder saw
+        assert_broker_owned(req, owned(req)["cid"][0])
+        assert owned(req)["cid"][0] != "x"
+
+
+def test_headers_rest_request_to_middleman(fx: Fixture) -> None:
+    base = urllib.parse.urlsplit(fx.broker.endpoints["http"][0])
+    with mm_responder(fx, "ok.hsvc") as responder:
+        conn = http.client.HTTPConnection(base.hostname or "", base.port, timeout=5)
+        try:
+            conn.request("POST", "/v1/services/ok.hsvc", b"hi", headers=dict(SPOOFS))
+            req = answer(responder, "ok.hsvc")
+            resp = conn.getresponse()
+            assert resp.status == 200 and resp.read() == b"answer"
+        finally:
+            conn.close()
+    heads = owned(req)
+    assert len(heads["cid"]) == len(heads["uid"]) == len(heads["rid"]) == 1
+    assert heads["uid"] == [""] and heads["rid"] not in (["999999"], ["888888"])
+
+
+def test_headers_json_publish_to_middleman_subscriber(fx: Fixture) -> None:
+    with mm_connect(fx, "app-key") as sub, json_connect(fx, name="p") as (ws, welcome):
+        sub.send(mm_frame("SUB", "ok.news"))
+        wait_until(lambda: "ok.news" in fx.subscriptions("ws-app"), what="the SUB")
+        msg = {"type": "publish", "id": "p", "topic": "ok.news", "payload": 1}
+        ws.send(json.dumps(msg | {"headers": dict(SPOOFS)}))
+        event = parse(sub.recv(5))
+        assert event.command == "PUB" and event.target == "ok.news"
+        assert_broker_owned(event, welcome["id"])
+        assert "rid" not in owned(event)
+
+
+def test_headers_middleman_publish_to_json_subscriber(fx: Fixture) -> None:
+    with json_connect(fx, name="s") as (ws, _), mm_connect(fx, "app-key") as pub:
+        ws.send(json.dumps({"type": "subscribe", "id": "s", "topic": "ok.news"}))
+        assert json.loads(ws.recv(5))["type"] == "ack"
+        pub.send(mm_frame_with("PUB", "ok.news", [*SPOOFS, ("Reqid", "7")], "hello"))
+        event = json.loads(ws.recv(5))
+        headers = event["headers"]
+        assert {k.lower() for k in headers} == {"cid", "uid", "reqid"}
+        assert len(headers) == 3 and headers["Uid"] == "" and headers["Cid"] not in ("", "x")
+
+
+def test_headers_json_publish_to_rest_sse_subscriber(fx: Fixture) -> None:
+    base = urllib.parse.urlsplit(fx.broker.endpoints["http"][0])
+    conn = http.client.HTTPConnection(base.hostname or "", base.port, timeout=5)
+    try:
+        conn.request("GET", "/v1/topics/ok.news")
+        resp = conn.getresponse()
+        assert resp.status == 200
+        resp.readline()
+        resp.readline()
+        with json_connect(fx, name="p") as (ws, welcome):
+            msg = {"type": "publish", "id": "p", "topic": "ok.news", "payload": 1}
+            ws.send(json.dumps(msg | {"headers": {"uid": "admin", "CID": "x"}}))
+            assert json.loads(ws.recv(5))["type"] == "ack"
+        lines = [resp.readline() for _ in range(3)]
+        data = next(line for line in lines if line.startswith(b"data:"))
+        headers = json.loads(data[5:])["headers"]
+        assert headers == {"Cid": welcome["id"], "Uid": ""}
+    finally:
+        conn.close()
+
+
+# -- the reported case: a deny-by-default table ------------------------------------------------
+
+DENY_BY_DEFAULT = """
+[access]
+default = "deny"
+
+[[access.rules]]
+who = ["role:ops"]
+
+[[access.rules]]
+who = ["role:chat"]
+actions = ["subscribe"]
+names = ["chat.*"]
+"""
+
+DENY_KEYS = """
+[transports.http]
+listen = ["127.0.0.1:0"]
+switch = false
+identity = "http-chat"
+roles = ["chat"]
+
+[transports.ws]
+listen = "127.0.0.1:0"
+ping_interval = 0
+grant_role = "guest"
+
+[[transports.ws.keys]]
+key = "nothing-key"  # trusted, but the rules give it nothing
+trusted = true
+identity = "ws-nothing"
+roles = ["nobody"]
+
+[[transports.ws.keys]]
+key = "chat-key"
+trusted = true
+identity = "ws-chat"
+roles = ["chat"]
+
+[[transports.ws.keys]]
+key = "guest-key"
+trusted = false
+identity = "ws-guest"
+roles = ["guest"]
+"""
+
+
+def test_deny_by_default_grants_and_wildcards(make_broker: Callable[..., BrokerThread]) -> None:
+    """A trusted key the rules deny everything grants nothing (``ESUB >``, ``EPUB svc.x``):
+    the untrusted key gets no ``$sys`` events and its ``REQ svc.x`` is not served; an allow on
+    ``chat.*`` does not admit ``chat.>`` on any transport."""
+    fx = Fixture(make_broker(DENY_BY_DEFAULT + DENY_KEYS))
+
+    async def serve() -> None:
+        async def handler(body: list[bytes]) -> list[bytes]:
+            return [b"served"]
+
+        LocalWorker(fx.broker.broker, "svc.x", handler, identity=OPS, label="ops")
+
+    fx.broker.run(serve())
+    before = fx.stats()
+    with mm_connect(fx, "nothing-key") as nothing, mm_connect(fx, "guest-key") as guest:
+        nothing.send(mm_frame("ESUB", ">"))
+        refused = "Cannot grant ESUB >: ws-nothing may not subscribe to >"
+        assert mm_error_text(nothing.recv(5)) == refused
+        nothing.send(mm_frame("EPUB", "svc.x"))
+        assert (
+            mm_error_text(nothing.recv(5))
+            == "Cannot grant EPUB svc.x: ws-nothing may not publish to svc.x"
+        )
+        assert fx.grants() == {}
+        guest.send(mm_frame("SUB", "$sys.>"))
+        assert mm_error_text(guest.recv(5)) == "Not trusted: SUB $sys.>"
+        guest.send(mm_frame("REQ", "svc.x", "hi"))
+        assert mm_error_text(guest.recv(5)) == "Not trusted REQ svc.x"
+    after = fx.stats()
+    assert after["denied.subscribe"] == before.get("denied.subscribe", 0) + 2
+    assert after["denied.publish"] == before.get("denied.publish", 0) + 1
+    assert after["denied.call"] == before.get("denied.call", 0) + 1
+    assert [(d["identity"], d["action"], d["name"]) for d in fx.denials()] == [
+        ("ws-nothing", "subscribe", ">"),
+        ("ws-nothing", "publish", "svc.x"),
+        ("ws-guest", "subscribe", "$sys.>"),
+        ("ws-guest", "call", "svc.x"),
+    ]
+    with mm_connect(fx, "chat-key") as chat:
+        chat.send(mm_frame("SUB", "chat.>"))
+        assert mm_error_text(chat.recv(5)) == "Not trusted: SUB chat.>"
+    with json_connect(fx, "chat-key", name="c") as (ws, _):
+        ws.send(json.dumps({"type": "subscribe", "id": "s", "topic": "chat.>"}))
+        assert json.loads(ws.recv(5))["code"] == 403
+    base = urllib.parse.urlsplit(fx.broker.endpoints["http"][0])
+    conn = http.client.HTTPConnection(base.hostname or "", base.port, timeout=5)
+    try:
+        conn.request("GET", "/v1/topics/chat.>")
+        resp = conn.getresponse()
+        assert resp.status == 403
+        assert json.loads(resp.read())["error"]["reason"] == "http-chat may not subscribe to chat.>"
+    finally:
+        conn.close()
+    assert fx.stats()["denied.subscribe"] == before.get("denied.subscribe", 0) + 5

@@ -4,7 +4,8 @@ A connection says ``hello`` with its key first. A registration with ``methods`` 
 worker of ``name`` and of each ``name:method`` (credit ``responder_credit``); without, it is a
 consumer. Requests go through ``router.submit`` (the service's policy, unless the request says
 ``on_no_worker`` or ``timeout``), publications through ``router.publish`` (with ``Cid``/``Uid``
-headers added, as for middleman), subscriptions with wildcards; the router's ``$sys.`` events
+headers added, as for middleman; a client's own ``Cid``/``Uid``/``Rid``, in any letter case,
+are dropped by the router), subscriptions with wildcards; the router's ``$sys.`` events
 are ordinary topics (subscribe to ``$sys.>``).
 """
 
@@ -138,6 +139,11 @@ class JsonConn(Conn):
                 _error(None if isinstance(msg_id, msgspec.UnsetType) else msg_id, 400, str(exc))
             )
 
+    def _stamp(self) -> tuple[tuple[str, str], ...]:
+        """This connection's ``Cid``/``Uid``: the router drops whatever the client sent under
+        those names (or ``Rid``, in any case) and adds these."""
+        return (("Cid", self.cid), ("Uid", self.uid))
+
     def _ack(self, msg_id: jc.Id | msgspec.UnsetType, count: int | None = None) -> None:
         if not isinstance(msg_id, msgspec.UnsetType):
             self.push(jc.encode(jc.Ack(id=msg_id, count=_UNSET if count is None else count)))
@@ -151,9 +157,7 @@ class JsonConn(Conn):
         if timeout is not None and not (0 <= timeout < 1e9):
             self.push(_error(msg.id, 400, "timeout must be a number of seconds >= 0"))
             return
-        headers = {} if isinstance(msg.headers, msgspec.UnsetType) else dict(msg.headers)
-        headers["Cid"] = self.cid
-        headers["Uid"] = self.uid
+        headers = None if isinstance(msg.headers, msgspec.UnsetType) else msg.headers
         self.router.submit(
             self.session,
             msg.destination,
@@ -165,6 +169,7 @@ class JsonConn(Conn):
             on_no_worker=None
             if isinstance(msg.on_no_worker, msgspec.UnsetType)
             else msg.on_no_worker,
+            stamp=self._stamp(),
         )
 
     def _worker_for(self, msg_id: jc.Id) -> tuple[Worker | None, int]:
@@ -207,12 +212,10 @@ class JsonConn(Conn):
     def _publish(self, msg: jc.Publish) -> None:
         assert self.session is not None
         body = jc.body_of(msg)
-        headers = {} if isinstance(msg.headers, msgspec.UnsetType) else dict(msg.headers)
-        headers["Cid"] = self.cid
-        headers["Uid"] = self.uid
+        headers = None if isinstance(msg.headers, msgspec.UnsetType) else msg.headers
         msg_id = None if isinstance(msg.id, msgspec.UnsetType) else msg.id
         try:
-            count = self.router.publish(self.session, msg.topic, body, headers)
+            count = self.router.publish(self.session, msg.topic, body, headers, stamp=self._stamp())
         except MaitredError as exc:
             self.push(_error(msg_id, int(exc.code), exc.reason))
             return

@@ -12,7 +12,12 @@ Mapping onto the router (one session per connection):
   <requested name>`` with the responder's headers minus ``Rid``, then ``Cid``/``Uid``.
 - ``EREQ k`` (trusted) → a worker of service ``k`` with ``responder_credit``, and a grant to
   ``grant_role`` of CALL and PUBLISH on ``k``; ``EPUB k`` → PUBLISH and CALL (and RES) on ``k``;
-  ``ESUB k`` → SUBSCRIBE on ``k``. Grants last as long as the broker runs.
+  ``ESUB k`` → SUBSCRIBE on ``k``. A connection grants only what it may do itself (else
+  ``Cannot grant <CMD> k: <reason>``, a denial), and its grants end when it closes.
+
+``Cid``, ``Uid`` and ``Rid`` are the broker's: whatever a peer sends under those names (in any
+case) is dropped on the way in, and every message out carries the broker's values last, after
+any other header (compared without regard to case).
 
 Bodies: a middleman body is one text block, carried as one body frame (UTF-8). A request or
 reply from another protocol with several frames reaches a middleman peer with its frames joined
@@ -27,9 +32,11 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
-from maitred.core.access import Action
+from maitred.core.access import Action, refusal
 from maitred.core.errors import Denied, ErrorCode, MaitredError
+from maitred.core.routing.headers import is_broker_header, pairs_of
 from maitred.core.routing.model import Body, Headers, ReplyKind, Request, Worker
+from maitred.core.routing.patterns import validate_pattern
 from maitred.transports.ws.adapter import CLOSE_POLICY, CLOSE_UNSUPPORTED, Conn
 from maitred.transports.ws.mm_codec import MmHeaders, MmMessage, ParseError, encode, parse
 
@@ -39,7 +46,6 @@ if TYPE_CHECKING:
     from maitred.transports.ws.adapter import WsTransport
 
 _FINAL = ReplyKind.FINAL
-_OWN = frozenset({"Cid", "Uid", "Rid"})
 #: the action each trusted-only command stands for, to report an untrusted one as a denial
 #: (INT UID is administration, outside the permission model: only counted)
 _TRUSTED_ACTION = {"EREQ": Action.SERVE, "EPUB": Action.PUBLISH, "ESUB": Action.SUBSCRIBE}
@@ -51,16 +57,15 @@ def body_text(body: Body) -> str:
     return bytes(raw).decode("utf-8", "replace")
 
 
-def _pairs(headers: Headers | None) -> Iterable[tuple[str, str]]:
-    if headers is None:
-        return ()
-    if isinstance(headers, MmHeaders):
-        return headers.pairs
-    return headers.items()
-
-
 def _without_own(headers: Headers | None) -> list[tuple[str, str]]:
-    return [(k, v) for k, v in _pairs(headers) if k not in _OWN]
+    """Every header but the broker-owned ones (any case): the broker adds its own after."""
+    return [(k, v) for k, v in pairs_of(headers) if not is_broker_header(k)]
+
+
+def _first(pairs: Iterable[tuple[str, str]], name: str) -> str | None:
+    """The first value of ``name`` (compared without regard to case)."""
+    low = name.lower()
+    return next((v for k, v in pairs if k.lower() == low), None)
 
 
 def error_frame(text: str) -> str:
@@ -142,15 +147,21 @@ class MmConn(Conn):
         self.stats["ws.mm.errors_sent"] += 1
         self.push(error_frame(text))
 
-    def _headers(self, msg: MmMessage) -> MmHeaders:
-        """The sender's headers with ``Cid``/``Uid`` overwritten (moved last)."""
-        own = [(k, v) for k, v in msg.headers if k not in _OWN]
-        return MmHeaders([*own, ("Cid", self.cid), ("Uid", self.uid)])
+    def _stamp(self) -> tuple[tuple[str, str], ...]:
+        """This connection's ``Cid``/``Uid``, which the router adds after the sender's headers
+        (and after dropping any it sent itself)."""
+        return (("Cid", self.cid), ("Uid", self.uid))
 
     def _pub(self, msg: MmMessage) -> None:
         assert self.session is not None
         try:
-            self.router.publish(self.session, msg.target, (msg.body.encode(),), self._headers(msg))
+            self.router.publish(
+                self.session,
+                msg.target,
+                (msg.body.encode(),),
+                MmHeaders(msg.headers),
+                stamp=self._stamp(),
+            )
         except Denied:
             self.error(f"Not trusted PUB {msg.target}")
         except MaitredError as exc:
@@ -182,8 +193,9 @@ class MmConn(Conn):
             msg.target,
             self.transport.port.clock(),
             timeout=timeout,
-            headers=self._headers(msg),
+            headers=MmHeaders(msg.headers),
             on_no_worker="fail",
+            stamp=self._stamp(),
         )
 
     def _res(self, msg: MmMessage) -> None:
@@ -192,7 +204,7 @@ class MmConn(Conn):
         if self.restricted and not self.router.allowed(self.session, Action.PUBLISH, k):
             self.error(f"Not trusted RES {k}")
             return
-        rid = dict(msg.headers).get("Rid", "")
+        rid = _first(msg.headers, "Rid") or ""
         try:
             token = int(rid)
         except ValueError:
@@ -204,7 +216,8 @@ class MmConn(Conn):
             (msg.body.encode(),),
             self.transport.port.clock(),
             final=True,
-            headers=self._headers(msg),
+            headers=MmHeaders(msg.headers),
+            stamp=self._stamp(),
         ):
             self.error(f"No client for request ID  RES {k}")
 
@@ -220,13 +233,29 @@ class MmConn(Conn):
             return False
         return True
 
-    def _grant(self, msg: MmMessage, actions: Iterable[Action]) -> bool:
+    def _grant(self, msg: MmMessage, actions: tuple[Action, ...]) -> bool:
+        """Grant ``actions`` on the target to ``grant_role``, all or none: only what this
+        connection may do itself; a refusal is a denial of the first action it may not do
+        (counted, published on ``$sys.auth.denied``). The grants end when it closes."""
+        assert self.session is not None
         role = self.transport.config.grant_role
+        k = msg.target
+        problem = validate_pattern(k)
+        if problem:
+            self.error(f"Bad target {msg.command} {k}: {problem}")
+            return False
+        for action in actions:
+            if not self.router.may_grant(self.session, action, k):
+                self.stats["ws.mm.grants_refused"] += 1
+                self.router.report_denied(self.session, action, k)
+                why = refusal(self.session.identity, action, k)
+                self.error(f"Cannot grant {msg.command} {k}: {why}")
+                return False
         try:
             for action in actions:
-                self.router.grant(role, action, msg.target)
-        except ValueError as exc:
-            self.error(f"Bad target {msg.command} {msg.target}: {exc}")
+                self.router.grant(role, action, k, by=self.session)
+        except MaitredError as exc:  # Denied: the rules changed in between (cannot, today)
+            self.error(f"Cannot grant {msg.command} {k}: {exc.reason}")
             return False
         return True
 
@@ -296,9 +325,10 @@ class MmConn(Conn):
         session = request.worker.session if request.worker is not None else None
         own = _without_own(request.reply_headers)
         asked = request.headers
-        if asked is not None and "Reqid" in asked and not any(k == "Reqid" for k, _ in own):
+        reqid = _first(pairs_of(asked), "Reqid")
+        if reqid is not None and _first(own, "Reqid") is None:
             # a responder without headers (MDP, ...): keep the client's correlation
-            own.insert(0, ("Reqid", asked["Reqid"]))
+            own.insert(0, ("Reqid", reqid))
         headers = [
             *own,
             ("Cid", t.cid_of(session)),

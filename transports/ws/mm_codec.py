@@ -18,7 +18,9 @@ No I/O here: no asyncio, sockets or websockets (import-linter contract "codecs d
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Sequence
+
+from maitred.core.routing.headers import HeaderPairs
 
 __all__ = [
     "COMMANDS",
@@ -45,30 +47,11 @@ class ParseError(ValueError):
         self.reason = reason
 
 
-class MmHeaders(Mapping[str, str]):
+class MmHeaders(HeaderPairs):
     """Headers in arrival order, repeats kept. As a Mapping (what the core's ``Headers`` is),
     a name maps to its *first* value, like Go's ``MIMEHeader.Get``; :attr:`pairs` keeps all."""
 
-    __slots__ = ("_first", "pairs")
-
-    def __init__(self, pairs: Iterable[tuple[str, str]] = ()) -> None:
-        self.pairs: tuple[tuple[str, str], ...] = tuple(pairs)
-        first: dict[str, str] = {}
-        for k, v in self.pairs:
-            first.setdefault(k, v)
-        self._first = first
-
-    def __getitem__(self, key: str) -> str:
-        return self._first[key]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._first)
-
-    def __len__(self) -> int:
-        return len(self._first)
-
-    def __repr__(self) -> str:
-        return f"MmHeaders({list(self.pairs)!r})"
+    __slots__ = ()
 
 
 class MmMessage:
