@@ -16,15 +16,18 @@ import math
 import os
 import sqlite3
 import stat
+import sys
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Literal
 
 import msgspec
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from maitred.core.access import Identity
 from maitred.core.durable import StoreJournal
 from maitred.core.errors import ErrorCode, MaitredError
+from maitred.core.logs import RejectionLog
 from maitred.core.routing.model import Body, Headers, ReplyKind, Request, Worker
 from maitred.core.store import MemoryStore, SQLiteStore, Store, StoreLocked, default_store_path
 from maitred.core.transport import BrokerPort
@@ -84,6 +87,21 @@ class HttpConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     #: WebSocket key may see. ``false``: not served (with ``switch``, the switch's own ``/admin``
     #: page answers there)
     admin: bool = True
+    #: seconds a new connection has to send the head (request line and headers) of its first
+    #: request; then it is closed (counted ``http.header_timeout``). 0: no limit
+    header_timeout: float = 10.0
+    #: seconds a request body may take to arrive in full; then 408 and the connection is
+    #: closed (counted ``http.body_timeout``). 0: no limit
+    body_timeout: float = 30.0
+    #: seconds an idle keep-alive connection (or one whose next request head is incomplete) is
+    #: kept open. 0: no limit
+    idle_timeout: float = 60.0
+    #: open connections at once on all listeners; a connection past it gets a 503 and is closed
+    #: (counted ``http.connections_refused``). 0: no limit
+    max_connections: int = 400
+    #: services (and switch queues) listed by name in ``GET /metrics``: the busiest ones by
+    #: requests (messages); the others are summed under ``service="_other"``
+    metrics_max_services: int = 100
 
     def problems(self) -> list[str]:
         out = []
@@ -106,6 +124,13 @@ class HttpConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
             out.append("trace_size must be >= 0")
         if self.sse_buffer < 1:
             out.append("sse_buffer must be >= 1")
+        for name in ("header_timeout", "body_timeout", "idle_timeout"):
+            if not (0 <= getattr(self, name) < math.inf):
+                out.append(f"{name} must be a finite number >= 0")
+        if self.max_connections < 0:
+            out.append("max_connections must be >= 0")
+        if self.metrics_max_services < 0:
+            out.append("metrics_max_services must be >= 0")
         return out
 
 
@@ -204,6 +229,51 @@ async def _maitred_errors(request: web.Request, handler: Any) -> web.StreamRespo
     return response
 
 
+#: what a connection past ``max_connections`` receives before it is closed
+_BUSY = (
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+    b"Connection: close\r\nRetry-After: 1\r\nContent-Length: %d\r\n\r\n%s"
+)
+
+
+def _busy_response() -> bytes:
+    body = codec.error_body(ErrorCode.NO_WORKER, "too many connections")
+    return _BUSY % (len(body), body)
+
+
+class _ServerLog(logging.Logger):
+    """The logger given to aiohttp's connection handlers. aiohttp logs each request it cannot
+    parse (a peer's fault) at ERROR with a traceback; here such a request is a counted
+    rejection (``http.malformed``) at DEBUG with a rate-limited WARNING summary. Anything
+    else (a bug) goes on to ``maitred.transports.http`` as aiohttp logged it."""
+
+    def __init__(self, transport: HttpTransport) -> None:
+        super().__init__("maitred.transports.http.server")
+        self.parent = log
+        self._transport = transport
+
+    def _peer_fault(self, args: tuple[object, ...], exc_info: Any) -> bool:
+        exc = exc_info if isinstance(exc_info, BaseException) else sys.exc_info()[1]
+        if not isinstance(exc, HttpProcessingError):
+            return False
+        peer = str(args[0]) if args else "?"
+        self._transport.stats["http.malformed"] += 1
+        self._transport.rejections.note("malformed", peer, " ".join(str(exc).split()))
+        return True
+
+    def exception(
+        self, msg: object, *args: object, exc_info: Any = True, **kw: Any
+    ) -> None:
+        if not self._peer_fault(args, exc_info):
+            super().exception(msg, *args, exc_info=exc_info, **kw)
+
+    def debug(
+        self, msg: object, *args: object, exc_info: Any = None, **kw: Any
+    ) -> None:
+        if exc_info is None or not self._peer_fault(args, exc_info):
+            super().debug(msg, *args, exc_info=exc_info, **kw)
+
+
 def _json(value: Any, status: int = 200) -> web.Response:
     return web.Response(
         status=status, body=codec.encode_json(value), content_type="application/json"
@@ -216,6 +286,13 @@ def _plain(body: bytes, status: int = 200) -> web.Response:
 
 class _TooLarge(Exception):
     pass
+
+
+def _peer(transport: asyncio.BaseTransport) -> str:
+    name = transport.get_extra_info("peername")
+    if isinstance(name, tuple) and name:
+        return str(name[0])
+    return str(name) if name else "unix socket"
 
 
 def _remove_stale_socket(path: str) -> None:
@@ -248,6 +325,17 @@ class HttpTransport:
         self.switch: Switch | None = None
         #: set by the plugin when the broker starts (``POST /shutdown`` of an authorised token)
         self.request_stop: Callable[[], None] | None = None
+        #: peer-caused rejections: DEBUG each, a WARNING summary every 10 s
+        self.rejections = RejectionLog(
+            log,
+            {
+                "malformed": "malformed HTTP requests",
+                "slow": "HTTP connections closed as too slow",
+                "refused": "HTTP connections refused (max_connections)",
+            },
+        )
+        #: connections that have not sent a complete request head yet -> their deadline
+        self._head_timers: dict[Any, asyncio.TimerHandle] = {}
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -275,7 +363,9 @@ class HttpTransport:
                 shutdown_tokens=cfg.shutdown_tokens,
             )
             self.switch.open()
-        app = web.Application(client_max_size=cfg.max_body_size, middlewares=[_maitred_errors])
+        app = web.Application(
+            client_max_size=cfg.max_body_size, middlewares=[self._head_seen, _maitred_errors]
+        )
         r = app.router
         r.add_get("/v1/openapi.json", self._openapi)
         r.add_post("/v1/services/{name}", self._call)
@@ -300,17 +390,45 @@ class HttpTransport:
             access_log=None,
             handler_cancellation=True,
             shutdown_timeout=1.0,
+            # aiohttp closes a connection that has no request in progress (none yet, between
+            # requests, or an incomplete head) after this long
+            keepalive_timeout=cfg.idle_timeout or math.inf,
+            # how long aiohttp reads (and drops) the rest of a body a handler left unread
+            # before it closes the connection
+            lingering_time=min(10.0, cfg.body_timeout or 10.0),
+            logger=_ServerLog(self),
         )
         await runner.setup()
         server = runner.server
         assert server is not None
+        made = server.connection_made
         lost = server.connection_lost
+        loop = asyncio.get_running_loop()
+
+        def connection_made(handler: Any, transport: asyncio.Transport) -> None:
+            made(handler, transport)
+            if cfg.max_connections and len(server.connections) > cfg.max_connections:
+                self.stats["http.connections_refused"] += 1
+                self.rejections.note(
+                    "refused", _peer(transport), f"{len(server.connections) - 1} open"
+                )
+                transport.write(_busy_response())
+                handler.force_close()  # closes the transport once the 503 is written
+                return
+            if cfg.header_timeout:
+                self._head_timers[handler] = loop.call_later(
+                    cfg.header_timeout, self._head_late, handler, transport
+                )
 
         def connection_lost(handler: Any, exc: BaseException | None = None) -> None:
             lost(handler, exc)
+            timer = self._head_timers.pop(handler, None)
+            if timer is not None:
+                timer.cancel()
             if self.switch is not None:
                 self.switch.connection_closed(handler)
 
+        server.connection_made = connection_made  # type: ignore[method-assign]
         server.connection_lost = connection_lost  # type: ignore[method-assign]
         try:
             for addr in cfg.listen:
@@ -321,6 +439,22 @@ class HttpTransport:
                 f"http: cannot listen on {addr}: {exc.strerror or exc}", ErrorCode.BAD_REQUEST
             ) from None
         self._accepting = True
+
+    def _head_late(self, handler: Any, transport: asyncio.Transport) -> None:
+        """A connection sent no complete request head within ``header_timeout``: close it."""
+        self._head_timers.pop(handler, None)
+        self.stats["http.header_timeout"] += 1
+        self.rejections.note("slow", _peer(transport), "no request head in time")
+        handler.force_close()
+
+    @web.middleware
+    async def _head_seen(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        """A request head arrived: the connection's ``header_timeout`` is over."""
+        timer = self._head_timers.pop(request.protocol, None)
+        if timer is not None:
+            timer.cancel()
+        response: web.StreamResponse = await handler(request)
+        return response
 
     @staticmethod
     def _open_sqlite(path: str, sync: Literal["normal", "full"]) -> SQLiteStore:
@@ -378,6 +512,10 @@ class HttpTransport:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        for timer in self._head_timers.values():
+            timer.cancel()
+        self._head_timers.clear()
+        self.rejections.close()
         now = self.port.clock()
         rest = getattr(self, "_rest", None)
         if rest is not None:
@@ -395,14 +533,25 @@ class HttpTransport:
             raise _TooLarge
         chunks: list[bytes] = []
         size = 0
-        while True:
-            chunk = await request.content.readany()
-            if not chunk:
-                break
-            size += len(chunk)
-            if size > limit:
-                raise _TooLarge
-            chunks.append(chunk)
+        try:
+            async with asyncio.timeout(self.config.body_timeout or None):
+                while True:
+                    chunk = await request.content.readany()
+                    if not chunk:
+                        break
+                    size += len(chunk)
+                    if size > limit:
+                        raise _TooLarge
+                    chunks.append(chunk)
+        except TimeoutError:
+            self.stats["http.body_timeout"] += 1
+            self.rejections.note("slow", request.remote or "?", f"body incomplete ({size} B)")
+            late = web.HTTPRequestTimeout(
+                text=codec.error_body(ErrorCode.TIMEOUT, "the request body came too slowly").decode(),
+                content_type="application/json",
+            )
+            late.force_close()
+            raise late from None
         return b"".join(chunks)
 
     def _too_large(self, response: web.Response) -> web.Response:
