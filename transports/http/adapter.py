@@ -546,8 +546,9 @@ class HttpTransport:
         except TimeoutError:
             self.stats["http.body_timeout"] += 1
             self.rejections.note("slow", request.remote or "?", f"body incomplete ({size} B)")
+            reason = "the request body came too slowly"
             late = web.HTTPRequestTimeout(
-                text=codec.error_body(ErrorCode.TIMEOUT, "the request body came too slowly").decode(),
+                text=codec.error_body(ErrorCode.TIMEOUT, reason).decode(),
                 content_type="application/json",
             )
             late.force_close()
@@ -712,15 +713,24 @@ class HttpTransport:
         return response
 
     async def _services(self, request: web.Request) -> web.Response:
-        return _json(self._mmi("mmi.services"))
+        # ?offset=&limit=: one page (the MMI's page form); otherwise the MMI's bounded listing
+        query = {k: request.query[k] for k in ("offset", "limit") if k in request.query}
+        if not query:
+            return _json(self._mmi("mmi.services"))
+        try:
+            page = {k: int(v) for k, v in query.items()}
+        except ValueError:
+            return _error(ErrorCode.BAD_REQUEST, "offset and limit are whole numbers")
+        return _json(self._mmi("mmi.services", msgspec.json.encode(page)))
 
     async def _service(self, request: web.Request) -> web.Response:
         name = request.match_info["name"]
-        rows = [row for row in self._mmi("mmi.services") if row["name"] == name]
+        query = msgspec.json.encode({"service": name})
+        rows = self._mmi("mmi.services", query)["items"]
         if not rows:
             return _error(ErrorCode.NOT_FOUND, f"no service {name} (no worker, nothing queued)")
         row = dict(rows[0])
-        row["worker_list"] = self._mmi("mmi.workers", name.encode())
+        row["worker_list"] = self._mmi("mmi.workers", query)["items"]
         return _json(row)
 
     async def _queues(self, request: web.Request) -> web.Response:
@@ -814,7 +824,9 @@ class HttpTransport:
             self.router.close_session(session, self.port.clock(), "stream closed")
 
     async def _metrics(self, request: web.Request) -> web.Response:
-        body, ctype = render_metrics(self.router, self.switch)
+        body, ctype = await render_metrics(
+            self.router, self.switch, self.config.metrics_max_services
+        )
         return web.Response(body=body, headers={"Content-Type": ctype})
 
     async def _healthz(self, request: web.Request) -> web.Response:
