@@ -126,6 +126,9 @@ async def gather_services(router: Router, max_services: int) -> tuple[list[_Serv
 
 
 class _Collector:
+    """What one scrape shows, copied from the broker on the event loop; :meth:`collect` reads
+    only these copies, so the text can be rendered in another thread."""
+
     def __init__(
         self,
         router: Router,
@@ -134,26 +137,26 @@ class _Collector:
         queues: list[tuple[str, int]],
         switch: Switch | None,
     ) -> None:
-        self.router = router
+        self.stats = sorted(router.stats.items())
+        self.sessions = len(router.sessions)
+        self.services = len(router.services)
+        self.transports = [(name, t.as_dict()) for name, t in sorted(router.transports.items())]
         self.rows = rows
         self.unlisted = unlisted
         self.queues = queues
-        self.switch = switch
+        self.switch_sessions = None if switch is None else len(switch.tokens)
 
     def collect(self) -> Iterator[Metric]:
-        router = self.router
         events = CounterMetricFamily(
             "maitred_router_events",
             "Router and transport counters (router.stats)",
             labels=["event"],
         )
-        for key, value in sorted(router.stats.items()):
+        for key, value in self.stats:
             events.add_metric([key], float(value))
         yield events
-        yield GaugeMetricFamily(
-            "maitred_sessions", "Open router sessions", value=len(router.sessions)
-        )
-        yield GaugeMetricFamily("maitred_services", "Known services", value=len(router.services))
+        yield GaugeMetricFamily("maitred_sessions", "Open router sessions", value=self.sessions)
+        yield GaugeMetricFamily("maitred_services", "Known services", value=self.services)
         yield GaugeMetricFamily(
             "maitred_services_unlisted",
             f"Services summed under service={OTHER!r} (beyond metrics_max_services)",
@@ -220,11 +223,11 @@ class _Collector:
                 ("served", "Requests handed to its workers"),
             )
         }
-        for tname, tstats in sorted(router.transports.items()):
-            for key, value in tstats.as_dict().items():
+        for tname, tstats in self.transports:
+            for key, value in tstats.items():
                 per_transport[key].add_metric([tname], float(value))
         yield from per_transport.values()
-        if self.switch is not None:
+        if self.switch_sessions is not None:
             depth = GaugeMetricFamily(
                 "maitred_switch_queue_messages", "Messages in a switch queue", labels=["queue"]
             )
@@ -232,7 +235,7 @@ class _Collector:
                 depth.add_metric([name], n)
             yield depth
             yield GaugeMetricFamily(
-                "maitred_switch_sessions", "Logged-in switch tokens", value=len(self.switch.tokens)
+                "maitred_switch_sessions", "Logged-in switch tokens", value=self.switch_sessions
             )
 
 
@@ -254,9 +257,11 @@ async def render_metrics(
 ) -> tuple[bytes, str]:
     """(body, content type) of one scrape. At most ``max_services`` services (and switch
     queues) are listed by name, so the response stays small whatever the broker holds, and
-    the state is gathered a chunk at a time so a scrape never holds the event loop long."""
+    the state is gathered a chunk at a time and the text rendered in a worker thread, so a
+    scrape never holds the event loop long."""
     rows, unlisted = await gather_services(router, max_services)
     queues = await _gather_queues(switch, max_services)
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_Collector(router, rows, unlisted, queues, switch))
-    return generate_latest(registry), CONTENT_TYPE_LATEST
+    body = await asyncio.to_thread(generate_latest, registry)
+    return body, CONTENT_TYPE_LATEST
