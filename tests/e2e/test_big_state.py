@@ -5,6 +5,8 @@ asserted: the machine is shared)."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import sys
 import time
@@ -14,6 +16,7 @@ from typing import Any
 import zmq
 
 from bench.lag import LagProbe
+from maitred.core.cli import main as cli_main
 from tests.e2e.helpers import BrokerThread, RawClient, wait_until
 from tests.e2e.http_helpers import RawHttp, endpoint_of, http_toml
 
@@ -74,6 +77,11 @@ def test_a_big_state_answers_metrics_and_mmi_in_bounded_size(
         assert len(queues["items"]) == 1000 and queues["truncated"] is True
         mmi_lag = probe.stop_from_thread(broker.loop)
         mmi.close()
+        # `maitred services` walks the pages
+        with contextlib.redirect_stdout(io.StringIO()) as out:
+            assert cli_main(["services", "-b", broker.endpoint, "--json", "-t", "30"]) == 0
+        listed = json.loads(out.getvalue())
+        assert len(listed) == SERVICES + 1 and listed[-1]["name"] == "anon.busy"
         rest = RawHttp(endpoint_of(broker, "http://"), timeout=30)
         try:
             status, data = rest.do("GET", "/v1/services?offset=20000&limit=5")
