@@ -229,6 +229,10 @@ async def _maitred_errors(request: web.Request, handler: Any) -> web.StreamRespo
     return response
 
 
+#: seconds a connection past ``max_connections`` has to send a request head (answered 503)
+#: before it is sent the 503 and closed anyway
+REFUSE_GRACE = 1.0
+
 #: what a connection past ``max_connections`` receives before it is closed
 _BUSY = (
     b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
@@ -336,6 +340,8 @@ class HttpTransport:
         )
         #: connections that have not sent a complete request head yet -> their deadline
         self._head_timers: dict[Any, asyncio.TimerHandle] = {}
+        #: connections past ``max_connections`` -> when they are answered 503 at the latest
+        self._refused: dict[Any, asyncio.TimerHandle] = {}
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -407,13 +413,16 @@ class HttpTransport:
 
         def connection_made(handler: Any, transport: asyncio.Transport) -> None:
             made(handler, transport)
-            if cfg.max_connections and len(server.connections) > cfg.max_connections:
+            accepted = len(server.connections) - len(self._refused)
+            if cfg.max_connections and accepted > cfg.max_connections:
+                # answered 503 as soon as its request head is read (_head_seen), or after
+                # REFUSE_GRACE if it sends none: closing at once, with the request unread,
+                # would make the kernel reset the connection before the client reads the 503
                 self.stats["http.connections_refused"] += 1
-                self.rejections.note(
-                    "refused", _peer(transport), f"{len(server.connections) - 1} open"
+                self.rejections.note("refused", _peer(transport), f"{accepted - 1} open")
+                self._refused[handler] = loop.call_later(
+                    REFUSE_GRACE, self._refuse_now, handler, transport
                 )
-                transport.write(_busy_response())
-                handler.force_close()  # closes the transport once the 503 is written
                 return
             if cfg.header_timeout:
                 self._head_timers[handler] = loop.call_later(
@@ -422,9 +431,10 @@ class HttpTransport:
 
         def connection_lost(handler: Any, exc: BaseException | None = None) -> None:
             lost(handler, exc)
-            timer = self._head_timers.pop(handler, None)
-            if timer is not None:
-                timer.cancel()
+            for timers in (self._head_timers, self._refused):
+                timer = timers.pop(handler, None)
+                if timer is not None:
+                    timer.cancel()
             if self.switch is not None:
                 self.switch.connection_closed(handler)
 
@@ -447,9 +457,23 @@ class HttpTransport:
         self.rejections.note("slow", _peer(transport), "no request head in time")
         handler.force_close()
 
+    def _refuse_now(self, handler: Any, transport: asyncio.Transport) -> None:
+        """A connection past ``max_connections`` sent no request head in REFUSE_GRACE."""
+        self._refused.pop(handler, None)
+        transport.write(_busy_response())
+        handler.force_close()  # the transport closes once the 503 is written
+
     @web.middleware
     async def _head_seen(self, request: web.Request, handler: Any) -> web.StreamResponse:
-        """A request head arrived: the connection's ``header_timeout`` is over."""
+        """A request head arrived: the connection's ``header_timeout`` is over; on a connection
+        past ``max_connections``, the request is answered 503 and the connection closed."""
+        refused = self._refused.pop(request.protocol, None)
+        if refused is not None:
+            refused.cancel()
+            busy = _error(ErrorCode.NO_WORKER, "too many connections")
+            busy.headers["Retry-After"] = "1"
+            busy.force_close()
+            return busy
         timer = self._head_timers.pop(request.protocol, None)
         if timer is not None:
             timer.cancel()
@@ -512,9 +536,10 @@ class HttpTransport:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
-        for timer in self._head_timers.values():
-            timer.cancel()
-        self._head_timers.clear()
+        for timers in (self._head_timers, self._refused):
+            for timer in timers.values():
+                timer.cancel()
+            timers.clear()
         self.rejections.close()
         now = self.port.clock()
         rest = getattr(self, "_rest", None)
