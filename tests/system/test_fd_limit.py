@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import resource
 import socket
 import subprocess
 import sys
@@ -39,19 +38,23 @@ max_connections = 50
 """
 
 
-def _low_limit() -> None:
-    resource.setrlimit(resource.RLIMIT_NOFILE, (LIMIT, LIMIT))
+#: ``python -m maitred.core`` with RLIMIT_NOFILE lowered first (in the child itself: no
+#: preexec_fn, which is unsafe in a process with threads)
+LOW_LIMIT_MAITRED = (
+    "import resource, runpy, sys; "
+    f"resource.setrlimit(resource.RLIMIT_NOFILE, ({LIMIT}, {LIMIT})); "
+    "sys.argv[0] = 'maitred'; runpy.run_module('maitred.core', run_name='__main__')"
+)
 
 
 def _serve(
     path: Path,
 ) -> tuple[subprocess.Popen[str], dict[str, list[str]], threading.Thread]:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "maitred.core", "serve", "-c", str(path), "--log-level", "warning"],
+        [sys.executable, "-c", LOW_LIMIT_MAITRED, "serve", "-c", str(path)],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
-        preexec_fn=_low_limit,
     )
     endpoints: dict[str, list[str]] = {}
     ready = threading.Event()
