@@ -178,3 +178,29 @@ def test_malformed_requests_cannot_flood_the_log(
     summaries = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert sum(int(m.split()[0].replace(",", "")) for m in summaries) == 1000, summaries
     assert all("malformed HTTP requests from 127.0.0.1" in m for m in summaries), summaries
+
+
+def test_zero_turns_the_limits_off_under_uvloop() -> None:
+    import uvloop
+
+    broker = BrokerThread(
+        http_toml(
+            ["127.0.0.1:0"],
+            "switch = false\nheader_timeout = 0\nbody_timeout = 0\nidle_timeout = 0\n"
+            "max_connections = 0\n",
+        )
+        + '[transports.mdp]\nendpoints = ["tcp://127.0.0.1:0"]\n',
+        loop_factory=uvloop.new_event_loop,
+    )
+    try:
+        conns = [RawHttp(endpoint_of(broker, "http://")) for _ in range(3)]
+        try:
+            for conn in conns * 2:  # each kept alive between its requests
+                assert conn.do("GET", "/healthz")[0] == 200
+        finally:
+            for conn in conns:
+                conn.close()
+        stats = broker.stats()
+        assert not stats.get("http.header_timeout") and not stats.get("http.connections_refused")
+    finally:
+        broker.stop(drain_timeout=0)

@@ -229,6 +229,9 @@ async def _maitred_errors(request: web.Request, handler: Any) -> web.StreamRespo
     return response
 
 
+#: idle_timeout = 0 ("no limit") as given to aiohttp, for which 0 would mean "close at once"
+_NO_LIMIT = 365 * 86400.0
+
 #: seconds a connection past ``max_connections`` has to send a request head (answered 503)
 #: before it is sent the 503 and closed anyway
 REFUSE_GRACE = 1.0
@@ -398,7 +401,7 @@ class HttpTransport:
             shutdown_timeout=1.0,
             # aiohttp closes a connection that has no request in progress (none yet, between
             # requests, or an incomplete head) after this long
-            keepalive_timeout=cfg.idle_timeout or math.inf,
+            keepalive_timeout=cfg.idle_timeout or _NO_LIMIT,
             # how long aiohttp reads (and drops) the rest of a body a handler left unread
             # before it closes the connection
             lingering_time=min(10.0, cfg.body_timeout or 10.0),
