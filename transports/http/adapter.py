@@ -100,7 +100,7 @@ class HttpConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     #: (counted ``http.connections_refused``). 0: no limit
     max_connections: int = 400
     #: services (and switch queues) listed by name in ``GET /metrics``: the busiest ones by
-    #: requests (messages); the others are summed under ``service="_other"``
+    #: requests (messages); the others are summed under ``service="(other)"``
     metrics_max_services: int = 100
 
     def problems(self) -> list[str]:
