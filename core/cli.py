@@ -256,11 +256,19 @@ def _interrupt(signum: int, frame: Any) -> None:
 
 def cmd_services(args: argparse.Namespace) -> int:
     client = _connect(args.broker, args.timeout)
+    rows: list[dict[str, Any]] = []
     try:
-        reply = client.request("mmi.services", [b""], args.timeout)
+        offset: int | None = 0
+        while offset is not None:  # page by page (docs/reference/mmi.md#listings-and-pages)
+            query = json.dumps({"offset": offset}).encode()
+            answer = json.loads(client.request("mmi.services", [query], args.timeout)[-1])
+            if isinstance(answer, list):  # a broker without pages answers the whole list
+                rows = answer
+                break
+            rows += answer["items"]
+            offset = answer["next"]
     finally:
         client.close()
-    rows: list[dict[str, Any]] = json.loads(reply[-1])
     if args.json:
         print(json.dumps(rows, indent=2))
         return EXIT_OK

@@ -54,6 +54,9 @@ class BrokerSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     #: most topic subscriptions one session (a connection) may hold; one more is refused with
     #: 429 in the transport's own error form and counted (``subscriptions.refused``)
     max_subscriptions: int = 10_000
+    #: most entries one MMI listing (``mmi.services``, ``mmi.workers``, ``mmi.queues``,
+    #: ``mmi.topics``) answers with; a longer one is paged (docs/reference/mmi.md)
+    mmi_max_items: int = 1000
 
 
 class AccessSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -107,6 +110,8 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
             problems.append("broker.tick_interval: must be a number > 0 and <= 10")
         if self.broker.max_subscriptions < 1:
             problems.append("broker.max_subscriptions: must be >= 1")
+        if self.broker.mmi_max_items < 1:
+            problems.append("broker.mmi_max_items: must be >= 1")
         if not (0 <= self.broker.drain_timeout < math.inf):
             problems.append("broker.drain_timeout: must be a finite number >= 0")
         for section in ("services", "transports"):

@@ -53,3 +53,88 @@ def setup_logging(
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(getattr(logging, level.upper()))
+
+
+class RejectionLog:
+    """Peer-caused rejections (malformed requests, refused registrations, protocol errors):
+    each one at DEBUG, and at most one WARNING summary per kind every ``interval`` seconds
+    ("1,654 malformed requests from 127.0.0.1 in the last 10 s"), never a traceback, so a peer
+    that floods the broker with bad input cannot flood its log.
+
+    ``kinds`` maps a kind to its plural noun for the summary (``{"malformed": "malformed HTTP
+    requests"}``). The summary of a window is written when the first rejection after its end
+    arrives or, inside a running event loop, by a timer at its end. At most ``max_peers``
+    distinct peers are told apart per window (the rest are counted together), so memory stays
+    bounded whatever the number of peers.
+    """
+
+    def __init__(
+        self,
+        logger: logging.Logger,
+        kinds: dict[str, str],
+        interval: float = 10.0,
+        max_peers: int = 1000,
+        clock: Any = None,
+    ) -> None:
+        self.logger = logger
+        self.kinds = dict(kinds)
+        self.interval = interval
+        self.max_peers = max_peers
+        self._clock = clock or time.monotonic
+        #: kind -> (window start, total, {peer: count})
+        self._windows: dict[str, tuple[float, list[int], dict[str, int]]] = {}
+        self._timers: dict[str, Any] = {}
+
+    def note(self, kind: str, peer: str, detail: str) -> None:
+        """One rejection of ``kind`` caused by ``peer`` (an address, or an identity for peers
+        whose address is not known); ``detail`` goes to the DEBUG line only."""
+        self.logger.debug("%s from %s: %s", self.kinds.get(kind, kind), peer, detail)
+        now = self._clock()
+        window = self._windows.get(kind)
+        if window is not None and now - window[0] >= self.interval:
+            self.flush(kind)
+            window = None
+        if window is None:
+            window = (now, [0], {})
+            self._windows[kind] = window
+            self._arm(kind)
+        window[1][0] += 1
+        peers = window[2]
+        if peer in peers or len(peers) < self.max_peers:
+            peers[peer] = peers.get(peer, 0) + 1
+
+    def _arm(self, kind: str) -> None:
+        try:
+            import asyncio
+
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        self._timers[kind] = loop.call_later(self.interval, self.flush, kind)
+
+    def flush(self, kind: str | None = None) -> None:
+        """Write the summary of ``kind``'s current window (all kinds: None) and start anew."""
+        for k in [kind] if kind is not None else list(self._windows):
+            timer = self._timers.pop(k, None)
+            if timer is not None:
+                timer.cancel()
+            window = self._windows.pop(k, None)
+            if window is None:
+                continue
+            start, total, peers = window
+            self.logger.warning("%s", self._summary(k, total[0], peers, self._clock() - start))
+
+    def close(self) -> None:
+        """Write what is pending and cancel the timers (the transport is closing)."""
+        self.flush()
+
+    def _summary(self, kind: str, total: int, peers: dict[str, int], span: float) -> str:
+        noun = self.kinds.get(kind, kind)
+        seconds = max(1, round(min(span, self.interval)))
+        top = sorted(peers.items(), key=lambda kv: -kv[1])
+        if len(top) == 1 and top[0][1] == total:
+            return f"{total:,} {noun} from {top[0][0]} in the last {seconds} s"
+        shown = ", ".join(f"{n:,} from {p}" for p, n in top[:5])
+        rest = total - sum(n for _, n in top[:5])
+        more = f", {rest:,} from other peers" if rest else ""
+        return f"{total:,} {noun} in the last {seconds} s: {shown}{more}"

@@ -15,6 +15,14 @@ service            last request frame               answer
 ``mmi.info``       ignored                          JSON object: version, uptime, transports, ...
 any other          -                                ``501``
 =================  ===============================  ===============================================
+
+Listings are bounded (``[broker] mmi_max_items``). A last frame that is a JSON object asks for
+one page: ``{"offset": 0, "limit": 100}`` (``"service"`` narrows ``mmi.services``,
+``mmi.queues`` and ``mmi.workers`` to one service); the answer
+is then ``{"items": ..., "offset": o, "total": n, "next": o2 or null, "truncated": bool}``, with
+``items`` in the listing's usual form, in name order. A listing asked the old way that holds
+more than ``mmi_max_items`` entries gets that form too (the first page, ``truncated: true``)
+instead of one huge document, so no single MMI call holds the event loop long.
 """
 
 from __future__ import annotations
@@ -25,7 +33,7 @@ from typing import Any
 
 import msgspec
 
-from maitred.core.routing.model import Body, Service
+from maitred.core.routing.model import Body, Service, Worker
 from maitred.core.routing.router import Router
 
 _json = msgspec.json.Encoder()
@@ -72,12 +80,80 @@ def _service_row(svc: Service) -> dict[str, Any]:
     }
 
 
-class Management:
-    """The ``mmi.*`` handler the router calls; ``info`` supplies runtime facts for mmi.info."""
+class _Page(msgspec.Struct, forbid_unknown_fields=True):
+    """A page query (the last request frame as a JSON object)."""
 
-    def __init__(self, info: InfoProvider | None = None, now: Callable[[], float] | None = None):
+    offset: int = 0
+    limit: int = 0
+    service: str = ""
+
+
+_page_decoder = msgspec.json.Decoder(_Page)
+
+
+def _page_of(body: Body) -> _Page | None:
+    """The page query in the last frame, or None (the frame is not a JSON object)."""
+    last = body[-1] if body else b""
+    if not last.startswith(b"{"):
+        return None
+    try:
+        page = _page_decoder.decode(last)
+    except msgspec.DecodeError:
+        return None
+    if page.offset < 0 or page.limit < 0:
+        return None
+    return page
+
+
+class Management:
+    """The ``mmi.*`` handler the router calls; ``info`` supplies runtime facts for mmi.info;
+    listings hold at most ``max_items`` entries per answer."""
+
+    def __init__(
+        self,
+        info: InfoProvider | None = None,
+        now: Callable[[], float] | None = None,
+        max_items: int = 1000,
+    ):
         self._info = info or (lambda: {})
         self._now = now
+        self.max_items = max(1, max_items)
+
+    def _window(self, page: _Page | None, total: int) -> tuple[int, int]:
+        """(start, stop) of the entries to list."""
+        if page is None:
+            return 0, min(total, self.max_items)
+        limit = min(page.limit or self.max_items, self.max_items)
+        start = min(page.offset, total)
+        return start, min(total, start + limit)
+
+    def _listing(
+        self, router: Router, page: _Page | None, total: int, start: int, items: Any
+    ) -> bytes:
+        """The answer: ``items`` as they are (an old-style query that fits), or the page form."""
+        stop = start + len(items)
+        if page is None and stop >= total:
+            return _json.encode(items)
+        if page is None:
+            router.stats["mmi.truncated"] += 1
+        return _json.encode(
+            {
+                "items": items,
+                "offset": start,
+                "total": total,
+                "next": stop if stop < total else None,
+                "truncated": stop < total,
+            }
+        )
+
+    def _names(self, router: Router, page: _Page | None) -> tuple[list[str], int, int]:
+        """The service names of the page in name order, the total, and the page's start."""
+        if page is not None and page.service:
+            names = [page.service] if page.service in router.services else []
+        else:
+            names = sorted(router.services)
+        start, stop = self._window(page, len(names))
+        return names[start:stop], len(names), start
 
     def __call__(self, router: Router, name: str, body: Body) -> list[bytes]:
         handler = _HANDLERS.get(name)
@@ -91,41 +167,56 @@ class Management:
         return b"200" if svc is not None and svc.workers else b"404"
 
     def _services(self, router: Router, body: Body) -> bytes:
-        rows = [_service_row(s) for _, s in sorted(router.services.items())]
-        return _json.encode(rows)
+        page = _page_of(body)
+        names, total, start = self._names(router, page)
+        services = router.services
+        rows = [_service_row(services[n]) for n in names]
+        return self._listing(router, page, total, start, rows)
 
     def _workers(self, router: Router, body: Body) -> bytes:
-        wanted = _last(body)
+        page = _page_of(body)
+        wanted = page.service if page is not None else _last(body)
         now = self._now() if self._now else None
-        rows = []
-        for worker in router.iter_workers():
-            if wanted and worker.service.name != wanted:
-                continue
-            rows.append(
-                {
-                    "service": worker.service.name,
-                    "worker": worker.label,
-                    "transport": worker.session.transport,
-                    "identity": worker.session.identity.name,
-                    "credit": worker.credit,
-                    "inflight": len(worker.inflight),
-                    "served": worker.served,
-                    "idle_for": None if now is None else round(now - worker.touched, 3),
-                    "connected_for": None if now is None else round(now - worker.since, 3),
-                }
-            )
-        return _json.encode(rows)
+        workers: list[Worker]
+        if wanted:
+            svc = router.services.get(wanted)
+            workers = list(svc.workers) if svc is not None else []
+        else:
+            workers = list(router.iter_workers())
+        start, stop = self._window(page, len(workers))
+        rows = [
+            {
+                "service": worker.service.name,
+                "worker": worker.label,
+                "transport": worker.session.transport,
+                "identity": worker.session.identity.name,
+                "credit": worker.credit,
+                "inflight": len(worker.inflight),
+                "served": worker.served,
+                "idle_for": None if now is None else round(now - worker.touched, 3),
+                "connected_for": None if now is None else round(now - worker.since, 3),
+            }
+            for worker in workers[start:stop]
+        ]
+        return self._listing(router, page, len(workers), start, rows)
 
     def _queues(self, router: Router, body: Body) -> bytes:
-        return _json.encode(
-            {
-                name: {"queued": svc.queued, "inflight": svc.inflight()}
-                for name, svc in sorted(router.services.items())
-            }
-        )
+        page = _page_of(body)
+        names, total, start = self._names(router, page)
+        services = router.services
+        depths = {
+            name: {"queued": services[name].queued, "inflight": services[name].inflight()}
+            for name in names
+        }
+        return self._listing(router, page, total, start, depths)
 
     def _topics(self, router: Router, body: Body) -> bytes:
-        return _json.encode(dict(sorted(router.topics.patterns().items())))
+        page = _page_of(body)
+        patterns = router.topics.patterns()
+        names = sorted(patterns)
+        start, stop = self._window(page, len(names))
+        counts = {name: patterns[name] for name in names[start:stop]}
+        return self._listing(router, page, len(names), start, counts)
 
     def _info_(self, router: Router, body: Body) -> bytes:
         info = dict(self._info())

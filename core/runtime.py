@@ -89,7 +89,7 @@ class Broker:
             liveness=config.liveness,
             access=access,
             on_event=self.hooks.system_event,
-            mmi=Management(self.info, clock),
+            mmi=Management(self.info, clock, config.broker.mmi_max_items),
             resolution=config.broker.tick_interval,
             max_subscriptions=config.broker.max_subscriptions,
         )

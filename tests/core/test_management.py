@@ -254,3 +254,66 @@ def test_mmi_is_answered_through_any_caller_session(mh: Harness) -> None:
     assert request.correlation == ("route", 1)
     assert request.service == "mmi.service"
     assert body == [b"404"]
+
+
+# -- bounded listings and pages ------------------------------------------------------------------
+
+
+@pytest.fixture
+def small(make_harness: HarnessFactory) -> Harness:
+    return make_harness(mmi=Management(max_items=3))
+
+
+def test_a_long_listing_is_the_first_page_marked_truncated(small: Harness) -> None:
+    client = small.session("client")
+    for name in ("e", "b", "d", "a", "c"):
+        small.req(client, name)
+    answer = ask_json(small, "mmi.services")
+    assert [row["name"] for row in answer["items"]] == ["a", "b", "c"]
+    assert answer["offset"] == 0 and answer["total"] == 5
+    assert answer["next"] == 3 and answer["truncated"] is True
+    assert small.router.stats["mmi.truncated"] == 1
+    queues = ask_json(small, "mmi.queues")
+    assert list(queues["items"]) == ["a", "b", "c"] and queues["truncated"] is True
+
+
+def test_pages_walk_a_listing(small: Harness) -> None:
+    client = small.session("client")
+    for i in range(7):
+        small.req(client, f"s{i}")
+    seen: list[str] = []
+    offset: int | None = 0
+    while offset is not None:
+        query = json.dumps({"offset": offset, "limit": 2}).encode()
+        page = ask_json(small, "mmi.services", query)
+        assert len(page["items"]) <= 2 and page["total"] == 7
+        seen += [row["name"] for row in page["items"]]
+        offset = page["next"]
+    assert seen == [f"s{i}" for i in range(7)]
+    # a limit above the cap is cut to it
+    page = ask_json(small, "mmi.services", b'{"limit": 100}')
+    assert len(page["items"]) == 3 and page["next"] == 3
+    # past the end: empty, not truncated
+    page = ask_json(small, "mmi.services", b'{"offset": 50}')
+    assert page["items"] == [] and page["next"] is None and page["truncated"] is False
+
+
+def test_a_short_listing_keeps_its_old_form(small: Harness) -> None:
+    small.worker("a")
+    assert [row["name"] for row in ask_json(small, "mmi.services")] == ["a"]
+    assert list(ask_json(small, "mmi.queues")) == ["a"]
+    assert len(ask_json(small, "mmi.workers", b"a")) == 1
+    page = ask_json(small, "mmi.workers", b'{"service": "a"}')
+    assert len(page["items"]) == 1 and page["truncated"] is False
+
+
+def test_workers_and_topics_are_bounded(small: Harness) -> None:
+    for _ in range(5):
+        small.worker("w")
+    answer = ask_json(small, "mmi.workers", b"w")
+    assert len(answer["items"]) == 3 and answer["total"] == 5 and answer["truncated"]
+    subscriber = small.session("sub")
+    for i in range(4):
+        small.router.subscribe(subscriber, f"t{i}.>")
+    topics = ask_json(small, "mmi.topics")
+    assert topics["total"] >= 4 and len(topics["items"]) == 3 and topics["truncated"]

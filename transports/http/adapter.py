@@ -16,16 +16,19 @@ import math
 import os
 import sqlite3
 import stat
+import sys
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 import msgspec
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from maitred.core.access import Action, Identity
 from maitred.core.durable import StoreJournal
 from maitred.core.errors import ErrorCode, MaitredError
+from maitred.core.logs import RejectionLog
 from maitred.core.routing.model import Body, Headers, ReplyKind, Request, Worker
 from maitred.core.store import MemoryStore, SQLiteStore, Store, StoreLocked, default_store_path
 from maitred.core.transport import BrokerPort
@@ -106,6 +109,21 @@ class HttpConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     #: WebSocket key may see. ``false``: not served (with ``switch``, the switch's own ``/admin``
     #: page answers there)
     admin: bool = True
+    #: seconds a new connection has to send the head (request line and headers) of its first
+    #: request; then it is closed (counted ``http.header_timeout``). 0: no limit
+    header_timeout: float = 10.0
+    #: seconds a request body may take to arrive in full; then 408 and the connection is
+    #: closed (counted ``http.body_timeout``). 0: no limit
+    body_timeout: float = 30.0
+    #: seconds an idle keep-alive connection (or one whose next request head is incomplete) is
+    #: kept open. 0: no limit
+    idle_timeout: float = 60.0
+    #: open connections at once on all listeners; a connection past it gets a 503 and is closed
+    #: (counted ``http.connections_refused``). 0: no limit
+    max_connections: int = 400
+    #: services (and switch queues) listed by name in ``GET /metrics``: the busiest ones by
+    #: requests (messages); the others are summed under ``service="(other)"``
+    metrics_max_services: int = 100
 
     def problems(self) -> list[str]:
         out = []
@@ -140,6 +158,13 @@ class HttpConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
                 out.append(f"{key} must be >= 1")
         if self.diagnostics_messages < 0:
             out.append("diagnostics_messages must be >= 0")
+        for name in ("header_timeout", "body_timeout", "idle_timeout"):
+            if not (0 <= getattr(self, name) < math.inf):
+                out.append(f"{name} must be a finite number >= 0")
+        if self.max_connections < 0:
+            out.append("max_connections must be >= 0")
+        if self.metrics_max_services < 0:
+            out.append("metrics_max_services must be >= 0")
         return out
 
     def shutdown_secret(self) -> bytes | None:
@@ -271,6 +296,58 @@ async def _maitred_errors(request: web.Request, handler: Any) -> web.StreamRespo
     return response
 
 
+#: idle_timeout = 0 ("no limit") as given to aiohttp, for which 0 would mean "close at once"
+_NO_LIMIT = 365 * 86400.0
+
+#: seconds a connection past ``max_connections`` has to send a request head (answered 503)
+#: before it is sent the 503 and closed anyway
+REFUSE_GRACE = 1.0
+
+#: what a connection past ``max_connections`` receives before it is closed
+_BUSY = (
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+    b"Connection: close\r\nRetry-After: 1\r\nContent-Length: %d\r\n\r\n%s"
+)
+
+
+def _busy_response() -> bytes:
+    body = codec.error_body(ErrorCode.NO_WORKER, "too many connections")
+    return _BUSY % (len(body), body)
+
+
+class _ServerLog(logging.Logger):
+    """The logger given to aiohttp's connection handlers. aiohttp logs each request it cannot
+    parse (a peer's fault) at ERROR with a traceback; here such a request is a counted
+    rejection (``http.malformed``) at DEBUG with a rate-limited WARNING summary. Anything
+    else (a bug) goes on to ``maitred.transports.http`` as aiohttp logged it."""
+
+    def __init__(self, transport: HttpTransport) -> None:
+        super().__init__("maitred.transports.http.server")
+        self.parent = log
+        self._transport = transport
+
+    def _peer_fault(self, args: tuple[object, ...], exc_info: Any) -> bool:
+        exc = exc_info if isinstance(exc_info, BaseException) else sys.exc_info()[1]
+        if not isinstance(exc, HttpProcessingError):
+            return False
+        peer = str(args[0]) if args else "?"
+        self._transport.stats["http.malformed"] += 1
+        self._transport.rejections.note("malformed", peer, " ".join(str(exc).split()))
+        return True
+
+    def exception(
+        self, msg: object, *args: object, exc_info: Any = True, **kw: Any
+    ) -> None:
+        if not self._peer_fault(args, exc_info):
+            super().exception(msg, *args, exc_info=exc_info, **kw)
+
+    def debug(
+        self, msg: object, *args: object, exc_info: Any = None, **kw: Any
+    ) -> None:
+        if exc_info is None or not self._peer_fault(args, exc_info):
+            super().debug(msg, *args, exc_info=exc_info, **kw)
+
+
 def _json(value: Any, status: int = 200) -> web.Response:
     return web.Response(
         status=status, body=codec.encode_json(value), content_type="application/json"
@@ -283,6 +360,13 @@ def _plain(body: bytes, status: int = 200) -> web.Response:
 
 class _TooLarge(Exception):
     pass
+
+
+def _peer(transport: asyncio.BaseTransport) -> str:
+    name = transport.get_extra_info("peername")
+    if isinstance(name, tuple) and name:
+        return str(name[0])
+    return str(name) if name else "unix socket"
 
 
 def _remove_stale_socket(path: str) -> None:
@@ -315,6 +399,19 @@ class HttpTransport:
         self.switch: Switch | None = None
         #: set by the plugin when the broker starts (``POST /shutdown`` of an authorised token)
         self.request_stop: Callable[[], None] | None = None
+        #: peer-caused rejections: DEBUG each, a WARNING summary every 10 s
+        self.rejections = RejectionLog(
+            log,
+            {
+                "malformed": "malformed HTTP requests",
+                "slow": "HTTP connections closed as too slow",
+                "refused": "HTTP connections refused (max_connections)",
+            },
+        )
+        #: connections that have not sent a complete request head yet -> their deadline
+        self._head_timers: dict[Any, asyncio.TimerHandle] = {}
+        #: connections past ``max_connections`` -> when they are answered 503 at the latest
+        self._refused: dict[Any, asyncio.TimerHandle] = {}
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -349,7 +446,9 @@ class HttpTransport:
                 diagnostics_messages=cfg.diagnostics_messages,
             )
             self.switch.open()
-        app = web.Application(client_max_size=cfg.max_body_size, middlewares=[_maitred_errors])
+        app = web.Application(
+            client_max_size=cfg.max_body_size, middlewares=[self._head_seen, _maitred_errors]
+        )
         r = app.router
         r.add_get("/v1/openapi.json", self._openapi)
         r.add_post("/v1/services/{name}", self._call)
@@ -374,17 +473,49 @@ class HttpTransport:
             access_log=None,
             handler_cancellation=True,
             shutdown_timeout=1.0,
+            # aiohttp closes a connection that has no request in progress (none yet, between
+            # requests, or an incomplete head) after this long
+            keepalive_timeout=cfg.idle_timeout or _NO_LIMIT,
+            # how long aiohttp reads (and drops) the rest of a body a handler left unread
+            # before it closes the connection
+            lingering_time=min(10.0, cfg.body_timeout or 10.0),
+            logger=_ServerLog(self),
         )
         await runner.setup()
         server = runner.server
         assert server is not None
+        made = server.connection_made
         lost = server.connection_lost
+        loop = asyncio.get_running_loop()
+
+        def connection_made(handler: Any, transport: asyncio.Transport) -> None:
+            made(handler, transport)
+            accepted = len(server.connections) - len(self._refused)
+            if cfg.max_connections and accepted > cfg.max_connections:
+                # answered 503 as soon as its request head is read (_head_seen), or after
+                # REFUSE_GRACE if it sends none: closing at once, with the request unread,
+                # would make the kernel reset the connection before the client reads the 503
+                self.stats["http.connections_refused"] += 1
+                self.rejections.note("refused", _peer(transport), f"{accepted - 1} open")
+                self._refused[handler] = loop.call_later(
+                    REFUSE_GRACE, self._refuse_now, handler, transport
+                )
+                return
+            if cfg.header_timeout:
+                self._head_timers[handler] = loop.call_later(
+                    cfg.header_timeout, self._head_late, handler, transport
+                )
 
         def connection_lost(handler: Any, exc: BaseException | None = None) -> None:
             lost(handler, exc)
+            for timers in (self._head_timers, self._refused):
+                timer = timers.pop(handler, None)
+                if timer is not None:
+                    timer.cancel()
             if self.switch is not None:
                 self.switch.connection_closed(handler)
 
+        server.connection_made = connection_made  # type: ignore[method-assign]
         server.connection_lost = connection_lost  # type: ignore[method-assign]
         try:
             for addr in cfg.listen:
@@ -395,6 +526,36 @@ class HttpTransport:
                 f"http: cannot listen on {addr}: {exc.strerror or exc}", ErrorCode.BAD_REQUEST
             ) from None
         self._accepting = True
+
+    def _head_late(self, handler: Any, transport: asyncio.Transport) -> None:
+        """A connection sent no complete request head within ``header_timeout``: close it."""
+        self._head_timers.pop(handler, None)
+        self.stats["http.header_timeout"] += 1
+        self.rejections.note("slow", _peer(transport), "no request head in time")
+        handler.force_close()
+
+    def _refuse_now(self, handler: Any, transport: asyncio.Transport) -> None:
+        """A connection past ``max_connections`` sent no request head in REFUSE_GRACE."""
+        self._refused.pop(handler, None)
+        transport.write(_busy_response())
+        handler.force_close()  # the transport closes once the 503 is written
+
+    @web.middleware
+    async def _head_seen(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        """A request head arrived: the connection's ``header_timeout`` is over; on a connection
+        past ``max_connections``, the request is answered 503 and the connection closed."""
+        refused = self._refused.pop(request.protocol, None)
+        if refused is not None:
+            refused.cancel()
+            busy = _error(ErrorCode.NO_WORKER, "too many connections")
+            busy.headers["Retry-After"] = "1"
+            busy.force_close()
+            return busy
+        timer = self._head_timers.pop(request.protocol, None)
+        if timer is not None:
+            timer.cancel()
+        response: web.StreamResponse = await handler(request)
+        return response
 
     @staticmethod
     def _open_sqlite(path: str, sync: Literal["normal", "full"]) -> SQLiteStore:
@@ -452,6 +613,11 @@ class HttpTransport:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        for timers in (self._head_timers, self._refused):
+            for timer in timers.values():
+                timer.cancel()
+            timers.clear()
+        self.rejections.close()
         now = self.port.clock()
         rest = getattr(self, "_rest", None)
         if rest is not None:
@@ -469,14 +635,26 @@ class HttpTransport:
             raise _TooLarge
         chunks: list[bytes] = []
         size = 0
-        while True:
-            chunk = await request.content.readany()
-            if not chunk:
-                break
-            size += len(chunk)
-            if size > limit:
-                raise _TooLarge
-            chunks.append(chunk)
+        try:
+            async with asyncio.timeout(self.config.body_timeout or None):
+                while True:
+                    chunk = await request.content.readany()
+                    if not chunk:
+                        break
+                    size += len(chunk)
+                    if size > limit:
+                        raise _TooLarge
+                    chunks.append(chunk)
+        except TimeoutError:
+            self.stats["http.body_timeout"] += 1
+            self.rejections.note("slow", request.remote or "?", f"body incomplete ({size} B)")
+            reason = "the request body came too slowly"
+            late = web.HTTPRequestTimeout(
+                text=codec.error_body(ErrorCode.TIMEOUT, reason).decode(),
+                content_type="application/json",
+            )
+            late.force_close()
+            raise late from None
         return b"".join(chunks)
 
     def _too_large(self, response: web.Response) -> web.Response:
@@ -637,15 +815,24 @@ class HttpTransport:
         return response
 
     async def _services(self, request: web.Request) -> web.Response:
-        return _json(self._mmi("mmi.services"))
+        # ?offset=&limit=: one page (the MMI's page form); otherwise the MMI's bounded listing
+        query = {k: request.query[k] for k in ("offset", "limit") if k in request.query}
+        if not query:
+            return _json(self._mmi("mmi.services"))
+        try:
+            page = {k: int(v) for k, v in query.items()}
+        except ValueError:
+            return _error(ErrorCode.BAD_REQUEST, "offset and limit are whole numbers")
+        return _json(self._mmi("mmi.services", msgspec.json.encode(page)))
 
     async def _service(self, request: web.Request) -> web.Response:
         name = request.match_info["name"]
-        rows = [row for row in self._mmi("mmi.services") if row["name"] == name]
+        query = msgspec.json.encode({"service": name})
+        rows = self._mmi("mmi.services", query)["items"]
         if not rows:
             return _error(ErrorCode.NOT_FOUND, f"no service {name} (no worker, nothing queued)")
         row = dict(rows[0])
-        row["worker_list"] = self._mmi("mmi.workers", name.encode())
+        row["worker_list"] = self._mmi("mmi.workers", query)["items"]
         return _json(row)
 
     async def _queues(self, request: web.Request) -> web.Response:
@@ -763,7 +950,9 @@ class HttpTransport:
         refused = self._observe(METRICS)
         if refused is not None:
             return refused
-        body, ctype = render_metrics(self.router, self.switch)
+        body, ctype = await render_metrics(
+            self.router, self.switch, self.config.metrics_max_services
+        )
         return web.Response(body=body, headers={"Content-Type": ctype})
 
     async def _healthz(self, request: web.Request) -> web.Response:

@@ -1,11 +1,16 @@
 """``GET /metrics``: the router's counters and per-service gauges in the Prometheus text
-format, through prometheus-client with a private registry (no global state)."""
+format, through prometheus-client with a private registry (no global state).
+
+Per-service series are bounded: the ``metrics_max_services`` busiest services are listed by
+name and the others are summed under ``service="(other)"`` (the same for switch queues), so
+thousands of services created by clients make neither a huge response nor a long stall."""
 
 from __future__ import annotations
 
-import re
-from collections.abc import Iterator
-from typing import TYPE_CHECKING
+import asyncio
+import heapq
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -16,34 +21,147 @@ from prometheus_client.metrics_core import (
     Metric,
 )
 
-from maitred.core.routing.model import LATENCY_BOUNDS
+from maitred.core.routing.model import LATENCY_BOUNDS, Service
 from maitred.core.routing.router import Router
 
 if TYPE_CHECKING:
     from maitred.transports.http.switch import Switch
 
-_BAD = re.compile(r"[^a-zA-Z0-9_]")
+_T = TypeVar("_T")
+
+
+#: the label value under which the services (queues) not listed by name are summed
+OTHER = "(other)"
+#: services looked at between two yields to the event loop while a scrape is gathered
+CHUNK = 1000
+
+
+class _ServiceRow:
+    """One ``service`` label's numbers: a service's own, or the sum of the unlisted ones."""
+
+    __slots__ = (
+        "counts",
+        "error_codes",
+        "errors",
+        "free",
+        "inflight",
+        "lat_count",
+        "lat_sum",
+        "name",
+        "queued",
+        "replies",
+        "requests",
+        "timeouts",
+        "workers",
+    )
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.workers = self.free = self.queued = self.inflight = 0
+        self.requests = self.replies = self.errors = self.timeouts = 0
+        self.error_codes: dict[int, int] = {}
+        self.counts = [0] * (len(LATENCY_BOUNDS) + 1)
+        self.lat_sum = 0.0
+        self.lat_count = 0
+
+    def add(self, svc: Service) -> None:
+        self.workers += len(svc.workers)
+        self.free += len(svc.free)
+        self.queued += svc.queued
+        if svc.workers:
+            self.inflight += svc.inflight()
+        self.requests += svc.requests
+        self.replies += svc.replies
+        self.errors += svc.errors
+        self.timeouts += svc.timeouts
+        if svc.error_codes:
+            for code, n in svc.error_codes.items():
+                self.error_codes[code] = self.error_codes.get(code, 0) + n
+        hist = svc.latency
+        if hist.count:
+            self.counts = [a + b for a, b in zip(self.counts, hist.counts, strict=True)]
+            self.lat_sum += hist.sum
+            self.lat_count += hist.count
+
+
+def _traffic(svc: Service) -> tuple[int, int]:
+    return svc.requests, svc.queued
+
+
+async def _busiest(items: list[_T], limit: int, key: Callable[[_T], Any]) -> list[_T]:
+    """The ``limit`` items with the largest ``key``, looked at ``CHUNK`` at a time with a
+    yield to the event loop in between."""
+    top: list[_T] = []
+    for i in range(0, len(items), CHUNK):
+        if i:
+            await asyncio.sleep(0)
+        top = heapq.nlargest(limit, [*top, *items[i : i + CHUNK]], key=key)
+    return top
+
+
+async def gather_services(router: Router, max_services: int) -> tuple[list[_ServiceRow], int]:
+    """The rows of a scrape: the ``max_services`` busiest services (by requests accepted,
+    then queued) by name, sorted, and one :data:`OTHER` row summing the rest (when there is
+    a rest); and how many services that row sums. Gathered ``CHUNK`` services at a time."""
+    services = list(router.services.values())
+    if len(services) <= max_services:
+        listed, rest = services, []
+    else:
+        listed = await _busiest(services, max_services, _traffic)
+        chosen = {id(s) for s in listed}
+        rest = [s for s in services if id(s) not in chosen]
+    rows = []
+    for svc in sorted(listed, key=lambda s: s.name):
+        row = _ServiceRow(svc.name)
+        row.add(svc)
+        rows.append(row)
+    if rest:
+        other = _ServiceRow(OTHER)
+        for i in range(0, len(rest), CHUNK):
+            await asyncio.sleep(0)
+            for svc in rest[i : i + CHUNK]:
+                other.add(svc)
+        rows.append(other)
+    return rows, len(rest)
 
 
 class _Collector:
-    def __init__(self, router: Router, switch: Switch | None) -> None:
-        self.router = router
-        self.switch = switch
+    """What one scrape shows, copied from the broker on the event loop; :meth:`collect` reads
+    only these copies, so the text can be rendered in another thread."""
+
+    def __init__(
+        self,
+        router: Router,
+        rows: list[_ServiceRow],
+        unlisted: int,
+        queues: list[tuple[str, int]],
+        switch: Switch | None,
+    ) -> None:
+        self.stats = sorted(router.stats.items())
+        self.sessions = len(router.sessions)
+        self.services = len(router.services)
+        self.transports = [(name, t.as_dict()) for name, t in sorted(router.transports.items())]
+        self.rows = rows
+        self.unlisted = unlisted
+        self.queues = queues
+        self.switch_sessions = None if switch is None else len(switch.tokens)
 
     def collect(self) -> Iterator[Metric]:
-        router = self.router
         events = CounterMetricFamily(
             "maitred_router_events",
             "Router and transport counters (router.stats)",
             labels=["event"],
         )
-        for key, value in sorted(router.stats.items()):
+        for key, value in self.stats:
             events.add_metric([key], float(value))
         yield events
+        yield GaugeMetricFamily("maitred_sessions", "Open router sessions", value=self.sessions)
+        yield GaugeMetricFamily("maitred_services", "Known services", value=self.services)
         yield GaugeMetricFamily(
-            "maitred_sessions", "Open router sessions", value=len(router.sessions)
+            "maitred_services_unlisted",
+            f"Services summed under service={OTHER!r} (beyond metrics_max_services)",
+            value=self.unlisted,
         )
-        yield GaugeMetricFamily("maitred_services", "Known services", value=len(router.services))
         gauges = {
             name: GaugeMetricFamily(f"maitred_service_{name}", help_, labels=["service"])
             for name, help_ in (
@@ -62,15 +180,16 @@ class _Collector:
                 ("timeouts", "Requests that passed their deadline"),
             )
         }
-        for name, svc in sorted(router.services.items()):
-            gauges["workers"].add_metric([name], len(svc.workers))
-            gauges["free_workers"].add_metric([name], len(svc.free))
-            gauges["queued"].add_metric([name], svc.queued)
-            gauges["inflight"].add_metric([name], svc.inflight())
-            counters["requests"].add_metric([name], svc.requests)
-            counters["replies"].add_metric([name], svc.replies)
-            counters["errors"].add_metric([name], svc.errors)
-            counters["timeouts"].add_metric([name], svc.timeouts)
+        for row in self.rows:
+            name = row.name
+            gauges["workers"].add_metric([name], row.workers)
+            gauges["free_workers"].add_metric([name], row.free)
+            gauges["queued"].add_metric([name], row.queued)
+            gauges["inflight"].add_metric([name], row.inflight)
+            counters["requests"].add_metric([name], row.requests)
+            counters["replies"].add_metric([name], row.replies)
+            counters["errors"].add_metric([name], row.errors)
+            counters["timeouts"].add_metric([name], row.timeouts)
         yield from gauges.values()
         yield from counters.values()
         by_code = CounterMetricFamily(
@@ -83,17 +202,16 @@ class _Collector:
             "Acceptance to final reply, per service",
             labels=["service"],
         )
-        for name, svc in sorted(router.services.items()):
-            for code, n in sorted(svc.error_codes.items()):
-                by_code.add_metric([name, str(code)], float(n))
-            hist = svc.latency
+        for row in self.rows:
+            for code, n in sorted(row.error_codes.items()):
+                by_code.add_metric([row.name, str(code)], float(n))
             cumulative = 0
             buckets: list[tuple[str, float]] = []
-            for bound, n in zip(LATENCY_BOUNDS, hist.counts, strict=False):
+            for bound, n in zip(LATENCY_BOUNDS, row.counts, strict=False):
                 cumulative += n
                 buckets.append((repr(bound), float(cumulative)))
-            buckets.append(("+Inf", float(hist.count)))
-            latency.add_metric([name], buckets, sum_value=hist.sum)
+            buckets.append(("+Inf", float(row.lat_count)))
+            latency.add_metric([row.name], buckets, sum_value=row.lat_sum)
         yield by_code
         yield latency
         per_transport = {
@@ -105,24 +223,45 @@ class _Collector:
                 ("served", "Requests handed to its workers"),
             )
         }
-        for tname, tstats in sorted(router.transports.items()):
-            for key, value in tstats.as_dict().items():
+        for tname, tstats in self.transports:
+            for key, value in tstats.items():
                 per_transport[key].add_metric([tname], float(value))
         yield from per_transport.values()
-        if self.switch is not None:
+        if self.switch_sessions is not None:
             depth = GaugeMetricFamily(
                 "maitred_switch_queue_messages", "Messages in a switch queue", labels=["queue"]
             )
-            for name, q in sorted(self.switch.queues.items()):
-                depth.add_metric([name], len(q.messages))
+            for name, n in self.queues:
+                depth.add_metric([name], n)
             yield depth
             yield GaugeMetricFamily(
-                "maitred_switch_sessions", "Logged-in switch tokens", value=len(self.switch.tokens)
+                "maitred_switch_sessions", "Logged-in switch tokens", value=self.switch_sessions
             )
 
 
-def render_metrics(router: Router, switch: Switch | None) -> tuple[bytes, str]:
-    """(body, content type) of one scrape."""
+async def _gather_queues(switch: Switch | None, max_queues: int) -> list[tuple[str, int]]:
+    """(name, messages) of the ``max_queues`` deepest switch queues, sorted by name, and an
+    :data:`OTHER` entry summing the rest."""
+    if switch is None:
+        return []
+    depths = [(name, len(q.messages)) for name, q in switch.queues.items()]
+    if len(depths) <= max_queues:
+        return sorted(depths)
+    top = await _busiest(depths, max_queues, lambda d: d[1])
+    listed = {name for name, _ in top}
+    return [*sorted(top), (OTHER, sum(n for name, n in depths if name not in listed))]
+
+
+async def render_metrics(
+    router: Router, switch: Switch | None, max_services: int = 100
+) -> tuple[bytes, str]:
+    """(body, content type) of one scrape. At most ``max_services`` services (and switch
+    queues) are listed by name, so the response stays small whatever the broker holds, and
+    the state is gathered a chunk at a time and the text rendered in a worker thread, so a
+    scrape never holds the event loop long."""
+    rows, unlisted = await gather_services(router, max_services)
+    queues = await _gather_queues(switch, max_services)
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Collector(router, switch))
-    return generate_latest(registry), CONTENT_TYPE_LATEST
+    registry.register(_Collector(router, rows, unlisted, queues, switch))
+    body = await asyncio.to_thread(generate_latest, registry)
+    return body, CONTENT_TYPE_LATEST

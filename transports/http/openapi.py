@@ -120,10 +120,39 @@ def openapi_document() -> dict[str, Any]:
             "/v1/services": {
                 "get": {
                     "summary": "List services (mmi.services)",
+                    "description": "At most [broker] mmi_max_items services; a longer list, or"
+                    " a request with offset or limit, is answered with one page"
+                    " (docs/reference/mmi.md#listings-and-pages).",
+                    "parameters": [
+                        {"name": "offset", "in": "query", "schema": {"type": "integer"}},
+                        {"name": "limit", "in": "query", "schema": {"type": "integer"}},
+                    ],
                     "responses": {
                         "200": _json_ok(
-                            "services",
-                            {"type": "array", "items": {"$ref": "#/components/schemas/Service"}},
+                            "services, or one page of them",
+                            {
+                                "oneOf": [
+                                    {
+                                        "type": "array",
+                                        "items": {"$ref": "#/components/schemas/Service"},
+                                    },
+                                    {
+                                        "type": "object",
+                                        "properties": {
+                                            "items": {
+                                                "type": "array",
+                                                "items": {
+                                                    "$ref": "#/components/schemas/Service"
+                                                },
+                                            },
+                                            "offset": {"type": "integer"},
+                                            "total": {"type": "integer"},
+                                            "next": {"type": ["integer", "null"]},
+                                            "truncated": {"type": "boolean"},
+                                        },
+                                    },
+                                ]
+                            },
                         )
                     },
                 }

@@ -27,6 +27,7 @@ from zmq.backend import Socket as _BaseSocket
 
 from maitred.core.access import Identity
 from maitred.core.errors import ErrorCode, MaitredError
+from maitred.core.logs import RejectionLog
 from maitred.core.routing.model import Body, Headers, ReplyKind, Request, Session, Worker
 from maitred.core.transport import BrokerPort
 from maitred.transports.mdp import codec
@@ -225,6 +226,12 @@ class MdpTransport:
         self._outq: list[list[bytes]] = []
         self._out_scheduled = False
         self.stats = port.stats
+        #: peer-caused rejections: DEBUG each, a WARNING summary every 10 s (a peer is known
+        #: by its ZeroMQ routing id: libzmq does not tell the address)
+        self.rejections = RejectionLog(
+            log,
+            {"dropped": "malformed MDP messages dropped", "refused": "MDP READYs refused"},
+        )
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -270,6 +277,7 @@ class MdpTransport:
         if self._closed:
             return
         self._closed = True
+        self.rejections.close()
         if self._hb_timer is not None:
             self._hb_timer.cancel()
         self._flush_out()
@@ -491,7 +499,7 @@ class MdpTransport:
         except MaitredError as exc:
             del self._workers[rid]
             self.stats[f"mdp.ready_refused.{exc.code.name.lower()}"] += 1
-            log.info("mdp: READY for %s refused: %s", service, exc.reason)
+            self.rejections.note("refused", rid.hex(), f"READY for {service}: {exc.reason}")
             self._send(rid, codec.worker_disconnect(dialect))
             self.router.close_session(session, now, f"refused: {exc.reason}")
             return
@@ -504,7 +512,7 @@ class MdpTransport:
         """Drop a message: counted, logged at debug level, no state created."""
         self.stats["mdp.rejected"] += 1
         self.stats[f"mdp.rejected.{reason}"] += 1
-        log.debug("mdp: dropped a message from %s: %s", rid.hex(), reason)
+        self.rejections.note("dropped", rid.hex(), reason)
 
     def _violation(self, rid: bytes, dialect: int, reason: str) -> None:
         """A worker broke the protocol: DISCONNECT it and forget it."""

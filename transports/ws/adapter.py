@@ -16,6 +16,7 @@ time, in order, by the connection's reader.
 from __future__ import annotations
 
 import asyncio
+import http
 import logging
 import math
 import os
@@ -29,11 +30,14 @@ from typing import Any, Literal
 import msgspec
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request as HttpRequest
+from websockets.http11 import Response as HttpResponse
 from websockets.protocol import State
 from websockets.typing import Subprotocol
 
 from maitred.core.access import Identity
 from maitred.core.errors import ErrorCode, MaitredError
+from maitred.core.logs import RejectionLog
 from maitred.core.routing.model import Body, Headers, ReplyKind, Request, Session, Worker
 from maitred.core.transport import BrokerPort
 
@@ -105,6 +109,13 @@ class WsConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     responder_credit: int = 1024
     #: seconds to flush outboxes when the broker closes
     close_timeout: float = 2.0
+    #: open connections at once on all listeners; past it the opening handshake is answered
+    #: 503 (counted ``ws.connections_refused``). 0: no limit
+    max_connections: int = 400
+    #: most methods one maitred.json ``hello`` may register (more: error 413, closed)
+    max_hello_methods: int = 256
+    #: largest maitred.json ``hello`` in bytes (larger: error 413, closed)
+    max_hello_size: int = 65536
 
     def listen_addresses(self) -> list[str]:
         return [self.listen] if isinstance(self.listen, str) else list(self.listen)
@@ -147,6 +158,12 @@ class WsConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
             out.append("close_timeout must be a finite number >= 0")
         if self.responder_credit < 1:
             out.append("responder_credit must be >= 1")
+        if self.max_connections < 0:
+            out.append("max_connections must be >= 0")
+        if self.max_hello_methods < 0:
+            out.append("max_hello_methods must be >= 0")
+        if self.max_hello_size < 64:
+            out.append("max_hello_size must be >= 64")
         return out
 
 
@@ -260,6 +277,13 @@ class Conn(ABC):
                 transport.close()
         self.stats["ws.batched_writes"] += 1
         return True
+
+    # -- peer-caused rejections ---------------------------------------------------------------
+
+    def reject(self, kind: str, detail: str) -> None:
+        """A protocol error of the peer (already counted and answered by the caller): DEBUG,
+        and a rate-limited WARNING summary (:class:`~maitred.core.logs.RejectionLog`)."""
+        self.transport.rejections.note(kind, _peer(self.ws), detail)
 
     # -- identity -----------------------------------------------------------------------------
 
@@ -408,6 +432,15 @@ class WsTransport:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._accepting = True
         self._closed = False
+        #: peer-caused rejections: DEBUG each, a WARNING summary every 10 s
+        self.rejections = RejectionLog(
+            log,
+            {
+                "protocol": "WebSocket protocol errors",
+                "key": "WebSocket connections with a bad key",
+                "refused": "WebSocket connections refused (max_connections)",
+            },
+        )
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -442,6 +475,9 @@ class WsTransport:
                     ping_timeout=(cfg.ping_timeout or None) if ping else None,
                     close_timeout=cfg.close_timeout,  # 0: do not wait for the peer's close frame
                     compression=None,
+                    # the opening handshake (a silent TCP connection) is bounded as the key is
+                    open_timeout=cfg.handshake_timeout,
+                    process_request=self._admit,
                 )
             except OSError as exc:
                 await self.close()
@@ -479,6 +515,7 @@ class WsTransport:
             server.close(close_connections=True)
             await server.wait_closed()
         self._servers.clear()
+        self.rejections.close()
 
     # -- connections --------------------------------------------------------------------------
 
@@ -512,6 +549,17 @@ class WsTransport:
         conn = self.by_session.get(session.id)
         return conn.uid if conn is not None else ""
 
+    def _admit(self, ws: ServerConnection, request: HttpRequest) -> HttpResponse | None:
+        """The opening handshake of a connection past ``max_connections`` is answered 503."""
+        cap = self.config.max_connections
+        if cap and len(self._tasks) >= cap:
+            self.stats["ws.connections_refused"] += 1
+            self.rejections.note("refused", _peer(ws), f"{len(self._tasks)} open")
+            response = ws.respond(http.HTTPStatus.SERVICE_UNAVAILABLE, "too many connections\n")
+            response.headers["Retry-After"] = "1"
+            return response
+        return None
+
     async def _handler(self, ws: ServerConnection) -> None:
         if not self._accepting:
             await ws.close(CLOSE_GOING_AWAY, "broker shutting down")
@@ -534,6 +582,13 @@ class WsTransport:
         finally:
             if task is not None:
                 self._tasks.discard(task)
+
+
+def _peer(ws: ServerConnection) -> str:
+    address = ws.remote_address
+    if isinstance(address, tuple) and address:
+        return str(address[0])
+    return str(address) if address else "?"
 
 
 def _select_subprotocol(

@@ -50,17 +50,27 @@ class JsonConn(Conn):
 
     async def handshake(self) -> bool:
         first = await self.ws.recv()
+        cfg = self.transport.config
+        if len(first) > cfg.max_hello_size:
+            return self._too_large(f"the hello is larger than {cfg.max_hello_size} bytes")
         try:
             hello = jc.decode(first)
         except msgspec.MsgspecError:
             hello = None
         if not isinstance(hello, jc.Hello):
             self.stats["ws.json.bad_hello"] += 1
+            self.reject("protocol", "the first message is not a hello")
             self.close(CLOSE_POLICY, "the first message must be a hello")
             return False
+        if hello.methods is not None and len(hello.methods) > cfg.max_hello_methods:
+            return self._too_large(
+                f"the hello lists {len(hello.methods)} methods, more than"
+                f" {cfg.max_hello_methods}"
+            )
         identity = self.authenticate(hello.key)
         if identity is None:
             self.stats["ws.bad_key"] += 1
+            self.reject("key", "bad key in hello")
             self.close(CLOSE_POLICY, "bad key")
             return False
         session = self.open(identity)
@@ -102,6 +112,14 @@ class JsonConn(Conn):
             self.push(frame)
         return True
 
+    def _too_large(self, reason: str) -> bool:
+        """Refuse a hello too big to handle: the dialect's error (413), then close (1008)."""
+        self.stats["ws.json.hello_too_large"] += 1
+        self.reject("protocol", reason)
+        self.push(_error(None, 413, reason))
+        self.close(CLOSE_POLICY, "hello too large")
+        return False
+
     # -- inbound ------------------------------------------------------------------------------
 
     def on_binary(self, data: bytes) -> None:
@@ -113,6 +131,7 @@ class JsonConn(Conn):
             msg = jc.decode(text)
         except msgspec.MsgspecError as exc:
             self.stats["ws.json.invalid"] += 1
+            self.reject("protocol", f"invalid message: {exc}")
             self.push(_error(None, 400, f"invalid message: {exc}"))
             return
         try:

@@ -115,6 +115,7 @@ class MmConn(Conn):
         identity = self.authenticate(first) if isinstance(first, str) else None
         if identity is None:
             self.stats["ws.bad_key"] += 1
+            self.reject("key", "bad key")
             self.close(CLOSE_POLICY, "bad key")
             return False
         self.open(identity)
@@ -134,11 +135,13 @@ class MmConn(Conn):
             msg = parse(text)
         except ParseError as exc:
             self.stats["ws.mm.parse_errors"] += 1
+            self.reject("protocol", f"parse error: {exc.reason}")
             self.error(f"Parse error: {exc.reason}")
             return
         handler = self._commands.get(msg.command)
         if handler is None:
             self.stats["ws.mm.unknown_commands"] += 1
+            self.reject("protocol", f"unknown command {msg.command[:40]}")
             self.error(f"Unknown command {msg.command[:40]} {msg.target[:200]}")
             return
         handler(msg)
