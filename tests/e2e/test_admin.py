@@ -212,3 +212,31 @@ def test_dashboard_shows_what_its_key_may_not_see(
     assert "client may not call mmi.services" in html, html
     assert not web_broker.call(lambda: web_broker.broker.router.services)
     assert web_broker.stats()["denied.call"] >= 5
+
+
+def test_dashboard_shows_the_first_page_of_a_long_listing(
+    make_broker: Callable[..., BrokerThread], ctx: zmq.Context[Any], chromium: DevTools
+) -> None:
+    # mmi_max_items = 2: three services make mmi.services answer in its page form
+    broker = make_broker("[broker]\nmmi_max_items = 2\n" + TOML.format(extra=""))
+    workers = [RawWorker(ctx, broker.endpoint, "rfc", name) for name in (b"a1", b"a2", b"a3")]
+    for worker in workers:
+        worker.ready()
+    wait_until(
+        lambda: broker.call(lambda: len(broker.broker.router.services)) == 3,
+        what="three services",
+    )
+    http = broker.endpoints["http"][0]
+    chromium.open(f"{http}/admin/?refresh=0.25", width=1280, height=800)
+    html = chromium.wait_js(
+        "document.querySelectorAll('#services tr[data-service]').length === 2"
+        " && /showing 2 of 3/.test(document.getElementById('services-note').textContent)",
+        timeout=10,
+        what="the first page of services and a note that says so",
+    )
+    assert chromium.evaluate("document.getElementById('queues-note').textContent") == (
+        "mmi.queues: showing 2 of 3"
+    )
+    assert 'data-service="a1"' in html and 'data-service="a3"' not in html, html
+    for worker in workers:
+        worker.disconnect()
