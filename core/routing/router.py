@@ -522,12 +522,16 @@ class Router:
             self.held,
             self.max_memory,
         )
-        self._emit("$sys.broker.overload", {"held": self.held, "max_memory": self.max_memory})
+        self._emit(
+            "$sys.broker.overload", {"held": str(self.held), "max_memory": str(self.max_memory)}
+        )
 
     def _recovered(self) -> None:
         self.overloaded = False
         log.warning("broker back under its memory limit: %d bytes held", self.held)
-        self._emit("$sys.broker.recovered", {"held": self.held, "max_memory": self.max_memory})
+        self._emit(
+            "$sys.broker.recovered", {"held": str(self.held), "max_memory": str(self.max_memory)}
+        )
 
     def _refuse_new(
         self, session: Session, name: str, correlation: Any, now: float, error: MaitredError

@@ -113,10 +113,12 @@ def test_transport_outboxes_count_toward_max_memory(make_harness: Callable[..., 
     c = h.session("c")
     h.router.hold(MIB + 1)
     assert h.router.overloaded
-    assert h.payloads("$sys.broker.overload") == [{"held": MIB + 1, "max_memory": MIB}]
+    assert h.payloads("$sys.broker.overload") == [{"held": str(MIB + 1), "max_memory": str(MIB)}]
     assert h.call(c, "svc") is None
     h.router.release(MIB // 2)
-    assert h.payloads("$sys.broker.recovered") == [{"held": MIB // 2 + 1, "max_memory": MIB}]
+    assert h.payloads("$sys.broker.recovered") == [
+        {"held": str(MIB // 2 + 1), "max_memory": str(MIB)}
+    ]
     assert h.call(c, "svc") is not None
 
 
