@@ -125,7 +125,7 @@ def broker(pythonpath: str | None, timeout: float, extra: str = "") -> Iterator[
             "-c",
             str(conf),
         ]
-        proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL)
+        proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
         try:
             deadline = time.monotonic() + 20
             while True:
@@ -271,12 +271,12 @@ def flood_mdp_lazy(b: Broker, ctx: zmq.Context[Any], n: int, timeout: float) -> 
     return row
 
 
-def lazy_subscriber(url: str) -> ClientConnection:
+def lazy_subscriber(url: str, stack: contextlib.ExitStack) -> ClientConnection:
     host, _, port = url.removeprefix("ws://").rpartition(":")
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     sock.connect((host, int(port)))
-    ws = connect(url, sock=sock, open_timeout=5, max_queue=4, max_size=None)
+    ws = stack.enter_context(connect(url, sock=sock, open_timeout=5, max_queue=4, max_size=None))
     ws.send("xyzzy")
     ws.recv(timeout=5)
     ws.recv(timeout=5)
@@ -288,8 +288,14 @@ def flood_ws_lazy(b: Broker, ctx: zmq.Context[Any], n: int, timeout: float) -> R
     size = 48 * KIB
     row = Row("ws-lazy", f"{n} events x {size // KIB} KiB to a subscriber that stopped reading")
     row.before = b.rss
-    lazy = lazy_subscriber(b.ws)
-    pub = connect(b.ws, open_timeout=5, max_size=None)
+    with contextlib.ExitStack() as stack:
+        return _ws_lazy(b, n, timeout, row, stack)
+
+
+def _ws_lazy(b: Broker, n: int, timeout: float, row: Row, stack: contextlib.ExitStack) -> Row:
+    size = 48 * KIB
+    lazy = lazy_subscriber(b.ws, stack)
+    pub = stack.enter_context(connect(b.ws, open_timeout=5, max_size=None))
     pub.send("xyzzy")
     pub.recv(timeout=5)
     pub.recv(timeout=5)

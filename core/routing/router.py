@@ -1166,7 +1166,8 @@ class Router:
     def subscribe(self, session: Session, pattern: str, *, check: bool = True) -> bool:
         """Subscribe ``session`` to ``pattern``; False when it was already subscribed.
         Raises ``Denied``, a ``BAD_REQUEST`` error for an invalid pattern, or ``QUEUE_FULL``
-        past ``max_subscriptions``. ``check=False`` is
+        past ``max_subscriptions`` (or ``max_subscriptions_total``, which a ``check=False``
+        subscription may pass: one per connection). ``check=False`` is
         for channels a transport owns for the session itself (e.g. middleman's private
         ``MSG:<id>``): the access policy is not asked."""
         if session.closed:
@@ -1188,7 +1189,7 @@ class Router:
                 f"too many subscriptions (at most {self.max_subscriptions} per session)",
                 ErrorCode.QUEUE_FULL,
             )
-        if self.topics.size >= self.max_subscriptions_total:
+        if check and self.topics.size >= self.max_subscriptions_total:
             self.stats["subscriptions.refused"] += 1
             raise MaitredError(
                 f"too many subscriptions (at most {self.max_subscriptions_total} in all)",

@@ -217,6 +217,48 @@ def test_mdp_client_that_never_reads_loses_replies_not_memory(
     assert client.recv() == (True, [b"fine"])
 
 
+def test_http_long_service_name_is_refused_with_400(
+    make_broker: Callable[..., BrokerThread],
+) -> None:
+    broker = make_broker(http_toml(["127.0.0.1:0"], "switch = false\nadmin = false"))
+    caller = RawHttp(endpoint_of(broker, "http://"))
+    caller.send("POST", "/v1/services/" + "n" * 300, b"x", {"X-Maitred-Timeout": "1"})
+    head = caller.sock.recv(65536)
+    caller.sock.close()
+    assert head.startswith(b"HTTP/1.1 400 "), head[:200]
+    assert b"longer than 255 bytes" in head
+    assert broker.call(lambda: len(broker.broker.router.services)) == 0
+
+
+def test_ws_subscriptions_past_the_overall_limit_are_refused(
+    make_broker: Callable[..., BrokerThread], stack: ExitStack
+) -> None:
+    broker = make_broker("[broker]\nmax_subscriptions_total = 4\n" + WS)
+
+    def login() -> ClientConnection:
+        ws = stack.enter_context(connect(broker.endpoints["ws"][0], open_timeout=5))
+        ws.send("xyzzy")
+        assert ws.recv(timeout=3) == "MM OK"
+        ws.recv(timeout=3)  # its id; its private channel MSG:<id> is one subscription
+        return ws
+
+    a = login()
+    a.send("SUB t0\r\n\r\n.\r\n")
+    a.send("SUB t1\r\n\r\n.\r\n")
+    b = login()  # its private channel is the 4th
+    b.send("SUB u0\r\n\r\n.\r\n")
+    assert b.recv(timeout=3) == (
+        "PUB ERROR\r\n\r\nToo many subscriptions SUB u0: too many subscriptions"
+        " (at most 4 in all)\r\n.\r\n"
+    )
+    assert broker.stats()["subscriptions.refused"] == 1
+    a.close()  # its three subscriptions end: room again
+    wait_until(lambda: broker.call(lambda: broker.broker.router.topics.size) == 1)
+    b.send("SUB u0\r\n\r\n.\r\n")
+    b.send("PUB u0\r\n\r\nhi\r\n.\r\n")
+    assert b.recv(timeout=3).startswith("PUB u0\r\n")
+
+
 # -- WebSocket: a subscriber that never reads ---------------------------------------------------
 
 
