@@ -341,7 +341,8 @@ class Request(msgspec.Struct, kw_only=True):
     dispatched: float = 0.0
     #: its id in the durable store (services with ``on_no_worker = "store"``), else -1
     stored: int = -1
-    #: bytes it holds while it waits in a queue: its body frames and its service name
+    #: bytes it holds while it waits in a queue: its body frames and its service name (set
+    #: when it first has to wait; 0 for a request handed to a worker at once)
     size: int = 0
     bucket: dict[int, Request] | None = None
     #: headers the worker sent with the reply being delivered (protocols that have headers

@@ -157,7 +157,7 @@ class Router:
         #: bytes the broker may hold in queues and transport outboxes (0: no limit); past it
         #: new requests are refused with NO_WORKER (503) and ``$sys.broker.overload`` is
         #: published once, ``$sys.broker.recovered`` when ``held`` is back under 90 % of it
-        self.max_memory = max_memory
+        self.max_memory = max_memory  # (a property: sets ``_cap`` too)
         #: bytes held now: waiting requests (``Request.size``) plus what transports report
         #: with :meth:`hold` / :meth:`release` (their outboxes)
         self.held = 0
@@ -453,7 +453,7 @@ class Router:
         if requeue:
             service.queue.extendleft(reversed(requeue))
             service.queued += len(requeue)
-            self._queued(service, sum(r.size for r in requeue))
+            self._queued(service, sum(map(self._size, requeue)))
         if notify:
             try:
                 worker.session.sink.worker_removed(worker, reason)
@@ -479,6 +479,18 @@ class Router:
 
     # -- memory -----------------------------------------------------------------------------
 
+    @property
+    def max_memory(self) -> int:
+        return self._max_memory
+
+    @max_memory.setter
+    def max_memory(self, value: int) -> None:
+        self._max_memory = value
+        #: what the hot path compares ``held`` with (no limit: never reached)
+        self._cap = value if value > 0 else 1 << 62
+        #: ``held`` at or under this ends an overload episode
+        self._calm = value * 9 // 10
+
     def name_too_long(self, name: str) -> bool:
         """Whether ``name`` is longer than ``max_name_length`` UTF-8 bytes."""
         limit = self.max_name_length
@@ -490,19 +502,19 @@ class Router:
         """A transport queued ``nbytes`` in a buffer of its own (an outbox): count them in
         ``held``. Every :meth:`hold` is matched by a :meth:`release` when they leave."""
         self.held += nbytes
-        if self.max_memory and self.held > self.max_memory and not self.overloaded:
+        if self.held > self._cap and not self.overloaded:
             self._overload()
 
     def release(self, nbytes: int) -> None:
         """Bytes counted with :meth:`hold` left the transport's buffer (sent or dropped)."""
         self.held -= nbytes
-        if self.overloaded and self.held * 10 <= self.max_memory * 9:
+        if self.overloaded and self.held <= self._calm:
             self._recovered()
 
     def _queued(self, service: Service, nbytes: int) -> None:
         service.queued_bytes += nbytes
         self.held += nbytes
-        if self.max_memory and self.held > self.max_memory and not self.overloaded:
+        if self.held > self._cap and not self.overloaded:
             self._overload()
 
     def _unqueued(self, service: Service, request: Request) -> None:
@@ -511,7 +523,7 @@ class Router:
         size = request.size
         service.queued_bytes -= size
         self.held -= size
-        if self.overloaded and self.held * 10 <= self.max_memory * 9:
+        if self.overloaded and self.held <= self._calm:
             self._recovered()
 
     def _overload(self) -> None:
@@ -595,7 +607,6 @@ class Router:
                 service_name, self._policy_for(service_name)
             )
         policy = service.policy
-        size = len(service_name) + sum(map(len, body))
         if timeout is None:
             timeout = policy.request_timeout
         request = Request(
@@ -607,7 +618,6 @@ class Router:
             deadline=now + timeout if timeout > 0 else NO_DEADLINE,
             accepted=now,
             headers=headers,
-            size=size,
         )
         service.requests += 1
         session.counters.requests += 1
@@ -633,12 +643,8 @@ class Router:
                 service, request, MaitredError("broker is shutting down", ErrorCode.SHUTTING_DOWN)
             )
             return None
-        if self.max_memory and self.held + size > self.max_memory:
-            self.stats["requests.overload"] += 1
-            if not self.overloaded:
-                self._overload()
-            reason = f"broker overloaded: {self.held} bytes held (max_memory {self.max_memory})"
-            self._refuse(service, request, MaitredError(reason, ErrorCode.NO_WORKER))
+        if self.overloaded:
+            self._overloaded(service, request)
             return None
         journal = self.journal if policy.on_no_worker == "store" else None
         free = service.free
@@ -656,6 +662,13 @@ class Router:
             self._refuse(
                 service, request, MaitredError(f"no worker for {service_name}", ErrorCode.NO_WORKER)
             )
+            return None
+        # only a request that waits is held: its bytes are counted from here on
+        size = request.size = len(service_name) + (
+            len(body[0]) if len(body) == 1 else sum(map(len, body))
+        )
+        if self.held + size > self._cap:
+            self._overloaded(service, request)
             return None
         if (
             service.queued >= policy.max_queue
@@ -680,9 +693,28 @@ class Router:
             self._arm(request)
         service.queue.append(request)
         service.queued += 1
-        self._queued(service, size)
+        service.queued_bytes += size
+        self.held += size
+        if self.held > self._cap and not self.overloaded:
+            self._overload()
         self._dispatch(service, now)
         return request
+
+    def _overloaded(self, service: Service, request: Request) -> None:
+        """Refuse ``request`` with 503: the broker holds ``max_memory`` bytes (or would)."""
+        self.stats["requests.overload"] += 1
+        if not self.overloaded:
+            self._overload()
+        reason = f"broker overloaded: {self.held} bytes held (max_memory {self.max_memory})"
+        self._refuse(service, request, MaitredError(reason, ErrorCode.NO_WORKER))
+
+    @staticmethod
+    def _size(request: Request) -> int:
+        """The bytes ``request`` holds while it waits (computed once)."""
+        size = request.size
+        if not size:
+            size = request.size = len(request.service) + sum(map(len, request.body))
+        return size
 
     def _queue_full(self, service: Service, request: Request) -> None:
         self.stats["requests.queue_full"] += 1
@@ -702,9 +734,13 @@ class Router:
         """Queue a request of a ``store`` service: kept in the journal until a worker answers
         it; never dropped for room (a full queue refuses the new request instead)."""
         policy = service.policy
+        size = self._size(request)
+        if self.held + size > self._cap:
+            self._overloaded(service, request)
+            return None
         if (
             service.queued >= policy.max_queue
-            or service.queued_bytes + request.size > policy.max_queue_bytes
+            or service.queued_bytes + size > policy.max_queue_bytes
         ):
             self._queue_full(service, request)
             return None
