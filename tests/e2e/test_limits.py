@@ -362,3 +362,30 @@ def test_sse_caller_that_never_reads_partials_is_cut_off(
     worker.final(addr, b"end")
     wait_until(lambda: held(broker) == 0, what="the stream's buffer released")
     caller.sock.close()
+
+
+def test_sse_topic_subscriber_that_never_reads_is_cut_off_by_bytes(
+    make_broker: Callable[..., BrokerThread],
+) -> None:
+    broker = make_broker(
+        http_toml(["127.0.0.1:0"], "sse_buffer_bytes = 262144\nswitch = false\nadmin = false")
+    )
+    sub = RawHttp(endpoint_of(broker, "http://"))
+    sub.sock.setsockopt(pysocket.SOL_SOCKET, pysocket.SO_RCVBUF, 4096)
+    sub.send("GET", "/v1/topics/flood", headers={"Accept": "text/event-stream"})
+    router = broker.broker.router
+    wait_until(lambda: broker.call(lambda: router.topics.size) == 1, what="the subscription")
+    body = (b"e" * (16 * KIB),)
+
+    def burst() -> int:
+        for _ in range(16):
+            router.publish(None, "flood", body)
+        return router.held
+
+    # 640 events of 16 KiB (10 MiB), fewer than sse_buffer (1000): only the byte bound stops them
+    seen = [broker.call(burst) for _ in range(40)]
+    assert max(seen) <= 256 * KIB
+    assert 0 < seen[-1] <= 256 * KIB  # the stream holds what it had when it fell behind
+    sub.sock.close()
+    wait_until(lambda: held(broker) == 0, what="the stream's buffer released", timeout=10)
+    wait_until(lambda: broker.call(lambda: router.topics.size) == 0, what="the stream ended")
