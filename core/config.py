@@ -57,6 +57,18 @@ class BrokerSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     #: most entries one MMI listing (``mmi.services``, ``mmi.workers``, ``mmi.queues``,
     #: ``mmi.topics``) answers with; a longer one is paged (docs/reference/mmi.md)
     mmi_max_items: int = 1000
+    #: most topic subscriptions of all sessions together; one more is refused like above
+    max_subscriptions_total: int = 100_000
+    #: most services known at once (a service exists while it has a worker or a waiting
+    #: request); a request or a worker for one more is refused with 429
+    max_services: int = 10_000
+    #: longest service name or subscription pattern, in UTF-8 bytes; longer ones are refused
+    #: with 400 in the transport's own error form
+    max_name_length: int = 255
+    #: bytes the broker may hold in request queues and connection outboxes together (0: no
+    #: limit). Past it new requests get 503 and ``$sys.broker.overload`` is published (once
+    #: per episode; ``$sys.broker.recovered`` when back under 90 %)
+    max_memory: int = 1 << 30
 
 
 class AccessSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -112,6 +124,11 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
             problems.append("broker.max_subscriptions: must be >= 1")
         if self.broker.mmi_max_items < 1:
             problems.append("broker.mmi_max_items: must be >= 1")
+        for key in ("max_subscriptions_total", "max_services", "max_name_length"):
+            if getattr(self.broker, key) < 1:
+                problems.append(f"broker.{key}: must be >= 1")
+        if self.broker.max_memory < 0:
+            problems.append("broker.max_memory: must be >= 0 (0: no limit)")
         if not (0 <= self.broker.drain_timeout < math.inf):
             problems.append("broker.drain_timeout: must be a finite number >= 0")
         for section in ("services", "transports"):

@@ -92,6 +92,10 @@ class Broker:
             mmi=Management(self.info, clock, config.broker.mmi_max_items),
             resolution=config.broker.tick_interval,
             max_subscriptions=config.broker.max_subscriptions,
+            max_subscriptions_total=config.broker.max_subscriptions_total,
+            max_services=config.broker.max_services,
+            max_name_length=config.broker.max_name_length,
+            max_memory=config.broker.max_memory,
         )
         self.port = BrokerPort(
             self.router,

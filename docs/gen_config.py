@@ -56,13 +56,26 @@ SECTIONS: dict[str, type[msgspec.Struct]] = {
 
 #: what the decoder cannot say: ranges checked after decoding (appended to the type)
 RANGES: dict[str, dict[str, str]] = {
-    "broker": {"tick_interval": "> 0 and ≤ 10", "drain_timeout": "finite, ≥ 0"},
+    "broker": {
+        "tick_interval": "> 0 and ≤ 10",
+        "drain_timeout": "finite, ≥ 0",
+        "max_subscriptions": "≥ 1",
+        "max_subscriptions_total": "≥ 1",
+        "max_services": "≥ 1",
+        "max_name_length": "≥ 1",
+        "max_memory": "≥ 0",
+    },
     "liveness": {
         "heartbeat_interval": "finite, > 0",
         "liveness": "≥ 1",
         "busy_timeout": "finite, ≥ 0",
     },
-    "services": {"request_timeout": "finite, ≥ 0", "max_queue": "≥ 0", "max_deliveries": "≥ 1"},
+    "services": {
+        "request_timeout": "finite, ≥ 0",
+        "max_queue": "≥ 0",
+        "max_queue_bytes": "≥ 0",
+        "max_deliveries": "≥ 1",
+    },
     "transports.mdp": {
         "endpoints": "at least one",
         "heartbeat_interval": "finite, ≥ 0",
@@ -83,12 +96,14 @@ RANGES: dict[str, dict[str, str]] = {
         "max_deliveries": "≥ 1",
         "trace_size": "≥ 0",
         "sse_buffer": "≥ 1",
+        "sse_buffer_bytes": "≥ 1024",
     },
     "transports.ws": {
         "listen": "at least one",
         "keys": "at least one",
         "max_frame_size": "≥ 64",
         "outbox": "≥ 1",
+        "outbox_bytes": "≥ 1024",
         "ping_interval": "finite, ≥ 0",
         "ping_timeout": "finite, ≥ 0",
         "handshake_timeout": "finite, > 0",
@@ -162,11 +177,17 @@ DESCRIPTIONS: dict[str, dict[str, str]] = {
             "How many requests may wait for a worker (requests already with a worker do not "
             "count). `0`: a request is accepted only if a worker is free at that moment."
         ),
+        "max_queue_bytes": (
+            "How many bytes the waiting requests may hold together (body frames plus service "
+            "name), 64 MiB by default. A request that would pass it is handled like one past "
+            "`max_queue` (see `overflow`); one larger than this on its own is always refused "
+            "with 429. See [limits](../howto/operators.md#limits)."
+        ),
         "overflow": (
-            "When `max_queue` requests already wait: `reject` refuses the new request with 429 "
-            "`QUEUE_FULL`; `drop_oldest` fails the oldest waiting request with 429 `QUEUE_FULL` "
-            '("dropped: queue full") and queues the new one. With `max_queue = 0`, always '
-            "`reject`."
+            "When the queue is full (`max_queue` requests or `max_queue_bytes` bytes already "
+            "wait): `reject` refuses the new request with 429 `QUEUE_FULL`; `drop_oldest` fails "
+            'the oldest waiting requests with 429 `QUEUE_FULL` ("dropped: queue full") until '
+            "the new one fits, and queues it. With `max_queue = 0`, always `reject`."
         ),
         "redeliver": (
             "When a worker dies holding a request: `true` puts the request back at the head of "
@@ -235,10 +256,16 @@ DESCRIPTIONS: dict[str, dict[str, str]] = {
             "gets a turn."
         ),
         "sndhwm": (
-            "ZeroMQ send high-water mark: messages queued per peer. ZeroMQ silently drops what "
-            "is sent to a peer over its mark. `0`: no limit."
+            "ZeroMQ send high-water mark: messages queued toward each peer (ZeroMQ counts "
+            "messages, not bytes: a peer that does not read can hold about `sndhwm` times its "
+            "largest message). A message for a peer at its mark is dropped and counted "
+            "(`mdp.peer_full`); the client times out or gets its reply late. `0`: no limit (a "
+            "client that never reads then grows the broker without bound)."
         ),
-        "rcvhwm": "ZeroMQ receive high-water mark. `0`: no limit.",
+        "rcvhwm": (
+            "ZeroMQ receive high-water mark: messages read ahead from each peer; past it ZeroMQ "
+            "stops reading that peer's connection (the peer's sends wait). `0`: no limit."
+        ),
         "error_replies": (
             "When a request fails (any [error code](errors.md)), answer it with a final reply "
             'whose body is two frames, the code and the reason (`"503"`, `"no worker for '
@@ -308,6 +335,12 @@ DESCRIPTIONS: dict[str, dict[str, str]] = {
             "Events buffered per SSE subscriber; a subscriber that falls further behind gets "
             "an `error` event and its stream ends."
         ),
+        "sse_buffer_bytes": (
+            "Bytes buffered per SSE stream: a topic subscription (its stream ends with an "
+            "`error` event, as for `sse_buffer`) or a call's partial replies (the buffered "
+            "partials are dropped, the stream ends with an `error` event 429 and the request is "
+            "cancelled). Counted in `[broker] max_memory`."
+        ),
     },
     "transports.ws": {
         "enabled": _ENABLED,
@@ -333,10 +366,15 @@ DESCRIPTIONS: dict[str, dict[str, str]] = {
             "Frames queued per connection before the slow-consumer policy applies (see "
             "[slow consumers](ws.md#slow-consumers))."
         ),
+        "outbox_bytes": (
+            "Bytes (characters of text frames) queued per connection before the slow-consumer "
+            "policy applies, whichever of `outbox` and `outbox_bytes` comes first. Counted in "
+            "`[broker] max_memory`."
+        ),
         "slow_consumer": (
-            "When a connection's outbox is full: `drop` drops event deliveries (requests, "
-            "replies and errors are still queued, up to twice the limit, then the connection is "
-            "closed); `close` closes the connection at once with 1008."
+            "When a connection's outbox is full (`outbox` or `outbox_bytes`): `drop` drops event "
+            "deliveries (requests, replies and errors are still queued, up to twice the limits, "
+            "then the connection is closed); `close` closes the connection at once with 1008."
         ),
         "ping_interval": "Seconds between WebSocket pings. `0`: no pings (and no pong timeout).",
         "ping_timeout": (

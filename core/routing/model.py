@@ -109,7 +109,12 @@ class ServicePolicy(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_
     request_timeout: float = 30.0
     #: requests waiting for a worker (not counting those being served)
     max_queue: int = 10_000
-    #: when the queue is full: ``reject`` the new request, or ``drop_oldest`` waiting one
+    #: bytes the waiting requests may hold (their body frames and service name); a request
+    #: that would pass it is treated like one past ``max_queue`` (see ``overflow``), and one
+    #: larger than this on its own is always refused
+    max_queue_bytes: int = 64 << 20
+    #: when the queue is full (``max_queue`` or ``max_queue_bytes``): ``reject`` the new
+    #: request, or ``drop_oldest`` waiting ones until it fits
     overflow: Literal["reject", "drop_oldest"] = "reject"
     #: re-dispatch an in-flight request when its worker dies (for idempotent services)
     redeliver: bool = False
@@ -122,6 +127,8 @@ class ServicePolicy(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_
             out.append("request_timeout must be a finite number >= 0")
         if self.max_queue < 0:
             out.append("max_queue must be >= 0")
+        if self.max_queue_bytes < 0:
+            out.append("max_queue_bytes must be >= 0")
         if self.max_deliveries < 1:
             out.append("max_deliveries must be >= 1")
         return out
@@ -279,6 +286,7 @@ class Service:
         "policy",
         "queue",
         "queued",
+        "queued_bytes",
         "replies",
         "requests",
         "timeouts",
@@ -294,6 +302,7 @@ class Service:
         #: waiting requests, oldest first; entries no longer QUEUED are skipped lazily
         self.queue: deque[Request] = deque()
         self.queued = 0  # live entries in ``queue``
+        self.queued_bytes = 0  # the ``size`` of those entries, summed
         self.requests = 0
         self.replies = 0
         self.errors = 0
@@ -332,6 +341,9 @@ class Request(msgspec.Struct, kw_only=True):
     dispatched: float = 0.0
     #: its id in the durable store (services with ``on_no_worker = "store"``), else -1
     stored: int = -1
+    #: bytes it holds while it waits in a queue: its body frames and its service name (set
+    #: when it first has to wait; 0 for a request handed to a worker at once)
+    size: int = 0
     bucket: dict[int, Request] | None = None
     #: headers the worker sent with the reply being delivered (protocols that have headers
     #: read it in ``deliver_reply``; it is replaced by each partial and by the final reply)

@@ -67,6 +67,8 @@ class SubjectTree(Generic[V]):
     def __init__(self) -> None:
         self._root: _Node[V] = _Node()
         self._count: dict[str, int] = {}
+        #: (pattern, value) entries held: every subscription, not just distinct patterns
+        self.size = 0
 
     def add(self, pattern: str, value: V) -> bool:
         """Add ``value`` under ``pattern``; False when it was there already."""
@@ -78,6 +80,7 @@ class SubjectTree(Generic[V]):
                     return False
                 node.rest[value] = 1
                 self._count[pattern] = self._count.get(pattern, 0) + 1
+                self.size += 1
                 return True
             if seg == "*":
                 if node.star is None:
@@ -92,6 +95,7 @@ class SubjectTree(Generic[V]):
             return False
         node.values[value] = 1
         self._count[pattern] = self._count.get(pattern, 0) + 1
+        self.size += 1
         return True
 
     def remove(self, pattern: str, value: V) -> bool:
@@ -113,6 +117,7 @@ class SubjectTree(Generic[V]):
             assert node is not None
             if node.values.pop(value, None) is None:
                 return False
+        self.size -= 1
         left = self._count[pattern] - 1
         if left:
             self._count[pattern] = left

@@ -134,6 +134,10 @@ class Router:
         mmi: MmiHandler | None = None,
         resolution: float = 0.05,
         max_subscriptions: int = 10_000,
+        max_subscriptions_total: int = 100_000,
+        max_services: int = 10_000,
+        max_name_length: int = 255,
+        max_memory: int = 1 << 30,
     ) -> None:
         self._policy_for = policy_for or (lambda _name: ServicePolicy())
         self.liveness = liveness or Liveness()
@@ -153,6 +157,21 @@ class Router:
         #: most patterns one session may subscribe to (a flood of SUBs must not grow the
         #: broker without bound)
         self.max_subscriptions = max_subscriptions
+        #: most subscriptions of all sessions together
+        self.max_subscriptions_total = max_subscriptions_total
+        #: most services known at once (a service is forgotten when it has no worker and
+        #: nothing queued); a request or worker for one more is refused with QUEUE_FULL
+        self.max_services = max_services
+        #: longest service name or subscription pattern, in UTF-8 bytes (BAD_REQUEST beyond)
+        self.max_name_length = max_name_length
+        #: bytes the broker may hold in queues and transport outboxes (0: no limit); past it
+        #: new requests are refused with NO_WORKER (503) and ``$sys.broker.overload`` is
+        #: published once, ``$sys.broker.recovered`` when ``held`` is back under 90 % of it
+        self.max_memory = max_memory  # (a property: sets ``_cap`` too)
+        #: bytes held now: waiting requests (``Request.size``) plus what transports report
+        #: with :meth:`hold` / :meth:`release` (their outboxes)
+        self.held = 0
+        self.overloaded = False
         self.services: dict[str, Service] = {}
         self.sessions: dict[int, Session] = {}
         self.topics: SubjectTree[Session] = SubjectTree()
@@ -418,8 +437,17 @@ class Router:
             raise MaitredError("credit must be >= 1", ErrorCode.BAD_REQUEST)
         if max_credit and max_credit < credit:
             raise MaitredError("max_credit must be >= credit", ErrorCode.BAD_REQUEST)
+        if self.name_too_long(service_name):
+            raise MaitredError(
+                f"service name longer than {self.max_name_length} bytes", ErrorCode.BAD_REQUEST
+            )
         if not self.allowed(session, Action.SERVE, service_name):
             raise Denied(f"{session.identity.name} may not serve {service_name}")
+        if service_name not in self.services and len(self.services) >= self.max_services:
+            self.stats["workers.too_many_services"] += 1
+            raise MaitredError(
+                f"too many services (at most {self.max_services})", ErrorCode.QUEUE_FULL
+            )
         service = self.service(service_name)
         self._next_worker += 1
         worker = Worker(
@@ -518,6 +546,7 @@ class Router:
         if requeue:
             service.queue.extendleft(reversed(requeue))
             service.queued += len(requeue)
+            self._queued(service, sum(map(self._size, requeue)))
         if notify:
             try:
                 worker.session.sink.worker_removed(worker, reason)
@@ -540,6 +569,92 @@ class Router:
             service.queue.clear()
             if self.services.get(service.name) is service:
                 del self.services[service.name]
+
+    # -- memory -----------------------------------------------------------------------------
+
+    @property
+    def max_memory(self) -> int:
+        return self._max_memory
+
+    @max_memory.setter
+    def max_memory(self, value: int) -> None:
+        self._max_memory = value
+        #: what the hot path compares ``held`` with (no limit: never reached)
+        self._cap = value if value > 0 else 1 << 62
+        #: ``held`` at or under this ends an overload episode
+        self._calm = value * 9 // 10
+
+    def name_too_long(self, name: str) -> bool:
+        """Whether ``name`` is longer than ``max_name_length`` UTF-8 bytes."""
+        limit = self.max_name_length
+        if len(name) > limit:
+            return True
+        return len(name) * 4 > limit and not name.isascii() and len(name.encode()) > limit
+
+    def hold(self, nbytes: int) -> None:
+        """A transport queued ``nbytes`` in a buffer of its own (an outbox): count them in
+        ``held``. Every :meth:`hold` is matched by a :meth:`release` when they leave."""
+        self.held += nbytes
+        if self.held > self._cap and not self.overloaded:
+            self._overload()
+
+    def release(self, nbytes: int) -> None:
+        """Bytes counted with :meth:`hold` left the transport's buffer (sent or dropped)."""
+        self.held -= nbytes
+        if self.overloaded and self.held <= self._calm:
+            self._recovered()
+
+    def _queued(self, service: Service, nbytes: int) -> None:
+        service.queued_bytes += nbytes
+        self.held += nbytes
+        if self.held > self._cap and not self.overloaded:
+            self._overload()
+
+    def _unqueued(self, service: Service, request: Request) -> None:
+        """``request`` left ``service``'s queue (dispatched, expired, cancelled, dropped)."""
+        service.queued -= 1
+        size = request.size
+        service.queued_bytes -= size
+        self.held -= size
+        if self.overloaded and self.held <= self._calm:
+            self._recovered()
+
+    def _overload(self) -> None:
+        self.overloaded = True
+        self.stats["broker.overload_episodes"] += 1
+        log.warning(
+            "broker over its memory limit: %d bytes held, max_memory %d; new requests get 503",
+            self.held,
+            self.max_memory,
+        )
+        self._emit(
+            "$sys.broker.overload", {"held": str(self.held), "max_memory": str(self.max_memory)}
+        )
+
+    def _recovered(self) -> None:
+        self.overloaded = False
+        log.warning("broker back under its memory limit: %d bytes held", self.held)
+        self._emit(
+            "$sys.broker.recovered", {"held": str(self.held), "max_memory": str(self.max_memory)}
+        )
+
+    def _refuse_new(
+        self, session: Session, name: str, correlation: Any, now: float, error: MaitredError
+    ) -> None:
+        """Refuse a request before any service object exists for it."""
+        request = Request(
+            id=self._next_request,
+            service=name,
+            body=(),
+            caller=session,
+            correlation=correlation,
+            deadline=NO_DEADLINE,
+            accepted=now,
+            state=_DONE,
+        )
+        session.counters.requests += 1
+        self._count_error(None, request, error)
+        session.sink.deliver_error(request, error)
 
     # -- requests ---------------------------------------------------------------------------
 
@@ -570,6 +685,21 @@ class Router:
             return self._submit_mmi(session, service_name, body, correlation, now, headers)
         service = self.services.get(service_name)
         if service is None:
+            if self.name_too_long(service_name):
+                self.stats["requests.name_too_long"] += 1
+                error = MaitredError(
+                    f"service name longer than {self.max_name_length} bytes",
+                    ErrorCode.BAD_REQUEST,
+                )
+                self._refuse_new(session, service_name[:64], correlation, now, error)
+                return None
+            if len(self.services) >= self.max_services:
+                self.stats["requests.too_many_services"] += 1
+                error = MaitredError(
+                    f"too many services (at most {self.max_services})", ErrorCode.QUEUE_FULL
+                )
+                self._refuse_new(session, service_name, correlation, now, error)
+                return None
             service = self.services[service_name] = Service(
                 service_name, self._policy_for(service_name)
             )
@@ -610,6 +740,9 @@ class Router:
                 service, request, MaitredError("broker is shutting down", ErrorCode.SHUTTING_DOWN)
             )
             return None
+        if self.overloaded:
+            self._overloaded(service, request)
+            return None
         journal = self.journal if policy.on_no_worker == "store" else None
         free = service.free
         if free and not service.queued:
@@ -627,36 +760,93 @@ class Router:
                 service, request, MaitredError(f"no worker for {service_name}", ErrorCode.NO_WORKER)
             )
             return None
-        if service.queued >= policy.max_queue:
-            if policy.overflow == "reject" or policy.max_queue == 0:
-                self.stats["requests.queue_full"] += 1
-                self._refuse(service, request, MaitredError("queue is full", ErrorCode.QUEUE_FULL))
+        # only a request that waits is held: its bytes are counted from here on
+        size = request.size = len(service_name) + (
+            len(body[0]) if len(body) == 1 else sum(map(len, body))
+        )
+        if self.held + size > self._cap:
+            self._overloaded(service, request)
+            return None
+        if (
+            service.queued >= policy.max_queue
+            or service.queued_bytes + size > policy.max_queue_bytes
+        ):
+            if (
+                policy.overflow == "reject"
+                or policy.max_queue == 0
+                or size > policy.max_queue_bytes
+            ):
+                self._queue_full(service, request)
                 return None
-            oldest = self._pop_queued(service)
-            if oldest is not None:
+            while service.queued >= policy.max_queue or (
+                service.queued_bytes + size > policy.max_queue_bytes
+            ):
+                oldest = self._pop_queued(service)
+                if oldest is None:
+                    break
                 self.stats["requests.dropped_oldest"] += 1
                 self._fail(oldest, MaitredError("dropped: queue full", ErrorCode.QUEUE_FULL))
         if request.deadline != NO_DEADLINE:
             self._arm(request)
         service.queue.append(request)
         service.queued += 1
+        service.queued_bytes += size
+        self.held += size
+        if self.held > self._cap and not self.overloaded:
+            self._overload()
         self._dispatch(service, now)
         return request
+
+    def _overloaded(self, service: Service, request: Request) -> None:
+        """Refuse ``request`` with 503: the broker holds ``max_memory`` bytes (or would)."""
+        self.stats["requests.overload"] += 1
+        if not self.overloaded:
+            self._overload()
+        reason = f"broker overloaded: {self.held} bytes held (max_memory {self.max_memory})"
+        self._refuse(service, request, MaitredError(reason, ErrorCode.NO_WORKER))
+
+    @staticmethod
+    def _size(request: Request) -> int:
+        """The bytes ``request`` holds while it waits (computed once)."""
+        size = request.size
+        if not size:
+            size = request.size = len(request.service) + sum(map(len, request.body))
+        return size
+
+    def _queue_full(self, service: Service, request: Request) -> None:
+        self.stats["requests.queue_full"] += 1
+        policy = service.policy
+        if service.queued >= policy.max_queue:
+            reason = f"queue is full ({service.queued} requests, max_queue {policy.max_queue})"
+        else:
+            reason = (
+                f"queue is full ({service.queued_bytes} + {request.size} bytes > "
+                f"max_queue_bytes {policy.max_queue_bytes})"
+            )
+        self._refuse(service, request, MaitredError(reason, ErrorCode.QUEUE_FULL))
 
     def _store(
         self, service: Service, request: Request, journal: Journal, now: float
     ) -> Request | None:
         """Queue a request of a ``store`` service: kept in the journal until a worker answers
         it; never dropped for room (a full queue refuses the new request instead)."""
-        if service.queued >= service.policy.max_queue:
-            self.stats["requests.queue_full"] += 1
-            self._refuse(service, request, MaitredError("queue is full", ErrorCode.QUEUE_FULL))
+        policy = service.policy
+        size = self._size(request)
+        if self.held + size > self._cap:
+            self._overloaded(service, request)
+            return None
+        if (
+            service.queued >= policy.max_queue
+            or service.queued_bytes + size > policy.max_queue_bytes
+        ):
+            self._queue_full(service, request)
             return None
         journal.append(request)
         if request.deadline != NO_DEADLINE:
             self._arm(request)
         service.queue.append(request)
         service.queued += 1
+        self._queued(service, request.size)
         self._dispatch(service, now)
         return request
 
@@ -684,10 +874,12 @@ class Router:
             headers=headers,
             deliveries=deliveries,
             stored=stored,
+            size=len(service_name) + sum(map(len, body)),
         )
         service.requests += 1
         service.queue.append(request)
         service.queued += 1
+        self._queued(service, request.size)
         self._dispatch(service, now)
         return request
 
@@ -752,7 +944,7 @@ class Router:
         while queue:
             request = queue.popleft()
             if request.state is _QUEUED:
-                service.queued -= 1
+                self._unqueued(service, request)
                 return request
         return None
 
@@ -763,7 +955,7 @@ class Router:
             request = queue.popleft()
             if request.state is not _QUEUED:
                 continue
-            service.queued -= 1
+            self._unqueued(service, request)
             if request.caller.closed:
                 if request.stored < 0:
                     request.state = _CANCELLED
@@ -917,10 +1109,15 @@ class Router:
     def can_accept(self, service_name: str) -> bool:
         """Whether a request to ``service_name`` would be taken now (a free worker, or room in
         its queue) rather than refused as QUEUE_FULL."""
+        if self.overloaded:
+            return False
         service = self.services.get(service_name)
         if service is None:
-            return True
-        return bool(service.free) or service.queued < service.policy.max_queue
+            return len(self.services) < self.max_services
+        policy = service.policy
+        return bool(service.free) or (
+            service.queued < policy.max_queue and service.queued_bytes < policy.max_queue_bytes
+        )
 
     def cancel(self, request: Request, now: float) -> None:
         """The caller gave up on ``request``: nothing more is delivered for it. A worker serving
@@ -933,7 +1130,7 @@ class Router:
             request.state = _CANCELLED
             service = self.services.get(request.service)
             if service is not None:
-                service.queued -= 1
+                self._unqueued(service, request)
                 self._maybe_forget(service)
         elif request.state is _DISPATCHED:
             request.state = _CANCELLED
@@ -1067,7 +1264,7 @@ class Router:
         if request.state is _QUEUED:
             request.state = _EXPIRED
             if service is not None:
-                service.queued -= 1
+                self._unqueued(service, request)
                 service.timeouts += 1
             self.stats["requests.expired_queued"] += 1
             self._unhandled(request, "deadline passed while waiting for a worker")
@@ -1105,7 +1302,8 @@ class Router:
     def subscribe(self, session: Session, pattern: str, *, check: bool = True) -> bool:
         """Subscribe ``session`` to ``pattern``; False when it was already subscribed.
         Raises ``Denied``, a ``BAD_REQUEST`` error for an invalid pattern, or ``QUEUE_FULL``
-        past ``max_subscriptions``.
+        past ``max_subscriptions`` (or ``max_subscriptions_total``, which a ``check=False``
+        subscription may pass: one per connection).
 
         A pattern is allowed only if every topic it can match is allowed (see
         :func:`~maitred.core.access.decide_pattern`): ``chat.>`` needs more than an allow on
@@ -1117,6 +1315,10 @@ class Router:
         problem = validate_pattern(pattern)
         if problem:
             raise MaitredError(problem, ErrorCode.BAD_REQUEST)
+        if self.name_too_long(pattern):
+            raise MaitredError(
+                f"pattern longer than {self.max_name_length} bytes", ErrorCode.BAD_REQUEST
+            )
         if check and not self.allowed(session, Action.SUBSCRIBE, pattern):
             raise Denied(refusal(session.identity, Action.SUBSCRIBE, pattern))
         if pattern in session.patterns:
@@ -1125,6 +1327,12 @@ class Router:
             self.stats["subscriptions.refused"] += 1
             raise MaitredError(
                 f"too many subscriptions (at most {self.max_subscriptions} per session)",
+                ErrorCode.QUEUE_FULL,
+            )
+        if check and self.topics.size >= self.max_subscriptions_total:
+            self.stats["subscriptions.refused"] += 1
+            raise MaitredError(
+                f"too many subscriptions (at most {self.max_subscriptions_total} in all)",
                 ErrorCode.QUEUE_FULL,
             )
         session.patterns.add(pattern)
@@ -1280,6 +1488,8 @@ class Router:
             "services": len(self.services),
             "sessions": len(self.sessions),
             "workers": sum(len(s.workers) for s in self.services.values()),
+            "held_bytes": self.held,
+            "overloaded": self.overloaded,
             "stats": dict(self.stats),
             # per transport name (mmi.info's "transports" lists the endpoints)
             "traffic": {name: t.as_dict() for name, t in sorted(self.transports.items())},

@@ -127,6 +127,7 @@ class Harness:
         resolution: float = 0.05,
         start: float = START,
         clock: FakeClock | None = None,
+        **router_kw: Any,
     ) -> None:
         self.clock = clock or FakeClock(start)
         self.default_policy = policy or ServicePolicy()
@@ -141,6 +142,7 @@ class Harness:
             on_event=lambda topic, payload: self.events.append((topic, payload)),
             mmi=mmi,
             resolution=resolution,
+            **router_kw,
         )
 
     def _policy_for(self, name: str) -> ServicePolicy:

@@ -30,6 +30,7 @@ from maitred.core.durable import StoreJournal
 from maitred.core.errors import ErrorCode, MaitredError
 from maitred.core.logs import RejectionLog
 from maitred.core.routing.model import Body, Headers, ReplyKind, Request, Worker
+from maitred.core.routing.router import Router
 from maitred.core.store import MemoryStore, SQLiteStore, Store, StoreLocked, default_store_path
 from maitred.core.transport import BrokerPort
 from maitred.transports.http import codec
@@ -104,6 +105,10 @@ class HttpConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     store_sync: Literal["normal", "full"] = "normal"
     #: events buffered per SSE subscriber before it is cut off as too slow
     sse_buffer: int = 1000
+    #: bytes buffered per SSE stream (a topic subscription, or a call's partial replies)
+    #: before it is cut off as too slow: the stream ends with an ``error`` event (429) and a
+    #: call is cancelled. The bytes count toward ``[broker] max_memory``
+    sse_buffer_bytes: int = 4 << 20
     #: serve the live dashboard at ``/admin/`` ([the dashboard](../howto/dashboard.md)), only
     #: when ``identity`` may call ``mmi.services`` (else 403); what the page shows is what its
     #: WebSocket key may see. ``false``: not served (with ``switch``, the switch's own ``/admin``
@@ -165,6 +170,8 @@ class HttpConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
             out.append("max_connections must be >= 0")
         if self.metrics_max_services < 0:
             out.append("metrics_max_services must be >= 0")
+        if self.sse_buffer_bytes < 1024:
+            out.append("sse_buffer_bytes must be >= 1024")
         return out
 
     def shutdown_secret(self) -> bytes | None:
@@ -201,12 +208,43 @@ class HttpConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
         return secret
 
 
+class _Stream:
+    """The replies of one SSE call waiting for its handler to write them: ``(kind, value,
+    bytes)`` items, bounded in bytes. Partials past the bound end the stream: what is queued is
+    dropped, an error (429) takes its place and the request is cancelled."""
+
+    __slots__ = ("bytes", "items", "limit", "overflow", "router")
+
+    def __init__(self, router: Router, limit: int) -> None:
+        self.items: asyncio.Queue[tuple[Any, Any, int]] = asyncio.Queue()
+        self.router = router
+        self.limit = limit
+        self.bytes = 0
+        self.overflow = False
+
+    def put(self, kind: Any, value: Any, size: int) -> None:
+        self.items.put_nowait((kind, value, size))
+        self.bytes += size
+        self.router.hold(size)
+
+    def taken(self, size: int) -> None:
+        self.bytes -= size
+        self.router.release(size)
+
+    def drop_all(self) -> None:
+        while not self.items.empty():
+            self.items.get_nowait()
+        if self.bytes:
+            self.router.release(self.bytes)
+            self.bytes = 0
+
+
 class _Call:
     """One REST call in flight: its correlation in the router."""
 
     __slots__ = ("fut", "queue")
 
-    def __init__(self, fut: asyncio.Future[Any] | None, queue: asyncio.Queue[Any] | None):
+    def __init__(self, fut: asyncio.Future[Any] | None, queue: _Stream | None):
         self.fut = fut
         self.queue = queue
 
@@ -214,20 +252,39 @@ class _Call:
 class _RestSink:
     """The sink of the quiet session all REST callers share."""
 
+    def __init__(self, router: Router, clock: Callable[[], float]) -> None:
+        self.router = router
+        self.clock = clock
+        self.stats = router.stats
+
     def deliver_request(self, worker: Worker, request: Request) -> None:
         return None
 
     def deliver_reply(self, request: Request, kind: ReplyKind, body: Body) -> None:
         call: _Call = request.correlation
-        if call.queue is not None:
-            call.queue.put_nowait((kind, list(body)))
+        stream = call.queue
+        if stream is not None:
+            if stream.overflow:
+                return
+            size = sum(map(len, body))
+            if kind is not _FINAL and stream.bytes + size > stream.limit:
+                # the caller does not read its partials: end the stream, keep nothing
+                stream.overflow = True
+                self.stats["http.sse_overflow"] += 1
+                stream.drop_all()
+                error = MaitredError("caller too slow: stream buffer full", ErrorCode.QUEUE_FULL)
+                stream.put("error", error, 0)
+                self.router.cancel(request, self.clock())
+                return
+            stream.put(kind, list(body), size)
         elif kind is _FINAL and call.fut is not None and not call.fut.done():
             call.fut.set_result((True, list(body)))
 
     def deliver_error(self, request: Request, error: MaitredError) -> None:
         call: _Call = request.correlation
         if call.queue is not None:
-            call.queue.put_nowait(("error", error))
+            if not call.queue.overflow:
+                call.queue.put("error", error, 0)
         elif call.fut is not None and not call.fut.done():
             call.fut.set_result((False, error))
 
@@ -239,13 +296,28 @@ class _RestSink:
 
 
 class _TopicSink:
-    """One SSE subscriber: events into a bounded queue; overflow ends the stream."""
+    """One SSE subscriber: events into a queue bounded in events and bytes; overflow ends the
+    stream."""
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, router: Router, limit_bytes: int) -> None:
         self.queue: asyncio.Queue[tuple[str, list[bytes], dict[str, str]] | None] = asyncio.Queue(
             size
         )
         self.overflow = False
+        self.router = router
+        self.limit_bytes = limit_bytes
+        #: body bytes queued (counted in the router's ``held``)
+        self.bytes = 0
+
+    def taken(self, frames: list[bytes]) -> None:
+        size = sum(map(len, frames))
+        self.bytes -= size
+        self.router.release(size)
+
+    def release_all(self) -> None:
+        if self.bytes:
+            self.router.release(self.bytes)
+            self.bytes = 0
 
     def deliver_request(self, worker: Worker, request: Request) -> None:
         return None
@@ -263,15 +335,24 @@ class _TopicSink:
                 self.queue.put_nowait(None)
                 return
             except asyncio.QueueFull:
-                self.queue.get_nowait()
+                item = self.queue.get_nowait()
+                if item is not None:
+                    self.taken(item[1])
 
     def deliver_event(self, topic: str, body: Body, headers: Headers) -> None:
         if self.overflow:
+            return
+        size = sum(map(len, body))
+        if self.bytes + size > self.limit_bytes:
+            self.overflow = True
             return
         try:
             self.queue.put_nowait((topic, list(body), dict(headers)))
         except asyncio.QueueFull:
             self.overflow = True
+            return
+        self.bytes += size
+        self.router.hold(size)
 
     def worker_removed(self, worker: Worker, reason: str) -> None:
         return None
@@ -419,7 +500,12 @@ class HttpTransport:
         cfg = self.config
         now = self.port.clock()
         self._rest = self.router.open_session(
-            "http", _RestSink(), self.identity, now, label="http:rest", quiet=True
+            "http",
+            _RestSink(self.router, self.port.clock),
+            self.identity,
+            now,
+            label="http:rest",
+            quiet=True,
         )
         if cfg.switch:
             secret = cfg.shutdown_secret()
@@ -778,25 +864,28 @@ class HttpTransport:
     async def _call_stream(
         self, request: web.Request, name: str, frames: list[bytes], timeout: float | None
     ) -> web.StreamResponse:
-        queue: asyncio.Queue[Any] = asyncio.Queue()
-        call = _Call(None, queue)
+        stream = _Stream(self.router, self.config.sse_buffer_bytes)
+        queue = stream.items
+        call = _Call(None, stream)
         self.stats["http.calls"] += 1
         submitted = self.router.submit(
             self._rest, name, frames, call, self.port.clock(), timeout=timeout
         )
         if submitted is None and not queue.empty():
             # refused at once: a plain error response (the status says what went wrong)
-            kind, value = queue.get_nowait()
+            kind, value, size = queue.get_nowait()
             if kind == "error":
+                stream.drop_all()
                 return _error(value.code, value.reason)
-            queue.put_nowait((kind, value))
+            queue.put_nowait((kind, value, size))
         response = web.StreamResponse(
             headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
         )
         try:
             await response.prepare(request)
             while True:
-                kind, value = await queue.get()
+                kind, value, size = await queue.get()
+                stream.taken(size)
                 if kind == "error":
                     err: MaitredError = value
                     await response.write(
@@ -811,6 +900,8 @@ class HttpTransport:
             if submitted is not None:
                 self.router.cancel(submitted, self.port.clock())
             raise
+        finally:
+            stream.drop_all()
         await response.write_eof()
         return response
 
@@ -906,7 +997,7 @@ class HttpTransport:
 
     async def _subscribe(self, request: web.Request) -> web.StreamResponse:
         pattern = request.match_info["pattern"]
-        sink = _TopicSink(self.config.sse_buffer)
+        sink = _TopicSink(self.config.sse_buffer, self.router, self.config.sse_buffer_bytes)
         self._topic_sinks.add(sink)
         now = self.port.clock()
         session = self.router.open_session(
@@ -928,6 +1019,7 @@ class HttpTransport:
                 if item is None:
                     break
                 topic, frames, headers = item
+                sink.taken(frames)
                 await response.write(
                     codec.sse_event("message", codec.topic_event_data(topic, frames, headers), seq)
                 )
@@ -945,6 +1037,7 @@ class HttpTransport:
         finally:
             self._topic_sinks.discard(sink)
             self.router.close_session(session, self.port.clock(), "stream closed")
+            sink.release_all()
 
     async def _metrics(self, request: web.Request) -> web.Response:
         refused = self._observe(METRICS)

@@ -14,6 +14,7 @@ on a valid READY and closed on DISCONNECT, expiry or a protocol violation.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import math
 import os
@@ -66,6 +67,18 @@ _CLIENT_HEADS: dict[int, tuple[tuple[bytes, ...] | None, tuple[bytes, ...] | Non
 }
 _WITH_SERVICE = frozenset(d for d in _CLIENT_DIALECTS if codec.client_reply_has_service(d))
 _POLLIN = int(zmq.POLLIN)
+_NOBLOCK_MORE = _NOBLOCK | _SNDMORE
+#: distinct service names kept decoded (least recently used out); each is at most
+#: ``[broker] max_name_length`` bytes, so the cache holds a few MiB at most
+NAME_CACHE = 4096
+
+
+@functools.lru_cache(maxsize=NAME_CACHE)
+def _decode_name(raw: bytes) -> str | None:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
 
 
 class MdpConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -85,9 +98,12 @@ class MdpConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     max_frames: int = 64
     #: messages handled per wake-up before yielding to other work
     batch: int = 512
-    #: ZeroMQ high-water marks (messages queued per peer)
-    sndhwm: int = 100_000
-    rcvhwm: int = 100_000
+    #: ZeroMQ high-water marks: messages queued per peer (libzmq counts messages, not bytes:
+    #: what one peer can hold is about ``sndhwm`` times its largest message). A message for a
+    #: peer at its mark is dropped and counted (``mdp.peer_full``); a client that never reads
+    #: loses replies instead of growing the broker
+    sndhwm: int = 1000
+    rcvhwm: int = 1000
     #: answer a failed request (no worker, timeout, worker died, denied) with a FINAL whose body
     #: is ``[b"<code>", b"<reason>"]`` (like MMI's status frames); false: drop it (the client
     #: times out, as MDP clients are used to)
@@ -212,7 +228,6 @@ class MdpTransport:
         self.heartbeat_interval = config.heartbeat_interval or live.heartbeat_interval
         self.idle_timeout = self.heartbeat_interval * (config.liveness or live.liveness)
         self._workers: dict[bytes, _MdpWorker] = {}
-        self._names: dict[bytes, str] = {}
         self._clients: Session | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._fd: int | None = None
@@ -241,6 +256,9 @@ class MdpTransport:
         sock.setsockopt(zmq.LINGER, self.config.linger_ms)
         sock.setsockopt(zmq.SNDHWM, self.config.sndhwm)
         sock.setsockopt(zmq.RCVHWM, self.config.rcvhwm)
+        # a send to a peer at its high-water mark (or gone) fails with EAGAIN (EHOSTUNREACH)
+        # instead of vanishing: sends are non-blocking, so it is counted and dropped
+        sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
         # a single frame larger than the whole body limit (plus headroom) drops the connection in
         # libzmq before Python sees it; smaller oversized messages are refused per message below
         sock.setsockopt(zmq.MAXMSGSIZE, self.config.max_message_size + 4096)
@@ -368,7 +386,7 @@ class MdpTransport:
             try:
                 last = len(frames) - 1
                 for i, frame in enumerate(frames):
-                    _send_frame(sock, frame, _SNDMORE if i < last else 0)
+                    _send_frame(sock, frame, _NOBLOCK_MORE if i < last else _NOBLOCK)
             except zmq.ZMQError as exc:
                 self._send_failed(frames[0], exc)
         if not self._draining:
@@ -429,50 +447,68 @@ class MdpTransport:
                 log.debug("worker %s of %s disconnected", w.worker.label, w.worker.service.name)
                 self.router.close_session(w.session, now, "disconnect")
 
-    def _service_name(self, raw: bytes) -> str | None:
-        name = self._names.get(raw)
-        if name is None:
-            try:
-                name = raw.decode("utf-8")
-            except UnicodeDecodeError:
-                return None
-            if len(self._names) < 65536:
-                self._names[raw] = name
-        return name
-
     def _on_request(
         self, rid: bytes, dialect: int, service_raw: bytes, body: list[bytes], now: float
     ) -> None:
-        service = self._service_name(service_raw)
+        clients = self._clients
+        assert clients is not None
+        if len(service_raw) > self.router.max_name_length:
+            # refused before it is decoded or cached: a flood of long distinct names holds
+            # nothing once each has been answered
+            self._reject(rid, "service name too long")
+            self._refuse(
+                rid,
+                dialect,
+                service_raw,
+                now,
+                MaitredError(
+                    f"service name longer than {self.router.max_name_length} bytes",
+                    ErrorCode.BAD_REQUEST,
+                ),
+            )
+            return
+        service = _decode_name(service_raw)
         if not service:
             self._reject(rid, "empty service name" if service == "" else "service name not UTF-8")
             return
-        clients = self._clients
-        assert clients is not None
         if len(body) > self.config.max_frames or sum(map(len, body)) > self.config.max_message_size:
             self._reject(rid, "oversized request")
-            request = Request(
-                id=0,
-                service=service,
-                body=(),
-                caller=clients,
-                correlation=(rid, dialect, service_raw),
-                deadline=0.0,
-                accepted=now,
-            )
-            self.deliver_error(
-                request,
+            self._refuse(
+                rid,
+                dialect,
+                service_raw,
+                now,
                 MaitredError("the request is larger than the broker accepts", ErrorCode.TOO_LARGE),
             )
             return
         self.router.submit(clients, service, body, (rid, dialect, service_raw), now)
+
+    def _refuse(
+        self, rid: bytes, dialect: int, service_raw: bytes, now: float, error: MaitredError
+    ) -> None:
+        """Answer a client's request the router never saw with an error reply."""
+        clients = self._clients
+        assert clients is not None
+        request = Request(
+            id=0,
+            service="",
+            body=(),
+            caller=clients,
+            correlation=(rid, dialect, service_raw),
+            deadline=0.0,
+            accepted=now,
+        )
+        self.deliver_error(request, error)
 
     def _on_ready(self, rid: bytes, dialect: int, service_raw: bytes, now: float) -> None:
         old = self._workers.get(rid)
         if old is not None:
             self._violation(rid, dialect, "second READY")
             return
-        service = self._service_name(service_raw)
+        if len(service_raw) > self.router.max_name_length:
+            self._violation(rid, dialect, "READY with a service name too long")
+            return
+        service = _decode_name(service_raw)
         if service is None:
             self._violation(rid, dialect, "READY with a service name that is not UTF-8")
             return
@@ -531,11 +567,11 @@ class MdpTransport:
         if self._outq:
             self._flush_out()  # keep the order of everything sent
         try:
-            # a ROUTER send never blocks: at the peer's high-water mark libzmq drops the message
-            _send_frame(sock, rid, _SNDMORE)
+            # never blocks: at the peer's high-water mark (ROUTER_MANDATORY) it raises EAGAIN
+            _send_frame(sock, rid, _NOBLOCK_MORE)
             last = len(frames) - 1
             for i, frame in enumerate(frames):
-                _send_frame(sock, frame, _SNDMORE if i < last else 0)
+                _send_frame(sock, frame, _NOBLOCK_MORE if i < last else _NOBLOCK)
         except zmq.ZMQError as exc:
             self._send_failed(rid, exc)
         if not self._draining:
@@ -570,7 +606,11 @@ class MdpTransport:
             self._defer([rid, *head, *body])
 
     def _send_failed(self, rid: bytes, exc: zmq.ZMQError) -> None:
-        self.stats["mdp.send_failed"] += 1
+        if exc.errno == zmq.EAGAIN:
+            # the peer is at its high-water mark: it does not read what it is sent
+            self.stats["mdp.peer_full"] += 1
+        else:
+            self.stats["mdp.send_failed"] += 1
         log.debug("mdp: send to %s failed: %s", rid.hex(), exc)
 
     def deliver_error(self, request: Request, error: MaitredError) -> None:

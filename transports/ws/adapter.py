@@ -5,12 +5,13 @@ A connection that negotiates the subprotocol ``maitred.json`` speaks the JSON di
 (:mod:`.json_dialect`); any other connection speaks middleman (:mod:`.middleman`). Each
 connection is one router session and its own :class:`~maitred.core.routing.model.SessionSink`.
 
-Sinks never block: every outgoing frame goes into the connection's bounded outbox, and one
-writer task per connection sends them in order. When the outbox is full, the slow-consumer
-policy applies: ``drop`` drops event deliveries (counted; replies, requests and errors are
-always queued, up to twice the limit, beyond which the connection is closed) or ``close``
-closes the connection at once (code 1008, "slow consumer"). Inbound frames are handled one at a
-time, in order, by the connection's reader.
+Sinks never block: every outgoing frame goes into the connection's outbox, bounded in frames
+(``outbox``) and in bytes (``outbox_bytes``), and one writer task per connection sends them in
+order. When the outbox is full, the slow-consumer policy applies: ``drop`` drops event
+deliveries (counted; replies, requests and errors are still queued, up to twice the limits,
+beyond which the connection is closed) or ``close`` closes the connection at once (code 1008,
+"slow consumer"). The bytes queued count toward the router's ``held`` (``[broker]
+max_memory``). Inbound frames are handled one at a time, in order, by the connection's reader.
 """
 
 from __future__ import annotations
@@ -45,9 +46,10 @@ log = logging.getLogger("maitred.transports.ws")
 
 #: the writer frames up to this many queued messages per socket write …
 BATCH_MESSAGES = 256
-#: … while the socket's write buffer holds less than this (bytes); beyond it, messages go out
-#: one by one with websockets' flow control (so a slow reader fills the outbox, and the
-#: slow-consumer policy applies)
+#: … and about this many bytes (a batch stops at the first message that reaches it), while the
+#: socket's write buffer holds less than this; beyond it, messages go out one by one with
+#: websockets' flow control (so a slow reader fills the outbox, and the slow-consumer policy
+#: applies). What sits in the socket's buffer is so bounded by about twice this plus one message
 BATCH_BUFFER = 256 * 1024
 
 JSON_SUBPROTOCOL = Subprotocol("maitred.json")
@@ -97,6 +99,11 @@ class WsConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     max_frame_size: int = 1 << 20
     #: frames queued per connection before the slow-consumer policy applies
     outbox: int = 10_000
+    #: bytes (characters of text frames) queued per connection before the slow-consumer policy
+    #: applies; they count toward ``[broker] max_memory``
+    outbox_bytes: int = 4 << 20
+    #: what a full outbox does: ``drop`` drops events (replies and requests still queue, up to
+    #: twice the limits, then the connection is closed); ``close`` closes it at once (1008)
     slow_consumer: Literal["drop", "close"] = "drop"
     #: seconds between pings / to wait for a pong (0: no pings)
     ping_interval: float = 20.0
@@ -149,6 +156,8 @@ class WsConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
             out.append("max_frame_size must be >= 64")
         if self.outbox < 1:
             out.append("outbox must be >= 1")
+        if self.outbox_bytes < 1024:
+            out.append("outbox_bytes must be >= 1024")
         for name in ("ping_interval", "ping_timeout", "request_timeout"):
             if not (0 <= getattr(self, name) < math.inf):
                 out.append(f"{name} must be a finite number >= 0")
@@ -201,8 +210,11 @@ class Conn(ABC):
         self.identity: Identity | None = None
         self.restricted = True
         self._outbox: deque[str] = deque()
+        #: characters queued in ``_outbox`` (counted in the router's ``held``)
+        self._bytes = 0
         self._wake = asyncio.Event()
         self._limit = transport.config.outbox
+        self._limit_bytes = transport.config.outbox_bytes
         self._drop = transport.config.slow_consumer == "drop"
         self.closing = False
         self._close: tuple[int, str] | None = None
@@ -214,23 +226,44 @@ class Conn(ABC):
         if self.closing:
             return
         outbox = self._outbox
-        if len(outbox) >= self._limit:
+        size = len(frame)
+        if len(outbox) >= self._limit or self._bytes + size > self._limit_bytes:
             if self._drop and event:
                 self.stats["ws.events_dropped"] += 1
                 return
-            if not self._drop or len(outbox) >= 2 * self._limit:
+            if (
+                not self._drop
+                or len(outbox) >= 2 * self._limit
+                or self._bytes + size > 2 * self._limit_bytes
+            ):
                 self.stats["ws.slow_consumer_closed"] += 1
                 self.close(CLOSE_POLICY, "slow consumer: outbox full", flush=False)
                 return
         outbox.append(frame)
+        self._bytes += size
+        self.router.hold(size)
         self._wake.set()
+
+    def _popleft(self) -> str:
+        frame = self._outbox.popleft()
+        size = len(frame)
+        self._bytes -= size
+        self.router.release(size)
+        return frame
+
+    def _discard(self) -> None:
+        """Forget what is queued (the connection is closing without a flush, or gone)."""
+        self._outbox.clear()
+        if self._bytes:
+            self.router.release(self._bytes)
+            self._bytes = 0
 
     def close(self, code: int, reason: str, flush: bool = True) -> None:
         """Close after sending what is queued (``flush``) or at once. Never blocks."""
         if self._close is None:
             self._close = (code, reason)
         if not flush:
-            self._outbox.clear()
+            self._discard()
         self.closing = True
         self._wake.set()
 
@@ -243,7 +276,7 @@ class Conn(ABC):
                     if len(outbox) > 1 and self._write_batch():
                         await asyncio.sleep(0)  # let the readers and the router run
                     else:
-                        await ws.send(outbox.popleft())  # with websockets' flow control
+                        await ws.send(self._popleft())  # with websockets' flow control
                 if self.closing:
                     break
                 self._wake.clear()
@@ -264,8 +297,13 @@ class Conn(ABC):
         if proto.state is not State.OPEN or transport.get_write_buffer_size() > BATCH_BUFFER:
             return False
         outbox = self._outbox
+        size = 0
         for _ in range(min(len(outbox), BATCH_MESSAGES)):
-            proto.send_text(outbox.popleft().encode())
+            frame = self._popleft()
+            proto.send_text(frame.encode())
+            size += len(frame)
+            if size >= BATCH_BUFFER:
+                break
         chunks = proto.data_to_send()
         data = b"".join(chunks)
         if data:
@@ -412,6 +450,7 @@ class Conn(ABC):
                 await asyncio.wait_for(writer, self.transport.config.close_timeout + 1)
             except (TimeoutError, ConnectionClosed):
                 writer.cancel()
+            self._discard()  # what the peer will never read
 
 
 class WsTransport:
