@@ -57,6 +57,7 @@ def main() -> None:
         http_toml(["127.0.0.1:0"], "switch = false\n")
         + '[transports.ws]\nlisten = "127.0.0.1:0"\nmax_frame_size = 4194304\n'
         + "[services.default]\nrequest_timeout = 600.0\n"
+        + f"[broker]\nmax_services = {args.services + 100}\n"
         + '[transports.mdp]\nendpoints = ["tcp://127.0.0.1:0"]\n'
     )
     ctx: zmq.Context[Any] = zmq.Context()

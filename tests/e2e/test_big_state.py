@@ -37,6 +37,8 @@ def test_a_big_state_answers_metrics_and_mmi_in_bounded_size(
     broker = make_broker(
         http_toml(["127.0.0.1:0"], "switch = false\n")
         + "[services.default]\nrequest_timeout = 600.0\nmax_queue = 10\n"
+        # past the default max_services (10,000): this test is about a big state
+        + "[broker]\nmax_services = 30000\n"
     )
     client = RawClient(ctx, broker.endpoint, "0.1-dealer")
     busy = RawClient(ctx, broker.endpoint, "0.1-dealer")
