@@ -3,9 +3,19 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import settings
+
+# Property tests are random: a new seed every run (hypothesis prints the seed and a reproduction
+# blob of a failure; ``pytest --hypothesis-seed=N`` replays a run). "dev" keeps failing examples
+# in .hypothesis/ and tries them first next time; "ci" (selected when $CI is set, or with
+# ``--hypothesis-profile ci``) keeps nothing and runs a few more examples.
+settings.register_profile("dev", max_examples=100, print_blob=True)
+settings.register_profile("ci", max_examples=200, print_blob=True, database=None)
+settings.load_profile("ci" if os.environ.get("CI") else "dev")
 
 
 @pytest.fixture(scope="session", autouse=True)
