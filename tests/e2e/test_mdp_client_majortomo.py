@@ -268,6 +268,13 @@ def test_worker_survives_a_broker_restart(zctx: zmq.Context[Any]) -> None:
     # the first broker has a context of its own: terminating it waits until its listening
     # socket is really closed (zmq closes sockets in the background), so the port is free
     first_ctx: zmq.Context[Any] = zmq.Context()
+    try:
+        _restart_under_a_worker(first_ctx, zctx)
+    finally:
+        first_ctx.destroy(linger=0)  # (terminated already unless the test failed)
+
+
+def _restart_under_a_worker(first_ctx: zmq.Context[Any], zctx: zmq.Context[Any]) -> None:
     first = MajortomoBroker(first_ctx).start()
     worker = Worker(
         first.endpoint,
