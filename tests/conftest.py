@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
+import re
+import threading
 from collections.abc import Iterator
 
 import pytest
@@ -39,4 +41,66 @@ def _restore_root_logging() -> Iterator[None]:
     for handler in list(root.handlers):
         if type(handler) is logging.StreamHandler and handler not in handlers:
             root.removeHandler(handler)
+    for handler in handlers:  # setup_logging() removes every handler it finds
+        if handler not in root.handlers:
+            root.addHandler(handler)
     root.setLevel(level)
+
+
+class _ErrorRecords(logging.Handler):
+    """Collects records at ERROR and above logged anywhere in the process (any thread)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.records: list[logging.LogRecord] = []
+        self._guard = threading.Lock()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        with self._guard:
+            self.records.append(record)
+
+    def take(self) -> list[logging.LogRecord]:
+        with self._guard:
+            taken, self.records = self.records, []
+        return taken
+
+
+_ERRORS = _ErrorRecords()
+logging.getLogger().addHandler(_ERRORS)
+
+
+def _describe(record: logging.LogRecord) -> str:
+    text = f"{record.levelname} {record.name}: {record.getMessage()}"
+    if record.exc_info and record.exc_info[1] is not None:
+        exc = record.exc_info[1]
+        text += f" [{type(exc).__name__}: {exc}]"
+    return text
+
+
+@pytest.fixture(autouse=True)
+def _no_unexpected_error_logs(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Fail a test during which a record at ERROR or above was logged in this process: a
+    traceback a transport or the router logged and then swallowed, an asyncio task whose
+    exception nobody retrieved, a callback that raised in an event loop (asyncio's default
+    exception handler logs each of these at ERROR). A test that provokes errors on purpose
+    says which with ``@pytest.mark.allow_error_logs("regex", ...)`` (no pattern: any)."""
+    root = logging.getLogger()
+    if _ERRORS not in root.handlers:
+        root.addHandler(_ERRORS)
+    _ERRORS.take()  # what came before the test (e.g. a module fixture) is not its fault
+    yield
+    records = _ERRORS.take()
+    marker = request.node.get_closest_marker("allow_error_logs")
+    if marker is not None:
+        patterns = [re.compile(p) for p in marker.args]
+        records = [
+            r
+            for r in records
+            if patterns and not any(p.search(_describe(r)) for p in patterns)
+        ]
+    if records:
+        pytest.fail(
+            "unexpected ERROR records (mark the test allow_error_logs if they are expected):\n"
+            + "\n".join(_describe(r) for r in records),
+            pytrace=False,
+        )
