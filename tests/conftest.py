@@ -47,6 +47,23 @@ def _restore_root_logging() -> Iterator[None]:
     root.setLevel(level)
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("maitred")
+    group.addoption(
+        "--chaos-seconds",
+        type=float,
+        default=None,
+        help="how long the chaos harness (tests/chaos) strikes; default $MAITRED_CHAOS_SECONDS, "
+        "else 20 (300 with --chaos-long)",
+    )
+    group.addoption(
+        "--chaos-long", action="store_true", help="a long chaos run (300 s unless told)"
+    )
+    group.addoption(
+        "--chaos-seed", type=int, default=None, help="replay a chaos run (its report prints it)"
+    )
+
+
 class _ErrorRecords(logging.Handler):
     """Collects records at ERROR and above logged anywhere in the process (any thread)."""
 

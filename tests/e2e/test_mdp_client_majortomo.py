@@ -166,6 +166,7 @@ def test_partial_replies(mt: MajortomoBroker, zctx: zmq.Context[Any]) -> None:
         assert client.request("stream", b"marker") == [b"final", b"marker"]
 
 
+@pytest.mark.allow_error_logs("handler failed")
 def test_handler_error_is_answered_and_the_worker_goes_on(
     mt: MajortomoBroker, zctx: zmq.Context[Any]
 ) -> None:
@@ -400,6 +401,7 @@ def test_async_concurrent_requests_complete_out_of_order(mt: MajortomoBroker) ->
         asyncio.run(asyncio.wait_for(scenario(actx), 15))
 
 
+@pytest.mark.allow_error_logs("handler failed")
 def test_async_streams_and_handler_kinds(mt: MajortomoBroker) -> None:
     async def scenario(actx: zmq.asyncio.Context) -> None:
         async def agen(body: list[bytes]) -> AsyncIterator[object]:
