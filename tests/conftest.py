@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import re
@@ -84,6 +85,9 @@ class _ErrorRecords(logging.Handler):
 
 _ERRORS = _ErrorRecords()
 logging.getLogger().addHandler(_ERRORS)
+#: ERROR records logged outside any test (a module fixture's teardown, garbage collected
+#: between tests), with where they were found: reported at the end, and the run fails
+_ORPHANS: list[tuple[str, logging.LogRecord]] = []
 
 
 def _describe(record: logging.LogRecord) -> str:
@@ -104,7 +108,8 @@ def _no_unexpected_error_logs(request: pytest.FixtureRequest) -> Iterator[None]:
     root = logging.getLogger()
     if _ERRORS not in root.handlers:
         root.addHandler(_ERRORS)
-    _ERRORS.take()  # what came before the test (e.g. a module fixture) is not its fault
+    # what came before the test (e.g. a module fixture's setup) is not its fault
+    _ORPHANS.extend((f"before {request.node.nodeid}", r) for r in _ERRORS.take())
     yield
     records = _ERRORS.take()
     marker = request.node.get_closest_marker("allow_error_logs")
@@ -121,3 +126,29 @@ def _no_unexpected_error_logs(request: pytest.FixtureRequest) -> Iterator[None]:
             + "\n".join(_describe(r) for r in records),
             pytrace=False,
         )
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _collect_garbage_per_module(request: pytest.FixtureRequest) -> Iterator[None]:
+    """After each module, collect garbage: an asyncio task whose exception nobody retrieved
+    says so (at ERROR) only when it is collected."""
+    yield
+    gc.collect()
+    _ORPHANS.extend((f"after {request.node.nodeid}", r) for r in _ERRORS.take())
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    gc.collect()
+    _ORPHANS.extend(("at the end", r) for r in _ERRORS.take())
+    if not _ORPHANS:
+        return
+    lines = [f"{where}: {_describe(record)}" for where, record in _ORPHANS]
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    text = "ERROR records logged outside any test:\n" + "\n".join(lines)
+    if reporter is not None:
+        reporter.write_sep("=", "unexpected ERROR records", red=True)
+        reporter.write_line(text)
+    else:
+        print(text)
+    if session.exitstatus == 0:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

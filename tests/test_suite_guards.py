@@ -70,6 +70,23 @@ def test_warning_passes() -> None:
     logging.getLogger("maitred.z").warning("only a warning")
 '''
 
+#: a module fixture whose teardown logs an ERROR: no test is to blame, the run fails
+ORPHAN = '''
+import logging
+
+import pytest
+
+
+@pytest.fixture(scope="module")
+def noisy():
+    yield
+    logging.getLogger("maitred.teardown").error("after every test")
+
+
+def test_uses_it(noisy) -> None:
+    pass
+'''
+
 
 @pytest.mark.slow
 def test_error_records_fail_the_test(tmp_path: Path) -> None:
@@ -78,8 +95,10 @@ def test_error_records_fail_the_test(tmp_path: Path) -> None:
     shutil.copy(root / "tests" / "conftest.py", tmp_path / "tests" / "conftest.py")
     shutil.copy(root / "pyproject.toml", tmp_path / "pyproject.toml")
     (tmp_path / "tests" / "test_cases.py").write_text(CASES)
+    (tmp_path / "tests" / "test_orphan.py").write_text(ORPHAN)
     result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-rA", "-p", "no:randomly", "tests"],
+        [sys.executable, "-m", "pytest", "-q", "-rA", "-p", "no:randomly",
+         "tests/test_cases.py", "tests/test_orphan.py"],
         cwd=tmp_path, capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
     out = result.stdout
@@ -99,4 +118,11 @@ def test_error_records_fail_the_test(tmp_path: Path) -> None:
         "test_allow_any_passes": "passed",
         "test_warning_passes": "passed",
     }, out
+    assert "after tests/test_orphan.py: ERROR maitred.teardown: after every test" in out
+    # alone, its test passes and the run fails all the same
+    alone = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:randomly", "tests/test_orphan.py"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert "1 passed" in alone.stdout and alone.returncode == 1, alone.stdout
     assert "unexpected ERROR records" in out and "Task exception was never retrieved" in out
