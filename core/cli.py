@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -18,7 +19,8 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any, Literal
 
 import pluggy
@@ -62,6 +64,11 @@ def build_parser(
         "--log-format",
         choices=["text", "json"],
         help="text lines, or one JSON object per line (per-request records carry the request id)",
+    )
+    serve.add_argument(
+        "--ready-file",
+        metavar="PATH",
+        help="once every transport listens, write the endpoints there as JSON (removed on exit)",
     )
     for name, spec in sorted(specs.items()):
         if spec.cli_addresses is not None:
@@ -127,9 +134,12 @@ def _install_uvloop(config: Config) -> None:
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
-async def _serve(config: Config, addresses: dict[str, list[str]]) -> int:
+async def _serve(
+    config: Config, addresses: dict[str, list[str]], ready_file: str | None = None
+) -> int:
     broker = build_broker(config, addresses=addresses)
     loop = asyncio.get_running_loop()
+    # whatever the process inherited (a background job of a shell starts with SIGINT ignored)
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, broker.request_stop)
     try:
@@ -137,11 +147,30 @@ async def _serve(config: Config, addresses: dict[str, list[str]]) -> int:
     except MaitredError as exc:
         log.error("cannot start: %s", exc.reason)
         return EXIT_FAIL
-    for name, endpoints in broker.endpoints().items():
-        # one machine-readable line per transport, for scripts and tests that bind port 0
-        print(f"maitred: {name} listening on {' '.join(endpoints)}", flush=True)
-    await broker.serve_forever()
+    endpoints = broker.endpoints()
+    for name, bound in endpoints.items():
+        # one line per transport, for people and scripts that bind port 0
+        print(f"maitred: {name} listening on {' '.join(bound)}", flush=True)
+    try:
+        if ready_file is not None:
+            _write_ready_file(Path(ready_file), endpoints)
+        # the machine-readable readiness signal: every transport listens, all endpoints in one
+        # JSON object (scripts and tests wait for this line, never for the first one above)
+        print(f"maitred: ready {json.dumps(endpoints, separators=(',', ':'))}", flush=True)
+        await broker.serve_forever()
+    finally:
+        await broker.stop()
+        if ready_file is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(ready_file)
     return EXIT_OK
+
+
+def _write_ready_file(path: Path, endpoints: dict[str, list[str]]) -> None:
+    """``{"pid": N, "endpoints": {...}}``, written whole (a reader never sees half a file)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps({"pid": os.getpid(), "endpoints": endpoints}) + "\n")
+    os.replace(tmp, path)
 
 
 def cmd_serve(args: argparse.Namespace, specs: dict[str, TransportSpec]) -> int:
@@ -154,7 +183,7 @@ def cmd_serve(args: argparse.Namespace, specs: dict[str, TransportSpec]) -> int:
         # flags on the command line without a file: run only the transports named
         config = Config(transports={name: {} for name in addresses})
     _install_uvloop(config)
-    return asyncio.run(_serve(config, addresses))
+    return asyncio.run(_serve(config, addresses, args.ready_file))
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -234,24 +263,49 @@ def cmd_worker(args: argparse.Namespace) -> int:
     def handler(body: list[bytes]) -> list[bytes]:
         return run_program(args.program, body, args.program_timeout)
 
-    # SIGTERM (a service manager stopping it) ends it like Ctrl-C: the client leaves the broker
-    # properly (MDP: DISCONNECT) instead of being found dead at the next heartbeat
-    previous = None
-    if threading.current_thread() is threading.main_thread():
-        previous = signal.signal(signal.SIGTERM, _interrupt)
+    # SIGINT and SIGTERM (see stop_on_signals) end it: the client leaves the broker properly
+    # (MDP: DISCONNECT) instead of being found dead at the next heartbeat
     try:
         client.serve(args.service, handler, max_requests=args.max_requests)
     except KeyboardInterrupt:
         log.info("stopping: leaving %s", args.service)
     finally:
         client.close()
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
     return EXIT_OK
 
 
-def _interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt
+class Stopped(KeyboardInterrupt):
+    """Raised in the main thread by SIGINT or SIGTERM while a verb runs (see
+    :func:`stop_on_signals`); a verb that stops cleanly catches it as KeyboardInterrupt."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _raise_stopped(signum: int, frame: Any) -> None:
+    raise Stopped(signum)
+
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+@contextlib.contextmanager
+def stop_on_signals() -> Iterator[None]:
+    """SIGINT and SIGTERM raise :class:`Stopped` while the block runs, whatever handlers or
+    dispositions the process inherited: a background job of a shell starts with SIGINT
+    ignored, and Python then installs no KeyboardInterrupt handler, so such a process would
+    ignore Ctrl-C and ``kill -INT``. Only in the main thread (elsewhere nothing changes); the
+    previous handlers come back afterwards. ``serve`` replaces these with its event loop's."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, _raise_stopped) for sig in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, signal.SIG_DFL if handler is None else handler)
 
 
 def cmd_services(args: argparse.Namespace) -> int:
@@ -295,21 +349,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     pm, specs = _plugins()
     args = build_parser(specs, pm).parse_args(argv)
     try:
-        run = getattr(args, "run", None)
-        if run is not None:  # a verb a plugin added (maitred_add_commands)
-            return int(run(args))
-        if args.verb == "serve":
-            return cmd_serve(args, specs)
-        if args.verb == "check":
-            return cmd_check(args)
-        if args.verb == "call":
-            return cmd_call(args)
-        if args.verb == "worker":
-            return cmd_worker(args)
-        if args.verb == "services":
-            return cmd_services(args)
-        if args.verb == "plugins":
-            return cmd_plugins(specs)
+        with stop_on_signals():
+            return _dispatch(args, specs)
     except ConfigError as exc:
         print(f"maitred: {exc.reason}", file=sys.stderr)
         return EXIT_USAGE
@@ -322,8 +363,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:
         print(f"maitred: {exc.strerror or exc}", file=sys.stderr)
         return EXIT_FAIL
+    except Stopped as exc:
+        return 128 + exc.signum
     except KeyboardInterrupt:
-        return 130
+        return 128 + signal.SIGINT
+
+
+def _dispatch(args: argparse.Namespace, specs: dict[str, TransportSpec]) -> int:
+    run = getattr(args, "run", None)
+    if run is not None:  # a verb a plugin added (maitred_add_commands)
+        return int(run(args))
+    if args.verb == "serve":
+        return cmd_serve(args, specs)
+    if args.verb == "check":
+        return cmd_check(args)
+    if args.verb == "call":
+        return cmd_call(args)
+    if args.verb == "worker":
+        return cmd_worker(args)
+    if args.verb == "services":
+        return cmd_services(args)
+    if args.verb == "plugins":
+        return cmd_plugins(specs)
     return EXIT_USAGE
 
 

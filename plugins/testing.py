@@ -23,6 +23,15 @@ No pytest-asyncio is needed. There are two ways to run a broker in a test:
                   ...
           asyncio.run(main())
 
+To test ``maitred serve`` itself with your plugin installed (a system test), the
+``maitred_serve`` fixture runs it in a subprocess and returns once every transport listens::
+
+    def test_serve(maitred_serve, tmp_path):
+        served = maitred_serve("-c", str(config_file))      # a ServeProcess
+        endpoint = served.endpoint("line")                   # every transport is up by now
+        ...
+        assert served.stop() == 0                            # SIGTERM, drain, exit code
+
 Other fixtures: ``maitred_config`` (build a :class:`~maitred.core.config.Config` from TOML text
 or a dict) and ``maitred_plugin_manager`` (a plugin manager with extra plugin objects).
 
@@ -38,6 +47,11 @@ Importing this module has no side effects beyond defining the fixtures and helpe
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
 import threading
 import tomllib
 from collections.abc import (
@@ -72,12 +86,15 @@ __all__ = [
     "ConfigFactory",
     "ConfigSource",
     "PluginManagerFactory",
+    "ServeProcess",
+    "ServeStarter",
     "Transports",
     "config_from",
     "ephemeral_addresses",
     "maitred_broker",
     "maitred_config",
     "maitred_plugin_manager",
+    "maitred_serve",
     "make_broker",
     "plugin_manager",
     "running_broker",
@@ -96,6 +113,10 @@ EPHEMERAL_ADDRESSES: Mapping[str, str] = {"mdp": "tcp://127.0.0.1:0"}
 
 #: seconds the threaded broker may take to start or to stop
 DEFAULT_TIMEOUT = 10.0
+#: seconds a ``maitred serve`` subprocess may take to start (generous: a loaded CI machine)
+SERVE_START_TIMEOUT = 60.0
+#: the command that runs maitred in a subprocess (the interpreter running the tests)
+MAITRED_COMMAND: tuple[str, ...] = (sys.executable, "-m", "maitred.core")
 
 
 # -- configs ------------------------------------------------------------------------------------
@@ -378,6 +399,159 @@ class BrokerThread:
         return found[0]
 
 
+class ServeProcess:
+    """``maitred serve ARGS`` in a subprocess, for system tests.
+
+    The constructor returns once the process printed ``maitred: ready {JSON}``, the line
+    ``serve`` prints after every transport listens, with all the bound endpoints (never at the
+    first ``listening`` line: with several transports that one names only the first). It raises
+    ``RuntimeError`` with the process's standard error if the process exits first or is not
+    ready within ``timeout`` seconds. Threads read standard output and standard error as they
+    come (``stdout_lines``, ``stderr_lines``), so the pipes never fill up.
+
+    ``command`` replaces the program run before ``serve`` (default ``python -m maitred.core``
+    with the interpreter running the tests); ``env`` adds environment variables.
+    """
+
+    def __init__(
+        self,
+        *args: str,
+        env: Mapping[str, str] | None = None,
+        timeout: float = SERVE_START_TIMEOUT,
+        command: Sequence[str] = MAITRED_COMMAND,
+    ) -> None:
+        self.args = [*command, "serve", *args]
+        self.proc = subprocess.Popen(
+            self.args,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, **env} if env else None,
+        )
+        #: ``{transport: [endpoints as bound]}`` from the ready line
+        self.endpoints: dict[str, list[str]] = {}
+        #: the ready line was printed
+        self.ready = False
+        self.stdout_lines: list[str] = []
+        self.stderr_lines: list[str] = []
+        self._settled = threading.Event()  # ready, or standard output closed
+        self._readers = [
+            threading.Thread(target=self._read_stdout, daemon=True, name="serve-stdout"),
+            threading.Thread(target=self._read_stderr, daemon=True, name="serve-stderr"),
+        ]
+        for reader in self._readers:
+            reader.start()
+        try:
+            self._wait_ready(timeout)
+        except BaseException:
+            self.close()
+            raise
+
+    def _read_stdout(self) -> None:
+        assert self.proc.stdout is not None
+        prefix = "maitred: ready "
+        for raw in self.proc.stdout:
+            line = raw.rstrip("\n")
+            self.stdout_lines.append(line)
+            if line.startswith(prefix) and not self.ready:
+                self.endpoints = json.loads(line[len(prefix) :])
+                self.ready = True
+                self._settled.set()
+        self._settled.set()
+
+    def _read_stderr(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.stderr_lines.append(line)
+
+    def _wait_ready(self, timeout: float) -> None:
+        if not self._settled.wait(timeout):
+            raise RuntimeError(
+                f"maitred serve was not ready within {timeout}s; stderr:\n{self.log()}"
+            )
+        if not self.ready:
+            code = self.proc.wait(DEFAULT_TIMEOUT)
+            raise RuntimeError(f"maitred serve exited with {code} before ready:\n{self.log()}")
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def endpoint(self, transport: str) -> str:
+        """The first endpoint of ``transport`` (KeyError naming the running ones if absent)."""
+        found = self.endpoints.get(transport)
+        if not found:
+            raise KeyError(f"transport {transport!r} is not running (running: {self.endpoints})")
+        return found[0]
+
+    def log(self) -> str:
+        """Standard error so far (all of it once the process has exited)."""
+        if self.proc.poll() is not None:
+            self._readers[1].join(DEFAULT_TIMEOUT)
+        return "".join(self.stderr_lines)
+
+    def send_signal(self, sig: int) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
+        """Send ``sig`` (a drain), wait for the exit and return its code; if the process does
+        not exit within ``timeout`` it is killed and ``RuntimeError`` says so."""
+        self.send_signal(sig)
+        try:
+            code = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.close()
+            raise RuntimeError(
+                f"maitred serve did not stop on signal {sig} within {timeout}s; stderr:\n"
+                f"{self.log()}"
+            ) from None
+        self.close()
+        return code
+
+    def kill(self) -> None:
+        """SIGKILL (a crash) and wait for the exit."""
+        self.send_signal(signal.SIGKILL)
+        self.proc.wait(DEFAULT_TIMEOUT)
+
+    def close(self) -> None:
+        """Kill the process if it still runs, join the reader threads, close the pipes
+        (idempotent)."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(DEFAULT_TIMEOUT)
+        for reader in self._readers:
+            reader.join(DEFAULT_TIMEOUT)
+        for pipe in (self.proc.stdout, self.proc.stderr):
+            if pipe is not None:
+                pipe.close()
+
+    def __enter__(self) -> ServeProcess:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class ServeStarter(Protocol):
+    """The ``maitred_serve`` fixture: call it to start ``maitred serve`` (closed after the
+    test)."""
+
+    def __call__(
+        self,
+        *args: str,
+        env: Mapping[str, str] | None = None,
+        timeout: float = SERVE_START_TIMEOUT,
+        command: Sequence[str] = MAITRED_COMMAND,
+    ) -> ServeProcess: ...
+
+
 class BrokerStarter(Protocol):
     """The ``maitred_broker`` fixture: call it to start a broker (stopped after the test)."""
 
@@ -471,3 +645,25 @@ def maitred_broker() -> Iterator[BrokerStarter]:
             errors.append(exc)
     if errors:
         raise errors[0]
+
+
+@pytest.fixture
+def maitred_serve() -> Iterator[ServeStarter]:
+    """Start ``maitred serve`` subprocesses (:class:`ServeProcess`); each one still running
+    after the test is killed. ``maitred_serve("-c", path)`` returns once every transport
+    listens."""
+    started: list[ServeProcess] = []
+
+    def start(
+        *args: str,
+        env: Mapping[str, str] | None = None,
+        timeout: float = SERVE_START_TIMEOUT,
+        command: Sequence[str] = MAITRED_COMMAND,
+    ) -> ServeProcess:
+        served = ServeProcess(*args, env=env, timeout=timeout, command=command)
+        started.append(served)
+        return served
+
+    yield start
+    for served in started:
+        served.close()

@@ -148,7 +148,7 @@ def _patterns(draw: st.DrawFn) -> str:
     return ".".join(segs)
 
 
-@settings(max_examples=200, deadline=None, derandomize=True, database=None)
+@settings(max_examples=200, deadline=None)
 @given(
     ops=st.lists(
         st.tuples(st.booleans(), st.one_of(_patterns(), _names), st.integers(0, 3)), max_size=30

@@ -186,7 +186,7 @@ def test_expiry_for_a_closed_caller_delivers_nothing(h1: Harness) -> None:
     assert sink_of(client).errors == []
 
 
-@settings(max_examples=200, deadline=None, derandomize=True, database=None)
+@settings(max_examples=200, deadline=None)
 @given(
     start=st.floats(min_value=0, max_value=1e7, allow_nan=False),
     timeout=st.floats(min_value=1e-3, max_value=1e4, allow_nan=False),

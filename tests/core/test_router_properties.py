@@ -15,8 +15,11 @@ error), cancelled, and time moves on. After every step it checks:
 - nothing is delivered to a closed session;
 - finally ``shutdown`` answers everything still pending and tells every worker.
 
-The machine stays clear of the defects listed in test_found_bugs.py (it submits and subscribes
-only from open sessions, and gives a session at most one worker per service).
+Nothing is ruled out up front: it submits, subscribes, publishes and adds workers from closed
+sessions too (the router must refuse with a MaitredError or do nothing visible), and gives a
+session several workers of one service. The runs are random (a new seed each run); hypothesis
+prints the seed of a failure, which ``pytest --hypothesis-seed=N`` replays. The settings come
+from the profile in tests/conftest.py (``--hypothesis-profile ci`` in CI).
 """
 
 from __future__ import annotations
@@ -139,7 +142,7 @@ class RouterMachine(RuleBasedStateMachine):
         session = data.draw(st.sampled_from(self.sessions))
         self.router.close_session(session, self.h.now, "bye")
 
-    @precondition(lambda self: self.open_sessions())
+    @precondition(lambda self: self.sessions)
     @rule(
         data=st.data(),
         service=st.sampled_from(["a", "b", "c"]),
@@ -157,12 +160,7 @@ class RouterMachine(RuleBasedStateMachine):
         busy: float | None,
         extra: int,
     ) -> None:
-        candidates = [
-            s for s in self.open_sessions() if all(w.service.name != service for w in s.workers)
-        ]
-        if not candidates:
-            return
-        session = data.draw(st.sampled_from(candidates))
+        session = data.draw(st.sampled_from(self.sessions))
         try:
             worker = self.router.add_worker(
                 session,
@@ -175,7 +173,9 @@ class RouterMachine(RuleBasedStateMachine):
                 pipeline_below=0.5,
             )
         except MaitredError:
+            assert session.closed or self.router.draining, "add_worker refused an open session"
             return
+        assert not session.closed, "a worker was added to a closed session"
         self.workers.append(worker)
 
     @precondition(lambda self: self.workers)
@@ -184,7 +184,7 @@ class RouterMachine(RuleBasedStateMachine):
         worker = data.draw(st.sampled_from(self.workers))
         self.router.remove_worker(worker, self.h.now, "leaving")
 
-    @precondition(lambda self: self.open_sessions())
+    @precondition(lambda self: self.sessions)
     @rule(
         data=st.data(),
         service=st.sampled_from(SERVICES),
@@ -192,7 +192,7 @@ class RouterMachine(RuleBasedStateMachine):
         timeout=st.sampled_from([None, None, 0, 0.3, 3.0]),
     )
     def submit(self, data: st.DataObject, service: str, many: int, timeout: float | None) -> None:
-        session = data.draw(st.sampled_from(self.open_sessions()))
+        session = data.draw(st.sampled_from(self.sessions))
         for _ in range(many):
             self._submit(session, service, timeout)
 
@@ -257,7 +257,7 @@ class RouterMachine(RuleBasedStateMachine):
             assert request.state is RequestState.CANCELLED
             self.cancelled[request.id] = len(self.journal.get(request.id, []))
 
-    @precondition(lambda self: self.open_sessions())
+    @precondition(lambda self: self.sessions)
     @rule(
         data=st.data(),
         op=st.sampled_from(["sub", "sub", "unsub", "pub"]),
@@ -265,14 +265,19 @@ class RouterMachine(RuleBasedStateMachine):
         topic=st.sampled_from(TOPICS),
     )
     def topics(self, data: st.DataObject, op: str, pattern: str, topic: str) -> None:
-        session = data.draw(st.sampled_from(self.open_sessions()))
-        if op == "sub":
-            self.router.subscribe(session, pattern)
-        elif op == "unsub":
-            self.router.unsubscribe(session, pattern)
-        else:
-            reached = self.router.publish(session, topic, (b"e",))
-            assert reached == len(self.router.topics.match(topic))
+        session = data.draw(st.sampled_from(self.sessions))
+        try:
+            if op == "sub":
+                self.router.subscribe(session, pattern)
+            elif op == "unsub":
+                self.router.unsubscribe(session, pattern)
+            else:
+                reached = self.router.publish(session, topic, (b"e",))
+                assert reached == len(self.router.topics.match(topic))
+        except MaitredError:
+            assert session.closed or op == "pub", f"{op} refused on an open session"
+            return
+        assert not session.closed or op == "unsub", f"{op} accepted on a closed session"
 
     # -- invariants -----------------------------------------------------------------------------
 
@@ -393,11 +398,9 @@ def sink_calls(session: Session) -> list[tuple[Any, ...]]:
 
 
 RouterMachine.TestCase.settings = settings(
-    max_examples=200,
+    settings(),  # the loaded profile (tests/conftest.py): max_examples, database
     stateful_step_count=30,
     deadline=None,
-    derandomize=True,
-    database=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
 TestRouterMachine = RouterMachine.TestCase

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import zmq
 
-from tests.e2e.helpers import BASE, BrokerThread, close_sockets
+from tests.e2e.helpers import BASE, BrokerThread, zmq_context
 
 
 @pytest.fixture
@@ -33,7 +33,5 @@ def broker(make_broker: Callable[..., BrokerThread]) -> BrokerThread:
 
 @pytest.fixture
 def ctx() -> Iterator[zmq.Context[Any]]:
-    context: zmq.Context[Any] = zmq.Context()
-    yield context
-    close_sockets()
-    context.destroy(linger=0)
+    with zmq_context() as context:
+        yield context

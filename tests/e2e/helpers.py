@@ -5,9 +5,10 @@ docs/reference/mdp.md (not with maitred's codec, so the tests check the codec to
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
@@ -92,6 +93,19 @@ OPEN_SOCKETS: list[zmq.Socket[Any]] = []
 def close_sockets() -> None:
     while OPEN_SOCKETS:
         OPEN_SOCKETS.pop().close(0)
+
+
+@contextlib.contextmanager
+def zmq_context() -> Iterator[zmq.Context[Any]]:
+    """A zmq context destroyed (every socket closed, linger 0) when the block ends, however it
+    ends: an unclosed context warns when it is garbage-collected, and with warnings as errors
+    that fails whichever test is running then."""
+    context: zmq.Context[Any] = zmq.Context()
+    try:
+        yield context
+    finally:
+        close_sockets()
+        context.destroy(linger=0)
 
 
 def socket(ctx: zmq.Context[Any], kind: int, endpoint: str) -> zmq.Socket[Any]:

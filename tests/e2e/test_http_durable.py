@@ -5,52 +5,19 @@ message is there (acked ones gone, unacked ones redelivered) and ids go on where
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from maitred.plugins.testing import ServeProcess
 from tests.e2e.http_helpers import RawHttp, short_socket_path
 
 pytestmark = pytest.mark.slow
 
 
-class Served:
-    def __init__(self, config: Path) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "maitred.core", "serve", "-c", str(config)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
-        )
-        self.endpoint = ""
-        done = threading.Event()
-
-        def read() -> None:
-            assert self.proc.stdout is not None
-            for line in self.proc.stdout:
-                if line.startswith("maitred: http listening on "):
-                    self.endpoint = line.split()[-1]
-                    done.set()
-
-        self.reader = threading.Thread(target=read, daemon=True)
-        self.reader.start()
-        if not done.wait(20):
-            self.kill()
-            raise AssertionError("maitred serve did not start")
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(10)
-        self.reader.join(10)  # EOF once the process is gone
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
+def serve(config: Path) -> ServeProcess:
+    return ServeProcess("-c", str(config))
 
 
 @pytest.fixture
@@ -91,29 +58,29 @@ def transfer(c: RawHttp, start: int, timeout: float) -> tuple[list[tuple[int, st
 
 
 def test_kill_9_loses_no_accepted_message(config: Path) -> None:
-    first = Served(config)
+    first = serve(config)
     try:
-        sender = login(first.endpoint, "snd:1")
+        sender = login(first.endpoint("http"), "snd:1")
         assert sender.do("GET", "/persistent/jobs") == (200, b"jobs")
         for i in range(30):
             assert sender.do("POST", "/request/jobs/nobody", b"job-%d" % i) == (
                 200,
                 b'[["jobs",%d]]' % i,
             )
-        worker = login(first.endpoint, "w:1")
+        worker = login(first.endpoint("http"), "w:1")
         msgs, _ = transfer(worker, -1, 5.0)
         assert len(msgs) == 8  # its credit: the rest stays queued
         for n in (0, 1, 2):
             assert worker.do("GET", f"/ack/jobs/{n}") == (200, b"")
         # (three more are now leased to w:1 but not yet transferred)
     finally:
-        first.kill()
+        first.close()  # SIGKILL
         while OPEN:
             OPEN.pop().close()
 
-    second = Served(config)
+    second = serve(config)
     try:
-        c = login(second.endpoint, "w:2")
+        c = login(second.endpoint("http"), "w:2")
         diag = json.loads(c.do("GET", "/")[1])
         stored = [e[0][1] for e in diag["permanent_queues"]["jobs"]["queue_contents"]]
         assert stored == list(range(3, 30))
@@ -130,6 +97,6 @@ def test_kill_9_loses_no_accepted_message(config: Path) -> None:
         # ids never repeat across the restart
         assert c.do("POST", "/request/jobs/nobody", b"after") == (200, b'[["jobs",30]]')
     finally:
-        second.kill()
+        second.close()  # SIGKILL
         while OPEN:
             OPEN.pop().close()

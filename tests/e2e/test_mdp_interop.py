@@ -156,8 +156,6 @@ frames = st.lists(
 @settings(
     max_examples=150,
     deadline=None,
-    database=None,
-    derandomize=True,
     suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 @given(batch=st.lists(frames, min_size=1, max_size=5))

@@ -10,4 +10,5 @@ from maitred.plugins.testing import (  # noqa: F401
     maitred_broker,
     maitred_config,
     maitred_plugin_manager,
+    maitred_serve,
 )

@@ -9,13 +9,8 @@ from __future__ import annotations
 
 import json
 import logging
-import queue
-import signal
 import socket
-import subprocess
-import sys
 import threading
-import time
 from collections.abc import Iterator
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -28,7 +23,7 @@ import zmq
 from maitred.core import cli
 from maitred.core.errors import ConfigError
 from maitred.plugins import hookimpl
-from maitred.plugins.testing import BrokerStarter, BrokerThread, make_broker
+from maitred.plugins.testing import BrokerStarter, BrokerThread, ServeProcess, make_broker
 
 INSTALL_HINT = (
     "the example plugin maitred-line-plugin is not installed in this environment: run "
@@ -374,74 +369,6 @@ def test_line_codec(line_plugin: ModuleType) -> None:
 # -- the system test: `maitred serve` with the plugin, as a subprocess
 
 
-class Serve:
-    """``python -m maitred.core serve -c CONFIG`` with its output read by threads."""
-
-    def __init__(self, config: Path) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "maitred.core", "serve", "-c", str(config)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        self.lines: queue.Queue[str | None] = queue.Queue()
-        self.stderr: list[str] = []
-        assert self.proc.stdout is not None and self.proc.stderr is not None
-        self._out = threading.Thread(target=self._pump, args=(self.proc.stdout,), daemon=True)
-        self._err = threading.Thread(target=self._drain, args=(self.proc.stderr,), daemon=True)
-        self._out.start()
-        self._err.start()
-
-    def _pump(self, stream: Any) -> None:
-        for line in stream:
-            self.lines.put(line.rstrip("\n"))
-        self.lines.put(None)
-
-    def _drain(self, stream: Any) -> None:
-        for line in stream:
-            self.stderr.append(line)
-
-    def listening(self, names: set[str], timeout: float = 30.0) -> dict[str, str]:
-        """Wait for the ``maitred: NAME listening on ENDPOINTS`` lines of ``names``."""
-        found: dict[str, str] = {}
-        deadline = time.monotonic() + timeout
-        while set(found) != names:
-            try:
-                line = self.lines.get(timeout=max(0.0, deadline - time.monotonic()))
-            except queue.Empty:
-                pytest.fail(f"no listening lines within {timeout}s; stderr:\n{self.log()}")
-            if line is None:
-                self.proc.wait(TIMEOUT)
-                pytest.fail(f"maitred exited with {self.proc.returncode}; stderr:\n{self.log()}")
-            words = line.split()
-            if len(words) >= 5 and words[0] == "maitred:" and words[2:4] == ["listening", "on"]:
-                found[words[1]] = words[4]
-        return found
-
-    def log(self) -> str:
-        if self.proc.poll() is not None:
-            self._err.join(TIMEOUT)  # the pipe is closed: the rest arrives at once
-        return "".join(self.stderr)
-
-    def stop(self) -> int:
-        """SIGTERM, wait for the exit, close the pipes; the exit code."""
-        try:
-            if self.proc.poll() is None:
-                self.proc.send_signal(signal.SIGTERM)
-            try:
-                return self.proc.wait(TIMEOUT * 2)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(TIMEOUT)
-                pytest.fail(f"maitred did not stop on SIGTERM; stderr:\n{self.log()}")
-        finally:
-            self._out.join(TIMEOUT)
-            self._err.join(TIMEOUT)
-            for stream in (self.proc.stdout, self.proc.stderr):
-                if stream is not None:
-                    stream.close()
-
-
 @pytest.mark.slow
 def test_maitred_serve_with_the_installed_line_plugin(
     line_plugin: ModuleType, tmp_path: Path, echo_worker: list[MdpEchoWorker]
@@ -454,10 +381,10 @@ def test_maitred_serve_with_the_installed_line_plugin(
         'endpoints = ["tcp://127.0.0.1:0"]\n',
         encoding="utf-8",
     )
-    serve = Serve(config)
+    serve = ServeProcess("-c", str(config))  # returns once both transports listen
     conns: list[LineSocket] = []
     try:
-        endpoints = serve.listening({"line", "mdp"})
+        endpoints = {name: serve.endpoint(name) for name in ("line", "mdp")}
         assert endpoints["line"].startswith("line://127.0.0.1:")
         assert endpoints["mdp"].startswith("tcp://127.0.0.1:")
 

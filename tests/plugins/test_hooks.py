@@ -431,6 +431,7 @@ def test_maitred_system_event_sees_every_system_event() -> None:
     run(main)
 
 
+@pytest.mark.allow_error_logs("system event hook failed .*a broken observer")
 def test_maitred_system_event_observer_failure_does_not_break_routing(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -511,6 +512,7 @@ def test_maitred_broker_started_and_stopping_are_called_and_awaited() -> None:
     run(main)
 
 
+@pytest.mark.allow_error_logs("maitred_broker_stopping hook failed")
 def test_maitred_broker_stopping_failure_does_not_stop_the_drain(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -659,6 +661,7 @@ def test_maitred_broker_stopping_one_failure_does_not_skip_the_others(
     assert calls == ["fine"]
 
 
+@pytest.mark.allow_error_logs("maitred_broker_started hook failed")
 def test_maitred_broker_started_failure_closes_the_transports() -> None:
     class Broken:
         @hookimpl

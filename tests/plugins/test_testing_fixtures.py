@@ -21,6 +21,7 @@ from maitred.plugins.testing import (
     BrokerStarter,
     ConfigFactory,
     PluginManagerFactory,
+    ServeStarter,
     config_from,
     make_broker,
     plugin_manager,
@@ -205,3 +206,14 @@ def test_pytest_plugins_form_works_without_pytest_asyncio(tmp_path: Path) -> Non
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "2 passed" in result.stdout
+
+
+@pytest.mark.slow
+def test_maitred_serve_waits_for_every_transport(maitred_serve: ServeStarter) -> None:
+    served = maitred_serve("--mdp", "tcp://127.0.0.1:0", "--http", "127.0.0.1:0")
+    assert set(served.endpoints) == {"mdp", "http"}
+    assert served.endpoint("http").startswith("http://127.0.0.1:")
+    with pytest.raises(KeyError, match="'ws' is not running"):
+        served.endpoint("ws")
+    assert served.stop() == 0
+    assert "maitred stopped" in served.log()

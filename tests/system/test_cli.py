@@ -5,74 +5,21 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from maitred.plugins.testing import ServeProcess
+
 MAITRED = [sys.executable, "-m", "maitred.core"]
 
 
-class Served:
-    def __init__(self, *args: str) -> None:
-        self.proc = subprocess.Popen(
-            [*MAITRED, "serve", *args],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        self.endpoints: dict[str, list[str]] = {}
-        self.stderr_lines: list[str] = []
-        ready = threading.Event()
-
-        def read_stdout() -> None:
-            assert self.proc.stdout is not None
-            for line in self.proc.stdout:
-                m = re.match(r"maitred: (\w+) listening on (.*)", line.strip())
-                if m:
-                    self.endpoints[m.group(1)] = m.group(2).split()
-                    ready.set()
-
-        def read_stderr() -> None:
-            assert self.proc.stderr is not None
-            for line in self.proc.stderr:
-                self.stderr_lines.append(line)
-
-        self._readers = [
-            threading.Thread(target=read_stdout, daemon=True),
-            threading.Thread(target=read_stderr, daemon=True),
-        ]
-        for t in self._readers:
-            t.start()
-        if not ready.wait(20):
-            self.proc.kill()
-            raise AssertionError("broker did not start: " + "".join(self.stderr_lines))
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        rc = self.proc.wait(20)
-        self.close()
-        return rc
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-        for t in self._readers:
-            t.join(5)
-        for pipe in (self.proc.stdout, self.proc.stderr):
-            if pipe is not None:
-                pipe.close()
-
-
 @pytest.fixture
-def served() -> Iterator[Served]:
-    s = Served("--mdp", "tcp://127.0.0.1:0")
+def served() -> Iterator[ServeProcess]:
+    s = ServeProcess("--mdp", "tcp://127.0.0.1:0")
     yield s
     s.close()
 
@@ -86,7 +33,7 @@ def run(
 
 
 @pytest.mark.slow
-def test_worker_program_call_services_and_graceful_stop(served: Served) -> None:
+def test_worker_program_call_services_and_graceful_stop(served: ServeProcess) -> None:
     ep = served.endpoints["mdp"][0]
     worker = subprocess.Popen(
         [*MAITRED, "worker", "echo", "--program", "tr a-z A-Z", "-b", ep],
@@ -127,7 +74,7 @@ def test_worker_leaves_the_broker_on_sigterm(tmp_path: Path) -> None:
     # liveness so long that only the worker's DISCONNECT can take it out of the service in time
     conf = tmp_path / "long-liveness.toml"
     conf.write_text("[liveness]\nheartbeat_interval = 60.0\n")
-    served = Served("-c", str(conf), "--mdp", "tcp://127.0.0.1:0")
+    served = ServeProcess("-c", str(conf), "--mdp", "tcp://127.0.0.1:0")
     try:
         ep = served.endpoints["mdp"][0]
         worker = subprocess.Popen(
@@ -153,7 +100,7 @@ def test_worker_leaves_the_broker_on_sigterm(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_call_without_worker_times_out_with_exit_3(served: Served) -> None:
+def test_call_without_worker_times_out_with_exit_3(served: ServeProcess) -> None:
     ep = served.endpoints["mdp"][0]
     result = run("call", "nobody", "x", "-b", ep, "-t", "0.5")
     assert result.returncode == 3
@@ -177,7 +124,7 @@ def test_check_names_the_key_and_the_file(tmp_path: Path) -> None:
     assert result.returncode == 0 and "ok" in result.stdout
 
 
-def test_serve_refuses_a_busy_port_cleanly(served: Served) -> None:
+def test_serve_refuses_a_busy_port_cleanly(served: ServeProcess) -> None:
     ep = served.endpoints["mdp"][0]
     result = run("serve", "--mdp", ep, timeout=30)
     assert result.returncode == 1
@@ -201,7 +148,7 @@ def test_json_logs_follow_one_request_across_protocols() -> None:
     import json
     import urllib.request
 
-    s = Served(
+    s = ServeProcess(
         "--mdp", "tcp://127.0.0.1:0", "--http", "127.0.0.1:0",
         "--log-format", "json", "--log-level", "debug",
     )

@@ -7,15 +7,13 @@ from __future__ import annotations
 
 import http.client
 import json
-import signal
 from pathlib import Path
 from typing import Any
 
 import pytest
-import zmq
 
-from tests.e2e.helpers import RawWorker
-from tests.system.test_cli import Served
+from maitred.plugins.testing import ServeProcess
+from tests.e2e.helpers import RawWorker, zmq_context
 
 TOTAL = 120
 ANSWERED = 20
@@ -60,23 +58,23 @@ def post_async(conn: http.client.HTTPConnection, i: int) -> dict[str, Any]:
     return result
 
 
-def http_conn(served: Served) -> http.client.HTTPConnection:
-    host, port = served.endpoints["http"][0].removeprefix("http://").rsplit(":", 1)
+def http_conn(served: ServeProcess) -> http.client.HTTPConnection:
+    host, port = served.endpoint("http").removeprefix("http://").rsplit(":", 1)
     return http.client.HTTPConnection(host, int(port), timeout=10)
 
 
 @pytest.mark.slow
 def test_stored_requests_survive_sigkill(tmp_path: Path) -> None:
     cfg = config(tmp_path)
-    first = Served("-c", str(cfg))
-    ctx: zmq.Context[Any] = zmq.Context()
-    try:
+    # the context ends with the test whatever fails (an unclosed one warns at garbage
+    # collection, which fails whichever test runs then)
+    with zmq_context() as ctx, ServeProcess("-c", str(cfg)) as first:
         conn = http_conn(first)
         ids = [post_async(conn, i)["id"] for i in range(TOTAL)]
         conn.close()
         assert ids == list(range(TOTAL))  # ids in order, from 0 on a new store
 
-        worker = RawWorker(ctx, first.endpoints["mdp"][0], "rfc", b"jobs")
+        worker = RawWorker(ctx, first.endpoint("mdp"), "rfc", b"jobs")
         worker.ready()
         answered: set[bytes] = set()
         held: set[bytes] = set()
@@ -88,32 +86,27 @@ def test_stored_requests_survive_sigkill(tmp_path: Path) -> None:
         for _ in range(3):
             _, body = worker.request(timeout=10)
             held.add(body[-1])
-        first.proc.send_signal(signal.SIGKILL)
-        first.proc.wait(10)
+        first.kill()
         worker.close()
-    finally:
-        first.close()
 
-    second = Served("-c", str(cfg))
-    try:
-        worker = RawWorker(ctx, second.endpoints["mdp"][0], "rfc", b"jobs")
-        worker.ready()
-        again: list[bytes] = []
-        expected = {b"job-%d" % i for i in range(TOTAL)} - answered
-        while not expected <= set(again):
-            addr, body = worker.request(timeout=10)
-            worker.final(addr, b"ok")
-            again.append(body[-1])
-        assert len(again) == len(set(again)), "a request was delivered twice after the restart"
-        assert held <= set(again)  # in flight at the kill: delivered again
-        extra = set(again) - expected
-        assert extra <= answered  # only answered-just-before-the-kill ones may repeat
-        # and a new request gets an id the store never gave before
-        conn = http_conn(second)
-        assert post_async(conn, 999)["id"] == TOTAL
-        conn.close()
-        worker.close()
-        assert second.stop() == 0
-    finally:
-        second.close()
-        ctx.term()
+        with ServeProcess("-c", str(cfg)) as second:
+            worker = RawWorker(ctx, second.endpoint("mdp"), "rfc", b"jobs")
+            try:
+                worker.ready()
+                again: list[bytes] = []
+                expected = {b"job-%d" % i for i in range(TOTAL)} - answered
+                while not expected <= set(again):
+                    addr, body = worker.request(timeout=10)
+                    worker.final(addr, b"ok")
+                    again.append(body[-1])
+                assert len(again) == len(set(again)), "a request was delivered twice"
+                assert held <= set(again)  # in flight at the kill: delivered again
+                extra = set(again) - expected
+                assert extra <= answered  # only answered-just-before-the-kill ones may repeat
+                # and a new request gets an id the store never gave before
+                conn = http_conn(second)
+                assert post_async(conn, 999)["id"] == TOTAL
+                conn.close()
+            finally:
+                worker.close()
+            assert second.stop() == 0

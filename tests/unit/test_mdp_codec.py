@@ -40,7 +40,6 @@ WORKER_DIALECTS = [ENVELOPE, RFC, RFC_ENV]
 PROPS = settings(
     max_examples=300,
     deadline=None,
-    database=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
 

@@ -1,0 +1,124 @@
+"""The journal of ``store`` services (core/durable.py) around its store: start-up with a row
+it does not know, commits grouped per loop turn, a commit or a close that fails, the snapshot."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from maitred.core.durable import KIND, StoreJournal
+from maitred.core.routing.model import ServicePolicy
+from maitred.core.store import MemoryStore, StoredMessage
+from tests.core.harness import Harness
+
+STORE = ServicePolicy(on_no_worker="store", request_timeout=0)
+
+
+class FailingStore(MemoryStore):
+    """A memory store whose flush/close fail while ``broken`` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.broken = False
+        self.closed = False
+
+    def flush(self) -> int:
+        if self.broken:
+            raise OSError("disk full")
+        return super().flush()
+
+    def close(self) -> None:
+        self.closed = True
+        if self.broken:
+            raise OSError("cannot close")
+
+
+def test_recover_leaves_rows_of_another_kind_alone() -> None:
+    store = MemoryStore()
+    store.append(StoredMessage("jobs", 0, b"?", b"not-ours", "x", 0))
+    h = Harness(policies={"jobs": STORE})
+    journal = StoreJournal(store)
+    assert journal.recover(h.router, h.now) == 0
+    assert "jobs" not in h.router.services or h.router.services["jobs"].queued == 0
+    assert journal.counters == {"jobs": 1}  # ids still never repeat
+
+
+@pytest.mark.allow_error_logs("store: commit failed")
+def test_commits_wake_their_waiters_and_a_failed_commit_fails_them() -> None:
+    async def main() -> None:
+        store = FailingStore()
+        h = Harness(policies={"jobs": STORE})
+        journal = StoreJournal(store)
+        h.router.journal = journal
+        client = h.session("c")
+        assert h.req(client, "jobs").stored == 0
+        await journal.committed()  # one commit, at the next loop turn
+        assert store.flushed == 1 and not store.dirty
+        await journal.committed()  # nothing buffered: at once
+        assert journal.snapshot() == {"appended": 1, "commits": 1, "failures": 0}
+
+        store.broken = True
+        h.req(client, "jobs")
+        with pytest.raises(OSError, match="disk full"):
+            await journal.committed()
+        assert journal.failures == 1
+        store.broken = False
+        h.req(client, "jobs")
+        await journal.committed()  # the next commit takes what the failed one had too
+        assert store.flushed == 2 and not store.dirty
+
+    asyncio.run(main())
+
+
+def waiting(journal: StoreJournal, h: Harness) -> asyncio.Future[None]:
+    """A request journaled and a task waiting for its commit, which has not run yet (as when
+    the broker closes the journal between the two)."""
+    journal._scheduled = True  # the commit is "scheduled": nothing else schedules it
+    h.req(h.session("c"), "jobs")
+    return asyncio.ensure_future(journal.committed())
+
+
+@pytest.mark.allow_error_logs("store: closing failed")
+def test_a_failed_close_fails_the_waiters() -> None:
+    async def main() -> None:
+        store = FailingStore()
+        h = Harness(policies={"jobs": STORE})
+        journal = StoreJournal(store)
+        h.router.journal = journal
+        waiter = waiting(journal, h)
+        await asyncio.sleep(0)
+        assert not waiter.done()
+        store.broken = True
+        journal.close()
+        with pytest.raises(OSError, match="cannot close"):
+            await waiter
+        journal.close()  # again: nothing
+        assert store.closed
+
+    asyncio.run(main())
+
+
+def test_close_tells_waiters_the_store_is_closed() -> None:
+    async def main() -> None:
+        h = Harness(policies={"jobs": STORE})
+        journal = StoreJournal(MemoryStore())
+        h.router.journal = journal
+        waiter = waiting(journal, h)
+        await asyncio.sleep(0)
+        journal.close()
+        with pytest.raises(RuntimeError, match="the store is closed"):
+            await waiter
+
+    asyncio.run(main())
+
+
+def test_dead_letter_keeps_the_request() -> None:
+    store = MemoryStore()
+    journal = StoreJournal(store)
+    h = Harness(policies={"jobs": STORE})
+    h.router.journal = journal
+    r = h.req(h.session("c"), "jobs", (b"x",))
+    journal.dead(r, "no worker would take it")
+    [dead] = store.dead_letters("jobs")
+    assert dead.reason == "no worker would take it" and dead.message.kind == KIND
