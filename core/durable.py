@@ -179,6 +179,9 @@ class StoreJournal:
         """Return once everything journaled so far is on disk (raises if the commit failed)."""
         if not self.store.dirty:
             return
+        if self._closed:
+            # nothing will commit after close(): say so instead of waiting forever
+            raise RuntimeError("the store is closed")
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.append((self.store.pending, fut))
         self._schedule()

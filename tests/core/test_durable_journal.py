@@ -113,6 +113,25 @@ def test_close_tells_waiters_the_store_is_closed() -> None:
     asyncio.run(main())
 
 
+def test_committed_after_close_does_not_wait_forever() -> None:
+    """A memory store still holds an uncommitted write when the journal closes: asking for the
+    commit afterwards is an error at once, not a wait on a commit that will never run."""
+
+    async def main() -> None:
+        h = Harness(policies={"jobs": STORE})
+        store = MemoryStore()
+        journal = StoreJournal(store)
+        h.router.journal = journal
+        journal._scheduled = True
+        h.req(h.session("c"), "jobs")
+        journal.close()
+        assert store.dirty
+        with pytest.raises(RuntimeError, match="the store is closed"):
+            await asyncio.wait_for(journal.committed(), 5)
+
+    asyncio.run(main())
+
+
 def test_dead_letter_keeps_the_request() -> None:
     store = MemoryStore()
     journal = StoreJournal(store)
