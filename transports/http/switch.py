@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import fnmatch
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import Callable
@@ -567,7 +568,7 @@ class Switch:
         assert self.qsession is not None
         m.parked = False
         m.request = self.router.submit(
-            self.qsession, m.queue, [m.payload], m, now, timeout=0.0, on_no_worker="wait"
+            self.qsession, m.queue, [m.payload], m, now, timeout=math.inf, on_no_worker="wait"
         )
 
     def on_dispatch(self, token: Token, worker: Worker, request: Request) -> None:
