@@ -248,3 +248,25 @@ def test_a_stored_request_reaches_the_replacement_worker(
     )
     spawn(broker.endpoint, "jobs", "replacement")
     assert caller.replies(1) == {b"job-1": [b"replacement"]}
+
+
+def test_a_frozen_worker_is_dropped_by_zmtp_heartbeats(
+    make_broker: Callable[..., BrokerThread], ctx: Ctx, spawn: Callable[..., WorkerProcess]
+) -> None:
+    """A worker process that is stopped (SIGSTOP: its connection stays open, its libzmq answers
+    nothing, like a frozen host) loses its connection after the liveness window through the
+    socket's ZMTP heartbeats. busy_timeout = 0 here: the router alone would keep it forever."""
+    broker = make_broker(
+        "[liveness]\nheartbeat_interval = 0.5\nliveness = 3\nbusy_timeout = 0\n"
+        "[services.default]\nrequest_timeout = 60.0\n",
+        "worker_credit_max = 1\n",
+    )
+    victim = spawn(broker.endpoint, "frozen", "victim", answer=0)
+    wait_until(lambda: held(broker, "frozen") == [0], what="the victim's READY")
+    caller = Caller(ctx, broker.endpoint)
+    caller.send(b"frozen", b"one")
+    wait_until(lambda: held(broker, "frozen") == [1], what="the victim holding the request")
+    os.kill(victim.proc.pid, signal.SIGSTOP)
+    got = caller.replies(1)
+    assert list(got.values()) == [[b"502", b"worker died (disconnected)"]]
+    assert broker.call(lambda: broker.broker.transports["mdp"].stats["mdp.peers_lost"]) == 1

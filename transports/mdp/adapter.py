@@ -92,6 +92,10 @@ class MdpConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     heartbeat_interval: float = 0.0
     #: intervals of silence before a worker is dead; 0: the ``[liveness]`` value
     liveness: int = 0
+    #: ZMTP heartbeats on every connection (interval: the heartbeat interval; timeout: the
+    #: liveness window): a peer whose libzmq answers nothing that long has its connection closed
+    #: (libzmq < 4.2 peers do not answer them and are disconnected when idle that long)
+    zmtp_heartbeats: bool = True
     #: largest accepted message body (sum of frame sizes, bytes)
     max_message_size: int = 1 << 20
     #: most body frames in one message
@@ -263,8 +267,9 @@ class MdpTransport:
         sock.setsockopt(zmq.MAXMSGSIZE, self.config.max_message_size + 4096)
         # ZMTP heartbeats: a connection whose peer answers nothing for the liveness window is
         # closed by libzmq (the monitor below then reports it)
-        sock.setsockopt(zmq.HEARTBEAT_IVL, max(1, int(self.heartbeat_interval * 1000)))
-        sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, max(1, int(self.idle_timeout * 1000)))
+        if self.config.zmtp_heartbeats:
+            sock.setsockopt(zmq.HEARTBEAT_IVL, max(1, int(self.heartbeat_interval * 1000)))
+            sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, max(1, int(self.idle_timeout * 1000)))
         try:
             for endpoint in self.config.endpoints:
                 sock.bind(_bind_address(endpoint))
