@@ -178,9 +178,10 @@ class Router:
         # busy workers silent past their window: (idle_timeout, busy_timeout) -> workers in
         # the order they fell silent (see ``tick``)
         self._suspects: dict[tuple[float, float], OrderedDict[Worker, None]] = {}
-        # workers whose adaptive credit grew past their base credit, by liveness window,
-        # ordered by their last answer: credit falls back when they stop answering
-        self._pipelined: dict[float, OrderedDict[Worker, None]] = {}
+        # workers whose adaptive credit grew past their base credit (with a liveness window):
+        # their credit falls back when they stop answering (checked by ``tick`` now and then)
+        self._pipelined: dict[Worker, None] = {}
+        self._pipeline_check = 0.0
         self.draining = False
 
     # -- sessions ---------------------------------------------------------------------------
@@ -465,9 +466,7 @@ class Router:
             worker.credit = worker.base_credit
             if len(worker.inflight) >= worker.credit:
                 worker.service.free.pop(worker, None)
-        pipelined = self._pipelined.get(worker.idle_timeout)
-        if pipelined is not None:
-            pipelined.pop(worker, None)
+        self._pipelined.pop(worker, None)
 
     def _live_put(self, worker: Worker, timeout: float) -> None:
         worker.live_key = timeout
@@ -881,13 +880,8 @@ class Router:
                 if now - request.dispatched < worker.pipeline_below:
                     if service.queued and worker.credit < worker.max_credit:
                         worker.credit += 1
-                    if worker.credit > worker.base_credit and worker.idle_timeout > 0:
-                        # it answers: watched for the moment it stops (see ``tick``)
-                        pipelined = self._pipelined.get(worker.idle_timeout)
-                        if pipelined is None:
-                            pipelined = self._pipelined[worker.idle_timeout] = OrderedDict()
-                        pipelined[worker] = None
-                        pipelined.move_to_end(worker)
+                        if worker.idle_timeout > 0:  # watched for the moment it stops answering
+                            self._pipelined[worker] = None
                 elif worker.credit > worker.base_credit:
                     self._unpipeline(worker)
             if worker.alive:
@@ -1070,13 +1064,11 @@ class Router:
                     request.bucket = None
                     self._expire(request, now)
         # pipelined workers that stopped answering for their window: back to base credit
-        for timeout, pipelined in self._pipelined.items():
-            limit = now - timeout
-            while pipelined:
-                worker = next(iter(pipelined))
-                if worker.progress > limit:
-                    break
-                self._unpipeline(worker)  # takes it out of ``pipelined``
+        # (looked at a few times per heartbeat interval: windows are seconds long)
+        if self._pipelined and now >= self._pipeline_check:
+            self._pipeline_check = now + self.liveness.heartbeat_interval / 4
+            for worker in [w for w in self._pipelined if now - w.progress >= w.idle_timeout]:
+                self._unpipeline(worker)  # takes it out of ``_pipelined``
                 self.stats["workers.pipeline_stalled"] += 1
         # collect every overdue worker and take it out of dispatch before dropping any, so a
         # request redelivered from one cannot land on another that is overdue too. A busy
@@ -1126,8 +1118,6 @@ class Router:
             del self._live[timeout]
         for key in [k for k, suspects in self._suspects.items() if not suspects]:
             del self._suspects[key]
-        for timeout in [t for t, pipelined in self._pipelined.items() if not pipelined]:
-            del self._pipelined[timeout]
 
     def _expire(self, request: Request, now: float) -> None:
         service = self.services.get(request.service)
