@@ -190,7 +190,8 @@ def test_a_killed_pipelined_worker_gets_nothing_new_and_nothing_times_out(
     assert {b"after-%d" % i for i in range(40)} <= set(answered)
     assert set(map(tuple, answered.values())) == {(b"healthy",)}
     stats = broker.stats()
-    assert stats["requests.handed_back"] == 7
+    # the 7, and any later request sent to the victim before the broker read its loss
+    assert stats["requests.handed_back"] >= 7
     assert stats.get("workers.expired", 0) == 0  # noticed by the connection, not by silence
     assert broker.call(lambda: broker.broker.transports["mdp"].stats["mdp.peers_lost"]) == 1
 
