@@ -271,3 +271,22 @@ def test_a_frozen_worker_is_dropped_by_zmtp_heartbeats(
     got = caller.replies(1)
     assert list(got.values()) == [[b"502", b"worker died (disconnected)"]]
     assert broker.call(lambda: broker.broker.transports["mdp"].stats["mdp.peers_lost"]) == 1
+
+
+def test_a_killed_worker_on_an_ipc_endpoint_is_noticed_too(
+    ctx: Ctx, spawn: Callable[..., WorkerProcess], tmp_path: Path
+) -> None:
+    broker = BrokerThread(
+        LIVE
+        + f'\n[transports.mdp]\nendpoints = ["ipc://{tmp_path}/mdp.sock"]\nworker_credit_max = 1\n'
+    )
+    try:
+        victim = spawn(broker.endpoint, "slow", "victim", answer=0)
+        wait_until(lambda: held(broker, "slow") == [0], what="the victim's READY")
+        caller = Caller(ctx, broker.endpoint)
+        caller.send(b"slow", b"one")
+        wait_until(lambda: held(broker, "slow") == [1], what="the victim holding the request")
+        victim.kill()
+        assert list(caller.replies(1).values()) == [[b"502", b"worker died (disconnected)"]]
+    finally:
+        broker.stop(drain_timeout=0)
