@@ -105,8 +105,12 @@ class ServicePolicy(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_
     #: once, ``store`` keeps every request in the broker's durable store until a worker answers
     #: it (across restarts; the caller's deadline only ends its wait)
     on_no_worker: Literal["wait", "fail", "store"] = "wait"
-    #: seconds from acceptance to the final reply; 0 means no deadline
+    #: seconds from acceptance to the final reply; 0 means no deadline. It is also the
+    #: deadline of a request whose caller asks for none (a timeout of 0, negative or missing)
     request_timeout: float = 30.0
+    #: the longest deadline a caller may ask for (seconds); a longer one is cut to this.
+    #: 0: no limit
+    max_request_timeout: float = 3600.0
     #: requests waiting for a worker (not counting those being served)
     max_queue: int = 10_000
     #: bytes the waiting requests may hold (their body frames and service name); a request
@@ -125,6 +129,8 @@ class ServicePolicy(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_
         out = []
         if not (0 <= self.request_timeout < math.inf):
             out.append("request_timeout must be a finite number >= 0")
+        if not (0 <= self.max_request_timeout < math.inf):
+            out.append("max_request_timeout must be a finite number >= 0 (0: no limit)")
         if self.max_queue < 0:
             out.append("max_queue must be >= 0")
         if self.max_queue_bytes < 0:
@@ -183,6 +189,7 @@ class Session:
         "label",
         "opened",
         "patterns",
+        "queued",
         "quiet",
         "sink",
         "transport",
@@ -209,6 +216,9 @@ class Session:
         self.workers: dict[Worker, None] = {}
         self.patterns: set[str] = set()
         self.allow_cache: dict[tuple[Action, str], bool] = {}
+        #: its requests waiting in a service queue (not yet handed to a worker), by id: dropped
+        #: from their queues when the session closes
+        self.queued: dict[int, Request] = {}
         #: shared by every session of the transport (the router sets it)
         self.counters = TransportStats()
 
@@ -231,10 +241,12 @@ class Worker:
         "live_key",
         "max_credit",
         "pipeline_below",
+        "progress",
         "served",
         "service",
         "session",
         "since",
+        "suspect",
         "tag",
         "touched",
     )
@@ -269,6 +281,12 @@ class Worker:
         self.idle_timeout = idle_timeout
         self.busy_timeout = busy_timeout
         self.live_key = 0.0  # which liveness list the worker is in (its current timeout)
+        #: silent past its liveness window while holding requests: it gets no new ones until it
+        #: speaks again (``Router.tick``)
+        self.suspect = False
+        #: when it last answered a request (or got one while idle): adaptive credit falls back
+        #: to ``base_credit`` when it makes no progress for its liveness window
+        self.progress = now
 
     def __repr__(self) -> str:
         return f"<Worker {self.label} of {self.service.name}>"

@@ -14,7 +14,7 @@ from __future__ import annotations
 import heapq
 import logging
 import math
-from collections import Counter, OrderedDict
+from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, Literal
 
@@ -77,11 +77,23 @@ MmiHandler = Callable[["Router", str, Body], list[bytes]]
 
 
 class Liveness(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
-    """Worker liveness defaults (``[liveness]``): a worker silent this long is dead."""
+    """Worker liveness defaults (``[liveness]``).
+
+    A worker's liveness window is ``heartbeat_interval * liveness``: silence is measured from
+    the last thing the worker sent (a heartbeat, a reply, any command), never from what the
+    broker sent it. An idle worker silent for its window is dead and dropped. A busy worker
+    (one holding requests) silent for its window gets no new request, its pipelined credit
+    falls back to its base credit, and it is dropped once silent for ``busy_timeout`` (its
+    requests are then redelivered or failed by the service's policy); a word from it before
+    then puts it back in dispatch. Workers that heartbeat while busy are never suspected.
+    """
 
     heartbeat_interval: float = 2.5
     liveness: int = 3
-    #: a worker holding requests may stay silent this long (majortomo's default)
+    #: seconds of silence after which a worker holding requests is dropped (for workers that
+    #: do not heartbeat while they work, e.g. zguide's or majortomo's; majortomo's default).
+    #: It gets no new request from its liveness window on. At most the window: a busy worker
+    #: is dropped at its window like an idle one. 0: never drop a busy worker for silence
     busy_timeout: float = 900.0
 
     @property
@@ -192,6 +204,13 @@ class Router:
         self._wheel_heap: list[int] = []
         # liveness lists: timeout -> workers ordered by last activity (oldest first)
         self._live: dict[float, OrderedDict[Worker, None]] = {}
+        # busy workers silent past their window: (idle_timeout, busy_timeout) -> workers in
+        # the order they fell silent (see ``tick``)
+        self._suspects: dict[tuple[float, float], OrderedDict[Worker, None]] = {}
+        # workers whose adaptive credit grew past their base credit (with a liveness window):
+        # their credit falls back when they stop answering (checked by ``tick`` now and then)
+        self._pipelined: dict[Worker, None] = {}
+        self._pipeline_check = 0.0
         self.draining = False
 
     # -- sessions ---------------------------------------------------------------------------
@@ -230,6 +249,8 @@ class Router:
         if session.closed:
             return
         session.closed = True
+        if session.queued:
+            self._drop_queued(session)
         # take every worker of the session out of dispatch first, so a request redelivered
         # while the first one is dropped cannot land on a sibling that is about to go too
         for worker in session.workers:
@@ -249,6 +270,31 @@ class Router:
             "$sys.session.leave",
             {"session": session.label, "transport": session.transport, "reason": reason},
         )
+
+    def _drop_queued(self, session: Session) -> None:
+        """The requests a closing session left waiting in service queues: nobody waits for
+        their replies, so they leave the queues (stored ones stay, without their caller)."""
+        touched: dict[Service, None] = {}
+        for request in list(session.queued.values()):
+            if request.state is not _QUEUED:
+                continue
+            if request.stored >= 0:
+                self._detach(request)
+                continue
+            request.state = _CANCELLED
+            self._disarm(request)
+            service = self.services.get(request.service)
+            if service is not None:
+                service.queued -= 1
+                touched[service] = None
+            self.stats["requests.dropped_caller_gone"] += 1
+        session.queued.clear()
+        for service in touched:
+            if not service.queued:
+                service.queue.clear()
+            elif len(service.queue) > 2 * service.queued + 64:
+                service.queue = deque(r for r in service.queue if r.state is _QUEUED)
+            self._maybe_forget(service)
 
     def set_identity(self, session: Session, identity: Identity) -> None:
         """Change who a session is (e.g. after a late login); clears its permission cache."""
@@ -491,9 +537,57 @@ class Router:
         """The worker showed a sign of life (a heartbeat, any command)."""
         if worker.alive:
             worker.touched = now
+            if worker.suspect:
+                self._revive(worker, now, dispatch=True)
+                return
             live = self._live.get(worker.live_key)
             if live is not None:
                 live.move_to_end(worker)
+
+    def _suspect(self, worker: Worker, now: float) -> None:
+        """A busy worker fell silent for its liveness window: no new request goes to it and its
+        pipelined credit falls back, until it speaks again or ``busy_timeout`` drops it."""
+        worker.suspect = True
+        worker.service.free.pop(worker, None)
+        self._unpipeline(worker)
+        live = self._live.get(worker.live_key)
+        if live is not None:
+            live.pop(worker, None)
+        worker.live_key = 0.0
+        if worker.busy_timeout > 0:
+            key = (worker.idle_timeout, worker.busy_timeout)
+            suspects = self._suspects.get(key)
+            if suspects is None:
+                suspects = self._suspects[key] = OrderedDict()
+            suspects[worker] = None
+        self.stats["workers.suspected"] += 1
+        log.info(
+            "worker %s of %s silent for %.1fs while holding %d request(s): no new requests",
+            worker.label,
+            worker.service.name,
+            now - worker.touched,
+            len(worker.inflight),
+        )
+
+    def _revive(self, worker: Worker, now: float, *, dispatch: bool) -> None:
+        """A suspect worker spoke again: back in its liveness list and in dispatch."""
+        worker.suspect = False
+        suspects = self._suspects.get((worker.idle_timeout, worker.busy_timeout))
+        if suspects is not None:
+            suspects.pop(worker, None)
+        self._live_put(worker, worker.idle_timeout)
+        self.stats["workers.revived"] += 1
+        if dispatch and len(worker.inflight) < worker.credit:
+            worker.service.free[worker] = None
+            self._dispatch(worker.service, now)
+
+    def _unpipeline(self, worker: Worker) -> None:
+        """Set an adaptive worker's credit back to its base credit."""
+        if worker.credit > worker.base_credit:
+            worker.credit = worker.base_credit
+            if len(worker.inflight) >= worker.credit:
+                worker.service.free.pop(worker, None)
+        self._pipelined.pop(worker, None)
 
     def _live_put(self, worker: Worker, timeout: float) -> None:
         worker.live_key = timeout
@@ -517,16 +611,38 @@ class Router:
         live = self._live.get(worker.live_key)
         if live is not None:
             live.pop(worker, None)
+        if worker.suspect:
+            suspects = self._suspects.get((worker.idle_timeout, worker.busy_timeout))
+            if suspects is not None:
+                suspects.pop(worker, None)
+        self._unpipeline(worker)
         del service.workers[worker]
         service.free.pop(worker, None)
         worker.session.workers.pop(worker, None)
         requeue: list[Request] = []
+        # a worker works on at most its base credit of requests at once, oldest first: those
+        # it was sent beyond them (pipelined) were never started, so they go to another
+        # worker whatever the redeliver policy says, and the delivery does not count
+        started = worker.base_credit
         for request in worker.inflight.values():
             if request.state is not _DISPATCHED:
+                started -= 1
                 continue  # expired or cancelled while in flight: already answered
             request.worker = None
             journal = self.journal if request.stored >= 0 else None
-            if (journal is not None or service.policy.redeliver) and (
+            started -= 1
+            if started < 0:
+                request.deliveries -= 1
+                if request.caller.closed and journal is None:
+                    request.state = _CANCELLED
+                    self._disarm(request)
+                    continue
+                request.state = _QUEUED
+                requeue.append(request)
+                self.stats["requests.handed_back"] += 1
+                if journal is not None:
+                    journal.redelivered(request)
+            elif (journal is not None or service.policy.redeliver) and (
                 request.deliveries < service.policy.max_deliveries
             ):
                 request.state = _QUEUED
@@ -547,6 +663,9 @@ class Router:
             service.queue.extendleft(reversed(requeue))
             service.queued += len(requeue)
             self._queued(service, sum(map(self._size, requeue)))
+            for request in requeue:
+                if not request.caller.closed:
+                    request.caller.queued[request.id] = request
         if notify:
             try:
                 worker.session.sink.worker_removed(worker, reason)
@@ -676,7 +795,12 @@ class Router:
         refused at once. ``timeout`` and ``on_no_worker`` override the service's policy for
         this request (e.g. a protocol whose clients expect "no responder" at once).
         ``headers`` are the caller's (broker-owned names dropped, see :meth:`publish`),
-        ``stamp`` the transport's own values."""
+        ``stamp`` the transport's own values.
+
+        ``timeout`` is the caller's wish: None, 0, a negative number or NaN mean the service's
+        ``request_timeout``; a larger one than the service's ``max_request_timeout`` is cut to
+        it. Only ``math.inf`` (never a value read from a client) means no deadline at all, for
+        a transport's own queues whose entries live as long as it keeps them."""
         if session.closed:
             raise MaitredError("session is closed", ErrorCode.BAD_REQUEST)
         headers = client_headers(headers, stamp)
@@ -704,15 +828,17 @@ class Router:
                 service_name, self._policy_for(service_name)
             )
         policy = service.policy
-        if timeout is None:
+        if timeout is None or not timeout > 0:
             timeout = policy.request_timeout
+        elif timeout != NO_DEADLINE and policy.max_request_timeout:
+            timeout = min(timeout, policy.max_request_timeout)
         request = Request(
             id=self._next_request,
             service=service_name,
             body=body,
             caller=session,
             correlation=correlation,
-            deadline=now + timeout if timeout > 0 else NO_DEADLINE,
+            deadline=now + timeout if 0 < timeout < NO_DEADLINE else NO_DEADLINE,
             accepted=now,
             headers=headers,
         )
@@ -794,6 +920,7 @@ class Router:
         self.held += size
         if self.held > self._cap and not self.overloaded:
             self._overload()
+        session.queued[request.id] = request
         self._dispatch(service, now)
         return request
 
@@ -847,6 +974,7 @@ class Router:
         service.queue.append(request)
         service.queued += 1
         self._queued(service, request.size)
+        request.caller.queued[request.id] = request
         self._dispatch(service, now)
         return request
 
@@ -880,6 +1008,7 @@ class Router:
         service.queue.append(request)
         service.queued += 1
         self._queued(service, request.size)
+        request.caller.queued[request.id] = request
         self._dispatch(service, now)
         return request
 
@@ -897,6 +1026,7 @@ class Router:
         stays queued or with its worker and what comes for it is dropped."""
         self._disarm(request)
         request.deadline = NO_DEADLINE
+        request.caller.queued.pop(request.id, None)
         request.caller = self._orphan_session()
 
     def _refuse(self, service: Service, request: Request, error: MaitredError) -> None:
@@ -945,6 +1075,7 @@ class Router:
             request = queue.popleft()
             if request.state is _QUEUED:
                 self._unqueued(service, request)
+                request.caller.queued.pop(request.id, None)
                 return request
         return None
 
@@ -956,6 +1087,7 @@ class Router:
             if request.state is not _QUEUED:
                 continue
             self._unqueued(service, request)
+            request.caller.queued.pop(request.id, None)
             if request.caller.closed:
                 if request.stored < 0:
                     request.state = _CANCELLED
@@ -980,8 +1112,11 @@ class Router:
         else:
             free.move_to_end(worker)
         if was_idle:
-            worker.touched = now
-            self._live_move(worker, worker.busy_timeout)
+            worker.progress = now
+            if not worker.idle_timeout:
+                # the transport watches this worker while idle; busy, busy_timeout bounds it
+                worker.touched = now
+                self._live_move(worker, worker.busy_timeout)
         worker.session.counters.served += 1
         if self.tracers:
             self._trace("dispatched", request, worker.label, now)
@@ -1023,9 +1158,12 @@ class Router:
         if headers is not None:
             request.reply_headers = client_headers(headers, stamp)
         worker.touched = now
+        if worker.suspect:  # it speaks again: back in dispatch (below for a final reply)
+            self._revive(worker, now, dispatch=not final)
         if final:
             del worker.inflight[token]
             worker.served += 1
+            worker.progress = now
             if request.stored >= 0 and self.journal is not None:
                 self.journal.done(request)
             service = worker.service
@@ -1034,8 +1172,10 @@ class Router:
                 if now - request.dispatched < worker.pipeline_below:
                     if service.queued and worker.credit < worker.max_credit:
                         worker.credit += 1
+                        if worker.idle_timeout > 0:  # watched for the moment it stops answering
+                            self._pipelined[worker] = None
                 elif worker.credit > worker.base_credit:
-                    worker.credit = worker.base_credit
+                    self._unpipeline(worker)
             if worker.alive:
                 if len(worker.inflight) < worker.credit:
                     if worker not in free:
@@ -1128,6 +1268,7 @@ class Router:
             return
         if request.state is _QUEUED:
             request.state = _CANCELLED
+            request.caller.queued.pop(request.id, None)
             service = self.services.get(request.service)
             if service is not None:
                 self._unqueued(service, request)
@@ -1219,8 +1360,17 @@ class Router:
                 for request in list(bucket.values()):
                     request.bucket = None
                     self._expire(request, now)
+        # pipelined workers that stopped answering for their window: back to base credit
+        # (looked at a few times per heartbeat interval: windows are seconds long)
+        if self._pipelined and now >= self._pipeline_check:
+            self._pipeline_check = now + self.liveness.heartbeat_interval / 4
+            for worker in [w for w in self._pipelined if now - w.progress >= w.idle_timeout]:
+                self._unpipeline(worker)  # takes it out of ``_pipelined``
+                self.stats["workers.pipeline_stalled"] += 1
         # collect every overdue worker and take it out of dispatch before dropping any, so a
-        # request redelivered from one cannot land on another that is overdue too
+        # request redelivered from one cannot land on another that is overdue too. A busy
+        # worker silent for its window is suspected first (no new requests) and dropped only
+        # after its busy_timeout of silence, unless that is no longer than its window.
         due: list[Worker] = []
         for timeout, live in list(self._live.items()):
             limit = now - timeout
@@ -1228,8 +1378,28 @@ class Router:
                 if worker.touched > limit:
                     break
                 due.append(worker)
+        for (_idle, busy), suspects in self._suspects.items():
+            limit = now - busy
+            for worker in suspects:
+                if worker.touched > limit:
+                    break
+                due.append(worker)
+        suspected: list[Worker] = []
         for worker in due:
-            worker.service.free.pop(worker, None)
+            if (
+                worker.inflight
+                and not worker.suspect
+                and worker.live_key == worker.idle_timeout > 0
+                and not 0 < worker.busy_timeout <= now - worker.touched
+            ):
+                suspected.append(worker)
+            else:
+                worker.service.free.pop(worker, None)
+        if suspected:
+            for worker in suspected:
+                self._suspect(worker, now)
+            just = {id(w) for w in suspected}
+            due = [w for w in due if id(w) not in just]
         for worker in due:
             if not worker.alive:
                 continue
@@ -1243,6 +1413,8 @@ class Router:
             self._drop_worker(worker, now, "expired", notify=True)
         for timeout in [t for t, live in self._live.items() if not live]:
             del self._live[timeout]
+        for key in [k for k, suspects in self._suspects.items() if not suspects]:
+            del self._suspects[key]
 
     def _expire(self, request: Request, now: float) -> None:
         service = self.services.get(request.service)
@@ -1263,6 +1435,7 @@ class Router:
             return
         if request.state is _QUEUED:
             request.state = _EXPIRED
+            request.caller.queued.pop(request.id, None)
             if service is not None:
                 self._unqueued(service, request)
                 service.timeouts += 1

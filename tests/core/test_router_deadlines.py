@@ -158,13 +158,28 @@ def test_request_timeout_zero_means_no_deadline(make_harness: HarnessFactory) ->
     assert sink_of(client).errors == []
 
 
-def test_per_request_timeout_zero_means_no_deadline(h1: Harness) -> None:
+@pytest.mark.parametrize("asked", [0, 0.0, -5.0, math.nan, None])
+def test_a_caller_cannot_switch_its_deadline_off(h1: Harness, asked: float | None) -> None:
+    """A timeout of 0, negative, NaN or none from a caller means the service's deadline."""
     h = h1
     client = h.session("client")
-    req = h.req(client, "svc", timeout=0)
-    assert math.isinf(req.deadline)
-    h.advance(1e6)
-    assert req.state is RequestState.QUEUED
+    req = h.req(client, "svc", timeout=asked)
+    assert req.deadline == h.now + 1.0
+    h.advance(1.05)
+    assert req.state is RequestState.EXPIRED
+    assert sink_of(client).error_codes() == [ErrorCode.TIMEOUT]
+
+
+def test_a_caller_deadline_is_capped(make_harness: HarnessFactory) -> None:
+    h = make_harness(policy=ServicePolicy(request_timeout=1.0, max_request_timeout=60.0))
+    client = h.session("client")
+    assert h.req(client, "svc", timeout=1e300).deadline == h.now + 60.0
+    assert h.req(client, "svc", timeout=5.0).deadline == h.now + 5.0
+    # only a transport's own queue asks for no deadline at all, with math.inf
+    assert math.isinf(h.req(client, "svc", timeout=math.inf).deadline)
+    uncapped = make_harness(policy=ServicePolicy(request_timeout=1.0, max_request_timeout=0))
+    client = uncapped.session("client")
+    assert uncapped.req(client, "svc", timeout=1e6).deadline == uncapped.now + 1e6
 
 
 def test_many_deadlines_in_one_bucket(h1: Harness) -> None:
@@ -180,9 +195,10 @@ def test_expiry_for_a_closed_caller_delivers_nothing(h1: Harness) -> None:
     h = h1
     client = h.session("client")
     req = h.req(client, "svc")
-    h.close(client)
+    h.close(client)  # its waiting request leaves the queue with it
+    assert req.state is RequestState.CANCELLED
     h.advance(2)
-    assert req.state is RequestState.EXPIRED
+    assert req.state is RequestState.CANCELLED
     assert sink_of(client).errors == []
 
 

@@ -1,5 +1,7 @@
-"""Worker liveness: idle workers expire after heartbeat_interval * liveness of silence, busy
-workers after busy_timeout; 0 means the router never expires the worker."""
+"""Worker liveness: idle workers expire after heartbeat_interval * liveness of silence; busy
+workers silent that long get no new request (and lose pipelined credit) and are dropped after
+busy_timeout of silence; 0 means the router never expires the worker. A dead worker's requests
+pipelined behind the one it worked on go to another worker whatever the redeliver policy."""
 
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ from collections.abc import Callable
 import pytest
 
 from maitred.core.errors import ErrorCode
-from maitred.core.routing.model import RequestState, ServicePolicy
+from maitred.core.routing.model import RequestState, ServicePolicy, Session, Worker
 from maitred.core.routing.router import Liveness
 from tests.core.harness import Harness, sink_of
 
@@ -85,23 +87,166 @@ def test_only_the_silent_workers_expire(lh: Harness) -> None:
     assert list(h.router.services["svc"].free) == [b]
 
 
-def test_busy_worker_uses_busy_timeout(lh: Harness) -> None:
+def test_busy_worker_silent_for_busy_timeout_is_dropped(lh: Harness) -> None:
     h = lh
     w = h.worker("svc")
     client = h.session("client")
     h.advance(2.0)
-    req = h.req(client, "svc")  # assignment restarts the clock: busy from now on
-    busy_since = h.now
+    h.router.touch(w, h.now)
+    heard = h.now
+    req = h.req(client, "svc")  # silence counts from the worker's last word, not the dispatch
     h.advance(5.0)
-    assert w.alive
-    h.clock.now = busy_since + 9.99
+    assert w.alive and w.suspect
+    h.clock.now = heard + 9.99
     h.tick()
     assert w.alive
-    h.clock.now = busy_since + 10.0
+    h.clock.now = heard + 10.0
     h.tick()
     assert not w.alive
     assert sink_of(w.session).removed == [(w, "expired")]
     assert sink_of(client).code_for(req) is ErrorCode.WORKER_DIED
+
+
+def test_busy_worker_silent_for_its_window_gets_no_new_request(lh: Harness) -> None:
+    h = lh
+    a = h.worker("svc", credit=2)
+    client = h.session("client")
+    first = h.req(client, "svc")
+    assert first.worker is a
+    h.advance(3.0)  # silent for its window while busy: suspected, not dropped
+    assert a.alive and a.suspect
+    assert a not in h.router.services["svc"].free
+    assert h.router.stats["workers.suspected"] == 1
+    second = h.req(client, "svc")
+    assert second.state is RequestState.QUEUED  # not to a, although it has credit left
+    b = h.worker("svc")
+    assert second.worker is b
+    third = h.req(client, "svc")
+    h.router.touch(a, h.now)  # a word from it: back in dispatch
+    assert not a.suspect
+    assert third.worker is a
+    assert h.router.stats["workers.revived"] == 1
+
+
+def test_a_reply_revives_a_suspect_worker(lh: Harness) -> None:
+    h = lh
+    a = h.worker("svc")
+    client = h.session("client")
+    first = h.req(client, "svc")
+    h.advance(5.0)
+    assert a.suspect
+    h.reply(a, first)
+    assert not a.suspect and a in h.router.services["svc"].free
+    h.advance(2.9)
+    assert a.alive
+    h.advance(0.1)
+    assert not a.alive  # idle and silent for its window again
+
+
+def test_busy_timeout_within_the_window_drops_a_silent_busy_worker_at_the_window(
+    make_harness: HarnessFactory,
+) -> None:
+    h = make_harness(
+        liveness=Liveness(heartbeat_interval=1.0, liveness=3, busy_timeout=1.0),
+        policy=ServicePolicy(request_timeout=0),
+    )
+    w = h.worker("svc")
+    client = h.session("client")
+    req = h.req(client, "svc")
+    h.advance(2.9)
+    assert w.alive
+    h.advance(0.1)
+    assert not w.alive
+    assert sink_of(client).code_for(req) is ErrorCode.WORKER_DIED
+
+
+def test_a_busy_worker_that_heartbeats_is_never_suspected(lh: Harness) -> None:
+    h = lh
+    w = h.worker("svc", credit=2)
+    client = h.session("client")
+    h.req(client, "svc")
+    for _ in range(60):
+        h.advance(2.0)
+        h.router.touch(w, h.now)
+    assert w.alive and not w.suspect
+    assert w in h.router.services["svc"].free
+    assert h.router.stats["workers.suspected"] == 0
+
+
+def _grow_credit(h: Harness, worker: Worker, client: Session, to: int) -> None:
+    """Answer at once while requests wait, until the worker's adaptive credit is ``to``."""
+    for _ in range(200):
+        if worker.credit >= to:
+            return
+        if len(h.router.services["svc"].queue) < 2 * to:
+            for _ in range(2 * to):
+                h.req(client, "svc")
+        h.reply(worker, next(iter(worker.inflight.values())))
+    raise AssertionError(f"credit stuck at {worker.credit}")
+
+
+def test_pipelined_credit_collapses_when_the_worker_stops_answering(lh: Harness) -> None:
+    h = lh
+    w = h.worker("svc", max_credit=8, pipeline_below=0.002)
+    client = h.session("client")
+    _grow_credit(h, w, client, 8)
+    assert w.credit == 8 and len(w.inflight) == 8
+    # it keeps heartbeating but answers nothing: alive, but no longer pipelined
+    h.advance(2.0)
+    h.router.touch(w, h.now)
+    assert w.credit == 8
+    h.advance(1.0)
+    h.router.touch(w, h.now)
+    assert w.alive and not w.suspect
+    assert w.credit == 1
+    assert h.router.stats["workers.pipeline_stalled"] == 1
+    assert w not in h.router.services["svc"].free
+
+
+def test_a_dead_worker_hands_its_unstarted_requests_to_another(lh: Harness) -> None:
+    """Without redeliver, the request the dead worker may have started fails with 502; those
+    pipelined behind it were never started and go to another worker."""
+    h = lh
+    w = h.worker("svc", max_credit=4, pipeline_below=0.002)
+    client = h.session("client")
+    _grow_credit(h, w, client, 4)
+    held = list(w.inflight.values())
+    assert len(held) == 4
+    h.router.remove_worker(w, h.now, "disconnected")
+    assert sink_of(client).code_for(held[0]) is ErrorCode.WORKER_DIED
+    assert all(r.state is RequestState.QUEUED for r in held[1:])
+    assert all(r.deliveries == 0 for r in held[1:])
+    assert h.router.stats["requests.handed_back"] == 3
+    other = h.worker("svc", credit=4)
+    assert [r.worker for r in held[1:]] == [other] * 3
+    assert [r.deliveries for r in held[1:]] == [1, 1, 1]
+    # they keep their place at the head of the queue
+    assert list(other.inflight.values())[:3] == held[1:]
+
+
+def test_a_dead_worker_redelivers_all_it_held_with_redeliver(make_harness: HarnessFactory) -> None:
+    h = make_harness(liveness=LIVE, policy=ServicePolicy(redeliver=True, request_timeout=0))
+    w = h.worker("svc", max_credit=4, pipeline_below=0.002)
+    client = h.session("client")
+    _grow_credit(h, w, client, 4)
+    held = list(w.inflight.values())
+    other = h.worker("svc", credit=50)  # takes what waits, with room for what w held
+    h.router.remove_worker(w, h.now, "disconnected")
+    assert sink_of(client).errors == []
+    assert [r.worker for r in held] == [other] * 4
+    assert [r.deliveries for r in held] == [2, 1, 1, 1]
+
+
+def test_unstarted_requests_of_a_gone_caller_are_dropped(lh: Harness) -> None:
+    h = lh
+    w = h.worker("svc", max_credit=4, pipeline_below=0.002)
+    client = h.session("client")
+    _grow_credit(h, w, client, 4)
+    held = list(w.inflight.values())
+    h.close(client)
+    h.router.remove_worker(w, h.now, "disconnected")
+    assert all(r.state is RequestState.CANCELLED for r in held[1:])
+    assert h.router.services.get("svc") is None or h.router.services["svc"].queued == 0
 
 
 def test_partial_replies_are_signs_of_life(lh: Harness) -> None:

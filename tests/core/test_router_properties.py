@@ -10,8 +10,8 @@ error), cancelled, and time moves on. After every step it checks:
   QUEUED (then it sits in its service's queue), DISPATCHED (then a live worker holds it) or
   CANCELLED; no TIMEOUT arrives before the request's deadline;
 - a service's ``queued`` equals the QUEUED requests in its queue; no worker holds more than its
-  credit; ``free`` holds exactly the live workers with credit left; never free workers and
-  waiting requests at once;
+  credit; ``free`` holds exactly the live, unsuspected workers with credit left; never free
+  workers and waiting requests at once; each session knows exactly its waiting requests;
 - nothing is delivered to a closed session;
 - finally ``shutdown`` answers everything still pending and tells every worker.
 
@@ -312,7 +312,10 @@ class RouterMachine(RuleBasedStateMachine):
                 assert worker.base_credit <= worker.credit <= max(
                     worker.base_credit, worker.max_credit
                 )
-                if len(worker.inflight) < worker.credit:
+                if worker.suspect:  # silent past its window while busy: no new requests
+                    assert worker.inflight
+                    assert worker.credit == worker.base_credit
+                elif len(worker.inflight) < worker.credit:
                     free.add(worker)
                 for token, request in worker.inflight.items():
                     assert request.id == token
@@ -324,6 +327,13 @@ class RouterMachine(RuleBasedStateMachine):
                     )
             assert set(svc.free) == free
             assert not (svc.free and svc.queued), "free workers while requests wait"
+            for request in waiting:
+                if not request.caller.closed:
+                    assert request.caller.queued.get(request.id) is request
+        for session in self.router.sessions.values():
+            for request in session.queued.values():
+                assert request.state is RequestState.QUEUED
+                assert request.caller is session
         for worker in self.workers:
             if not worker.alive:
                 assert worker.inflight == {}

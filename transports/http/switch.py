@@ -33,6 +33,7 @@ import asyncio
 import fnmatch
 import hmac
 import logging
+import math
 import time
 from collections import Counter, deque
 from collections.abc import Callable
@@ -766,7 +767,7 @@ class Switch:
         assert self.qsession is not None
         m.parked = False
         m.request = self.router.submit(
-            self.qsession, m.queue, [m.payload], m, now, timeout=0.0, on_no_worker="wait"
+            self.qsession, m.queue, [m.payload], m, now, timeout=math.inf, on_no_worker="wait"
         )
 
     def on_dispatch(self, token: Token, worker: Worker, request: Request) -> None:

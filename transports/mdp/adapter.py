@@ -8,7 +8,16 @@ logging, task, hook lookup or JSON.
 MDP clients need no session state: each request's correlation carries the client's routing id,
 dialect and service frame, so the reply goes back in kind. All clients of an endpoint share one
 quiet session (identity from ``[transports.mdp]``). Each worker is a session of its own, created
-on a valid READY and closed on DISCONNECT, expiry or a protocol violation.
+on a valid READY and closed on DISCONNECT, expiry, a protocol violation or the loss of its
+connection.
+
+A worker killed without a word (kill -9, a crash, a pulled cable) sends no DISCONNECT, and a
+ROUTER socket says nothing when a peer goes. So the transport watches connections itself: the
+ROUTER socket runs ZMTP heartbeats (a peer's libzmq answers them even while its application is
+busy; one that does not within the liveness window has its connection closed), and a socket
+monitor reports each closed connection by its file descriptor. Each worker's descriptor is read
+from its READY message, so a lost connection names the worker at once and the router fails or
+redelivers what it held, by the service's policy.
 """
 
 from __future__ import annotations
@@ -18,6 +27,7 @@ import functools
 import logging
 import math
 import os
+import struct
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any, Literal, cast
@@ -79,6 +89,10 @@ def _decode_name(raw: bytes) -> str | None:
         return raw.decode("utf-8")
     except UnicodeDecodeError:
         return None
+_SRCFD = int(zmq.SRCFD)
+#: a socket monitor's event frame: event number (uint16), value (uint32; the fd for DISCONNECTED)
+_EVENT = struct.Struct("=HI")
+_DISCONNECTED = int(zmq.EVENT_DISCONNECTED)
 
 
 class MdpConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -92,6 +106,10 @@ class MdpConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     heartbeat_interval: float = 0.0
     #: intervals of silence before a worker is dead; 0: the ``[liveness]`` value
     liveness: int = 0
+    #: ZMTP heartbeats on every connection (interval: the heartbeat interval; timeout: the
+    #: liveness window): a peer whose libzmq answers nothing that long has its connection closed
+    #: (libzmq < 4.2 peers do not answer them and are disconnected when idle that long)
+    zmtp_heartbeats: bool = True
     #: largest accepted message body (sum of frame sizes, bytes)
     max_message_size: int = 1 << 20
     #: most body frames in one message
@@ -174,14 +192,16 @@ _UNSET: Any = _Unset()
 
 
 class _MdpWorker:
-    __slots__ = ("dialect", "head", "rid", "session", "worker")
+    __slots__ = ("dialect", "fd", "head", "rid", "session", "worker")
 
-    def __init__(self, rid: bytes, dialect: int, session: Session) -> None:
+    def __init__(self, rid: bytes, dialect: int, session: Session, fd: int) -> None:
         self.rid = rid
         self.dialect = dialect
         self.head = codec.worker_request_head(dialect)
         self.session = session
         self.worker: Worker = _UNSET
+        #: the file descriptor of its connection (-1: unknown, e.g. inproc)
+        self.fd = fd
 
 
 def _bind_address(endpoint: str) -> str:
@@ -228,6 +248,14 @@ class MdpTransport:
         self.heartbeat_interval = config.heartbeat_interval or live.heartbeat_interval
         self.idle_timeout = self.heartbeat_interval * (config.liveness or live.liveness)
         self._workers: dict[bytes, _MdpWorker] = {}
+        #: connection fd -> the worker on it (see the module docstring)
+        self._fds: dict[int, _MdpWorker] = {}
+        #: workers whose connection closed, dropped once what they sent before is read
+        self._lost: list[_MdpWorker] = []
+        self._monitor: zmq.Socket[Any] | None = None
+        self._monitor_fd: int | None = None
+        #: the first frame after the routing id of the message being handled (its source fd)
+        self._head: zmq.Frame | None = None
         self._clients: Session | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._fd: int | None = None
@@ -262,6 +290,11 @@ class MdpTransport:
         # a single frame larger than the whole body limit (plus headroom) drops the connection in
         # libzmq before Python sees it; smaller oversized messages are refused per message below
         sock.setsockopt(zmq.MAXMSGSIZE, self.config.max_message_size + 4096)
+        # ZMTP heartbeats: a connection whose peer answers nothing for the liveness window is
+        # closed by libzmq (the monitor below then reports it)
+        if self.config.zmtp_heartbeats:
+            sock.setsockopt(zmq.HEARTBEAT_IVL, max(1, int(self.heartbeat_interval * 1000)))
+            sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, max(1, int(self.idle_timeout * 1000)))
         try:
             for endpoint in self.config.endpoints:
                 sock.bind(_bind_address(endpoint))
@@ -280,6 +313,13 @@ class MdpTransport:
         )
         self._identity = identity
         self._fd = sock.getsockopt(zmq.FD)
+        monitor_at = f"inproc://maitred-mdp-monitor-{id(self):x}"
+        sock.monitor(monitor_at, _DISCONNECTED)
+        monitor = self._monitor = self.context.socket(zmq.PAIR)
+        monitor.setsockopt(zmq.LINGER, 0)
+        monitor.connect(monitor_at)
+        self._monitor_fd = monitor.getsockopt(zmq.FD)
+        loop.add_reader(self._monitor_fd, self._on_monitor)
         loop.add_reader(self._fd, self._on_readable)
         self._hb_timer = loop.call_later(self.heartbeat_interval, self._heartbeat)
         self._on_readable()
@@ -308,6 +348,16 @@ class MdpTransport:
             self.router.close_session(self._clients, now, "broker closing")
         if self._loop is not None and self._fd is not None:
             self._loop.remove_reader(self._fd)
+        if self._loop is not None and self._monitor_fd is not None:
+            self._loop.remove_reader(self._monitor_fd)
+        if self.socket is not None and self._monitor is not None:
+            try:
+                self.socket.disable_monitor()
+            except zmq.ZMQError:
+                pass
+        if self._monitor is not None:
+            self._monitor.close(0)
+            self._monitor = None
         if self.socket is not None:
             self.socket.close(self.config.linger_ms)
             self.socket = None
@@ -324,6 +374,11 @@ class MdpTransport:
             return
         if self._outq:
             self._flush_out()  # keep the order of everything sent
+        # connections closed so far: read before the messages, so a worker on a reused fd is
+        # never taken for the one that left it (see ``_read_monitor``)
+        monitor = self._monitor
+        if monitor is not None and _get_opt(monitor, _EVENTS) & _POLLIN:
+            self._read_monitor(monitor)
         handle = self._handle
         now = self.port.clock()
         self._draining = True
@@ -337,7 +392,7 @@ class MdpTransport:
                     break
                 # then Frame.more per frame (a copy=False receive costs ~0.4 µs more than a
                 # copy=True one, but getsockopt(RCVMORE) after it costs ~0.85 µs)
-                frame = _recv_frame(sock, _NOBLOCK, False)
+                frame = self._head = _recv_frame(sock, _NOBLOCK, False)
                 frames.append(frame.bytes)
                 while frame.more:
                     frame = _recv_frame(sock, _NOBLOCK, False)
@@ -350,6 +405,8 @@ class MdpTransport:
             # what the batch produced goes out together: one wake-up of libzmq's I/O thread
             # for the burst rather than one per message
             self._flush_out()
+            if self._lost:
+                self._drop_lost(now)  # all they sent before their connection closed is read
             # The FD is edge-triggered and our own sends may have consumed its edge: asking
             # ZMQ_EVENTS re-arms it and says whether a message slipped in meanwhile.
             if _get_opt(sock, _EVENTS) & _POLLIN:
@@ -358,10 +415,58 @@ class MdpTransport:
             if not self._closed:
                 log.error("mdp socket error: %s", exc)
         finally:
+            self._head = None
             self._draining = False
             if self._outq and not self._out_scheduled and self._loop is not None:
                 self._out_scheduled = True  # left over after an error: send them soon
                 self._loop.call_soon(self._flush_out)
+
+    def _on_monitor(self) -> None:
+        monitor = self._monitor
+        if monitor is None or self.socket is None:
+            return
+        if _get_opt(monitor, _EVENTS) & _POLLIN:
+            self._read_monitor(monitor)
+        if self._lost and not self._scheduled:
+            # read what the lost peers sent before they went, then drop them
+            self._reschedule()
+
+    def _read_monitor(self, monitor: zmq.Socket[Any]) -> None:
+        """Take the workers whose connection closed off their fds at once (a new connection may
+        get the same fd and send READY before they are dropped), and queue them for
+        :meth:`_drop_lost`."""
+        while True:
+            try:
+                event = _recv_frame(monitor, _NOBLOCK, True)
+                while monitor.getsockopt(zmq.RCVMORE):
+                    _recv_frame(monitor, _NOBLOCK, True)  # the endpoint
+            except zmq.Again:
+                return
+            if len(event) < _EVENT.size:
+                continue
+            kind, fd = _EVENT.unpack_from(event)
+            if kind != _DISCONNECTED:
+                continue
+            w = self._fds.pop(fd, None)
+            if w is not None:
+                self._lost.append(w)
+
+    def _drop_lost(self, now: float) -> None:
+        lost, self._lost = self._lost, []
+        for w in lost:
+            if self._workers.get(w.rid) is not w:
+                continue  # it left some other way meanwhile
+            del self._workers[w.rid]
+            self.stats["mdp.peers_lost"] += 1
+            log.info(
+                "mdp: worker %s of %s lost its connection", w.worker.label, w.worker.service.name
+            )
+            self.router.close_session(w.session, now, "disconnected")
+
+    def _forget(self, w: _MdpWorker) -> None:
+        """``w`` is no longer a worker: forget its fd."""
+        if self._fds.get(w.fd) is w:
+            del self._fds[w.fd]
 
     def _sent_outside_drain(self) -> None:
         """A send from outside ``_on_readable`` (another transport's caller, a timer) may let
@@ -445,6 +550,7 @@ class MdpTransport:
             w = self._workers.pop(rid, None)
             if w is not None:
                 log.debug("worker %s of %s disconnected", w.worker.label, w.worker.service.name)
+                self._forget(w)
                 self.router.close_session(w.session, now, "disconnect")
 
     def _on_request(
@@ -518,8 +624,10 @@ class MdpTransport:
         session = self.router.open_session(
             "mdp", self, self._identity, now, label=f"mdp:{rid.hex()}"
         )
-        mw = _MdpWorker(rid, dialect, session)
+        mw = _MdpWorker(rid, dialect, session, self._source_fd())
         self._workers[rid] = mw  # before add_worker, which may dispatch to it at once
+        if mw.fd >= 0:
+            self._fds[mw.fd] = mw
         try:
             mw.worker = self.router.add_worker(
                 session,
@@ -534,6 +642,7 @@ class MdpTransport:
             )
         except MaitredError as exc:
             del self._workers[rid]
+            self._forget(mw)
             self.stats[f"mdp.ready_refused.{exc.code.name.lower()}"] += 1
             self.rejections.note("refused", rid.hex(), f"READY for {service}: {exc.reason}")
             self._send(rid, codec.worker_disconnect(dialect))
@@ -543,6 +652,18 @@ class MdpTransport:
         log.debug(
             "worker %s ready for %s (%s)", worker.label, service, codec.DIALECT_NAMES.get(dialect)
         )
+
+    def _source_fd(self) -> int:
+        """The fd of the connection the message being handled came in on (-1: none, e.g.
+        inproc, where libzmq has no fd to report)."""
+        head = self._head
+        if head is None:
+            return -1
+        try:
+            fd = head.get(_SRCFD)
+        except zmq.ZMQError:
+            return -1
+        return fd if isinstance(fd, int) else -1
 
     def _reject(self, rid: bytes, reason: str) -> None:
         """Drop a message: counted, logged at debug level, no state created."""
@@ -556,6 +677,7 @@ class MdpTransport:
         self._send(rid, codec.worker_disconnect(dialect))
         w = self._workers.pop(rid, None)
         if w is not None:
+            self._forget(w)
             self.router.close_session(w.session, self.port.clock(), f"protocol violation: {reason}")
 
     # -- send ---------------------------------------------------------------------------------
@@ -632,6 +754,7 @@ class MdpTransport:
         if w is None:
             return
         self._send(w.rid, codec.worker_disconnect(w.dialect))
+        self._forget(w)
         if self._workers.get(w.rid) is w:
             del self._workers[w.rid]
         if self._loop is not None:

@@ -709,6 +709,9 @@ class AsyncWorker(_WorkerBase):
     The handler may be a plain function, an ``async def`` (awaited), a generator or an async
     generator (streaming, as described in the module docstring). Requests are served one at a
     time (MDP gives a worker one request at a time); a blocking sync handler blocks the loop.
+    While an async handler works, the worker keeps sending HEARTBEAT every
+    ``heartbeat_interval`` (a blocking sync handler stops them too), so the broker never takes a
+    long request for a dead worker.
     :meth:`stop` may be called from any thread; ``await close()`` (on the worker's loop) stops,
     waits for :meth:`run` to return, sends DISCONNECT and closes the socket.
     """
@@ -831,9 +834,13 @@ class AsyncWorker(_WorkerBase):
             log.debug("MDP worker %r: dropped a malformed message: %s", self.service, exc)
             return 0
         if command == codec.CLIENT_REQUEST:
-            async with aclosing(self._async_replies(token, body)) as replies:
-                async for reply in replies:
-                    await self._send(reply)
+            beat = asyncio.ensure_future(self._beat_while_busy())
+            try:
+                async with aclosing(self._async_replies(token, body)) as replies:
+                    async for reply in replies:
+                        await self._send(reply)
+            finally:
+                beat.cancel()
             self.served += 1
             self._heard(time.monotonic())
             return 1
@@ -841,6 +848,15 @@ class AsyncWorker(_WorkerBase):
             log.info("MDP worker %r: DISCONNECT from the broker, reconnecting", self.service)
             await self._connect(stop)
         return 0
+
+    async def _beat_while_busy(self) -> None:
+        """Send HEARTBEAT at the usual interval while the handler works (MDP lets a worker send
+        one at any time): the broker then knows the worker is alive however long the request
+        takes, and keeps sending it work as far as its credit allows."""
+        while True:
+            await asyncio.sleep(max(0.0, self._heartbeat_at - time.monotonic()))
+            if time.monotonic() >= self._heartbeat_at and self._socket is not None:
+                await self._send(codec.worker_heartbeat(self.dialect))
 
     async def _async_replies(
         self, token: bytes, body: list[bytes]
