@@ -207,6 +207,13 @@ names = ["secret.>"]
     assert status == 200 and b"TOPSECRET" not in body
     assert b"secret.q" in body  # the events are there, without their payloads
 
+    async def settle() -> None:  # the call is still waiting for its answer: end it here
+        for fut in calls:
+            fut.cancel()
+        await asyncio.gather(*calls, return_exceptions=True)
+
+    b.run(settle())
+
 
 # -- issue 10: leases -----------------------------------------------------------------------------
 
