@@ -347,10 +347,11 @@ def test_failed_deliveries_count_across_a_restart_then_dead_letter(
     make_broker: Callable[..., BrokerThread], conns: list[RawHttp], tmp_path: Path
 ) -> None:
     """A consumer that goes away without an ack fails one delivery; the count is stored, so
-    after a restart the second failed delivery (``max_deliveries = 2``) dead-letters it."""
-    table = http_toml(
-        ["127.0.0.1:0"],
-        f'store = "sqlite"\nstore_path = "{tmp_path / "s.db"}"\nmax_deliveries = 2',
+    after a restart the second failed delivery (the queue's service policy says
+    ``max_deliveries = 2``: one setting for every durable queue) dead-letters it."""
+    table = http_toml(["127.0.0.1:0"]).replace(
+        '[store]\nbackend = "memory"\n',
+        f'[store]\npath = "{tmp_path / "s.db"}"\n\n[services.jobs]\nmax_deliveries = 2\n',
     )
     b = make_broker(table)
     ep = endpoint_of(b, "http://")
