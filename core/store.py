@@ -250,6 +250,7 @@ def migrate(db: sqlite3.Connection, legacy_owner: str | None = None) -> int:
     db.execute("BEGIN")
     try:
         if "queues" not in _tables(db):
+            version = SCHEMA_VERSION  # a new file: nothing older to tell of
             for statement in _SCHEMA.split(";"):  # a new file (executescript would commit)
                 if statement.strip():
                     db.execute(statement)
@@ -266,7 +267,7 @@ def migrate(db: sqlite3.Connection, legacy_owner: str | None = None) -> int:
             if owner:
                 db.execute("UPDATE queues SET owner = ? WHERE live = 1", (owner,))
         db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-        db.execute("COMMIT")
+        db.execute("COMMIT")  # (the version a new file had is reported as the current one)
     except BaseException:
         db.execute("ROLLBACK")
         raise
