@@ -431,3 +431,55 @@ def test_requests_parked_by_a_full_service_queue_go_out_as_it_drains(
         cursor = int(reply["next"])
     assert sorted(got) == ["j0", "j1", "l0", "l1", "l2"]
     b.run(asyncio.wait_for(asyncio.gather(*calls), 5))
+
+
+def test_a_worker_error_worded_like_an_ack_is_not_taken_for_one(
+    sw: BrokerThread, conns: list[RawHttp]
+) -> None:
+    """A worker of another protocol that answers a stored switch request with an error is
+    dead-lettered whatever the error's wording: the switch knows an ack of its own by the
+    message, not by the reason string (which any worker may send)."""
+    from maitred.core.errors import ErrorCode, MaitredError
+    from maitred.core.local import LocalWorker
+
+    c = connect(conns, endpoint_of(sw, "http://"), "snd:1")
+    assert c.do("GET", "/persistent/jobs") == (200, b"jobs")
+
+    async def fail(body: list[bytes]) -> list[bytes]:
+        raise MaitredError("acknowledged without a response", ErrorCode.INTERNAL)
+
+    async def serve() -> LocalWorker:
+        return LocalWorker(sw.broker, "jobs", fail, label="other")
+
+    worker = sw.run(serve())
+    assert c.do("POST", "/request/jobs/nobody", b"job") == (200, b'[["jobs",0]]')
+    wait_until(lambda: json.loads(c.do("GET", "/v1/dead-letters")[1]) != [], what="dead letter")
+    (dead,) = json.loads(c.do("GET", "/v1/dead-letters")[1])
+    assert (dead["queue"], dead["id"], dead["reason"]) == (
+        "jobs",
+        0,
+        "acknowledged without a response",
+    )
+    diag = json.loads(c.do("GET", "/")[1])
+    assert diag["permanent_queues"]["jobs"]["queue_contents"] == []  # not stuck in the queue
+    sw.call(worker.close)
+
+
+@pytest.mark.allow_error_logs("Error handling request")
+def test_a_switch_bug_is_not_answered_as_bad_input(
+    sw: BrokerThread, conns: list[RawHttp], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Bad input is what the codec says is bad (SwitchError); a KeyError or IndexError from
+    inside the switch is a bug: logged with its traceback, not counted as the client's fault."""
+    from maitred.transports.http.switch import Switch
+
+    def broken(self: Switch, token: object, prefix: str, alive: bool) -> list[str]:
+        raise KeyError("a bug")
+
+    monkeypatch.setattr(Switch, "list_names", broken)
+    c = connect(conns, endpoint_of(sw, "http://"), "cli:1")
+    assert c.do("GET", "/ack/q/notanumber") == (500, b"Internal Server Error")
+    assert sw.stats()["http.switch.bad_input"] == 1
+    status, _ = c.do("GET", "/list")
+    assert status == 500
+    assert sw.stats()["http.switch.bad_input"] == 1  # not counted as bad input
