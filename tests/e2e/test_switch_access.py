@@ -207,8 +207,8 @@ names = ["secret.>"]
     assert status == 200 and b"TOPSECRET" not in body
     assert b"secret.q" in body  # the events are there, without their payloads
     c.close()  # the worker goes without an answer: the ops caller learns it (read here)
-    wait_until(lambda: b.call(lambda: calls[0].done()), what="the call to end")
-    assert b.call(lambda: calls[0].exception()) is not None
+    wait_until(lambda: b.call(calls[0].done), what="the call to end")
+    assert b.call(calls[0].exception) is not None
 
 
 # -- issue 10: leases -----------------------------------------------------------------------------
