@@ -483,3 +483,20 @@ def test_a_switch_bug_is_not_answered_as_bad_input(
     status, _ = c.do("GET", "/list")
     assert status == 500
     assert sw.stats()["http.switch.bad_input"] == 1  # not counted as bad input
+
+
+def test_the_store_counters_are_shown_once(sw: BrokerThread, conns: list[RawHttp]) -> None:
+    """Persistent queues write through the broker's one store: its counters (mmi.info's
+    ``store``, ``maitred_store`` in /metrics) count the switch's messages, and the switch keeps
+    no commit or dead letter counters of its own."""
+    c = connect(conns, endpoint_of(sw, "http://"), "snd:1")
+    assert c.do("GET", "/persistent/jobs") == (200, b"jobs")
+    assert c.do("POST", "/request/jobs/nobody", b"one") == (200, b'[["jobs",0]]')
+    status, body = c.do("POST", "/v1/services/mmi.info", b"")
+    assert status == 200
+    store = json.loads(body)["store"]
+    assert store["appended"] == 1 and store["commits"] >= 1 and store["dead_lettered"] == 0
+    status, body = c.do("GET", "/metrics")
+    text = body.decode()
+    assert 'maitred_store_total{counter="appended"} 1.0' in text
+    assert "http.switch.commits" not in text and "http.switch.dead_letters" not in text

@@ -1040,8 +1040,12 @@ class HttpTransport:
         refused = self._observe(METRICS)
         if refused is not None:
             return refused
+        journal = self.port.journal
         body, ctype = await render_metrics(
-            self.router, self.switch, self.config.metrics_max_services
+            self.router,
+            self.switch,
+            self.config.metrics_max_services,
+            None if journal is None else journal.snapshot(),
         )
         return web.Response(body=body, headers={"Content-Type": ctype})
 
