@@ -3,6 +3,7 @@ one store from ``[store]`` and the deprecated keys (core/runtime.py), without so
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import sqlite3
 from pathlib import Path
@@ -11,6 +12,7 @@ import pytest
 
 from maitred.core.config import parse_config
 from maitred.core.durable import KIND, StoreHint, StoreJournal
+from maitred.core.errors import MaitredError
 from maitred.core.runtime import Broker
 from maitred.core.store import (
     SCHEMA_VERSION,
@@ -185,3 +187,24 @@ def test_an_old_file_in_use_stops_the_start(tmp_path: Path) -> None:
     Broker._import_legacy(one, old, "")  # migrated meanwhile: not an old file, left alone
     assert old.exists()
     one.close()
+
+
+@pytest.mark.parametrize("what", ["locked", "newer"])
+def test_a_store_the_broker_cannot_use_stops_the_start(tmp_path: Path, what: str) -> None:
+    path = tmp_path / "one.db"
+    holder = None
+    if what == "locked":
+        holder = SQLiteStore(path)  # another broker has it
+    else:
+        db = sqlite3.connect(path)
+        db.execute("PRAGMA user_version = 99")
+        db.close()
+    toml = f'[store]\npath = "{path}"\n[services.jobs]\non_no_worker = "store"\n'
+    broker = Broker(parse_config(toml), {})
+    try:
+        with pytest.raises(MaitredError, match=r"in use by another process|schema version 99"):
+            asyncio.run(broker.start())
+        assert broker.state == "stopped" and broker.journal is None
+    finally:
+        if holder is not None:
+            holder.close()
