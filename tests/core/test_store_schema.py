@@ -87,12 +87,12 @@ def test_import_takes_everything_and_renumbers_ids_already_used(tmp_path: Path) 
     s = SQLiteStore(tmp_path / "one.db")
     s.append(StoredMessage("orders", 0, b"mine", KIND, "x", 1))
     s.append(StoredMessage("orders", 1, b"mine too", KIND, "x", 1))
-    assert s.import_legacy(FIXTURES / "services.sqlite3", "") == 2
+    assert s.import_legacy(_copy("services.sqlite3", tmp_path / "svc.db"), "") == 2
     got = s.recover()
     assert [(m.n, m.deliveries) for m in got.queues["orders"]] == [(0, 0), (1, 0), (2, 0), (3, 1)]
     assert got.counters["orders"] == 4
     assert [(d.message.queue, d.message.n) for d in got.dead] == [("orders", 2)]
-    assert s.import_legacy(FIXTURES / "store.sqlite3", "switch") == 3
+    assert s.import_legacy(_copy("store.sqlite3", tmp_path / "sw.db"), "switch") == 3
     got = s.recover()
     assert got.owners == {"jobs": "switch", "idle": "switch"}
     assert got.counters["gone"] == 1 and "gone" not in got.queues
