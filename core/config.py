@@ -41,16 +41,14 @@ class BrokerSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     log_format: Literal["text", "json"] = "text"
     #: run the event loop on uvloop when it is installed
     uvloop: bool = True
-    #: where services with ``on_no_worker = "store"`` keep their requests: ``sqlite`` (a file,
-    #: survives a crash) or ``memory`` (lost when the process ends). Opened only when some
-    #: ``[services.*]`` table asks for ``store``
-    store: Literal["memory", "sqlite"] = "sqlite"
-    #: the SQLite file; empty: ``$XDG_STATE_HOME/maitred/services.sqlite3`` (by default
-    #: ``~/.local/state/maitred/services.sqlite3``). One broker per file (it is locked)
+    #: deprecated alias of ``[store] backend`` (used when that one is left at its default);
+    #: empty: not set
+    store: Literal["", "memory", "sqlite"] = ""
+    #: deprecated alias of ``[store] path`` (used when that one is empty); empty: not set
     store_path: str = ""
-    #: SQLite ``synchronous``: ``normal`` survives a process crash, ``full`` also a power loss
-    #: (an fsync per commit)
-    store_sync: Literal["normal", "full"] = "normal"
+    #: deprecated alias of ``[store] sync`` (used when that one is left at its default);
+    #: empty: not set
+    store_sync: Literal["", "normal", "full"] = ""
     #: most topic subscriptions one session (a connection) may hold; one more is refused with
     #: 429 in the transport's own error form and counted (``subscriptions.refused``)
     max_subscriptions: int = 10_000
@@ -69,6 +67,21 @@ class BrokerSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     #: limit). Past it new requests get 503 and ``$sys.broker.overload`` is published (once
     #: per episode; ``$sys.broker.recovered`` when back under 90 %)
     max_memory: int = 1 << 30
+
+
+class StoreSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """``[store]``: the one durable store: requests of services with ``on_no_worker =
+    "store"`` and the messages of persistent switch queues. Opened at start when a service or a
+    transport needs it."""
+
+    #: ``sqlite`` (a file: survives a crash) or ``memory`` (lost when the process ends)
+    backend: Literal["memory", "sqlite"] = "sqlite"
+    #: the SQLite file; empty: ``$XDG_STATE_HOME/maitred/store.sqlite3`` (by default
+    #: ``~/.local/state/maitred/store.sqlite3``). One broker per file (it is locked)
+    path: str = ""
+    #: SQLite ``synchronous``: ``normal`` survives a process crash, ``full`` also a power loss
+    #: (an fsync per commit)
+    sync: Literal["normal", "full"] = "normal"
 
 
 class AccessSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -98,6 +111,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
     broker: BrokerSection = msgspec.field(default_factory=BrokerSection)
     liveness: Liveness = msgspec.field(default_factory=Liveness)
+    store: StoreSection = msgspec.field(default_factory=StoreSection)
     #: ``default`` applies to every service; other keys are service names or patterns
     services: dict[str, Any] = msgspec.field(default_factory=dict)
     access: AccessSection = msgspec.field(default_factory=AccessSection)

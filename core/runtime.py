@@ -15,8 +15,10 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import sqlite3
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
@@ -26,11 +28,18 @@ from maitred.core import __version__
 from maitred.core.access import Action, HookedPolicy, Identity
 from maitred.core.clock import Clock, monotonic
 from maitred.core.config import Config
-from maitred.core.durable import StoreJournal
+from maitred.core.durable import StoreHint, StoreJournal
 from maitred.core.errors import ErrorCode, MaitredError
 from maitred.core.management import Management
 from maitred.core.routing.router import Router
-from maitred.core.store import StoreLocked, open_store
+from maitred.core.store import (
+    SCHEMA_VERSION,
+    SQLiteStore,
+    StoreLocked,
+    StoreTooNew,
+    default_store_path,
+    open_store,
+)
 from maitred.core.transport import BrokerPort, Transport, TransportSpec
 
 log = logging.getLogger("maitred.core.runtime")
@@ -206,27 +215,93 @@ class Broker:
         self._stopped.set()
 
     def _open_journal(self) -> None:
-        """Open the store of ``store`` services and queue what it holds again."""
-        if not self._policies.uses_store():
+        """Open the one durable store (when a service or a transport needs it), take in the
+        files of the old two-file layout, and queue what it holds again."""
+        hints = [
+            hint
+            for spec, tconfig in self._specs.values()
+            if spec.store_hint is not None and (hint := spec.store_hint(tconfig)) is not None
+        ]
+        if not self._policies.uses_store() and not hints:
             return
-        b = self.config.broker
+        backend, path, sync, owner, legacy = self._store_settings(hints)
+        shown = path or str(default_store_path())
         try:
-            store = open_store(b.store, b.store_path, b.store_sync, "services.sqlite3")
+            store = open_store(backend, path, sync, legacy_owner=owner)  # type: ignore[arg-type]
+            if isinstance(store, SQLiteStore):
+                for old, old_owner in legacy:
+                    self._import_legacy(store, old, old_owner)
         except StoreLocked as exc:
             raise MaitredError(
-                f"cannot open the service store: {exc} (each broker needs a store of its own:"
-                " set [broker] store_path, or XDG_STATE_HOME)",
+                f"cannot open the store: {exc} (each broker needs a store of its own:"
+                " set [store] path, or XDG_STATE_HOME)",
                 ErrorCode.INTERNAL,
             ) from None
-        except OSError as exc:
+        except (OSError, sqlite3.Error, StoreTooNew) as exc:
             raise MaitredError(
-                f"cannot open the service store {b.store_path or '(default path)'}: {exc}",
-                ErrorCode.INTERNAL,
+                f"cannot open the store {shown}: {exc}", ErrorCode.INTERNAL
             ) from None
+        if isinstance(store, SQLiteStore):
+            log.info("store: %s (schema %d)", store.path, SCHEMA_VERSION)
         journal = self.journal = StoreJournal(store)
         self.router.journal = journal
         self.port.journal = journal
         journal.recover(self.router, self.clock())
+
+    def _store_settings(
+        self, hints: list[StoreHint]
+    ) -> tuple[str, str, str, str | None, list[tuple[Path, str]]]:
+        """(backend, path, sync, owner of a schema-0 file there, old files to take in): ``[store]``
+        where it differs from its defaults, else the deprecated ``[broker]`` keys, else a
+        transport's deprecated keys (``[transports.http] store``...), else the defaults."""
+        s, b = self.config.store, self.config.broker
+        if b.store or b.store_path or b.store_sync:
+            log.warning(
+                "[broker] store, store_path and store_sync are deprecated: set [store] backend,"
+                " path and sync"
+            )
+        for hint in hints:
+            if hint.backend or hint.path or hint.sync:
+                log.warning("%s are deprecated: set [store] backend, path and sync", hint.where)
+        first = hints[0] if hints else StoreHint()
+        backend = s.backend if s.backend != "sqlite" else (b.store or first.backend or "sqlite")
+        sync = s.sync if s.sync != "normal" else (b.store_sync or first.sync or "normal")
+        owner: str | None = None  # [store] path: a schema-0 file there says whose it is
+        path = s.path
+        if not path and b.store_path:
+            path, owner = b.store_path, ""
+        elif not path and first.path:
+            path, owner = first.path, "switch"
+        elif not path:
+            owner = "switch"  # the default file is the old switch's default file
+        chosen = Path(path or default_store_path()).resolve()
+        # the files the two-file layout would have used, other than the chosen one
+        candidates = [(Path(b.store_path or default_store_path(name="services.sqlite3")), "")]
+        candidates += [
+            (Path(h.path or default_store_path()), "switch") for h in hints if h.backend != "memory"
+        ]
+        legacy: list[tuple[Path, str]] = []
+        if backend == "sqlite":
+            for old, old_owner in candidates:
+                if old.resolve() != chosen and old.is_file() and old not in {p for p, _ in legacy}:
+                    legacy.append((old, old_owner))
+        return backend, path, sync, owner, legacy
+
+    @staticmethod
+    def _import_legacy(store: SQLiteStore, old: Path, owner: str) -> None:
+        """Take in a store file of the two-file layout and rename it ``*.imported``."""
+        try:
+            n = store.import_legacy(old, owner)
+        except StoreTooNew:
+            log.warning("store: %s is not a store of the old layout: left alone", old)
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" in str(exc):
+                raise StoreLocked(f"{old}: the old store is in use by another process") from None
+            raise
+        done = old.with_name(old.name + ".imported")
+        old.rename(done)
+        log.warning("store: took in %d messages from %s (renamed %s)", n, old, done.name)
 
     def _close_journal(self) -> None:
         if self.journal is not None:

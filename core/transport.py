@@ -20,7 +20,7 @@ import msgspec
 
 from maitred.core.access import Identity
 from maitred.core.clock import Clock
-from maitred.core.durable import StoreJournal
+from maitred.core.durable import StoreHint, StoreJournal
 from maitred.core.routing.router import Liveness, Router
 
 
@@ -106,6 +106,9 @@ class TransportSpec:
     #: metavar for the CLI flag
     cli_metavar: str = "ADDR"
     extra: Mapping[str, Any] = field(default_factory=dict)
+    #: whether the transport, so configured, keeps messages in the broker's one durable store
+    #: (a hint: the store is opened at start), with the settings of its deprecated store keys
+    store_hint: Callable[[Any], StoreHint | None] | None = None
 
 
 class BrokerClient(Protocol):

@@ -30,6 +30,7 @@ def maitred_transports() -> Sequence[TransportSpec]:
             description="REST API under /v1/, /metrics, and the xapi message switch (Gen 3)",
             cli_addresses=cli_addresses,
             cli_metavar="HOST:PORT|unix:PATH",
+            store_hint=HttpConfig.store_hint,
         )
     ]
 
