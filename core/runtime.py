@@ -214,8 +214,8 @@ class Broker:
             store = open_store(b.store, b.store_path, b.store_sync, "services.sqlite3")
         except StoreLocked as exc:
             raise MaitredError(
-                f"cannot open the service store: {exc} (each broker needs a store of its own:"
-                " set [broker] store_path, or XDG_STATE_HOME)",
+                f"cannot open the service store: {exc.reason} (each broker needs a store of its"
+                " own: set [broker] store_path, or XDG_STATE_HOME)",
                 ErrorCode.INTERNAL,
             ) from None
         except OSError as exc:

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Protocol
 
+from maitred.core.errors import BrokerError
+
 
 @dataclass(slots=True)
 class StoredMessage:
@@ -198,7 +200,7 @@ def default_store_path(
     return root / "maitred" / name
 
 
-class StoreLocked(RuntimeError):
+class StoreLocked(BrokerError, RuntimeError):
     """Another process (another broker) has the store open."""
 
 

@@ -64,6 +64,7 @@ from typing import Any, Literal, TypeAlias, cast, final
 import zmq
 import zmq.asyncio
 
+from maitred.core.errors import BrokerError, ErrorCode
 from maitred.transports.mdp import codec
 from maitred.transports.mdp.codec import MdpFormatError
 
@@ -116,8 +117,12 @@ def dialect_flags(dialect: str | int) -> int:
         raise ValueError(f"unknown MDP dialect {dialect!r} (one of {names})") from None
 
 
-class MdpTimeout(TimeoutError):
-    """No reply arrived in time (the client then drops that connection: see :class:`Client`)."""
+class MdpTimeout(BrokerError, TimeoutError):
+    """No reply arrived in time (the client then drops that connection: see :class:`Client`).
+
+    Also a :class:`TimeoutError`, as it was before it joined the :class:`MaitredError` tree."""
+
+    code = ErrorCode.TIMEOUT
 
 
 @final

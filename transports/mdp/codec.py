@@ -18,6 +18,8 @@ from __future__ import annotations
 
 from typing import Final
 
+from maitred.core.errors import ProtocolError
+
 # -- protocol constants ------------------------------------------------------------------------
 
 C01: Final = b"MDPC01"
@@ -79,12 +81,10 @@ Parsed = tuple[int, int, bytes, list[bytes]]
 _NO_BODY: Final[list[bytes]] = []
 
 
-class MdpFormatError(ValueError):
-    """A message that is not valid MDP; ``reason`` says why (for the debug log and counters)."""
+class MdpFormatError(ProtocolError, ValueError):
+    """A message that is not valid MDP; ``reason`` says why (for the debug log and counters).
 
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
+    Still a :class:`ValueError`, as it was before it joined the :class:`MaitredError` tree."""
 
 
 def parse(frames: list[bytes], start: int = 0) -> Parsed:

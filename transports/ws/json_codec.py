@@ -27,6 +27,8 @@ from typing import Any, Literal
 import msgspec
 from msgspec import UNSET, Raw, Struct, UnsetType
 
+from maitred.core.errors import ProtocolError
+
 __all__ = [
     "Ack",
     "ClientMessage",
@@ -153,8 +155,8 @@ _encoder = msgspec.json.Encoder()
 _json_check = msgspec.json.Decoder()
 
 
-class JsonBodyError(ValueError):
-    pass
+class JsonBodyError(ProtocolError, ValueError):
+    """Body frames a JSON message cannot carry (bad base64); ``reason`` says why."""
 
 
 def decode(text: str | bytes) -> ClientMessage:

@@ -155,7 +155,7 @@ class JsonConn(Conn):
             self.stats["ws.json.invalid"] += 1
             msg_id = getattr(msg, "id", None)
             self.push(
-                _error(None if isinstance(msg_id, msgspec.UnsetType) else msg_id, 400, str(exc))
+                _error(None if isinstance(msg_id, msgspec.UnsetType) else msg_id, 400, exc.reason)
             )
 
     def _stamp(self) -> tuple[tuple[str, str], ...]:

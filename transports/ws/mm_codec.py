@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Iterable, Sequence
 
+from maitred.core.errors import ProtocolError
 from maitred.core.routing.headers import HeaderPairs
 
 __all__ = [
@@ -39,12 +40,8 @@ COMMANDS = frozenset({"PUB", "SUB", "REQ", "RES", "EREQ", "EPUB", "ESUB", "INT",
 _TOKEN = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
 
 
-class ParseError(ValueError):
+class ParseError(ProtocolError, ValueError):
     """A frame that is not a middleman message; ``reason`` says why."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
 
 
 class MmHeaders(HeaderPairs):
