@@ -140,7 +140,7 @@ class FinalReply:
 
 def default_error_reply(exc: BaseException) -> list[bytes]:
     """The reply a worker sends when its handler raises: ``[b"500", b"Type: message"]``."""
-    return [b"500", f"{type(exc).__name__}: {exc}".encode("utf-8", "replace")]
+    return codec.error_body(ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}")
 
 
 SyncHandler: TypeAlias = Callable[[list[bytes]], Any]
