@@ -18,7 +18,7 @@ import msgspec
 from maitred.core.errors import Denied, ErrorCode, MaitredError
 from maitred.core.routing.model import Body, Headers, ReplyKind, Request, Worker
 from maitred.transports.ws import json_codec as jc
-from maitred.transports.ws.adapter import CLOSE_POLICY, Conn
+from maitred.transports.ws.conn import CLOSE_POLICY, Conn
 
 if TYPE_CHECKING:
     from websockets.asyncio.server import ServerConnection
