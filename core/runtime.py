@@ -233,13 +233,14 @@ class Broker:
                     self._import_legacy(store, old, old_owner)
         except StoreLocked as exc:
             raise MaitredError(
-                f"cannot open the store: {exc} (each broker needs a store of its own:"
+                f"cannot open the store: {exc.reason} (each broker needs a store of its own:"
                 " set [store] path, or XDG_STATE_HOME)",
                 ErrorCode.INTERNAL,
             ) from None
         except (OSError, sqlite3.Error, StoreTooNew) as exc:
             raise MaitredError(
-                f"cannot open the store {shown}: {exc}", ErrorCode.INTERNAL
+                f"cannot open the store {shown}: {getattr(exc, 'reason', exc)}",
+                ErrorCode.INTERNAL,
             ) from None
         if isinstance(store, SQLiteStore):
             log.info("store: %s (schema %d)", store.path, SCHEMA_VERSION)

@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Protocol
 
+from maitred.core.errors import BrokerError
+
 
 @dataclass(slots=True)
 class StoredMessage:
@@ -216,11 +218,11 @@ def default_store_path(env: Mapping[str, str] | None = None, name: str = "store.
     return root / "maitred" / name
 
 
-class StoreLocked(RuntimeError):
+class StoreLocked(BrokerError, RuntimeError):
     """Another process (another broker) has the store open."""
 
 
-class StoreTooNew(RuntimeError):
+class StoreTooNew(BrokerError, RuntimeError):
     """The file was written by a newer maitred (a schema version this code does not know)."""
 
 

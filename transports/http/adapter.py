@@ -26,7 +26,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from maitred.core.access import Action, Identity
 from maitred.core.durable import KIND, StoreHint, StoreJournal, decode_request
-from maitred.core.errors import ErrorCode, MaitredError
+from maitred.core.errors import ErrorCode, MaitredError, PeerError
 from maitred.core.logs import RejectionLog
 from maitred.core.routing.model import Body, Headers, ReplyKind, Request, Worker
 from maitred.core.routing.router import Router
@@ -446,8 +446,8 @@ def _plain(body: bytes, status: int = 200) -> web.Response:
     return web.Response(status=status, body=body)
 
 
-class _TooLarge(Exception):
-    pass
+class _TooLarge(PeerError):
+    code = ErrorCode.TOO_LARGE
 
 
 def _peer(transport: asyncio.BaseTransport) -> str:
@@ -711,7 +711,7 @@ class HttpTransport:
         limit = self.config.max_body_size
         length = request.content_length
         if length is not None and length > limit:
-            raise _TooLarge
+            raise _TooLarge("the request body is too large")
         chunks: list[bytes] = []
         size = 0
         try:
@@ -722,7 +722,7 @@ class HttpTransport:
                         break
                     size += len(chunk)
                     if size > limit:
-                        raise _TooLarge
+                        raise _TooLarge("the request body is too large")
                     chunks.append(chunk)
         except TimeoutError:
             self.stats["http.body_timeout"] += 1

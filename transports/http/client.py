@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import quote
 
-from maitred.core.errors import ErrorCode
+from maitred.core.errors import ErrorCode, PeerError
 from maitred.transports.http import codec
 
 
@@ -199,11 +199,13 @@ class AsyncRestClient:
         await self.close()
 
 
-class SwitchError(Exception):
-    """The switch answered something other than 200."""
+class SwitchError(PeerError):
+    """The switch answered something other than 200; ``code`` is the status when it is an
+    :class:`ErrorCode` (else 500)."""
 
     def __init__(self, status: int, body: bytes) -> None:
-        super().__init__(f"{status}: {body.decode('utf-8', 'replace')}")
+        code = ErrorCode(status) if status in ErrorCode._value2member_map_ else ErrorCode.INTERNAL
+        super().__init__(f"{status}: {body.decode('utf-8', 'replace')}", code)
         self.status = status
         self.body = body
 

@@ -13,7 +13,7 @@ from urllib.parse import unquote_to_bytes
 
 import msgspec
 
-from maitred.core.errors import ErrorCode, MaitredError
+from maitred.core.errors import ErrorCode, MaitredError, ProtocolError
 
 _enc = msgspec.json.Encoder()
 _dec = msgspec.json.Decoder()
@@ -27,11 +27,9 @@ INTERNAL_ERROR = b"Internal Server Error"
 Kind = tuple[str, Any]
 
 
-class SwitchError(MaitredError):
+class SwitchError(ProtocolError):
     """Bad input on a switch route: answered 500 ``Internal Server Error`` (the switch's own
     form for it), counted ``http.switch.bad_input``."""
-
-    code = ErrorCode.BAD_REQUEST
 
 
 def refusal(status: int, reason: str) -> bytes:

@@ -6,9 +6,10 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from maitred.core.errors import ErrorCode, MaitredError
+from maitred.core.errors import MaitredError
 from maitred.core.transport import BrokerClient, BrokerPort, TransportSpec
 from maitred.plugins import hookimpl
+from maitred.transports.mdp import codec
 from maitred.transports.mdp.adapter import MdpConfig, MdpTransport, cli_addresses
 
 SCHEMES = ("tcp://", "ipc://", "inproc://")
@@ -46,20 +47,10 @@ class MdpCliClient:
         if self._client is None:
             self._client = Client(self.url, timeout=timeout)
         reply: list[bytes] = self._client.request(service, *body, timeout=timeout)
-        if (
-            len(reply) == 2
-            and reply[0].isdigit()
-            and len(reply[0]) == 3
-            and not service.startswith("mmi.")
-            and reply[0][:1] in (b"4", b"5")
-        ):
-            # the broker's error reply (error_replies = true): status code and reason
-            code = int(reply[0])
-            try:
-                err_code = ErrorCode(code)
-            except ValueError:
-                err_code = ErrorCode.INTERNAL
-            raise MaitredError(reply[1].decode("utf-8", "replace"), err_code)
+        # the broker's error reply (error_replies = true): status code and reason
+        error = None if service.startswith("mmi.") else codec.parse_error_body(reply)
+        if error is not None:
+            raise MaitredError(error[1], error[0])
         return reply
 
     def serve(
