@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
 
 import msgspec
 import pluggy
 
 from maitred.core.clock import Clock, monotonic
-from maitred.core.config import Config, convert_section, load_config
+from maitred.core.config import Config, convert_section, did_you_mean, load_config
 from maitred.core.errors import ConfigError
 from maitred.core.runtime import Broker, Hooks
 from maitred.core.transport import TransportSpec
@@ -62,6 +63,7 @@ def resolve_transports(
             known = ", ".join(sorted(specs)) or "none"
             raise ConfigError(
                 f"{config.source}: transports.{name}: no such transport (installed: {known})"
+                f"{did_you_mean(name, specs)}"
             )
         tconfig = convert_section(table, spec.config_type, f"transports.{name}", config.source)
         problems = getattr(tconfig, "problems", None)
@@ -90,6 +92,59 @@ def apply_addresses(
         table.update(spec.cli_addresses(addrs))
         table["enabled"] = True
     return msgspec.structs.replace(config, transports=transports)
+
+
+def preflight(
+    config: Config,
+    specs: Mapping[str, TransportSpec],
+    addresses: Mapping[str, Sequence[str]] | None = None,
+) -> list[str]:
+    """Everything ``serve`` would fail on, as messages that name the file or the flag, the key
+    and the fix (empty: nothing found). Binds, creates and writes nothing.
+
+    Problems with an address given as ``--NAME ADDR`` name the flag; the others name the config
+    file and the key. Raises :class:`ConfigError` for what :func:`resolve_transports` refuses."""
+    from maitred.core.preflight import check_writable_file
+    from maitred.core.store import default_store_path
+
+    flags = {name: set(addrs) for name, addrs in (addresses or {}).items() if addrs}
+    if flags:
+        config = apply_addresses(config, specs, addresses or {})
+    out: list[str] = []
+    for name, table in config.transports.items():
+        spec = specs.get(name)
+        if spec is None or spec.preflight is None or not isinstance(table, dict):
+            continue
+        tconfig = convert_section(table, spec.config_type, f"transports.{name}", config.source)
+        if not getattr(tconfig, "enabled", True):
+            continue
+        for problem in spec.preflight(tconfig):
+            if problem.value is not None and problem.value in flags.get(name, ()):
+                out.append(f"--{name}: {problem.text}")
+            else:
+                out.append(f"{config.source}: transports.{name}.{problem.key}: {problem.text}")
+    b = config.broker
+    if b.store == "sqlite" and config.policies().uses_store():
+        path = Path(b.store_path) if b.store_path else default_store_path(name="services.sqlite3")
+        problem = check_writable_file(path)
+        if problem:
+            key = "store_path" if b.store_path else "store"
+            fix = "" if b.store_path else ' (the default path: set store_path or store = "memory")'
+            out.append(f"{config.source}: broker.{key}: the service store {problem}{fix}")
+    if not out:
+        resolve_transports(config, specs)  # what the config types' own checks refuse
+    return out
+
+
+def plugin_warnings(config: Config, installed: Sequence[str]) -> list[str]:
+    """Names in ``[plugins] disable`` that are no installed plugin (a typo leaves the plugin
+    meant running)."""
+    return [
+        f"{config.source}: plugins.disable: {name!r} is not an installed plugin (installed: "
+        f"{', '.join(installed) or 'none'}){did_you_mean(name, installed)}"
+        for name in config.plugins.disable
+        if name and name not in installed
+    ]
 
 
 def bind_hooks(pm: pluggy.PluginManager) -> Hooks:

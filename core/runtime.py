@@ -25,9 +25,9 @@ import msgspec
 from maitred.core import __version__
 from maitred.core.access import Action, HookedPolicy, Identity
 from maitred.core.clock import Clock, monotonic
-from maitred.core.config import Config
+from maitred.core.config import Config, load_config
 from maitred.core.durable import StoreJournal
-from maitred.core.errors import ErrorCode, MaitredError
+from maitred.core.errors import ConfigError, ErrorCode, MaitredError
 from maitred.core.management import Management
 from maitred.core.routing.router import Router
 from maitred.core.store import StoreLocked, open_store
@@ -204,6 +204,71 @@ class Broker:
         self.state = "stopped"
         log.info("%s stopped", self.config.broker.name)
         self._stopped.set()
+
+    # -- reload -----------------------------------------------------------------------------
+
+    def request_reload(self) -> None:
+        """:meth:`reload` from a signal handler (SIGHUP); a failure is logged, never raised."""
+        if self.state != "running":
+            log.warning("reload ignored: the broker is %s", self.state)
+            return
+        try:
+            self.reload()
+        except ConfigError as exc:
+            log.warning("reload refused, the running config stays: %s", exc.reason)
+
+    def reload(self, config: Config | None = None) -> dict[str, list[str]]:
+        """Apply a new config (default: the file this broker was started from, read again).
+
+        Service policies (``[services.*]``) and access rules (``[access]``) change at once,
+        for services that exist as for those to come; no connection is dropped. What cannot
+        change while running (transports and their addresses, ``[broker]``, ``[liveness]``,
+        ``[plugins]``) is left as it was and reported. Returns ``{"applied": [...],
+        "unchanged": [...]}`` (section names). Raises :class:`ConfigError` (nothing applied)."""
+        if config is None:
+            source = self.config.source
+            if source.startswith("<"):
+                raise ConfigError(f"{source}: there is no config file to read again (serve -c)")
+            config = load_config(source)
+        policies = config.policies()
+        if policies.uses_store() and self.journal is None:
+            raise ConfigError(
+                f"{config.source}: services: on_no_worker = \"store\" needs the service store, "
+                "which opens only at start; restart the broker for it"
+            )
+        access = config.access.policy()
+        if self.hooks.authorize is not None:
+            access = HookedPolicy(self.hooks.authorize, access)
+        applied: list[str] = []
+        unchanged: list[str] = []
+        if config.services != self.config.services:
+            self._policies = policies
+            self.router._policy_for = policies.for_service
+            for name, service in self.router.services.items():
+                service.policy = policies.for_service(name)
+            applied.append("services")
+        if config.access != self.config.access:
+            self.router.set_access(access)
+            applied.append("access")
+        for section in ("transports", "broker", "liveness", "plugins"):
+            if getattr(config, section) != getattr(self.config, section):
+                unchanged.append(section)
+        self.config = msgspec.structs.replace(
+            self.config, services=config.services, access=config.access
+        )
+        log.info(
+            "reloaded %s: applied %s",
+            self.config.source,
+            ", ".join(f"[{s}]" for s in applied) or "nothing (no change)",
+        )
+        if unchanged:
+            log.warning(
+                "reload: %s changed in %s but cannot change while running (left as they "
+                "were; restart to apply)",
+                ", ".join(f"[{s}]" for s in unchanged),
+                self.config.source,
+            )
+        return {"applied": applied, "unchanged": unchanged}
 
     def _open_journal(self) -> None:
         """Open the store of ``store`` services and queue what it holds again."""

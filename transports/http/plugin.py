@@ -4,8 +4,11 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from maitred.core.preflight import Problem, check_host_port, check_unix_path, check_writable_file
+from maitred.core.store import default_store_path
 from maitred.core.transport import BrokerClient, BrokerPort, TransportSpec
 from maitred.plugins import hookimpl
 from maitred.transports.http.adapter import HttpConfig, HttpTransport, cli_addresses
@@ -20,6 +23,25 @@ def _factory(config: HttpConfig, port: BrokerPort) -> HttpTransport:
     return HttpTransport(config, port)
 
 
+def preflight(config: HttpConfig) -> list[Problem]:
+    out = []
+    for addr in config.listen:
+        if addr.startswith("unix:"):
+            problem = check_unix_path(addr[5:], addr)
+        else:
+            problem = check_host_port(addr)
+        if problem:
+            out.append(Problem("listen", problem, addr))
+    if config.switch and config.store == "sqlite":
+        path = Path(config.store_path) if config.store_path else default_store_path()
+        problem = check_writable_file(path)
+        if problem:
+            key = "store_path" if config.store_path else "store"
+            fix = "" if config.store_path else ' (the default: set store_path, or store = "memory")'
+            out.append(Problem(key, f"the switch store {problem}{fix}"))
+    return out
+
+
 @hookimpl
 def maitred_transports() -> Sequence[TransportSpec]:
     return [
@@ -30,6 +52,7 @@ def maitred_transports() -> Sequence[TransportSpec]:
             description="REST API under /v1/, /metrics, and the xapi message switch (Gen 3)",
             cli_addresses=cli_addresses,
             cli_metavar="HOST:PORT|unix:PATH",
+            preflight=preflight,
         )
     ]
 
