@@ -22,6 +22,11 @@ from pathlib import Path
 MAX_UNIX_PATH = 107
 
 
+def _access(path: str | Path, mode: int) -> bool:
+    """``os.access`` for the effective user (the one that will bind and open files)."""
+    return os.access(path, mode, effective_ids=os.access in os.supports_effective_ids)
+
+
 @dataclass(frozen=True)
 class Problem:
     """One thing ``serve`` would fail on: the key (relative to the transport's table, e.g.
@@ -96,7 +101,7 @@ def check_unix_path(path: str, addr: str) -> str | None:
     parent = p.parent
     if not parent.is_dir():
         return f"{addr!r}: the directory {str(parent)!r} does not exist; create it first"
-    if not os.access(parent, os.W_OK | os.X_OK):
+    if not _access(parent, os.W_OK | os.X_OK):
         return (
             f"{addr!r}: the directory {str(parent)!r} is not writable by this user; "
             "choose another directory or change its permissions"
@@ -183,10 +188,17 @@ def _has_pem(path: str, label: str) -> bool:
 def check_writable_file(path: Path) -> str | None:
     """A file this process could create or open for writing (its directory created as needed,
     as the SQLite stores do)."""
+    try:
+        return _writable_file(path)
+    except OSError as exc:  # a directory on the way that may not be searched
+        return f"{str(path)!r} cannot be reached: {exc.strerror or exc}; check the permissions"
+
+
+def _writable_file(path: Path) -> str | None:
     if path.exists():
         if path.is_dir():
             return f"{str(path)!r} is a directory; give a file name"
-        if not os.access(path, os.R_OK | os.W_OK):
+        if not _access(path, os.R_OK | os.W_OK):
             return f"{str(path)!r} is not writable by this user; fix its permissions"
         return None
     ancestor = path.parent
@@ -196,7 +208,7 @@ def check_writable_file(path: Path) -> str | None:
         ancestor = ancestor.parent
     if not ancestor.is_dir():
         return f"{str(ancestor)!r} is not a directory; {str(path)!r} cannot be created under it"
-    if not os.access(ancestor, os.W_OK | os.X_OK):
+    if not _access(ancestor, os.W_OK | os.X_OK):
         made = "" if ancestor == path.parent else f" (to create {str(path.parent)!r})"
         return (
             f"{str(path)!r} cannot be created: {str(ancestor)!r} is not writable by this "
