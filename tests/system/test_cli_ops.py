@@ -51,8 +51,8 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeProcess]:
 
 @pytest.fixture(scope="module")
 def urls(broker: ServeProcess) -> dict[str, str]:
-    http = [e for e in broker.endpoints["http"] if e.startswith("http://")][0]
-    unix = [e for e in broker.endpoints["http"] if e.startswith("unix:")][0]
+    http = next(e for e in broker.endpoints["http"] if e.startswith("http://"))
+    unix = next(e for e in broker.endpoints["http"] if e.startswith("unix:"))
     return {
         "mdp": broker.endpoints["mdp"][0],
         "http": http,
