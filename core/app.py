@@ -126,11 +126,11 @@ def preflight(
     b = config.broker
     if b.store == "sqlite" and config.policies().uses_store():
         path = Path(b.store_path) if b.store_path else default_store_path(name="services.sqlite3")
-        problem = check_writable_file(path)
-        if problem:
+        unwritable = check_writable_file(path)
+        if unwritable:
             key = "store_path" if b.store_path else "store"
             fix = "" if b.store_path else ' (the default path: set store_path or store = "memory")'
-            out.append(f"{config.source}: broker.{key}: the service store {problem}{fix}")
+            out.append(f"{config.source}: broker.{key}: the service store {unwritable}{fix}")
     if not out:
         resolve_transports(config, specs)  # what the config types' own checks refuse
     return out
