@@ -81,7 +81,8 @@ def check_host_port(addr: str, *, schemes: tuple[str, ...] = ()) -> str | None:
             )
     host, sep, port = rest.rpartition(":")
     if not sep or not port:
-        return f"{addr!r}: not HOST:PORT (no port); write e.g. 127.0.0.1:{port or '8080'}"
+        example = f"{host or '127.0.0.1'}:8080" if sep else f"{rest or '127.0.0.1'}:8080"
+        return f"{addr!r}: not HOST:PORT (no port); write e.g. {example}"
     if host.startswith("[") != host.endswith("]"):
         return f"{addr!r}: unbalanced brackets; write an IPv6 host as [::1]:PORT"
     return check_port(port, addr) or check_host(host.strip("[]"), addr)
