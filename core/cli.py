@@ -207,7 +207,7 @@ def build_parser(
         "sub",
         "print the messages published on topics matching PATTERN",
         "maitred sub -b http://127.0.0.1:8080 'alerts.*'",
-        "maitred sub -b ws://127.0.0.1:8764 '$sys.#' --count 1 --json",
+        "maitred sub -b ws://127.0.0.1:8764 '$sys.>' --count 1 --json",
     )
     subp.add_argument("pattern")
     subp.add_argument("-n", "--count", type=int, help="exit after this many messages")
