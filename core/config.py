@@ -8,14 +8,16 @@ that the transport's plugin declares (see :mod:`maitred.core.transport`).
 
 from __future__ import annotations
 
+import difflib
 import math
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import msgspec
+import msgspec.inspect
 
 from maitred.core.access import AccessPolicy, AllowAll, Rule, RuleTable
 from maitred.core.errors import ConfigError
@@ -202,8 +204,42 @@ class ServicePolicies:
 _AT = re.compile(r"\s*-\s*at\s*`\$(?P<path>[^`]*)`\s*$")
 
 
-def _explain(error: Exception, prefix: str) -> str:
-    """Turn msgspec's ``... - at `$.a.b``` into ``a.b: ...`` under ``prefix``."""
+_UNKNOWN = re.compile(r"^Object contains unknown field `(?P<name>[^`]*)`$")
+_ENUM = re.compile(r"^Invalid enum value (?P<value>.*)$")
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """``"; did you mean 'x'?"`` for the closest of ``choices`` (difflib), else ``""``."""
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def _type_at(typ: Any, parts: list[str]) -> Any:
+    """The msgspec type info at ``parts`` (keys and ``[n]`` indexes) below ``typ``."""
+    info: Any = msgspec.inspect.type_info(typ)
+    for part in parts:
+        while isinstance(info, msgspec.inspect.UnionType):
+            structs = [t for t in info.types if not isinstance(t, msgspec.inspect.NoneType)]
+            info = next(
+                (t for t in structs if isinstance(t, msgspec.inspect.StructType)), structs[0]
+            )
+        if isinstance(info, msgspec.inspect.StructType):
+            found = [f.type for f in info.fields if f.encode_name == part]
+            if not found:
+                return None
+            info = found[0]
+        elif isinstance(info, msgspec.inspect.DictType):
+            info = info.value_type
+        elif isinstance(info, msgspec.inspect.ListType):
+            info = info.item_type
+        else:
+            return None
+    return info
+
+
+def _explain(error: Exception, prefix: str, typ: Any = None) -> str:
+    """Turn msgspec's ``... - at `$.a.b``` into ``a.b: ...`` under ``prefix``; an unknown key
+    gets a "did you mean" and the keys allowed there, a bad enum value the choices."""
     text = str(error)
     path = ""
     m = _AT.search(text)
@@ -211,6 +247,22 @@ def _explain(error: Exception, prefix: str) -> str:
         text = text[: m.start()]
         path = m.group("path").lstrip(".")
         path = re.sub(r"\[(\d+)\]", r"[\1]", path)
+    parts = [p for p in re.split(r"\.|\[\d+\]", path) if p]
+    unknown = _UNKNOWN.match(text)
+    enum = _ENUM.match(text)
+    info = _type_at(typ, parts) if typ is not None and (unknown or enum) else None
+    if unknown:
+        name = unknown.group("name")
+        keys = (
+            [f.encode_name for f in info.fields if f.encode_name != "source"]
+            if isinstance(info, msgspec.inspect.StructType)
+            else []
+        )
+        hint = did_you_mean(name, keys)
+        text += hint or (f" (keys here: {', '.join(keys)})" if keys else "")
+    elif enum and isinstance(info, msgspec.inspect.LiteralType):
+        choices = ", ".join(repr(v) for v in info.values)
+        text = f"{text}; choose one of {choices}"
     full = ".".join(p for p in (prefix, path) if p)
     return f"{full}: {text}" if full else text
 
@@ -219,7 +271,7 @@ def _convert(data: Any, typ: type[T], key: str, source: str) -> T:
     try:
         return msgspec.convert(data, type=typ, strict=True)
     except msgspec.ValidationError as exc:
-        raise ConfigError(f"{source}: {_explain(exc, key)}") from None
+        raise ConfigError(f"{source}: {_explain(exc, key, typ)}") from None
 
 
 def convert_section(data: Any, typ: type[T], key: str, source: str) -> T:

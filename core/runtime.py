@@ -16,7 +16,7 @@ import asyncio
 import inspect
 import logging
 import sqlite3
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -27,9 +27,9 @@ import msgspec
 from maitred.core import __version__
 from maitred.core.access import Action, HookedPolicy, Identity
 from maitred.core.clock import Clock, monotonic
-from maitred.core.config import Config
+from maitred.core.config import Config, load_config
 from maitred.core.durable import StoreHint, StoreJournal
-from maitred.core.errors import ErrorCode, MaitredError
+from maitred.core.errors import ConfigError, ErrorCode, MaitredError
 from maitred.core.management import Management
 from maitred.core.routing.router import Router
 from maitred.core.store import (
@@ -71,6 +71,43 @@ async def _await_all(results: list[Any], what: str, *, raise_first: bool) -> Non
                 first = first or exc
     if first is not None and raise_first:
         raise first
+
+
+@dataclass(frozen=True)
+class StoreChoice:
+    """Which store the broker opens, and which config key chose its file."""
+
+    backend: str
+    #: the SQLite file (empty: the default path)
+    path: str
+    sync: str
+    #: whose a schema-0 file at ``path`` is ("" services, "switch"), None: ask the file
+    owner: str | None
+    #: the key that set ``path`` (``store.path`` when none did), for messages
+    path_key: str
+
+
+def store_choice(
+    config: Config, hints: Sequence[StoreHint | tuple[str, StoreHint]]
+) -> StoreChoice:
+    """``[store]`` where it differs from its defaults, else the deprecated ``[broker]`` keys,
+    else a transport's deprecated keys (``[transports.http] store``...), else the defaults.
+    ``hints`` may carry the transport's name (for :attr:`StoreChoice.path_key`)."""
+    named = [h if isinstance(h, tuple) else ("", h) for h in hints]
+    s, b = config.store, config.broker
+    first_name, first = named[0] if named else ("", StoreHint())
+    backend = s.backend if s.backend != "sqlite" else (b.store or first.backend or "sqlite")
+    sync = s.sync if s.sync != "normal" else (b.store_sync or first.sync or "normal")
+    owner: str | None = None  # [store] path: a schema-0 file there says whose it is
+    path, key = s.path, "store.path"
+    if not path and b.store_path:
+        path, owner, key = b.store_path, "", "broker.store_path"
+    elif not path and first.path:
+        path, owner = first.path, "switch"
+        key = f"transports.{first_name}.store_path" if first_name else key
+    elif not path:
+        owner = "switch"  # the default file is the old switch's default file
+    return StoreChoice(backend, path, sync, owner, key)
 
 
 class Broker:
@@ -214,6 +251,71 @@ class Broker:
         log.info("%s stopped", self.config.broker.name)
         self._stopped.set()
 
+    # -- reload -----------------------------------------------------------------------------
+
+    def request_reload(self) -> None:
+        """:meth:`reload` from a signal handler (SIGHUP); a failure is logged, never raised."""
+        if self.state != "running":
+            log.warning("reload ignored: the broker is %s", self.state)
+            return
+        try:
+            self.reload()
+        except ConfigError as exc:
+            log.warning("reload refused, the running config stays: %s", exc.reason)
+
+    def reload(self, config: Config | None = None) -> dict[str, list[str]]:
+        """Apply a new config (default: the file this broker was started from, read again).
+
+        Service policies (``[services.*]``) and access rules (``[access]``) change at once,
+        for services that exist as for those to come; no connection is dropped. What cannot
+        change while running (transports and their addresses, ``[broker]``, ``[liveness]``,
+        ``[plugins]``) is left as it was and reported. Returns ``{"applied": [...],
+        "unchanged": [...]}`` (section names). Raises :class:`ConfigError` (nothing applied)."""
+        if config is None:
+            source = self.config.source
+            if source.startswith("<"):
+                raise ConfigError(f"{source}: there is no config file to read again (serve -c)")
+            config = load_config(source)
+        policies = config.policies()
+        if policies.uses_store() and self.journal is None:
+            raise ConfigError(
+                f"{config.source}: services: on_no_worker = \"store\" needs the service store, "
+                "which opens only at start; restart the broker for it"
+            )
+        access = config.access.policy()
+        if self.hooks.authorize is not None:
+            access = HookedPolicy(self.hooks.authorize, access)
+        applied: list[str] = []
+        unchanged: list[str] = []
+        if config.services != self.config.services:
+            self._policies = policies
+            self.router._policy_for = policies.for_service
+            for name, service in self.router.services.items():
+                service.policy = policies.for_service(name)
+            applied.append("services")
+        if config.access != self.config.access:
+            self.router.set_access(access)
+            applied.append("access")
+        for section in ("transports", "broker", "liveness", "plugins"):
+            if getattr(config, section) != getattr(self.config, section):
+                unchanged.append(section)
+        self.config = msgspec.structs.replace(
+            self.config, services=config.services, access=config.access
+        )
+        log.info(
+            "reloaded %s: applied %s",
+            self.config.source,
+            ", ".join(f"[{s}]" for s in applied) or "nothing (no change)",
+        )
+        if unchanged:
+            log.warning(
+                "reload: %s changed in %s but cannot change while running (left as they "
+                "were; restart to apply)",
+                ", ".join(f"[{s}]" for s in unchanged),
+                self.config.source,
+            )
+        return {"applied": applied, "unchanged": unchanged}
+
     def _open_journal(self) -> None:
         """Open the one durable store (when a service or a transport needs it), take in the
         files of the old two-file layout, and queue what it holds again."""
@@ -252,10 +354,9 @@ class Broker:
     def _store_settings(
         self, hints: list[StoreHint]
     ) -> tuple[str, str, str, str | None, list[tuple[Path, str]]]:
-        """(backend, path, sync, owner of a schema-0 file there, old files to take in): ``[store]``
-        where it differs from its defaults, else the deprecated ``[broker]`` keys, else a
-        transport's deprecated keys (``[transports.http] store``...), else the defaults."""
-        s, b = self.config.store, self.config.broker
+        """(backend, path, sync, owner of a schema-0 file there, old files to take in); see
+        :func:`store_choice`. Warns about the deprecated keys in use."""
+        b = self.config.broker
         if b.store or b.store_path or b.store_sync:
             log.warning(
                 "[broker] store, store_path and store_sync are deprecated: set [store] backend,"
@@ -264,29 +365,19 @@ class Broker:
         for hint in hints:
             if hint.backend or hint.path or hint.sync:
                 log.warning("%s are deprecated: set [store] backend, path and sync", hint.where)
-        first = hints[0] if hints else StoreHint()
-        backend = s.backend if s.backend != "sqlite" else (b.store or first.backend or "sqlite")
-        sync = s.sync if s.sync != "normal" else (b.store_sync or first.sync or "normal")
-        owner: str | None = None  # [store] path: a schema-0 file there says whose it is
-        path = s.path
-        if not path and b.store_path:
-            path, owner = b.store_path, ""
-        elif not path and first.path:
-            path, owner = first.path, "switch"
-        elif not path:
-            owner = "switch"  # the default file is the old switch's default file
-        chosen = Path(path or default_store_path()).resolve()
+        choice = store_choice(self.config, hints)
+        s_path = Path(choice.path or default_store_path()).resolve()
         # the files the two-file layout would have used, other than the chosen one
         candidates = [(Path(b.store_path or default_store_path(name="services.sqlite3")), "")]
         candidates += [
             (Path(h.path or default_store_path()), "switch") for h in hints if h.backend != "memory"
         ]
         legacy: list[tuple[Path, str]] = []
-        if backend == "sqlite":
+        if choice.backend == "sqlite":
             for old, old_owner in candidates:
-                if old.resolve() != chosen and old.is_file() and old not in {p for p, _ in legacy}:
+                if old.resolve() != s_path and old.is_file() and old not in {p for p, _ in legacy}:
                     legacy.append((old, old_owner))
-        return backend, path, sync, owner, legacy
+        return choice.backend, choice.path, choice.sync, choice.owner, legacy
 
     @staticmethod
     def _import_legacy(store: SQLiteStore, old: Path, owner: str) -> None:

@@ -7,6 +7,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from maitred.core.errors import MaitredError
+from maitred.core.preflight import Problem, check_host, check_port, check_unix_path
 from maitred.core.transport import BrokerClient, BrokerPort, TransportSpec
 from maitred.plugins import hookimpl
 from maitred.transports.mdp import codec
@@ -19,6 +20,53 @@ def _factory(config: MdpConfig, port: BrokerPort) -> MdpTransport:
     return MdpTransport(config, port)
 
 
+def endpoint_problem(ep: str) -> str | None:
+    """What is wrong with a ZeroMQ endpoint to bind, with the fix (None: nothing)."""
+    scheme, sep, rest = ep.partition("://")
+    if not sep:
+        return (
+            f"{ep!r} is not a ZeroMQ endpoint (no scheme); write tcp://{ep or '127.0.0.1:5555'}"
+            " (or ipc:///path, inproc://name)"
+        )
+    if scheme == "tcp":
+        host, colon, port = rest.rpartition(":")
+        if not colon or not port:
+            return f"{ep!r}: no port; write tcp://HOST:PORT, e.g. tcp://127.0.0.1:5555"
+        if port != "*":
+            problem = check_port(port, ep)
+            if problem:
+                return problem
+        host = host.strip("[]")
+        if host and host != "*" and host not in {name for _, name in _interfaces()}:
+            return check_host(host, ep)
+        return None
+    if scheme == "ipc":
+        if rest.startswith("@"):  # Linux abstract namespace: no file
+            return None if len(rest) > 1 else f"{ep!r}: empty abstract socket name"
+        return check_unix_path(rest, ep)
+    if scheme == "inproc":
+        return None if rest else f"{ep!r}: empty inproc name; write inproc://NAME"
+    return f"{ep!r}: scheme {scheme}:// is not one MDP binds; use tcp://, ipc:// or inproc://"
+
+
+def _interfaces() -> list[tuple[int, str]]:
+    import socket
+
+    try:
+        return socket.if_nameindex()
+    except OSError:
+        return []
+
+
+def preflight(config: MdpConfig) -> list[Problem]:
+    out = []
+    for ep in config.endpoints:
+        problem = endpoint_problem(ep)
+        if problem:
+            out.append(Problem("endpoints", problem, ep))
+    return out
+
+
 @hookimpl
 def maitred_transports() -> Sequence[TransportSpec]:
     return [
@@ -29,6 +77,7 @@ def maitred_transports() -> Sequence[TransportSpec]:
             description="ZeroMQ Majordomo (MDP/0.1, RFC 18 MDP/0.2, majortomo) on a ROUTER socket",
             cli_addresses=cli_addresses,
             cli_metavar="ENDPOINT",
+            preflight=preflight,
         )
     ]
 
