@@ -9,6 +9,7 @@ import pytest
 import zmq
 
 from tests.e2e.helpers import BASE, BrokerThread, zmq_context
+from tests.e2e.http_helpers import RawHttp
 
 
 @pytest.fixture
@@ -35,3 +36,12 @@ def broker(make_broker: Callable[..., BrokerThread]) -> BrokerThread:
 def ctx() -> Iterator[zmq.Context[Any]]:
     with zmq_context() as context:
         yield context
+
+
+@pytest.fixture
+def conns() -> Iterator[list[RawHttp]]:
+    """Raw HTTP connections a test opens (``http_helpers.connect``), closed after it."""
+    opened: list[RawHttp] = []
+    yield opened
+    for c in opened:
+        c.close()

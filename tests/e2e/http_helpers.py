@@ -86,3 +86,12 @@ class RawHttp:
 
     def close(self) -> None:
         self.sock.close()
+
+
+def connect(conns: list[RawHttp], endpoint: str, token: str | None = None) -> RawHttp:
+    """A switch connection kept in ``conns`` (closed by the fixture), logged in as ``token``."""
+    c = RawHttp(endpoint)
+    conns.append(c)
+    if token is not None:
+        assert c.do("GET", f"/login/{token}") == (200, b"")
+    return c

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +15,13 @@ import zmq
 
 from maitred.core.local import LocalClient
 from tests.e2e.helpers import BrokerThread, RawClient, RawWorker, wait_until
-from tests.e2e.http_helpers import RawHttp, endpoint_of, http_toml, short_socket_path
+from tests.e2e.http_helpers import (
+    RawHttp,
+    connect,
+    endpoint_of,
+    http_toml,
+    short_socket_path,
+)
 
 Ctx = zmq.Context[Any]
 
@@ -33,22 +39,6 @@ def sw(make_broker: Callable[..., BrokerThread], monkeypatch: pytest.MonkeyPatch
             'shutdown_tokens = ["admin:*"]\nshutdown_secret_env = "MAITRED_TEST_SWITCH_SECRET"',
         )
     )
-
-
-@pytest.fixture
-def conns() -> Iterator[list[RawHttp]]:
-    opened: list[RawHttp] = []
-    yield opened
-    for c in opened:
-        c.close()
-
-
-def connect(conns: list[RawHttp], endpoint: str, token: str | None = None) -> RawHttp:
-    c = RawHttp(endpoint)
-    conns.append(c)
-    if token is not None:
-        assert c.do("GET", f"/login/{token}") == (200, b"")
-    return c
 
 
 @pytest.mark.parametrize("kind", ["unix:", "http://"])

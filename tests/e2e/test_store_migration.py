@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import shutil
 import sqlite3
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -28,14 +28,6 @@ SERVICES = """
 [services.orders]
 on_no_worker = "store"
 """
-
-
-@pytest.fixture
-def conns() -> Iterator[list[RawHttp]]:
-    opened: list[RawHttp] = []
-    yield opened
-    for c in opened:
-        c.close()
 
 
 def _version(path: Path) -> int:

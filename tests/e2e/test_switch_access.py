@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,13 @@ from maitred.core.access import Identity
 from maitred.core.local import LocalClient
 from maitred.transports.http.switch import Queue
 from tests.e2e.helpers import BrokerThread, wait_until
-from tests.e2e.http_helpers import RawHttp, endpoint_of, http_toml, short_socket_path
+from tests.e2e.http_helpers import (
+    RawHttp,
+    connect,
+    endpoint_of,
+    http_toml,
+    short_socket_path,
+)
 
 OPS = Identity("ops", frozenset({"ops"}))
 
@@ -70,22 +76,6 @@ class Observer:
 
         self.broker.call(drain)
         return list(self.seen)
-
-
-@pytest.fixture
-def conns() -> Iterator[list[RawHttp]]:
-    opened: list[RawHttp] = []
-    yield opened
-    for c in opened:
-        c.close()
-
-
-def connect(conns: list[RawHttp], endpoint: str, token: str | None = None) -> RawHttp:
-    c = RawHttp(endpoint)
-    conns.append(c)
-    if token is not None:
-        assert c.do("GET", f"/login/{token}") == (200, b"")
-    return c
 
 
 def denied(broker: BrokerThread, obs: Observer, action: str, name: str, before: int) -> None:
