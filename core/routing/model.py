@@ -41,7 +41,21 @@ class RequestState(IntEnum):
 
 #: upper bounds (seconds) of the request latency histogram buckets (plus +Inf)
 LATENCY_BOUNDS: tuple[float, ...] = (
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
 )
 
 
@@ -175,6 +189,29 @@ class SessionSink(Protocol):
 
     def worker_removed(self, worker: Worker, reason: str) -> None:
         """The router dropped ``worker`` on its own (expired, shutdown): tell the peer."""
+
+
+class BaseSink:
+    """A :class:`SessionSink` that ignores everything: a transport's sink subclasses it and
+    overrides only what its sessions receive (a client session gets no requests, a worker
+    session no replies, ...)."""
+
+    __slots__ = ()
+
+    def deliver_request(self, worker: Worker, request: Request) -> None:
+        return None
+
+    def deliver_reply(self, request: Request, kind: ReplyKind, body: Body) -> None:
+        return None
+
+    def deliver_error(self, request: Request, error: MaitredError) -> None:
+        return None
+
+    def deliver_event(self, topic: str, body: Body, headers: Headers) -> None:
+        return None
+
+    def worker_removed(self, worker: Worker, reason: str) -> None:
+        return None
 
 
 class Session:
