@@ -31,7 +31,8 @@ from maitred.core.errors import ErrorCode, MaitredError
 from maitred.core.management import Management
 from maitred.core.routing.router import Router
 from maitred.core.store import StoreLocked, open_store
-from maitred.core.transport import BrokerPort, Transport, TransportSpec
+from maitred.core.port import CorePort
+from maitred.core.transport import Transport, TransportSpec
 
 log = logging.getLogger("maitred.core.runtime")
 
@@ -97,12 +98,13 @@ class Broker:
             max_name_length=config.broker.max_name_length,
             max_memory=config.broker.max_memory,
         )
-        self.port = BrokerPort(
+        self.port = CorePort(
             self.router,
             clock,
             config.liveness,
             authenticate=self.hooks.authenticate,
             info=self.info,
+            request_stop=self.request_stop,
         )
         self.transports: dict[str, Transport] = {}
         #: the durable store of ``on_no_worker = "store"`` services (None when no service uses
