@@ -239,7 +239,7 @@ class MdpTransport:
     ):
         self.config = config
         self.port = port
-        self.router = port.router
+        self.broker = port
         self._own_context = context is None
         self.context: zmq.Context[Any] = context or _new_context(config.io_thread_sched)
         self.socket: zmq.Socket[Any] | None = None
@@ -308,7 +308,7 @@ class MdpTransport:
                 f"mdp: cannot bind {endpoint}: {exc.strerror}", ErrorCode.BAD_REQUEST
             ) from None
         identity = Identity(self.config.identity, frozenset(self.config.roles))
-        self._clients = self.router.open_session(
+        self._clients = self.broker.open_session(
             "mdp", self, identity, self.port.clock(), label="mdp:clients", quiet=True
         )
         self._identity = identity
@@ -342,10 +342,10 @@ class MdpTransport:
         now = self.port.clock()
         for w in list(self._workers.values()):
             self._send(w.rid, codec.worker_disconnect(w.dialect))
-            self.router.close_session(w.session, now, "broker closing")
+            self.broker.close_session(w.session, now, "broker closing")
         self._workers.clear()
         if self._clients is not None:
-            self.router.close_session(self._clients, now, "broker closing")
+            self.broker.close_session(self._clients, now, "broker closing")
         if self._loop is not None and self._fd is not None:
             self._loop.remove_reader(self._fd)
         if self._loop is not None and self._monitor_fd is not None:
@@ -461,7 +461,7 @@ class MdpTransport:
             log.info(
                 "mdp: worker %s of %s lost its connection", w.worker.label, w.worker.service.name
             )
-            self.router.close_session(w.session, now, "disconnected")
+            self.broker.close_session(w.session, now, "disconnected")
 
     def _forget(self, w: _MdpWorker) -> None:
         """``w`` is no longer a worker: forget its fd."""
@@ -520,14 +520,14 @@ class MdpTransport:
                 token = int(name)
             except ValueError:
                 self._reject(rid, "reply with an unknown client address")
-                self.router.touch(w.worker, now)
+                self.broker.touch(w.worker, now)
                 return
             if (
                 len(body) > self.config.max_frames
                 or sum(map(len, body)) > self.config.max_message_size
             ):
                 self._reject(rid, "oversized reply")
-                self.router.reply_error(
+                self.broker.reply_error(
                     w.worker,
                     token,
                     MaitredError(
@@ -536,14 +536,14 @@ class MdpTransport:
                     now,
                 )
                 return
-            if not self.router.reply(w.worker, token, body, now, command == REPLY_FINAL):
+            if not self.broker.reply(w.worker, token, body, now, command == REPLY_FINAL):
                 self.stats["mdp.late_replies"] += 1
         elif command == HEARTBEAT:
             w = self._workers.get(rid)
             if w is None:
                 self._violation(rid, dialect, "HEARTBEAT from a peer that never sent READY")
             else:
-                self.router.touch(w.worker, now)
+                self.broker.touch(w.worker, now)
         elif command == READY:
             self._on_ready(rid, dialect, name, now)
         elif command == DISCONNECT:
@@ -551,14 +551,14 @@ class MdpTransport:
             if w is not None:
                 log.debug("worker %s of %s disconnected", w.worker.label, w.worker.service.name)
                 self._forget(w)
-                self.router.close_session(w.session, now, "disconnect")
+                self.broker.close_session(w.session, now, "disconnect")
 
     def _on_request(
         self, rid: bytes, dialect: int, service_raw: bytes, body: list[bytes], now: float
     ) -> None:
         clients = self._clients
         assert clients is not None
-        if len(service_raw) > self.router.max_name_length:
+        if len(service_raw) > self.broker.max_name_length:
             # refused before it is decoded or cached: a flood of long distinct names holds
             # nothing once each has been answered
             self._reject(rid, "service name too long")
@@ -568,7 +568,7 @@ class MdpTransport:
                 service_raw,
                 now,
                 MaitredError(
-                    f"service name longer than {self.router.max_name_length} bytes",
+                    f"service name longer than {self.broker.max_name_length} bytes",
                     ErrorCode.BAD_REQUEST,
                 ),
             )
@@ -587,7 +587,7 @@ class MdpTransport:
                 MaitredError("the request is larger than the broker accepts", ErrorCode.TOO_LARGE),
             )
             return
-        self.router.submit(clients, service, body, (rid, dialect, service_raw), now)
+        self.broker.submit(clients, service, body, (rid, dialect, service_raw), now)
 
     def _refuse(
         self, rid: bytes, dialect: int, service_raw: bytes, now: float, error: MaitredError
@@ -611,7 +611,7 @@ class MdpTransport:
         if old is not None:
             self._violation(rid, dialect, "second READY")
             return
-        if len(service_raw) > self.router.max_name_length:
+        if len(service_raw) > self.broker.max_name_length:
             self._violation(rid, dialect, "READY with a service name too long")
             return
         service = _decode_name(service_raw)
@@ -621,7 +621,7 @@ class MdpTransport:
         if service.startswith("mmi."):
             self._violation(rid, dialect, "READY for an mmi.* service")
             return
-        session = self.router.open_session(
+        session = self.broker.open_session(
             "mdp", self, self._identity, now, label=f"mdp:{rid.hex()}"
         )
         mw = _MdpWorker(rid, dialect, session, self._source_fd())
@@ -629,7 +629,7 @@ class MdpTransport:
         if mw.fd >= 0:
             self._fds[mw.fd] = mw
         try:
-            mw.worker = self.router.add_worker(
+            mw.worker = self.broker.register_worker(
                 session,
                 service,
                 now,
@@ -646,7 +646,7 @@ class MdpTransport:
             self.stats[f"mdp.ready_refused.{exc.code.name.lower()}"] += 1
             self.rejections.note("refused", rid.hex(), f"READY for {service}: {exc.reason}")
             self._send(rid, codec.worker_disconnect(dialect))
-            self.router.close_session(session, now, f"refused: {exc.reason}")
+            self.broker.close_session(session, now, f"refused: {exc.reason}")
             return
         worker = mw.worker
         log.debug(
@@ -678,7 +678,7 @@ class MdpTransport:
         w = self._workers.pop(rid, None)
         if w is not None:
             self._forget(w)
-            self.router.close_session(w.session, self.port.clock(), f"protocol violation: {reason}")
+            self.broker.close_session(w.session, self.port.clock(), f"protocol violation: {reason}")
 
     # -- send ---------------------------------------------------------------------------------
 
@@ -761,7 +761,7 @@ class MdpTransport:
             self._loop.call_soon(self._close_worker_session, w.session, reason)
 
     def _close_worker_session(self, session: Session, reason: str) -> None:
-        self.router.close_session(session, self.port.clock(), reason)
+        self.broker.close_session(session, self.port.clock(), reason)
 
 
 def cli_addresses(addresses: Sequence[str]) -> dict[str, Any]:
