@@ -30,7 +30,6 @@ from maitred.core.durable import StoreJournal
 from maitred.core.errors import ErrorCode, MaitredError
 from maitred.core.logs import RejectionLog
 from maitred.core.routing.model import Body, Headers, ReplyKind, Request, Worker
-from maitred.core.routing.router import Router
 from maitred.core.store import MemoryStore, SQLiteStore, Store, StoreLocked, default_store_path
 from maitred.core.transport import BrokerPort
 from maitred.transports.http import codec
@@ -213,11 +212,11 @@ class _Stream:
     bytes)`` items, bounded in bytes. Partials past the bound end the stream: what is queued is
     dropped, an error (429) takes its place and the request is cancelled."""
 
-    __slots__ = ("bytes", "items", "limit", "overflow", "router")
+    __slots__ = ("broker", "bytes", "items", "limit", "overflow")
 
-    def __init__(self, router: Router, limit: int) -> None:
+    def __init__(self, broker: BrokerPort, limit: int) -> None:
         self.items: asyncio.Queue[tuple[Any, Any, int]] = asyncio.Queue()
-        self.router = router
+        self.broker = broker
         self.limit = limit
         self.bytes = 0
         self.overflow = False
@@ -225,17 +224,17 @@ class _Stream:
     def put(self, kind: Any, value: Any, size: int) -> None:
         self.items.put_nowait((kind, value, size))
         self.bytes += size
-        self.router.hold(size)
+        self.broker.hold(size)
 
     def taken(self, size: int) -> None:
         self.bytes -= size
-        self.router.release(size)
+        self.broker.release(size)
 
     def drop_all(self) -> None:
         while not self.items.empty():
             self.items.get_nowait()
         if self.bytes:
-            self.router.release(self.bytes)
+            self.broker.release(self.bytes)
             self.bytes = 0
 
 
@@ -252,10 +251,10 @@ class _Call:
 class _RestSink:
     """The sink of the quiet session all REST callers share."""
 
-    def __init__(self, router: Router, clock: Callable[[], float]) -> None:
-        self.router = router
+    def __init__(self, broker: BrokerPort, clock: Callable[[], float]) -> None:
+        self.broker = broker
         self.clock = clock
-        self.stats = router.stats
+        self.stats = broker.stats
 
     def deliver_request(self, worker: Worker, request: Request) -> None:
         return None
@@ -274,7 +273,7 @@ class _RestSink:
                 stream.drop_all()
                 error = MaitredError("caller too slow: stream buffer full", ErrorCode.QUEUE_FULL)
                 stream.put("error", error, 0)
-                self.router.cancel(request, self.clock())
+                self.broker.cancel(request, self.clock())
                 return
             stream.put(kind, list(body), size)
         elif kind is _FINAL and call.fut is not None and not call.fut.done():
@@ -299,12 +298,12 @@ class _TopicSink:
     """One SSE subscriber: events into a queue bounded in events and bytes; overflow ends the
     stream."""
 
-    def __init__(self, size: int, router: Router, limit_bytes: int) -> None:
+    def __init__(self, size: int, broker: BrokerPort, limit_bytes: int) -> None:
         self.queue: asyncio.Queue[tuple[str, list[bytes], dict[str, str]] | None] = asyncio.Queue(
             size
         )
         self.overflow = False
-        self.router = router
+        self.broker = broker
         self.limit_bytes = limit_bytes
         #: body bytes queued (counted in the router's ``held``)
         self.bytes = 0
@@ -312,11 +311,11 @@ class _TopicSink:
     def taken(self, frames: list[bytes]) -> None:
         size = sum(map(len, frames))
         self.bytes -= size
-        self.router.release(size)
+        self.broker.release(size)
 
     def release_all(self) -> None:
         if self.bytes:
-            self.router.release(self.bytes)
+            self.broker.release(self.bytes)
             self.bytes = 0
 
     def deliver_request(self, worker: Worker, request: Request) -> None:
@@ -352,7 +351,7 @@ class _TopicSink:
             self.overflow = True
             return
         self.bytes += size
-        self.router.hold(size)
+        self.broker.hold(size)
 
     def worker_removed(self, worker: Worker, reason: str) -> None:
         return None
@@ -416,15 +415,11 @@ class _ServerLog(logging.Logger):
         self._transport.rejections.note("malformed", peer, " ".join(str(exc).split()))
         return True
 
-    def exception(
-        self, msg: object, *args: object, exc_info: Any = True, **kw: Any
-    ) -> None:
+    def exception(self, msg: object, *args: object, exc_info: Any = True, **kw: Any) -> None:
         if not self._peer_fault(args, exc_info):
             super().exception(msg, *args, exc_info=exc_info, **kw)
 
-    def debug(
-        self, msg: object, *args: object, exc_info: Any = None, **kw: Any
-    ) -> None:
+    def debug(self, msg: object, *args: object, exc_info: Any = None, **kw: Any) -> None:
         if exc_info is None or not self._peer_fault(args, exc_info):
             super().debug(msg, *args, exc_info=exc_info, **kw)
 
@@ -466,7 +461,7 @@ class HttpTransport:
     def __init__(self, config: HttpConfig, port: BrokerPort, store: Store | None = None) -> None:
         self.config = config
         self.port = port
-        self.router = port.router
+        self.broker = port
         self.stats = port.stats
         self.identity = Identity(config.identity, frozenset(config.roles))
         self._store = store
@@ -479,7 +474,6 @@ class HttpTransport:
         self._topic_sinks: set[_TopicSink] = set()
         self.switch: Switch | None = None
         #: set by the plugin when the broker starts (``POST /shutdown`` of an authorised token)
-        self.request_stop: Callable[[], None] | None = None
         #: peer-caused rejections: DEBUG each, a WARNING summary every 10 s
         self.rejections = RejectionLog(
             log,
@@ -499,9 +493,9 @@ class HttpTransport:
     async def start(self) -> None:
         cfg = self.config
         now = self.port.clock()
-        self._rest = self.router.open_session(
+        self._rest = self.broker.open_session(
             "http",
-            _RestSink(self.router, self.port.clock),
+            _RestSink(self.broker, self.port.clock),
             self.identity,
             now,
             label="http:rest",
@@ -650,7 +644,7 @@ class HttpTransport:
         except StoreLocked as exc:
             raise MaitredError(
                 f"http: cannot open the switch store: {exc} (each broker needs a store of its"
-                " own: set [transports.http] store_path, or XDG_STATE_HOME, or store = \"memory\")",
+                ' own: set [transports.http] store_path, or XDG_STATE_HOME, or store = "memory")',
                 ErrorCode.BAD_REQUEST,
             ) from None
         except (OSError, sqlite3.Error) as exc:
@@ -707,7 +701,7 @@ class HttpTransport:
         now = self.port.clock()
         rest = getattr(self, "_rest", None)
         if rest is not None:
-            self.router.close_session(rest, now, "closing")
+            self.broker.close_session(rest, now, "closing")
         for path in self._unix_paths:
             _remove_stale_socket(path)
 
@@ -761,7 +755,7 @@ class HttpTransport:
         """Ask the MMI (answered at once) and decode its JSON answer."""
         loop = asyncio.get_running_loop()
         call = _Call(loop.create_future(), None)
-        self.router.submit(self._rest, name, [arg], call, self.port.clock())
+        self.broker.submit(self._rest, name, [arg], call, self.port.clock())
         assert call.fut is not None and call.fut.done()
         ok, value = call.fut.result()
         if not ok:
@@ -805,7 +799,7 @@ class HttpTransport:
         call = _Call(loop.create_future(), None)
         assert call.fut is not None
         self.stats["http.calls"] += 1
-        submitted = self.router.submit(
+        submitted = self.broker.submit(
             self._rest, name, frames, call, self.port.clock(), timeout=timeout
         )
         journal = self.port.journal
@@ -823,7 +817,7 @@ class HttpTransport:
         except asyncio.CancelledError:
             if submitted is not None:
                 self.stats["http.calls_cancelled"] += 1
-                self.router.cancel(submitted, self.port.clock())
+                self.broker.cancel(submitted, self.port.clock())
             raise
         if not ok:
             err: MaitredError = value
@@ -847,12 +841,12 @@ class HttpTransport:
             await journal.committed()
         except Exception:
             log.exception("http: the store could not commit a request")
-            self.router.cancel(submitted, self.port.clock())
+            self.broker.cancel(submitted, self.port.clock())
             return _error(ErrorCode.INTERNAL, "the request could not be stored")
         assert call.fut is not None
         if call.fut.done():
             return None
-        self.router.cancel(submitted, self.port.clock())
+        self.broker.cancel(submitted, self.port.clock())
         self.stats["http.calls_stored"] += 1
         return web.Response(
             status=202,
@@ -864,11 +858,11 @@ class HttpTransport:
     async def _call_stream(
         self, request: web.Request, name: str, frames: list[bytes], timeout: float | None
     ) -> web.StreamResponse:
-        stream = _Stream(self.router, self.config.sse_buffer_bytes)
+        stream = _Stream(self.broker, self.config.sse_buffer_bytes)
         queue = stream.items
         call = _Call(None, stream)
         self.stats["http.calls"] += 1
-        submitted = self.router.submit(
+        submitted = self.broker.submit(
             self._rest, name, frames, call, self.port.clock(), timeout=timeout
         )
         if submitted is None and not queue.empty():
@@ -898,7 +892,7 @@ class HttpTransport:
                     break
         except (asyncio.CancelledError, ConnectionResetError):
             if submitted is not None:
-                self.router.cancel(submitted, self.port.clock())
+                self.broker.cancel(submitted, self.port.clock())
             raise
         finally:
             stream.drop_all()
@@ -947,7 +941,7 @@ class HttpTransport:
     def _observe(self, name: str) -> web.Response | None:
         """None when the http identity may ``observe`` ``name``; else the REST 403 (the denial
         is counted and published by the router)."""
-        if self.router.allowed(self._rest, Action.OBSERVE, name):
+        if self.broker.allowed(self._rest, Action.OBSERVE, name):
             return None
         return _error(ErrorCode.FORBIDDEN, f"{self.identity.name} may not observe {name}")
 
@@ -990,22 +984,22 @@ class HttpTransport:
         except _TooLarge:
             return self._too_large(_error(ErrorCode.TOO_LARGE, "the request body is too large"))
         try:
-            n = self.router.publish(self._rest, topic, [body])
+            n = self.broker.publish(self._rest, topic, [body])
         except MaitredError as exc:
             return _error(exc.code, exc.reason)
         return _json({"delivered": n})
 
     async def _subscribe(self, request: web.Request) -> web.StreamResponse:
         pattern = request.match_info["pattern"]
-        sink = _TopicSink(self.config.sse_buffer, self.router, self.config.sse_buffer_bytes)
+        sink = _TopicSink(self.config.sse_buffer, self.broker, self.config.sse_buffer_bytes)
         self._topic_sinks.add(sink)
         now = self.port.clock()
-        session = self.router.open_session(
+        session = self.broker.open_session(
             "http", sink, self.identity, now, label=f"http:sse:{id(sink):x}"
         )
         try:
             try:
-                self.router.subscribe(session, pattern)
+                self.broker.subscribe(session, pattern)
             except MaitredError as exc:
                 return _error(exc.code, exc.reason)
             response = web.StreamResponse(
@@ -1036,7 +1030,7 @@ class HttpTransport:
             return response
         finally:
             self._topic_sinks.discard(sink)
-            self.router.close_session(session, self.port.clock(), "stream closed")
+            self.broker.close_session(session, self.port.clock(), "stream closed")
             sink.release_all()
 
     async def _metrics(self, request: web.Request) -> web.Response:
@@ -1044,7 +1038,7 @@ class HttpTransport:
         if refused is not None:
             return refused
         body, ctype = await render_metrics(
-            self.router, self.switch, self.config.metrics_max_services
+            self.broker, self.switch, self.config.metrics_max_services
         )
         return web.Response(body=body, headers={"Content-Type": ctype})
 
@@ -1052,7 +1046,7 @@ class HttpTransport:
         return _json({"status": "ok"})
 
     async def _readyz(self, request: web.Request) -> web.Response:
-        if self._accepting and not self.router.draining:
+        if self._accepting and not self.broker.draining:
             return _json({"status": "ready"})
         return _json({"status": "draining"}, status=503)
 
@@ -1237,10 +1231,8 @@ class HttpTransport:
         scheme, _, value = auth.partition(" ")
         secret = value.strip().encode() if scheme.lower() == "bearer" and value.strip() else None
         self._sw.shutdown(token, secret)  # Refused: 403
-        if self.request_stop is None:
-            return _plain(codec.refusal(403, "this broker cannot be stopped from here"), 403)
         log.warning("switch: shutdown requested by %s", token.name)
-        asyncio.get_running_loop().call_soon(self.request_stop)
+        asyncio.get_running_loop().call_soon(self.broker.request_stop)
         return _plain(b"")
 
 

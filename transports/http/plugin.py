@@ -11,7 +11,7 @@ from maitred.plugins import hookimpl
 from maitred.transports.http.adapter import HttpConfig, HttpTransport, cli_addresses
 
 if TYPE_CHECKING:
-    from maitred.core.runtime import Broker
+    pass
 
 SCHEMES = ("http://", "unix:")
 
@@ -32,14 +32,6 @@ def maitred_transports() -> Sequence[TransportSpec]:
             cli_metavar="HOST:PORT|unix:PATH",
         )
     ]
-
-
-@hookimpl
-def maitred_broker_started(broker: Broker) -> None:
-    """Let an authorised switch session's ``POST /shutdown`` stop the broker."""
-    transport = broker.transports.get("http")
-    if isinstance(transport, HttpTransport):
-        transport.request_stop = broker.request_stop
 
 
 @hookimpl
