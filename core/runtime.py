@@ -29,9 +29,9 @@ from maitred.core.config import Config
 from maitred.core.durable import StoreJournal
 from maitred.core.errors import ErrorCode, MaitredError
 from maitred.core.management import Management
+from maitred.core.port import CorePort
 from maitred.core.routing.router import Router
 from maitred.core.store import StoreLocked, open_store
-from maitred.core.port import CorePort
 from maitred.core.transport import Transport, TransportSpec
 
 log = logging.getLogger("maitred.core.runtime")

@@ -29,7 +29,7 @@ from maitred.core.access import Action, Identity
 from maitred.core.durable import StoreJournal
 from maitred.core.errors import ErrorCode, MaitredError
 from maitred.core.logs import RejectionLog
-from maitred.core.routing.model import Body, Headers, ReplyKind, Request, Worker
+from maitred.core.routing.model import BaseSink, Body, Headers, ReplyKind, Request
 from maitred.core.store import MemoryStore, SQLiteStore, Store, StoreLocked, default_store_path
 from maitred.core.transport import BrokerPort
 from maitred.transports.http import codec
@@ -248,16 +248,13 @@ class _Call:
         self.queue = queue
 
 
-class _RestSink:
+class _RestSink(BaseSink):
     """The sink of the quiet session all REST callers share."""
 
     def __init__(self, broker: BrokerPort, clock: Callable[[], float]) -> None:
         self.broker = broker
         self.clock = clock
         self.stats = broker.stats
-
-    def deliver_request(self, worker: Worker, request: Request) -> None:
-        return None
 
     def deliver_reply(self, request: Request, kind: ReplyKind, body: Body) -> None:
         call: _Call = request.correlation
@@ -287,14 +284,8 @@ class _RestSink:
         elif call.fut is not None and not call.fut.done():
             call.fut.set_result((False, error))
 
-    def deliver_event(self, topic: str, body: Body, headers: Headers) -> None:
-        return None
 
-    def worker_removed(self, worker: Worker, reason: str) -> None:
-        return None
-
-
-class _TopicSink:
+class _TopicSink(BaseSink):
     """One SSE subscriber: events into a queue bounded in events and bytes; overflow ends the
     stream."""
 
@@ -317,15 +308,6 @@ class _TopicSink:
         if self.bytes:
             self.broker.release(self.bytes)
             self.bytes = 0
-
-    def deliver_request(self, worker: Worker, request: Request) -> None:
-        return None
-
-    def deliver_reply(self, request: Request, kind: ReplyKind, body: Body) -> None:
-        return None
-
-    def deliver_error(self, request: Request, error: MaitredError) -> None:
-        return None
 
     def close(self) -> None:
         self.overflow = True
@@ -352,9 +334,6 @@ class _TopicSink:
             return
         self.bytes += size
         self.broker.hold(size)
-
-    def worker_removed(self, worker: Worker, reason: str) -> None:
-        return None
 
 
 def _error(code: ErrorCode, reason: str) -> web.Response:

@@ -39,7 +39,7 @@ from zmq.backend import Socket as _BaseSocket
 from maitred.core.access import Identity
 from maitred.core.errors import ErrorCode, MaitredError
 from maitred.core.logs import RejectionLog
-from maitred.core.routing.model import Body, Headers, ReplyKind, Request, Session, Worker
+from maitred.core.routing.model import BaseSink, Body, ReplyKind, Request, Session, Worker
 from maitred.core.transport import BrokerPort
 from maitred.transports.mdp import codec
 from maitred.transports.mdp.codec import (
@@ -89,6 +89,8 @@ def _decode_name(raw: bytes) -> str | None:
         return raw.decode("utf-8")
     except UnicodeDecodeError:
         return None
+
+
 _SRCFD = int(zmq.SRCFD)
 #: a socket monitor's event frame: event number (uint16), value (uint32; the fd for DISCONNECTED)
 _EVENT = struct.Struct("=HI")
@@ -229,7 +231,7 @@ def _new_context(sched: str) -> zmq.Context[Any]:
     return context
 
 
-class MdpTransport:
+class MdpTransport(BaseSink):
     """The ``mdp`` transport (see the module docstring)."""
 
     name = "mdp"
@@ -745,9 +747,8 @@ class MdpTransport:
         if frames is not None:
             self._send(rid, frames)
 
-    def deliver_event(self, topic: str, body: Body, headers: Headers) -> None:
-        # MDP has no subscriptions, so the router never publishes to an MDP session
-        return None
+    # deliver_event: BaseSink's no-op (MDP has no subscriptions, nothing is published to an
+    # MDP session)
 
     def worker_removed(self, worker: Worker, reason: str) -> None:
         w: _MdpWorker | None = worker.tag
