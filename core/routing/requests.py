@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import logging
 import math
 from collections.abc import Iterable
+from logging import DEBUG
 from typing import Any, Literal
 
 from maitred.core.access import ANONYMOUS, Action
@@ -32,6 +32,7 @@ from maitred.core.routing.state import (
     RouterState,
     log,
 )
+from maitred.core.routing.tracing import log_trace
 
 #: the sink of the orphan session (stored requests whose caller is gone): drops all
 _DROP = BaseSink()
@@ -127,16 +128,8 @@ class RequestsMixin(RouterState):
         )
         service.requests += 1
         session.counters.requests += 1
-        if self.tracers:
+        if self.tracers or log.isEnabledFor(DEBUG):
             self._trace("accepted", request, session.label, now)
-        if log.isEnabledFor(logging.DEBUG):
-            log.debug(
-                "req %d: %s called %s",
-                request.id,
-                session.label,
-                service_name,
-                extra={"req": request.id, "service": service_name, "transport": session.transport},
-            )
         if (not self._access_open or session.identity.restricted) and not self.allowed(
             session, Action.CALL, service_name
         ):
@@ -368,22 +361,8 @@ class RequestsMixin(RouterState):
                 worker.touched = now
                 self._live_move(worker, worker.busy_timeout)
         worker.session.counters.served += 1
-        if self.tracers:
+        if self.tracers or log.isEnabledFor(DEBUG):
             self._trace("dispatched", request, worker.label, now)
-        if log.isEnabledFor(logging.DEBUG):
-            log.debug(
-                "req %d: %s -> worker %s (delivery %d)",
-                request.id,
-                request.service,
-                worker.label,
-                request.deliveries,
-                extra={
-                    "req": request.id,
-                    "service": request.service,
-                    "transport": worker.session.transport,
-                    "worker": worker.label,
-                },
-            )
         worker.session.sink.deliver_request(worker, request)
 
     def reply(
@@ -447,22 +426,8 @@ class RequestsMixin(RouterState):
                 service.latency.observe(now - request.accepted)
                 caller = request.caller
                 caller.counters.replies += 1
-                if self.tracers:
+                if self.tracers or log.isEnabledFor(DEBUG):
                     self._trace("replied", request, worker.label, now)
-                if log.isEnabledFor(logging.DEBUG):
-                    log.debug(
-                        "req %d: %s answered by %s in %.1f ms",
-                        request.id,
-                        request.service,
-                        worker.label,
-                        (now - request.accepted) * 1000.0,
-                        extra={
-                            "req": request.id,
-                            "service": request.service,
-                            "transport": caller.transport,
-                            "worker": worker.label,
-                        },
-                    )
                 if request.bucket is not None:
                     del request.bucket[request.id]
                     request.bucket = None
@@ -552,29 +517,18 @@ class RequestsMixin(RouterState):
         if service is not None:
             service.error_codes[code] += 1
         request.caller.counters.errors += 1
-        if self.tracers:
+        if self.tracers or log.isEnabledFor(DEBUG):
             self._trace("failed", request, f"{code} {error}", math.nan)
-        if log.isEnabledFor(logging.DEBUG):
-            log.debug(
-                "req %d: %s failed: %d %s",
-                request.id,
-                request.service,
-                code,
-                error,
-                extra={
-                    "req": request.id,
-                    "service": request.service,
-                    "transport": request.caller.transport,
-                    "code": code,
-                },
-            )
 
     def _trace(self, event: str, request: Request, detail: str, now: float) -> None:
+        """Hand a step of ``request`` to every tracer, and to the debug log when it is on."""
         for tracer in self.tracers:
             try:
                 tracer(event, request, detail, now)
             except Exception:  # a tracer must never break routing
                 log.exception("tracer %r failed", tracer)
+        if log.isEnabledFor(DEBUG):
+            log_trace(event, request, detail, now)
 
     def _unhandled(self, request: Request, reason: str) -> None:
         self.stats["requests.unhandled"] += 1
