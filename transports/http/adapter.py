@@ -13,31 +13,41 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import os
 import sqlite3
-import stat
-import sys
 from collections.abc import Awaitable, Callable, Sequence
-from pathlib import Path
 from typing import Any, Literal
 
 import msgspec
 from aiohttp import web
-from aiohttp.http_exceptions import HttpProcessingError
 
 from maitred.core.access import Action, Identity
 from maitred.core.durable import StoreJournal
 from maitred.core.errors import ErrorCode, MaitredError
 from maitred.core.logs import RejectionLog
-from maitred.core.routing.model import BaseSink, Body, Headers, ReplyKind, Request
+from maitred.core.routing.model import ReplyKind, Request
 from maitred.core.store import MemoryStore, SQLiteStore, Store, StoreLocked, default_store_path
 from maitred.core.transport import BrokerPort
 from maitred.transports.http import codec
 from maitred.transports.http.admin import add_admin_routes, switch_page, switch_page_headers
 from maitred.transports.http.codec import SwitchError
+from maitred.transports.http.config import HttpConfig
 from maitred.transports.http.examples import add_example_routes
 from maitred.transports.http.metrics import render_metrics
 from maitred.transports.http.openapi import openapi_document
+from maitred.transports.http.server import (
+    _NO_LIMIT,
+    REFUSE_GRACE,
+    _busy_response,
+    _error,
+    _json,
+    _maitred_errors,
+    _peer,
+    _plain,
+    _remove_stale_socket,
+    _ServerLog,
+    _TooLarge,
+)
+from maitred.transports.http.streams import _Call, _RestSink, _Stream, _TopicSink
 from maitred.transports.http.switch import DEAD_LETTERS, LIST, Refused, Switch, Token
 
 log = logging.getLogger("maitred.transports.http")
@@ -48,388 +58,7 @@ METRICS = "$sys.metrics"
 _OCTETS = "application/octet-stream"
 
 
-class HttpConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    """``[transports.http]``: REST API, metrics and the message switch."""
-
-    enabled: bool = True
-    #: ``HOST:PORT`` (port 0: any free port) and/or ``unix:/path/to/socket``
-    listen: list[str] = msgspec.field(default_factory=lambda: ["127.0.0.1:8080"])
-    #: largest request body in bytes (larger: 413 before the body is read)
-    max_body_size: int = 1 << 20
-    #: seconds a REST call may take when the caller sends no deadline header; 0: the service's
-    #: ``request_timeout``
-    request_timeout: float = 0.0
-    #: the request header that carries a call's deadline in seconds
-    timeout_header: str = "X-Maitred-Timeout"
-    #: the identity of REST callers and switch sessions (unless an authenticator plugin says
-    #: otherwise for a switch login token)
-    identity: str = "anonymous"
-    roles: list[str] = msgspec.field(default_factory=list)
-    #: serve the message-switch protocol on the same listeners
-    switch: bool = True
-    #: requests a switch session holds at once per queue it transfers from
-    switch_credit: int = 16
-    #: deliveries without an ack before a stored message goes to the dead letters
-    max_deliveries: int = 5
-    #: events kept for ``GET /trace`` (0: no trace)
-    trace_size: int = 1000
-    #: ``POST /shutdown`` needs the shutdown secret (``Authorization: Bearer SECRET``), read
-    #: at start from this file (surrounding whitespace stripped); empty: see
-    #: ``shutdown_secret_env``. With neither, the switch cannot stop the broker
-    shutdown_secret_file: str = ""
-    #: the environment variable holding the shutdown secret (instead of a file)
-    shutdown_secret_env: str = ""
-    #: deprecated narrowing: when not empty, only login tokens matching one of these shell
-    #: patterns may shut down, and they too need the secret (a token name is no credential)
-    shutdown_tokens: list[str] = msgspec.field(default_factory=list)
-    #: messages a switch queue that is not a service (a transient queue) holds; persistent
-    #: queues are services and hold their ``[services]`` policy's ``max_queue``
-    switch_max_queue: int = 10_000
-    #: payload bytes a switch queue holds (a service policy's ``max_queue_bytes`` where it has
-    #: one)
-    switch_max_queue_bytes: int = 64 << 20
-    #: queues the switch holds in all (persistent and transient)
-    switch_max_queues: int = 10_000
-    #: queues one login token may make (persistent ones count until destroyed)
-    switch_max_queues_per_token: int = 1000
-    #: messages listed per queue by the switch's diagnostics (``GET /``), the oldest first
-    diagnostics_messages: int = 100
-    #: where persistent switch queues live: ``sqlite`` (the embedded default: kept across
-    #: restarts and crashes) or ``memory`` (lost on restart)
-    store: Literal["memory", "sqlite"] = "sqlite"
-    #: the SQLite file; empty: ``$XDG_STATE_HOME/maitred/store.sqlite3`` (by default
-    #: ``~/.local/state/maitred/store.sqlite3``). One broker per file (it is locked).
-    store_path: str = ""
-    #: ``normal`` survives a process crash; ``full`` also a power loss (fsync per commit)
-    store_sync: Literal["normal", "full"] = "normal"
-    #: events buffered per SSE subscriber before it is cut off as too slow
-    sse_buffer: int = 1000
-    #: bytes buffered per SSE stream (a topic subscription, or a call's partial replies)
-    #: before it is cut off as too slow: the stream ends with an ``error`` event (429) and a
-    #: call is cancelled. The bytes count toward ``[broker] max_memory``
-    sse_buffer_bytes: int = 4 << 20
-    #: serve the live dashboard at ``/admin/`` ([the dashboard](../howto/dashboard.md)), only
-    #: when ``identity`` may call ``mmi.services`` (else 403); what the page shows is what its
-    #: WebSocket key may see. ``false``: not served (with ``switch``, the switch's own ``/admin``
-    #: page answers there)
-    admin: bool = True
-    #: seconds a new connection has to send the head (request line and headers) of its first
-    #: request; then it is closed (counted ``http.header_timeout``). 0: no limit
-    header_timeout: float = 10.0
-    #: seconds a request body may take to arrive in full; then 408 and the connection is
-    #: closed (counted ``http.body_timeout``). 0: no limit
-    body_timeout: float = 30.0
-    #: seconds an idle keep-alive connection (or one whose next request head is incomplete) is
-    #: kept open. 0: no limit
-    idle_timeout: float = 60.0
-    #: open connections at once on all listeners; a connection past it gets a 503 and is closed
-    #: (counted ``http.connections_refused``). 0: no limit
-    max_connections: int = 400
-    #: services (and switch queues) listed by name in ``GET /metrics``: the busiest ones by
-    #: requests (messages); the others are summed under ``service="(other)"``
-    metrics_max_services: int = 100
-
-    def problems(self) -> list[str]:
-        out = []
-        if not self.listen:
-            out.append("listen: at least one address is needed")
-        for addr in self.listen:
-            if not addr.startswith("unix:"):
-                host, sep, port = addr.rpartition(":")
-                if not sep or not host or not port.isdigit():
-                    out.append(f"listen: {addr!r} is not HOST:PORT or unix:/path")
-        if self.max_body_size < 1:
-            out.append("max_body_size must be >= 1")
-        if not (0 <= self.request_timeout < math.inf):
-            out.append("request_timeout must be a finite number >= 0")
-        if self.switch_credit < 1:
-            out.append("switch_credit must be >= 1")
-        if self.max_deliveries < 1:
-            out.append("max_deliveries must be >= 1")
-        if self.trace_size < 0:
-            out.append("trace_size must be >= 0")
-        if self.sse_buffer < 1:
-            out.append("sse_buffer must be >= 1")
-        if self.shutdown_secret_file and self.shutdown_secret_env:
-            out.append("shutdown_secret_file and shutdown_secret_env: give one of them")
-        for key in (
-            "switch_max_queue",
-            "switch_max_queue_bytes",
-            "switch_max_queues",
-            "switch_max_queues_per_token",
-        ):
-            if getattr(self, key) < 1:
-                out.append(f"{key} must be >= 1")
-        if self.diagnostics_messages < 0:
-            out.append("diagnostics_messages must be >= 0")
-        for name in ("header_timeout", "body_timeout", "idle_timeout"):
-            if not (0 <= getattr(self, name) < math.inf):
-                out.append(f"{name} must be a finite number >= 0")
-        if self.max_connections < 0:
-            out.append("max_connections must be >= 0")
-        if self.metrics_max_services < 0:
-            out.append("metrics_max_services must be >= 0")
-        if self.sse_buffer_bytes < 1024:
-            out.append("sse_buffer_bytes must be >= 1024")
-        return out
-
-    def shutdown_secret(self) -> bytes | None:
-        """The shutdown secret from ``shutdown_secret_file`` or ``shutdown_secret_env`` (None
-        when neither is set); MaitredError when the one given is missing or empty."""
-        if self.shutdown_secret_file:
-            path = self.shutdown_secret_file
-            try:
-                raw = Path(path).read_bytes()
-                mode = os.stat(path).st_mode
-            except OSError as exc:
-                raise MaitredError(
-                    f"http: cannot read shutdown_secret_file {path}: {exc.strerror or exc}",
-                    ErrorCode.BAD_REQUEST,
-                ) from None
-            if mode & (stat.S_IRWXG | stat.S_IRWXO):
-                log.warning("http: shutdown_secret_file %s is readable by others", path)
-            where = f"shutdown_secret_file {path}"
-        elif self.shutdown_secret_env:
-            raw = os.environ.get(self.shutdown_secret_env, "").encode()
-            where = f"environment variable {self.shutdown_secret_env}"
-        else:
-            if self.shutdown_tokens:
-                log.warning(
-                    "http: shutdown_tokens is set but no shutdown secret: POST /shutdown is"
-                    " refused (a token name is no credential; set shutdown_secret_file)"
-                )
-            return None
-        secret = raw.strip()
-        if not secret:
-            raise MaitredError(
-                f"http: the shutdown secret ({where}) is empty", ErrorCode.BAD_REQUEST
-            )
-        return secret
-
-
-class _Stream:
-    """The replies of one SSE call waiting for its handler to write them: ``(kind, value,
-    bytes)`` items, bounded in bytes. Partials past the bound end the stream: what is queued is
-    dropped, an error (429) takes its place and the request is cancelled."""
-
-    __slots__ = ("broker", "bytes", "items", "limit", "overflow")
-
-    def __init__(self, broker: BrokerPort, limit: int) -> None:
-        self.items: asyncio.Queue[tuple[Any, Any, int]] = asyncio.Queue()
-        self.broker = broker
-        self.limit = limit
-        self.bytes = 0
-        self.overflow = False
-
-    def put(self, kind: Any, value: Any, size: int) -> None:
-        self.items.put_nowait((kind, value, size))
-        self.bytes += size
-        self.broker.hold(size)
-
-    def taken(self, size: int) -> None:
-        self.bytes -= size
-        self.broker.release(size)
-
-    def drop_all(self) -> None:
-        while not self.items.empty():
-            self.items.get_nowait()
-        if self.bytes:
-            self.broker.release(self.bytes)
-            self.bytes = 0
-
-
-class _Call:
-    """One REST call in flight: its correlation in the router."""
-
-    __slots__ = ("fut", "queue")
-
-    def __init__(self, fut: asyncio.Future[Any] | None, queue: _Stream | None):
-        self.fut = fut
-        self.queue = queue
-
-
-class _RestSink(BaseSink):
-    """The sink of the quiet session all REST callers share."""
-
-    def __init__(self, broker: BrokerPort, clock: Callable[[], float]) -> None:
-        self.broker = broker
-        self.clock = clock
-        self.stats = broker.stats
-
-    def deliver_reply(self, request: Request, kind: ReplyKind, body: Body) -> None:
-        call: _Call = request.correlation
-        stream = call.queue
-        if stream is not None:
-            if stream.overflow:
-                return
-            size = sum(map(len, body))
-            if kind is not _FINAL and stream.bytes + size > stream.limit:
-                # the caller does not read its partials: end the stream, keep nothing
-                stream.overflow = True
-                self.stats["http.sse_overflow"] += 1
-                stream.drop_all()
-                error = MaitredError("caller too slow: stream buffer full", ErrorCode.QUEUE_FULL)
-                stream.put("error", error, 0)
-                self.broker.cancel(request, self.clock())
-                return
-            stream.put(kind, list(body), size)
-        elif kind is _FINAL and call.fut is not None and not call.fut.done():
-            call.fut.set_result((True, list(body)))
-
-    def deliver_error(self, request: Request, error: MaitredError) -> None:
-        call: _Call = request.correlation
-        if call.queue is not None:
-            if not call.queue.overflow:
-                call.queue.put("error", error, 0)
-        elif call.fut is not None and not call.fut.done():
-            call.fut.set_result((False, error))
-
-
-class _TopicSink(BaseSink):
-    """One SSE subscriber: events into a queue bounded in events and bytes; overflow ends the
-    stream."""
-
-    def __init__(self, size: int, broker: BrokerPort, limit_bytes: int) -> None:
-        self.queue: asyncio.Queue[tuple[str, list[bytes], dict[str, str]] | None] = asyncio.Queue(
-            size
-        )
-        self.overflow = False
-        self.broker = broker
-        self.limit_bytes = limit_bytes
-        #: body bytes queued (counted in the router's ``held``)
-        self.bytes = 0
-
-    def taken(self, frames: list[bytes]) -> None:
-        size = sum(map(len, frames))
-        self.bytes -= size
-        self.broker.release(size)
-
-    def release_all(self) -> None:
-        if self.bytes:
-            self.broker.release(self.bytes)
-            self.bytes = 0
-
-    def close(self) -> None:
-        self.overflow = True
-        while True:
-            try:
-                self.queue.put_nowait(None)
-                return
-            except asyncio.QueueFull:
-                item = self.queue.get_nowait()
-                if item is not None:
-                    self.taken(item[1])
-
-    def deliver_event(self, topic: str, body: Body, headers: Headers) -> None:
-        if self.overflow:
-            return
-        size = sum(map(len, body))
-        if self.bytes + size > self.limit_bytes:
-            self.overflow = True
-            return
-        try:
-            self.queue.put_nowait((topic, list(body), dict(headers)))
-        except asyncio.QueueFull:
-            self.overflow = True
-            return
-        self.bytes += size
-        self.broker.hold(size)
-
-
-def _error(code: ErrorCode, reason: str) -> web.Response:
-    return web.Response(
-        status=codec.status_for(code),
-        body=codec.error_body(code, reason),
-        content_type="application/json",
-    )
-
-
-@web.middleware
-async def _maitred_errors(request: web.Request, handler: Any) -> web.StreamResponse:
-    """A :class:`MaitredError` a handler lets through (e.g. the MMI refused by ``[access]``)
-    is answered with its status and the JSON error body, not a 500."""
-    try:
-        response: web.StreamResponse = await handler(request)
-    except MaitredError as exc:
-        return _error(exc.code, exc.reason)
-    return response
-
-
-#: idle_timeout = 0 ("no limit") as given to aiohttp, for which 0 would mean "close at once"
-_NO_LIMIT = 365 * 86400.0
-
-#: seconds a connection past ``max_connections`` has to send a request head (answered 503)
-#: before it is sent the 503 and closed anyway
-REFUSE_GRACE = 1.0
-
-#: what a connection past ``max_connections`` receives before it is closed
-_BUSY = (
-    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
-    b"Connection: close\r\nRetry-After: 1\r\nContent-Length: %d\r\n\r\n%s"
-)
-
-
-def _busy_response() -> bytes:
-    body = codec.error_body(ErrorCode.NO_WORKER, "too many connections")
-    return _BUSY % (len(body), body)
-
-
-class _ServerLog(logging.Logger):
-    """The logger given to aiohttp's connection handlers. aiohttp logs each request it cannot
-    parse (a peer's fault) at ERROR with a traceback; here such a request is a counted
-    rejection (``http.malformed``) at DEBUG with a rate-limited WARNING summary. Anything
-    else (a bug) goes on to ``maitred.transports.http`` as aiohttp logged it."""
-
-    def __init__(self, transport: HttpTransport) -> None:
-        super().__init__("maitred.transports.http.server")
-        self.parent = log
-        self._transport = transport
-
-    def _peer_fault(self, args: tuple[object, ...], exc_info: Any) -> bool:
-        exc = exc_info if isinstance(exc_info, BaseException) else sys.exc_info()[1]
-        if not isinstance(exc, HttpProcessingError):
-            return False
-        peer = str(args[0]) if args else "?"
-        self._transport.stats["http.malformed"] += 1
-        self._transport.rejections.note("malformed", peer, " ".join(str(exc).split()))
-        return True
-
-    def exception(self, msg: object, *args: object, exc_info: Any = True, **kw: Any) -> None:
-        if not self._peer_fault(args, exc_info):
-            super().exception(msg, *args, exc_info=exc_info, **kw)
-
-    def debug(self, msg: object, *args: object, exc_info: Any = None, **kw: Any) -> None:
-        if exc_info is None or not self._peer_fault(args, exc_info):
-            super().debug(msg, *args, exc_info=exc_info, **kw)
-
-
-def _json(value: Any, status: int = 200) -> web.Response:
-    return web.Response(
-        status=status, body=codec.encode_json(value), content_type="application/json"
-    )
-
-
-def _plain(body: bytes, status: int = 200) -> web.Response:
-    return web.Response(status=status, body=body)
-
-
-class _TooLarge(Exception):
-    pass
-
-
-def _peer(transport: asyncio.BaseTransport) -> str:
-    name = transport.get_extra_info("peername")
-    if isinstance(name, tuple) and name:
-        return str(name[0])
-    return str(name) if name else "unix socket"
-
-
-def _remove_stale_socket(path: str) -> None:
-    try:
-        if stat.S_ISSOCK(os.stat(path).st_mode):
-            os.unlink(path)
-    except FileNotFoundError:
-        pass
+__all__ = ["REFUSE_GRACE", "HttpConfig", "HttpTransport", "cli_addresses"]
 
 
 class HttpTransport:
