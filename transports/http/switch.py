@@ -1129,7 +1129,9 @@ class Switch:
         service, rid = request.service, request.id
         if event == "accepted":
             payload = request.body[-1] if request.body else b""
-            self._trace(service, rid, _RouterMsg(payload, codec.request_kind(detail)), input=detail)
+            self._trace(
+                service, rid, _RouterMsg(payload, codec.request_kind(detail)), input=detail
+            )
         elif event == "dispatched":
             payload = request.body[-1] if request.body else b""
             self._trace(
