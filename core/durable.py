@@ -82,7 +82,9 @@ class StoreJournal:
                 router.restore(service, body, headers, m.n, m.deliveries, now)
                 count += 1
         if count:
-            log.info("store: %d stored requests back in %d services", count, len(recovered.queues))
+            log.info(
+                "store: %d stored requests back in %d services", count, len(recovered.queues)
+            )
         return count
 
     # -- Journal ------------------------------------------------------------------------------

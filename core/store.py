@@ -185,7 +185,9 @@ _DELIVERED = "UPDATE messages SET deliveries = ? WHERE queue = ? AND n = ?"
 _CHECKPOINT_PAGES = 4096
 
 
-def default_store_path(env: Mapping[str, str] | None = None, name: str = "store.sqlite3") -> Path:
+def default_store_path(
+    env: Mapping[str, str] | None = None, name: str = "store.sqlite3"
+) -> Path:
     """Where the SQLite store lives when ``store_path`` is not set: the user's XDG state
     directory, ``$XDG_STATE_HOME/maitred/store.sqlite3`` (``~/.local/state/maitred/...`` when
     the variable is unset or not absolute, as the XDG Base Directory spec says) — the same file
