@@ -253,6 +253,10 @@ class BrokerPort(Protocol):
         """Count and publish a refusal the transport's protocol made itself."""
         ...
 
+    def permits(self, session: Session, action: Action, name: str) -> bool:
+        """The policy's answer without counting a denial (e.g. to filter a listing)."""
+        ...
+
     def may_grant(self, session: Session, action: Action, pattern: str) -> bool: ...
 
     def grant(

@@ -6,7 +6,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-from maitred.core.access import ANONYMOUS
+from maitred.core.access import ANONYMOUS, Action, Identity, Rule, RuleTable
 from maitred.core.clock import FakeClock
 from maitred.core.port import CorePort
 from maitred.core.routing.liveness import Liveness
@@ -95,3 +95,20 @@ def test_request_stop_and_management_queries() -> None:
     assert port.snapshot()["workers"] == 1
     assert port.max_name_length == router.max_name_length
     assert not port.draining
+
+
+def test_permits_answers_without_counting_a_denial() -> None:
+    rules = RuleTable(
+        [Rule(who=("g",), actions=(Action.CALL,), names=("public.*",))], default_allow=False
+    )
+    router = Router(access=rules)
+    port = CorePort(router, FakeClock(), Liveness())
+    guest = port.open_session("t", BaseSink(), Identity("g", frozenset({"guest"})), 0.0)
+    assert port.permits(guest, Action.CALL, "public.x")
+    assert not port.permits(guest, Action.CALL, "secret")
+    assert router.stats["denied.call"] == 0
+    assert not port.allowed(guest, Action.CALL, "secret")
+    assert router.stats["denied.call"] == 1
+    anyone = CorePort(Router(), FakeClock(), Liveness())
+    s = anyone.open_session("t", BaseSink(), ANONYMOUS, 0.0)
+    assert anyone.permits(s, Action.CALL, "secret")

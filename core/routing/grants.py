@@ -46,6 +46,13 @@ class GrantsMixin(RouterState):
             },
         )
 
+    def permits(self, session: Session, action: Action, name: str) -> bool:
+        """The policy's answer for ``session`` on ``name``, not cached and never counted or
+        published as a denial (e.g. to filter what a listing shows)."""
+        if self._access_open and not session.identity.restricted:
+            return True
+        return decide(self.access, self.grants, session.identity, action, name)
+
     def may_grant(self, session: Session, action: Action, pattern: str) -> bool:
         """Whether ``session`` may grant ``action`` on ``pattern``: only what its identity may
         do itself, on every name the pattern matches (asked again when the rules change)."""
