@@ -175,12 +175,12 @@ class CorePort:
         return stop
 
 
-def _typecheck(port: CorePort) -> None:
-    """mypy checks here that :class:`CorePort` implements the port."""
+if TYPE_CHECKING:
     from maitred.core.transport import BrokerPort
 
-    _: BrokerPort = port
-    del _
+    def _implements(port: CorePort) -> BrokerPort:
+        """mypy checks here that :class:`CorePort` implements the port."""
+        return port
 
 
 __all__ = ["CorePort"]

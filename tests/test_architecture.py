@@ -86,6 +86,13 @@ def test_request_stop_and_management_queries() -> None:
     port = CorePort(router, FakeClock(), Liveness(), request_stop=lambda: stops.append(1))
     port.request_stop()
     assert stops == [1]
+    assert port.info() == {}
+    assert port.authenticate("t", {}, None) is None
+    who = Identity("w", frozenset())
+    asked = CorePort(router, FakeClock(), Liveness(), authenticate=lambda t, c: who)
+    assert asked.authenticate("t", {}, None) is who
+    nobody = CorePort(router, FakeClock(), Liveness(), authenticate=lambda t, c: None)
+    assert nobody.authenticate("t", {}, ANONYMOUS) is ANONYMOUS
     CorePort(router, FakeClock(), Liveness()).request_stop()  # no runtime: nothing to stop
     session = port.open_session("t", BaseSink(), ANONYMOUS, 0.0)
     port.register_worker(session, "echo", 0.0)
