@@ -15,8 +15,9 @@ from maitred.core.routing.router import Router
 from maitred.core.transport import BrokerPort
 
 ROOT = Path(__file__).resolve().parent.parent
-#: the HTTP message switch still reads ``port.router``; it moves onto the port next
-NOT_YET = {"switch.py"}
+#: the HTTP message switch (``switch.py``, ``switch_*.py``) still reads ``port.router``; it
+#: moves onto the port next
+NOT_YET_PREFIX = "switch"
 
 
 def _router_uses(path: Path) -> list[str]:
@@ -35,7 +36,7 @@ def _plugin_sources() -> list[Path]:
     files = sorted((ROOT / "transports").rglob("*.py"))
     files += sorted((ROOT / "plugins").rglob("*.py"))
     files += sorted((ROOT / "examples" / "maitred-line-plugin" / "src").rglob("*.py"))
-    return [f for f in files if f.name not in NOT_YET]
+    return [f for f in files if not (f.parent.name == "http" and f.name.startswith(NOT_YET_PREFIX))]
 
 
 def test_transports_and_plugins_never_reach_behind_the_port() -> None:
