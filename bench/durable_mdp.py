@@ -72,7 +72,7 @@ def one_run(tmp: Path, store: bool, args: argparse.Namespace) -> dict[str, Any]:
     config = tmp / "maitred.toml"
     policy = 'on_no_worker = "store"' if store else 'on_no_worker = "wait"'
     config.write_text(
-        f'[broker]\nstore_path = "{db}"\n\n[services.echo]\n{policy}\n\n'
+        f'[store]\npath = "{db}"\n\n[services.echo]\n{policy}\n\n'
         '[transports.mdp]\nendpoints = ["tcp://127.0.0.1:0"]\n'
     )
     broker, endpoint = start_broker(config)

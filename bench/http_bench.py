@@ -407,10 +407,11 @@ def main() -> int:
 log_level = "warning"
 [transports.mdp]
 endpoints = ["tcp://127.0.0.1:0"]
+[store]
+backend = "sqlite"
+path = "{tmp / "store.sqlite3"}"
 [transports.http]
 listen = ["127.0.0.1:0", "unix:{tmp / "sw.sock"}"]
-store = "sqlite"
-store_path = "{tmp / "store.sqlite3"}"
 switch_credit = 256
 """
     )

@@ -15,14 +15,16 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
 
 import msgspec
 import pluggy
 
 from maitred.core.clock import Clock, monotonic
-from maitred.core.config import Config, convert_section, load_config
+from maitred.core.config import Config, convert_section, did_you_mean, load_config
+from maitred.core.durable import StoreHint
 from maitred.core.errors import ConfigError
-from maitred.core.runtime import Broker, Hooks
+from maitred.core.runtime import Broker, Hooks, store_choice
 from maitred.core.transport import TransportSpec
 from maitred.plugins.manager import make_plugin_manager
 
@@ -62,6 +64,7 @@ def resolve_transports(
             known = ", ".join(sorted(specs)) or "none"
             raise ConfigError(
                 f"{config.source}: transports.{name}: no such transport (installed: {known})"
+                f"{did_you_mean(name, specs)}"
             )
         tconfig = convert_section(table, spec.config_type, f"transports.{name}", config.source)
         problems = getattr(tconfig, "problems", None)
@@ -90,6 +93,67 @@ def apply_addresses(
         table.update(spec.cli_addresses(addrs))
         table["enabled"] = True
     return msgspec.structs.replace(config, transports=transports)
+
+
+def preflight(
+    config: Config,
+    specs: Mapping[str, TransportSpec],
+    addresses: Mapping[str, Sequence[str]] | None = None,
+) -> list[str]:
+    """Everything ``serve`` would fail on, as messages that name the file or the flag, the key
+    and the fix (empty: nothing found). Binds, creates and writes nothing.
+
+    Problems with an address given as ``--NAME ADDR`` name the flag; the others name the config
+    file and the key. Raises :class:`ConfigError` for what :func:`resolve_transports` refuses."""
+    from maitred.core.preflight import check_writable_file
+    from maitred.core.store import default_store_path
+
+    flags = {name: set(addrs) for name, addrs in (addresses or {}).items() if addrs}
+    if flags:
+        config = apply_addresses(config, specs, addresses or {})
+    out: list[str] = []
+    hints: list[tuple[str, StoreHint]] = []
+    for name, table in config.transports.items():
+        spec = specs.get(name)
+        if spec is None or not isinstance(table, dict):
+            continue
+        if spec.preflight is None and spec.store_hint is None:
+            continue
+        tconfig = convert_section(table, spec.config_type, f"transports.{name}", config.source)
+        if not getattr(tconfig, "enabled", True):
+            continue
+        if spec.store_hint is not None and (hint := spec.store_hint(tconfig)) is not None:
+            hints.append((name, hint))
+        for problem in spec.preflight(tconfig) if spec.preflight is not None else ():
+            if problem.value is not None and problem.value in flags.get(name, ()):
+                out.append(f"--{name}: {problem.text}")
+            else:
+                out.append(f"{config.source}: transports.{name}.{problem.key}: {problem.text}")
+    if config.policies().uses_store() or hints:  # the one store is opened at start
+        choice = store_choice(config, hints)
+        if choice.backend == "sqlite":
+            unwritable = check_writable_file(Path(choice.path or default_store_path()))
+            if unwritable:
+                fix = (
+                    ""
+                    if choice.path
+                    else ' (the default path: set [store] path, or [store] backend = "memory")'
+                )
+                out.append(f"{config.source}: {choice.path_key}: the store {unwritable}{fix}")
+    if not out:
+        resolve_transports(config, specs)  # what the config types' own checks refuse
+    return out
+
+
+def plugin_warnings(config: Config, installed: Sequence[str]) -> list[str]:
+    """Names in ``[plugins] disable`` that are no installed plugin (a typo leaves the plugin
+    meant running)."""
+    return [
+        f"{config.source}: plugins.disable: {name!r} is not an installed plugin (installed: "
+        f"{', '.join(installed) or 'none'}){did_you_mean(name, installed)}"
+        for name in config.plugins.disable
+        if name and name not in installed
+    ]
 
 
 def bind_hooks(pm: pluggy.PluginManager) -> Hooks:

@@ -1,9 +1,11 @@
 """The ``maitred`` command (and ``python -m maitred.core``).
 
-Verbs: ``serve`` (run the broker), ``check`` (validate a config), ``call``, ``worker``,
-``services`` (talk to a running broker through the transport plugin that speaks the broker URL),
-``plugins`` (list installed plugins). Exit codes: 0 success, 1 runtime failure, 2 usage or config
-error, 3 timeout, 4 the broker answered with an error.
+Verbs: ``serve`` (run the broker), ``check`` (validate a config), ``call``, ``worker``, ``pub``,
+``sub``, ``services``, ``workers``, ``queues``, ``info``, ``connections`` (talk to a running broker
+through the transport plugin that speaks the broker URL), ``plugins`` (list installed plugins).
+Exit codes (docs/reference/cli.md#exit-codes): 0 success, 1 other failure, 2 usage or config
+error, 3 timeout, 4 the broker answered with an error, 5 the broker is unreachable, 6 refused
+(not allowed).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import json
 import logging
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -26,10 +29,11 @@ from typing import Any, Literal
 import pluggy
 
 from maitred.core import __version__
-from maitred.core.app import build_broker, transport_specs
+from maitred.core.app import build_broker, plugin_warnings, preflight, transport_specs
 from maitred.core.config import Config, load_config
-from maitred.core.errors import ConfigError, MaitredError
+from maitred.core.errors import ConfigError, ErrorCode, MaitredError
 from maitred.core.logs import setup_logging
+from maitred.core.reach import Unreachable, probe
 from maitred.core.transport import BrokerClient, TransportSpec
 from maitred.plugins.manager import installed_plugins, make_plugin_manager
 
@@ -37,6 +41,7 @@ log = logging.getLogger("maitred.cli")
 
 DEFAULT_BROKER = "tcp://127.0.0.1:5555"
 EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_TIMEOUT, EXIT_ERROR_REPLY = 0, 1, 2, 3, 4
+EXIT_UNREACHABLE, EXIT_REFUSED = 5, 6
 
 
 def _plugins() -> tuple[pluggy.PluginManager | None, dict[str, TransportSpec]]:
@@ -48,16 +53,48 @@ def _plugins() -> tuple[pluggy.PluginManager | None, dict[str, TransportSpec]]:
         return None, {}
 
 
+def _examples(*lines: str) -> str:
+    return "examples:\n" + "\n".join(f"  {line}" for line in lines)
+
+
+def _parser(sub: Any, name: str, help: str, *examples: str) -> argparse.ArgumentParser:
+    p: argparse.ArgumentParser = sub.add_parser(
+        name,
+        help=help,
+        description=help,
+        epilog=_examples(*examples) if examples else None,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    return p
+
+
 def build_parser(
     specs: dict[str, TransportSpec], pm: pluggy.PluginManager | None = None
 ) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="maitred", description="maitred: one routing core, every client on its own protocol."
+        prog="maitred",
+        description="maitred: one routing core, every client on its own protocol.",
+        epilog=_examples(
+            "maitred serve --mdp tcp://127.0.0.1:5555 --http 127.0.0.1:8080",
+            "maitred worker echo --program cat",
+            "maitred call echo hello",
+            "maitred services",
+        )
+        + "\n\nexit codes: 0 ok, 1 failure, 2 usage or config, 3 timeout, 4 error reply, "
+        "5 unreachable, 6 refused",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"maitred {__version__}")
     sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
 
-    serve = sub.add_parser("serve", help="run the broker")
+    serve = _parser(
+        sub,
+        "serve",
+        "run the broker",
+        "maitred serve                                  # embedded defaults: MDP on :5555",
+        "maitred serve -c /etc/maitred/maitred.toml",
+        "maitred serve --mdp tcp://0.0.0.0:5555 --http unix:/run/maitred/http.sock --ws :8764",
+    )
     serve.add_argument("-c", "--config", help="TOML config file (default: embedded defaults)")
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     serve.add_argument(
@@ -68,7 +105,8 @@ def build_parser(
     serve.add_argument(
         "--ready-file",
         metavar="PATH",
-        help="once every transport listens, write the endpoints there as JSON (removed on exit)",
+        help="once every transport listens, write the pid and endpoints there as JSON "
+        "(removed on exit); `maitred reload --ready-file PATH` finds the broker by it",
     )
     for name, spec in sorted(specs.items()):
         if spec.cli_addresses is not None:
@@ -80,26 +118,69 @@ def build_parser(
                 help=f"enable {name} on this address (repeatable): {spec.description}",
             )
 
-    check = sub.add_parser("check", help="validate a config file without starting")
+    check = _parser(
+        sub,
+        "check",
+        "check a config file for everything serve would fail on, without starting",
+        "maitred check -c /etc/maitred/maitred.toml",
+        "maitred check -c maitred.toml --http 127.0.0.1:8080   # with serve's address flags",
+    )
     check.add_argument("-c", "--config", required=True)
+    for name, spec in sorted(specs.items()):
+        if spec.cli_addresses is not None:
+            check.add_argument(
+                f"--{name}",
+                action="append",
+                default=[],
+                metavar=spec.cli_metavar,
+                help=f"as for serve: {name} on this address",
+            )
+
+    reload = _parser(
+        sub,
+        "reload",
+        "make a running broker re-read its config file (SIGHUP to the pid in its ready file)",
+        "maitred serve -c maitred.toml --ready-file /run/maitred/ready.json &",
+        "maitred reload --ready-file /run/maitred/ready.json",
+        "maitred reload --pid 4242",
+    )
+    who = reload.add_mutually_exclusive_group(required=True)
+    who.add_argument("--ready-file", metavar="PATH", help="the file serve --ready-file wrote")
+    who.add_argument("--pid", type=int, help="the broker's process id")
 
     def broker_opt(p: argparse.ArgumentParser) -> None:
         p.add_argument(
             "-b",
             "--broker",
             default=os.environ.get("MAITRED_BROKER", DEFAULT_BROKER),
-            help=f"broker URL (env MAITRED_BROKER, default {DEFAULT_BROKER})",
+            help=f"broker URL: tcp://HOST:PORT, ipc:///PATH, http://HOST:PORT, unix:PATH, "
+            f"ws://HOST:PORT (env MAITRED_BROKER, default {DEFAULT_BROKER})",
         )
         p.add_argument("-t", "--timeout", type=float, default=10.0, help="seconds (default 10)")
 
-    call = sub.add_parser("call", help="call a service and print the reply")
+    call = _parser(
+        sub,
+        "call",
+        "call a service and print the reply",
+        "maitred call echo hello",
+        "maitred call -b http://127.0.0.1:8080 echo hello",
+        "maitred call mmi.service echo              # exit 0 if echo has a worker, else 4",
+        "date | maitred call --stdin echo",
+    )
     call.add_argument("service")
     call.add_argument("body", nargs="*", help="body frames (default: stdin with --stdin)")
     call.add_argument("--file", help="read the body (one frame) from a file")
     call.add_argument("--stdin", action="store_true", help="read the body (one frame) from stdin")
     broker_opt(call)
 
-    worker = sub.add_parser("worker", help="serve a service by running a program per request")
+    worker = _parser(
+        sub,
+        "worker",
+        "serve a service by running a program per request",
+        "maitred worker echo --program cat",
+        "maitred worker upper --program 'tr a-z A-Z' -b ws://127.0.0.1:8764",
+        "maitred worker once --program cat --max-requests 1",
+    )
     worker.add_argument("service")
     worker.add_argument(
         "--program", required=True, help="command run per request: request on stdin, stdout = reply"
@@ -110,11 +191,60 @@ def build_parser(
     )
     broker_opt(worker)
 
-    services = sub.add_parser("services", help="list services (mmi.services)")
-    services.add_argument("--json", action="store_true", help="print the raw JSON")
-    broker_opt(services)
+    pub = _parser(
+        sub,
+        "pub",
+        "publish BODY on TOPIC (REST and WebSocket brokers; MDP has no topics)",
+        "maitred pub -b http://127.0.0.1:8080 alerts.disk 'disk 91% full'",
+        "maitred pub -b ws://127.0.0.1:8764 prices.eur 1.0842",
+    )
+    pub.add_argument("topic")
+    pub.add_argument("body", help="the message (one frame, UTF-8); - reads standard input")
+    broker_opt(pub)
 
-    sub.add_parser("plugins", help="list installed plugins and transports")
+    subp = _parser(
+        sub,
+        "sub",
+        "print the messages published on topics matching PATTERN",
+        "maitred sub -b http://127.0.0.1:8080 'alerts.*'",
+        "maitred sub -b ws://127.0.0.1:8764 '$sys.>' --count 1 --json",
+    )
+    subp.add_argument("pattern")
+    subp.add_argument("-n", "--count", type=int, help="exit after this many messages")
+    subp.add_argument("--json", action="store_true", help="one JSON object per message")
+    broker_opt(subp)
+
+    listings = {
+        "services": ("list services (mmi.services)", "maitred services", "maitred services --json"),
+        "workers": (
+            "list workers: service, protocol, address, state (mmi.workers)",
+            "maitred workers",
+            "maitred workers -b http://127.0.0.1:8080 --service echo",
+        ),
+        "queues": (
+            "list service queues: waiting and in-flight requests (mmi.queues)",
+            "maitred queues",
+            "maitred queues --json | jq '.[] | select(.queued > 0)'",
+        ),
+        "info": (
+            "the broker: name, version, uptime, transports, counts (mmi.info)",
+            "maitred info",
+            "maitred info -b unix:/run/maitred/http.sock --json",
+        ),
+        "connections": (
+            "traffic per transport: endpoints, requests, replies, errors (mmi.info)",
+            "maitred connections",
+            "maitred connections --json",
+        ),
+    }
+    for verb, (help_, *examples) in listings.items():
+        p = _parser(sub, verb, help_, *examples)
+        p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+        if verb == "workers":
+            p.add_argument("--service", default="", help="only the workers of this service")
+        broker_opt(p)
+
+    _parser(sub, "plugins", "list installed plugins and transports", "maitred plugins")
     if pm is not None:
         pm.hook.maitred_add_commands(subparsers=sub)
     return parser
@@ -142,10 +272,14 @@ async def _serve(
     # whatever the process inherited (a background job of a shell starts with SIGINT ignored)
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, broker.request_stop)
+    loop.add_signal_handler(signal.SIGHUP, broker.request_reload)
     try:
         await broker.start()
     except MaitredError as exc:
         log.error("cannot start: %s", exc.reason)
+        return EXIT_FAIL
+    except OSError as exc:  # what preflight could not foresee (a port taken meanwhile, ...)
+        log.error("cannot start: %s", exc)
         return EXIT_FAIL
     endpoints = broker.endpoints()
     for name, bound in endpoints.items():
@@ -173,33 +307,88 @@ def _write_ready_file(path: Path, endpoints: dict[str, list[str]]) -> None:
     os.replace(tmp, path)
 
 
-def cmd_serve(args: argparse.Namespace, specs: dict[str, TransportSpec]) -> int:
+def _addresses(args: argparse.Namespace, specs: dict[str, TransportSpec]) -> dict[str, list[str]]:
+    return {name: getattr(args, name, []) for name in specs if getattr(args, name, [])}
+
+
+def _checked_config(
+    args: argparse.Namespace, specs: dict[str, TransportSpec]
+) -> tuple[Config, dict[str, list[str]]]:
+    """The config ``serve`` would run, with every problem ``serve`` would meet raised as one
+    :class:`ConfigError` (each line names the file or flag, the key and the fix)."""
     config = load_config(args.config)
+    addresses = _addresses(args, specs)
+    if addresses and args.config is None:
+        # flags on the command line without a file: run only the transports named
+        config = Config(transports={name: {} for name in addresses}, source="<command line>")
+    pm = make_plugin_manager(disabled=config.plugins.disable)
+    problems = preflight(config, transport_specs(pm), addresses)
+    if problems:
+        raise ConfigError("\n".join(problems))
+    return config, addresses
+
+
+def cmd_serve(args: argparse.Namespace, specs: dict[str, TransportSpec]) -> int:
+    config, addresses = _checked_config(args, specs)
     _setup_logging(
         args.log_level or config.broker.log_level, args.log_format or config.broker.log_format
     )
-    addresses = {name: getattr(args, name, []) for name in specs if getattr(args, name, [])}
-    if addresses and args.config is None:
-        # flags on the command line without a file: run only the transports named
-        config = Config(transports={name: {} for name in addresses})
     _install_uvloop(config)
     return asyncio.run(_serve(config, addresses, args.ready_file))
 
 
-def cmd_check(args: argparse.Namespace) -> int:
-    config = load_config(args.config)
-    broker = build_broker(config)  # decodes every transport table with its plugin's config type
+def cmd_check(args: argparse.Namespace, specs: dict[str, TransportSpec]) -> int:
+    config, addresses = _checked_config(args, specs)
+    for warning in plugin_warnings(config, installed_plugins()):
+        print(f"maitred: warning: {warning}", file=sys.stderr)
+    broker = build_broker(config, addresses=addresses)
     enabled = ", ".join(broker.transport_names) or "none"
     print(f"{args.config}: ok (transports enabled: {enabled})")
     return EXIT_OK
 
 
+def cmd_reload(args: argparse.Namespace) -> int:
+    if args.ready_file:
+        try:
+            pid = int(json.loads(Path(args.ready_file).read_text())["pid"])
+        except OSError as exc:
+            raise Unreachable(
+                args.ready_file, f"cannot read the ready file ({exc.strerror or exc})"
+            ) from None
+        except (ValueError, KeyError, TypeError):
+            raise ConfigError(f"{args.ready_file}: not a ready file written by serve") from None
+    else:
+        pid = args.pid
+    try:
+        os.kill(pid, signal.SIGHUP)
+    except ProcessLookupError:
+        raise Unreachable(f"pid {pid}", "no such process") from None
+    except PermissionError:
+        print(f"maitred: pid {pid}: not allowed to signal it (another user's)", file=sys.stderr)
+        return EXIT_REFUSED
+    print(f"maitred: asked pid {pid} to reload (its log says what changed)")
+    return EXIT_OK
+
+
 def _connect(url: str, timeout: float) -> BrokerClient:
+    client = _client_for(url, timeout)
+    probe(url)  # within about a second: nothing there, instead of a whole timeout's wait
+    return client
+
+
+def _client_for(url: str, timeout: float) -> BrokerClient:
     pm = make_plugin_manager()
     client: BrokerClient | None = pm.hook.maitred_connect(url=url, timeout=timeout)
     if client is None:
-        raise ConfigError(f"no installed transport plugin speaks {url!r}")
+        raise ConfigError(
+            f"-b: no installed transport plugin speaks {url!r}; use tcp://HOST:PORT, "
+            "ipc:///PATH, http://HOST:PORT, unix:PATH or ws://HOST:PORT"
+        )
     return client
+
+
+def _is_status(frame: bytes) -> bool:
+    return len(frame) == 3 and frame.isdigit()
 
 
 def cmd_call(args: argparse.Namespace) -> int:
@@ -225,6 +414,9 @@ def cmd_call(args: argparse.Namespace) -> int:
         out.write(frame)
     out.write(b"\n")
     out.flush()
+    if args.service.startswith("mmi.") and reply and _is_status(reply[-1]):
+        # mmi.service answers 404 (no worker), an unknown mmi.* name 501: printed, not success
+        return EXIT_OK if reply[-1] == b"200" else EXIT_ERROR_REPLY
     return EXIT_OK
 
 
@@ -255,7 +447,23 @@ def run_program(command: str, body: list[bytes], timeout: float) -> list[bytes]:
     return [proc.stdout]
 
 
+def _check_program(command: str) -> None:
+    """The program of ``worker --program`` must exist before the worker joins the broker."""
+    try:
+        argv = shlex.split(command)
+    except ValueError as exc:
+        raise ConfigError(f"--program {command!r}: {exc}") from None
+    if not argv:
+        raise ConfigError("--program: empty command")
+    if shutil.which(argv[0]) is None:
+        raise ConfigError(
+            f"--program {command!r}: {argv[0]!r} is not an executable program (not found, "
+            "or not executable; give a path or a command on PATH)"
+        )
+
+
 def cmd_worker(args: argparse.Namespace) -> int:
+    _check_program(args.program)
     _setup_logging("info")
     client = _connect(args.broker, args.timeout)
     log.info("serving %s at %s with %r", args.service, args.broker, args.program)
@@ -308,30 +516,183 @@ def stop_on_signals() -> Iterator[None]:
             signal.signal(sig, signal.SIG_DFL if handler is None else handler)
 
 
-def cmd_services(args: argparse.Namespace) -> int:
+def _mmi(client: BrokerClient, name: str, arg: str, timeout: float) -> Any:
+    """One ``mmi.*`` answer as JSON (a listing page by page when the broker pages it)."""
+    rows: list[Any] = []
+    offset: int | None = 0
+    while offset is not None:  # page by page (docs/reference/mmi.md#listings-and-pages)
+        query = {"offset": offset, **({"service": arg} if arg else {})}
+        frame = json.dumps(query).encode() if name != "mmi.info" else b""
+        answer = json.loads(client.request(name, [frame], timeout)[-1])
+        if not (isinstance(answer, dict) and "items" in answer and "next" in answer):
+            return answer  # not paged: the whole answer
+        items = answer["items"]
+        if isinstance(items, dict):
+            rows += [{"name": k, **v} for k, v in items.items()]
+        else:
+            rows += items
+        offset = answer["next"]
+    return rows
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, list | tuple):
+        return " ".join(_cell(v) for v in value) or "-"
+    return str(value)
+
+
+def print_table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str]]) -> None:
+    """Rows as aligned columns under upper-case headers; numbers right-aligned."""
+    cells = [[_cell(row.get(key)) for key, _ in columns] for row in rows]
+    heads = [head for _, head in columns]
+    widths = [max([len(h), *(len(c[i]) for c in cells)]) for i, h in enumerate(heads)]
+    numeric = [
+        all(isinstance(row.get(key), int | float) for row in rows) and bool(rows)
+        for key, _ in columns
+    ]
+
+    def line(values: Sequence[str]) -> str:
+        parts = [
+            v.rjust(w) if num else v.ljust(w)
+            for v, w, num in zip(values, widths, numeric, strict=True)
+        ]
+        return "  ".join(parts).rstrip()
+
+    print(line(heads))
+    for c in cells:
+        print(line(c))
+
+
+SERVICE_COLUMNS = [
+    ("name", "SERVICE"),
+    ("workers", "WORKERS"),
+    ("free", "FREE"),
+    ("queued", "QUEUED"),
+    ("inflight", "INFLIGHT"),
+    ("requests", "REQUESTS"),
+    ("errors", "ERRORS"),
+]
+WORKER_COLUMNS = [
+    ("service", "SERVICE"),
+    ("transport", "PROTOCOL"),
+    ("worker", "WORKER"),
+    ("identity", "IDENTITY"),
+    ("inflight", "INFLIGHT"),
+    ("served", "SERVED"),
+    ("idle_for", "IDLE_S"),
+    ("connected_for", "UP_S"),
+]
+QUEUE_COLUMNS = [("name", "SERVICE"), ("queued", "QUEUED"), ("inflight", "INFLIGHT")]
+CONNECTION_COLUMNS = [
+    ("transport", "TRANSPORT"),
+    ("endpoints", "ENDPOINTS"),
+    ("requests", "REQUESTS"),
+    ("replies", "REPLIES"),
+    ("errors", "ERRORS"),
+    ("served", "SERVED"),
+]
+
+
+def cmd_listing(args: argparse.Namespace) -> int:
+    """``services``, ``workers``, ``queues``, ``info``, ``connections``."""
+    name = {"connections": "mmi.info"}.get(args.verb, f"mmi.{args.verb}")
     client = _connect(args.broker, args.timeout)
-    rows: list[dict[str, Any]] = []
     try:
-        offset: int | None = 0
-        while offset is not None:  # page by page (docs/reference/mmi.md#listings-and-pages)
-            query = json.dumps({"offset": offset}).encode()
-            answer = json.loads(client.request("mmi.services", [query], args.timeout)[-1])
-            if isinstance(answer, list):  # a broker without pages answers the whole list
-                rows = answer
-                break
-            rows += answer["items"]
-            offset = answer["next"]
+        answer = _mmi(client, name, getattr(args, "service", ""), args.timeout)
     finally:
         client.close()
+    if args.verb == "queues" and isinstance(answer, dict):  # unpaged: name -> depths
+        answer = [{"name": k, **v} for k, v in sorted(answer.items())]
+    if args.verb == "connections":
+        endpoints = answer.get("transports", {})
+        traffic = answer.get("traffic", {})
+        answer = [
+            {"transport": t, "endpoints": endpoints.get(t, []), **traffic.get(t, {})}
+            for t in sorted(set(endpoints) | set(traffic))
+        ]
     if args.json:
-        print(json.dumps(rows, indent=2))
+        print(json.dumps(answer, indent=2))
         return EXIT_OK
-    print(f"{'SERVICE':30} {'WORKERS':>7} {'FREE':>5} {'QUEUED':>7} {'INFLIGHT':>8}")
-    for row in rows:
-        print(
-            f"{row['name']:30} {row['workers']:>7} {row['free']:>5} "
-            f"{row['queued']:>7} {row['inflight']:>8}"
+    if args.verb == "info":
+        for key in (
+            "name",
+            "version",
+            "state",
+            "uptime",
+            "config",
+            "services",
+            "workers",
+            "sessions",
+            "held_bytes",
+            "overloaded",
+        ):
+            if key in answer:
+                print(f"{key + ':':12} {_cell(answer[key])}")
+        for transport, eps in sorted(answer.get("transports", {}).items()):
+            print(f"{transport + ':':12} {_cell(eps)}")
+        return EXIT_OK
+    columns = {
+        "services": SERVICE_COLUMNS,
+        "workers": WORKER_COLUMNS,
+        "queues": QUEUE_COLUMNS,
+        "connections": CONNECTION_COLUMNS,
+    }[args.verb]
+    print_table(answer, columns)
+    return EXIT_OK
+
+
+def _topics_client(args: argparse.Namespace) -> Any:
+    client = _client_for(args.broker, args.timeout)
+    if not hasattr(client, "publish"):
+        client.close()
+        raise ConfigError(
+            f"-b {args.broker}: this transport carries no topics (MDP has none yet); publish "
+            "and subscribe over REST (-b http://HOST:PORT, unix:PATH) or WebSocket "
+            "(-b ws://HOST:PORT)"
         )
+    probe(args.broker)
+    return client
+
+
+def cmd_pub(args: argparse.Namespace) -> int:
+    body = sys.stdin.buffer.read() if args.body == "-" else args.body.encode()
+    client = _topics_client(args)
+    try:
+        reached = client.publish(args.topic, body)
+    finally:
+        client.close()
+    print(f"published to {args.topic}: {reached} subscriber(s)", file=sys.stderr)
+    return EXIT_OK
+
+
+def show(data: bytes, limit: int = 200) -> str:
+    """A body for a terminal: UTF-8 with control characters escaped, cut at ``limit``."""
+    text = data.decode("utf-8", "backslashreplace")
+    text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    return text if len(text) <= limit else f"{text[:limit]}… ({len(data)} bytes)"
+
+
+def cmd_sub(args: argparse.Namespace) -> int:
+    client = _topics_client(args)
+    seen = 0
+    try:
+        for topic, frames in client.subscribe(args.pattern):
+            if args.json:
+                value = {"topic": topic, "frames": [f.decode("utf-8", "replace") for f in frames]}
+                print(json.dumps(value), flush=True)
+            else:
+                print(f"{topic}: {show(b''.join(frames))}", flush=True)
+            seen += 1
+            if args.count is not None and seen >= args.count:
+                break
+    except KeyboardInterrupt:
+        pass
+    finally:
+        client.close()
     return EXIT_OK
 
 
@@ -351,22 +712,45 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with stop_on_signals():
             return _dispatch(args, specs)
+    except BrokenPipeError:
+        _quiet_stdout()
+        return EXIT_OK
     except ConfigError as exc:
         print(f"maitred: {exc.reason}", file=sys.stderr)
         return EXIT_USAGE
+    except Unreachable as exc:
+        print(f"maitred: {exc.reason}", file=sys.stderr)
+        return EXIT_UNREACHABLE
     except TimeoutError as exc:
-        print(f"maitred: timeout: {exc or 'no reply in time'}", file=sys.stderr)
+        broker = getattr(args, "broker", "")
+        print(
+            f"maitred: timeout: {exc or 'no reply in time'}"
+            + (f" (broker {broker})" if broker and broker not in str(exc) else ""),
+            file=sys.stderr,
+        )
         return EXIT_TIMEOUT
     except MaitredError as exc:
         print(f"maitred: {exc}", file=sys.stderr)
+        if exc.code in (ErrorCode.UNAUTHORIZED, ErrorCode.FORBIDDEN):
+            return EXIT_REFUSED
         return EXIT_ERROR_REPLY
     except OSError as exc:
-        print(f"maitred: {exc.strerror or exc}", file=sys.stderr)
+        broker = getattr(args, "broker", None)
+        where = f" (broker {broker})" if broker else ""
+        print(f"maitred: {exc.strerror or exc}{where}", file=sys.stderr)
         return EXIT_FAIL
     except Stopped as exc:
         return 128 + exc.signum
     except KeyboardInterrupt:
         return 128 + signal.SIGINT
+
+
+def _quiet_stdout() -> None:
+    """The reader of standard output went away (``maitred tail | head``): say nothing more,
+    and keep Python from complaining when it flushes at exit."""
+    with contextlib.suppress(OSError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
 
 
 def _dispatch(args: argparse.Namespace, specs: dict[str, TransportSpec]) -> int:
@@ -376,13 +760,19 @@ def _dispatch(args: argparse.Namespace, specs: dict[str, TransportSpec]) -> int:
     if args.verb == "serve":
         return cmd_serve(args, specs)
     if args.verb == "check":
-        return cmd_check(args)
+        return cmd_check(args, specs)
+    if args.verb == "reload":
+        return cmd_reload(args)
     if args.verb == "call":
         return cmd_call(args)
     if args.verb == "worker":
         return cmd_worker(args)
-    if args.verb == "services":
-        return cmd_services(args)
+    if args.verb == "pub":
+        return cmd_pub(args)
+    if args.verb == "sub":
+        return cmd_sub(args)
+    if args.verb in ("services", "workers", "queues", "info", "connections"):
+        return cmd_listing(args)
     if args.verb == "plugins":
         return cmd_plugins(specs)
     return EXIT_USAGE

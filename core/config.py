@@ -8,14 +8,16 @@ that the transport's plugin declares (see :mod:`maitred.core.transport`).
 
 from __future__ import annotations
 
+import difflib
 import math
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import msgspec
+import msgspec.inspect
 
 from maitred.core.access import AccessPolicy, AllowAll, Rule, RuleTable
 from maitred.core.errors import ConfigError
@@ -41,16 +43,14 @@ class BrokerSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     log_format: Literal["text", "json"] = "text"
     #: run the event loop on uvloop when it is installed
     uvloop: bool = True
-    #: where services with ``on_no_worker = "store"`` keep their requests: ``sqlite`` (a file,
-    #: survives a crash) or ``memory`` (lost when the process ends). Opened only when some
-    #: ``[services.*]`` table asks for ``store``
-    store: Literal["memory", "sqlite"] = "sqlite"
-    #: the SQLite file; empty: ``$XDG_STATE_HOME/maitred/services.sqlite3`` (by default
-    #: ``~/.local/state/maitred/services.sqlite3``). One broker per file (it is locked)
+    #: deprecated alias of ``[store] backend`` (used when that one is left at its default);
+    #: empty: not set
+    store: Literal["", "memory", "sqlite"] = ""
+    #: deprecated alias of ``[store] path`` (used when that one is empty); empty: not set
     store_path: str = ""
-    #: SQLite ``synchronous``: ``normal`` survives a process crash, ``full`` also a power loss
-    #: (an fsync per commit)
-    store_sync: Literal["normal", "full"] = "normal"
+    #: deprecated alias of ``[store] sync`` (used when that one is left at its default);
+    #: empty: not set
+    store_sync: Literal["", "normal", "full"] = ""
     #: most topic subscriptions one session (a connection) may hold; one more is refused with
     #: 429 in the transport's own error form and counted (``subscriptions.refused``)
     max_subscriptions: int = 10_000
@@ -69,6 +69,21 @@ class BrokerSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     #: limit). Past it new requests get 503 and ``$sys.broker.overload`` is published (once
     #: per episode; ``$sys.broker.recovered`` when back under 90 %)
     max_memory: int = 1 << 30
+
+
+class StoreSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """``[store]``: the one durable store: requests of services with ``on_no_worker =
+    "store"`` and the messages of persistent switch queues. Opened at start when a service or a
+    transport needs it."""
+
+    #: ``sqlite`` (a file: survives a crash) or ``memory`` (lost when the process ends)
+    backend: Literal["memory", "sqlite"] = "sqlite"
+    #: the SQLite file; empty: ``$XDG_STATE_HOME/maitred/store.sqlite3`` (by default
+    #: ``~/.local/state/maitred/store.sqlite3``). One broker per file (it is locked)
+    path: str = ""
+    #: SQLite ``synchronous``: ``normal`` survives a process crash, ``full`` also a power loss
+    #: (an fsync per commit)
+    sync: Literal["normal", "full"] = "normal"
 
 
 class AccessSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -98,6 +113,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
     broker: BrokerSection = msgspec.field(default_factory=BrokerSection)
     liveness: Liveness = msgspec.field(default_factory=Liveness)
+    store: StoreSection = msgspec.field(default_factory=StoreSection)
     #: ``default`` applies to every service; other keys are service names or patterns
     services: dict[str, Any] = msgspec.field(default_factory=dict)
     access: AccessSection = msgspec.field(default_factory=AccessSection)
@@ -188,8 +204,42 @@ class ServicePolicies:
 _AT = re.compile(r"\s*-\s*at\s*`\$(?P<path>[^`]*)`\s*$")
 
 
-def _explain(error: Exception, prefix: str) -> str:
-    """Turn msgspec's ``... - at `$.a.b``` into ``a.b: ...`` under ``prefix``."""
+_UNKNOWN = re.compile(r"^Object contains unknown field `(?P<name>[^`]*)`$")
+_ENUM = re.compile(r"^Invalid enum value (?P<value>.*)$")
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """``"; did you mean 'x'?"`` for the closest of ``choices`` (difflib), else ``""``."""
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def _type_at(typ: Any, parts: list[str]) -> Any:
+    """The msgspec type info at ``parts`` (keys and ``[n]`` indexes) below ``typ``."""
+    info: Any = msgspec.inspect.type_info(typ)
+    for part in parts:
+        while isinstance(info, msgspec.inspect.UnionType):
+            structs = [t for t in info.types if not isinstance(t, msgspec.inspect.NoneType)]
+            info = next(
+                (t for t in structs if isinstance(t, msgspec.inspect.StructType)), structs[0]
+            )
+        if isinstance(info, msgspec.inspect.StructType):
+            found = [f.type for f in info.fields if f.encode_name == part]
+            if not found:
+                return None
+            info = found[0]
+        elif isinstance(info, msgspec.inspect.DictType):
+            info = info.value_type
+        elif isinstance(info, msgspec.inspect.ListType):
+            info = info.item_type
+        else:
+            return None
+    return info
+
+
+def _explain(error: Exception, prefix: str, typ: Any = None) -> str:
+    """Turn msgspec's ``... - at `$.a.b``` into ``a.b: ...`` under ``prefix``; an unknown key
+    gets a "did you mean" and the keys allowed there, a bad enum value the choices."""
     text = str(error)
     path = ""
     m = _AT.search(text)
@@ -197,6 +247,22 @@ def _explain(error: Exception, prefix: str) -> str:
         text = text[: m.start()]
         path = m.group("path").lstrip(".")
         path = re.sub(r"\[(\d+)\]", r"[\1]", path)
+    parts = [p for p in re.split(r"\.|\[\d+\]", path) if p]
+    unknown = _UNKNOWN.match(text)
+    enum = _ENUM.match(text)
+    info = _type_at(typ, parts) if typ is not None and (unknown or enum) else None
+    if unknown:
+        name = unknown.group("name")
+        keys = (
+            [f.encode_name for f in info.fields if f.encode_name != "source"]
+            if isinstance(info, msgspec.inspect.StructType)
+            else []
+        )
+        hint = did_you_mean(name, keys)
+        text += hint or (f" (keys here: {', '.join(keys)})" if keys else "")
+    elif enum and isinstance(info, msgspec.inspect.LiteralType):
+        choices = ", ".join(repr(v) for v in info.values)
+        text = f"{text}; choose one of {choices}"
     full = ".".join(p for p in (prefix, path) if p)
     return f"{full}: {text}" if full else text
 
@@ -205,7 +271,7 @@ def _convert(data: Any, typ: type[T], key: str, source: str) -> T:
     try:
         return msgspec.convert(data, type=typ, strict=True)
     except msgspec.ValidationError as exc:
-        raise ConfigError(f"{source}: {_explain(exc, key)}") from None
+        raise ConfigError(f"{source}: {_explain(exc, key, typ)}") from None
 
 
 def convert_section(data: Any, typ: type[T], key: str, source: str) -> T:

@@ -1,16 +1,22 @@
-"""Durable services: the journal of services with ``on_no_worker = "store"``, over a
-:class:`~maitred.core.store.Store` (``[broker] store``, SQLite by default).
+"""The durable path: one journal over the broker's one :class:`~maitred.core.store.Store`
+(``[store]``, SQLite by default) for every message that must survive a crash: requests of
+services with ``on_no_worker = "store"`` and the messages of persistent switch queues (which are
+durable services too).
 
-The router tells the journal when such a request is accepted (``append``), answered by a worker
-(``done``), handed back after its worker died (``redelivered``) or given up (``dead``). Writes are
-buffered and committed once per event-loop turn (group commit, like the switch's queues), so a
-burst of requests costs one transaction; a request appended and answered within one turn is never
-written at all. A transport that must tell its caller "accepted" only once the request is on disk
-awaits :meth:`StoreJournal.committed`.
+The router tells the journal when a stored service request is accepted (``append``), answered by
+a worker (``done``), handed back after its worker died (``redelivered``) or given up (``dead``).
+A transport that keeps its own view of a durable queue (the message switch: its ids, leases and
+message kinds) writes through the journal's message methods (``create_queue``, ``put``, ``ack``,
+``delivered``, ``dead_letter``) into the same tables. Writes are buffered and committed once per
+event-loop turn (group commit): a burst of requests costs one transaction, and a message appended
+and answered within one turn is never written at all. Whoever must tell a caller "accepted" only
+once the message is on disk awaits :meth:`StoreJournal.committed`.
 
-At start-up :meth:`StoreJournal.recover` puts every stored request back into its service's queue
-(``Router.restore``): none is lost across a crash, and one that a worker was serving when the
-broker died is delivered again (at least once). Ids are per-service counters that never repeat.
+At start-up :meth:`StoreJournal.recover` puts every stored service request back into its
+service's queue (``Router.restore``) and keeps the queues a transport owns for it
+(:meth:`StoreJournal.take_queues`): none is lost across a crash, and one a worker was serving
+when the broker died is delivered again (at least once). Ids are per-queue counters shared by
+both kinds of message, and never repeat.
 """
 
 from __future__ import annotations
@@ -18,18 +24,32 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import msgspec
 
-from maitred.core.routing.model import Body, Headers, Request
+from maitred.core.routing.model import Body, Headers, Request, Session
 from maitred.core.routing.router import Router
-from maitred.core.store import Store, StoredMessage
+from maitred.core.store import SERVICE_KIND, DeadLetter, Store, StoredMessage
 
 log = logging.getLogger("maitred.core.durable")
 
-#: the ``kind`` of the stored messages (the switch stores its own kinds in its own store)
-KIND = b"maitred.request/1"
+#: the ``kind`` of stored service requests (a transport's queues store kinds of their own)
+KIND = SERVICE_KIND
+
+
+@dataclass(frozen=True, slots=True)
+class StoreHint:
+    """What a transport asks of the one store: it needs it (a hint is given at all), and the
+    settings of its deprecated keys (empty: not set) that apply where ``[store]`` and the
+    ``[broker]`` aliases leave a setting at its default."""
+
+    backend: str = ""
+    path: str = ""
+    sync: str = ""
+    #: the key names to mention in the deprecation warning
+    where: str = ""
 
 
 class _Payload(msgspec.Struct, array_like=True, omit_defaults=True):
@@ -65,6 +85,12 @@ class StoreJournal:
         self._waiters: list[tuple[int, asyncio.Future[None]]] = []
         self.appended = 0
         self.failures = 0
+        self.dead_lettered = 0
+        #: sessions whose requests are not journaled by the router: a transport that stores
+        #: them itself (the switch's queue session; see :meth:`bypass`)
+        self._bypass: set[Session] = set()
+        #: owner -> queue -> its recovered messages, until the owner takes them
+        self._owned: dict[str, dict[str, list[StoredMessage]]] = {}
 
     # -- start-up -------------------------------------------------------------------------
 
@@ -74,25 +100,47 @@ class StoreJournal:
         self.counters.update(recovered.counters)
         count = 0
         for service, messages in recovered.queues.items():
+            owner = recovered.owners.get(service)
+            held = None if owner is None else self._owned.setdefault(owner, {})
+            if held is not None:
+                held[service] = []
             for m in messages:
                 if m.kind != KIND:
-                    log.warning("store: %s/%d has an unknown kind, left alone", service, m.n)
+                    if held is not None:
+                        held[service].append(m)
+                    else:
+                        log.warning("store: %s/%d has an unknown kind, left alone", service, m.n)
                     continue
                 body, headers = decode_request(m.payload)
                 router.restore(service, body, headers, m.n, m.deliveries, now)
                 count += 1
         if count:
-            log.info(
-                "store: %d stored requests back in %d services", count, len(recovered.queues)
-            )
+            log.info("store: %d stored requests back in %d services", count, len(recovered.queues))
         return count
+
+    def take_queues(self, owner: str) -> dict[str, list[StoredMessage]]:
+        """The live queues ``owner`` made (``create_queue``) with their messages of its own
+        kinds, by id, as the store held them at start-up (handed out once)."""
+        return self._owned.pop(owner, {})
+
+    def bypass(self, session: Session) -> None:
+        """Requests of ``session`` are not journaled by the router: its transport stores the
+        message itself (with :meth:`put`) before it submits it."""
+        self._bypass.add(session)
 
     # -- Journal ------------------------------------------------------------------------------
 
+    def next_id(self, queue: str) -> int:
+        """Take the next id of ``queue`` (shared by service requests and transport messages)."""
+        n = self.counters.get(queue, 0)
+        self.counters[queue] = n + 1
+        return n
+
     def append(self, request: Request) -> None:
+        if request.caller in self._bypass:
+            return
         service = request.service
-        n = self.counters.get(service, 0)
-        self.counters[service] = n + 1
+        n = self.next_id(service)
         request.stored = n
         self.store.append(
             StoredMessage(
@@ -117,10 +165,7 @@ class StoreJournal:
         self._schedule()
 
     def dead(self, request: Request, reason: str) -> None:
-        log.warning(
-            "store: %s/%d goes to the dead letters: %s", request.service, request.stored, reason
-        )
-        self.store.dead_letter(
+        self.dead_letter(
             StoredMessage(
                 request.service,
                 request.stored,
@@ -132,7 +177,47 @@ class StoreJournal:
             ),
             reason,
         )
+
+    # -- a transport's own messages -------------------------------------------------------------
+
+    def create_queue(self, name: str, owner: str) -> None:
+        self.counters.setdefault(name, 0)
+        self.store.create_queue(name, owner)
         self._schedule()
+
+    def destroy_queue(self, name: str) -> None:
+        self.store.destroy_queue(name)
+        self._schedule()
+
+    def put(self, message: StoredMessage) -> None:
+        """Store a message of a transport's queue (its id from :meth:`next_id`)."""
+        self.store.append(message)
+        self.appended += 1
+        self._schedule()
+
+    def ack(self, queue: str, n: int) -> None:
+        self.store.ack(queue, n)
+        self._schedule()
+
+    def delivered(self, queue: str, n: int, deliveries: int) -> None:
+        self.store.delivered(queue, n, deliveries)
+        self._schedule()
+
+    def dead_letter(self, message: StoredMessage, reason: str) -> None:
+        """Move a message to the one dead letter queue (counted ``dead_lettered``)."""
+        log.warning("store: %s/%d goes to the dead letters: %s", message.queue, message.n, reason)
+        self.dead_lettered += 1
+        self.store.dead_letter(message, reason)
+        self._schedule()
+
+    def dead_letters(self, queue: str | None = None) -> list[DeadLetter]:
+        """The dead letters (committed ones: await :meth:`committed` first)."""
+        return self.store.dead_letters(queue)
+
+    @property
+    def dirty(self) -> bool:
+        """Writes wait for a commit."""
+        return self.store.dirty
 
     # -- commits ------------------------------------------------------------------------------
 
@@ -201,7 +286,12 @@ class StoreJournal:
         self._fail_waiters(RuntimeError("the store is closed"))
 
     def snapshot(self) -> dict[str, Any]:
-        out = {"appended": self.appended, "commits": self.store.flushed, "failures": self.failures}
+        out = {
+            "appended": self.appended,
+            "commits": self.store.flushed,
+            "failures": self.failures,
+            "dead_lettered": self.dead_lettered,
+        }
         for key in ("inserted", "deleted"):  # rows really written (SQLite store)
             value = getattr(self.store, key, None)
             if value is not None:

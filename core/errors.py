@@ -45,13 +45,40 @@ class MaitredError(Exception):
         return f"{int(self.code)} {self.code.name}: {self.reason}"
 
 
-class ConfigError(MaitredError):
+class PeerError(MaitredError):
+    """Caused by the other end of a connection: input that breaks the protocol, a request that
+    is refused, a reply that says the other side failed (h11's ``RemoteProtocolError`` kind).
+
+    A peer's input never crashes the broker: a transport answers these in its own wire form (or
+    drops and counts the input) and logs them below ERROR."""
+
+    code = ErrorCode.BAD_REQUEST
+
+
+class ProtocolError(PeerError):
+    """Input that is not valid in a transport's protocol, raised by a (pure) codec.
+
+    ``str()`` is the bare reason: a codec's reason is embedded in the transport's own error
+    text (and these classes printed that way before they joined this tree)."""
+
+    def __str__(self) -> str:
+        return self.reason
+
+
+class BrokerError(MaitredError):
+    """maitred's own situation, not a peer's doing: its configuration, its store, its limits,
+    its deadlines, its shutdown (h11's ``LocalProtocolError`` side: the fix is on this side)."""
+
+    code = ErrorCode.INTERNAL
+
+
+class ConfigError(BrokerError):
     """A configuration file or value that cannot be used; the reason names the key and file."""
 
     code = ErrorCode.BAD_REQUEST
 
 
-class Denied(MaitredError):
+class Denied(PeerError):
     """The access policy refused an action."""
 
     code = ErrorCode.FORBIDDEN

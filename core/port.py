@@ -159,7 +159,7 @@ class CorePort:
         service = self._router.services.get(service_name)
         if service is not None:
             return service.policy
-        return self._router._policy_for(service_name)
+        return self._router.policy_for(service_name)
 
     def services(self) -> list[Service]:
         return list(self._router.services.values())

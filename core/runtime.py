@@ -15,8 +15,10 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-from collections.abc import Callable, Mapping
+import sqlite3
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
@@ -25,13 +27,20 @@ import msgspec
 from maitred.core import __version__
 from maitred.core.access import Action, HookedPolicy, Identity
 from maitred.core.clock import Clock, monotonic
-from maitred.core.config import Config
-from maitred.core.durable import StoreJournal
-from maitred.core.errors import ErrorCode, MaitredError
+from maitred.core.config import Config, load_config
+from maitred.core.durable import StoreHint, StoreJournal
+from maitred.core.errors import ConfigError, ErrorCode, MaitredError
 from maitred.core.management import Management
 from maitred.core.port import CorePort
 from maitred.core.routing.router import Router
-from maitred.core.store import StoreLocked, open_store
+from maitred.core.store import (
+    SCHEMA_VERSION,
+    SQLiteStore,
+    StoreLocked,
+    StoreTooNew,
+    default_store_path,
+    open_store,
+)
 from maitred.core.transport import Transport, TransportSpec
 
 log = logging.getLogger("maitred.core.runtime")
@@ -63,6 +72,43 @@ async def _await_all(results: list[Any], what: str, *, raise_first: bool) -> Non
                 first = first or exc
     if first is not None and raise_first:
         raise first
+
+
+@dataclass(frozen=True)
+class StoreChoice:
+    """Which store the broker opens, and which config key chose its file."""
+
+    backend: str
+    #: the SQLite file (empty: the default path)
+    path: str
+    sync: str
+    #: whose a schema-0 file at ``path`` is ("" services, "switch"), None: ask the file
+    owner: str | None
+    #: the key that set ``path`` (``store.path`` when none did), for messages
+    path_key: str
+
+
+def store_choice(
+    config: Config, hints: Sequence[StoreHint | tuple[str, StoreHint]]
+) -> StoreChoice:
+    """``[store]`` where it differs from its defaults, else the deprecated ``[broker]`` keys,
+    else a transport's deprecated keys (``[transports.http] store``...), else the defaults.
+    ``hints`` may carry the transport's name (for :attr:`StoreChoice.path_key`)."""
+    named = [h if isinstance(h, tuple) else ("", h) for h in hints]
+    s, b = config.store, config.broker
+    first_name, first = named[0] if named else ("", StoreHint())
+    backend = s.backend if s.backend != "sqlite" else (b.store or first.backend or "sqlite")
+    sync = s.sync if s.sync != "normal" else (b.store_sync or first.sync or "normal")
+    owner: str | None = None  # [store] path: a schema-0 file there says whose it is
+    path, key = s.path, "store.path"
+    if not path and b.store_path:
+        path, owner, key = b.store_path, "", "broker.store_path"
+    elif not path and first.path:
+        path, owner = first.path, "switch"
+        key = f"transports.{first_name}.store_path" if first_name else key
+    elif not path:
+        owner = "switch"  # the default file is the old switch's default file
+    return StoreChoice(backend, path, sync, owner, key)
 
 
 class Broker:
@@ -207,28 +253,147 @@ class Broker:
         log.info("%s stopped", self.config.broker.name)
         self._stopped.set()
 
-    def _open_journal(self) -> None:
-        """Open the store of ``store`` services and queue what it holds again."""
-        if not self._policies.uses_store():
+    # -- reload -----------------------------------------------------------------------------
+
+    def request_reload(self) -> None:
+        """:meth:`reload` from a signal handler (SIGHUP); a failure is logged, never raised."""
+        if self.state != "running":
+            log.warning("reload ignored: the broker is %s", self.state)
             return
-        b = self.config.broker
         try:
-            store = open_store(b.store, b.store_path, b.store_sync, "services.sqlite3")
+            self.reload()
+        except ConfigError as exc:
+            log.warning("reload refused, the running config stays: %s", exc.reason)
+
+    def reload(self, config: Config | None = None) -> dict[str, list[str]]:
+        """Apply a new config (default: the file this broker was started from, read again).
+
+        Service policies (``[services.*]``) and access rules (``[access]``) change at once,
+        for services that exist as for those to come; no connection is dropped. What cannot
+        change while running (transports and their addresses, ``[broker]``, ``[liveness]``,
+        ``[plugins]``) is left as it was and reported. Returns ``{"applied": [...],
+        "unchanged": [...]}`` (section names). Raises :class:`ConfigError` (nothing applied)."""
+        if config is None:
+            source = self.config.source
+            if source.startswith("<"):
+                raise ConfigError(f"{source}: there is no config file to read again (serve -c)")
+            config = load_config(source)
+        policies = config.policies()
+        if policies.uses_store() and self.journal is None:
+            raise ConfigError(
+                f"{config.source}: services: on_no_worker = \"store\" needs the service store, "
+                "which opens only at start; restart the broker for it"
+            )
+        access = config.access.policy()
+        if self.hooks.authorize is not None:
+            access = HookedPolicy(self.hooks.authorize, access)
+        applied: list[str] = []
+        unchanged: list[str] = []
+        if config.services != self.config.services:
+            self._policies = policies
+            self.router.set_policies(policies.for_service)
+            applied.append("services")
+        if config.access != self.config.access:
+            self.router.set_access(access)
+            applied.append("access")
+        for section in ("transports", "broker", "liveness", "plugins"):
+            if getattr(config, section) != getattr(self.config, section):
+                unchanged.append(section)
+        self.config = msgspec.structs.replace(
+            self.config, services=config.services, access=config.access
+        )
+        log.info(
+            "reloaded %s: applied %s",
+            self.config.source,
+            ", ".join(f"[{s}]" for s in applied) or "nothing (no change)",
+        )
+        if unchanged:
+            log.warning(
+                "reload: %s changed in %s but cannot change while running (left as they "
+                "were; restart to apply)",
+                ", ".join(f"[{s}]" for s in unchanged),
+                self.config.source,
+            )
+        return {"applied": applied, "unchanged": unchanged}
+
+    def _open_journal(self) -> None:
+        """Open the one durable store (when a service or a transport needs it), take in the
+        files of the old two-file layout, and queue what it holds again."""
+        hints = [
+            hint
+            for spec, tconfig in self._specs.values()
+            if spec.store_hint is not None and (hint := spec.store_hint(tconfig)) is not None
+        ]
+        if not self._policies.uses_store() and not hints:
+            return
+        backend, path, sync, owner, legacy = self._store_settings(hints)
+        shown = path or str(default_store_path())
+        try:
+            store = open_store(backend, path, sync, legacy_owner=owner)  # type: ignore[arg-type]
+            if isinstance(store, SQLiteStore):
+                for old, old_owner in legacy:
+                    self._import_legacy(store, old, old_owner)
         except StoreLocked as exc:
             raise MaitredError(
-                f"cannot open the service store: {exc} (each broker needs a store of its own:"
-                " set [broker] store_path, or XDG_STATE_HOME)",
+                f"cannot open the store: {exc.reason} (each broker needs a store of its own:"
+                " set [store] path, or XDG_STATE_HOME)",
                 ErrorCode.INTERNAL,
             ) from None
-        except OSError as exc:
+        except (OSError, sqlite3.Error, StoreTooNew) as exc:
             raise MaitredError(
-                f"cannot open the service store {b.store_path or '(default path)'}: {exc}",
+                f"cannot open the store {shown}: {getattr(exc, 'reason', exc)}",
                 ErrorCode.INTERNAL,
             ) from None
+        if isinstance(store, SQLiteStore):
+            log.info("store: %s (schema %d)", store.path, SCHEMA_VERSION)
         journal = self.journal = StoreJournal(store)
         self.router.journal = journal
         self.port.journal = journal
         journal.recover(self.router, self.clock())
+
+    def _store_settings(
+        self, hints: list[StoreHint]
+    ) -> tuple[str, str, str, str | None, list[tuple[Path, str]]]:
+        """(backend, path, sync, owner of a schema-0 file there, old files to take in); see
+        :func:`store_choice`. Warns about the deprecated keys in use."""
+        b = self.config.broker
+        if b.store or b.store_path or b.store_sync:
+            log.warning(
+                "[broker] store, store_path and store_sync are deprecated: set [store] backend,"
+                " path and sync"
+            )
+        for hint in hints:
+            if hint.backend or hint.path or hint.sync:
+                log.warning("%s are deprecated: set [store] backend, path and sync", hint.where)
+        choice = store_choice(self.config, hints)
+        s_path = Path(choice.path or default_store_path()).resolve()
+        # the files the two-file layout would have used, other than the chosen one
+        candidates = [(Path(b.store_path or default_store_path(name="services.sqlite3")), "")]
+        candidates += [
+            (Path(h.path or default_store_path()), "switch") for h in hints if h.backend != "memory"
+        ]
+        legacy: list[tuple[Path, str]] = []
+        if choice.backend == "sqlite":
+            for old, old_owner in candidates:
+                if old.resolve() != s_path and old.is_file() and old not in {p for p, _ in legacy}:
+                    legacy.append((old, old_owner))
+        return choice.backend, choice.path, choice.sync, choice.owner, legacy
+
+    @staticmethod
+    def _import_legacy(store: SQLiteStore, old: Path, owner: str) -> None:
+        """Take in a store file of the two-file layout and rename it ``*.imported``."""
+        try:
+            n = store.import_legacy(old, owner)
+        except StoreTooNew:
+            log.warning("store: %s is not a store of the old layout: left alone", old)
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" in str(exc):
+                raise StoreLocked(f"{old}: the old store is in use by another process") from None
+            raise
+        done = old.with_name(old.name + ".imported")
+        old.rename(done)
+        log.warning("store: took in %d messages from %s (renamed %s)", n, old, done.name)
 
     def _close_journal(self) -> None:
         if self.journal is not None:

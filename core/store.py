@@ -1,13 +1,18 @@
-"""Durable queues: the store behind persistent queues (``memory`` or ``sqlite``).
+"""The one durable store of the broker (``memory`` or ``sqlite``, ``[store]``): requests of
+``on_no_worker = "store"`` services and messages of persistent switch queues alike.
 
-No asyncio and no I/O beyond :mod:`sqlite3`: every write is *buffered* by the calling transport
-(``append``, ``ack``, ``delivered``, ``dead_letter``, queue create/destroy) and made durable by
-:meth:`Store.flush`, one transaction for everything buffered since the last flush. A transport
-groups commits — e.g. one flush per event-loop turn — and tells a sender its message was accepted
-only after the flush that contains it returned (``flushed`` tells which writes that was).
+No asyncio and no I/O beyond :mod:`sqlite3`: every write is *buffered* by the caller (the
+journal, :mod:`maitred.core.durable`: ``append``, ``ack``, ``delivered``, ``dead_letter``, queue
+create/destroy) and made durable by :meth:`Store.flush`, one transaction for everything buffered
+since the last flush. The journal groups commits — one flush per event-loop turn — and a sender is
+told its message was accepted only after the flush that contains it returned (``flushed`` tells
+which writes that was).
 
 Message ids are per-queue counters that never go back: the counter of a queue is persisted with
 every batch and survives the queue's destruction and broker restarts.
+
+The SQLite file carries a schema version (``PRAGMA user_version``, :data:`SCHEMA_VERSION`); an
+older file is migrated in place when it is opened (:func:`migrate`), a newer one is refused.
 """
 
 from __future__ import annotations
@@ -18,6 +23,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Protocol
+
+from maitred.core.errors import BrokerError
 
 
 @dataclass(slots=True)
@@ -47,6 +54,8 @@ class Recovered:
     queues: dict[str, list[StoredMessage]] = field(default_factory=dict)
     counters: dict[str, int] = field(default_factory=dict)
     dead: list[DeadLetter] = field(default_factory=list)
+    #: the live queues a transport made (``create_queue(name, owner)``) -> that owner
+    owners: dict[str, str] = field(default_factory=dict)
 
 
 class Store(Protocol):
@@ -66,7 +75,10 @@ class Store(Protocol):
 
     def recover(self) -> Recovered: ...
 
-    def create_queue(self, name: str) -> None: ...
+    def create_queue(self, name: str, owner: str = "") -> None:
+        """Make a live queue that outlives a restart even while empty; ``owner`` says whose
+        (e.g. ``switch``: a persistent switch queue)."""
+        ...
 
     def destroy_queue(self, name: str) -> None:
         """Forget the queue and its messages (its id counter stays)."""
@@ -104,6 +116,7 @@ class MemoryStore:
         self._queues: dict[str, dict[int, StoredMessage]] = {}
         self._counters: dict[str, int] = {}
         self._dead: list[DeadLetter] = []
+        self._owners: dict[str, str] = {}
 
     @property
     def pending(self) -> int:
@@ -118,15 +131,19 @@ class MemoryStore:
             {q: sorted(m.values(), key=lambda s: s.n) for q, m in self._queues.items()},
             dict(self._counters),
             list(self._dead),
+            dict(self._owners),
         )
 
-    def create_queue(self, name: str) -> None:
+    def create_queue(self, name: str, owner: str = "") -> None:
         self._queues.setdefault(name, {})
         self._counters.setdefault(name, 0)
+        if owner:
+            self._owners[name] = owner
         self._dirty = True
 
     def destroy_queue(self, name: str) -> None:
         self._queues.pop(name, None)
+        self._owners.pop(name, None)
         self._dirty = True
 
     def append(self, message: StoredMessage) -> None:
@@ -162,9 +179,14 @@ class MemoryStore:
         return None
 
 
+#: the schema this code writes (``PRAGMA user_version``). 0: the layout before versions (one
+#: file for the switch, another for services; no queue owners); 1: one store, queues have owners
+SCHEMA_VERSION = 1
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS queues (
-    name TEXT PRIMARY KEY, next_n INTEGER NOT NULL, live INTEGER NOT NULL);
+    name TEXT PRIMARY KEY, next_n INTEGER NOT NULL, live INTEGER NOT NULL,
+    owner TEXT NOT NULL DEFAULT '');
 CREATE TABLE IF NOT EXISTS messages (
     queue TEXT NOT NULL, n INTEGER NOT NULL, payload BLOB NOT NULL, kind BLOB NOT NULL,
     origin TEXT NOT NULL, time INTEGER NOT NULL, deliveries INTEGER NOT NULL,
@@ -185,9 +207,7 @@ _DELIVERED = "UPDATE messages SET deliveries = ? WHERE queue = ? AND n = ?"
 _CHECKPOINT_PAGES = 4096
 
 
-def default_store_path(
-    env: Mapping[str, str] | None = None, name: str = "store.sqlite3"
-) -> Path:
+def default_store_path(env: Mapping[str, str] | None = None, name: str = "store.sqlite3") -> Path:
     """Where the SQLite store lives when ``store_path`` is not set: the user's XDG state
     directory, ``$XDG_STATE_HOME/maitred/store.sqlite3`` (``~/.local/state/maitred/...`` when
     the variable is unset or not absolute, as the XDG Base Directory spec says) — the same file
@@ -198,8 +218,62 @@ def default_store_path(
     return root / "maitred" / name
 
 
-class StoreLocked(RuntimeError):
+class StoreLocked(BrokerError, RuntimeError):
     """Another process (another broker) has the store open."""
+
+
+class StoreTooNew(BrokerError, RuntimeError):
+    """The file was written by a newer maitred (a schema version this code does not know)."""
+
+
+#: the ``kind`` of a stored service request (:mod:`maitred.core.durable`); other kinds belong to
+#: the transport that owns the queue (the switch stores its own message kinds)
+SERVICE_KIND = b"maitred.request/1"
+
+
+def _tables(db: sqlite3.Connection) -> set[str]:
+    return {n for (n,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+
+
+def migrate(db: sqlite3.Connection, legacy_owner: str | None = None) -> int:
+    """Bring the schema of ``db`` to :data:`SCHEMA_VERSION` (one transaction); returns the
+    version the file had. A new file gets the schema; a file of version 0 (the two-file
+    layout: the switch's ``store.sqlite3``, the services' ``services.sqlite3``) gets the queue
+    owner column: its live queues belong to ``legacy_owner``, or, when that is None, to the
+    switch if the file holds no service request (a services file always does while it holds
+    anything), else to nobody. A newer version raises :class:`StoreTooNew`."""
+    (version,) = db.execute("PRAGMA user_version").fetchone()
+    if version > SCHEMA_VERSION:
+        raise StoreTooNew(
+            f"the store has schema version {version}; this maitred knows up to {SCHEMA_VERSION}"
+        )
+    if version == SCHEMA_VERSION:
+        return int(version)
+    db.execute("BEGIN")
+    try:
+        if "queues" not in _tables(db):
+            version = SCHEMA_VERSION  # a new file: nothing older to tell of
+            for statement in _SCHEMA.split(";"):  # a new file (executescript would commit)
+                if statement.strip():
+                    db.execute(statement)
+        elif version == 0:
+            db.execute("ALTER TABLE queues ADD COLUMN owner TEXT NOT NULL DEFAULT ''")
+            owner = legacy_owner
+            if owner is None:
+                service_rows = db.execute(
+                    "SELECT EXISTS (SELECT 1 FROM messages WHERE kind = ?) "
+                    "OR EXISTS (SELECT 1 FROM dead WHERE kind = ?)",
+                    (SERVICE_KIND, SERVICE_KIND),
+                ).fetchone()[0]
+                owner = "" if service_rows else "switch"
+            if owner:
+                db.execute("UPDATE queues SET owner = ? WHERE live = 1", (owner,))
+        db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        db.execute("COMMIT")  # (the version a new file had is reported as the current one)
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    return int(version)
 
 
 class SQLiteStore:
@@ -210,7 +284,15 @@ class SQLiteStore:
     brokers on one store would each recover, and so deliver, the same messages; the second one
     gets :class:`StoreLocked` instead."""
 
-    def __init__(self, path: str | Path, synchronous: Literal["normal", "full"] = "normal"):
+    def __init__(
+        self,
+        path: str | Path,
+        synchronous: Literal["normal", "full"] = "normal",
+        legacy_owner: str | None = None,
+    ):
+        """``legacy_owner``: whose live queues a file of schema 0 holds (``"switch"``: it was
+        the switch's file; ``""``: the services' file; None: told by its content, see
+        :func:`migrate`)."""
         self.path = str(path)
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
@@ -229,7 +311,12 @@ class SQLiteStore:
             raise
         self._db.execute(f"PRAGMA synchronous={synchronous.upper()}")
         self._db.execute(f"PRAGMA wal_autocheckpoint={_CHECKPOINT_PAGES}")
-        self._db.executescript(_SCHEMA)
+        try:
+            #: the schema version the file had when it was opened (0: before versions)
+            self.found_version = migrate(self._db, legacy_owner)
+        except BaseException:
+            self._db.close()
+            raise
         self.flushed = 0
         #: rows written by the commits so far (a message appended and acked between two
         #: commits is never written): for benchmarks and mmi.info
@@ -254,8 +341,12 @@ class SQLiteStore:
 
     def recover(self) -> Recovered:
         out = Recovered(counters=dict(self._counters))
-        for (name,) in self._db.execute("SELECT name FROM queues WHERE live = 1 ORDER BY name"):
+        for name, owner in self._db.execute(
+            "SELECT name, owner FROM queues WHERE live = 1 ORDER BY name"
+        ):
             out.queues[name] = []
+            if owner:
+                out.owners[name] = owner
         rows = self._db.execute(
             "SELECT queue, n, payload, kind, origin, time, deliveries FROM messages "
             "ORDER BY queue, n"
@@ -267,19 +358,19 @@ class SQLiteStore:
         out.dead = self.dead_letters()
         return out
 
-    def create_queue(self, name: str) -> None:
+    def create_queue(self, name: str, owner: str = "") -> None:
         self._counters.setdefault(name, 0)
         self._ops.append(
             (
-                "INSERT INTO queues (name, next_n, live) VALUES (?, ?, 1) "
-                "ON CONFLICT(name) DO UPDATE SET live = 1",
-                (name, self._counters[name]),
+                "INSERT INTO queues (name, next_n, live, owner) VALUES (?, ?, 1, ?) "
+                "ON CONFLICT(name) DO UPDATE SET live = 1, owner = excluded.owner",
+                (name, self._counters[name], owner),
             )
         )
 
     def destroy_queue(self, name: str) -> None:
         self._inserts = {k: i for k, i in self._inserts.items() if k[0] != name}
-        self._ops.append(("UPDATE queues SET live = 0 WHERE name = ?", (name,)))
+        self._ops.append(("UPDATE queues SET live = 0, owner = '' WHERE name = ?", (name,)))
         self._ops.append(("DELETE FROM messages WHERE queue = ?", (name,)))
 
     def append(self, message: StoredMessage) -> None:
@@ -360,10 +451,65 @@ class SQLiteStore:
         self.flushed += 1
         return self.flushed
 
+    def import_legacy(self, path: str | Path, owner: str) -> int:
+        """Take in what a store file of the two-file layout (schema 0) holds: its live queues
+        (belonging to ``owner``), messages, dead letters and id counters, in one transaction;
+        returns the number of messages. A message whose id this store has already used gets the
+        queue's next id. The caller renames the old file afterwards."""
+        if self.dirty:
+            self.flush()
+        old = sqlite3.connect(str(path), timeout=0.0)
+        try:
+            if migrate_version(old) > 0:
+                raise StoreTooNew(f"{path}: not a store of the old two-file layout")
+            queues = old.execute("SELECT name, next_n, live FROM queues").fetchall()
+            messages = old.execute("SELECT * FROM messages ORDER BY queue, n").fetchall()
+            dead = old.execute("SELECT * FROM dead ORDER BY queue, n").fetchall()
+        finally:
+            old.close()
+        db = self._db
+        counters = self._counters
+        used = {(q, n) for q, n in db.execute("SELECT queue, n FROM messages")}
+        rows: list[tuple[object, ...]] = []
+        for queue, old_n, *rest in messages:
+            n = counters.get(queue, 0) if (queue, old_n) in used else old_n
+            used.add((queue, n))
+            counters[queue] = max(counters.get(queue, 0), n + 1)
+            rows.append((queue, n, *rest))
+        db.execute("BEGIN")
+        try:
+            for name, next_n, live in queues:
+                counters[name] = max(counters.get(name, 0), next_n)
+                db.execute(
+                    "INSERT INTO queues (name, next_n, live, owner) VALUES (?, ?, ?, ?) "
+                    "ON CONFLICT(name) DO UPDATE SET live = max(live, excluded.live), "
+                    "owner = CASE WHEN excluded.live = 1 AND excluded.owner != '' "
+                    "THEN excluded.owner ELSE owner END",
+                    (name, counters[name], live, owner if live else ""),
+                )
+            db.executemany(_INSERT, rows)
+            db.executemany("INSERT OR IGNORE INTO dead VALUES (?, ?, ?, ?, ?, ?, ?, ?)", dead)
+            db.executemany(
+                "INSERT INTO queues (name, next_n, live) VALUES (?2, ?1, 1) "
+                "ON CONFLICT(name) DO UPDATE SET next_n = max(next_n, ?1)",
+                [(counters[q], q) for q in {str(r[0]) for r in rows}],
+            )
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return len(rows)
+
     def close(self) -> None:
         if self.dirty:
             self.flush()
         self._db.close()
+
+
+def migrate_version(db: sqlite3.Connection) -> int:
+    """The schema version of an open store file (0: the layout before versions)."""
+    (version,) = db.execute("PRAGMA user_version").fetchone()
+    return int(version)
 
 
 def _grouped(ops: list[_Op | None]) -> Iterable[tuple[str, list[tuple[object, ...]]]]:
@@ -389,8 +535,9 @@ def open_store(
     path: str = "",
     synchronous: Literal["normal", "full"] = "normal",
     default_name: str = "store.sqlite3",
+    legacy_owner: str | None = None,
 ) -> Store:
-    """A store by its config name (``[transports.http] store``, ``[broker] store``)."""
+    """A store by its config name (``[store] backend``)."""
     if kind == "memory":
         return MemoryStore()
-    return SQLiteStore(path or default_store_path(name=default_name), synchronous)
+    return SQLiteStore(path or default_store_path(name=default_name), synchronous, legacy_owner)

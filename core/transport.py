@@ -21,6 +21,7 @@ import msgspec
 from maitred.core.access import Action, Identity
 from maitred.core.clock import Clock
 from maitred.core.errors import MaitredError
+from maitred.core.preflight import Problem
 from maitred.core.routing.liveness import Liveness
 from maitred.core.routing.model import (
     Body,
@@ -35,7 +36,7 @@ from maitred.core.routing.model import (
 from maitred.core.routing.state import Tracer
 
 if TYPE_CHECKING:
-    from maitred.core.durable import StoreJournal
+    from maitred.core.durable import StoreHint, StoreJournal
     from maitred.core.routing.router import Router
 
 
@@ -318,7 +319,14 @@ class TransportSpec:
     cli_addresses: Callable[[Sequence[str]], dict[str, Any]] | None = None
     #: metavar for the CLI flag
     cli_metavar: str = "ADDR"
+    #: what ``serve`` would fail on that the config type cannot see (addresses that cannot be
+    #: bound, TLS material that does not load, store files that cannot be written); run by
+    #: ``maitred check`` and before ``serve`` binds anything (see :mod:`maitred.core.preflight`)
+    preflight: Callable[[Any], Sequence[Problem]] | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
+    #: whether the transport, so configured, keeps messages in the broker's one durable store
+    #: (a hint: the store is opened at start), with the settings of its deprecated store keys
+    store_hint: Callable[[Any], StoreHint | None] | None = None
 
 
 class BrokerClient(Protocol):

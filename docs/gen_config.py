@@ -30,7 +30,7 @@ from typing import Any
 import msgspec
 
 from maitred.core.access import Rule
-from maitred.core.config import AccessSection, BrokerSection, PluginsSection
+from maitred.core.config import AccessSection, BrokerSection, PluginsSection, StoreSection
 from maitred.core.routing.model import ServicePolicy
 from maitred.core.routing.router import Liveness
 from maitred.transports.http.adapter import HttpConfig
@@ -44,6 +44,7 @@ REGENERATE = "python docs/gen_config.py"
 SECTIONS: dict[str, type[msgspec.Struct]] = {
     "broker": BrokerSection,
     "liveness": Liveness,
+    "store": StoreSection,
     "services": ServicePolicy,
     "access": AccessSection,
     "access.rules": Rule,
@@ -93,7 +94,7 @@ RANGES: dict[str, dict[str, str]] = {
         "max_body_size": "≥ 1",
         "request_timeout": "finite, ≥ 0",
         "switch_credit": "≥ 1",
-        "max_deliveries": "≥ 1",
+        "max_deliveries": "≥ 0",
         "trace_size": "≥ 0",
         "sse_buffer": "≥ 1",
         "sse_buffer_bytes": "≥ 1024",
@@ -161,7 +162,7 @@ DESCRIPTIONS: dict[str, dict[str, str]] = {
             "503 `NO_WORKER`. With `fail`, requests still waiting when the last worker leaves "
             "also fail with 503. When the service has workers but all are busy, requests queue "
             "under both settings. `store`: every request is kept in the broker's durable store "
-            "(`[broker] store`) from acceptance until a worker answers it, across crashes and "
+            "([`[store]`](#store)) from acceptance until a worker answers it, across crashes and "
             "restarts; the deadline ends only the caller's wait (504 saying the request is "
             "stored), a worker that dies hands it back (at most `max_deliveries` times, then it "
             "goes to the dead letters), a full queue refuses new requests (never drops one). "
@@ -196,7 +197,10 @@ DESCRIPTIONS: dict[str, dict[str, str]] = {
         ),
         "max_deliveries": (
             "With `redeliver`: how many times in all a request may be handed to a worker. If "
-            "the worker of its last allowed delivery dies, it fails with 502 `WORKER_DIED`."
+            "the worker of its last allowed delivery dies, it fails with 502 `WORKER_DIED`. "
+            "Always applies to durable queues (`on_no_worker = \"store\"` services and "
+            "persistent switch queues, which are services too): after this many deliveries "
+            "without an answer or ack the message goes to the dead letters."
         ),
     },
     "access": {
@@ -306,8 +310,9 @@ DESCRIPTIONS: dict[str, dict[str, str]] = {
             "Requests a switch session holds at once per persistent queue it transfers from."
         ),
         "max_deliveries": (
-            "Deliveries without an ack after which a stored switch message goes to the dead "
-            "letters (`GET /v1/dead-letters`)."
+            "**Deprecated and ignored** (`0`: not set; a warning is logged otherwise). A "
+            "persistent switch queue is a durable service: its messages go to the dead letters "
+            "after the service policy's `max_deliveries` ([`[services.*]`](#services))."
         ),
         "trace_size": "Events kept in the ring buffer behind `GET /trace`. `0`: no trace.",
         "shutdown_tokens": (
@@ -315,21 +320,16 @@ DESCRIPTIONS: dict[str, dict[str, str]] = {
             "gets 403."
         ),
         "store": (
-            "Where persistent switch queues live. `sqlite` (the embedded default) keeps every "
-            "accepted message across restarts and crashes (kill -9); `memory` keeps them as "
-            "long as the process runs."
+            "**Deprecated** alias of [`[store]`](#store) `backend` (empty: not set): used, with "
+            "a warning, when neither `[store]` nor the deprecated `[broker]` keys say otherwise."
         ),
         "store_path": (
-            "The SQLite file. Empty: `$XDG_STATE_HOME/maitred/store.sqlite3`, i.e. "
-            "`~/.local/state/maitred/store.sqlite3` when `XDG_STATE_HOME` is unset or not "
-            "absolute — the same file whatever directory the broker starts in; set it for a "
-            "system service (e.g. `/var/lib/maitred/store.sqlite3`). The directory is created. "
-            "The file is locked while a broker has it open: a second broker on the same file "
-            "fails to start."
+            "**Deprecated** alias of [`[store]`](#store) `path` (empty: not set), same rule. A "
+            "file of the old layout found here is taken into the one store at start and renamed "
+            "`*.imported`."
         ),
         "store_sync": (
-            "`normal` (WAL, no fsync per commit) survives a process crash; `full` also a power "
-            "loss, at the price of an fsync per commit."
+            "**Deprecated** alias of [`[store]`](#store) `sync` (empty: not set), same rule."
         ),
         "sse_buffer": (
             "Events buffered per SSE subscriber; a subscriber that falls further behind gets "

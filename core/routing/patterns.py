@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from typing import Generic, TypeVar
 
+from maitred.core.errors import BrokerError
+
 V = TypeVar("V", bound=Hashable)
 
 
@@ -219,7 +221,7 @@ def intersects(a: str, b: str) -> bool:
     return len(asegs) == len(bsegs)
 
 
-class TooComplex(Exception):
+class TooComplex(BrokerError):
     """:func:`find_name` gave up: the patterns need more steps than its budget."""
 
 

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from maitred.core.access import Action
 from maitred.core.errors import Denied, ErrorCode, MaitredError
-from maitred.core.routing.model import Request, Service, Session, Worker
+from maitred.core.routing.model import Request, Service, ServicePolicy, Session, Worker
 from maitred.core.routing.state import (
     _CANCELLED,
     _DISPATCHED,
@@ -29,6 +30,17 @@ class WorkersMixin(RouterState):
         if service is None:
             service = self.services[name] = Service(name, self._policy_for(name))
         return service
+
+    def policy_for(self, name: str) -> ServicePolicy:
+        """The configured policy of ``name``, whether or not the service exists now."""
+        return self._policy_for(name)
+
+    def set_policies(self, policy_for: Callable[[str], ServicePolicy]) -> None:
+        """Replace the service policies (e.g. on reload): services that exist take theirs at
+        once, services to come take theirs when they are first used."""
+        self._policy_for = policy_for
+        for name, service in self.services.items():
+            service.policy = policy_for(name)
 
     def add_worker(
         self,

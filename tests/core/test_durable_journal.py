@@ -56,7 +56,12 @@ def test_commits_wake_their_waiters_and_a_failed_commit_fails_them() -> None:
         await journal.committed()  # one commit, at the next loop turn
         assert store.flushed == 1 and not store.dirty
         await journal.committed()  # nothing buffered: at once
-        assert journal.snapshot() == {"appended": 1, "commits": 1, "failures": 0}
+        assert journal.snapshot() == {
+            "appended": 1,
+            "commits": 1,
+            "failures": 0,
+            "dead_lettered": 0,
+        }
 
         store.broken = True
         h.req(client, "jobs")

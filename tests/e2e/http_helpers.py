@@ -17,10 +17,11 @@ def short_socket_path(name: str = "sw.sock") -> str:
 
 
 def http_toml(listen: list[str], extra: str = "") -> str:
-    """An ``[transports.http]`` table; the store is ``memory`` unless ``extra`` sets one."""
+    """An ``[transports.http]`` table, then a ``[store]`` table with the ``memory`` backend
+    unless ``extra`` says something of the store."""
     quoted = ", ".join(f'"{a}"' for a in listen)
-    store = "" if "store" in extra else 'store = "memory"\n'
-    return f"[transports.http]\nlisten = [{quoted}]\n{store}{extra}\n"
+    store = "" if "store" in extra else '[store]\nbackend = "memory"\n'
+    return f"[transports.http]\nlisten = [{quoted}]\n{extra}\n{store}"
 
 
 def endpoint_of(broker: BrokerThread, kind: str) -> str:

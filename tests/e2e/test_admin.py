@@ -12,6 +12,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import subprocess
 import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
@@ -178,7 +179,9 @@ def test_dashboard_shows_workers_calls_and_events_live(
     worker.final(addr, *body)
     assert client.recv(timeout=5) == (True, [b"held"])
 
-    # the worker leaves: its rows go, the events say so
+    # the worker leaves: its row goes, the service stays greyed with its last totals, the
+    # events say so
+    chromium.wait_js(f"{_cell('echo', 'replies')} === '4'", timeout=5, what="4 replies")
     worker.disconnect()
     wait_until(
         lambda: web_broker.call(lambda: "echo" not in web_broker.broker.router.services),
@@ -186,12 +189,15 @@ def test_dashboard_shows_workers_calls_and_events_live(
     )
     html = chromium.wait_js(
         "!document.querySelector('#workers tr[data-worker]')"
-        " && !document.querySelector('#services tr[data-service]')"
+        " && !document.querySelector('#services tr[data-service]:not(.gone)')"
+        " && document.querySelector('#services tr.gone[data-service=\"echo\"] td.replies')"
+        "?.textContent === '4'"
         " && document.querySelector('#events li[data-topic=\"$sys.service.offline\"]')",
         timeout=5,
-        what="the worker's departure",
+        what="the worker's departure, the service's totals kept",
     )
     assert 'data-topic="$sys.worker.gone"' in html, html
+    assert chromium.evaluate(_cell("echo", "requests")) == "4"
 
 
 def test_dashboard_shows_what_its_key_may_not_see(
@@ -200,8 +206,10 @@ def test_dashboard_shows_what_its_key_may_not_see(
     # plugh: middleman's untrusted dev key, a restricted identity: no MMI, no $sys.> for it
     http = web_broker.endpoints["http"][0]
     chromium.open(f"{http}/admin/?refresh=0.25#key=plugh", width=1280, height=1000)
+    # the page's own calls are refused: the badge is amber (degraded), not green
     html = chromium.wait_js(
-        "document.getElementById('status').dataset.state === 'live'"
+        "document.getElementById('status').dataset.state === 'degraded'"
+        " && /refused: mmi.services/.test(document.getElementById('status').textContent)"
         " && /403/.test(document.getElementById('services-note').textContent)"
         " && /403/.test(document.getElementById('workers-note').textContent)"
         " && /403/.test(document.getElementById('events-note').textContent)",
@@ -240,3 +248,98 @@ def test_dashboard_shows_the_first_page_of_a_long_listing(
     assert 'data-service="a1"' in html and 'data-service="a3"' not in html, html
     for worker in workers:
         worker.disconnect()
+
+
+def status_of(chromium: DevTools) -> tuple[str, str]:
+    value = chromium.evaluate(
+        "[document.getElementById('status').dataset.state,"
+        " document.getElementById('status').textContent]"
+    )
+    return value[0], value[1]
+
+
+def test_dashboard_without_a_ws_transport_says_so_and_connects_nowhere(
+    make_broker: Callable[..., BrokerThread], chromium: DevTools
+) -> None:
+    broker = make_broker('[transports.http]\nlisten = ["127.0.0.1:0"]\nswitch = false\n')
+    http = broker.endpoints["http"][0]
+    chromium.open(f"{http}/admin/?refresh=0.25", width=1000, height=600)
+    chromium.wait_js(
+        "document.getElementById('status').dataset.state === 'error'",
+        timeout=10,
+        what="the error state",
+    )
+    _, text = status_of(chromium)
+    assert "this broker has no WebSocket transport" in text, text
+    assert "enable [transports.ws]" in text
+    # no guessed URL: the page never tried another port
+    assert chromium.evaluate("document.getElementById('settings').elements.ws.value") == ""
+
+
+def test_dashboard_says_when_its_key_is_refused(
+    web_broker: BrokerThread, chromium: DevTools
+) -> None:
+    http = web_broker.endpoints["http"][0]
+    chromium.open(f"{http}/admin/?refresh=0.25#key=wrong", width=1000, height=600)
+    chromium.wait_js(
+        "/refused the key/.test(document.getElementById('status').textContent)",
+        timeout=10,
+        what="the refused key",
+    )
+    state, text = status_of(chromium)
+    assert state == "error" and "(bad key)" in text and "Settings" in text, text
+
+
+def test_dashboard_over_an_untrusted_wss_certificate_says_why(
+    make_broker: Callable[..., BrokerThread], chromium: DevTools, tmp_path: Path
+) -> None:
+    cert, key = tmp_path / "c.pem", tmp_path / "k.pem"
+    subprocess.run(
+        [
+            *("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"),
+            *("-subj", "/CN=localhost", "-keyout", str(key), "-out", str(cert)),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    broker = make_broker(TOML.format(extra="") + f'tls_cert = "{cert}"\ntls_key = "{key}"\n')
+    http = broker.endpoints["http"][0]
+    (wss,) = broker.endpoints["ws"]
+    assert wss.startswith("wss://")
+    chromium.open(f"{http}/admin/?refresh=0.25", width=1000, height=600)
+    chromium.wait_js(
+        "/not trusted by this browser/.test(document.getElementById('status').textContent)",
+        timeout=15,
+        what="the TLS hint",
+    )
+    state, text = status_of(chromium)
+    assert state == "error"
+    assert f"cannot open {wss}" in text and wss.replace("wss:", "https:") in text, text
+
+
+def test_dashboard_badge_turns_amber_on_denied_calls(
+    make_broker: Callable[..., BrokerThread],
+    ctx: zmq.Context[Any],
+    chromium: DevTools,
+    tmp_path: Path,
+) -> None:
+    deny = '[[access.rules]]\nallow = false\nwho = ["anonymous"]\nnames = ["secret.>"]\n'
+    broker = make_broker(TOML.format(extra="") + deny)
+    http = broker.endpoints["http"][0]
+    chromium.open(f"{http}/admin/?refresh=0.25&window=30", width=1280, height=800)
+    chromium.wait_for('#status[data-state="live"]', timeout=10)
+    client = RawClient(ctx, broker.endpoint, "rfc")
+    client.send(b"secret.x", b"hi")
+    _, body = client.recv(timeout=5)
+    assert body[0] == b"403", body
+    chromium.wait_js(
+        "document.getElementById('status').dataset.state === 'degraded'",
+        timeout=10,
+        what="the amber badge",
+    )
+    _, text = status_of(chromium)
+    assert "1 denied" in text and "in the last 30 s" in text, text
+    png = chromium.screenshot(
+        Path(os.environ.get("MAITRED_ARTIFACTS") or tmp_path) / "admin-degraded.png"
+    )
+    assert png.startswith(b"\x89PNG")

@@ -89,7 +89,7 @@ def test_message_cli_verbs(
     assert main(["list", "--all", "-b", url]) == 0
     assert "jobs" not in capsys.readouterr().out.split()
     # shutdown is refused for a session that is not authorised
-    assert main(["shutdown", "-b", url]) == 4
+    assert main(["shutdown", "-b", url]) == 6  # refused (403)
     assert "403" in capsys.readouterr().err
 
 
@@ -104,7 +104,7 @@ def test_shutdown_with_the_secret_file(
     )
     url = endpoint_of(b, "unix:")
     monkeypatch.setenv("MAITRED_SHUTDOWN_SECRET", "not-it")
-    assert main(["shutdown", "-b", url]) == 4  # the wrong secret from the environment
+    assert main(["shutdown", "-b", url]) == 6  # refused: the wrong secret from the environment
     assert b.broker.state == "running"
     assert main(["shutdown", "-b", url, "--secret-file", str(secret)]) == 0
     wait_until(lambda: b.broker.state == "stopped", timeout=10, what="broker stopped")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -252,10 +253,11 @@ def test_tail_shows_requests_of_every_protocol(
     assert len(lines) == 3, lines
     rid = lines[0].rsplit("echo/", 1)[1].split()[0]
     # accepted from the REST caller, handed to the MDP worker, answered by it
-    assert "http:rest -> echo -> -: Request echo/" + rid + " 'traced'" in lines[0]
-    assert "-> echo -> mdp" in lines[1] and f"echo/{rid} 'traced'" in lines[1]
+    assert "http:rest -> echo -> -: Request echo/" + rid + ' "traced"' in lines[0]
+    assert "-> echo -> mdp" in lines[1] and f'echo/{rid} "traced"' in lines[1]
     assert lines[2].split()[1].startswith("mdp")
     assert f"-> http:rest -> http:rest: Response http:rest/{rid}" in lines[2]
+    assert re.search(r" in \d+\.\d{3} ms$", lines[2]), lines[2]  # the processing time
 
 
 def test_mmi_routes_denied_by_access_answer_403(make_broker: Callable[..., BrokerThread]) -> None:

@@ -347,10 +347,11 @@ def test_failed_deliveries_count_across_a_restart_then_dead_letter(
     make_broker: Callable[..., BrokerThread], conns: list[RawHttp], tmp_path: Path
 ) -> None:
     """A consumer that goes away without an ack fails one delivery; the count is stored, so
-    after a restart the second failed delivery (``max_deliveries = 2``) dead-letters it."""
-    table = http_toml(
-        ["127.0.0.1:0"],
-        f'store = "sqlite"\nstore_path = "{tmp_path / "s.db"}"\nmax_deliveries = 2',
+    after a restart the second failed delivery (the queue's service policy says
+    ``max_deliveries = 2``: one setting for every durable queue) dead-letters it."""
+    table = http_toml(["127.0.0.1:0"]).replace(
+        '[store]\nbackend = "memory"\n',
+        f'[store]\npath = "{tmp_path / "s.db"}"\n\n[services.jobs]\nmax_deliveries = 2\n',
     )
     b = make_broker(table)
     ep = endpoint_of(b, "http://")
@@ -430,3 +431,72 @@ def test_requests_parked_by_a_full_service_queue_go_out_as_it_drains(
         cursor = int(reply["next"])
     assert sorted(got) == ["j0", "j1", "l0", "l1", "l2"]
     b.run(asyncio.wait_for(asyncio.gather(*calls), 5))
+
+
+def test_a_worker_error_worded_like_an_ack_is_not_taken_for_one(
+    sw: BrokerThread, conns: list[RawHttp]
+) -> None:
+    """A worker of another protocol that answers a stored switch request with an error is
+    dead-lettered whatever the error's wording: the switch knows an ack of its own by the
+    message, not by the reason string (which any worker may send)."""
+    from maitred.core.errors import ErrorCode, MaitredError
+    from maitred.core.local import LocalWorker
+
+    c = connect(conns, endpoint_of(sw, "http://"), "snd:1")
+    assert c.do("GET", "/persistent/jobs") == (200, b"jobs")
+
+    async def fail(body: list[bytes]) -> list[bytes]:
+        raise MaitredError("acknowledged without a response", ErrorCode.INTERNAL)
+
+    async def serve() -> LocalWorker:
+        return LocalWorker(sw.broker, "jobs", fail, label="other")
+
+    worker = sw.run(serve())
+    assert c.do("POST", "/request/jobs/nobody", b"job") == (200, b'[["jobs",0]]')
+    wait_until(lambda: json.loads(c.do("GET", "/v1/dead-letters")[1]) != [], what="dead letter")
+    (dead,) = json.loads(c.do("GET", "/v1/dead-letters")[1])
+    assert (dead["queue"], dead["id"], dead["reason"]) == (
+        "jobs",
+        0,
+        "acknowledged without a response",
+    )
+    diag = json.loads(c.do("GET", "/")[1])
+    assert diag["permanent_queues"]["jobs"]["queue_contents"] == []  # not stuck in the queue
+    sw.call(worker.close)
+
+
+@pytest.mark.allow_error_logs("Error handling request")
+def test_a_switch_bug_is_not_answered_as_bad_input(
+    sw: BrokerThread, conns: list[RawHttp], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Bad input is what the codec says is bad (SwitchError); a KeyError or IndexError from
+    inside the switch is a bug: logged with its traceback, not counted as the client's fault."""
+    from maitred.transports.http.switch import Switch
+
+    def broken(self: Switch, token: object, prefix: str, alive: bool) -> list[str]:
+        raise KeyError("a bug")
+
+    monkeypatch.setattr(Switch, "list_names", broken)
+    c = connect(conns, endpoint_of(sw, "http://"), "cli:1")
+    assert c.do("GET", "/ack/q/notanumber") == (500, b"Internal Server Error")
+    assert sw.stats()["http.switch.bad_input"] == 1
+    status, _ = c.do("GET", "/list")
+    assert status == 500
+    assert sw.stats()["http.switch.bad_input"] == 1  # not counted as bad input
+
+
+def test_the_store_counters_are_shown_once(sw: BrokerThread, conns: list[RawHttp]) -> None:
+    """Persistent queues write through the broker's one store: its counters (mmi.info's
+    ``store``, ``maitred_store`` in /metrics) count the switch's messages, and the switch keeps
+    no commit or dead letter counters of its own."""
+    c = connect(conns, endpoint_of(sw, "http://"), "snd:1")
+    assert c.do("GET", "/persistent/jobs") == (200, b"jobs")
+    assert c.do("POST", "/request/jobs/nobody", b"one") == (200, b'[["jobs",0]]')
+    status, body = c.do("POST", "/v1/services/mmi.info", b"")
+    assert status == 200
+    store = json.loads(body)["store"]
+    assert store["appended"] == 1 and store["commits"] >= 1 and store["dead_lettered"] == 0
+    status, body = c.do("GET", "/metrics")
+    text = body.decode()
+    assert 'maitred_store_total{counter="appended"} 1.0' in text
+    assert "http.switch.commits" not in text and "http.switch.dead_letters" not in text

@@ -47,7 +47,7 @@ def test_worker_program_call_services_and_graceful_stop(served: ServeProcess) ->
         assert result.stdout == "HELLO\n"
         listing = run("services", "-b", ep)
         assert listing.returncode == 0, listing.stderr
-        assert re.search(r"^echo\s+1\s+1\s+0\s+0$", listing.stdout, re.M), listing.stdout
+        assert re.search(r"^echo\s+1\s+1\s+0\s+0\s+1\s+0$", listing.stdout, re.M), listing.stdout
         mmi = run("call", "mmi.service", "echo", "-b", ep)
         assert mmi.stdout == "200\n"
         # a failing program answers with an error the caller sees at once

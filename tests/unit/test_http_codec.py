@@ -161,3 +161,11 @@ def test_split_path_round_trip(parts: list[str]) -> None:
 
     raw = "/" + "/".join(quote(p, safe="") for p in parts)
     assert codec.split_path(raw) == (parts or [""])
+
+
+def test_the_status_table_covers_every_error_code() -> None:
+    """The REST front end's one table from error code to HTTP status."""
+    assert set(codec.STATUS) == set(ErrorCode)
+    for code in ErrorCode:
+        if code < 530:  # maitred's own codes (530 and up) have no HTTP twin
+            assert codec.status_for(code) == int(code)

@@ -11,6 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from maitred.core.errors import ErrorCode
 from maitred.transports.mdp import codec
 from maitred.transports.mdp.codec import (
     CLIENT_REQUEST,
@@ -245,6 +246,78 @@ def test_worker_bound_encoders(
 
 def test_worker_request_empty_body() -> None:
     assert codec.worker_request(RFC, b"7", []) == [W02, b"\x02", b"7", E]
+
+
+@pytest.mark.parametrize("dialect", CLIENT_DIALECTS)
+@pytest.mark.parametrize("final", [False, True])
+@pytest.mark.parametrize("body", [[], [b"a"], [b"a", E, b"c"]])
+def test_client_reply_routed_is_the_route_then_the_reply(
+    dialect: int, final: bool, body: list[bytes]
+) -> None:
+    """What the broker sends on its ROUTER socket is the tested encoder's output, routed."""
+    plain = codec.client_reply(dialect, final, b"echo", body)
+    routed = codec.client_reply(dialect, final, b"echo", tuple(body), b"rid")
+    assert routed == (None if plain is None else [b"rid", *plain])
+
+
+@pytest.mark.parametrize("dialect", [*WORKER_DIALECTS, MAJORTOMO])
+@pytest.mark.parametrize("body", [[], [b"a"], [b"a", E, b"c"]])
+def test_worker_request_routed_is_the_route_then_the_request(
+    dialect: int, body: list[bytes]
+) -> None:
+    plain = codec.worker_request(dialect, b"17", body)
+    assert codec.worker_request(dialect, b"17", tuple(body), b"rid") == [b"rid", *plain]
+
+
+def test_reply_and_request_tables_cover_every_dialect_parse_reports() -> None:
+    assert set(codec.CLIENT_REPLY_HEADS) == set(CLIENT_DIALECTS)
+    assert set(WORKER_DIALECTS) <= set(codec.WORKER_REQUEST_HEADS)
+    assert {ENVELOPE, RFC, RFC_ENV} == codec.REPLY_HAS_SERVICE
+
+
+# -- errors: code -> wire form -------------------------------------------------------------------
+
+
+def test_every_error_code_has_its_reply_frame() -> None:
+    assert set(codec.ERROR_FRAMES) == set(ErrorCode)
+    for code, frame in codec.ERROR_FRAMES.items():
+        assert frame == str(int(code)).encode()
+
+
+@pytest.mark.parametrize(
+    ("code", "reason", "body"),
+    [
+        (ErrorCode.NO_WORKER, "no worker for echo", [b"503", b"no worker for echo"]),
+        (ErrorCode.TOO_LARGE, "too big", [b"413", b"too big"]),
+        (ErrorCode.SHUTTING_DOWN, "broker is shutting down", [b"530", b"broker is shutting down"]),
+        (ErrorCode.INTERNAL, "caf\u00e9 \udcff", [b"500", b"caf\xc3\xa9 ?"]),
+    ],
+)
+def test_error_body(code: ErrorCode, reason: str, body: list[bytes]) -> None:
+    assert codec.error_body(code, reason) == body
+
+
+@pytest.mark.parametrize("code", list(ErrorCode))
+def test_parse_error_body_round_trip(code: ErrorCode) -> None:
+    assert codec.parse_error_body(codec.error_body(code, "why")) == (code, "why")
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        ([b"599", b"odd"], (ErrorCode.INTERNAL, "odd")),  # not in the table: 500
+        ([b"200", b"ok"], None),
+        ([b"50", b"short"], None),
+        ([b"5x3", b"not digits"], None),
+        ([b"503"], None),
+        ([b"503", b"a", b"b"], None),
+        ([], None),
+    ],
+)
+def test_parse_error_body_other_shapes(
+    body: list[bytes], expected: tuple[ErrorCode, str] | None
+) -> None:
+    assert codec.parse_error_body(body) == expected
 
 
 # -- peer side: client ---------------------------------------------------------------------------

@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from maitred.core.errors import ErrorCode
 from maitred.transports.ws import json_codec as jc
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -93,3 +94,26 @@ def test_schema_matches_the_codec() -> None:
         assert f'"type": "{name}"' in DOC or f"`{name}`" in DOC, name
     assert SCHEMA["x-client-messages"] == [tag(c) for c in CLIENT]
     assert SCHEMA["x-server-messages"] == [tag(c) for c in SERVER]
+
+
+# -- errors: code -> wire form (the maitred.json transport's one table) --------------------------
+
+
+def test_every_error_code_has_its_wire_code() -> None:
+    assert set(jc.WIRE_CODES) == set(ErrorCode)
+    assert all(jc.WIRE_CODES[c] == int(c) for c in ErrorCode)
+
+
+def test_error_message() -> None:
+    assert msgspec.json.decode(jc.error(7, ErrorCode.NO_WORKER, "no worker for s")) == {
+        "type": "error",
+        "id": 7,
+        "code": 503,
+        "message": "no worker for s",
+    }
+    assert msgspec.json.decode(jc.error(None, ErrorCode.TIMEOUT, "late", "w1")) == {
+        "type": "error",  # no id: a null id is left out
+        "code": 504,
+        "message": "late",
+        "responder": "w1",
+    }

@@ -8,6 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from maitred.core.errors import ErrorCode
+from maitred.transports.ws import mm_codec
 from maitred.transports.ws.mm_codec import (
     MmHeaders,
     MmMessage,
@@ -260,3 +262,53 @@ def test_parse_never_raises_anything_but_parse_error(frame: str) -> None:
         assert exc.reason
     else:
         assert isinstance(msg.body, str)
+
+
+# -- errors: code -> the PUB ERROR text (the middleman transport's one table) --------------------
+
+
+@pytest.mark.parametrize(
+    ("what", "code", "target", "reason", "command", "text"),
+    [
+        ("parse", ErrorCode.BAD_REQUEST, "", "no blank line", "", "Parse error: no blank line"),
+        ("command", ErrorCode.NOT_IMPLEMENTED, "k", "", "FOO", "Unknown command FOO k"),
+        ("trust", ErrorCode.UNAUTHORIZED, "k", "", "EREQ", "Not trusted EREQ k"),
+        ("PUB", ErrorCode.FORBIDDEN, "k", "x may not publish k", "", "Not trusted PUB k"),
+        ("PUB", ErrorCode.BAD_REQUEST, "a..b", "empty", "", "Bad target PUB a..b: empty"),
+        ("SUB", ErrorCode.FORBIDDEN, "k", "no", "", "Not trusted: SUB k"),
+        ("SUB", ErrorCode.QUEUE_FULL, "k", "max 2", "", "Too many subscriptions SUB k: max 2"),
+        ("SUB", ErrorCode.BAD_REQUEST, "k", "bad", "", "Bad target SUB k: bad"),
+        ("REQ", ErrorCode.FORBIDDEN, "svc", "no", "", "Not trusted REQ svc"),
+        ("REQ", ErrorCode.NO_WORKER, "svc", "none", "", "No responder for REQ svc"),
+        ("REQ", ErrorCode.WORKER_DIED, "svc", "died", "", "No responder for REQ svc"),
+        ("REQ", ErrorCode.TIMEOUT, "svc", "late", "", "Timeout for REQ svc"),
+        ("REQ", ErrorCode.QUEUE_FULL, "svc", "full", "", "Error 429 for REQ svc: full"),
+        ("REQ", ErrorCode.SHUTTING_DOWN, "svc", "bye", "", "Error 530 for REQ svc: bye"),
+        ("RES", ErrorCode.FORBIDDEN, "k", "", "", "Not trusted RES k"),
+        ("RES", ErrorCode.NOT_FOUND, "k", "", "", "No client for request ID  RES k"),
+        ("grant", ErrorCode.BAD_REQUEST, "k.", "bad", "EPUB", "Bad target EPUB k.: bad"),
+        ("grant", ErrorCode.FORBIDDEN, "k", "may not", "ESUB", "Cannot grant ESUB k: may not"),
+        ("serve", ErrorCode.FORBIDDEN, "k", "may not", "EREQ", "Cannot serve EREQ k: may not"),
+        ("INT", ErrorCode.NOT_FOUND, "UID", "c-1", "", "No connection c-1 INT UID"),
+    ],
+)
+def test_error_text(
+    what: str, code: ErrorCode, target: str, reason: str, command: str, text: str
+) -> None:
+    assert mm_codec.error_text(what, code, target, reason, command) == text
+
+
+def test_every_failure_has_a_text_for_any_code() -> None:
+    for what in {what for what, _ in mm_codec.ERROR_TEXTS}:
+        for code in ErrorCode:
+            assert mm_codec.error_text(what, code, "t", "r", "C")
+
+
+def test_error_text_keeps_braces_in_values() -> None:
+    text = mm_codec.error_text("PUB", ErrorCode.BAD_REQUEST, "{x}", "{y}")
+    assert text == "Bad target PUB {x}: {y}"
+
+
+def test_error_frame() -> None:
+    frame = mm_codec.error_frame("No responder for REQ s")
+    assert frame == "PUB ERROR\r\n\r\nNo responder for REQ s\r\n.\r\n"

@@ -13,23 +13,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import sqlite3
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Literal
+from collections.abc import Sequence
+from typing import Any
 
 import msgspec
 from aiohttp import web
 
 from maitred.core.access import Action, Identity
-from maitred.core.durable import StoreJournal
+from maitred.core.durable import KIND, StoreJournal, decode_request
 from maitred.core.errors import ErrorCode, MaitredError
 from maitred.core.logs import RejectionLog
 from maitred.core.routing.model import ReplyKind, Request
-from maitred.core.store import MemoryStore, SQLiteStore, Store, StoreLocked, default_store_path
 from maitred.core.transport import BrokerPort
 from maitred.transports.http import codec
-from maitred.transports.http.admin import add_admin_routes, switch_page, switch_page_headers
-from maitred.transports.http.codec import SwitchError
+from maitred.transports.http.admin import add_admin_routes
 from maitred.transports.http.config import HttpConfig
 from maitred.transports.http.examples import add_example_routes
 from maitred.transports.http.metrics import render_metrics
@@ -48,7 +45,8 @@ from maitred.transports.http.server import (
     _TooLarge,
 )
 from maitred.transports.http.streams import _Call, _RestSink, _Stream, _TopicSink
-from maitred.transports.http.switch import DEAD_LETTERS, LIST, Refused, Switch, Token
+from maitred.transports.http.switch import DEAD_LETTERS, LIST, Switch
+from maitred.transports.http.switch_routes import SwitchRoutes
 
 log = logging.getLogger("maitred.transports.http")
 
@@ -66,13 +64,12 @@ class HttpTransport:
 
     name = "http"
 
-    def __init__(self, config: HttpConfig, port: BrokerPort, store: Store | None = None) -> None:
+    def __init__(self, config: HttpConfig, port: BrokerPort) -> None:
         self.config = config
         self.port = port
         self.broker = port
         self.stats = port.stats
         self.identity = Identity(config.identity, frozenset(config.roles))
-        self._store = store
         self._runner: web.AppRunner | None = None
         self._bound: list[str] = []
         self._unix_paths: list[str] = []
@@ -81,7 +78,7 @@ class HttpTransport:
         self._closed = False
         self._topic_sinks: set[_TopicSink] = set()
         self.switch: Switch | None = None
-        #: set by the plugin when the broker starts (``POST /shutdown`` of an authorised token)
+        self.switch_routes: SwitchRoutes | None = None
         #: peer-caused rejections: DEBUG each, a WARNING summary every 10 s
         self.rejections = RejectionLog(
             log,
@@ -111,19 +108,19 @@ class HttpTransport:
         )
         if cfg.switch:
             secret = cfg.shutdown_secret()
-            store = self._store
-            if store is None:
-                store = (
-                    self._open_sqlite(cfg.store_path or str(default_store_path()), cfg.store_sync)
-                    if cfg.store == "sqlite"
-                    else MemoryStore()
+            journal = self.port.journal
+            if journal is None:  # the runtime opens the store for a transport's store_hint
+                raise MaitredError("http: the switch needs the broker's store", ErrorCode.INTERNAL)
+            if cfg.max_deliveries:
+                log.warning(
+                    "[transports.http] max_deliveries is deprecated and ignored: persistent"
+                    " switch queues follow their service policy's max_deliveries"
                 )
             self.switch = Switch(
                 self.port,
-                store,
+                journal,
                 identity=self.identity,
                 credit=cfg.switch_credit,
-                max_deliveries=cfg.max_deliveries,
                 trace_size=cfg.trace_size,
                 shutdown_tokens=cfg.shutdown_tokens,
                 shutdown_secret=secret,
@@ -134,6 +131,9 @@ class HttpTransport:
                 diagnostics_messages=cfg.diagnostics_messages,
             )
             self.switch.open()
+            self.switch_routes = SwitchRoutes(
+                self.switch, self._read_body, self.broker.request_stop
+            )
         app = web.Application(
             client_max_size=cfg.max_body_size, middlewares=[self._head_seen, _maitred_errors]
         )
@@ -245,23 +245,6 @@ class HttpTransport:
         response: web.StreamResponse = await handler(request)
         return response
 
-    @staticmethod
-    def _open_sqlite(path: str, sync: Literal["normal", "full"]) -> SQLiteStore:
-        try:
-            store = SQLiteStore(path, sync)
-        except StoreLocked as exc:
-            raise MaitredError(
-                f"http: cannot open the switch store: {exc} (each broker needs a store of its"
-                ' own: set [transports.http] store_path, or XDG_STATE_HOME, or store = "memory")',
-                ErrorCode.BAD_REQUEST,
-            ) from None
-        except (OSError, sqlite3.Error) as exc:
-            raise MaitredError(
-                f"http: cannot open the store: {exc}", ErrorCode.BAD_REQUEST
-            ) from None
-        log.info("http: switch store %s", path)
-        return store
-
     async def _bind(self, runner: web.AppRunner, addr: str) -> None:
         if addr.startswith("unix:"):
             path = addr[5:]
@@ -320,7 +303,7 @@ class HttpTransport:
         limit = self.config.max_body_size
         length = request.content_length
         if length is not None and length > limit:
-            raise _TooLarge
+            raise _TooLarge("the request body is too large")
         chunks: list[bytes] = []
         size = 0
         try:
@@ -331,7 +314,7 @@ class HttpTransport:
                         break
                     size += len(chunk)
                     if size > limit:
-                        raise _TooLarge
+                        raise _TooLarge("the request body is too large")
                     chunks.append(chunk)
         except TimeoutError:
             self.stats["http.body_timeout"] += 1
@@ -557,19 +540,23 @@ class HttpTransport:
         refused = self._observe(DEAD_LETTERS)
         if refused is not None:
             return refused
-        switch = self.switch
-        if switch is None:
+        journal = self.port.journal
+        if journal is None:
             return _json([])
         queue = request.query.get("queue")
-        if switch.store.dirty:
-            await switch.committed()  # what is buffered is read back from the store
+        if journal.dirty:
+            await journal.committed()  # what is buffered is read back from the store
         shown: dict[str, bool] = {}
 
-        def payload(q: str, data: bytes) -> str:
+        def payload(q: str, data: bytes, kind: bytes) -> str:
             # the payload only to an identity that may call the queue (a preview-free view)
             if q not in shown:
-                shown[q] = switch.permits(self._rest, Action.CALL, q)
-            return codec.payload_text(data) if shown[q] else ""
+                shown[q] = self.broker.permits(self._rest, Action.CALL, q)
+            if not shown[q]:
+                return ""
+            if kind == KIND:  # a stored service request: its frames
+                data = b"".join(decode_request(data)[0])
+            return codec.payload_text(data)
 
         return _json(
             [
@@ -579,9 +566,9 @@ class HttpTransport:
                     "reason": d.reason,
                     "deliveries": d.message.deliveries,
                     "origin": d.message.origin,
-                    "payload": payload(d.message.queue, d.message.payload),
+                    "payload": payload(d.message.queue, d.message.payload, d.message.kind),
                 }
-                for d in switch.store.dead_letters(queue)
+                for d in journal.dead_letters(queue)
             ]
         )
 
@@ -645,8 +632,12 @@ class HttpTransport:
         refused = self._observe(METRICS)
         if refused is not None:
             return refused
+        journal = self.port.journal
         body, ctype = await render_metrics(
-            self.broker, self.switch, self.config.metrics_max_services
+            self.broker,
+            self.switch,
+            self.config.metrics_max_services,
+            None if journal is None else journal.snapshot(),
         )
         return web.Response(body=body, headers={"Content-Type": ctype})
 
@@ -661,187 +652,14 @@ class HttpTransport:
     # -- message switch -----------------------------------------------------------------------
 
     async def _switch_route(self, request: web.Request) -> web.StreamResponse:
-        switch = self.switch
-        uri = request.raw_path
-        if switch is None:
+        routes = self.switch_routes
+        if routes is None:
+            uri = request.raw_path
             return _error(ErrorCode.NOT_FOUND, f"no such resource: {request.method} {uri}")
-        parts = codec.split_path(uri)
-        if parts is None:
-            return _plain(codec.not_found(uri), 404)
-        handler = self._switch_handler(request.method, parts)
-        if handler is None:
-            return _plain(codec.not_found(uri), 404)
-        needs_login, fn = handler
-        token = switch.token_of(request.protocol)
-        if needs_login and token is None:
-            return _plain(codec.PLEASE_LOG_IN, 404)
         try:
-            return await fn(request, parts, token)
-        except Refused as exc:
-            return _plain(codec.refusal(exc.status, exc.reason), exc.status)
+            return await routes.handle(request)
         except _TooLarge:
             return self._too_large(_plain(b"Request Entity Too Large", 413))
-        except (
-            SwitchError,
-            ValueError,
-            KeyError,
-            IndexError,
-            OverflowError,
-            msgspec.DecodeError,
-        ) as exc:
-            self.stats["http.switch.bad_input"] += 1
-            log.debug("switch: %s %s: %s", request.method, uri, exc)
-            return _plain(codec.INTERNAL_ERROR, 500)
-
-    _SwitchFn = Callable[[web.Request, list[str], Token | None], Awaitable[web.StreamResponse]]
-
-    def _switch_handler(self, method: str, parts: list[str]) -> tuple[bool, _SwitchFn] | None:
-        if not parts:
-            return None
-        op, n = parts[0], len(parts)
-        if method == "GET":
-            if n == 1 and op == "":
-                return False, self._sw_diagnostics
-            if op == "login" and n == 2:
-                return False, self._sw_login
-            if op in ("persistent", "transient") and n == 2:
-                return True, self._sw_create
-            if op == "destroy" and n == 2:
-                return True, self._sw_destroy
-            if op == "ack" and n == 3:
-                return True, self._sw_ack
-            if op == "list" and n <= 3:
-                return True, self._sw_list
-            if op == "trace" and n in (1, 3):
-                return False, self._sw_trace
-            if op == "admin":
-                return False, self._sw_admin
-        elif method == "POST":
-            if op == "request" and n == 3:
-                return True, self._sw_request
-            if op == "response" and n == 4:
-                return True, self._sw_response
-            if op == "transfer" and n == 1:
-                return True, self._sw_transfer
-            if op == "shutdown" and n == 1:
-                return True, self._sw_shutdown
-        return None
-
-    @property
-    def _sw(self) -> Switch:
-        assert self.switch is not None
-        return self.switch
-
-    async def _sw_diagnostics(
-        self, request: web.Request, parts: list[str], token: Token | None
-    ) -> web.StreamResponse:
-        return _plain(await self._sw.diagnostics(token))
-
-    async def _sw_login(
-        self, request: web.Request, parts: list[str], token: Token | None
-    ) -> web.StreamResponse:
-        self._sw.login(request.protocol, parts[1])
-        return _plain(b"")
-
-    async def _sw_create(
-        self, request: web.Request, parts: list[str], token: Token | None
-    ) -> web.StreamResponse:
-        assert token is not None
-        name = parts[1]
-        if not name:
-            raise SwitchError("empty queue name")
-        self._sw.create(token, name, parts[0] == "persistent")
-        await self._sw.committed()
-        return _plain(name.encode("utf-8"))
-
-    async def _sw_destroy(
-        self, request: web.Request, parts: list[str], token: Token | None
-    ) -> web.StreamResponse:
-        assert token is not None
-        self._sw.destroy(token, parts[1])
-        await self._sw.committed()
-        return _plain(b"")
-
-    async def _sw_ack(
-        self, request: web.Request, parts: list[str], token: Token | None
-    ) -> web.StreamResponse:
-        assert token is not None
-        self._sw.ack(token, parts[1], codec.parse_id(parts[2]))
-        await self._sw.committed()
-        return _plain(b"")
-
-    async def _sw_list(
-        self, request: web.Request, parts: list[str], token: Token | None
-    ) -> web.StreamResponse:
-        alive = len(parts) == 3 and parts[1] == "alive"
-        if len(parts) == 3 and not alive:
-            raise SwitchError("list takes /<prefix> or /alive/<prefix>")
-        prefix = parts[-1] if len(parts) > 1 else ""
-        return _plain(codec.names_body(self._sw.list_names(token, prefix, alive)))
-
-    async def _sw_trace(
-        self, request: web.Request, parts: list[str], token: Token | None
-    ) -> web.StreamResponse:
-        start, timeout = codec.parse_trace_args(parts[1:])
-        return _plain(await self._sw.get_trace(token, start, timeout))
-
-    async def _sw_admin(
-        self, request: web.Request, parts: list[str], token: Token | None
-    ) -> web.StreamResponse:
-        self._sw.check(self._sw.session_of(token), Action.OBSERVE, LIST)
-        rows = [
-            (name, "persistent" if q.persistent else "transient", len(q.messages))
-            for name, q in sorted(self._sw.queues.items())
-        ]
-        return web.Response(
-            body=switch_page(rows),
-            content_type="text/html",
-            charset="utf-8",
-            headers=switch_page_headers(),
-        )
-
-    async def _sw_request(
-        self, request: web.Request, parts: list[str], token: Token | None
-    ) -> web.StreamResponse:
-        assert token is not None
-        payload = await self._read_body(request)
-        sent = self._sw.send(token, parts[1], payload, codec.request_kind(parts[2]))
-        await self._sw.committed()
-        return _plain(codec.id_list(parts[1], None if sent is None else sent[1]))
-
-    async def _sw_response(
-        self, request: web.Request, parts: list[str], token: Token | None
-    ) -> web.StreamResponse:
-        assert token is not None
-        req_n = codec.parse_id(parts[3])
-        payload = await self._read_body(request)
-        sent = self._sw.respond(token, parts[1], parts[2], req_n, payload)
-        await self._sw.committed()
-        if sent is None:
-            return _plain(b"[]")
-        return _plain(codec.id_list(sent[0], sent[1]))
-
-    async def _sw_transfer(
-        self, request: web.Request, parts: list[str], token: Token | None
-    ) -> web.StreamResponse:
-        assert token is not None
-        start, timeout, queues = codec.parse_transfer(await self._read_body(request))
-        body = await self._sw.transfer(token, start, timeout, queues)
-        if self._sw.store.dirty:
-            await self._sw.committed()  # delivery counts
-        return _plain(body)
-
-    async def _sw_shutdown(
-        self, request: web.Request, parts: list[str], token: Token | None
-    ) -> web.StreamResponse:
-        assert token is not None
-        auth = request.headers.get("Authorization", "")
-        scheme, _, value = auth.partition(" ")
-        secret = value.strip().encode() if scheme.lower() == "bearer" and value.strip() else None
-        self._sw.shutdown(token, secret)  # Refused: 403
-        log.warning("switch: shutdown requested by %s", token.name)
-        asyncio.get_running_loop().call_soon(self.broker.request_stop)
-        return _plain(b"")
 
 
 def cli_addresses(addresses: Sequence[str]) -> dict[str, Any]:

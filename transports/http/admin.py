@@ -11,7 +11,9 @@ Routes (registered only when ``admin = true``):
 * ``GET /admin`` → 301 to ``/admin/``;
 * ``GET /admin/`` → the page;
 * ``GET /admin/endpoints.json`` → ``{"ws": [...]}``, the ws transport's bound endpoints (the
-  page's default WebSocket URL, unless it is given ``?ws=``).
+  page's WebSocket URL unless it is given ``?ws=``; an empty list makes the page say that this
+  broker has no ws transport — it never falls back to a guessed port, which could be another
+  broker's).
 
 The message switch's own page (``GET /admin`` and below when the dashboard is off, or
 ``/admin/...`` paths the dashboard does not take) is :func:`switch_page`: one table of queue

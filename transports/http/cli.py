@@ -16,31 +16,50 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from maitred.core.reach import Unreachable, probe
 from maitred.transports.http.client import SwitchClient, SwitchError
 
 DEFAULT_SWITCH = "http://127.0.0.1:8080"
 NS = 1e9
 
 
+#: exit codes, as the core verbs use them (docs/reference/cli.md#exit-codes)
+EXIT_FAIL, EXIT_USAGE, EXIT_ERROR_REPLY, EXIT_UNREACHABLE, EXIT_REFUSED = 1, 2, 4, 5, 6
+
+
 def _client(args: argparse.Namespace) -> SwitchClient:
+    probe(args.broker)  # nothing there: said within a second, not after the whole timeout
     return SwitchClient(args.broker, timeout=args.timeout)
 
 
-def _fail(exc: Exception) -> int:
+def _fail(exc: Exception, url: str = "") -> int:
+    if isinstance(exc, BrokenPipeError):
+        raise exc  # the reader of our output went away: the core verb runner ends quietly
+    if isinstance(exc, Unreachable):
+        print(f"maitred: {exc}", file=sys.stderr)
+        return EXIT_UNREACHABLE
     if isinstance(exc, SwitchError):
         reason = exc.body.decode("utf-8", "replace").strip() or f"HTTP {exc.status}"
-        print(f"maitred: the switch answered {exc.status}: {reason}", file=sys.stderr)
-        return 4
-    print(f"maitred: {exc}", file=sys.stderr)
-    return 1
+        print(f"maitred: the switch at {url} answered {exc.status}: {reason}", file=sys.stderr)
+        return EXIT_REFUSED if exc.status in (401, 403) else EXIT_ERROR_REPLY
+    print(f"maitred: {url}: {exc}", file=sys.stderr)
+    return EXIT_FAIL
+
+
+def _missing(queue: str, url: str) -> int:
+    print(
+        f"maitred: no queue {queue!r} at {url} (`maitred list --all -b {url}` lists them)",
+        file=sys.stderr,
+    )
+    return EXIT_ERROR_REPLY
 
 
 def cmd_list(args: argparse.Namespace) -> int:
     try:
         with _client(args) as sw:
             names = sw.list_queues(args.prefix, alive=not args.all)
-    except (OSError, SwitchError) as exc:
-        return _fail(exc)
+    except (OSError, SwitchError, Unreachable) as exc:
+        return _fail(exc, args.broker)
     for name in names:
         print(name)
     return 0
@@ -83,8 +102,8 @@ def cmd_diagnostics(args: argparse.Namespace) -> int:
     try:
         with _client(args) as sw:
             diag = sw.diagnostics()
-    except (OSError, SwitchError) as exc:
-        return _fail(exc)
+    except (OSError, SwitchError, Unreachable) as exc:
+        return _fail(exc, args.broker)
     if args.json:
         print(json.dumps(diag, indent=2))
     else:
@@ -95,23 +114,34 @@ def cmd_diagnostics(args: argparse.Namespace) -> int:
 def cmd_ack(args: argparse.Namespace) -> int:
     try:
         with _client(args) as sw:
+            if args.queue not in sw.list_queues(args.queue, alive=False):
+                return _missing(args.queue, args.broker)
             sw.ack(args.queue, args.n)
-    except (OSError, SwitchError) as exc:
-        return _fail(exc)
+    except (OSError, SwitchError, Unreachable) as exc:
+        return _fail(exc, args.broker)
     return 0
 
 
 def cmd_destroy(args: argparse.Namespace) -> int:
     try:
         with _client(args) as sw:
+            if args.queue not in sw.list_queues(args.queue, alive=False):
+                return _missing(args.queue, args.broker)
             sw.destroy(args.queue)
-    except (OSError, SwitchError) as exc:
-        return _fail(exc)
+    except (OSError, SwitchError, Unreachable) as exc:
+        return _fail(exc, args.broker)
     return 0
 
 
+def shown(text: str, limit: int = 60) -> str:
+    """A body for one line: control characters escaped, cut at ``limit`` characters."""
+    escaped = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    return escaped if len(escaped) <= limit else f"{escaped[:limit]}…"
+
+
 def trace_line(event: dict[str, Any]) -> str:
-    """One trace event as a line: time, who sent what to which queue, who took it."""
+    """One trace event as a line: time, who sent what to which queue, who took it, the body
+    (escaped, cut short) and, for a response, the processing time."""
     when = time.strftime("%H:%M:%S", time.localtime(event.get("time", 0.0)))
     msg = event.get("message", [])
     if msg and msg[0] == "Ack":
@@ -121,9 +151,13 @@ def trace_line(event: dict[str, Any]) -> str:
         q, n = msg[1]
         kind = msg[2].get("kind", ["?"]) if len(msg) > 2 else ["?"]
         payload = msg[2].get("payload", "") if len(msg) > 2 else ""
-        what = f"{kind[0]} {q}/{n} {payload[:60]!r}"
+        body = f'"{shown(str(payload))}"' if payload else "(body not traced)"
+        what = f"{kind[0]} {q}/{n} {body}"
     else:
         what = "?"
+    took = event.get("processing_time")
+    if isinstance(took, int | float):
+        what += f" in {took / 1e6:.3f} ms"
     src = event.get("input", "-")
     dst = event.get("output", "-")
     return f"{when} {src} -> {event.get('queue', '-')} -> {dst}: {what}"
@@ -143,8 +177,8 @@ def cmd_tail(args: argparse.Namespace) -> int:
                     return 0
     except KeyboardInterrupt:
         return 0
-    except (OSError, SwitchError) as exc:
-        return _fail(exc)
+    except (OSError, SwitchError, Unreachable) as exc:
+        return _fail(exc, args.broker)
 
 
 def mscgen(events: Iterable[dict[str, Any]]) -> str:
@@ -177,8 +211,8 @@ def cmd_mscgen(args: argparse.Namespace) -> int:
     try:
         with _client(args) as sw:
             events = [event for _, event in sw.trace(-1, timeout=0.0)]
-    except (OSError, SwitchError) as exc:
-        return _fail(exc)
+    except (OSError, SwitchError, Unreachable) as exc:
+        return _fail(exc, args.broker)
     sys.stdout.write(mscgen(events))
     return 0
 
@@ -190,10 +224,11 @@ def cmd_shutdown(args: argparse.Namespace) -> int:
             if args.secret_file
             else os.environ.get("MAITRED_SHUTDOWN_SECRET", "").strip()
         )
+        probe(args.broker)
         with SwitchClient(args.broker, token=args.token, timeout=args.timeout) as sw:
             sw.shutdown(secret or None)
-    except (OSError, SwitchError) as exc:
-        return _fail(exc)
+    except (OSError, SwitchError, Unreachable) as exc:
+        return _fail(exc, args.broker)
     return 0
 
 
@@ -210,39 +245,88 @@ def add_commands(subparsers: Any) -> None:
         )
         p.add_argument("-t", "--timeout", type=float, default=10.0, help="seconds (default 10)")
 
-    p = subparsers.add_parser("list", help="list switch queues (alive ones unless --all)")
+    p = subparsers.add_parser(
+        "list",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=(
+            "examples:\n"
+            "  maitred list -b http://127.0.0.1:8080\n"
+            "  maitred list --all --prefix org.xen"
+        ),
+        help="list switch queues (alive ones unless --all)",
+    )
     p.add_argument("--prefix", default="", help="only names starting with this")
     p.add_argument("--all", action="store_true", help="every queue, not only alive ones")
     switch_opts(p)
     p.set_defaults(run=cmd_list)
 
-    p = subparsers.add_parser("diagnostics", help="summary of switch services and queues")
+    p = subparsers.add_parser(
+        "diagnostics",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=(
+            "examples:\n"
+            "  maitred diagnostics -b unix:/run/maitred/http.sock\n"
+            "  maitred diagnostics --json"
+        ),
+        help="summary of switch services and queues",
+    )
     p.add_argument("--json", action="store_true", help="print the raw diagnostics document")
     switch_opts(p)
     p.set_defaults(run=cmd_diagnostics)
 
-    p = subparsers.add_parser("ack", help="acknowledge (delete) message N of a queue")
+    p = subparsers.add_parser(
+        "ack",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=("examples:\n  maitred ack org.xen.xapi 12"),
+        help="acknowledge (delete) message N of a queue",
+    )
     p.add_argument("queue")
     p.add_argument("n", type=int)
     switch_opts(p)
     p.set_defaults(run=cmd_ack)
 
-    p = subparsers.add_parser("destroy", help="destroy a switch queue and its messages")
+    p = subparsers.add_parser(
+        "destroy",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=("examples:\n  maitred destroy org.xen.old-queue"),
+        help="destroy a switch queue and its messages",
+    )
     p.add_argument("queue")
     switch_opts(p)
     p.set_defaults(run=cmd_destroy)
 
-    p = subparsers.add_parser("tail", help="print the switch trace (--follow: keep going)")
+    p = subparsers.add_parser(
+        "tail",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=(
+            "examples:\n  maitred tail\n  maitred tail -f | grep echo\n  maitred tail | head -5"
+        ),
+        help="print the switch trace (--follow: keep going)",
+    )
     p.add_argument("-f", "--follow", action="store_true")
     p.add_argument("--poll", type=float, default=5.0, help="long-poll seconds with --follow")
     switch_opts(p)
     p.set_defaults(run=cmd_tail)
 
-    p = subparsers.add_parser("mscgen", help="the trace as an mscgen sequence chart")
+    p = subparsers.add_parser(
+        "mscgen",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=("examples:\n  maitred mscgen > trace.msc && mscgen -T png trace.msc"),
+        help="the trace as an mscgen sequence chart",
+    )
     switch_opts(p)
     p.set_defaults(run=cmd_mscgen)
 
-    p = subparsers.add_parser("shutdown", help="stop the broker (needs the shutdown secret)")
+    p = subparsers.add_parser(
+        "shutdown",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=(
+            "examples:\n"
+            "  MAITRED_SHUTDOWN_SECRET=s3cret maitred shutdown\n"
+            "  maitred shutdown --secret-file /etc/maitred/shutdown.secret"
+        ),
+        help="stop the broker (needs the shutdown secret)",
+    )
     p.add_argument("--token", help="login token (where shutdown_tokens narrows who may)")
     p.add_argument(
         "--secret-file",

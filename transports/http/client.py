@@ -11,15 +11,16 @@ A broker URL is ``http://HOST:PORT`` or ``unix:/path/to/socket``.
 
 from __future__ import annotations
 
+import base64
 import http.client
 import json
 import socket
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 from urllib.parse import quote
 
-from maitred.core.errors import ErrorCode
+from maitred.core.errors import ErrorCode, PeerError
 from maitred.transports.http import codec
 
 
@@ -199,11 +200,13 @@ class AsyncRestClient:
         await self.close()
 
 
-class SwitchError(Exception):
-    """The switch answered something other than 200."""
+class SwitchError(PeerError):
+    """The switch answered something other than 200; ``code`` is the status when it is an
+    :class:`ErrorCode` (else 500)."""
 
     def __init__(self, status: int, body: bytes) -> None:
-        super().__init__(f"{status}: {body.decode('utf-8', 'replace')}")
+        code = ErrorCode(status) if status in ErrorCode._value2member_map_ else ErrorCode.INTERNAL
+        super().__init__(f"{status}: {body.decode('utf-8', 'replace')}", code)
         self.status = status
         self.body = body
 
@@ -364,6 +367,38 @@ class HttpCliClient:
 
     def request(self, service: str, body: Sequence[bytes], timeout: float) -> list[bytes]:
         return self._rest.call(service, *(body or [b""]), timeout=timeout)
+
+    def publish(self, topic: str, body: bytes) -> int:
+        return self._rest.publish(topic, body)
+
+    def subscribe(self, pattern: str) -> Iterator[tuple[str, list[bytes]]]:
+        """Each publication on a topic matching ``pattern`` (an SSE stream, read as it comes)."""
+        conn = connection(self.url, self.timeout)
+        try:
+            conn.request(
+                "GET", f"/v1/topics/{_seg(pattern)}", headers={"Accept": "text/event-stream"}
+            )
+            resp = conn.getresponse()
+            if resp.status != 200:
+                raise codec.error_from_body(resp.status, resp.read())
+            if conn.sock is not None:
+                conn.sock.settimeout(None)  # a subscriber waits as long as it takes
+            event, data = "", b""
+            for raw in resp:
+                line = raw.rstrip(b"\r\n")
+                if line.startswith(b"event:"):
+                    event = line[6:].strip().decode()
+                elif line.startswith(b"data:"):
+                    data = line[5:].strip()
+                elif not line and data:
+                    value = json.loads(data)
+                    if event == "error":
+                        raise codec.error_from_body(500, data)
+                    frames = [base64.b64decode(f) for f in value.get("frames", [])]
+                    yield value.get("topic", ""), frames
+                    event, data = "", b""
+        finally:
+            conn.close()
 
     def serve(
         self,

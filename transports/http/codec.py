@@ -13,7 +13,7 @@ from urllib.parse import unquote_to_bytes
 
 import msgspec
 
-from maitred.core.errors import ErrorCode, MaitredError
+from maitred.core.errors import ErrorCode, MaitredError, ProtocolError
 
 _enc = msgspec.json.Encoder()
 _dec = msgspec.json.Decoder()
@@ -27,8 +27,9 @@ INTERNAL_ERROR = b"Internal Server Error"
 Kind = tuple[str, Any]
 
 
-class SwitchError(Exception):
-    """Bad input on a switch route: answered 500 ``Internal Server Error``."""
+class SwitchError(ProtocolError):
+    """Bad input on a switch route: answered 500 ``Internal Server Error`` (the switch's own
+    form for it), counted ``http.switch.bad_input``."""
 
 
 def refusal(status: int, reason: str) -> bytes:
@@ -102,8 +103,9 @@ def parse_kind(value: Any) -> Kind:
         name = value[0].lower()
         if name == "request" and isinstance(value[1], str):
             return ("Request", value[1])
-        if name == "response":
-            q, n = value[1]
+        arg = value[1]
+        if name == "response" and isinstance(arg, list) and len(arg) == 2:
+            q, n = arg
             if isinstance(q, str) and isinstance(n, int):
                 return ("Response", (q, n))
     raise SwitchError(f"bad message kind {value!r}")

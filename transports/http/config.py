@@ -11,6 +11,7 @@ from typing import Literal
 
 import msgspec
 
+from maitred.core.durable import StoreHint
 from maitred.core.errors import ErrorCode, MaitredError
 
 log = logging.getLogger("maitred.transports.http")
@@ -37,8 +38,9 @@ class HttpConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     switch: bool = True
     #: requests a switch session holds at once per queue it transfers from
     switch_credit: int = 16
-    #: deliveries without an ack before a stored message goes to the dead letters
-    max_deliveries: int = 5
+    #: deprecated and ignored (0: not set): a persistent switch queue is a durable service, and
+    #: its messages go to the dead letters after the service policy's ``max_deliveries``
+    max_deliveries: int = 0
     #: events kept for ``GET /trace`` (0: no trace)
     trace_size: int = 1000
     #: ``POST /shutdown`` needs the shutdown secret (``Authorization: Bearer SECRET``), read
@@ -62,14 +64,13 @@ class HttpConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     switch_max_queues_per_token: int = 1000
     #: messages listed per queue by the switch's diagnostics (``GET /``), the oldest first
     diagnostics_messages: int = 100
-    #: where persistent switch queues live: ``sqlite`` (the embedded default: kept across
-    #: restarts and crashes) or ``memory`` (lost on restart)
-    store: Literal["memory", "sqlite"] = "sqlite"
-    #: the SQLite file; empty: ``$XDG_STATE_HOME/maitred/store.sqlite3`` (by default
-    #: ``~/.local/state/maitred/store.sqlite3``). One broker per file (it is locked).
+    #: deprecated alias of ``[store] backend`` (persistent switch queues are in the broker's
+    #: one store); empty: not set
+    store: Literal["", "memory", "sqlite"] = ""
+    #: deprecated alias of ``[store] path``; empty: not set
     store_path: str = ""
-    #: ``normal`` survives a process crash; ``full`` also a power loss (fsync per commit)
-    store_sync: Literal["normal", "full"] = "normal"
+    #: deprecated alias of ``[store] sync``; empty: not set
+    store_sync: Literal["", "normal", "full"] = ""
     #: events buffered per SSE subscriber before it is cut off as too slow
     sse_buffer: int = 1000
     #: bytes buffered per SSE stream (a topic subscription, or a call's partial replies)
@@ -112,8 +113,8 @@ class HttpConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
             out.append("request_timeout must be a finite number >= 0")
         if self.switch_credit < 1:
             out.append("switch_credit must be >= 1")
-        if self.max_deliveries < 1:
-            out.append("max_deliveries must be >= 1")
+        if self.max_deliveries < 0:
+            out.append("max_deliveries must be >= 0 (deprecated: 0)")
         if self.trace_size < 0:
             out.append("trace_size must be >= 0")
         if self.sse_buffer < 1:
@@ -140,6 +141,18 @@ class HttpConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
         if self.sse_buffer_bytes < 1024:
             out.append("sse_buffer_bytes must be >= 1024")
         return out
+
+    def store_hint(self) -> StoreHint | None:
+        """With the switch on, the transport keeps persistent queues in the broker's one store
+        (the deprecated ``store`` keys say where, unless ``[store]`` does)."""
+        if not self.switch:
+            return None
+        return StoreHint(
+            self.store,
+            self.store_path,
+            self.store_sync,
+            "[transports.http] store, store_path and store_sync",
+        )
 
     def shutdown_secret(self) -> bytes | None:
         """The shutdown secret from ``shutdown_secret_file`` or ``shutdown_secret_env`` (None

@@ -136,9 +136,12 @@ class _Collector:
         unlisted: int,
         queues: list[tuple[str, int]],
         switch: Switch | None,
+        store: dict[str, Any] | None = None,
     ) -> None:
         snapshot = broker.snapshot()
         self.stats = sorted(snapshot["stats"].items())
+        #: the one durable store's counters (the journal's snapshot, as in ``mmi.info``)
+        self.store = sorted((store or {}).items())
         self.sessions: int = snapshot["sessions"]
         self.services: int = snapshot["services"]
         self.transports = list(snapshot["traffic"].items())
@@ -228,6 +231,15 @@ class _Collector:
             for key, value in tstats.items():
                 per_transport[key].add_metric([tname], float(value))
         yield from per_transport.values()
+        if self.store:
+            store = CounterMetricFamily(
+                "maitred_store",
+                "The durable store: messages appended and dead-lettered, commits, failures, rows",
+                labels=["counter"],
+            )
+            for key, value in self.store:
+                store.add_metric([key], float(value))
+            yield store
         if self.switch_sessions is not None:
             depth = GaugeMetricFamily(
                 "maitred_switch_queue_messages", "Messages in a switch queue", labels=["queue"]
@@ -254,7 +266,10 @@ async def _gather_queues(switch: Switch | None, max_queues: int) -> list[tuple[s
 
 
 async def render_metrics(
-    broker: BrokerPort, switch: Switch | None, max_services: int = 100
+    broker: BrokerPort,
+    switch: Switch | None,
+    max_services: int = 100,
+    store: dict[str, Any] | None = None,
 ) -> tuple[bytes, str]:
     """(body, content type) of one scrape. At most ``max_services`` services (and switch
     queues) are listed by name, so the response stays small whatever the broker holds, and
@@ -263,6 +278,6 @@ async def render_metrics(
     rows, unlisted = await gather_services(broker, max_services)
     queues = await _gather_queues(switch, max_services)
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Collector(broker, rows, unlisted, queues, switch))
+    registry.register(_Collector(broker, rows, unlisted, queues, switch, store))
     body = await asyncio.to_thread(generate_latest, registry)
     return body, CONTENT_TYPE_LATEST

@@ -4,20 +4,31 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from maitred.core.preflight import Problem, check_host_port, check_unix_path
 from maitred.core.transport import BrokerClient, BrokerPort, TransportSpec
 from maitred.plugins import hookimpl
 from maitred.transports.http.adapter import HttpConfig, HttpTransport, cli_addresses
-
-if TYPE_CHECKING:
-    pass
 
 SCHEMES = ("http://", "unix:")
 
 
 def _factory(config: HttpConfig, port: BrokerPort) -> HttpTransport:
     return HttpTransport(config, port)
+
+
+def preflight(config: HttpConfig) -> list[Problem]:
+    out = []
+    for addr in config.listen:
+        if addr.startswith("unix:"):
+            problem = check_unix_path(addr[5:], addr)
+        else:
+            problem = check_host_port(addr)
+        if problem:
+            out.append(Problem("listen", problem, addr))
+    # the switch's store is the broker's one store: core.app.preflight checks it
+    return out
 
 
 @hookimpl
@@ -30,6 +41,8 @@ def maitred_transports() -> Sequence[TransportSpec]:
             description="REST API under /v1/, /metrics, and the xapi message switch (Gen 3)",
             cli_addresses=cli_addresses,
             cli_metavar="HOST:PORT|unix:PATH",
+            store_hint=HttpConfig.store_hint,
+            preflight=preflight,
         )
     ]
 

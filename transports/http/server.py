@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from maitred.core.errors import ErrorCode, MaitredError
+from maitred.core.errors import ErrorCode, MaitredError, PeerError
 from maitred.transports.http import codec
 
 if TYPE_CHECKING:
@@ -99,8 +99,8 @@ def _plain(body: bytes, status: int = 200) -> web.Response:
     return web.Response(status=status, body=body)
 
 
-class _TooLarge(Exception):
-    pass
+class _TooLarge(PeerError):
+    code = ErrorCode.TOO_LARGE
 
 
 def _peer(transport: asyncio.BaseTransport) -> str:

@@ -63,19 +63,8 @@ _send_frame = _BaseSocket.send
 _recv_frame = _BaseSocket.recv
 _get_opt = cast(Callable[[Any, int], int], _BaseSocket.get)  # EVENTS is an int option
 _EVENTS = int(zmq.EVENTS)
-# reply heads per client dialect (every dialect codec.parse can report), for direct sends
-_CLIENT_DIALECTS = (
-    codec.ENVELOPE,
-    codec.V2,
-    codec.V2 | codec.ENVELOPE,
-    codec.V2 | codec.SHORT,
-    codec.V2 | codec.ENVELOPE | codec.SHORT,
-)
-_CLIENT_HEADS: dict[int, tuple[tuple[bytes, ...] | None, tuple[bytes, ...] | None]] = {
-    d: (codec.client_reply_head(d, False), codec.client_reply_head(d, True))
-    for d in _CLIENT_DIALECTS
-}
-_WITH_SERVICE = frozenset(d for d in _CLIENT_DIALECTS if codec.client_reply_has_service(d))
+_client_reply = codec.client_reply
+_worker_request = codec.worker_request
 _POLLIN = int(zmq.POLLIN)
 _NOBLOCK_MORE = _NOBLOCK | _SNDMORE
 #: distinct service names kept decoded (least recently used out); each is at most
@@ -192,12 +181,11 @@ _UNSET: Any = _Unset()
 
 
 class _MdpWorker:
-    __slots__ = ("dialect", "fd", "head", "rid", "session", "worker")
+    __slots__ = ("dialect", "fd", "rid", "session", "worker")
 
     def __init__(self, rid: bytes, dialect: int, session: Session, fd: int) -> None:
         self.rid = rid
         self.dialect = dialect
-        self.head = codec.worker_request_head(dialect)
         self.session = session
         self.worker: Worker = _UNSET
         #: the file descriptor of its connection (-1: unknown, e.g. inproc)
@@ -711,21 +699,21 @@ class MdpTransport(BaseSink):
     def deliver_request(self, worker: Worker, request: Request) -> None:
         w: _MdpWorker = worker.tag
         if self.socket is not None:
-            self._defer([w.rid, *w.head, b"%d" % request.id, b"", *request.body])
+            self._defer(_worker_request(w.dialect, b"%d" % request.id, request.body, w.rid))
 
     def deliver_reply(self, request: Request, kind: ReplyKind, body: Body) -> None:
         rid, dialect, service_raw = request.correlation
-        head = _CLIENT_HEADS[dialect][kind is _FINAL]
-        if head is None or self.socket is None:
-            return  # a partial to an MDP/0.1 client: that dialect has only the final reply
-        if not body:  # rare: let the codec lay out where the message ends
-            frames = codec.client_reply(dialect, kind is _FINAL, service_raw, [])
+        if self.socket is None:
+            return
+        # None: a partial to an MDP/0.1 client, a dialect that has only the final reply
+        if body:
+            frames = _client_reply(dialect, kind is _FINAL, service_raw, body, rid)
+            if frames is not None:
+                self._defer(frames)
+        else:  # rare (an empty reply): sent at once
+            frames = _client_reply(dialect, kind is _FINAL, service_raw, body)
             if frames is not None:
                 self._send(rid, frames)
-        elif dialect in _WITH_SERVICE:
-            self._defer([rid, *head, service_raw, *body])
-        else:
-            self._defer([rid, *head, *body])
 
     def _send_failed(self, rid: bytes, exc: zmq.ZMQError) -> None:
         if exc.errno == zmq.EAGAIN:
@@ -740,8 +728,8 @@ class MdpTransport(BaseSink):
         if not self.config.error_replies:
             return
         rid, dialect, service_raw = request.correlation
-        body = [b"%d" % int(error.code), error.reason.encode("utf-8", "replace")]
-        frames = codec.client_reply(dialect, True, service_raw, body)
+        body = codec.error_body(error.code, error.reason)
+        frames = _client_reply(dialect, True, service_raw, body)
         if frames is not None:
             self._send(rid, frames)
 

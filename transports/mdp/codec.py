@@ -16,7 +16,10 @@ path); malformed input raises :class:`MdpFormatError` with a short reason, never
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Final
+
+from maitred.core.errors import ErrorCode, ProtocolError
 
 # -- protocol constants ------------------------------------------------------------------------
 
@@ -79,12 +82,10 @@ Parsed = tuple[int, int, bytes, list[bytes]]
 _NO_BODY: Final[list[bytes]] = []
 
 
-class MdpFormatError(ValueError):
-    """A message that is not valid MDP; ``reason`` says why (for the debug log and counters)."""
+class MdpFormatError(ProtocolError, ValueError):
+    """A message that is not valid MDP; ``reason`` says why (for the debug log and counters).
 
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
+    Still a :class:`ValueError`, as it was before it joined the :class:`MaitredError` tree."""
 
 
 def parse(frames: list[bytes], start: int = 0) -> Parsed:
@@ -152,39 +153,19 @@ def _parse_worker(
 
 
 # -- broker → peer -----------------------------------------------------------------------------
+#
+# One encoder per wire layout, for the broker and the Python peers alike. The layouts are the
+# tables below (precomputed per dialect, so the broker's hot path is one lookup and one list);
+# every encoder takes an optional ``route`` frame (the ROUTER routing id) to put first, so the
+# broker sends exactly what the tested encoder returns.
+
+#: every dialect :func:`parse` reports for a client
+CLIENT_DIALECTS: Final = (ENVELOPE, V2, V2 | ENVELOPE, V2 | SHORT, V2 | ENVELOPE | SHORT)
 
 
-def client_reply(
-    dialect: int, final: bool, service: bytes, body: list[bytes]
-) -> list[bytes] | None:
-    """Frames for a reply to a client in its dialect; ``None`` when the dialect cannot carry it.
-
-    MDP/0.1 has exactly one reply per request, so its clients get only the final reply.
-    """
+def _client_reply_head(dialect: int, final: bool) -> tuple[bytes, ...] | None:
     if not dialect & V2:
-        if not final:
-            return None
-        return [EMPTY, C01, service, *body]
-    if dialect & SHORT:
-        head = [C02, b"\x04" if final else b"\x03"]
-    else:
-        head = [C02, b"\x03" if final else b"\x02", service]
-    if dialect & ENVELOPE:
-        return [EMPTY, *head, *body]
-    return [*head, *body]
-
-
-def worker_request_head(dialect: int) -> tuple[bytes, ...]:
-    """The frames before the client address in a REQUEST to a worker of ``dialect``."""
-    header = W02 if dialect & V2 else W01
-    return (EMPTY, header, b"\x02") if dialect & ENVELOPE else (header, b"\x02")
-
-
-def client_reply_head(dialect: int, final: bool) -> tuple[bytes, ...] | None:
-    """The frames before the service frame (if any) of a reply to a client of ``dialect``;
-    None when the dialect cannot carry it (a partial to MDP/0.1)."""
-    if not dialect & V2:
-        return (EMPTY, C01) if final else None
+        return (EMPTY, C01) if final else None  # MDP/0.1: exactly one (final) reply
     if dialect & SHORT:
         head: tuple[bytes, ...] = (C02, b"\x04" if final else b"\x03")
     else:
@@ -192,17 +173,81 @@ def client_reply_head(dialect: int, final: bool) -> tuple[bytes, ...] | None:
     return (EMPTY, *head) if dialect & ENVELOPE else head
 
 
-def client_reply_has_service(dialect: int) -> bool:
-    """Whether replies in ``dialect`` carry the service frame (all but majortomo's)."""
-    return not (dialect & V2 and dialect & SHORT)
+#: client dialect → (partial head, final head): the frames before the service frame (if any)
+#: of a reply; ``None`` where the dialect cannot carry that reply (a partial to MDP/0.1)
+CLIENT_REPLY_HEADS: Final[dict[int, tuple[tuple[bytes, ...] | None, tuple[bytes, ...] | None]]] = {
+    d: (_client_reply_head(d, False), _client_reply_head(d, True)) for d in CLIENT_DIALECTS
+}
+#: the client dialects whose replies carry the service frame (all but majortomo's)
+REPLY_HAS_SERVICE: Final = frozenset(d for d in CLIENT_DIALECTS if not (d & V2 and d & SHORT))
+#: worker dialect → the frames before the client address of a REQUEST to it (``SHORT``, a
+#: client-only notion, changes nothing here)
+WORKER_REQUEST_HEADS: Final[dict[int, tuple[bytes, ...]]] = {
+    d: ((EMPTY,) if d & ENVELOPE else ()) + (W02 if d & V2 else W01, b"\x02")
+    for d in CLIENT_DIALECTS
+}
 
 
-def worker_request(dialect: int, token: bytes, body: list[bytes]) -> list[bytes]:
-    """Frames for a REQUEST to a worker; ``token`` is echoed back by the worker in its reply."""
-    header = W02 if dialect & V2 else W01
-    if dialect & ENVELOPE:
-        return [EMPTY, header, b"\x02", token, EMPTY, *body]
-    return [header, b"\x02", token, EMPTY, *body]
+def client_reply(
+    dialect: int,
+    final: bool,
+    service: bytes,
+    body: Sequence[bytes],
+    route: bytes | None = None,
+) -> list[bytes] | None:
+    """Frames for a reply to a client in its dialect (after ``route`` when given); ``None``
+    when the dialect cannot carry it.
+
+    MDP/0.1 has exactly one reply per request, so its clients get only the final reply.
+    """
+    head = CLIENT_REPLY_HEADS[dialect][final]
+    if head is None:
+        return None
+    if dialect in REPLY_HAS_SERVICE:
+        if route is None:
+            return [*head, service, *body]
+        return [route, *head, service, *body]
+    if route is None:
+        return [*head, *body]
+    return [route, *head, *body]
+
+
+def worker_request(
+    dialect: int, token: bytes, body: Sequence[bytes], route: bytes | None = None
+) -> list[bytes]:
+    """Frames for a REQUEST to a worker (after ``route`` when given); ``token`` is echoed back
+    by the worker in its reply."""
+    if route is None:
+        return [*WORKER_REQUEST_HEADS[dialect], token, EMPTY, *body]
+    return [route, *WORKER_REQUEST_HEADS[dialect], token, EMPTY, *body]
+
+
+# -- errors: the MDP transport's one table from error code to wire form -------------------------
+#
+# Majordomo has no error message: an error goes to the client as an ordinary FINAL whose body is
+# two frames, the code in ASCII digits and the reason in UTF-8 (docs/reference/errors.md).
+
+#: error code → the first frame of its error reply
+ERROR_FRAMES: Final[dict[ErrorCode, bytes]] = {code: b"%d" % code for code in ErrorCode}
+
+
+def error_body(code: ErrorCode, reason: str) -> list[bytes]:
+    """The body of the FINAL that carries an error: ``[b"503", b"no worker for echo"]``."""
+    return [ERROR_FRAMES[code], reason.encode("utf-8", "replace")]
+
+
+def parse_error_body(body: Sequence[bytes]) -> tuple[ErrorCode, str] | None:
+    """``(code, reason)`` when ``body`` has the shape of :func:`error_body` (two frames, the first
+    three ASCII digits starting with 4 or 5; a code not in :class:`ErrorCode` reads as
+    ``INTERNAL``), else ``None``. A worker's own reply of that shape reads as an error too."""
+    if len(body) != 2:
+        return None
+    first = body[0]
+    if len(first) != 3 or not first.isdigit() or first[:1] not in (b"4", b"5"):
+        return None
+    number = int(first)
+    code = ErrorCode(number) if number in ErrorCode._value2member_map_ else ErrorCode.INTERNAL
+    return code, body[1].decode("utf-8", "replace")
 
 
 def worker_heartbeat(dialect: int) -> list[bytes]:

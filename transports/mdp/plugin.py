@@ -6,9 +6,11 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from maitred.core.errors import ErrorCode, MaitredError
+from maitred.core.errors import MaitredError
+from maitred.core.preflight import Problem, check_host, check_port, check_unix_path
 from maitred.core.transport import BrokerClient, BrokerPort, TransportSpec
 from maitred.plugins import hookimpl
+from maitred.transports.mdp import codec
 from maitred.transports.mdp.adapter import MdpConfig, MdpTransport, cli_addresses
 
 SCHEMES = ("tcp://", "ipc://", "inproc://")
@@ -16,6 +18,53 @@ SCHEMES = ("tcp://", "ipc://", "inproc://")
 
 def _factory(config: MdpConfig, port: BrokerPort) -> MdpTransport:
     return MdpTransport(config, port)
+
+
+def endpoint_problem(ep: str) -> str | None:
+    """What is wrong with a ZeroMQ endpoint to bind, with the fix (None: nothing)."""
+    scheme, sep, rest = ep.partition("://")
+    if not sep:
+        return (
+            f"{ep!r} is not a ZeroMQ endpoint (no scheme); write tcp://{ep or '127.0.0.1:5555'}"
+            " (or ipc:///path, inproc://name)"
+        )
+    if scheme == "tcp":
+        host, colon, port = rest.rpartition(":")
+        if not colon or not port:
+            return f"{ep!r}: no port; write tcp://HOST:PORT, e.g. tcp://127.0.0.1:5555"
+        if port != "*":
+            problem = check_port(port, ep)
+            if problem:
+                return problem
+        host = host.strip("[]")
+        if host and host != "*" and host not in {name for _, name in _interfaces()}:
+            return check_host(host, ep)
+        return None
+    if scheme == "ipc":
+        if rest.startswith("@"):  # Linux abstract namespace: no file
+            return None if len(rest) > 1 else f"{ep!r}: empty abstract socket name"
+        return check_unix_path(rest, ep)
+    if scheme == "inproc":
+        return None if rest else f"{ep!r}: empty inproc name; write inproc://NAME"
+    return f"{ep!r}: scheme {scheme}:// is not one MDP binds; use tcp://, ipc:// or inproc://"
+
+
+def _interfaces() -> list[tuple[int, str]]:
+    import socket
+
+    try:
+        return socket.if_nameindex()
+    except OSError:
+        return []
+
+
+def preflight(config: MdpConfig) -> list[Problem]:
+    out = []
+    for ep in config.endpoints:
+        problem = endpoint_problem(ep)
+        if problem:
+            out.append(Problem("endpoints", problem, ep))
+    return out
 
 
 @hookimpl
@@ -28,6 +77,7 @@ def maitred_transports() -> Sequence[TransportSpec]:
             description="ZeroMQ Majordomo (MDP/0.1, RFC 18 MDP/0.2, majortomo) on a ROUTER socket",
             cli_addresses=cli_addresses,
             cli_metavar="ENDPOINT",
+            preflight=preflight,
         )
     ]
 
@@ -46,20 +96,10 @@ class MdpCliClient:
         if self._client is None:
             self._client = Client(self.url, timeout=timeout)
         reply: list[bytes] = self._client.request(service, *body, timeout=timeout)
-        if (
-            len(reply) == 2
-            and reply[0].isdigit()
-            and len(reply[0]) == 3
-            and not service.startswith("mmi.")
-            and reply[0][:1] in (b"4", b"5")
-        ):
-            # the broker's error reply (error_replies = true): status code and reason
-            code = int(reply[0])
-            try:
-                err_code = ErrorCode(code)
-            except ValueError:
-                err_code = ErrorCode.INTERNAL
-            raise MaitredError(reply[1].decode("utf-8", "replace"), err_code)
+        # the broker's error reply (error_replies = true): status code and reason
+        error = None if service.startswith("mmi.") else codec.parse_error_body(reply)
+        if error is not None:
+            raise MaitredError(error[1], error[0])
         return reply
 
     def serve(

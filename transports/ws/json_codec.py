@@ -27,6 +27,8 @@ from typing import Any, Literal
 import msgspec
 from msgspec import UNSET, Raw, Struct, UnsetType
 
+from maitred.core.errors import ErrorCode, ProtocolError
+
 __all__ = [
     "Ack",
     "ClientMessage",
@@ -153,8 +155,8 @@ _encoder = msgspec.json.Encoder()
 _json_check = msgspec.json.Decoder()
 
 
-class JsonBodyError(ValueError):
-    pass
+class JsonBodyError(ProtocolError, ValueError):
+    """Body frames a JSON message cannot carry (bad base64); ``reason`` says why."""
 
 
 def decode(text: str | bytes) -> ClientMessage:
@@ -172,6 +174,18 @@ def decode_server(text: str | bytes) -> ServerMessage:
 
 def encode(msg: _Msg) -> str:
     return _encoder.encode(msg).decode()
+
+
+#: the maitred.json transport's one table from error code to wire form: the ``code`` of an
+#: ``error`` message (the number of docs/reference/errors.md, for every code)
+WIRE_CODES: dict[ErrorCode, int] = {code: int(code) for code in ErrorCode}
+
+
+def error(
+    msg_id: Id | None, code: ErrorCode, reason: str, responder: str | UnsetType = UNSET
+) -> str:
+    """An ``error`` message: a request (``msg_id``) failed, or a message was refused."""
+    return encode(Error(id=msg_id, code=WIRE_CODES[code], message=reason, responder=responder))
 
 
 def body_of(msg: _WithBody) -> tuple[bytes, ...]:

@@ -11,14 +11,14 @@ are ordinary topics (subscribe to ``$sys.>``).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import msgspec
 
 from maitred.core.errors import Denied, ErrorCode, MaitredError
 from maitred.core.routing.model import Body, Headers, ReplyKind, Request, Worker
 from maitred.transports.ws import json_codec as jc
-from maitred.transports.ws.adapter import CLOSE_POLICY, Conn
+from maitred.transports.ws.conn import CLOSE_POLICY, Conn
 
 if TYPE_CHECKING:
     from websockets.asyncio.server import ServerConnection
@@ -29,8 +29,8 @@ _FINAL = ReplyKind.FINAL
 _UNSET = msgspec.UNSET
 
 
-def _error(msg_id: jc.Id | None, code: int, message: str, responder: Any = _UNSET) -> str:
-    return jc.encode(jc.Error(id=msg_id, code=code, message=message, responder=responder))
+_error = jc.error
+_C = ErrorCode
 
 
 class JsonConn(Conn):
@@ -80,7 +80,8 @@ class JsonConn(Conn):
         errors: list[str] = []
         if hello.methods is not None:
             if not hello.name:
-                errors.append(_error(None, 400, "a registration with methods needs a name"))
+                problem = "a registration with methods needs a name"
+                errors.append(_error(None, _C.BAD_REQUEST, problem))
             else:
                 for service in [hello.name, *(f"{hello.name}:{m}" for m in hello.methods)]:
                     if service in self.workers:
@@ -99,7 +100,7 @@ class JsonConn(Conn):
                         names.append(service)
                     except MaitredError as exc:
                         errors.append(
-                            _error(None, int(exc.code), f"cannot serve {service}: {exc.reason}")
+                            _error(None, exc.code, f"cannot serve {service}: {exc.reason}")
                         )
         self.push(
             jc.encode(
@@ -116,7 +117,7 @@ class JsonConn(Conn):
         """Refuse a hello too big to handle: the dialect's error (413), then close (1008)."""
         self.stats["ws.json.hello_too_large"] += 1
         self.reject("protocol", reason)
-        self.push(_error(None, 413, reason))
+        self.push(_error(None, _C.TOO_LARGE, reason))
         self.close(CLOSE_POLICY, "hello too large")
         return False
 
@@ -124,7 +125,8 @@ class JsonConn(Conn):
 
     def on_binary(self, data: bytes) -> None:
         self.stats["ws.json.binary_frames"] += 1
-        self.push(_error(None, 400, "binary frames are not part of the maitred.json dialect"))
+        problem = "binary frames are not part of the maitred.json dialect"
+        self.push(_error(None, _C.BAD_REQUEST, problem))
 
     def on_text(self, text: str) -> None:
         try:
@@ -132,7 +134,7 @@ class JsonConn(Conn):
         except msgspec.MsgspecError as exc:
             self.stats["ws.json.invalid"] += 1
             self.reject("protocol", f"invalid message: {exc}")
-            self.push(_error(None, 400, f"invalid message: {exc}"))
+            self.push(_error(None, _C.BAD_REQUEST, f"invalid message: {exc}"))
             return
         try:
             if isinstance(msg, jc.Request):
@@ -150,12 +152,16 @@ class JsonConn(Conn):
                 self.broker.unsubscribe(self.session, msg.topic)
                 self._ack(msg.id)
             else:
-                self.push(_error(None, 400, "hello was already said"))
+                self.push(_error(None, _C.BAD_REQUEST, "hello was already said"))
         except jc.JsonBodyError as exc:
             self.stats["ws.json.invalid"] += 1
             msg_id = getattr(msg, "id", None)
             self.push(
-                _error(None if isinstance(msg_id, msgspec.UnsetType) else msg_id, 400, str(exc))
+                _error(
+                    None if isinstance(msg_id, msgspec.UnsetType) else msg_id,
+                    _C.BAD_REQUEST,
+                    exc.reason,
+                )
             )
 
     def _stamp(self) -> tuple[tuple[str, str], ...]:
@@ -174,7 +180,7 @@ class JsonConn(Conn):
         if timeout is None and self.transport.config.request_timeout:
             timeout = self.transport.config.request_timeout
         if timeout is not None and not (0 <= timeout < 1e9):
-            self.push(_error(msg.id, 400, "timeout must be a number of seconds >= 0"))
+            self.push(_error(msg.id, _C.BAD_REQUEST, "timeout must be a number of seconds >= 0"))
             return
         headers = None if isinstance(msg.headers, msgspec.UnsetType) else msg.headers
         self.broker.submit(
@@ -207,7 +213,7 @@ class JsonConn(Conn):
             worker, token, body, self.transport.port.clock(), final=final, headers=headers
         ):
             self.stats["ws.json.unknown_replies"] += 1
-            self.push(_error(msg.id, 404, "no request with this id"))
+            self.push(_error(msg.id, _C.NOT_FOUND, "no request with this id"))
             return
         if final:
             del self.inflight[token]
@@ -224,7 +230,7 @@ class JsonConn(Conn):
             worker, token, MaitredError(msg.message, code), self.transport.port.clock()
         ):
             self.stats["ws.json.unknown_replies"] += 1
-            self.push(_error(msg.id, 404, "no request with this id"))
+            self.push(_error(msg.id, _C.NOT_FOUND, "no request with this id"))
             return
         del self.inflight[token]
 
@@ -236,7 +242,7 @@ class JsonConn(Conn):
         try:
             count = self.broker.publish(self.session, msg.topic, body, headers, stamp=self._stamp())
         except MaitredError as exc:
-            self.push(_error(msg_id, int(exc.code), exc.reason))
+            self.push(_error(msg_id, exc.code, exc.reason))
             return
         self._ack(msg.id, count)
 
@@ -246,10 +252,10 @@ class JsonConn(Conn):
         try:
             self.broker.subscribe(self.session, msg.topic)
         except Denied as exc:
-            self.push(_error(msg_id, 403, exc.reason))
+            self.push(_error(msg_id, _C.FORBIDDEN, exc.reason))
             return
         except MaitredError as exc:
-            self.push(_error(msg_id, int(exc.code), exc.reason))
+            self.push(_error(msg_id, exc.code, exc.reason))
             return
         self._ack(msg.id)
 
@@ -284,7 +290,7 @@ class JsonConn(Conn):
 
     def deliver_error(self, request: Request, error: MaitredError) -> None:
         msg_id, responder = request.correlation
-        self.push(_error(msg_id, int(error.code), error.reason, responder))
+        self.push(_error(msg_id, error.code, error.reason, responder))
 
     def deliver_event(self, topic: str, body: Body, headers: Headers) -> None:
         event = jc.Event(topic=topic, headers=dict(headers) if headers else _UNSET)

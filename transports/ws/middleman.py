@@ -33,12 +33,20 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 from maitred.core.access import Action, refusal
-from maitred.core.errors import Denied, ErrorCode, MaitredError
+from maitred.core.errors import ErrorCode, MaitredError
 from maitred.core.routing.headers import is_broker_header, pairs_of
 from maitred.core.routing.model import Body, Headers, ReplyKind, Request, Worker
 from maitred.core.routing.patterns import validate_pattern
-from maitred.transports.ws.adapter import CLOSE_POLICY, CLOSE_UNSUPPORTED, Conn
-from maitred.transports.ws.mm_codec import MmHeaders, MmMessage, ParseError, encode, parse
+from maitred.transports.ws.conn import CLOSE_POLICY, CLOSE_UNSUPPORTED, Conn
+from maitred.transports.ws.mm_codec import (
+    MmHeaders,
+    MmMessage,
+    ParseError,
+    encode,
+    error_frame,
+    error_text,
+    parse,
+)
 
 if TYPE_CHECKING:
     from websockets.asyncio.server import ServerConnection
@@ -68,20 +76,9 @@ def _first(pairs: Iterable[tuple[str, str]], name: str) -> str | None:
     return next((v for k, v in pairs if k.lower() == low), None)
 
 
-def error_frame(text: str) -> str:
-    return encode("PUB", "ERROR", (), text)
-
-
 def request_error_text(target: str, error: MaitredError) -> str:
     """The middleman text for a failed REQ (documented in docs/reference/ws.md)."""
-    code = error.code
-    if code == ErrorCode.FORBIDDEN:
-        return f"Not trusted REQ {target}"
-    if code in (ErrorCode.NO_WORKER, ErrorCode.WORKER_DIED):
-        return f"No responder for REQ {target}"
-    if code == ErrorCode.TIMEOUT:
-        return f"Timeout for REQ {target}"
-    return f"Error {int(code)} for REQ {target}: {error.reason}"
+    return error_text("REQ", error.code, target, error.reason)
 
 
 class MmConn(Conn):
@@ -136,13 +133,14 @@ class MmConn(Conn):
         except ParseError as exc:
             self.stats["ws.mm.parse_errors"] += 1
             self.reject("protocol", f"parse error: {exc.reason}")
-            self.error(f"Parse error: {exc.reason}")
+            self.error(error_text("parse", exc.code, "", exc.reason))
             return
         handler = self._commands.get(msg.command)
         if handler is None:
             self.stats["ws.mm.unknown_commands"] += 1
             self.reject("protocol", f"unknown command {msg.command[:40]}")
-            self.error(f"Unknown command {msg.command[:40]} {msg.target[:200]}")
+            unknown = ErrorCode.NOT_IMPLEMENTED
+            self.error(error_text("command", unknown, msg.target[:200], command=msg.command[:40]))
             return
         handler(msg)
 
@@ -165,22 +163,15 @@ class MmConn(Conn):
                 MmHeaders(msg.headers),
                 stamp=self._stamp(),
             )
-        except Denied:
-            self.error(f"Not trusted PUB {msg.target}")
-        except MaitredError as exc:
-            self.error(f"Bad target PUB {msg.target}: {exc.reason}")
+        except MaitredError as exc:  # Denied (FORBIDDEN), or a bad topic
+            self.error(error_text("PUB", exc.code, msg.target, exc.reason))
 
     def _sub(self, msg: MmMessage) -> None:
         assert self.session is not None
         try:
             self.broker.subscribe(self.session, msg.target)
-        except Denied:
-            self.error(f"Not trusted: SUB {msg.target}")
-        except MaitredError as exc:
-            if exc.code == ErrorCode.QUEUE_FULL:  # past [broker] max_subscriptions
-                self.error(f"Too many subscriptions SUB {msg.target}: {exc.reason}")
-            else:
-                self.error(f"Bad target SUB {msg.target}: {exc.reason}")
+        except MaitredError as exc:  # Denied, past [broker] max_subscriptions, a bad pattern
+            self.error(error_text("SUB", exc.code, msg.target, exc.reason))
 
     def _uns(self, msg: MmMessage) -> None:
         assert self.session is not None
@@ -205,7 +196,7 @@ class MmConn(Conn):
         assert self.session is not None
         k = msg.target
         if self.restricted and not self.broker.allowed(self.session, Action.PUBLISH, k):
-            self.error(f"Not trusted RES {k}")
+            self.error(error_text("RES", ErrorCode.FORBIDDEN, k))
             return
         rid = _first(msg.headers, "Rid") or ""
         try:
@@ -222,7 +213,7 @@ class MmConn(Conn):
             headers=MmHeaders(msg.headers),
             stamp=self._stamp(),
         ):
-            self.error(f"No client for request ID  RES {k}")
+            self.error(error_text("RES", ErrorCode.NOT_FOUND, k))
 
     def _trusted(self, msg: MmMessage) -> bool:
         if self.restricted:
@@ -232,7 +223,7 @@ class MmConn(Conn):
                 # one denial model for every transport: counted as denied.<action> and
                 # published on $sys.auth.denied like the router's own refusals
                 self.broker.report_denied(self.session, action, msg.target)
-            self.error(f"Not trusted {msg.command} {msg.target}")
+            self.error(error_text("trust", ErrorCode.UNAUTHORIZED, msg.target, command=msg.command))
             return False
         return True
 
@@ -245,20 +236,20 @@ class MmConn(Conn):
         k = msg.target
         problem = validate_pattern(k)
         if problem:
-            self.error(f"Bad target {msg.command} {k}: {problem}")
+            self.error(error_text("grant", ErrorCode.BAD_REQUEST, k, problem, msg.command))
             return False
         for action in actions:
             if not self.broker.may_grant(self.session, action, k):
                 self.stats["ws.mm.grants_refused"] += 1
                 self.broker.report_denied(self.session, action, k)
                 why = refusal(self.session.identity, action, k)
-                self.error(f"Cannot grant {msg.command} {k}: {why}")
+                self.error(error_text("grant", ErrorCode.FORBIDDEN, k, why, msg.command))
                 return False
         try:
             for action in actions:
                 self.broker.grant(role, action, k, by=self.session)
         except MaitredError as exc:  # Denied: the rules changed in between (cannot, today)
-            self.error(f"Cannot grant {msg.command} {k}: {exc.reason}")
+            self.error(error_text("grant", exc.code, k, exc.reason, msg.command))
             return False
         return True
 
@@ -280,7 +271,7 @@ class MmConn(Conn):
                     busy_timeout=0,
                 )
             except MaitredError as exc:
-                self.error(f"Cannot serve EREQ {k}: {exc.reason}")
+                self.error(error_text("serve", exc.code, k, exc.reason, "EREQ"))
                 return
         self._grant(msg, (Action.CALL, Action.PUBLISH))
 
@@ -295,7 +286,8 @@ class MmConn(Conn):
     def _int(self, msg: MmMessage) -> None:
         if msg.target != "UID":
             self.stats["ws.mm.unknown_commands"] += 1
-            self.error(f"Unknown command INT {msg.target[:200]}")
+            unknown = ErrorCode.NOT_IMPLEMENTED
+            self.error(error_text("command", unknown, msg.target[:200], command="INT"))
             return
         if not self._trusted(msg):
             return
@@ -303,7 +295,7 @@ class MmConn(Conn):
         forcid = headers.get("Forcid", "")
         conn = self.transport.conns.get(forcid)
         if conn is None:
-            self.error(f"No connection {forcid[:64]} INT UID")
+            self.error(error_text("INT", ErrorCode.NOT_FOUND, "UID", forcid[:64]))
             return
         conn.uid = headers.get("Setuid", "")
 

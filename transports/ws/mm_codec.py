@@ -19,16 +19,21 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterable, Sequence
+from typing import Final
 
+from maitred.core.errors import ErrorCode, ProtocolError
 from maitred.core.routing.headers import HeaderPairs
 
 __all__ = [
     "COMMANDS",
+    "ERROR_TEXTS",
     "MmHeaders",
     "MmMessage",
     "ParseError",
     "canonical_key",
     "encode",
+    "error_frame",
+    "error_text",
     "parse",
 ]
 
@@ -39,12 +44,8 @@ COMMANDS = frozenset({"PUB", "SUB", "REQ", "RES", "EREQ", "EPUB", "ESUB", "INT",
 _TOKEN = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
 
 
-class ParseError(ValueError):
+class ParseError(ProtocolError, ValueError):
     """A frame that is not a middleman message; ``reason`` says why."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
 
 
 class MmHeaders(HeaderPairs):
@@ -249,3 +250,51 @@ def encode(
 
 def encode_message(msg: MmMessage) -> str:
     return encode(msg.command, msg.target, msg.headers, msg.body)
+
+
+# -- errors: the middleman transport's one table from error code to wire form -------------------
+#
+# The protocol has one error form: a ``PUB ERROR`` frame whose body is a text that names the
+# command that failed and its target (docs/reference/ws.md). Every such text maitred sends is
+# here, keyed by what failed and the error's code.
+
+_C = ErrorCode
+#: (what failed, code) → the ``PUB ERROR`` text; ``None`` as the code: any other code. What
+#: failed is a command (``REQ``, ``PUB``, ...) or one of ``parse`` (a frame that is no message),
+#: ``command`` (an unknown command), ``trust`` (a trusted command on an untrusted connection),
+#: ``grant``/``serve`` (EREQ/EPUB/ESUB). Fields: ``{command} {target} {code} {reason}``.
+ERROR_TEXTS: Final[dict[tuple[str, ErrorCode | None], str]] = {
+    ("parse", None): "Parse error: {reason}",
+    ("command", None): "Unknown command {command} {target}",
+    ("trust", None): "Not trusted {command} {target}",
+    ("PUB", _C.FORBIDDEN): "Not trusted PUB {target}",
+    ("PUB", None): "Bad target PUB {target}: {reason}",
+    ("SUB", _C.FORBIDDEN): "Not trusted: SUB {target}",
+    ("SUB", _C.QUEUE_FULL): "Too many subscriptions SUB {target}: {reason}",
+    ("SUB", None): "Bad target SUB {target}: {reason}",
+    ("REQ", _C.FORBIDDEN): "Not trusted REQ {target}",
+    ("REQ", _C.NO_WORKER): "No responder for REQ {target}",
+    ("REQ", _C.WORKER_DIED): "No responder for REQ {target}",
+    ("REQ", _C.TIMEOUT): "Timeout for REQ {target}",
+    ("REQ", None): "Error {code} for REQ {target}: {reason}",
+    ("RES", _C.FORBIDDEN): "Not trusted RES {target}",
+    ("RES", None): "No client for request ID  RES {target}",  # (two spaces, as middleman)
+    ("grant", _C.BAD_REQUEST): "Bad target {command} {target}: {reason}",
+    ("grant", None): "Cannot grant {command} {target}: {reason}",
+    ("serve", None): "Cannot serve {command} {target}: {reason}",
+    ("INT", None): "No connection {reason} INT {target}",
+}
+
+
+def error_text(
+    what: str, code: ErrorCode, target: str, reason: str = "", command: str = ""
+) -> str:
+    """The ``PUB ERROR`` text for ``code`` when ``what`` failed (see :data:`ERROR_TEXTS`);
+    ``command`` defaults to ``what``."""
+    template = ERROR_TEXTS.get((what, code)) or ERROR_TEXTS[(what, None)]
+    return template.format(command=command or what, target=target, code=int(code), reason=reason)
+
+
+def error_frame(text: str) -> str:
+    """The frame that carries an error text to a middleman peer."""
+    return encode("PUB", "ERROR", (), text)

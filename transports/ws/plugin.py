@@ -5,13 +5,24 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from maitred.core.transport import BrokerPort, TransportSpec
+from maitred.core.preflight import Problem, check_host_port, check_tls
+from maitred.core.transport import BrokerClient, BrokerPort, TransportSpec
 from maitred.plugins import hookimpl
 from maitred.transports.ws.adapter import WsConfig, WsTransport, cli_addresses
 
 
 def _factory(config: WsConfig, port: BrokerPort) -> WsTransport:
     return WsTransport(config, port)
+
+
+def preflight(config: WsConfig) -> list[Problem]:
+    out = []
+    for addr in config.listen_addresses():
+        problem = check_host_port(addr, schemes=("ws://", "wss://"))
+        if problem:
+            out.append(Problem("listen", problem, addr))
+    out += check_tls(config.tls_cert, config.tls_key)
+    return out
 
 
 @hookimpl
@@ -24,5 +35,15 @@ def maitred_transports() -> Sequence[TransportSpec]:
             description="WebSocket: the middleman text protocol and the maitred.json dialect",
             cli_addresses=cli_addresses,
             cli_metavar="HOST:PORT",
+            preflight=preflight,
         )
     ]
+
+
+@hookimpl
+def maitred_connect(url: str, timeout: float) -> BrokerClient | None:
+    if url.startswith(("ws://", "wss://")):
+        from maitred.transports.ws.cli import WsCliClient
+
+        return WsCliClient(url, timeout)
+    return None

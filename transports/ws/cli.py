@@ -1,0 +1,75 @@
+"""The blocking client behind ``maitred call/worker/pub/sub/... -b ws://HOST:PORT`` (and
+``wss://``): the ``maitred.json`` dialect, on an event loop of its own."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Callable, Coroutine, Iterator, Sequence
+from typing import Any, TypeVar
+
+from maitred.transports.ws import json_codec as jc
+from maitred.transports.ws.client import JsonClient
+
+T = TypeVar("T")
+
+#: the key presented in ``hello`` (middleman's trusted development key unless set)
+KEY_ENV = "MAITRED_WS_KEY"
+DEFAULT_KEY = "xyzzy"
+
+
+class WsCliClient:
+    def __init__(self, url: str, timeout: float, key: str | None = None) -> None:
+        self.url = url
+        self.timeout = timeout
+        self.key = key if key is not None else os.environ.get(KEY_ENV, DEFAULT_KEY)
+        self._loop = asyncio.new_event_loop()
+        self._client: JsonClient | None = None
+
+    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
+        return self._loop.run_until_complete(coro)
+
+    def _connect(self, methods: Sequence[str] | None = None) -> JsonClient:
+        if self._client is None:
+            self._client = self._run(
+                JsonClient.connect(
+                    self.url, self.key, name="maitred-cli", methods=methods, timeout=self.timeout
+                )
+            )
+        return self._client
+
+    def request(self, service: str, body: Sequence[bytes], timeout: float) -> list[bytes]:
+        client = self._connect()
+        reply = self._run(client.request(service, frames=list(body), timeout=timeout))
+        return list(jc.body_of(reply))
+
+    def publish(self, topic: str, body: bytes) -> int:
+        return self._run(self._connect().publish(topic, data=body, timeout=self.timeout))
+
+    def subscribe(self, pattern: str) -> Iterator[tuple[str, list[bytes]]]:
+        client = self._connect()
+        self._run(client.subscribe(pattern, timeout=self.timeout))
+        while True:
+            event = self._run(client.events.get())
+            yield event.topic, list(jc.body_of(event))
+
+    def serve(
+        self,
+        service: str,
+        handler: Callable[[list[bytes]], list[bytes]],
+        *,
+        max_requests: int | None = None,
+    ) -> None:
+        client = self._connect(methods=[service])
+        served = 0
+        while max_requests is None or served < max_requests:
+            request = self._run(client.requests.get())
+            frames = handler(list(jc.body_of(request)))
+            self._run(client.reply(request, frames=frames))
+            served += 1
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._run(self._client.close())
+            self._client = None
+        self._loop.close()

@@ -1,0 +1,311 @@
+"""What both WebSocket dialects share: :class:`Conn`, one connection's websocket, session,
+outbox and writer, and the close codes.
+
+The dialects (:mod:`.middleman`, :mod:`.json_dialect`) subclass :class:`Conn`; the transport
+(:mod:`.adapter`) picks one per connection. This module imports neither, so there is no import
+cycle between the adapter and its dialects (an import-linter contract keeps it so).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from abc import ABC, abstractmethod
+from collections import deque
+from typing import TYPE_CHECKING
+
+from websockets.asyncio.server import ServerConnection
+from websockets.exceptions import ConnectionClosed
+from websockets.protocol import State
+
+from maitred.core.access import Identity
+from maitred.core.errors import MaitredError
+from maitred.core.routing.model import Body, Headers, ReplyKind, Request, Session, Worker
+
+if TYPE_CHECKING:  # type-only: no import at run time
+    from maitred.transports.ws.adapter import WsTransport
+
+log = logging.getLogger("maitred.transports.ws")
+
+#: the writer frames up to this many queued messages per socket write …
+BATCH_MESSAGES = 256
+#: … and about this many bytes (a batch stops at the first message that reaches it), while the
+#: socket's write buffer holds less than this; beyond it, messages go out one by one with
+#: websockets' flow control (so a slow reader fills the outbox, and the slow-consumer policy
+#: applies). What sits in the socket's buffer is so bounded by about twice this plus one message
+BATCH_BUFFER = 256 * 1024
+
+#: close codes (RFC 6455 §7.4.1) and what they mean here
+CLOSE_NORMAL = 1000
+CLOSE_GOING_AWAY = 1001  # broker shutting down
+CLOSE_UNSUPPORTED = 1003  # binary frame in the middleman dialect
+CLOSE_POLICY = 1008  # wrong key, no key in time, slow consumer
+CLOSE_TOO_BIG = 1009  # frame larger than max_frame_size (sent by websockets)
+CLOSE_INTERNAL = 1011  # a bug in maitred
+
+
+class Conn(ABC):
+    """What both dialects share: the websocket, the session, the outbox and its writer."""
+
+    dialect = ""
+
+    def __init__(self, transport: WsTransport, ws: ServerConnection) -> None:
+        self.transport = transport
+        self.ws = ws
+        self.broker = transport.broker
+        self.stats = transport.stats
+        self.cid = transport.new_cid()
+        self.uid = ""
+        self.session: Session | None = None
+        self.identity: Identity | None = None
+        self.restricted = True
+        self._outbox: deque[str] = deque()
+        #: characters queued in ``_outbox`` (counted in the router's ``held``)
+        self._bytes = 0
+        self._wake = asyncio.Event()
+        self._limit = transport.config.outbox
+        self._limit_bytes = transport.config.outbox_bytes
+        self._drop = transport.config.slow_consumer == "drop"
+        self.closing = False
+        self._close: tuple[int, str] | None = None
+
+    # -- outbox -------------------------------------------------------------------------------
+
+    def push(self, frame: str, event: bool = False) -> None:
+        """Queue a frame (never blocks). ``event`` frames may be dropped by the policy."""
+        if self.closing:
+            return
+        outbox = self._outbox
+        size = len(frame)
+        if len(outbox) >= self._limit or self._bytes + size > self._limit_bytes:
+            if self._drop and event:
+                self.stats["ws.events_dropped"] += 1
+                return
+            if (
+                not self._drop
+                or len(outbox) >= 2 * self._limit
+                or self._bytes + size > 2 * self._limit_bytes
+            ):
+                self.stats["ws.slow_consumer_closed"] += 1
+                self.close(CLOSE_POLICY, "slow consumer: outbox full", flush=False)
+                return
+        outbox.append(frame)
+        self._bytes += size
+        self.broker.hold(size)
+        self._wake.set()
+
+    def _popleft(self) -> str:
+        frame = self._outbox.popleft()
+        size = len(frame)
+        self._bytes -= size
+        self.broker.release(size)
+        return frame
+
+    def _discard(self) -> None:
+        """Forget what is queued (the connection is closing without a flush, or gone)."""
+        self._outbox.clear()
+        if self._bytes:
+            self.broker.release(self._bytes)
+            self._bytes = 0
+
+    def close(self, code: int, reason: str, flush: bool = True) -> None:
+        """Close after sending what is queued (``flush``) or at once. Never blocks."""
+        if self._close is None:
+            self._close = (code, reason)
+        if not flush:
+            self._discard()
+        self.closing = True
+        self._wake.set()
+
+    async def writer(self) -> None:
+        outbox = self._outbox
+        ws = self.ws
+        try:
+            while True:
+                while outbox:
+                    if len(outbox) > 1 and self._write_batch():
+                        await asyncio.sleep(0)  # let the readers and the router run
+                    else:
+                        await ws.send(self._popleft())  # with websockets' flow control
+                if self.closing:
+                    break
+                self._wake.clear()
+                await self._wake.wait()
+            code, reason = self._close or (CLOSE_NORMAL, "")
+            await ws.close(code, reason)
+        except ConnectionClosed:
+            pass
+
+    def _write_batch(self) -> bool:
+        """Frame several queued messages at once with the websockets protocol and hand them to
+        the socket in one write (one system call instead of one per message). Only while the
+        connection is open and its socket keeps up (write buffer under ``BATCH_BUFFER``);
+        False: send one message the usual way instead, which waits for the peer to read."""
+        ws = self.ws
+        proto = ws.protocol
+        transport = ws.transport
+        if proto.state is not State.OPEN or transport.get_write_buffer_size() > BATCH_BUFFER:
+            return False
+        outbox = self._outbox
+        size = 0
+        for _ in range(min(len(outbox), BATCH_MESSAGES)):
+            frame = self._popleft()
+            proto.send_text(frame.encode())
+            size += len(frame)
+            if size >= BATCH_BUFFER:
+                break
+        chunks = proto.data_to_send()
+        data = b"".join(chunks)
+        if data:
+            transport.write(data)
+        if any(not c for c in chunks):  # the protocol wants the TCP connection half-closed
+            if transport.can_write_eof():
+                transport.write_eof()
+            else:
+                transport.close()
+        self.stats["ws.batched_writes"] += 1
+        return True
+
+    # -- peer-caused rejections ---------------------------------------------------------------
+
+    def reject(self, kind: str, detail: str) -> None:
+        """A protocol error of the peer (already counted and answered by the caller): DEBUG,
+        and a rate-limited WARNING summary (:class:`~maitred.core.logs.RejectionLog`)."""
+        self.transport.rejections.note(kind, peer_of(self.ws), detail)
+
+    # -- identity -----------------------------------------------------------------------------
+
+    def authenticate(self, key: str) -> Identity | None:
+        """The identity for ``key`` (config keys, then authenticator plugins), or None."""
+        table = self.transport.keys.get(key)
+        default = None
+        if table is not None:
+            roles = frozenset(table.roles)
+            default = Identity(
+                table.identity or ("service" if table.trusted else "client"),
+                roles,
+                restricted=not table.trusted,
+            )
+        return self.transport.port.authenticate(
+            "ws", {"key": key, "dialect": self.dialect}, default
+        )
+
+    def open(self, identity: Identity) -> Session:
+        """Open the router session for the authenticated ``identity``."""
+        self.restricted = identity.restricted
+        self.identity = identity
+        now = self.transport.port.clock()
+        self.session = self.broker.open_session("ws", self, identity, now, label=f"ws:{self.cid}")
+        self.transport.register(self)
+        return self.session
+
+    def release(self, reason: str) -> None:
+        """The connection ended: close the session, revoke the private grants."""
+        self.closing = True
+        self._wake.set()
+        self.transport.unregister(self)
+        if self.session is not None and not self.session.closed:
+            self.broker.close_session(self.session, self.transport.port.clock(), reason)
+        self.on_released()
+
+    def on_released(self) -> None:  # noqa: B027 (an optional hook: most dialects need none)
+        """Dialect clean-up after the session closed."""
+
+    def subscribe_private(self) -> None:
+        """Subscribe to ``MSG:<cid>``: the connection's own channel, which the transport owns,
+        so the access policy is not asked (a deny-by-default ``[access]`` table does not take
+        it away, and nobody is reported as denied for it)."""
+        assert self.session is not None
+        private = f"MSG:{self.cid}"
+        try:
+            self.broker.subscribe(self.session, private, check=False)
+        except MaitredError as exc:
+            log.debug("ws: %s has no private channel: %s", self.cid, exc.reason)
+
+    # -- SessionSink (each dialect implements these; they must never block) ------------------
+
+    @abstractmethod
+    def deliver_request(self, worker: Worker, request: Request) -> None:
+        ...
+
+    @abstractmethod
+    def deliver_reply(self, request: Request, kind: ReplyKind, body: Body) -> None:
+        ...
+
+    @abstractmethod
+    def deliver_error(self, request: Request, error: MaitredError) -> None:
+        ...
+
+    @abstractmethod
+    def deliver_event(self, topic: str, body: Body, headers: Headers) -> None:
+        ...
+
+    @abstractmethod
+    def worker_removed(self, worker: Worker, reason: str) -> None:
+        ...
+
+    # -- the connection's life ----------------------------------------------------------------
+
+    @abstractmethod
+    async def handshake(self) -> bool:
+        """Read and answer the dialect's first frame; False closes the connection."""
+        ...
+
+    @abstractmethod
+    def on_text(self, text: str) -> None:
+        ...
+
+    @abstractmethod
+    def on_binary(self, data: bytes) -> None:
+        ...
+
+    async def run(self) -> None:
+        writer = asyncio.ensure_future(self.writer())
+        reason = "closed"
+        try:
+            try:
+                ok = await asyncio.wait_for(
+                    self.handshake(), self.transport.config.handshake_timeout
+                )
+            except TimeoutError:
+                self.stats["ws.handshake_timeout"] += 1
+                self.close(CLOSE_POLICY, "no key in time")
+                ok = False
+            if ok:
+                async for message in self.ws:
+                    if self.closing:
+                        break
+                    if isinstance(message, str):
+                        self.on_text(message)
+                    else:
+                        self.on_binary(message)
+        except ConnectionClosed as exc:
+            sent = exc.sent
+            if sent is not None and sent.code == CLOSE_TOO_BIG:
+                self.stats["ws.oversized"] += 1
+                reason = "frame too big"
+            else:
+                reason = "connection lost"
+        except Exception:
+            # a bug in a dialect handler: close this connection only, with 1011
+            log.exception("ws: connection %s failed", self.cid)
+            self.stats["ws.internal_errors"] += 1
+            self.close(CLOSE_INTERNAL, "internal error", flush=False)
+            reason = "internal error"
+        finally:
+            self.release(reason)
+            self.closing = True
+            self._wake.set()
+            try:
+                await asyncio.wait_for(writer, self.transport.config.close_timeout + 1)
+            except (TimeoutError, ConnectionClosed):
+                writer.cancel()
+            self._discard()  # what the peer will never read
+
+
+def peer_of(ws: ServerConnection) -> str:
+    """The peer's address, for logs and rejection notes."""
+    address = ws.remote_address
+    if isinstance(address, tuple) and address:
+        return str(address[0])
+    return str(address) if address else "?"
