@@ -312,7 +312,8 @@ DESCRIPTIONS: dict[str, dict[str, str]] = {
         "max_deliveries": (
             "**Deprecated and ignored** (`0`: not set; a warning is logged otherwise). A "
             "persistent switch queue is a durable service: its messages go to the dead letters "
-            "after the service policy's `max_deliveries` ([`[services.*]`](#services))."
+            "after the service policy's `max_deliveries` "
+            "([`[services.*]`](#services-per-service-policies))."
         ),
         "trace_size": "Events kept in the ring buffer behind `GET /trace`. `0`: no trace.",
         "shutdown_tokens": (
