@@ -107,10 +107,6 @@ class CorePort:
     # -- runtime services -------------------------------------------------------------------
 
     @property
-    def router(self) -> Router:
-        return self._router
-
-    @property
     def clock(self) -> Clock:
         return self._clock
 

@@ -37,7 +37,6 @@ from maitred.core.routing.state import Tracer
 
 if TYPE_CHECKING:
     from maitred.core.durable import StoreHint, StoreJournal
-    from maitred.core.routing.router import Router
 
 
 class Transport(Protocol):
@@ -292,14 +291,6 @@ class BrokerPort(Protocol):
     def trace(self, tracer: Tracer) -> Callable[[], None]:
         """Call ``tracer(event, request, detail, now)`` for every step of every request; the
         result stops it (calling it twice is harmless)."""
-        ...
-
-    # -- transitional -------------------------------------------------------------------------
-
-    @property
-    def router(self) -> Router:
-        """The routing core itself. Only the HTTP message switch still uses it (it moves onto
-        the verbs above next); a transport must not (a test checks it)."""
         ...
 
 
