@@ -118,3 +118,17 @@ def test_permits_answers_without_counting_a_denial() -> None:
     anyone = CorePort(Router(), FakeClock(), Liveness())
     s = anyone.open_session("t", BaseSink(), ANONYMOUS, 0.0)
     assert anyone.permits(s, Action.CALL, "secret")
+
+
+#: the longest a module of the core or of a transport may be (split it along a seam beyond)
+MAX_MODULE_LINES = 600
+
+
+def test_no_module_of_the_core_or_a_transport_is_too_long() -> None:
+    files = sorted((ROOT / "core").rglob("*.py")) + sorted((ROOT / "transports").rglob("*.py"))
+    too_long = [
+        f"{path.relative_to(ROOT)}: {n} lines"
+        for path in files
+        if (n := len(path.read_text().splitlines())) > MAX_MODULE_LINES
+    ]
+    assert too_long == []
