@@ -24,7 +24,7 @@ from typing import Self, cast
 
 from maitred.core.access import ANONYMOUS, Identity
 from maitred.core.errors import ErrorCode, MaitredError
-from maitred.core.routing.model import Body, Headers, ReplyKind, Request, Session, Worker
+from maitred.core.routing.model import BaseSink, Body, Headers, ReplyKind, Request, Session, Worker
 from maitred.core.runtime import Broker
 
 log = logging.getLogger("maitred.core.local")
@@ -35,7 +35,7 @@ _Item = tuple[bool, list[bytes]] | MaitredError
 Handler = Callable[[list[bytes]], Awaitable[Sequence[bytes]] | AsyncIterator[Sequence[bytes]]]
 
 
-class _Base:
+class _Base(BaseSink):
     def __init__(self, broker: Broker, identity: Identity, label: str) -> None:
         self._broker = broker
         self._router = broker.router
@@ -61,18 +61,6 @@ class _Base:
     # SessionSink defaults
     def deliver_request(self, worker: Worker, request: Request) -> None:
         raise MaitredError("this local session serves nothing", ErrorCode.INTERNAL)
-
-    def deliver_reply(self, request: Request, kind: ReplyKind, body: Body) -> None:
-        return None
-
-    def deliver_error(self, request: Request, error: MaitredError) -> None:
-        return None
-
-    def deliver_event(self, topic: str, body: Body, headers: Headers) -> None:
-        return None
-
-    def worker_removed(self, worker: Worker, reason: str) -> None:
-        return None
 
 
 class LocalClient(_Base):

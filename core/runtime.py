@@ -31,6 +31,7 @@ from maitred.core.config import Config, load_config
 from maitred.core.durable import StoreHint, StoreJournal
 from maitred.core.errors import ConfigError, ErrorCode, MaitredError
 from maitred.core.management import Management
+from maitred.core.port import CorePort
 from maitred.core.routing.router import Router
 from maitred.core.store import (
     SCHEMA_VERSION,
@@ -40,7 +41,7 @@ from maitred.core.store import (
     default_store_path,
     open_store,
 )
-from maitred.core.transport import BrokerPort, Transport, TransportSpec
+from maitred.core.transport import Transport, TransportSpec
 
 log = logging.getLogger("maitred.core.runtime")
 
@@ -143,12 +144,13 @@ class Broker:
             max_name_length=config.broker.max_name_length,
             max_memory=config.broker.max_memory,
         )
-        self.port = BrokerPort(
+        self.port = CorePort(
             self.router,
             clock,
             config.liveness,
             authenticate=self.hooks.authenticate,
             info=self.info,
+            request_stop=self.request_stop,
         )
         self.transports: dict[str, Transport] = {}
         #: the durable store of ``on_no_worker = "store"`` services (None when no service uses
@@ -289,9 +291,7 @@ class Broker:
         unchanged: list[str] = []
         if config.services != self.config.services:
             self._policies = policies
-            self.router._policy_for = policies.for_service
-            for name, service in self.router.services.items():
-                service.policy = policies.for_service(name)
+            self.router.set_policies(policies.for_service)
             applied.append("services")
         if config.access != self.config.access:
             self.router.set_access(access)

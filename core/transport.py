@@ -4,25 +4,39 @@ A plugin declares a transport with a :class:`TransportSpec` (returned from the
 ``maitred_transports`` hook). When the broker starts it decodes ``[transports.NAME]`` into the
 spec's ``config_type`` and calls ``factory(config, port)``; the result must satisfy
 :class:`Transport`. The transport talks to the core only through the :class:`BrokerPort` it is
-given: the router's public methods (sessions, workers, requests, topics), the clock, and a few
-runtime services.
+given: a dozen verbs (sessions, requests and replies, workers, topics, access, management,
+tracing, stop) and a few runtime services (clock, authentication, counters). Transports never
+import the router (an import-linter contract says so).
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import msgspec
 
-from maitred.core.access import Identity
+from maitred.core.access import Action, Identity
 from maitred.core.clock import Clock
-from maitred.core.durable import StoreHint, StoreJournal
+from maitred.core.errors import MaitredError
 from maitred.core.preflight import Problem
-from maitred.core.routing.router import Liveness, Router
+from maitred.core.routing.liveness import Liveness
+from maitred.core.routing.model import (
+    Body,
+    Headers,
+    Request,
+    Service,
+    ServicePolicy,
+    Session,
+    SessionSink,
+    Worker,
+)
+from maitred.core.routing.state import Tracer
+
+if TYPE_CHECKING:
+    from maitred.core.durable import StoreHint, StoreJournal
 
 
 class Transport(Protocol):
@@ -43,51 +57,241 @@ class Transport(Protocol):
     async def close(self) -> None: ...
 
 
-class BrokerPort:
-    """What a transport may use of the broker. Built once by the runtime."""
+class BrokerPort(Protocol):
+    """What a transport may use of the broker: the plugin API. Built once by the runtime (the
+    core's implementation is :class:`maitred.core.port.CorePort`) and handed to each
+    transport's factory.
 
-    def __init__(
-        self,
-        router: Router,
-        clock: Clock,
-        liveness: Liveness,
-        *,
-        authenticate: Callable[[str, Mapping[str, Any]], Identity | None] | None = None,
-        info: Callable[[], dict[str, Any]] | None = None,
-        max_message_size: int = 1 << 20,
-    ) -> None:
-        self.router = router
-        self.clock = clock
-        self.liveness = liveness
-        self._authenticate = authenticate
-        self._info = info or (lambda: {})
-        self.max_message_size = max_message_size
-        #: the durable store of ``on_no_worker = "store"`` services, when one is open: a
-        #: transport awaits ``journal.committed()`` before it tells a caller "accepted"
-        self.journal: StoreJournal | None = None
+    The core has no clock of its own: every verb that depends on time takes ``now``, read from
+    :attr:`clock`. Deliveries come back through the :class:`SessionSink` given to
+    :meth:`open_session`, synchronously; every verb returns at once (no awaits).
+    """
+
+    # -- runtime services -------------------------------------------------------------------
+
+    @property
+    def clock(self) -> Clock:
+        """Monotonic seconds: the ``now`` of every verb below."""
+        ...
+
+    @property
+    def liveness(self) -> Liveness:
+        """The ``[liveness]`` defaults (heartbeat interval, liveness, busy timeout)."""
+        ...
+
+    @property
+    def max_message_size(self) -> int: ...
+
+    @property
+    def max_name_length(self) -> int:
+        """Longest service name or topic pattern, in UTF-8 bytes."""
+        ...
 
     @property
     def stats(self) -> Counter[str]:
         """Counters shared by the core and transports (``transport.reason`` keys)."""
-        return self.router.stats
+        ...
 
     @property
-    def loop(self) -> asyncio.AbstractEventLoop:
-        return asyncio.get_running_loop()
+    def journal(self) -> StoreJournal | None:
+        """The durable store of ``on_no_worker = "store"`` services, when one is open: a
+        transport awaits ``journal.committed()`` before it tells a caller "accepted"."""
+        ...
+
+    @property
+    def draining(self) -> bool:
+        """The broker is stopping: no new requests or workers."""
+        ...
 
     def authenticate(
         self, transport: str, credentials: Mapping[str, Any], default: Identity | None
     ) -> Identity | None:
         """Ask the authenticator plugins who presents ``credentials``; ``default`` when none
         of them has an opinion (None means: refuse)."""
-        if self._authenticate is not None:
-            identity = self._authenticate(transport, credentials)
-            if identity is not None:
-                return identity
-        return default
+        ...
 
     def info(self) -> dict[str, Any]:
-        return self._info()
+        """What ``mmi.info`` answers (version, endpoints, stats)."""
+        ...
+
+    def request_stop(self) -> None:
+        """Begin a graceful stop of the whole broker (returns at once)."""
+        ...
+
+    # -- sessions -----------------------------------------------------------------------------
+
+    def open_session(
+        self,
+        transport: str,
+        sink: SessionSink,
+        identity: Identity,
+        now: float,
+        label: str = "",
+        *,
+        quiet: bool = False,
+    ) -> Session:
+        """A connection (or a transport's shared session); ``quiet``: no join/leave events."""
+        ...
+
+    def close_session(self, session: Session, now: float, reason: str = "closed") -> None:
+        """Its workers leave, its subscriptions end, its queued requests are dropped."""
+        ...
+
+    def set_identity(self, session: Session, identity: Identity) -> None: ...
+
+    # -- requests -----------------------------------------------------------------------------
+
+    def submit(
+        self,
+        session: Session,
+        service_name: str,
+        body: Body,
+        correlation: Any,
+        now: float,
+        *,
+        timeout: float | None = None,
+        headers: Headers | None = None,
+        on_no_worker: Literal["wait", "fail"] | None = None,
+        stamp: Iterable[tuple[str, str]] = (),
+    ) -> Request | None:
+        """A request; its reply or error comes back through the session's sink (perhaps
+        before this returns). None when it was refused at once."""
+        ...
+
+    def cancel(self, request: Request, now: float) -> None:
+        """The caller gave up: nothing more is delivered for ``request``."""
+        ...
+
+    def reply(
+        self,
+        worker: Worker,
+        token: int,
+        body: Body,
+        now: float,
+        final: bool = True,
+        headers: Headers | None = None,
+        *,
+        stamp: Iterable[tuple[str, str]] = (),
+    ) -> bool:
+        """``worker`` answers request ``token``, with ``headers`` for the caller (broker-owned
+        names dropped, ``stamp`` added). False when it holds no such request."""
+        ...
+
+    def reply_error(self, worker: Worker, token: int, error: MaitredError, now: float) -> bool:
+        """``worker`` answers request ``token`` with an error."""
+        ...
+
+    def held_by_worker(self, request: Request) -> Worker | None:
+        """The worker that still holds ``request`` (its reply token is open), else None."""
+        ...
+
+    def can_accept(self, service_name: str) -> bool:
+        """Whether a request to ``service_name`` would be taken now (not QUEUE_FULL)."""
+        ...
+
+    def service_exists(self, service_name: str) -> bool:
+        """Whether the broker knows ``service_name`` now (a worker, or requests waiting)."""
+        ...
+
+    def service_policy(self, service_name: str) -> ServicePolicy:
+        """The configured policy of ``service_name`` (whether or not it exists now)."""
+        ...
+
+    # -- workers ------------------------------------------------------------------------------
+
+    def register_worker(
+        self,
+        session: Session,
+        service_name: str,
+        now: float,
+        *,
+        credit: int = 1,
+        tag: Any = None,
+        label: str = "",
+        idle_timeout: float | None = None,
+        busy_timeout: float | None = None,
+        max_credit: int = 0,
+        pipeline_below: float = 0.002,
+    ) -> Worker:
+        """Make ``session`` a worker of ``service_name`` (raises ``Denied`` or
+        ``MaitredError``); ``idle_timeout`` 0: the transport watches its liveness."""
+        ...
+
+    def unregister_worker(self, worker: Worker, now: float, reason: str = "disconnect") -> None:
+        """The worker leaves; its requests are redelivered or failed."""
+        ...
+
+    def touch(self, worker: Worker, now: float) -> None:
+        """A sign of life from ``worker`` (a heartbeat, any command)."""
+        ...
+
+    # -- topics -------------------------------------------------------------------------------
+
+    def subscribe(self, session: Session, pattern: str, *, check: bool = True) -> bool: ...
+
+    def unsubscribe(self, session: Session, pattern: str) -> bool: ...
+
+    def publish(
+        self,
+        session: Session | None,
+        topic: str,
+        body: Body,
+        headers: Headers | None = None,
+        *,
+        stamp: Iterable[tuple[str, str]] = (),
+    ) -> int:
+        """Deliver to every subscriber allowed to receive it; the number reached."""
+        ...
+
+    # -- access -------------------------------------------------------------------------------
+
+    def allowed(self, session: Session, action: Action, name: str) -> bool:
+        """Ask the access policy (a denial is counted and published)."""
+        ...
+
+    def report_denied(self, session: Session, action: Action, name: str) -> None:
+        """Count and publish a refusal the transport's protocol made itself."""
+        ...
+
+    def permits(self, session: Session, action: Action, name: str) -> bool:
+        """The policy's answer without counting a denial (e.g. to filter a listing)."""
+        ...
+
+    def may_grant(self, session: Session, action: Action, pattern: str) -> bool: ...
+
+    def grant(
+        self, role: str, action: Action, pattern: str, *, by: Session | None = None
+    ) -> bool: ...
+
+    def revoke(
+        self, role: str, action: Action, pattern: str, *, by: Session | None = None
+    ) -> bool: ...
+
+    # -- memory -------------------------------------------------------------------------------
+
+    def hold(self, nbytes: int) -> None:
+        """The transport queued ``nbytes`` in a buffer of its own (counted in ``max_memory``)."""
+        ...
+
+    def release(self, nbytes: int) -> None:
+        """Bytes counted with :meth:`hold` left the transport's buffer."""
+        ...
+
+    # -- management and observation -------------------------------------------------------------
+
+    def snapshot(self) -> Mapping[str, Any]:
+        """Plain data: counts of services, sessions and workers, held bytes, stats, traffic per
+        transport."""
+        ...
+
+    def services(self) -> list[Service]:
+        """The services known now (read them, never change them)."""
+        ...
+
+    def trace(self, tracer: Tracer) -> Callable[[], None]:
+        """Call ``tracer(event, request, detail, now)`` for every step of every request; the
+        result stops it (calling it twice is harmless)."""
+        ...
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ No pytest-asyncio is needed. There are two ways to run a broker in a test:
           running = maitred_broker(transports=["mdp"], plugins=[MyPlugin()])
           endpoint = running.endpoint("mdp")              # tcp://127.0.0.1:<free port>
           ...                                             # blocking clients and workers
-          n = running.call(lambda: len(running.broker.router.services))  # on the loop thread
+          n = running.call(lambda: len(running.broker.port.services()))  # on the loop thread
 
 - from async code, inside ``asyncio.run(...)`` in the test: :func:`running_broker`::
 

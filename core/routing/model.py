@@ -177,6 +177,29 @@ class SessionSink(Protocol):
         """The router dropped ``worker`` on its own (expired, shutdown): tell the peer."""
 
 
+class BaseSink:
+    """A :class:`SessionSink` that ignores everything: a transport's sink subclasses it and
+    overrides only what its sessions receive (a client session gets no requests, a worker
+    session no replies, ...)."""
+
+    __slots__ = ()
+
+    def deliver_request(self, worker: Worker, request: Request) -> None:
+        return None
+
+    def deliver_reply(self, request: Request, kind: ReplyKind, body: Body) -> None:
+        return None
+
+    def deliver_error(self, request: Request, error: MaitredError) -> None:
+        return None
+
+    def deliver_event(self, topic: str, body: Body, headers: Headers) -> None:
+        return None
+
+    def worker_removed(self, worker: Worker, reason: str) -> None:
+        return None
+
+
 class Session:
     """One connection (or one logical peer) of a transport."""
 

@@ -257,3 +257,19 @@ def test_redeliver_skips_requests_already_answered(make_harness: HarnessFactory)
     assert a.state is RequestState.CANCELLED
     assert sink_of(client).error_for(a) is None
     assert c.state is RequestState.QUEUED
+
+
+# -- replacing the policies (reload) ---------------------------------------------------------------
+
+
+def test_set_policies_changes_existing_and_future_services(h: Harness) -> None:
+    client = h.session("client")
+    h.req(client, "old")  # "old" exists now, with the default policy
+    assert h.router.policy_for("old").on_no_worker == "wait"
+    failing = ServicePolicy(on_no_worker="fail")
+    h.router.set_policies(lambda name: failing)
+    assert h.router.services["old"].policy is failing
+    assert h.router.policy_for("new") is failing
+    assert h.call(client, "new", correlation="c") is None  # refused at once: no worker
+    [(_, error)] = sink_of(client).errors
+    assert error.code is ErrorCode.NO_WORKER

@@ -14,6 +14,7 @@ import pytest
 import zmq
 
 from maitred.core.local import LocalClient
+from maitred.transports.http import switch_views
 from tests.e2e.helpers import BrokerThread, RawClient, RawWorker, wait_until
 from tests.e2e.http_helpers import (
     RawHttp,
@@ -136,6 +137,37 @@ def test_trace_long_poll_wakes_on_an_event(sw: BrokerThread, conns: list[RawHttp
     status, _, body = watcher.read()
     events = json.loads(body)["events"]
     assert events and events[0][0] == last + 1 and events[0][1]["queue"] == "q"
+
+
+def test_trace_follows_other_protocols_and_detaches_when_nobody_reads(
+    sw: BrokerThread, conns: list[RawHttp], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A trace reader attaches the switch's tracer through the port (once, however often it
+    reads), so REST calls show up; with no reader for a while the tracer stops itself, and a
+    reader coming back attaches it again."""
+    ep = endpoint_of(sw, "http://")
+    reader, rest = connect(conns, ep), connect(conns, ep)
+
+    def tracers() -> int:
+        return sw.call(lambda: len(sw.broker.router.tracers))
+
+    def rest_call() -> None:
+        status, _ = rest.do("POST", "/v1/services/nobody", b"x", {"X-Maitred-Timeout": "0.05"})
+        assert status >= 400  # no worker: it times out
+
+    assert tracers() == 0
+    assert reader.do("GET", "/trace/-1/0")[0] == 200
+    assert reader.do("GET", "/trace/-1/0")[0] == 200
+    assert tracers() == 1
+    rest_call()
+    status, body = reader.do("GET", "/trace/-1/0")
+    assert status == 200
+    assert any(e["queue"] == "nobody" for _, e in json.loads(body)["events"])
+    monkeypatch.setattr(switch_views, "ROUTER_TRACE_IDLE", 0.0)  # the reader is gone now
+    rest_call()
+    assert tracers() == 0
+    assert reader.do("GET", "/trace/-1/0")[0] == 200
+    assert tracers() == 1
 
 
 def test_bad_input_answers(sw: BrokerThread, conns: list[RawHttp]) -> None:

@@ -94,7 +94,7 @@ class FakeTransport:
         if identity is None:
             return None
         sink = Recorder()
-        return self.port.router.open_session("fake", sink, identity, self.port.clock()), sink
+        return self.port.open_session("fake", sink, identity, self.port.clock()), sink
 
 
 class FakeTransportPlugin:

@@ -13,459 +13,52 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import os
-import stat
-import sys
-from collections.abc import Callable, Sequence
-from pathlib import Path
-from typing import Any, Literal
+from collections.abc import Sequence
+from typing import Any
 
 import msgspec
 from aiohttp import web
-from aiohttp.http_exceptions import HttpProcessingError
 
-from maitred.core.access import Action, Identity
-from maitred.core.durable import KIND, StoreHint, StoreJournal, decode_request
-from maitred.core.errors import ErrorCode, MaitredError, PeerError
+from maitred.core.access import Identity
+from maitred.core.durable import StoreJournal
+from maitred.core.errors import ErrorCode, MaitredError
 from maitred.core.logs import RejectionLog
-from maitred.core.routing.model import Body, Headers, ReplyKind, Request, Worker
-from maitred.core.routing.router import Router
+from maitred.core.routing.model import ReplyKind, Request
 from maitred.core.transport import BrokerPort
 from maitred.transports.http import codec
 from maitred.transports.http.admin import add_admin_routes
+from maitred.transports.http.config import HttpConfig
 from maitred.transports.http.examples import add_example_routes
-from maitred.transports.http.metrics import render_metrics
+from maitred.transports.http.listings import ListingRoutes
 from maitred.transports.http.openapi import openapi_document
-from maitred.transports.http.switch import DEAD_LETTERS, LIST, Switch
+from maitred.transports.http.server import (
+    _NO_LIMIT,
+    REFUSE_GRACE,
+    _busy_response,
+    _error,
+    _json,
+    _maitred_errors,
+    _peer,
+    _plain,
+    _remove_stale_socket,
+    _ServerLog,
+    _TooLarge,
+)
+from maitred.transports.http.streams import _Call, _RestSink, _Stream, _TopicSink
+from maitred.transports.http.switch import Switch
 from maitred.transports.http.switch_routes import SwitchRoutes
-from maitred.transports.http.switch_views import permits
 
 log = logging.getLogger("maitred.transports.http")
 
 _FINAL = ReplyKind.FINAL
 #: what ``GET /metrics`` asks the policy about (``observe``)
-METRICS = "$sys.metrics"
 _OCTETS = "application/octet-stream"
 
 
-class HttpConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    """``[transports.http]``: REST API, metrics and the message switch."""
-
-    enabled: bool = True
-    #: ``HOST:PORT`` (port 0: any free port) and/or ``unix:/path/to/socket``
-    listen: list[str] = msgspec.field(default_factory=lambda: ["127.0.0.1:8080"])
-    #: largest request body in bytes (larger: 413 before the body is read)
-    max_body_size: int = 1 << 20
-    #: seconds a REST call may take when the caller sends no deadline header; 0: the service's
-    #: ``request_timeout``
-    request_timeout: float = 0.0
-    #: the request header that carries a call's deadline in seconds
-    timeout_header: str = "X-Maitred-Timeout"
-    #: the identity of REST callers and switch sessions (unless an authenticator plugin says
-    #: otherwise for a switch login token)
-    identity: str = "anonymous"
-    roles: list[str] = msgspec.field(default_factory=list)
-    #: serve the message-switch protocol on the same listeners
-    switch: bool = True
-    #: requests a switch session holds at once per queue it transfers from
-    switch_credit: int = 16
-    #: deprecated and ignored (0: not set): a persistent switch queue is a durable service, and
-    #: its messages go to the dead letters after the service policy's ``max_deliveries``
-    max_deliveries: int = 0
-    #: events kept for ``GET /trace`` (0: no trace)
-    trace_size: int = 1000
-    #: ``POST /shutdown`` needs the shutdown secret (``Authorization: Bearer SECRET``), read
-    #: at start from this file (surrounding whitespace stripped); empty: see
-    #: ``shutdown_secret_env``. With neither, the switch cannot stop the broker
-    shutdown_secret_file: str = ""
-    #: the environment variable holding the shutdown secret (instead of a file)
-    shutdown_secret_env: str = ""
-    #: deprecated narrowing: when not empty, only login tokens matching one of these shell
-    #: patterns may shut down, and they too need the secret (a token name is no credential)
-    shutdown_tokens: list[str] = msgspec.field(default_factory=list)
-    #: messages a switch queue that is not a service (a transient queue) holds; persistent
-    #: queues are services and hold their ``[services]`` policy's ``max_queue``
-    switch_max_queue: int = 10_000
-    #: payload bytes a switch queue holds (a service policy's ``max_queue_bytes`` where it has
-    #: one)
-    switch_max_queue_bytes: int = 64 << 20
-    #: queues the switch holds in all (persistent and transient)
-    switch_max_queues: int = 10_000
-    #: queues one login token may make (persistent ones count until destroyed)
-    switch_max_queues_per_token: int = 1000
-    #: messages listed per queue by the switch's diagnostics (``GET /``), the oldest first
-    diagnostics_messages: int = 100
-    #: deprecated alias of ``[store] backend`` (persistent switch queues are in the broker's
-    #: one store); empty: not set
-    store: Literal["", "memory", "sqlite"] = ""
-    #: deprecated alias of ``[store] path``; empty: not set
-    store_path: str = ""
-    #: deprecated alias of ``[store] sync``; empty: not set
-    store_sync: Literal["", "normal", "full"] = ""
-    #: events buffered per SSE subscriber before it is cut off as too slow
-    sse_buffer: int = 1000
-    #: bytes buffered per SSE stream (a topic subscription, or a call's partial replies)
-    #: before it is cut off as too slow: the stream ends with an ``error`` event (429) and a
-    #: call is cancelled. The bytes count toward ``[broker] max_memory``
-    sse_buffer_bytes: int = 4 << 20
-    #: serve the live dashboard at ``/admin/`` ([the dashboard](../howto/dashboard.md)), only
-    #: when ``identity`` may call ``mmi.services`` (else 403); what the page shows is what its
-    #: WebSocket key may see. ``false``: not served (with ``switch``, the switch's own ``/admin``
-    #: page answers there)
-    admin: bool = True
-    #: seconds a new connection has to send the head (request line and headers) of its first
-    #: request; then it is closed (counted ``http.header_timeout``). 0: no limit
-    header_timeout: float = 10.0
-    #: seconds a request body may take to arrive in full; then 408 and the connection is
-    #: closed (counted ``http.body_timeout``). 0: no limit
-    body_timeout: float = 30.0
-    #: seconds an idle keep-alive connection (or one whose next request head is incomplete) is
-    #: kept open. 0: no limit
-    idle_timeout: float = 60.0
-    #: open connections at once on all listeners; a connection past it gets a 503 and is closed
-    #: (counted ``http.connections_refused``). 0: no limit
-    max_connections: int = 400
-    #: services (and switch queues) listed by name in ``GET /metrics``: the busiest ones by
-    #: requests (messages); the others are summed under ``service="(other)"``
-    metrics_max_services: int = 100
-
-    def problems(self) -> list[str]:
-        out = []
-        if not self.listen:
-            out.append("listen: at least one address is needed")
-        for addr in self.listen:
-            if not addr.startswith("unix:"):
-                host, sep, port = addr.rpartition(":")
-                if not sep or not host or not port.isdigit():
-                    out.append(f"listen: {addr!r} is not HOST:PORT or unix:/path")
-        if self.max_body_size < 1:
-            out.append("max_body_size must be >= 1")
-        if not (0 <= self.request_timeout < math.inf):
-            out.append("request_timeout must be a finite number >= 0")
-        if self.switch_credit < 1:
-            out.append("switch_credit must be >= 1")
-        if self.max_deliveries < 0:
-            out.append("max_deliveries must be >= 0 (deprecated: 0)")
-        if self.trace_size < 0:
-            out.append("trace_size must be >= 0")
-        if self.sse_buffer < 1:
-            out.append("sse_buffer must be >= 1")
-        if self.shutdown_secret_file and self.shutdown_secret_env:
-            out.append("shutdown_secret_file and shutdown_secret_env: give one of them")
-        for key in (
-            "switch_max_queue",
-            "switch_max_queue_bytes",
-            "switch_max_queues",
-            "switch_max_queues_per_token",
-        ):
-            if getattr(self, key) < 1:
-                out.append(f"{key} must be >= 1")
-        if self.diagnostics_messages < 0:
-            out.append("diagnostics_messages must be >= 0")
-        for name in ("header_timeout", "body_timeout", "idle_timeout"):
-            if not (0 <= getattr(self, name) < math.inf):
-                out.append(f"{name} must be a finite number >= 0")
-        if self.max_connections < 0:
-            out.append("max_connections must be >= 0")
-        if self.metrics_max_services < 0:
-            out.append("metrics_max_services must be >= 0")
-        if self.sse_buffer_bytes < 1024:
-            out.append("sse_buffer_bytes must be >= 1024")
-        return out
-
-    def store_hint(self) -> StoreHint | None:
-        """With the switch on, the transport keeps persistent queues in the broker's one store
-        (the deprecated ``store`` keys say where, unless ``[store]`` does)."""
-        if not self.switch:
-            return None
-        return StoreHint(
-            self.store,
-            self.store_path,
-            self.store_sync,
-            "[transports.http] store, store_path and store_sync",
-        )
-
-    def shutdown_secret(self) -> bytes | None:
-        """The shutdown secret from ``shutdown_secret_file`` or ``shutdown_secret_env`` (None
-        when neither is set); MaitredError when the one given is missing or empty."""
-        if self.shutdown_secret_file:
-            path = self.shutdown_secret_file
-            try:
-                raw = Path(path).read_bytes()
-                mode = os.stat(path).st_mode
-            except OSError as exc:
-                raise MaitredError(
-                    f"http: cannot read shutdown_secret_file {path}: {exc.strerror or exc}",
-                    ErrorCode.BAD_REQUEST,
-                ) from None
-            if mode & (stat.S_IRWXG | stat.S_IRWXO):
-                log.warning("http: shutdown_secret_file %s is readable by others", path)
-            where = f"shutdown_secret_file {path}"
-        elif self.shutdown_secret_env:
-            raw = os.environ.get(self.shutdown_secret_env, "").encode()
-            where = f"environment variable {self.shutdown_secret_env}"
-        else:
-            if self.shutdown_tokens:
-                log.warning(
-                    "http: shutdown_tokens is set but no shutdown secret: POST /shutdown is"
-                    " refused (a token name is no credential; set shutdown_secret_file)"
-                )
-            return None
-        secret = raw.strip()
-        if not secret:
-            raise MaitredError(
-                f"http: the shutdown secret ({where}) is empty", ErrorCode.BAD_REQUEST
-            )
-        return secret
+__all__ = ["REFUSE_GRACE", "HttpConfig", "HttpTransport", "cli_addresses"]
 
 
-class _Stream:
-    """The replies of one SSE call waiting for its handler to write them: ``(kind, value,
-    bytes)`` items, bounded in bytes. Partials past the bound end the stream: what is queued is
-    dropped, an error (429) takes its place and the request is cancelled."""
-
-    __slots__ = ("bytes", "items", "limit", "overflow", "router")
-
-    def __init__(self, router: Router, limit: int) -> None:
-        self.items: asyncio.Queue[tuple[Any, Any, int]] = asyncio.Queue()
-        self.router = router
-        self.limit = limit
-        self.bytes = 0
-        self.overflow = False
-
-    def put(self, kind: Any, value: Any, size: int) -> None:
-        self.items.put_nowait((kind, value, size))
-        self.bytes += size
-        self.router.hold(size)
-
-    def taken(self, size: int) -> None:
-        self.bytes -= size
-        self.router.release(size)
-
-    def drop_all(self) -> None:
-        while not self.items.empty():
-            self.items.get_nowait()
-        if self.bytes:
-            self.router.release(self.bytes)
-            self.bytes = 0
-
-
-class _Call:
-    """One REST call in flight: its correlation in the router."""
-
-    __slots__ = ("fut", "queue")
-
-    def __init__(self, fut: asyncio.Future[Any] | None, queue: _Stream | None):
-        self.fut = fut
-        self.queue = queue
-
-
-class _RestSink:
-    """The sink of the quiet session all REST callers share."""
-
-    def __init__(self, router: Router, clock: Callable[[], float]) -> None:
-        self.router = router
-        self.clock = clock
-        self.stats = router.stats
-
-    def deliver_request(self, worker: Worker, request: Request) -> None:
-        return None
-
-    def deliver_reply(self, request: Request, kind: ReplyKind, body: Body) -> None:
-        call: _Call = request.correlation
-        stream = call.queue
-        if stream is not None:
-            if stream.overflow:
-                return
-            size = sum(map(len, body))
-            if kind is not _FINAL and stream.bytes + size > stream.limit:
-                # the caller does not read its partials: end the stream, keep nothing
-                stream.overflow = True
-                self.stats["http.sse_overflow"] += 1
-                stream.drop_all()
-                error = MaitredError("caller too slow: stream buffer full", ErrorCode.QUEUE_FULL)
-                stream.put("error", error, 0)
-                self.router.cancel(request, self.clock())
-                return
-            stream.put(kind, list(body), size)
-        elif kind is _FINAL and call.fut is not None and not call.fut.done():
-            call.fut.set_result((True, list(body)))
-
-    def deliver_error(self, request: Request, error: MaitredError) -> None:
-        call: _Call = request.correlation
-        if call.queue is not None:
-            if not call.queue.overflow:
-                call.queue.put("error", error, 0)
-        elif call.fut is not None and not call.fut.done():
-            call.fut.set_result((False, error))
-
-    def deliver_event(self, topic: str, body: Body, headers: Headers) -> None:
-        return None
-
-    def worker_removed(self, worker: Worker, reason: str) -> None:
-        return None
-
-
-class _TopicSink:
-    """One SSE subscriber: events into a queue bounded in events and bytes; overflow ends the
-    stream."""
-
-    def __init__(self, size: int, router: Router, limit_bytes: int) -> None:
-        self.queue: asyncio.Queue[tuple[str, list[bytes], dict[str, str]] | None] = asyncio.Queue(
-            size
-        )
-        self.overflow = False
-        self.router = router
-        self.limit_bytes = limit_bytes
-        #: body bytes queued (counted in the router's ``held``)
-        self.bytes = 0
-
-    def taken(self, frames: list[bytes]) -> None:
-        size = sum(map(len, frames))
-        self.bytes -= size
-        self.router.release(size)
-
-    def release_all(self) -> None:
-        if self.bytes:
-            self.router.release(self.bytes)
-            self.bytes = 0
-
-    def deliver_request(self, worker: Worker, request: Request) -> None:
-        return None
-
-    def deliver_reply(self, request: Request, kind: ReplyKind, body: Body) -> None:
-        return None
-
-    def deliver_error(self, request: Request, error: MaitredError) -> None:
-        return None
-
-    def close(self) -> None:
-        self.overflow = True
-        while True:
-            try:
-                self.queue.put_nowait(None)
-                return
-            except asyncio.QueueFull:
-                item = self.queue.get_nowait()
-                if item is not None:
-                    self.taken(item[1])
-
-    def deliver_event(self, topic: str, body: Body, headers: Headers) -> None:
-        if self.overflow:
-            return
-        size = sum(map(len, body))
-        if self.bytes + size > self.limit_bytes:
-            self.overflow = True
-            return
-        try:
-            self.queue.put_nowait((topic, list(body), dict(headers)))
-        except asyncio.QueueFull:
-            self.overflow = True
-            return
-        self.bytes += size
-        self.router.hold(size)
-
-    def worker_removed(self, worker: Worker, reason: str) -> None:
-        return None
-
-
-def _error(code: ErrorCode, reason: str) -> web.Response:
-    return web.Response(
-        status=codec.status_for(code),
-        body=codec.error_body(code, reason),
-        content_type="application/json",
-    )
-
-
-@web.middleware
-async def _maitred_errors(request: web.Request, handler: Any) -> web.StreamResponse:
-    """A :class:`MaitredError` a handler lets through (e.g. the MMI refused by ``[access]``)
-    is answered with its status and the JSON error body, not a 500."""
-    try:
-        response: web.StreamResponse = await handler(request)
-    except MaitredError as exc:
-        return _error(exc.code, exc.reason)
-    return response
-
-
-#: idle_timeout = 0 ("no limit") as given to aiohttp, for which 0 would mean "close at once"
-_NO_LIMIT = 365 * 86400.0
-
-#: seconds a connection past ``max_connections`` has to send a request head (answered 503)
-#: before it is sent the 503 and closed anyway
-REFUSE_GRACE = 1.0
-
-#: what a connection past ``max_connections`` receives before it is closed
-_BUSY = (
-    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
-    b"Connection: close\r\nRetry-After: 1\r\nContent-Length: %d\r\n\r\n%s"
-)
-
-
-def _busy_response() -> bytes:
-    body = codec.error_body(ErrorCode.NO_WORKER, "too many connections")
-    return _BUSY % (len(body), body)
-
-
-class _ServerLog(logging.Logger):
-    """The logger given to aiohttp's connection handlers. aiohttp logs each request it cannot
-    parse (a peer's fault) at ERROR with a traceback; here such a request is a counted
-    rejection (``http.malformed``) at DEBUG with a rate-limited WARNING summary. Anything
-    else (a bug) goes on to ``maitred.transports.http`` as aiohttp logged it."""
-
-    def __init__(self, transport: HttpTransport) -> None:
-        super().__init__("maitred.transports.http.server")
-        self.parent = log
-        self._transport = transport
-
-    def _peer_fault(self, args: tuple[object, ...], exc_info: Any) -> bool:
-        exc = exc_info if isinstance(exc_info, BaseException) else sys.exc_info()[1]
-        if not isinstance(exc, HttpProcessingError):
-            return False
-        peer = str(args[0]) if args else "?"
-        self._transport.stats["http.malformed"] += 1
-        self._transport.rejections.note("malformed", peer, " ".join(str(exc).split()))
-        return True
-
-    def exception(self, msg: object, *args: object, exc_info: Any = True, **kw: Any) -> None:
-        if not self._peer_fault(args, exc_info):
-            super().exception(msg, *args, exc_info=exc_info, **kw)
-
-    def debug(self, msg: object, *args: object, exc_info: Any = None, **kw: Any) -> None:
-        if exc_info is None or not self._peer_fault(args, exc_info):
-            super().debug(msg, *args, exc_info=exc_info, **kw)
-
-
-def _json(value: Any, status: int = 200) -> web.Response:
-    return web.Response(
-        status=status, body=codec.encode_json(value), content_type="application/json"
-    )
-
-
-def _plain(body: bytes, status: int = 200) -> web.Response:
-    return web.Response(status=status, body=body)
-
-
-class _TooLarge(PeerError):
-    code = ErrorCode.TOO_LARGE
-
-
-def _peer(transport: asyncio.BaseTransport) -> str:
-    name = transport.get_extra_info("peername")
-    if isinstance(name, tuple) and name:
-        return str(name[0])
-    return str(name) if name else "unix socket"
-
-
-def _remove_stale_socket(path: str) -> None:
-    try:
-        if stat.S_ISSOCK(os.stat(path).st_mode):
-            os.unlink(path)
-    except FileNotFoundError:
-        pass
-
-
-class HttpTransport:
+class HttpTransport(ListingRoutes):
     """The ``http`` transport (see the module docstring)."""
 
     name = "http"
@@ -473,7 +66,7 @@ class HttpTransport:
     def __init__(self, config: HttpConfig, port: BrokerPort) -> None:
         self.config = config
         self.port = port
-        self.router = port.router
+        self.broker = port
         self.stats = port.stats
         self.identity = Identity(config.identity, frozenset(config.roles))
         self._runner: web.AppRunner | None = None
@@ -485,8 +78,6 @@ class HttpTransport:
         self._topic_sinks: set[_TopicSink] = set()
         self.switch: Switch | None = None
         self.switch_routes: SwitchRoutes | None = None
-        #: set by the plugin when the broker starts (``POST /shutdown`` of an authorised token)
-        self.request_stop: Callable[[], None] | None = None
         #: peer-caused rejections: DEBUG each, a WARNING summary every 10 s
         self.rejections = RejectionLog(
             log,
@@ -506,9 +97,9 @@ class HttpTransport:
     async def start(self) -> None:
         cfg = self.config
         now = self.port.clock()
-        self._rest = self.router.open_session(
+        self._rest = self.broker.open_session(
             "http",
-            _RestSink(self.router, self.port.clock),
+            _RestSink(self.broker, self.port.clock),
             self.identity,
             now,
             label="http:rest",
@@ -540,7 +131,7 @@ class HttpTransport:
             )
             self.switch.open()
             self.switch_routes = SwitchRoutes(
-                self.switch, self._read_body, lambda: self.request_stop
+                self.switch, self._read_body, self.broker.request_stop
             )
         app = web.Application(
             client_max_size=cfg.max_body_size, middlewares=[self._head_seen, _maitred_errors]
@@ -700,7 +291,7 @@ class HttpTransport:
         now = self.port.clock()
         rest = getattr(self, "_rest", None)
         if rest is not None:
-            self.router.close_session(rest, now, "closing")
+            self.broker.close_session(rest, now, "closing")
         for path in self._unix_paths:
             _remove_stale_socket(path)
 
@@ -750,17 +341,6 @@ class HttpTransport:
             raise ValueError("the deadline must be a number of seconds > 0")
         return value
 
-    def _mmi(self, name: str, arg: bytes = b"") -> Any:
-        """Ask the MMI (answered at once) and decode its JSON answer."""
-        loop = asyncio.get_running_loop()
-        call = _Call(loop.create_future(), None)
-        self.router.submit(self._rest, name, [arg], call, self.port.clock())
-        assert call.fut is not None and call.fut.done()
-        ok, value = call.fut.result()
-        if not ok:
-            raise value
-        return msgspec.json.decode(value[-1])
-
     # -- REST ----------------------------------------------------------------------------------
 
     async def _openapi(self, request: web.Request) -> web.Response:
@@ -798,7 +378,7 @@ class HttpTransport:
         call = _Call(loop.create_future(), None)
         assert call.fut is not None
         self.stats["http.calls"] += 1
-        submitted = self.router.submit(
+        submitted = self.broker.submit(
             self._rest, name, frames, call, self.port.clock(), timeout=timeout
         )
         journal = self.port.journal
@@ -816,7 +396,7 @@ class HttpTransport:
         except asyncio.CancelledError:
             if submitted is not None:
                 self.stats["http.calls_cancelled"] += 1
-                self.router.cancel(submitted, self.port.clock())
+                self.broker.cancel(submitted, self.port.clock())
             raise
         if not ok:
             err: MaitredError = value
@@ -840,12 +420,12 @@ class HttpTransport:
             await journal.committed()
         except Exception:
             log.exception("http: the store could not commit a request")
-            self.router.cancel(submitted, self.port.clock())
+            self.broker.cancel(submitted, self.port.clock())
             return _error(ErrorCode.INTERNAL, "the request could not be stored")
         assert call.fut is not None
         if call.fut.done():
             return None
-        self.router.cancel(submitted, self.port.clock())
+        self.broker.cancel(submitted, self.port.clock())
         self.stats["http.calls_stored"] += 1
         return web.Response(
             status=202,
@@ -857,11 +437,11 @@ class HttpTransport:
     async def _call_stream(
         self, request: web.Request, name: str, frames: list[bytes], timeout: float | None
     ) -> web.StreamResponse:
-        stream = _Stream(self.router, self.config.sse_buffer_bytes)
+        stream = _Stream(self.broker, self.config.sse_buffer_bytes)
         queue = stream.items
         call = _Call(None, stream)
         self.stats["http.calls"] += 1
-        submitted = self.router.submit(
+        submitted = self.broker.submit(
             self._rest, name, frames, call, self.port.clock(), timeout=timeout
         )
         if submitted is None and not queue.empty():
@@ -891,94 +471,12 @@ class HttpTransport:
                     break
         except (asyncio.CancelledError, ConnectionResetError):
             if submitted is not None:
-                self.router.cancel(submitted, self.port.clock())
+                self.broker.cancel(submitted, self.port.clock())
             raise
         finally:
             stream.drop_all()
         await response.write_eof()
         return response
-
-    async def _services(self, request: web.Request) -> web.Response:
-        # ?offset=&limit=: one page (the MMI's page form); otherwise the MMI's bounded listing
-        query = {k: request.query[k] for k in ("offset", "limit") if k in request.query}
-        if not query:
-            return _json(self._mmi("mmi.services"))
-        try:
-            page = {k: int(v) for k, v in query.items()}
-        except ValueError:
-            return _error(ErrorCode.BAD_REQUEST, "offset and limit are whole numbers")
-        return _json(self._mmi("mmi.services", msgspec.json.encode(page)))
-
-    async def _service(self, request: web.Request) -> web.Response:
-        name = request.match_info["name"]
-        query = msgspec.json.encode({"service": name})
-        rows = self._mmi("mmi.services", query)["items"]
-        if not rows:
-            return _error(ErrorCode.NOT_FOUND, f"no service {name} (no worker, nothing queued)")
-        row = dict(rows[0])
-        row["worker_list"] = self._mmi("mmi.workers", query)["items"]
-        return _json(row)
-
-    async def _queues(self, request: web.Request) -> web.Response:
-        value = {"services": self._mmi("mmi.queues")}
-        switch = self.switch
-        # the switch's queues only to an identity that may list them (not counted: a filter)
-        if switch is not None and switch.permits(self._rest, Action.OBSERVE, LIST):
-            value["switch"] = {
-                name: {
-                    "persistent": q.persistent,
-                    "messages": len(q.messages),
-                    "leased": q.leased,
-                }
-                for name, q in sorted(switch.queues.items())
-            }
-        return _json(value)
-
-    async def _topics(self, request: web.Request) -> web.Response:
-        return _json(self._mmi("mmi.topics"))
-
-    def _observe(self, name: str) -> web.Response | None:
-        """None when the http identity may ``observe`` ``name``; else the REST 403 (the denial
-        is counted and published by the router)."""
-        if self.router.allowed(self._rest, Action.OBSERVE, name):
-            return None
-        return _error(ErrorCode.FORBIDDEN, f"{self.identity.name} may not observe {name}")
-
-    async def _dead_letters(self, request: web.Request) -> web.Response:
-        refused = self._observe(DEAD_LETTERS)
-        if refused is not None:
-            return refused
-        journal = self.port.journal
-        if journal is None:
-            return _json([])
-        queue = request.query.get("queue")
-        if journal.dirty:
-            await journal.committed()  # what is buffered is read back from the store
-        shown: dict[str, bool] = {}
-
-        def payload(q: str, data: bytes, kind: bytes) -> str:
-            # the payload only to an identity that may call the queue (a preview-free view)
-            if q not in shown:
-                shown[q] = permits(self.router, self._rest, Action.CALL, q)
-            if not shown[q]:
-                return ""
-            if kind == KIND:  # a stored service request: its frames
-                data = b"".join(decode_request(data)[0])
-            return codec.payload_text(data)
-
-        return _json(
-            [
-                {
-                    "queue": d.message.queue,
-                    "id": d.message.n,
-                    "reason": d.reason,
-                    "deliveries": d.message.deliveries,
-                    "origin": d.message.origin,
-                    "payload": payload(d.message.queue, d.message.payload, d.message.kind),
-                }
-                for d in journal.dead_letters(queue)
-            ]
-        )
 
     async def _publish(self, request: web.Request) -> web.Response:
         topic = request.match_info["topic"]
@@ -987,22 +485,22 @@ class HttpTransport:
         except _TooLarge:
             return self._too_large(_error(ErrorCode.TOO_LARGE, "the request body is too large"))
         try:
-            n = self.router.publish(self._rest, topic, [body])
+            n = self.broker.publish(self._rest, topic, [body])
         except MaitredError as exc:
             return _error(exc.code, exc.reason)
         return _json({"delivered": n})
 
     async def _subscribe(self, request: web.Request) -> web.StreamResponse:
         pattern = request.match_info["pattern"]
-        sink = _TopicSink(self.config.sse_buffer, self.router, self.config.sse_buffer_bytes)
+        sink = _TopicSink(self.config.sse_buffer, self.broker, self.config.sse_buffer_bytes)
         self._topic_sinks.add(sink)
         now = self.port.clock()
-        session = self.router.open_session(
+        session = self.broker.open_session(
             "http", sink, self.identity, now, label=f"http:sse:{id(sink):x}"
         )
         try:
             try:
-                self.router.subscribe(session, pattern)
+                self.broker.subscribe(session, pattern)
             except MaitredError as exc:
                 return _error(exc.code, exc.reason)
             response = web.StreamResponse(
@@ -1033,29 +531,8 @@ class HttpTransport:
             return response
         finally:
             self._topic_sinks.discard(sink)
-            self.router.close_session(session, self.port.clock(), "stream closed")
+            self.broker.close_session(session, self.port.clock(), "stream closed")
             sink.release_all()
-
-    async def _metrics(self, request: web.Request) -> web.Response:
-        refused = self._observe(METRICS)
-        if refused is not None:
-            return refused
-        journal = self.port.journal
-        body, ctype = await render_metrics(
-            self.router,
-            self.switch,
-            self.config.metrics_max_services,
-            None if journal is None else journal.snapshot(),
-        )
-        return web.Response(body=body, headers={"Content-Type": ctype})
-
-    async def _healthz(self, request: web.Request) -> web.Response:
-        return _json({"status": "ok"})
-
-    async def _readyz(self, request: web.Request) -> web.Response:
-        if self._accepting and not self.router.draining:
-            return _json({"status": "ready"})
-        return _json({"status": "draining"}, status=503)
 
     # -- message switch -----------------------------------------------------------------------
 

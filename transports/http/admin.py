@@ -118,7 +118,7 @@ def add_admin_routes(router: web.UrlDispatcher, port: BrokerPort, session: Sessi
     headers = page_headers(page)
 
     def denied() -> web.Response | None:
-        if port.router.allowed(session, Action.CALL, GATE):
+        if port.allowed(session, Action.CALL, GATE):
             return None
         return web.Response(
             status=codec.status_for(ErrorCode.FORBIDDEN),

@@ -22,7 +22,7 @@ from prometheus_client.metrics_core import (
 )
 
 from maitred.core.routing.model import LATENCY_BOUNDS, Service
-from maitred.core.routing.router import Router
+from maitred.core.transport import BrokerPort
 
 if TYPE_CHECKING:
     from maitred.transports.http.switch import Switch
@@ -99,11 +99,11 @@ async def _busiest(items: list[_T], limit: int, key: Callable[[_T], Any]) -> lis
     return top
 
 
-async def gather_services(router: Router, max_services: int) -> tuple[list[_ServiceRow], int]:
+async def gather_services(broker: BrokerPort, max_services: int) -> tuple[list[_ServiceRow], int]:
     """The rows of a scrape: the ``max_services`` busiest services (by requests accepted,
     then queued) by name, sorted, and one :data:`OTHER` row summing the rest (when there is
     a rest); and how many services that row sums. Gathered ``CHUNK`` services at a time."""
-    services = list(router.services.values())
+    services = broker.services()
     if len(services) <= max_services:
         listed, rest = services, []
     else:
@@ -131,19 +131,20 @@ class _Collector:
 
     def __init__(
         self,
-        router: Router,
+        broker: BrokerPort,
         rows: list[_ServiceRow],
         unlisted: int,
         queues: list[tuple[str, int]],
         switch: Switch | None,
         store: dict[str, Any] | None = None,
     ) -> None:
-        self.stats = sorted(router.stats.items())
+        snapshot = broker.snapshot()
+        self.stats = sorted(snapshot["stats"].items())
         #: the one durable store's counters (the journal's snapshot, as in ``mmi.info``)
         self.store = sorted((store or {}).items())
-        self.sessions = len(router.sessions)
-        self.services = len(router.services)
-        self.transports = [(name, t.as_dict()) for name, t in sorted(router.transports.items())]
+        self.sessions: int = snapshot["sessions"]
+        self.services: int = snapshot["services"]
+        self.transports = list(snapshot["traffic"].items())
         self.rows = rows
         self.unlisted = unlisted
         self.queues = queues
@@ -265,7 +266,7 @@ async def _gather_queues(switch: Switch | None, max_queues: int) -> list[tuple[s
 
 
 async def render_metrics(
-    router: Router,
+    broker: BrokerPort,
     switch: Switch | None,
     max_services: int = 100,
     store: dict[str, Any] | None = None,
@@ -274,9 +275,9 @@ async def render_metrics(
     queues) are listed by name, so the response stays small whatever the broker holds, and
     the state is gathered a chunk at a time and the text rendered in a worker thread, so a
     scrape never holds the event loop long."""
-    rows, unlisted = await gather_services(router, max_services)
+    rows, unlisted = await gather_services(broker, max_services)
     queues = await _gather_queues(switch, max_services)
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Collector(router, rows, unlisted, queues, switch, store))
+    registry.register(_Collector(broker, rows, unlisted, queues, switch, store))
     body = await asyncio.to_thread(generate_latest, registry)
     return body, CONTENT_TYPE_LATEST

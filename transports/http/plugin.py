@@ -4,15 +4,12 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from maitred.core.preflight import Problem, check_host_port, check_unix_path
 from maitred.core.transport import BrokerClient, BrokerPort, TransportSpec
 from maitred.plugins import hookimpl
 from maitred.transports.http.adapter import HttpConfig, HttpTransport, cli_addresses
-
-if TYPE_CHECKING:
-    from maitred.core.runtime import Broker
 
 SCHEMES = ("http://", "unix:")
 
@@ -48,14 +45,6 @@ def maitred_transports() -> Sequence[TransportSpec]:
             preflight=preflight,
         )
     ]
-
-
-@hookimpl
-def maitred_broker_started(broker: Broker) -> None:
-    """Let an authorised switch session's ``POST /shutdown`` stop the broker."""
-    transport = broker.transports.get("http")
-    if isinstance(transport, HttpTransport):
-        transport.request_stop = broker.request_stop
 
 
 @hookimpl

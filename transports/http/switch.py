@@ -105,7 +105,6 @@ class Switch(SwitchLeases, SwitchViews):
         diagnostics_messages: int = 100,
     ) -> None:
         self.port = port
-        self.router = port.router
         #: the core's journal over the broker's one store: persistent queues write through it
         self.journal = journal
         self.identity = identity
@@ -136,13 +135,15 @@ class Switch(SwitchLeases, SwitchViews):
         #: when a trace reader last asked (loop time); requests of other protocols are traced
         #: while readers come back within ``ROUTER_TRACE_IDLE`` seconds (``_router_trace``)
         self._trace_read_at = 0.0
+        #: stops ``_router_trace`` (None: not attached)
+        self._trace_stop: Callable[[], None] | None = None
 
     # -- lifecycle --------------------------------------------------------------------------
 
     def open(self) -> None:
         """Open the queue session and bring back the persistent queues from the store."""
         now = self.port.clock()
-        self.qsession = self.router.open_session(
+        self.qsession = self.port.open_session(
             "http", QueueSink(self), self.identity, now, label="switch:queues", quiet=True
         )
         self.journal.bypass(self.qsession)  # its requests are stored here, as switch messages
@@ -177,10 +178,9 @@ class Switch(SwitchLeases, SwitchViews):
                 fut.set_result(None)
         for token in list(self.tokens.values()):
             self._close_token(token, now)
-        if self._router_trace in self.router.tracers:
-            self.router.tracers.remove(self._router_trace)
+        self._detach_router_trace()
         if self.qsession is not None:
-            self.router.close_session(self.qsession, now, "closing")
+            self.port.close_session(self.qsession, now, "closing")
 
     # -- durability -----------------------------------------------------------------------------
 
@@ -195,7 +195,7 @@ class Switch(SwitchLeases, SwitchViews):
     def max_deliveries(self, queue: str) -> int:
         """Deliveries without an ack before a message of ``queue`` is dead-lettered: its
         service policy's ``max_deliveries``, as for every durable service."""
-        return self.router.service(queue).policy.max_deliveries
+        return self.port.service_policy(queue).max_deliveries
 
     def _dead_letter(self, q: Queue, m: Msg, reason: str) -> None:
         self._remove(q, m)
@@ -226,7 +226,7 @@ class Switch(SwitchLeases, SwitchViews):
         and where the service says 0, the switch's own limits."""
         if not q.persistent:
             return self.max_queue, self.max_queue_bytes
-        policy = self.router.service(q.name).policy
+        policy = self.port.service_policy(q.name)
         count = policy.max_queue or self.max_queue
         size = int(getattr(policy, "max_queue_bytes", 0) or 0) or self.max_queue_bytes
         return count, size
@@ -287,7 +287,7 @@ class Switch(SwitchLeases, SwitchViews):
         for m in q.messages.values():
             req = m.request
             if req is not None and req.caller is self.qsession and req.state is RequestState.QUEUED:
-                self.router.cancel(req, now)
+                self.port.cancel(req, now)
         q.messages.clear()
         q.nbytes = 0
         q.leased = 0
@@ -298,7 +298,7 @@ class Switch(SwitchLeases, SwitchViews):
         for token in list(self.tokens.values()):
             worker = token.workers.pop(name, None)
             if worker is not None:
-                self.router.remove_worker(worker, now, "queue destroyed")
+                self.port.unregister_worker(worker, now, "queue destroyed")
         self._wake(q)
 
     def _remove(self, q: Queue, m: Msg) -> None:
@@ -358,11 +358,11 @@ class Switch(SwitchLeases, SwitchViews):
             self._leased_elsewhere(token, q, m, "answer")
         mine = m is not None and m.lease == token.name
         req = m.request if m is not None else None
-        worker = self.router.held_by_worker(req) if req is not None else None
+        worker = self.port.held_by_worker(req) if req is not None else None
         if q is not None and m is not None and req is not None and worker is not None and mine:
             m.request = None
             self.last_append = None
-            self.router.reply(worker, req.id, [payload], self.port.clock())
+            self.port.reply(worker, req.id, [payload], self.port.clock())
             if m.volatile:
                 # the caller of another protocol got its reply: the message is done, and its
                 # worker's credit may take a parked request
@@ -406,12 +406,12 @@ class Switch(SwitchLeases, SwitchViews):
         m.request = None
         if req is not None:
             now = self.port.clock()
-            worker = self.router.held_by_worker(req)
+            worker = self.port.held_by_worker(req)
             if worker is not None:
                 # the consumer acked without a response: free its credit; the caller learns
-                self.router.reply_error(worker, req.id, _acked_error(), now)
+                self.port.reply_error(worker, req.id, _acked_error(), now)
             elif req.state is RequestState.QUEUED:
-                self.router.cancel(req, now)
+                self.port.cancel(req, now)
             if q.parked:
                 self._unpark(q, now)
 
@@ -420,7 +420,7 @@ class Switch(SwitchLeases, SwitchViews):
     def _submit(self, m: Msg, now: float) -> None:
         assert self.qsession is not None
         m.parked = False
-        m.request = self.router.submit(
+        m.request = self.port.submit(
             self.qsession, m.queue, [m.payload], m, now, timeout=math.inf, on_no_worker="wait"
         )
 
@@ -431,13 +431,13 @@ class Switch(SwitchLeases, SwitchViews):
             m: Msg = request.correlation
             if q is None or q.messages.get(m.n) is not m:
                 # the queue went away meanwhile: free the credit on the next turn
-                self._later(lambda: self.router.reply(worker, request.id, (), self.port.clock()))
+                self._later(lambda: self.port.reply(worker, request.id, (), self.port.clock()))
                 return
         else:
             if q is None:
                 err = MaitredError(f"queue {worker.service.name} is gone", ErrorCode.WORKER_DIED)
                 self._later(
-                    lambda: self.router.reply_error(worker, request.id, err, self.port.clock())
+                    lambda: self.port.reply_error(worker, request.id, err, self.port.clock())
                 )
                 return
             payload = b"".join(request.body)
@@ -525,7 +525,7 @@ class Switch(SwitchLeases, SwitchViews):
         if not q.persistent or q.name in token.workers or token.session is None:
             return
         try:
-            token.workers[q.name] = self.router.add_worker(
+            token.workers[q.name] = self.port.register_worker(
                 token.session,
                 q.name,
                 now,
@@ -545,7 +545,7 @@ class Switch(SwitchLeases, SwitchViews):
         """Submit parked requests again, oldest first, while the router has room for them."""
         parked = q.parked
         while parked:
-            if not self.router.can_accept(q.name):
+            if not self.port.can_accept(q.name):
                 return
             m = parked.popleft()
             if m.parked and q.messages.get(m.n) is m:

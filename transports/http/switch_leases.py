@@ -52,7 +52,7 @@ class SwitchLeases(SwitchViews):
             token = self.tokens[name] = Token(name)
             identity = self.port.authenticate("http", {"token": name}, self.identity)
             sink = token.sink = TokenSink(cast("Switch", self), token)
-            token.session = self.router.open_session(
+            token.session = self.port.open_session(
                 "http", sink, identity or self.identity, self.port.clock(), label=f"switch:{name}"
             )
         token.connections += 1
@@ -87,7 +87,7 @@ class SwitchLeases(SwitchViews):
         if token.session is not None:
             # its workers leave: stored requests they held come back through on_error (which
             # must still see them leased to this token: their delivery is already counted)
-            self.router.close_session(token.session, now, "logged out")
+            self.port.close_session(token.session, now, "logged out")
         token.workers.clear()
         for m in released:
             if m.lease == token.name:

@@ -33,13 +33,13 @@ def _plain(body: bytes, status: int = 200) -> web.Response:
 class SwitchRoutes:
     """The switch's request handlers. ``read_body`` reads a request body within the
     transport's size limit (raising the transport's own error when it is too large);
-    ``request_stop`` gives the broker's stop callback, once there is one."""
+    ``request_stop`` begins the broker's graceful stop (the port's)."""
 
     def __init__(
         self,
         switch: Switch,
         read_body: Callable[[web.Request], Awaitable[bytes]],
-        request_stop: Callable[[], Callable[[], None] | None],
+        request_stop: Callable[[], None],
     ) -> None:
         self.switch = switch
         self.read_body = read_body
@@ -207,9 +207,6 @@ class SwitchRoutes:
         scheme, _, value = auth.partition(" ")
         secret = value.strip().encode() if scheme.lower() == "bearer" and value.strip() else None
         self.switch.shutdown(token, secret)  # Refused: 403
-        request_stop = self.request_stop()
-        if request_stop is None:
-            return _plain(codec.refusal(403, "this broker cannot be stopped from here"), 403)
         log.warning("switch: shutdown requested by %s", token.name)
-        asyncio.get_running_loop().call_soon(request_stop)
+        asyncio.get_running_loop().call_soon(self.request_stop)
         return _plain(b"")

@@ -15,9 +15,8 @@ from collections.abc import Callable
 from itertools import islice
 from typing import Any, NoReturn
 
-from maitred.core.access import Action, decide, is_open
+from maitred.core.access import Action
 from maitred.core.routing.model import Request, Session
-from maitred.core.routing.router import Router
 from maitred.core.transport import BrokerPort
 from maitred.transports.http import codec
 from maitred.transports.http.codec import Kind
@@ -63,17 +62,9 @@ class _RouterMsg:
         self.kind = kind
 
 
-def permits(router: Router, session: Session, action: Action, name: str) -> bool:
-    """The policy's answer for ``session`` without counting a denial (a view's filter)."""
-    if is_open(router.access) and not session.identity.restricted:
-        return True
-    return decide(router.access, router.grants, session.identity, action, name)
-
-
 class SwitchViews:
     """Access checks, listings, diagnostics and the trace of a :class:`Switch`."""
 
-    router: Router
     queues: dict[str, Queue]
     qsession: Session | None
     stats: Counter[str]
@@ -85,6 +76,7 @@ class SwitchViews:
     trace_next: int
     trace_waiters: set[asyncio.Future[None]]
     _trace_read_at: float
+    _trace_stop: Callable[[], None] | None
     port: BrokerPort
     start: float
 
@@ -104,17 +96,17 @@ class SwitchViews:
 
     def permits(self, session: Session, action: Action, name: str) -> bool:
         """The policy's answer without counting a denial (for filtering what a view shows)."""
-        return permits(self.router, session, action, name)
+        return self.port.permits(session, action, name)
 
     def check(self, session: Session, action: Action, name: str) -> None:
         """Raise :class:`Refused` (counted and published by the router) unless allowed."""
-        if not self.router.allowed(session, action, name):
+        if not self.port.allowed(session, action, name):
             raise Refused(FORBIDDEN, f"{session.identity.name} may not {action.value} {name}")
 
     def refuse(self, session: Session, action: Action, name: str, reason: str) -> NoReturn:
         """A refusal the switch decides itself (a lease, a missing secret): counted as
         ``denied.<action>`` and published like the policy's own."""
-        self.router.report_denied(session, action, name)
+        self.port.report_denied(session, action, name)
         raise Refused(FORBIDDEN, reason)
 
     def _full(self, what: str, reason: str) -> NoReturn:
@@ -242,8 +234,7 @@ class SwitchViews:
             not self.trace_waiters
             and asyncio.get_running_loop().time() - self._trace_read_at > ROUTER_TRACE_IDLE
         ):
-            if self._router_trace in self.router.tracers:
-                self.router.tracers.remove(self._router_trace)
+            self._detach_router_trace()
             return
         caller = request.caller
         if isinstance(caller.sink, (QueueSink, TokenSink)):
@@ -280,8 +271,13 @@ class SwitchViews:
 
     def _attach_router_trace(self) -> None:
         self._trace_read_at = asyncio.get_running_loop().time()
-        if self.trace.maxlen and self._router_trace not in self.router.tracers:
-            self.router.tracers.append(self._router_trace)
+        if self.trace.maxlen and self._trace_stop is None:
+            self._trace_stop = self.port.trace(self._router_trace)
+
+    def _detach_router_trace(self) -> None:
+        if self._trace_stop is not None:
+            self._trace_stop()
+            self._trace_stop = None
 
     async def get_trace(self, token: Token | None, start: int, timeout: float) -> bytes:
         """GET /trace: ``observe`` on ``$switch.trace``; payloads only of queues (services) the

@@ -23,23 +23,19 @@ redelivers what it held, by the service's policy.
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
-import math
 import os
-import struct
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any, Literal, cast
+from typing import Any, cast
 
-import msgspec
 import zmq
 from zmq.backend import Socket as _BaseSocket
 
 from maitred.core.access import Identity
 from maitred.core.errors import ErrorCode, MaitredError
 from maitred.core.logs import RejectionLog
-from maitred.core.routing.model import Body, Headers, ReplyKind, Request, Session, Worker
+from maitred.core.routing.model import Body, ReplyKind, Request, Session, Worker
 from maitred.core.transport import BrokerPort
 from maitred.transports.mdp import codec
 from maitred.transports.mdp.codec import (
@@ -51,6 +47,8 @@ from maitred.transports.mdp.codec import (
     REPLY_PARTIAL,
     MdpFormatError,
 )
+from maitred.transports.mdp.config import MdpConfig
+from maitred.transports.mdp.liveness import _DISCONNECTED, MdpWorkers, _decode_name, _MdpWorker
 
 log = logging.getLogger("maitred.transports.mdp")
 
@@ -67,131 +65,6 @@ _client_reply = codec.client_reply
 _worker_request = codec.worker_request
 _POLLIN = int(zmq.POLLIN)
 _NOBLOCK_MORE = _NOBLOCK | _SNDMORE
-#: distinct service names kept decoded (least recently used out); each is at most
-#: ``[broker] max_name_length`` bytes, so the cache holds a few MiB at most
-NAME_CACHE = 4096
-
-
-@functools.lru_cache(maxsize=NAME_CACHE)
-def _decode_name(raw: bytes) -> str | None:
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError:
-        return None
-_SRCFD = int(zmq.SRCFD)
-#: a socket monitor's event frame: event number (uint16), value (uint32; the fd for DISCONNECTED)
-_EVENT = struct.Struct("=HI")
-_DISCONNECTED = int(zmq.EVENT_DISCONNECTED)
-
-
-class MdpConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    """``[transports.mdp]``: the ZeroMQ Majordomo front end."""
-
-    enabled: bool = True
-    #: ZeroMQ endpoints to bind: ``tcp://HOST:PORT`` (port 0 or ``*``: any free port),
-    #: ``ipc:///path``, ``inproc://name``
-    endpoints: list[str] = msgspec.field(default_factory=lambda: ["tcp://127.0.0.1:5555"])
-    #: seconds between HEARTBEATs to workers; 0: the ``[liveness]`` value
-    heartbeat_interval: float = 0.0
-    #: intervals of silence before a worker is dead; 0: the ``[liveness]`` value
-    liveness: int = 0
-    #: ZMTP heartbeats on every connection (interval: the heartbeat interval; timeout: the
-    #: liveness window): a peer whose libzmq answers nothing that long has its connection closed
-    #: (libzmq < 4.2 peers do not answer them and are disconnected when idle that long)
-    zmtp_heartbeats: bool = True
-    #: largest accepted message body (sum of frame sizes, bytes)
-    max_message_size: int = 1 << 20
-    #: most body frames in one message
-    max_frames: int = 64
-    #: messages handled per wake-up before yielding to other work
-    batch: int = 512
-    #: ZeroMQ high-water marks: messages queued per peer (libzmq counts messages, not bytes:
-    #: what one peer can hold is about ``sndhwm`` times its largest message). A message for a
-    #: peer at its mark is dropped and counted (``mdp.peer_full``); a client that never reads
-    #: loses replies instead of growing the broker
-    sndhwm: int = 1000
-    rcvhwm: int = 1000
-    #: answer a failed request (no worker, timeout, worker died, denied) with a FINAL whose body
-    #: is ``[b"<code>", b"<reason>"]`` (like MMI's status frames); false: drop it (the client
-    #: times out, as MDP clients are used to)
-    error_replies: bool = True
-    #: the identity MDP peers get (MDP has no authentication of its own)
-    identity: str = "anonymous"
-    roles: list[str] = msgspec.field(default_factory=list)
-    #: milliseconds to keep sending queued messages (e.g. DISCONNECTs) after close
-    linger_ms: int = 500
-    #: requests a worker may hold at once to start with. MDP's own rule is 1 (the default). 2
-    #: or more pipelines: the next request already waits in the worker's socket while it works,
-    #: which hides the broker round trip (much higher throughput for a busy service) at the
-    #: price of strict LRU fairness, and a worker that dies loses (or, with redeliver, returns)
-    #: them all
-    worker_credit: int = 1
-    #: adaptive pipelining: while requests wait for a service and a worker answers each within
-    #: ``worker_pipeline_below`` seconds of receiving it, its credit grows by one per answer up
-    #: to this; the first slower answer sets it back to ``worker_credit``. Equal to
-    #: ``worker_credit`` (e.g. 1): off, every worker holds ``worker_credit`` requests at most
-    worker_credit_max: int = 32
-    #: seconds from sending a request to a worker to its final answer below which the answer
-    #: counts as fast for adaptive pipelining (see ``worker_credit_max``)
-    worker_pipeline_below: float = 0.002
-    #: scheduling policy of libzmq's background threads, on Linux, when the transport makes its
-    #: own ZeroMQ context: ``"batch"`` (SCHED_BATCH) keeps the I/O thread, woken for almost
-    #: every message sent, from preempting the event loop that sends them on a machine with few
-    #: cores (+8-20 % WebSocket → MDP throughput on 2 cores, in A/B runs); ``"default"``
-    #: leaves them alone
-    io_thread_sched: Literal["batch", "default"] = "batch"
-
-    def problems(self) -> list[str]:
-        out = []
-        if not self.endpoints:
-            out.append("endpoints: at least one endpoint is needed")
-        for ep in self.endpoints:
-            if "://" not in ep:
-                out.append(
-                    f"endpoints: {ep!r} is not a ZeroMQ endpoint (tcp://, ipc://, inproc://)"
-                )
-        if not (0 <= self.heartbeat_interval < math.inf):
-            out.append("heartbeat_interval must be a finite number >= 0 (0: the [liveness] value)")
-        if self.liveness < 0:
-            out.append("liveness must be >= 0 (0: the [liveness] value)")
-        if self.sndhwm < 0 or self.rcvhwm < 0:
-            out.append("sndhwm and rcvhwm must be >= 0 (0: no limit)")
-        if self.linger_ms < -1:
-            out.append("linger_ms must be >= -1 (-1: wait forever)")
-        if self.max_message_size < 1:
-            out.append("max_message_size must be >= 1")
-        if self.max_frames < 1:
-            out.append("max_frames must be >= 1")
-        if self.batch < 1:
-            out.append("batch must be >= 1")
-        if self.worker_credit < 1:
-            out.append("worker_credit must be >= 1")
-        if self.worker_credit_max < self.worker_credit:
-            out.append("worker_credit_max must be >= worker_credit")
-        if not (0 < self.worker_pipeline_below < math.inf):
-            out.append("worker_pipeline_below must be a finite number > 0 (seconds)")
-        return out
-
-
-class _Unset:
-    pass
-
-
-_UNSET: Any = _Unset()
-
-
-class _MdpWorker:
-    __slots__ = ("dialect", "fd", "rid", "session", "worker")
-
-    def __init__(self, rid: bytes, dialect: int, session: Session, fd: int) -> None:
-        self.rid = rid
-        self.dialect = dialect
-        self.session = session
-        self.worker: Worker = _UNSET
-        #: the file descriptor of its connection (-1: unknown, e.g. inproc)
-        self.fd = fd
-
-
 def _bind_address(endpoint: str) -> str:
     if endpoint.startswith("tcp://") and endpoint.endswith(":0"):
         return endpoint[:-2] + ":*"
@@ -217,7 +90,10 @@ def _new_context(sched: str) -> zmq.Context[Any]:
     return context
 
 
-class MdpTransport:
+__all__ = ["MdpConfig", "MdpTransport", "cli_addresses"]
+
+
+class MdpTransport(MdpWorkers):
     """The ``mdp`` transport (see the module docstring)."""
 
     name = "mdp"
@@ -227,7 +103,7 @@ class MdpTransport:
     ):
         self.config = config
         self.port = port
-        self.router = port.router
+        self.broker = port
         self._own_context = context is None
         self.context: zmq.Context[Any] = context or _new_context(config.io_thread_sched)
         self.socket: zmq.Socket[Any] | None = None
@@ -296,7 +172,7 @@ class MdpTransport:
                 f"mdp: cannot bind {endpoint}: {exc.strerror}", ErrorCode.BAD_REQUEST
             ) from None
         identity = Identity(self.config.identity, frozenset(self.config.roles))
-        self._clients = self.router.open_session(
+        self._clients = self.broker.open_session(
             "mdp", self, identity, self.port.clock(), label="mdp:clients", quiet=True
         )
         self._identity = identity
@@ -330,10 +206,10 @@ class MdpTransport:
         now = self.port.clock()
         for w in list(self._workers.values()):
             self._send(w.rid, codec.worker_disconnect(w.dialect))
-            self.router.close_session(w.session, now, "broker closing")
+            self.broker.close_session(w.session, now, "broker closing")
         self._workers.clear()
         if self._clients is not None:
-            self.router.close_session(self._clients, now, "broker closing")
+            self.broker.close_session(self._clients, now, "broker closing")
         if self._loop is not None and self._fd is not None:
             self._loop.remove_reader(self._fd)
         if self._loop is not None and self._monitor_fd is not None:
@@ -409,53 +285,6 @@ class MdpTransport:
                 self._out_scheduled = True  # left over after an error: send them soon
                 self._loop.call_soon(self._flush_out)
 
-    def _on_monitor(self) -> None:
-        monitor = self._monitor
-        if monitor is None or self.socket is None:
-            return
-        if _get_opt(monitor, _EVENTS) & _POLLIN:
-            self._read_monitor(monitor)
-        if self._lost and not self._scheduled:
-            # read what the lost peers sent before they went, then drop them
-            self._reschedule()
-
-    def _read_monitor(self, monitor: zmq.Socket[Any]) -> None:
-        """Take the workers whose connection closed off their fds at once (a new connection may
-        get the same fd and send READY before they are dropped), and queue them for
-        :meth:`_drop_lost`."""
-        while True:
-            try:
-                event = _recv_frame(monitor, _NOBLOCK, True)
-                while monitor.getsockopt(zmq.RCVMORE):
-                    _recv_frame(monitor, _NOBLOCK, True)  # the endpoint
-            except zmq.Again:
-                return
-            if len(event) < _EVENT.size:
-                continue
-            kind, fd = _EVENT.unpack_from(event)
-            if kind != _DISCONNECTED:
-                continue
-            w = self._fds.pop(fd, None)
-            if w is not None:
-                self._lost.append(w)
-
-    def _drop_lost(self, now: float) -> None:
-        lost, self._lost = self._lost, []
-        for w in lost:
-            if self._workers.get(w.rid) is not w:
-                continue  # it left some other way meanwhile
-            del self._workers[w.rid]
-            self.stats["mdp.peers_lost"] += 1
-            log.info(
-                "mdp: worker %s of %s lost its connection", w.worker.label, w.worker.service.name
-            )
-            self.router.close_session(w.session, now, "disconnected")
-
-    def _forget(self, w: _MdpWorker) -> None:
-        """``w`` is no longer a worker: forget its fd."""
-        if self._fds.get(w.fd) is w:
-            del self._fds[w.fd]
-
     def _sent_outside_drain(self) -> None:
         """A send from outside ``_on_readable`` (another transport's caller, a timer) may let
         libzmq consume the FD's edge while messages wait: look once more, soon (coalesced)."""
@@ -508,14 +337,14 @@ class MdpTransport:
                 token = int(name)
             except ValueError:
                 self._reject(rid, "reply with an unknown client address")
-                self.router.touch(w.worker, now)
+                self.broker.touch(w.worker, now)
                 return
             if (
                 len(body) > self.config.max_frames
                 or sum(map(len, body)) > self.config.max_message_size
             ):
                 self._reject(rid, "oversized reply")
-                self.router.reply_error(
+                self.broker.reply_error(
                     w.worker,
                     token,
                     MaitredError(
@@ -524,14 +353,14 @@ class MdpTransport:
                     now,
                 )
                 return
-            if not self.router.reply(w.worker, token, body, now, command == REPLY_FINAL):
+            if not self.broker.reply(w.worker, token, body, now, command == REPLY_FINAL):
                 self.stats["mdp.late_replies"] += 1
         elif command == HEARTBEAT:
             w = self._workers.get(rid)
             if w is None:
                 self._violation(rid, dialect, "HEARTBEAT from a peer that never sent READY")
             else:
-                self.router.touch(w.worker, now)
+                self.broker.touch(w.worker, now)
         elif command == READY:
             self._on_ready(rid, dialect, name, now)
         elif command == DISCONNECT:
@@ -539,14 +368,14 @@ class MdpTransport:
             if w is not None:
                 log.debug("worker %s of %s disconnected", w.worker.label, w.worker.service.name)
                 self._forget(w)
-                self.router.close_session(w.session, now, "disconnect")
+                self.broker.close_session(w.session, now, "disconnect")
 
     def _on_request(
         self, rid: bytes, dialect: int, service_raw: bytes, body: list[bytes], now: float
     ) -> None:
         clients = self._clients
         assert clients is not None
-        if len(service_raw) > self.router.max_name_length:
+        if len(service_raw) > self.broker.max_name_length:
             # refused before it is decoded or cached: a flood of long distinct names holds
             # nothing once each has been answered
             self._reject(rid, "service name too long")
@@ -556,7 +385,7 @@ class MdpTransport:
                 service_raw,
                 now,
                 MaitredError(
-                    f"service name longer than {self.router.max_name_length} bytes",
+                    f"service name longer than {self.broker.max_name_length} bytes",
                     ErrorCode.BAD_REQUEST,
                 ),
             )
@@ -575,7 +404,7 @@ class MdpTransport:
                 MaitredError("the request is larger than the broker accepts", ErrorCode.TOO_LARGE),
             )
             return
-        self.router.submit(clients, service, body, (rid, dialect, service_raw), now)
+        self.broker.submit(clients, service, body, (rid, dialect, service_raw), now)
 
     def _refuse(
         self, rid: bytes, dialect: int, service_raw: bytes, now: float, error: MaitredError
@@ -594,79 +423,11 @@ class MdpTransport:
         )
         self.deliver_error(request, error)
 
-    def _on_ready(self, rid: bytes, dialect: int, service_raw: bytes, now: float) -> None:
-        old = self._workers.get(rid)
-        if old is not None:
-            self._violation(rid, dialect, "second READY")
-            return
-        if len(service_raw) > self.router.max_name_length:
-            self._violation(rid, dialect, "READY with a service name too long")
-            return
-        service = _decode_name(service_raw)
-        if service is None:
-            self._violation(rid, dialect, "READY with a service name that is not UTF-8")
-            return
-        if service.startswith("mmi."):
-            self._violation(rid, dialect, "READY for an mmi.* service")
-            return
-        session = self.router.open_session(
-            "mdp", self, self._identity, now, label=f"mdp:{rid.hex()}"
-        )
-        mw = _MdpWorker(rid, dialect, session, self._source_fd())
-        self._workers[rid] = mw  # before add_worker, which may dispatch to it at once
-        if mw.fd >= 0:
-            self._fds[mw.fd] = mw
-        try:
-            mw.worker = self.router.add_worker(
-                session,
-                service,
-                now,
-                credit=self.config.worker_credit,
-                max_credit=self.config.worker_credit_max,
-                pipeline_below=self.config.worker_pipeline_below,
-                tag=mw,
-                label=f"mdp:{rid.hex()}",
-                idle_timeout=self.idle_timeout,
-            )
-        except MaitredError as exc:
-            del self._workers[rid]
-            self._forget(mw)
-            self.stats[f"mdp.ready_refused.{exc.code.name.lower()}"] += 1
-            self.rejections.note("refused", rid.hex(), f"READY for {service}: {exc.reason}")
-            self._send(rid, codec.worker_disconnect(dialect))
-            self.router.close_session(session, now, f"refused: {exc.reason}")
-            return
-        worker = mw.worker
-        log.debug(
-            "worker %s ready for %s (%s)", worker.label, service, codec.DIALECT_NAMES.get(dialect)
-        )
-
-    def _source_fd(self) -> int:
-        """The fd of the connection the message being handled came in on (-1: none, e.g.
-        inproc, where libzmq has no fd to report)."""
-        head = self._head
-        if head is None:
-            return -1
-        try:
-            fd = head.get(_SRCFD)
-        except zmq.ZMQError:
-            return -1
-        return fd if isinstance(fd, int) else -1
-
     def _reject(self, rid: bytes, reason: str) -> None:
         """Drop a message: counted, logged at debug level, no state created."""
         self.stats["mdp.rejected"] += 1
         self.stats[f"mdp.rejected.{reason}"] += 1
         self.rejections.note("dropped", rid.hex(), reason)
-
-    def _violation(self, rid: bytes, dialect: int, reason: str) -> None:
-        """A worker broke the protocol: DISCONNECT it and forget it."""
-        self._reject(rid, reason)
-        self._send(rid, codec.worker_disconnect(dialect))
-        w = self._workers.pop(rid, None)
-        if w is not None:
-            self._forget(w)
-            self.router.close_session(w.session, self.port.clock(), f"protocol violation: {reason}")
 
     # -- send ---------------------------------------------------------------------------------
 
@@ -686,13 +447,6 @@ class MdpTransport:
             self._send_failed(rid, exc)
         if not self._draining:
             self._sent_outside_drain()
-
-    def _heartbeat(self) -> None:
-        if self._closed or self._loop is None:
-            return
-        for w in self._workers.values():
-            self._send(w.rid, codec.worker_heartbeat(w.dialect))
-        self._hb_timer = self._loop.call_later(self.heartbeat_interval, self._heartbeat)
 
     # -- SessionSink --------------------------------------------------------------------------
 
@@ -733,23 +487,9 @@ class MdpTransport:
         if frames is not None:
             self._send(rid, frames)
 
-    def deliver_event(self, topic: str, body: Body, headers: Headers) -> None:
-        # MDP has no subscriptions, so the router never publishes to an MDP session
-        return None
+    # deliver_event: BaseSink's no-op (MDP has no subscriptions, nothing is published to an
+    # MDP session)
 
-    def worker_removed(self, worker: Worker, reason: str) -> None:
-        w: _MdpWorker | None = worker.tag
-        if w is None:
-            return
-        self._send(w.rid, codec.worker_disconnect(w.dialect))
-        self._forget(w)
-        if self._workers.get(w.rid) is w:
-            del self._workers[w.rid]
-        if self._loop is not None:
-            self._loop.call_soon(self._close_worker_session, w.session, reason)
-
-    def _close_worker_session(self, session: Session, reason: str) -> None:
-        self.router.close_session(session, self.port.clock(), reason)
 
 
 def cli_addresses(addresses: Sequence[str]) -> dict[str, Any]:

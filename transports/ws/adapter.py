@@ -184,7 +184,7 @@ class WsTransport:
     def __init__(self, config: WsConfig, port: BrokerPort) -> None:
         self.config = config
         self.port = port
-        self.router = port.router
+        self.broker = port
         self.stats = port.stats
         self.keys = {k.key: k for k in config.keys}
         self.conns: dict[str, Conn] = {}

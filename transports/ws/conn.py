@@ -52,7 +52,7 @@ class Conn(ABC):
     def __init__(self, transport: WsTransport, ws: ServerConnection) -> None:
         self.transport = transport
         self.ws = ws
-        self.router = transport.router
+        self.broker = transport.broker
         self.stats = transport.stats
         self.cid = transport.new_cid()
         self.uid = ""
@@ -91,21 +91,21 @@ class Conn(ABC):
                 return
         outbox.append(frame)
         self._bytes += size
-        self.router.hold(size)
+        self.broker.hold(size)
         self._wake.set()
 
     def _popleft(self) -> str:
         frame = self._outbox.popleft()
         size = len(frame)
         self._bytes -= size
-        self.router.release(size)
+        self.broker.release(size)
         return frame
 
     def _discard(self) -> None:
         """Forget what is queued (the connection is closing without a flush, or gone)."""
         self._outbox.clear()
         if self._bytes:
-            self.router.release(self._bytes)
+            self.broker.release(self._bytes)
             self._bytes = 0
 
     def close(self, code: int, reason: str, flush: bool = True) -> None:
@@ -195,7 +195,7 @@ class Conn(ABC):
         self.restricted = identity.restricted
         self.identity = identity
         now = self.transport.port.clock()
-        self.session = self.router.open_session("ws", self, identity, now, label=f"ws:{self.cid}")
+        self.session = self.broker.open_session("ws", self, identity, now, label=f"ws:{self.cid}")
         self.transport.register(self)
         return self.session
 
@@ -205,7 +205,7 @@ class Conn(ABC):
         self._wake.set()
         self.transport.unregister(self)
         if self.session is not None and not self.session.closed:
-            self.router.close_session(self.session, self.transport.port.clock(), reason)
+            self.broker.close_session(self.session, self.transport.port.clock(), reason)
         self.on_released()
 
     def on_released(self) -> None:  # noqa: B027 (an optional hook: most dialects need none)
@@ -218,7 +218,7 @@ class Conn(ABC):
         assert self.session is not None
         private = f"MSG:{self.cid}"
         try:
-            self.router.subscribe(self.session, private, check=False)
+            self.broker.subscribe(self.session, private, check=False)
         except MaitredError as exc:
             log.debug("ws: %s has no private channel: %s", self.cid, exc.reason)
 

@@ -2,8 +2,8 @@
 
 A connection says ``hello`` with its key first. A registration with ``methods`` makes it a
 worker of ``name`` and of each ``name:method`` (credit ``responder_credit``); without, it is a
-consumer. Requests go through ``router.submit`` (the service's policy, unless the request says
-``on_no_worker`` or ``timeout``), publications through ``router.publish`` (with ``Cid``/``Uid``
+consumer. Requests go through ``broker.submit`` (the service's policy, unless the request says
+``on_no_worker`` or ``timeout``), publications through ``broker.publish`` (with ``Cid``/``Uid``
 headers added, as for middleman; a client's own ``Cid``/``Uid``/``Rid``, in any letter case,
 are dropped by the router), subscriptions with wildcards; the router's ``$sys.`` events
 are ordinary topics (subscribe to ``$sys.>``).
@@ -87,7 +87,7 @@ class JsonConn(Conn):
                     if service in self.workers:
                         continue
                     try:
-                        self.workers[service] = self.router.add_worker(
+                        self.workers[service] = self.broker.register_worker(
                             session,
                             service,
                             self.transport.port.clock(),
@@ -149,7 +149,7 @@ class JsonConn(Conn):
                 self._subscribe(msg)
             elif isinstance(msg, jc.Unsubscribe):
                 assert self.session is not None
-                self.router.unsubscribe(self.session, msg.topic)
+                self.broker.unsubscribe(self.session, msg.topic)
                 self._ack(msg.id)
             else:
                 self.push(_error(None, _C.BAD_REQUEST, "hello was already said"))
@@ -183,7 +183,7 @@ class JsonConn(Conn):
             self.push(_error(msg.id, _C.BAD_REQUEST, "timeout must be a number of seconds >= 0"))
             return
         headers = None if isinstance(msg.headers, msgspec.UnsetType) else msg.headers
-        self.router.submit(
+        self.broker.submit(
             self.session,
             msg.destination,
             body,
@@ -209,7 +209,7 @@ class JsonConn(Conn):
         body = jc.body_of(msg)
         final = isinstance(msg, jc.Reply)
         headers = None if isinstance(msg.headers, msgspec.UnsetType) else dict(msg.headers)
-        if worker is None or not self.router.reply(
+        if worker is None or not self.broker.reply(
             worker, token, body, self.transport.port.clock(), final=final, headers=headers
         ):
             self.stats["ws.json.unknown_replies"] += 1
@@ -226,7 +226,7 @@ class JsonConn(Conn):
             code = ErrorCode(msg.code)
         except ValueError:
             code = ErrorCode.INTERNAL
-        if worker is None or not self.router.reply_error(
+        if worker is None or not self.broker.reply_error(
             worker, token, MaitredError(msg.message, code), self.transport.port.clock()
         ):
             self.stats["ws.json.unknown_replies"] += 1
@@ -240,7 +240,7 @@ class JsonConn(Conn):
         headers = None if isinstance(msg.headers, msgspec.UnsetType) else msg.headers
         msg_id = None if isinstance(msg.id, msgspec.UnsetType) else msg.id
         try:
-            count = self.router.publish(self.session, msg.topic, body, headers, stamp=self._stamp())
+            count = self.broker.publish(self.session, msg.topic, body, headers, stamp=self._stamp())
         except MaitredError as exc:
             self.push(_error(msg_id, exc.code, exc.reason))
             return
@@ -250,7 +250,7 @@ class JsonConn(Conn):
         assert self.session is not None
         msg_id = None if isinstance(msg.id, msgspec.UnsetType) else msg.id
         try:
-            self.router.subscribe(self.session, msg.topic)
+            self.broker.subscribe(self.session, msg.topic)
         except Denied as exc:
             self.push(_error(msg_id, _C.FORBIDDEN, exc.reason))
             return

@@ -3,12 +3,12 @@ PUB/SUB/UNS/REQ/RES/EREQ/EPUB/ESUB/INT.
 
 Mapping onto the router (one session per connection):
 
-- ``PUB k`` → ``router.publish`` with the sender's headers plus ``Cid``/``Uid``; subscribers get
+- ``PUB k`` → ``broker.publish`` with the sender's headers plus ``Cid``/``Uid``; subscribers get
   ``PUB k`` with those headers (``Cid``/``Uid`` last, empty when the publisher was not a
   WebSocket connection). ``SUB``/``UNS``/``UNSUB`` → subscribe/unsubscribe (wildcards allowed).
-- ``REQ k`` → ``router.submit(on_no_worker="fail")``; the responder gets ``REQ k`` with the
+- ``REQ k`` → ``broker.submit(on_no_worker="fail")``; the responder gets ``REQ k`` with the
   client's headers, ``Cid``, ``Uid`` and ``Rid`` (the router's request id, decimal).
-- ``RES k`` with ``Rid`` → ``router.reply`` by the responder's worker; the client gets ``RES
+- ``RES k`` with ``Rid`` → ``broker.reply`` by the responder's worker; the client gets ``RES
   <requested name>`` with the responder's headers minus ``Rid``, then ``Cid``/``Uid``.
 - ``EREQ k`` (trusted) → a worker of service ``k`` with ``responder_credit``, and a grant to
   ``grant_role`` of CALL and PUBLISH on ``k``; ``EPUB k`` → PUBLISH and CALL (and RES) on ``k``;
@@ -156,7 +156,7 @@ class MmConn(Conn):
     def _pub(self, msg: MmMessage) -> None:
         assert self.session is not None
         try:
-            self.router.publish(
+            self.broker.publish(
                 self.session,
                 msg.target,
                 (msg.body.encode(),),
@@ -169,18 +169,18 @@ class MmConn(Conn):
     def _sub(self, msg: MmMessage) -> None:
         assert self.session is not None
         try:
-            self.router.subscribe(self.session, msg.target)
+            self.broker.subscribe(self.session, msg.target)
         except MaitredError as exc:  # Denied, past [broker] max_subscriptions, a bad pattern
             self.error(error_text("SUB", exc.code, msg.target, exc.reason))
 
     def _uns(self, msg: MmMessage) -> None:
         assert self.session is not None
-        self.router.unsubscribe(self.session, msg.target)
+        self.broker.unsubscribe(self.session, msg.target)
 
     def _req(self, msg: MmMessage) -> None:
         assert self.session is not None
         timeout = self.transport.config.request_timeout or None
-        self.router.submit(
+        self.broker.submit(
             self.session,
             msg.target,
             (msg.body.encode(),),
@@ -195,7 +195,7 @@ class MmConn(Conn):
     def _res(self, msg: MmMessage) -> None:
         assert self.session is not None
         k = msg.target
-        if self.restricted and not self.router.allowed(self.session, Action.PUBLISH, k):
+        if self.restricted and not self.broker.allowed(self.session, Action.PUBLISH, k):
             self.error(error_text("RES", ErrorCode.FORBIDDEN, k))
             return
         rid = _first(msg.headers, "Rid") or ""
@@ -204,7 +204,7 @@ class MmConn(Conn):
         except ValueError:
             token = -1
         worker = self.inflight.pop(token, None)
-        if worker is None or not self.router.reply(
+        if worker is None or not self.broker.reply(
             worker,
             token,
             (msg.body.encode(),),
@@ -222,7 +222,7 @@ class MmConn(Conn):
             if action is not None and self.session is not None:
                 # one denial model for every transport: counted as denied.<action> and
                 # published on $sys.auth.denied like the router's own refusals
-                self.router.report_denied(self.session, action, msg.target)
+                self.broker.report_denied(self.session, action, msg.target)
             self.error(error_text("trust", ErrorCode.UNAUTHORIZED, msg.target, command=msg.command))
             return False
         return True
@@ -239,15 +239,15 @@ class MmConn(Conn):
             self.error(error_text("grant", ErrorCode.BAD_REQUEST, k, problem, msg.command))
             return False
         for action in actions:
-            if not self.router.may_grant(self.session, action, k):
+            if not self.broker.may_grant(self.session, action, k):
                 self.stats["ws.mm.grants_refused"] += 1
-                self.router.report_denied(self.session, action, k)
+                self.broker.report_denied(self.session, action, k)
                 why = refusal(self.session.identity, action, k)
                 self.error(error_text("grant", ErrorCode.FORBIDDEN, k, why, msg.command))
                 return False
         try:
             for action in actions:
-                self.router.grant(role, action, k, by=self.session)
+                self.broker.grant(role, action, k, by=self.session)
         except MaitredError as exc:  # Denied: the rules changed in between (cannot, today)
             self.error(error_text("grant", exc.code, k, exc.reason, msg.command))
             return False
@@ -260,7 +260,7 @@ class MmConn(Conn):
         k = msg.target
         if k not in self.workers:
             try:
-                self.workers[k] = self.router.add_worker(
+                self.workers[k] = self.broker.register_worker(
                     self.session,
                     k,
                     self.transport.port.clock(),

@@ -1,10 +1,11 @@
 """The ``line`` transport: one asyncio stream server, one router session per TCP connection.
 
-It uses only the broker's public port (:class:`maitred.core.transport.BrokerPort`): the
-router's ``open_session`` / ``submit`` / ``publish`` / ``subscribe`` / ``unsubscribe`` /
-``close_session`` and the port's clock, authenticator hook and counters. Each connection is the
-:class:`~maitred.core.routing.model.SessionSink` of its session: the router calls it
-synchronously, and it only queues bytes on the stream (never awaits).
+It uses only the broker's port (:class:`maitred.core.transport.BrokerPort`, the plugin API):
+its verbs ``open_session`` / ``submit`` / ``publish`` / ``subscribe`` / ``unsubscribe`` /
+``close_session``, its clock, authenticator hook and counters. Each connection is the
+:class:`~maitred.core.routing.model.SessionSink` of its session (a
+:class:`~maitred.core.routing.model.BaseSink`, overriding what a caller receives): the core calls
+it synchronously, and it only queues bytes on the stream (never awaits).
 
 Flow control: reading pauses while the peer does not read what it is sent (``drain``), and a
 peer that lets more than ``max_output`` bytes of replies and events pile up is disconnected
@@ -23,7 +24,7 @@ import msgspec
 
 from maitred.core.access import Identity
 from maitred.core.errors import ConfigError, ErrorCode, MaitredError
-from maitred.core.routing.model import ReplyKind
+from maitred.core.routing.model import BaseSink, ReplyKind
 from maitred_line import codec
 
 if TYPE_CHECKING:
@@ -99,7 +100,7 @@ class LineTransport:
     def __init__(self, config: LineConfig, port: BrokerPort) -> None:
         self.config = config
         self.port = port
-        self.router = port.router
+        self.broker = port
         self.stats = port.stats
         self.default_identity = Identity(config.identity, frozenset(config.roles))
         self._server: asyncio.Server | None = None
@@ -167,7 +168,7 @@ class LineTransport:
             self._connections.pop(conn, None)
 
 
-class LineConnection:
+class LineConnection(BaseSink):
     """One TCP connection: its reader loop, and the sink of its router session."""
 
     def __init__(
@@ -175,7 +176,7 @@ class LineConnection:
     ) -> None:
         self.transport = transport
         self.config = transport.config
-        self.router = transport.router
+        self.broker = transport.broker
         self.port = transport.port
         self.reader = reader
         self.writer = writer
@@ -196,7 +197,7 @@ class LineConnection:
             self.send(codec.err(int(ErrorCode.UNAUTHORIZED), "not authenticated"))
             self._finish("not authenticated")
             return
-        self.session = self.router.open_session(
+        self.session = self.broker.open_session(
             "line", self, identity, self.port.clock(), label=f"line:{self.peer}"
         )
         reason = "disconnect"
@@ -261,22 +262,22 @@ class LineConnection:
         if session is None:  # run() opens it before reading; closed: ignore the rest
             return
         verb = command.verb
-        router = self.router
+        broker = self.broker
         try:
             if verb == "CALL":
                 # the answer (OK/ERR) comes through deliver_reply / deliver_error
-                router.submit(session, command.name, (command.text,), None, self.port.clock())
+                broker.submit(session, command.name, (command.text,), None, self.port.clock())
             elif verb == "PUB":
-                reached = router.publish(session, command.name, (command.text,))
+                reached = broker.publish(session, command.name, (command.text,))
                 self.send(b"OK %d\n" % reached)
             elif verb == "SUB":
-                router.subscribe(session, command.name)
+                broker.subscribe(session, command.name)
                 self.send(codec.ok())
             elif verb == "UNSUB":
-                router.unsubscribe(session, command.name)
+                broker.unsubscribe(session, command.name)
                 self.send(codec.ok())
             elif verb == "SERVICES":
-                router.submit(session, "mmi.services", (b"",), None, self.port.clock())
+                broker.submit(session, "mmi.services", (b"",), None, self.port.clock())
             elif verb == "HELP":
                 self.send(codec.HELP)
             elif verb == "QUIT":
@@ -315,7 +316,7 @@ class LineConnection:
 
     def _finish(self, reason: str) -> None:
         if self.session is not None:
-            self.router.close_session(self.session, self.port.clock(), reason)
+            self.broker.close_session(self.session, self.port.clock(), reason)
             self.session = None
         self.closing = True
         if not self.writer.is_closing():
@@ -339,5 +340,3 @@ class LineConnection:
         # never called: a line connection never becomes a worker (it has no SERVE command)
         log.error("line: the router handed a request to %s, which serves nothing", self.peer)
 
-    def worker_removed(self, worker: Worker, reason: str) -> None:
-        return None

@@ -1,0 +1,188 @@
+"""The ``[transports.http]`` settings: listeners, limits, the REST API and the message switch."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import stat
+from pathlib import Path
+from typing import Literal
+
+import msgspec
+
+from maitred.core.durable import StoreHint
+from maitred.core.errors import ErrorCode, MaitredError
+
+log = logging.getLogger("maitred.transports.http")
+
+
+class HttpConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """``[transports.http]``: REST API, metrics and the message switch."""
+
+    enabled: bool = True
+    #: ``HOST:PORT`` (port 0: any free port) and/or ``unix:/path/to/socket``
+    listen: list[str] = msgspec.field(default_factory=lambda: ["127.0.0.1:8080"])
+    #: largest request body in bytes (larger: 413 before the body is read)
+    max_body_size: int = 1 << 20
+    #: seconds a REST call may take when the caller sends no deadline header; 0: the service's
+    #: ``request_timeout``
+    request_timeout: float = 0.0
+    #: the request header that carries a call's deadline in seconds
+    timeout_header: str = "X-Maitred-Timeout"
+    #: the identity of REST callers and switch sessions (unless an authenticator plugin says
+    #: otherwise for a switch login token)
+    identity: str = "anonymous"
+    roles: list[str] = msgspec.field(default_factory=list)
+    #: serve the message-switch protocol on the same listeners
+    switch: bool = True
+    #: requests a switch session holds at once per queue it transfers from
+    switch_credit: int = 16
+    #: deprecated and ignored (0: not set): a persistent switch queue is a durable service, and
+    #: its messages go to the dead letters after the service policy's ``max_deliveries``
+    max_deliveries: int = 0
+    #: events kept for ``GET /trace`` (0: no trace)
+    trace_size: int = 1000
+    #: ``POST /shutdown`` needs the shutdown secret (``Authorization: Bearer SECRET``), read
+    #: at start from this file (surrounding whitespace stripped); empty: see
+    #: ``shutdown_secret_env``. With neither, the switch cannot stop the broker
+    shutdown_secret_file: str = ""
+    #: the environment variable holding the shutdown secret (instead of a file)
+    shutdown_secret_env: str = ""
+    #: deprecated narrowing: when not empty, only login tokens matching one of these shell
+    #: patterns may shut down, and they too need the secret (a token name is no credential)
+    shutdown_tokens: list[str] = msgspec.field(default_factory=list)
+    #: messages a switch queue that is not a service (a transient queue) holds; persistent
+    #: queues are services and hold their ``[services]`` policy's ``max_queue``
+    switch_max_queue: int = 10_000
+    #: payload bytes a switch queue holds (a service policy's ``max_queue_bytes`` where it has
+    #: one)
+    switch_max_queue_bytes: int = 64 << 20
+    #: queues the switch holds in all (persistent and transient)
+    switch_max_queues: int = 10_000
+    #: queues one login token may make (persistent ones count until destroyed)
+    switch_max_queues_per_token: int = 1000
+    #: messages listed per queue by the switch's diagnostics (``GET /``), the oldest first
+    diagnostics_messages: int = 100
+    #: deprecated alias of ``[store] backend`` (persistent switch queues are in the broker's
+    #: one store); empty: not set
+    store: Literal["", "memory", "sqlite"] = ""
+    #: deprecated alias of ``[store] path``; empty: not set
+    store_path: str = ""
+    #: deprecated alias of ``[store] sync``; empty: not set
+    store_sync: Literal["", "normal", "full"] = ""
+    #: events buffered per SSE subscriber before it is cut off as too slow
+    sse_buffer: int = 1000
+    #: bytes buffered per SSE stream (a topic subscription, or a call's partial replies)
+    #: before it is cut off as too slow: the stream ends with an ``error`` event (429) and a
+    #: call is cancelled. The bytes count toward ``[broker] max_memory``
+    sse_buffer_bytes: int = 4 << 20
+    #: serve the live dashboard at ``/admin/`` ([the dashboard](../howto/dashboard.md)), only
+    #: when ``identity`` may call ``mmi.services`` (else 403); what the page shows is what its
+    #: WebSocket key may see. ``false``: not served (with ``switch``, the switch's own ``/admin``
+    #: page answers there)
+    admin: bool = True
+    #: seconds a new connection has to send the head (request line and headers) of its first
+    #: request; then it is closed (counted ``http.header_timeout``). 0: no limit
+    header_timeout: float = 10.0
+    #: seconds a request body may take to arrive in full; then 408 and the connection is
+    #: closed (counted ``http.body_timeout``). 0: no limit
+    body_timeout: float = 30.0
+    #: seconds an idle keep-alive connection (or one whose next request head is incomplete) is
+    #: kept open. 0: no limit
+    idle_timeout: float = 60.0
+    #: open connections at once on all listeners; a connection past it gets a 503 and is closed
+    #: (counted ``http.connections_refused``). 0: no limit
+    max_connections: int = 400
+    #: services (and switch queues) listed by name in ``GET /metrics``: the busiest ones by
+    #: requests (messages); the others are summed under ``service="(other)"``
+    metrics_max_services: int = 100
+
+    def problems(self) -> list[str]:
+        out = []
+        if not self.listen:
+            out.append("listen: at least one address is needed")
+        for addr in self.listen:
+            if not addr.startswith("unix:"):
+                host, sep, port = addr.rpartition(":")
+                if not sep or not host or not port.isdigit():
+                    out.append(f"listen: {addr!r} is not HOST:PORT or unix:/path")
+        if self.max_body_size < 1:
+            out.append("max_body_size must be >= 1")
+        if not (0 <= self.request_timeout < math.inf):
+            out.append("request_timeout must be a finite number >= 0")
+        if self.switch_credit < 1:
+            out.append("switch_credit must be >= 1")
+        if self.max_deliveries < 0:
+            out.append("max_deliveries must be >= 0 (deprecated: 0)")
+        if self.trace_size < 0:
+            out.append("trace_size must be >= 0")
+        if self.sse_buffer < 1:
+            out.append("sse_buffer must be >= 1")
+        if self.shutdown_secret_file and self.shutdown_secret_env:
+            out.append("shutdown_secret_file and shutdown_secret_env: give one of them")
+        for key in (
+            "switch_max_queue",
+            "switch_max_queue_bytes",
+            "switch_max_queues",
+            "switch_max_queues_per_token",
+        ):
+            if getattr(self, key) < 1:
+                out.append(f"{key} must be >= 1")
+        if self.diagnostics_messages < 0:
+            out.append("diagnostics_messages must be >= 0")
+        for name in ("header_timeout", "body_timeout", "idle_timeout"):
+            if not (0 <= getattr(self, name) < math.inf):
+                out.append(f"{name} must be a finite number >= 0")
+        if self.max_connections < 0:
+            out.append("max_connections must be >= 0")
+        if self.metrics_max_services < 0:
+            out.append("metrics_max_services must be >= 0")
+        if self.sse_buffer_bytes < 1024:
+            out.append("sse_buffer_bytes must be >= 1024")
+        return out
+
+    def store_hint(self) -> StoreHint | None:
+        """With the switch on, the transport keeps persistent queues in the broker's one store
+        (the deprecated ``store`` keys say where, unless ``[store]`` does)."""
+        if not self.switch:
+            return None
+        return StoreHint(
+            self.store,
+            self.store_path,
+            self.store_sync,
+            "[transports.http] store, store_path and store_sync",
+        )
+
+    def shutdown_secret(self) -> bytes | None:
+        """The shutdown secret from ``shutdown_secret_file`` or ``shutdown_secret_env`` (None
+        when neither is set); MaitredError when the one given is missing or empty."""
+        if self.shutdown_secret_file:
+            path = self.shutdown_secret_file
+            try:
+                raw = Path(path).read_bytes()
+                mode = os.stat(path).st_mode
+            except OSError as exc:
+                raise MaitredError(
+                    f"http: cannot read shutdown_secret_file {path}: {exc.strerror or exc}",
+                    ErrorCode.BAD_REQUEST,
+                ) from None
+            if mode & (stat.S_IRWXG | stat.S_IRWXO):
+                log.warning("http: shutdown_secret_file %s is readable by others", path)
+            where = f"shutdown_secret_file {path}"
+        elif self.shutdown_secret_env:
+            raw = os.environ.get(self.shutdown_secret_env, "").encode()
+            where = f"environment variable {self.shutdown_secret_env}"
+        else:
+            if self.shutdown_tokens:
+                log.warning(
+                    "http: shutdown_tokens is set but no shutdown secret: POST /shutdown is"
+                    " refused (a token name is no credential; set shutdown_secret_file)"
+                )
+            return None
+        secret = raw.strip()
+        if not secret:
+            raise MaitredError(
+                f"http: the shutdown secret ({where}) is empty", ErrorCode.BAD_REQUEST
+            )
+        return secret
