@@ -36,11 +36,18 @@ def _hello(endpoint: str, methods: int) -> str:
     from websockets.asyncio.client import connect
 
     async def run() -> str:
-        hello = {"type": "hello", "key": "xyzzy", "name": "big",
-                 "methods": [f"m{i:05d}" for i in range(methods)]}
+        hello = {
+            "type": "hello",
+            "key": "xyzzy",
+            "name": "big",
+            "methods": [f"m{i:05d}" for i in range(methods)],
+        }
         text = json.dumps(hello)
-        async with connect(endpoint, subprotocols=["maitred.json"],  # type: ignore[list-item]
-                           max_size=None) as ws:
+        async with connect(
+            endpoint,
+            subprotocols=["maitred.json"],  # type: ignore[list-item]
+            max_size=None,
+        ) as ws:
             await ws.send(text)
             answer = await ws.recv()
             return f"hello {len(text)} B -> {str(answer)[:60]}"

@@ -83,11 +83,22 @@ def one_run(tmp: Path, store: bool, args: argparse.Namespace) -> dict[str, Any]:
     try:
         out = subprocess.run(
             [
-                PY, LOADGEN, "client", "--endpoint", endpoint,
-                "--inflight", str(args.inflight), "--duration", str(args.duration),
-                "--watch", f"broker={broker.pid}",
+                PY,
+                LOADGEN,
+                "client",
+                "--endpoint",
+                endpoint,
+                "--inflight",
+                str(args.inflight),
+                "--duration",
+                str(args.duration),
+                "--watch",
+                f"broker={broker.pid}",
             ],
-            capture_output=True, text=True, timeout=args.duration + 60, check=True,
+            capture_output=True,
+            text=True,
+            timeout=args.duration + 60,
+            check=True,
         )
         result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
         result["store"] = mmi_info(endpoint).get("store")
@@ -122,8 +133,10 @@ def main() -> int:
                     flush=True,
                 )
     plain, durable = statistics.median(rates[False]), statistics.median(rates[True])
-    print(f"\nmedians of {args.runs}: plain {plain:,.0f} req/s, "
-          f"store (persisted+acked) {durable:,.0f} req/s, ratio {durable / plain:.2f}")
+    print(
+        f"\nmedians of {args.runs}: plain {plain:,.0f} req/s, "
+        f"store (persisted+acked) {durable:,.0f} req/s, ratio {durable / plain:.2f}"
+    )
     return 0
 
 

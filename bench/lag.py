@@ -76,9 +76,7 @@ class LagProbe:
 
     def stop_from_thread(self, loop: asyncio.AbstractEventLoop, timeout: float = 5.0) -> float:
         """Stop a probe started with :meth:`on`; the worst delay in seconds."""
-        fut: concurrent.futures.Future[float] = asyncio.run_coroutine_threadsafe(
-            self.stop(), loop
-        )
+        fut: concurrent.futures.Future[float] = asyncio.run_coroutine_threadsafe(self.stop(), loop)
         return fut.result(timeout)
 
     def reset_from_thread(self, loop: asyncio.AbstractEventLoop, timeout: float = 5.0) -> None:

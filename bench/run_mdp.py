@@ -541,6 +541,7 @@ def render(summary: list[dict[str, Any]], rat: dict[str, Any], legs: list[Leg], 
             f"{prefix} {_fmt(row['req_per_s']):>9} {_fmt(row['p50_us']):>8} "
             f"{_fmt(row['p99_us']):>8} {spread:>17}  {cpu_s:<22} {row['ok_runs']}/{row['runs']}"
         )
+
     def table(title: str, unit: str, cell: Callable[[Ratio], str]) -> None:
         lines.extend(["", f"{title:<18}" + "".join(
             f"{f'in-flight {n}: {unit}':>28}" for n in cfg.inflight)])  # fmt: skip

@@ -88,9 +88,7 @@ class StoreChoice:
     path_key: str
 
 
-def store_choice(
-    config: Config, hints: Sequence[StoreHint | tuple[str, StoreHint]]
-) -> StoreChoice:
+def store_choice(config: Config, hints: Sequence[StoreHint | tuple[str, StoreHint]]) -> StoreChoice:
     """``[store]`` where it differs from its defaults, else the deprecated ``[broker]`` keys,
     else a transport's deprecated keys (``[transports.http] store``...), else the defaults.
     ``hints`` may carry the transport's name (for :attr:`StoreChoice.path_key`)."""
@@ -281,7 +279,7 @@ class Broker:
         policies = config.policies()
         if policies.uses_store() and self.journal is None:
             raise ConfigError(
-                f"{config.source}: services: on_no_worker = \"store\" needs the service store, "
+                f'{config.source}: services: on_no_worker = "store" needs the service store, '
                 "which opens only at start; restart the broker for it"
             )
         access = config.access.policy()

@@ -198,7 +198,7 @@ DESCRIPTIONS: dict[str, dict[str, str]] = {
         "max_deliveries": (
             "With `redeliver`: how many times in all a request may be handed to a worker. If "
             "the worker of its last allowed delivery dies, it fails with 502 `WORKER_DIED`. "
-            "Always applies to durable queues (`on_no_worker = \"store\"` services and "
+            'Always applies to durable queues (`on_no_worker = "store"` services and '
             "persistent switch queues, which are services too): after this many deliveries "
             "without an answer or ack the message goes to the dead letters."
         ),

@@ -116,9 +116,7 @@ def _no_unexpected_error_logs(request: pytest.FixtureRequest) -> Iterator[None]:
     if marker is not None:
         patterns = [re.compile(p) for p in marker.args]
         records = [
-            r
-            for r in records
-            if patterns and not any(p.search(_describe(r)) for p in patterns)
+            r for r in records if patterns and not any(p.search(_describe(r)) for p in patterns)
         ]
     if records:
         pytest.fail(

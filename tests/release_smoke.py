@@ -30,9 +30,7 @@ def main(dist: Path, env: Path) -> int:
     shutil.rmtree(env, ignore_errors=True)
     venv.create(env, with_pip=True)
     bin_dir = env / "bin"
-    subprocess.run(
-        [bin_dir / "python", "-m", "pip", "install", "-q", str(wheels[0])], check=True
-    )
+    subprocess.run([bin_dir / "python", "-m", "pip", "install", "-q", str(wheels[0])], check=True)
     maitred = str(bin_dir / "maitred")
     shown = subprocess.run([maitred, "--version"], capture_output=True, text=True, check=True)
     if shown.stdout.strip() != f"maitred {version}":

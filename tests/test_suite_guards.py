@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-CASES = '''
+CASES = """
 import asyncio
 import gc
 import logging
@@ -68,10 +68,10 @@ def test_allow_any_passes() -> None:
 
 def test_warning_passes() -> None:
     logging.getLogger("maitred.z").warning("only a warning")
-'''
+"""
 
 #: a module fixture whose teardown logs an ERROR: no test is to blame, the run fails
-ORPHAN = '''
+ORPHAN = """
 import logging
 
 import pytest
@@ -85,7 +85,7 @@ def noisy():
 
 def test_uses_it(noisy) -> None:
     pass
-'''
+"""
 
 
 @pytest.mark.slow

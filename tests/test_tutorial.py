@@ -142,12 +142,23 @@ def test_the_tutorial_has_what_it_promises() -> None:
     firsts = {words[0] for _, words in SHELL_COMMANDS}
     for program in ("apt-get", "make", "curl", "node", "npm", "maitred", "python"):
         assert program in firsts, f"no shell command runs {program}"
-    for path in ("examples/c/mdp_client", "examples/c/mdp_worker", "examples/curl/call.sh",
-                 "examples/node/middleman_client.js"):
+    for path in (
+        "examples/c/mdp_client",
+        "examples/c/mdp_worker",
+        "examples/curl/call.sh",
+        "examples/node/middleman_client.js",
+    ):
         assert any(path in words for _, words in SHELL_COMMANDS), f"no shell command runs {path}"
     apt = " ".join(" ".join(w) for _, w in SHELL_COMMANDS if w[0] == "apt-get")
-    for package in ("build-essential", "pkg-config", "libzmq3-dev", "nodejs", "npm", "curl",
-                    "python3-venv"):
+    for package in (
+        "build-essential",
+        "pkg-config",
+        "libzmq3-dev",
+        "nodejs",
+        "npm",
+        "curl",
+        "python3-venv",
+    ):
         assert f" {package}" in apt, f"apt-get does not install {package}"
 
 
@@ -311,8 +322,10 @@ def test_links_stay_inside_docs() -> None:
     [
         ("cd maitred && . .venv/bin/activate", [["cd", "maitred"], [".", ".venv/bin/activate"]]),
         ("(cd examples/node && npm ci)", [["cd", "examples/node"], ["npm", "ci"]]),
-        ("curl --data x http://h/v1/services/s; echo  # note", [
-            ["curl", "--data", "x", "http://h/v1/services/s"], ["echo"]]),
+        (
+            "curl --data x http://h/v1/services/s; echo  # note",
+            [["curl", "--data", "x", "http://h/v1/services/s"], ["echo"]],
+        ),
         ("X=1 maitred call a 'b c'", [["maitred", "call", "a", "b c"]]),
     ],
 )

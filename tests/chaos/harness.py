@@ -72,7 +72,7 @@ def config(tmp: Path) -> str:
     mdp, http_port, ws = free_port(), free_port(), free_port()
     return f"""
 [broker]
-store_path = "{tmp / 'services.sqlite3'}"
+store_path = "{tmp / "services.sqlite3"}"
 drain_timeout = 0.5
 log_level = "warning"
 
@@ -347,10 +347,17 @@ class Load:
                     n += 1
                     call = Call(self.next_id("ws"), "ws", time.monotonic())
                     try:
-                        ws.send(json.dumps({
-                            "type": "request", "id": call.rid, "destination": AMO,
-                            "responder": "chaos",
-                            "data": base64.b64encode(call.rid.encode()).decode()}))
+                        ws.send(
+                            json.dumps(
+                                {
+                                    "type": "request",
+                                    "id": call.rid,
+                                    "destination": AMO,
+                                    "responder": "chaos",
+                                    "data": base64.b64encode(call.rid.encode()).decode(),
+                                }
+                            )
+                        )
                         self._ws_outcome(ws, call)  # fmt: skip
                     except ConnectionClosed:
                         call.outcomes.append("conn")
@@ -411,8 +418,12 @@ class Load:
             rid = self.next_id("dur")
             conn = self._http()
             try:
-                conn.request("POST", f"/v1/services/{DURABLE}", rid.encode(), {
-                    "Prefer": "respond-async", "Content-Type": "application/octet-stream"})
+                conn.request(
+                    "POST",
+                    f"/v1/services/{DURABLE}",
+                    rid.encode(),
+                    {"Prefer": "respond-async", "Content-Type": "application/octet-stream"},
+                )
                 resp = conn.getresponse()  # fmt: skip
                 resp.read()
             except (OSError, http.client.HTTPException):

@@ -49,8 +49,7 @@ def test_many_peers_are_bounded_and_summarised(caplog: pytest.LogCaptureFixture)
     rl.close()
     (rec,) = caplog.records
     assert rec.getMessage() == (
-        "55 refused in the last 1 s: 3 from peer2, 2 from peer1, 1 from peer0,"
-        " 49 from other peers"
+        "55 refused in the last 1 s: 3 from peer2, 2 from peer1, 1 from peer0, 49 from other peers"
     )
 
 

@@ -296,9 +296,7 @@ def test_inflight_counts(h: Harness) -> None:
 
 def test_adaptive_credit_grows_with_fast_replies_under_backlog_and_drops_on_a_slow_one() -> None:
     h = Harness()
-    w = h.router.add_worker(
-        h.session("w"), "s", h.now, credit=1, max_credit=3, pipeline_below=0.01
-    )
+    w = h.router.add_worker(h.session("w"), "s", h.now, credit=1, max_credit=3, pipeline_below=0.01)
     c = h.session("c")
     reqs = [h.req(c, "s") for _ in range(6)]
     assert len(w.inflight) == 1  # starts at MDP's one request per worker

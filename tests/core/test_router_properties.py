@@ -309,8 +309,10 @@ class RouterMachine(RuleBasedStateMachine):
                 assert worker in worker.session.workers
                 # adaptive credit may drop below what a worker holds (never above its max)
                 assert len(worker.inflight) <= max(worker.credit, worker.max_credit)
-                assert worker.base_credit <= worker.credit <= max(
-                    worker.base_credit, worker.max_credit
+                assert (
+                    worker.base_credit
+                    <= worker.credit
+                    <= max(worker.base_credit, worker.max_credit)
                 )
                 if worker.suspect:  # silent past its window while busy: no new requests
                     assert worker.inflight

@@ -73,9 +73,7 @@ def test_a_gone_json_client_leaves_no_services_behind(
 def test_a_gone_json_client_does_not_keep_others_out(
     make_broker: Callable[..., BrokerThread], ctx: Ctx
 ) -> None:
-    broker = make_broker(
-        WS + http_toml(["127.0.0.1:0"]) + "\n[services.busy]\nmax_queue = 500\n"
-    )
+    broker = make_broker(WS + http_toml(["127.0.0.1:0"]) + "\n[services.busy]\nmax_queue = 500\n")
     url = broker.endpoints["ws"][0]
     rest = RestClient(endpoint_of(broker, "http://"), timeout=10.0)
     mdp = RawClient(ctx, broker.endpoint, "rfc")

@@ -39,8 +39,10 @@ def test_refused_readys_and_garbage_are_summarised(
     for _ in range(1000):
         peer.send_multipart([b"", b"NOT-MDP", b"\x01", b"junk"])
     wait_until(
-        lambda: broker.stats().get("mdp.ready_refused.forbidden", 0) == 1000
-        and broker.stats().get("mdp.rejected", 0) >= 1000,
+        lambda: (
+            broker.stats().get("mdp.ready_refused.forbidden", 0) == 1000
+            and broker.stats().get("mdp.rejected", 0) >= 1000
+        ),
         timeout=30,
         what="2,000 rejections",
     )

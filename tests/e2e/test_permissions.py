@@ -680,7 +680,10 @@ def test_the_grant_covers_only_its_pattern(fx: Fixture) -> None:
         guest.send(mm_frame("SUB", "news.>"))
         assert mm_error_text(guest.recv(5)) == "Not trusted: SUB news.>"
         check_outcome(
-            fx, "middleman-guest", Case("subscribe", "news.>", False), "Not trusted: SUB news.>",
+            fx,
+            "middleman-guest",
+            Case("subscribe", "news.>", False),
+            "Not trusted: SUB news.>",
             before,
         )
         with json_connect(fx, "guest-key", name="g") as (ws, _):

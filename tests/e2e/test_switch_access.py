@@ -80,9 +80,7 @@ class Observer:
 
 def denied(broker: BrokerThread, obs: Observer, action: str, name: str, before: int) -> None:
     """One more ``denied.<action>`` than ``before`` and a ``$sys.auth.denied`` event for it."""
-    wait_until(
-        lambda: broker.stats().get(f"denied.{action}", 0) > before, what=f"denied.{action}"
-    )
+    wait_until(lambda: broker.stats().get(f"denied.{action}", 0) > before, what=f"denied.{action}")
     wait_until(
         lambda: any(d["action"] == action and d["name"] == name for d in obs.denials()),
         what=f"$sys.auth.denied for {action} {name}",
@@ -158,7 +156,9 @@ def test_deny_closes_metrics_and_dead_letters(deny: BrokerThread, conns: list[Ra
 def test_observe_rule_opens_diagnostics_without_payloads_of_uncallable_queues(
     make_broker: Callable[..., BrokerThread], conns: list[RawHttp]
 ) -> None:
-    rules = DENY + """
+    rules = (
+        DENY
+        + """
 [[access.rules]]
 who = ["role:app"]
 actions = ["observe"]
@@ -169,6 +169,7 @@ who = ["role:app"]
 actions = ["serve"]
 names = ["secret.>"]
 """
+    )
     b = make_broker(rules + http_toml([f"unix:{short_socket_path()}"], HTTP_APP))
     c = connect(conns, endpoint_of(b, "unix:"), "srv:1")
     assert c.do("GET", "/persistent/secret.q") == (200, b"secret.q")  # serve is enough
@@ -447,12 +448,15 @@ def test_switch_page_escapes_queue_names_and_sends_a_strict_csp(
 def test_rest_queue_view_lists_switch_queues_only_to_observers(
     make_broker: Callable[..., BrokerThread], conns: list[RawHttp]
 ) -> None:
-    rules = DENY + """
+    rules = (
+        DENY
+        + """
 [[access.rules]]
 who = ["role:app"]
 actions = ["call"]
 names = ["mmi.queues"]
 """
+    )
     b = make_broker(rules + http_toml([f"unix:{short_socket_path()}"], HTTP_APP))
     c = connect(conns, endpoint_of(b, "unix:"), "app:3")
     assert c.do("GET", "/transient/reply.hidden")[0] == 200  # not a service: switch only

@@ -149,8 +149,14 @@ def test_json_logs_follow_one_request_across_protocols() -> None:
     import urllib.request
 
     s = ServeProcess(
-        "--mdp", "tcp://127.0.0.1:0", "--http", "127.0.0.1:0",
-        "--log-format", "json", "--log-level", "debug",
+        "--mdp",
+        "tcp://127.0.0.1:0",
+        "--http",
+        "127.0.0.1:0",
+        "--log-format",
+        "json",
+        "--log-level",
+        "debug",
     )
     worker = None
     try:
@@ -162,7 +168,9 @@ def test_json_logs_follow_one_request_across_protocols() -> None:
         )
         http = s.endpoints["http"][0]
         req = urllib.request.Request(
-            f"{http}/v1/services/echo", data=b"hi", method="POST",
+            f"{http}/v1/services/echo",
+            data=b"hi",
+            method="POST",
             headers={"X-Maitred-Timeout": "20"},
         )
         with urllib.request.urlopen(req, timeout=30) as resp:

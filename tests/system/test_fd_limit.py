@@ -131,7 +131,8 @@ def test_idle_connections_do_not_lock_clients_out(tmp_path: Path) -> None:
         # WebSocket: a new client says hello
         async def hello() -> dict[str, Any]:
             async with connect(
-                endpoints["ws"][0], subprotocols=["maitred.json"]  # type: ignore[list-item]
+                endpoints["ws"][0],
+                subprotocols=["maitred.json"],  # type: ignore[list-item]
             ) as ws:
                 await ws.send(json.dumps({"type": "hello", "key": "plugh"}))
                 answer: dict[str, Any] = json.loads(await ws.recv())

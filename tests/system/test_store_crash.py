@@ -24,7 +24,7 @@ def config(tmp_path: Path) -> Path:
     path.write_text(
         f"""
 [broker]
-store_path = "{tmp_path / 'services.sqlite3'}"
+store_path = "{tmp_path / "services.sqlite3"}"
 drain_timeout = 0.5
 
 [services.jobs]

@@ -47,7 +47,9 @@ TREE: list[tuple[type[MaitredError], type[MaitredError], type[Exception] | None,
 
 @pytest.mark.parametrize(("cls", "side", "builtin", "code"), TREE, ids=str)
 def test_each_error_has_its_place(
-    cls: type[MaitredError], side: type[MaitredError], builtin: type[Exception] | None,
+    cls: type[MaitredError],
+    side: type[MaitredError],
+    builtin: type[Exception] | None,
     code: ErrorCode,
 ) -> None:
     assert issubclass(cls, side)

@@ -153,7 +153,12 @@ def test_mdp01_refuses_streaming_handlers() -> None:
 def test_worker_service_names(service: str, problem: str) -> None:
     with pytest.raises(ValueError, match=problem):
         WorkerCore(
-            "e", service, lambda b: b, dialect="0.2", heartbeat_interval=1, liveness=1,
+            "e",
+            service,
+            lambda b: b,
+            dialect="0.2",
+            heartbeat_interval=1,
+            liveness=1,
             error_reply=None,
         )
 

@@ -81,9 +81,7 @@ def page_headers(page: bytes) -> dict[str, str]:
 
 
 #: the switch page has no script, style or image: nothing may load or run
-SWITCH_CSP = (
-    "default-src 'none'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
-)
+SWITCH_CSP = "default-src 'none'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 
 
 def switch_page(rows: Iterable[tuple[str, str, int]]) -> bytes:

@@ -141,9 +141,7 @@ def openapi_document() -> dict[str, Any]:
                                         "properties": {
                                             "items": {
                                                 "type": "array",
-                                                "items": {
-                                                    "$ref": "#/components/schemas/Service"
-                                                },
+                                                "items": {"$ref": "#/components/schemas/Service"},
                                             },
                                             "offset": {"type": "integer"},
                                             "total": {"type": "integer"},

@@ -65,6 +65,8 @@ _client_reply = codec.client_reply
 _worker_request = codec.worker_request
 _POLLIN = int(zmq.POLLIN)
 _NOBLOCK_MORE = _NOBLOCK | _SNDMORE
+
+
 def _bind_address(endpoint: str) -> str:
     if endpoint.startswith("tcp://") and endpoint.endswith(":0"):
         return endpoint[:-2] + ":*"
@@ -489,7 +491,6 @@ class MdpTransport(MdpWorkers):
 
     # deliver_event: BaseSink's no-op (MDP has no subscriptions, nothing is published to an
     # MDP session)
-
 
 
 def cli_addresses(addresses: Sequence[str]) -> dict[str, Any]:

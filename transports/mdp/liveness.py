@@ -42,6 +42,8 @@ def _decode_name(raw: bytes) -> str | None:
         return raw.decode("utf-8")
     except UnicodeDecodeError:
         return None
+
+
 _SRCFD = int(zmq.SRCFD)
 #: a socket monitor's event frame: event number (uint16), value (uint32; the fd for DISCONNECTED)
 _EVENT = struct.Struct("=HI")

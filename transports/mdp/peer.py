@@ -50,6 +50,7 @@ DIALECTS: dict[str, int] = {
     "majortomo": codec.V2 | codec.ENVELOPE | codec.SHORT,
 }
 
+
 def dialect_flags(dialect: str | int) -> int:
     """The codec flags for a dialect name (see the module docstring) or a flags ``int``."""
     if isinstance(dialect, bool):

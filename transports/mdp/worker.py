@@ -37,11 +37,9 @@ _DISCONNECT_LINGER_MS = 100
 _STOP_SLICE = 0.1
 
 
-
 def recv_future(sock: zmq.asyncio.Socket) -> asyncio.Future[list[bytes]]:
     """``sock.recv_multipart()`` as the Future it is (pyzmq types it loosely)."""
     return cast("asyncio.Future[list[bytes]]", sock.recv_multipart())
-
 
 
 # -- sync worker -----------------------------------------------------------------------------------

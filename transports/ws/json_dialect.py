@@ -64,8 +64,7 @@ class JsonConn(Conn):
             return False
         if hello.methods is not None and len(hello.methods) > cfg.max_hello_methods:
             return self._too_large(
-                f"the hello lists {len(hello.methods)} methods, more than"
-                f" {cfg.max_hello_methods}"
+                f"the hello lists {len(hello.methods)} methods, more than {cfg.max_hello_methods}"
             )
         identity = self.authenticate(hello.key)
         if identity is None:

@@ -286,9 +286,7 @@ ERROR_TEXTS: Final[dict[tuple[str, ErrorCode | None], str]] = {
 }
 
 
-def error_text(
-    what: str, code: ErrorCode, target: str, reason: str = "", command: str = ""
-) -> str:
+def error_text(what: str, code: ErrorCode, target: str, reason: str = "", command: str = "") -> str:
     """The ``PUB ERROR`` text for ``code`` when ``what`` failed (see :data:`ERROR_TEXTS`);
     ``command`` defaults to ``what``."""
     template = ERROR_TEXTS.get((what, code)) or ERROR_TEXTS[(what, None)]

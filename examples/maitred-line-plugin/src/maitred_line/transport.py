@@ -339,4 +339,3 @@ class LineConnection(BaseSink):
     def deliver_request(self, worker: Worker, request: Request) -> None:
         # never called: a line connection never becomes a worker (it has no SERVE command)
         log.error("line: the router handed a request to %s, which serves nothing", self.peer)
-
