@@ -169,10 +169,7 @@ class RequestsMixin(RouterState):
         if self.held + size > self._cap:
             self._overloaded(service, request)
             return None
-        if (
-            service.queued >= policy.max_queue
-            or service.queued_bytes + size > policy.max_queue_bytes
-        ):
+        if self._no_room(service, size):
             if (
                 policy.overflow == "reject"
                 or policy.max_queue == 0
@@ -180,9 +177,7 @@ class RequestsMixin(RouterState):
             ):
                 self._queue_full(service, request)
                 return None
-            while service.queued >= policy.max_queue or (
-                service.queued_bytes + size > policy.max_queue_bytes
-            ):
+            while self._no_room(service, size):
                 oldest = self._pop_queued(service)
                 if oldest is None:
                     break
@@ -228,20 +223,26 @@ class RequestsMixin(RouterState):
             )
         self._refuse(service, request, MaitredError(reason, ErrorCode.QUEUE_FULL))
 
+    @staticmethod
+    def _no_room(service: Service, size: int) -> bool:
+        """True when one more waiting request of ``size`` bytes would pass ``service``'s
+        ``max_queue`` or ``max_queue_bytes``."""
+        policy = service.policy
+        return (
+            service.queued >= policy.max_queue
+            or service.queued_bytes + size > policy.max_queue_bytes
+        )
+
     def _store(
         self, service: Service, request: Request, journal: Journal, now: float
     ) -> Request | None:
         """Queue a request of a ``store`` service: kept in the journal until a worker answers
         it; never dropped for room (a full queue refuses the new request instead)."""
-        policy = service.policy
         size = self._size(request)
         if self.held + size > self._cap:
             self._overloaded(service, request)
             return None
-        if (
-            service.queued >= policy.max_queue
-            or service.queued_bytes + size > policy.max_queue_bytes
-        ):
+        if self._no_room(service, size):
             self._queue_full(service, request)
             return None
         journal.append(request)
