@@ -185,15 +185,7 @@ class RequestsMixin(RouterState):
                 self._fail(oldest, MaitredError("dropped: queue full", ErrorCode.QUEUE_FULL))
         if request.deadline != NO_DEADLINE:
             self._deadlines.arm(request)
-        service.queue.append(request)
-        service.queued += 1
-        service.queued_bytes += size
-        self.held += size
-        if self.held > self._cap and not self.overloaded:
-            self._overload()
-        session.queued[request.id] = request
-        self._dispatch(service, now)
-        return request
+        return self._enqueue(service, request, now)
 
     def _overloaded(self, service: Service, request: Request) -> None:
         """Refuse ``request`` with 503: the broker holds ``max_memory`` bytes (or would)."""
@@ -223,6 +215,16 @@ class RequestsMixin(RouterState):
             )
         self._refuse(service, request, MaitredError(reason, ErrorCode.QUEUE_FULL))
 
+    def _enqueue(self, service: Service, request: Request, now: float) -> Request:
+        """Put ``request`` at the back of ``service``'s queue (counted in requests and bytes
+        there and among its caller's waiting requests), then dispatch."""
+        service.queue.append(request)
+        service.queued += 1
+        self._queued(service, request.size)
+        request.caller.queued[request.id] = request
+        self._dispatch(service, now)
+        return request
+
     @staticmethod
     def _no_room(service: Service, size: int) -> bool:
         """True when one more waiting request of ``size`` bytes would pass ``service``'s
@@ -248,12 +250,7 @@ class RequestsMixin(RouterState):
         journal.append(request)
         if request.deadline != NO_DEADLINE:
             self._deadlines.arm(request)
-        service.queue.append(request)
-        service.queued += 1
-        self._queued(service, request.size)
-        request.caller.queued[request.id] = request
-        self._dispatch(service, now)
-        return request
+        return self._enqueue(service, request, now)
 
     def restore(
         self,
@@ -282,12 +279,7 @@ class RequestsMixin(RouterState):
             size=len(service_name) + sum(map(len, body)),
         )
         service.requests += 1
-        service.queue.append(request)
-        service.queued += 1
-        self._queued(service, request.size)
-        request.caller.queued[request.id] = request
-        self._dispatch(service, now)
-        return request
+        return self._enqueue(service, request, now)
 
     def _orphan_session(self, now: float = 0.0) -> Session:
         """The session of stored requests whose caller is gone: it drops what it is sent."""
