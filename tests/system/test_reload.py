@@ -78,7 +78,7 @@ def test_sighup_applies_policies_and_access_without_dropping_a_connection(
         wait_for(lambda: "reloaded " in serve.log(), "the reload is logged")
         assert "applied [services], [access]" in serve.log()
         assert (
-            "reload: [transports] changed in " in serve.log()
+            "reload: [transports.mdp.endpoints] changed in " in serve.log()
             and "cannot change while running" in serve.log()
         )
         # the policy: no worker now fails at once with 503
