@@ -237,7 +237,6 @@ def test_reload_loads_a_new_certificate_for_new_wss_connections(
 
 
 @pytest.mark.slow
-@pytest.mark.allow_error_logs("cannot load")
 def test_a_certificate_that_does_not_load_changes_nothing(tmp_path: Path, stack: ExitStack) -> None:
     cert_a, key_a = make_cert(tmp_path, "a")
     cert_b, _ = make_cert(tmp_path, "b")
