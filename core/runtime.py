@@ -27,7 +27,7 @@ import msgspec
 from maitred.core import __version__
 from maitred.core.access import Action, HookedPolicy, Identity
 from maitred.core.clock import Clock, monotonic
-from maitred.core.config import Config, load_config
+from maitred.core.config import Config, convert_section, load_config
 from maitred.core.durable import StoreHint, StoreJournal
 from maitred.core.errors import ConfigError, ErrorCode, MaitredError
 from maitred.core.management import Management
@@ -41,7 +41,7 @@ from maitred.core.store import (
     default_store_path,
     open_store,
 )
-from maitred.core.transport import Transport, TransportSpec
+from maitred.core.transport import ReloadPlan, Transport, TransportSpec
 
 log = logging.getLogger("maitred.core.runtime")
 
@@ -107,6 +107,11 @@ def store_choice(config: Config, hints: Sequence[StoreHint | tuple[str, StoreHin
     elif not path:
         owner = "switch"  # the default file is the old switch's default file
     return StoreChoice(backend, path, sync, owner, key)
+
+
+def changed_fields(old: msgspec.Struct, new: msgspec.Struct) -> list[str]:
+    """The names of the fields whose values differ between two structs of one type."""
+    return [f for f in old.__struct_fields__ if getattr(old, f) != getattr(new, f)]
 
 
 class Broker:
@@ -267,10 +272,15 @@ class Broker:
         """Apply a new config (default: the file this broker was started from, read again).
 
         Service policies (``[services.*]``) and access rules (``[access]``) change at once,
-        for services that exist as for those to come; no connection is dropped. What cannot
-        change while running (transports and their addresses, ``[broker]``, ``[liveness]``,
-        ``[plugins]``) is left as it was and reported. Returns ``{"applied": [...],
-        "unchanged": [...]}`` (section names). Raises :class:`ConfigError` (nothing applied)."""
+        for services that exist as for those to come; no connection is dropped. A running
+        transport that takes part in reload (:class:`~maitred.core.transport.Reloadable`)
+        applies what it can of its new ``[transports.NAME]`` (keys, certificates) to new
+        connections. What cannot change while running (listen addresses and the other transport
+        keys, transports added or removed, ``[broker]``, ``[liveness]``, ``[plugins]``) is left
+        as it was and reported. Returns ``{"applied": [...], "unchanged": [...]}``: section
+        names, ``transports.NAME.KEY`` for a transport's keys (``transports.NAME`` for a whole
+        transport added or removed). Everything is checked before anything is applied: raises
+        :class:`ConfigError` and changes nothing."""
         if config is None:
             source = self.config.source
             if source.startswith("<"):
@@ -285,8 +295,8 @@ class Broker:
         access = config.access.policy()
         if self.hooks.authorize is not None:
             access = HookedPolicy(self.hooks.authorize, access)
+        plans, unchanged = self._plan_transports(config)
         applied: list[str] = []
-        unchanged: list[str] = []
         if config.services != self.config.services:
             self._policies = policies
             self.router.set_policies(policies.for_service)
@@ -294,7 +304,10 @@ class Broker:
         if config.access != self.config.access:
             self.router.set_access(access)
             applied.append("access")
-        for section in ("transports", "broker", "liveness", "plugins"):
+        for name, plan in plans:
+            plan.apply()
+            applied.extend(f"transports.{name}.{key}" for key in plan.applied)
+        for section in ("broker", "liveness", "plugins"):
             if getattr(config, section) != getattr(self.config, section):
                 unchanged.append(section)
         self.config = msgspec.structs.replace(
@@ -313,6 +326,42 @@ class Broker:
                 self.config.source,
             )
         return {"applied": applied, "unchanged": unchanged}
+
+    def _plan_transports(self, config: Config) -> tuple[list[tuple[str, ReloadPlan]], list[str]]:
+        """Decode and check each running transport's new table and ask it for a plan; the
+        plans and what cannot change (``transports.NAME[.KEY]``). Applies nothing."""
+        plans: list[tuple[str, ReloadPlan]] = []
+        restart: list[str] = []
+        for name, (spec, old) in self._specs.items():
+            table = config.transports.get(name)
+            if table is None:
+                restart.append(f"transports.{name}")  # no longer configured
+                continue
+            new = convert_section(table, spec.config_type, f"transports.{name}", config.source)
+            problems = getattr(new, "problems", None)
+            for problem in problems() if callable(problems) else ():
+                raise ConfigError(f"{config.source}: transports.{name}: {problem}")
+            if not getattr(new, "enabled", True):
+                restart.append(f"transports.{name}")  # disabled: it keeps running until restart
+                continue
+            transport = self.transports.get(name)
+            planner = getattr(transport, "plan_reload", None)
+            if planner is None:
+                restart.extend(f"transports.{name}.{key}" for key in changed_fields(old, new))
+                continue
+            try:
+                plan: ReloadPlan = planner(new)
+            except ConfigError as exc:
+                raise ConfigError(f"{config.source}: transports.{name}: {exc.reason}") from None
+            restart.extend(f"transports.{name}.{key}" for key in plan.restart)
+            plans.append((name, plan))
+        for name, table in config.transports.items():
+            if name in self._specs:
+                continue
+            if name in self.config.transports and table == self.config.transports[name]:
+                continue  # configured and not running before as now (disabled, no plugin)
+            restart.append(f"transports.{name}")
+        return plans, restart
 
     def _open_journal(self) -> None:
         """Open the one durable store (when a service or a transport needs it), take in the

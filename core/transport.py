@@ -57,6 +57,31 @@ class Transport(Protocol):
     async def close(self) -> None: ...
 
 
+@dataclass
+class ReloadPlan:
+    """What a running transport would do with a new config, checked and not yet applied
+    (see :class:`Reloadable`)."""
+
+    #: the keys of ``[transports.NAME]`` that :attr:`apply` changes in the running transport
+    applied: list[str]
+    #: the keys that changed but cannot change while running (left as they were)
+    restart: list[str]
+    #: makes :attr:`applied` take effect; called only once every transport's plan and the rest
+    #: of the new config were checked, and must not fail
+    apply: Callable[[], None]
+
+
+class Reloadable(Protocol):
+    """A transport that takes part in reload (optional: one without ``plan_reload`` has every
+    changed key of its table reported as needing a restart). ``plan_reload`` gets the new
+    ``[transports.NAME]`` decoded into the spec's config type and checks it (raising
+    :class:`~maitred.core.errors.ConfigError` for anything it cannot apply, e.g. a certificate
+    that does not load) without changing anything; the broker applies the plans together, so a
+    bad file changes nothing. Connections stay open: what is applied holds for new ones."""
+
+    def plan_reload(self, config: Any) -> ReloadPlan: ...
+
+
 class BrokerPort(Protocol):
     """What a transport may use of the broker: the plugin API. Built once by the runtime (the
     core's implementation is :class:`maitred.core.port.CorePort`) and handed to each

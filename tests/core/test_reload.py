@@ -6,11 +6,14 @@ import asyncio
 import logging
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from maitred.core.app import build_broker
-from maitred.core.config import load_config, parse_config
+from maitred.core.config import convert_section, load_config, parse_config
 from maitred.core.errors import ConfigError
+from maitred.core.runtime import Broker
+from maitred.core.transport import ReloadPlan, TransportSpec
 
 NONE = "[transports]\n"
 
@@ -38,10 +41,10 @@ def test_access_changes_and_unchangeable_sections_are_reported(
     )
     with caplog.at_level(logging.INFO, logger="maitred.core.runtime"):
         result = broker.reload(new)
-    assert result == {"applied": ["access"], "unchanged": ["transports", "broker"]}
+    assert result == {"applied": ["access"], "unchanged": ["transports.mdp", "broker"]}
     assert broker.router.access is not before
     assert broker.config.broker.name == "maitred"  # left as it was
-    assert "[transports], [broker] changed in a.toml but cannot change" in caplog.text
+    assert "[transports.mdp], [broker] changed in a.toml but cannot change" in caplog.text
 
 
 def test_no_change_applies_nothing() -> None:
@@ -91,3 +94,125 @@ def test_request_reload_logs_instead_of_raising(
 
         asyncio.run(main())
     assert "reload refused, the running config stays" in caplog.text
+
+
+# -- transports taking part in reload (fake transports, no sockets) ---------------------------
+
+
+class FakeConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    enabled: bool = True
+    listen: str = "a"
+    secret: str = "one"
+
+    def problems(self) -> list[str]:
+        return ["secret: empty"] if not self.secret else []
+
+
+class FakeTransport:
+    """Applies ``secret``; ``listen`` needs a restart; a secret "bad" fails its check."""
+
+    def __init__(self, name: str, config: FakeConfig, reloadable: bool) -> None:
+        self.name = name
+        self.config = config
+        if reloadable:
+            self.plan_reload = self._plan
+
+    async def start(self) -> None:
+        pass
+
+    def endpoints(self) -> list[str]:
+        return []
+
+    async def stop_accepting(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
+    def _plan(self, config: FakeConfig) -> ReloadPlan:
+        if config.secret == "bad":
+            raise ConfigError("secret: cannot load 'bad'")
+        restart = ["listen"] if config.listen != self.config.listen else []
+        applied = ["secret"] if config.secret != self.config.secret else []
+
+        def apply() -> None:
+            self.config = msgspec.structs.replace(self.config, secret=config.secret)
+
+        return ReloadPlan(applied, restart, apply)
+
+
+def fake_broker(conf: str) -> tuple[Broker, dict[str, FakeTransport]]:
+    made: dict[str, FakeTransport] = {}
+
+    def spec(name: str, reloadable: bool) -> TransportSpec:
+        def factory(config: FakeConfig, port: object) -> FakeTransport:
+            made[name] = FakeTransport(name, config, reloadable)
+            return made[name]
+
+        return TransportSpec(name=name, config_type=FakeConfig, factory=factory)
+
+    config = parse_config(conf, "a.toml")
+    specs = {"r": spec("r", True), "s": spec("s", False)}
+    transports = {
+        name: (specs[name], convert_section(t, FakeConfig, f"transports.{name}", "a.toml"))
+        for name, t in config.transports.items()
+    }
+    broker = Broker(config, transports)
+    for name, (s, tconfig) in transports.items():  # what start() does, without a loop
+        broker.transports[name] = s.factory(tconfig, broker.port)
+    return broker, made
+
+
+TWO = "[transports.r]\n{r}\n[transports.s]\n{s}\n"
+
+
+def test_a_transport_applies_what_it_can_and_reports_the_rest() -> None:
+    broker, made = fake_broker(TWO.format(r="", s=""))
+    new = parse_config(
+        TWO.format(r='secret = "two"\nlisten = "b"', s='secret = "two"\nlisten = "b"')
+        + '[transports.t]\nlisten = "c"\n',
+        "a.toml",
+    )
+    assert broker.reload(new) == {
+        "applied": ["transports.r.secret"],
+        # r: its plan's restart list; s (no plan_reload): every changed key; t: not running
+        "unchanged": [
+            "transports.r.listen",
+            "transports.s.listen",
+            "transports.s.secret",
+            "transports.t",
+        ],
+    }
+    assert made["r"].config.secret == "two" and made["r"].config.listen == "a"
+    assert made["s"].config.secret == "one"
+
+
+def test_removed_or_disabled_transports_keep_running_until_restart() -> None:
+    broker, made = fake_broker(TWO.format(r="", s=""))
+    new = parse_config("[transports.r]\nenabled = false\n", "a.toml")
+    assert broker.reload(new)["unchanged"] == ["transports.r", "transports.s"]
+    assert broker.transports == made
+
+
+@pytest.mark.parametrize(
+    ("r", "s", "error"),
+    [
+        ('secret = "bad"', "", "transports.r: secret: cannot load 'bad'"),
+        ('secret = "two"', 'secret = ""', "transports.s: secret: empty"),
+        ('secret = "two"', "nope = 1", "transports.s"),
+    ],
+)
+def test_a_bad_transport_table_changes_nothing(r: str, s: str, error: str) -> None:
+    broker, made = fake_broker(TWO.format(r="", s=""))
+    access = broker.router.access
+    new = parse_config(
+        TWO.format(r=r, s=s) + '[services.default]\non_no_worker = "fail"\n'
+        '[access]\ndefault = "deny"\n',
+        "a.toml",
+    )
+    with pytest.raises(ConfigError, match=error):
+        broker.reload(new)
+    # checked first, applied never: nor the other transport, nor services, nor access
+    assert made["r"].config.secret == "one"
+    assert broker.router.service("x").policy.on_no_worker == "wait"
+    assert broker.router.access is access

@@ -16,7 +16,7 @@ from maitred.core.app import build_broker, transport_specs
 from maitred.core.config import parse_config
 from maitred.core.errors import ConfigError, ErrorCode, MaitredError
 from maitred.plugins.manager import make_plugin_manager
-from maitred.transports.ws.adapter import WsConfig, split_address
+from maitred.transports.ws.adapter import WsConfig, WsTransport, split_address
 from maitred.transports.ws.client import JsonClient, MmClient, payload_of
 
 NO_MDP = "[transports.mdp]\nenabled = false\n"
@@ -150,5 +150,41 @@ def test_embedded_json_roundtrip_through_mmi() -> None:
                 assert exc.value.code == ErrorCode.FORBIDDEN
         finally:
             await broker.stop(0)
+
+    asyncio.run(main())
+
+
+def test_reload_turning_tls_on_waits_for_a_restart(tmp_path: Path) -> None:
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [
+            *("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"),
+            *("-subj", "/CN=localhost", "-keyout", str(key), "-out", str(cert)),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    toml = NO_MDP + '[transports.ws]\nlisten = "127.0.0.1:0"\nping_interval = 0\n'
+
+    async def main() -> None:
+        broker = build_broker(parse_config(toml, "a.toml"))
+        await broker.start()
+        try:
+            new = toml + f'tls_cert = "{cert}"\ntls_key = "{key}"\ngrant_role = "g"\n'
+            result = broker.reload(parse_config(new, "a.toml"))
+            # ws:// to wss:// needs new listeners; grant_role applies at once
+            assert result["applied"] == ["transports.ws.grant_role"]
+            assert "transports.ws.tls_cert" in result["unchanged"]
+            assert "transports.ws.tls_key" in result["unchanged"]
+            ws = broker.transport("ws")
+            assert isinstance(ws, WsTransport)
+            assert ws.config.grant_role == "g" and ws.config.tls_cert == ""
+            (endpoint,) = broker.endpoints()["ws"]
+            assert endpoint.startswith("ws://")
+            async with connect(endpoint) as conn:
+                await conn.send("xyzzy")
+                assert await asyncio.wait_for(conn.recv(), 5) == "MM OK"
+        finally:
+            await broker.stop()
 
     asyncio.run(main())

@@ -32,15 +32,19 @@ from websockets.http11 import Request as HttpRequest
 from websockets.http11 import Response as HttpResponse
 from websockets.typing import Subprotocol
 
-from maitred.core.errors import ErrorCode, MaitredError
+from maitred.core.errors import ConfigError, ErrorCode, MaitredError
 from maitred.core.logs import RejectionLog
 from maitred.core.routing.model import Session
-from maitred.core.transport import BrokerPort
+from maitred.core.transport import BrokerPort, ReloadPlan
 from maitred.transports.ws.conn import CLOSE_GOING_AWAY, Conn, peer_of
 from maitred.transports.ws.json_dialect import JsonConn
 from maitred.transports.ws.middleman import MmConn
 
 log = logging.getLogger("maitred.transports.ws")
+
+#: the keys a reload applies to the running transport (for new connections; open ones keep
+#: their identity); any other key that changed waits for a restart
+RELOADABLE = ("keys", "grant_role", "tls_cert", "tls_key")
 
 JSON_SUBPROTOCOL = Subprotocol("maitred.json")
 
@@ -194,6 +198,8 @@ class WsTransport:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._accepting = True
         self._closed = False
+        #: the TLS context of every listener (None: ws://); a reload loads new PEM files into it
+        self._context: ssl.SSLContext | None = None
         #: peer-caused rejections: DEBUG each, a WARNING summary every 10 s
         self.rejections = RejectionLog(
             log,
@@ -206,20 +212,57 @@ class WsTransport:
 
     # -- lifecycle ----------------------------------------------------------------------------
 
-    def _ssl(self) -> ssl.SSLContext | None:
-        if not self.config.tls_cert:
+    def _ssl(self, config: WsConfig | None = None) -> ssl.SSLContext | None:
+        config = config or self.config
+        if not config.tls_cert:
             return None
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         try:
-            context.load_cert_chain(self.config.tls_cert, self.config.tls_key)
+            context.load_cert_chain(config.tls_cert, config.tls_key)
         except (OSError, ssl.SSLError) as exc:
             raise MaitredError(
                 f"ws: cannot load TLS cert/key: {exc}", ErrorCode.BAD_REQUEST
             ) from None
         return context
 
+    def plan_reload(self, config: WsConfig) -> ReloadPlan:
+        """Keys, ``grant_role`` and the TLS certificate and key apply to new connections (the
+        certificate is loaded into the listeners' TLS context, so open connections stay);
+        turning TLS on or off, the listen addresses and the other keys wait for a restart.
+        Raises :class:`ConfigError` when the new certificate and key do not load."""
+        old = self.config
+        changed = [f for f in old.__struct_fields__ if getattr(old, f) != getattr(config, f)]
+        tls = "tls_cert" in changed or "tls_key" in changed
+        if tls and bool(old.tls_cert) != bool(config.tls_cert):
+            applied = [f for f in changed if f in RELOADABLE and not f.startswith("tls_")]
+            restart = [f for f in changed if f not in applied]  # ws:// <-> wss://: new listeners
+            tls = False
+        else:
+            applied = [f for f in changed if f in RELOADABLE]
+            restart = [f for f in changed if f not in RELOADABLE]
+        if tls:
+            try:
+                self._ssl(config)  # a scratch context: the running one changes only in apply
+            except MaitredError as exc:
+                raise ConfigError(exc.reason) from None
+        effective = msgspec.structs.replace(old, **{f: getattr(config, f) for f in applied})
+
+        def apply() -> None:
+            self.config = effective
+            self.keys = {k.key: k for k in effective.keys}
+            if tls and self._context is not None:
+                # the same context object: new handshakes present the new certificate
+                try:
+                    self._context.load_cert_chain(effective.tls_cert, effective.tls_key)
+                except (OSError, ssl.SSLError) as exc:  # the files changed again since checked
+                    log.warning("ws: reload: cannot load the TLS cert/key: %s", exc)
+            if applied:
+                log.info("ws: reloaded %s (for new connections)", ", ".join(applied))
+
+        return ReloadPlan(applied, restart, apply)
+
     async def start(self) -> None:
-        context = self._ssl()
+        context = self._context = self._ssl()
         scheme = "wss" if context else "ws"
         cfg = self.config
         ping = cfg.ping_interval or None
