@@ -86,7 +86,7 @@ def test_a_hint_and_a_place_instead_of_a_peer(caplog: pytest.LogCaptureFixture) 
     rl.note("plain", "", "x")
     rl.note("plain", "10.0.0.9", "x")
     rl.close()
-    assert [r.getMessage() for r in caplog.records if r.levelno == logging.DEBUG][0] == (
+    assert next(r.getMessage() for r in caplog.records if r.levelno == logging.DEBUG) == (
         "plain-text connections on the TLS listener 127.0.0.1:8443: HTTP_REQUEST"
     )
     assert [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING] == [

@@ -23,7 +23,7 @@ import math
 import os
 import secrets
 import ssl
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import msgspec
@@ -176,6 +176,27 @@ def _new_cid() -> str:
     return "".join(secrets.choice(alphabet) for _ in range(20))
 
 
+#: OpenSSL's reasons for a handshake that got a plain HTTP request: a ws:// client
+_PLAINTEXT_REASONS = frozenset({"HTTP_REQUEST", "HTTPS_PROXY_REQUEST"})
+
+
+def _watched_sslobject(on_failure: Callable[[ssl.SSLError], None]) -> type[ssl.SSLObject]:
+    """An :class:`ssl.SSLObject` whose failed handshakes are reported to ``on_failure``
+    (asyncio's TLS layer, and uvloop's, make theirs with the context's ``sslobject_class``)."""
+
+    class WatchedSSLObject(ssl.SSLObject):
+        def do_handshake(self) -> None:
+            try:
+                super().do_handshake()
+            except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                raise  # more bytes to come: not a failure
+            except ssl.SSLError as exc:
+                on_failure(exc)
+                raise
+
+    return WatchedSSLObject
+
+
 class WsTransport:
     """The ``ws`` transport (see the module docstring)."""
 
@@ -206,7 +227,10 @@ class WsTransport:
 
     # -- lifecycle ----------------------------------------------------------------------------
 
-    def _ssl(self) -> ssl.SSLContext | None:
+    def _ssl(self, where: list[str]) -> ssl.SSLContext | None:
+        """The TLS context of one listener (None: plain ws://). Its failed handshakes are
+        reported to :meth:`_tls_failed` with ``where[0]``, the listener's address (filled in
+        once it is bound)."""
         if not self.config.tls_cert:
             return None
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -216,15 +240,36 @@ class WsTransport:
             raise MaitredError(
                 f"ws: cannot load TLS cert/key: {exc}", ErrorCode.BAD_REQUEST
             ) from None
+        context.sslobject_class = _watched_sslobject(lambda exc: self._tls_failed(where[0], exc))
         return context
 
+    def _tls_failed(self, listener: str, exc: ssl.SSLError) -> None:
+        """A TLS handshake on ``listener`` failed: asyncio closes the connection before
+        websockets sees it, so this is the only trace of it. Counted, logged as a rejection."""
+        reason = str(exc.reason or type(exc).__name__)
+        kind = "tls_plaintext" if reason in _PLAINTEXT_REASONS else "tls_failed"
+        self.stats[f"ws.{kind}"] += 1
+        self.rejections.note(f"{kind}:{listener}", "", f"{reason} ({exc})")
+
+    def _watch_tls(self, listener: str) -> None:
+        """Name the rejections of ``listener``'s failed TLS handshakes."""
+        where = f"on the TLS listener {listener}"
+        kinds, hints = self.rejections.kinds, self.rejections.hints
+        kinds[f"tls_plaintext:{listener}"] = f"plain-text (not TLS) connections {where}"
+        hints[f"tls_plaintext:{listener}"] = "a ws:// client on a wss:// port?"
+        kinds[f"tls_failed:{listener}"] = f"failed TLS handshakes {where}"
+        hints[f"tls_failed:{listener}"] = (
+            "not TLS, or no TLS version or cipher in common? (each reason is logged at DEBUG)"
+        )
+
     async def start(self) -> None:
-        context = self._ssl()
-        scheme = "wss" if context else "ws"
         cfg = self.config
+        scheme = "wss" if cfg.tls_cert else "ws"
         ping = cfg.ping_interval or None
         for addr in cfg.listen_addresses():
             host, port = split_address(addr)
+            where = [addr]
+            context = self._ssl(where)
             try:
                 server = await serve(
                     self._handler,
@@ -247,9 +292,13 @@ class WsTransport:
                     f"ws: cannot listen on {addr}: {exc.strerror}", ErrorCode.BAD_REQUEST
                 ) from None
             self._servers.append(server)
-            for sock in server.sockets:
+            for n, sock in enumerate(server.sockets):
                 h, p = sock.getsockname()[:2]
-                self._bound.append(f"{scheme}://{f'[{h}]' if ':' in h else h}:{p}")
+                bound = f"{f'[{h}]' if ':' in h else h}:{p}"
+                self._bound.append(f"{scheme}://{bound}")
+                if n == 0 and context is not None:
+                    where[0] = bound
+                    self._watch_tls(bound)
 
     def endpoints(self) -> list[str]:
         return list(self._bound)
