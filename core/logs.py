@@ -66,6 +66,10 @@ class RejectionLog:
     arrives or, inside a running event loop, by a timer at its end. At most ``max_peers``
     distinct peers are told apart per window (the rest are counted together), so memory stays
     bounded whatever the number of peers.
+
+    ``hints`` maps a kind to a likely cause added to its summary (``"...in the last 10 s: a
+    ws:// client on a wss:// port?"``). A rejection noted with the peer "" (a kind whose noun
+    names the place, the peer being unknown) gives a summary without "from".
     """
 
     def __init__(
@@ -75,9 +79,11 @@ class RejectionLog:
         interval: float = 10.0,
         max_peers: int = 1000,
         clock: Any = None,
+        hints: dict[str, str] | None = None,
     ) -> None:
         self.logger = logger
         self.kinds = dict(kinds)
+        self.hints = dict(hints or {})
         self.interval = interval
         self.max_peers = max_peers
         self._clock = clock or time.monotonic
@@ -88,7 +94,11 @@ class RejectionLog:
     def note(self, kind: str, peer: str, detail: str) -> None:
         """One rejection of ``kind`` caused by ``peer`` (an address, or an identity for peers
         whose address is not known); ``detail`` goes to the DEBUG line only."""
-        self.logger.debug("%s from %s: %s", self.kinds.get(kind, kind), peer, detail)
+        noun = self.kinds.get(kind, kind)
+        if peer:
+            self.logger.debug("%s from %s: %s", noun, peer, detail)
+        else:
+            self.logger.debug("%s: %s", noun, detail)
         now = self._clock()
         window = self._windows.get(kind)
         if window is not None and now - window[0] >= self.interval:
@@ -131,10 +141,13 @@ class RejectionLog:
     def _summary(self, kind: str, total: int, peers: dict[str, int], span: float) -> str:
         noun = self.kinds.get(kind, kind)
         seconds = max(1, round(min(span, self.interval)))
+        hint = self.hints.get(kind)
+        tail = f": {hint}" if hint else ""
         top = sorted(peers.items(), key=lambda kv: -kv[1])
         if len(top) == 1 and top[0][1] == total:
-            return f"{total:,} {noun} from {top[0][0]} in the last {seconds} s"
-        shown = ", ".join(f"{n:,} from {p}" for p, n in top[:5])
+            source = f" from {top[0][0]}" if top[0][0] else ""
+            return f"{total:,} {noun}{source} in the last {seconds} s{tail}"
+        shown = ", ".join(f"{n:,} from {p or 'unknown peers'}" for p, n in top[:5])
         rest = total - sum(n for _, n in top[:5])
         more = f", {rest:,} from other peers" if rest else ""
-        return f"{total:,} {noun} in the last {seconds} s: {shown}{more}"
+        return f"{total:,} {noun} in the last {seconds} s: {shown}{more}{tail}"

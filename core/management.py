@@ -189,6 +189,7 @@ class Management:
                 "service": worker.service.name,
                 "worker": worker.label,
                 "transport": worker.session.transport,
+                "address": worker.address,
                 "identity": worker.session.identity.name,
                 "credit": worker.credit,
                 "inflight": len(worker.inflight),

@@ -233,13 +233,15 @@ class BrokerPort(Protocol):
         credit: int = 1,
         tag: Any = None,
         label: str = "",
+        address: str = "",
         idle_timeout: float | None = None,
         busy_timeout: float | None = None,
         max_credit: int = 0,
         pipeline_below: float = 0.002,
     ) -> Worker:
         """Make ``session`` a worker of ``service_name`` (raises ``Denied`` or
-        ``MaitredError``); ``idle_timeout`` 0: the transport watches its liveness."""
+        ``MaitredError``); ``idle_timeout`` 0: the transport watches its liveness; ``address``:
+        where the worker is, for people (shown by ``mmi.workers`` and the dashboard)."""
         ...
 
     def unregister_worker(self, worker: Worker, now: float, reason: str = "disconnect") -> None:

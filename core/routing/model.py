@@ -267,6 +267,7 @@ class Worker:
     """A worker of one service, owned by a session. ``tag`` is the transport's own handle."""
 
     __slots__ = (
+        "address",
         "alive",
         "base_credit",
         "busy_timeout",
@@ -299,6 +300,7 @@ class Worker:
         now: float,
         idle_timeout: float,
         busy_timeout: float,
+        address: str = "",
     ) -> None:
         self.id = wid
         self.session = session
@@ -310,6 +312,9 @@ class Worker:
         self.pipeline_below = 0.0
         self.tag = tag
         self.label = label or f"{session.label}/w{wid}"
+        #: where the worker is, for people: the peer's address (``127.0.0.1:PORT``, an ipc
+        #: path, a WebSocket remote address and name, a switch login); "" when none is known
+        self.address = address
         self.inflight: dict[int, Request] = {}
         self.since = now
         self.touched = now

@@ -51,6 +51,7 @@ class WorkersMixin(RouterState):
         credit: int = 1,
         tag: Any = None,
         label: str = "",
+        address: str = "",
         idle_timeout: float | None = None,
         busy_timeout: float | None = None,
         max_credit: int = 0,
@@ -63,6 +64,9 @@ class WorkersMixin(RouterState):
         credit grows by one per reply up to ``max_credit`` (requests are pipelined to it); the
         first answer that takes longer sets it back to ``credit``. Fast services get pipelining,
         slow ones keep one request per worker (no request waits long behind another).
+
+        ``address`` says where the worker is, for people (``mmi.workers``, the dashboard): the
+        peer's address, an ipc path, a login; "" when the transport knows none.
 
         ``idle_timeout``/``busy_timeout`` override the liveness defaults; 0 means the transport
         watches liveness itself (the router never expires the worker). Raises
@@ -101,6 +105,7 @@ class WorkersMixin(RouterState):
             now,
             self.liveness.idle_timeout if idle_timeout is None else idle_timeout,
             self.liveness.busy_timeout if busy_timeout is None else busy_timeout,
+            address,
         )
         if max_credit > credit:
             worker.max_credit = max_credit

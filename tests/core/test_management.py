@@ -177,7 +177,9 @@ def test_mmi_services_latency_and_error_codes(mh: Harness) -> None:
 
 def test_mmi_workers(mh: Harness) -> None:
     start = mh.now
-    wa = mh.router.add_worker(mh.session("pa"), "a", mh.now, credit=3, label="wa")
+    wa = mh.router.add_worker(
+        mh.session("pa"), "a", mh.now, credit=3, label="wa", address="127.0.0.1:41234"
+    )
     mh.clock.advance(2.5)
     mh.router.add_worker(mh.session("pb"), "b", mh.now, label="wb")
     client = mh.session("client")
@@ -191,6 +193,7 @@ def test_mmi_workers(mh: Harness) -> None:
         "service": "a",
         "worker": "wa",
         "transport": "test",
+        "address": "127.0.0.1:41234",
         "identity": "anonymous",
         "credit": 3,
         "inflight": 0,
@@ -200,6 +203,7 @@ def test_mmi_workers(mh: Harness) -> None:
     }
     only_b = ask_json(mh, "mmi.workers", b"b")
     assert [row["worker"] for row in only_b] == ["wb"]
+    assert only_b[0]["address"] == ""  # none given: the transport knows no address
     assert only_b[0]["idle_for"] == 1.5
     assert ask_json(mh, "mmi.workers", b"nobody") == []
     assert ask_json(mh, "mmi.workers", b"") == rows

@@ -67,3 +67,31 @@ def test_the_timer_writes_the_summary_in_a_loop(caplog: pytest.LogCaptureFixture
 
     asyncio.run(main())
     assert [r.getMessage() for r in caplog.records] == ["2 bad frames from a in the last 1 s"]
+
+
+def test_a_hint_and_a_place_instead_of_a_peer(caplog: pytest.LogCaptureFixture) -> None:
+    clock = _Clock()
+    rl = RejectionLog(
+        logging.getLogger("t.rej4"),
+        {"plain": "plain-text connections on the TLS listener 127.0.0.1:8443"},
+        interval=10,
+        clock=clock,
+        hints={"plain": "a ws:// client on a wss:// port?"},
+    )
+    caplog.set_level(logging.DEBUG, "t.rej4")
+    for _ in range(3):
+        rl.note("plain", "", "HTTP_REQUEST")
+    clock.now += 10
+    rl.flush()
+    rl.note("plain", "", "x")
+    rl.note("plain", "10.0.0.9", "x")
+    rl.close()
+    assert next(r.getMessage() for r in caplog.records if r.levelno == logging.DEBUG) == (
+        "plain-text connections on the TLS listener 127.0.0.1:8443: HTTP_REQUEST"
+    )
+    assert [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING] == [
+        "3 plain-text connections on the TLS listener 127.0.0.1:8443 in the last 10 s:"
+        " a ws:// client on a wss:// port?",
+        "2 plain-text connections on the TLS listener 127.0.0.1:8443 in the last 1 s:"
+        " 1 from unknown peers, 1 from 10.0.0.9: a ws:// client on a wss:// port?",
+    ]

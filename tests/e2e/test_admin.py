@@ -57,6 +57,19 @@ def http_get(base: str, path: str) -> tuple[int, dict[str, str], bytes]:
         conn.close()
 
 
+def _client_port(endpoint: str) -> int:
+    """The local port of the one established TCP connection to ``endpoint`` (tcp://HOST:PORT),
+    read from the kernel's table: what the broker must report as its peer's address."""
+    server = int(endpoint.rsplit(":", 1)[1])
+    ports = []
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        local, remote, state = line.split()[1:4]
+        if state == "01" and int(remote.split(":")[1], 16) == server:
+            ports.append(int(local.split(":")[1], 16))
+    assert len(ports) == 1, ports
+    return ports[0]
+
+
 @pytest.fixture
 def web_broker(make_broker: Callable[..., BrokerThread]) -> BrokerThread:
     return make_broker(TOML.format(extra=""))
@@ -136,6 +149,10 @@ def test_dashboard_shows_workers_calls_and_events_live(
     )
     assert '<td class="transport text">mdp</td>' in html, html
     assert "service=echo" in html, html  # the event's payload
+    # the worker is named by its transport and its address (the broker's id in the title)
+    address = f"127.0.0.1:{_client_port(web_broker.endpoint)}"
+    assert '<td class="worker text name" title="mdp worker mdp:' in html, html
+    assert f' at {address} of anonymous">mdp · {address}</td>' in html, html
 
     # three calls from a raw MDP client: totals, and a request rate over the sliding window
     client = RawClient(ctx, web_broker.endpoint, "rfc")

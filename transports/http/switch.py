@@ -532,6 +532,7 @@ class Switch(SwitchLeases, SwitchViews):
                 credit=self.credit,
                 tag=token,
                 label=f"switch:{token.name}/{q.name}",
+                address=token.name,  # the login token: who serves the queue
                 idle_timeout=0,
                 busy_timeout=0,
             )

@@ -8,6 +8,8 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import os
+import socket
 import struct
 from collections import Counter
 from collections.abc import Callable
@@ -48,6 +50,30 @@ _SRCFD = int(zmq.SRCFD)
 #: a socket monitor's event frame: event number (uint16), value (uint32; the fd for DISCONNECTED)
 _EVENT = struct.Struct("=HI")
 _DISCONNECTED = int(zmq.EVENT_DISCONNECTED)
+
+
+def peer_address(fd: int) -> str:
+    """Where the connection on ``fd`` comes from, for people: ``HOST:PORT`` over TCP
+    (``[HOST]:PORT`` over IPv6), the socket path over ``ipc://``, "" when there is no fd
+    (inproc) or it cannot be read. Reads a duplicate of the fd, so libzmq's stays untouched."""
+    if fd < 0:
+        return ""
+    try:
+        sock = socket.socket(fileno=os.dup(fd))
+    except OSError:
+        return ""
+    try:
+        if sock.family == socket.AF_UNIX:
+            path = sock.getsockname()  # the peer of an ipc:// connection has no name; ours does
+            return path if isinstance(path, str) else ""
+        name = sock.getpeername()
+        if sock.family == socket.AF_INET6:
+            return f"[{name[0]}]:{name[1]}"
+        return f"{name[0]}:{name[1]}"
+    except OSError:
+        return ""
+    finally:
+        sock.close()
 
 
 class _Unset:
@@ -173,6 +199,7 @@ class MdpWorkers(BaseSink):
                 pipeline_below=self.config.worker_pipeline_below,
                 tag=mw,
                 label=f"mdp:{rid.hex()}",
+                address=peer_address(mw.fd),
                 idle_timeout=self.idle_timeout,
             )
         except MaitredError as exc:

@@ -23,7 +23,7 @@ import math
 import os
 import secrets
 import ssl
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import msgspec
@@ -180,6 +180,27 @@ def _new_cid() -> str:
     return "".join(secrets.choice(alphabet) for _ in range(20))
 
 
+#: OpenSSL's reasons for a handshake that got a plain HTTP request: a ws:// client
+_PLAINTEXT_REASONS = frozenset({"HTTP_REQUEST", "HTTPS_PROXY_REQUEST"})
+
+
+def _watched_sslobject(on_failure: Callable[[ssl.SSLError], None]) -> type[ssl.SSLObject]:
+    """An :class:`ssl.SSLObject` whose failed handshakes are reported to ``on_failure``
+    (asyncio's TLS layer, and uvloop's, make theirs with the context's ``sslobject_class``)."""
+
+    class WatchedSSLObject(ssl.SSLObject):
+        def do_handshake(self) -> None:
+            try:
+                super().do_handshake()
+            except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                raise  # more bytes to come: not a failure
+            except ssl.SSLError as exc:
+                on_failure(exc)
+                raise
+
+    return WatchedSSLObject
+
+
 class WsTransport:
     """The ``ws`` transport (see the module docstring)."""
 
@@ -199,7 +220,8 @@ class WsTransport:
         self._accepting = True
         self._closed = False
         #: the TLS context of every listener (None: ws://); a reload loads new PEM files into it
-        self._context: ssl.SSLContext | None = None
+        #: the listeners' TLS contexts (a reload loads a new certificate into them)
+        self._contexts: list[ssl.SSLContext] = []
         #: peer-caused rejections: DEBUG each, a WARNING summary every 10 s
         self.rejections = RejectionLog(
             log,
@@ -212,7 +234,10 @@ class WsTransport:
 
     # -- lifecycle ----------------------------------------------------------------------------
 
-    def _ssl(self, config: WsConfig | None = None) -> ssl.SSLContext | None:
+    def _ssl(self, where: list[str], config: WsConfig | None = None) -> ssl.SSLContext | None:
+        """The TLS context of one listener (None: plain ws://). Its failed handshakes are
+        reported to :meth:`_tls_failed` with ``where[0]``, the listener's address (filled in
+        once it is bound). ``config``: another config's certificate and key (a reload's check)."""
         config = config or self.config
         if not config.tls_cert:
             return None
@@ -223,6 +248,7 @@ class WsTransport:
             raise MaitredError(
                 f"ws: cannot load TLS cert/key: {exc}", ErrorCode.BAD_REQUEST
             ) from None
+        context.sslobject_class = _watched_sslobject(lambda exc: self._tls_failed(where[0], exc))
         return context
 
     def plan_reload(self, config: WsConfig) -> ReloadPlan:
@@ -242,7 +268,7 @@ class WsTransport:
             restart = [f for f in changed if f not in RELOADABLE]
         if tls:
             try:
-                self._ssl(config)  # a scratch context: the running one changes only in apply
+                self._ssl([""], config)  # a scratch context: the running ones change in apply
             except MaitredError as exc:
                 raise ConfigError(exc.reason) from None
         effective = msgspec.structs.replace(old, **{f: getattr(config, f) for f in applied})
@@ -250,24 +276,47 @@ class WsTransport:
         def apply() -> None:
             self.config = effective
             self.keys = {k.key: k for k in effective.keys}
-            if tls and self._context is not None:
-                # the same context object: new handshakes present the new certificate
+            for context in self._contexts if tls else ():
+                # the same context objects: new handshakes present the new certificate
                 try:
-                    self._context.load_cert_chain(effective.tls_cert, effective.tls_key)
+                    context.load_cert_chain(effective.tls_cert, effective.tls_key)
                 except (OSError, ssl.SSLError) as exc:  # the files changed again since checked
                     log.warning("ws: reload: cannot load the TLS cert/key: %s", exc)
+                    break
             if applied:
                 log.info("ws: reloaded %s (for new connections)", ", ".join(applied))
 
         return ReloadPlan(applied, restart, apply)
 
+    def _tls_failed(self, listener: str, exc: ssl.SSLError) -> None:
+        """A TLS handshake on ``listener`` failed: asyncio closes the connection before
+        websockets sees it, so this is the only trace of it. Counted, logged as a rejection."""
+        reason = str(exc.reason or type(exc).__name__)
+        kind = "tls_plaintext" if reason in _PLAINTEXT_REASONS else "tls_failed"
+        self.stats[f"ws.{kind}"] += 1
+        self.rejections.note(f"{kind}:{listener}", "", f"{reason} ({exc})")
+
+    def _watch_tls(self, listener: str) -> None:
+        """Name the rejections of ``listener``'s failed TLS handshakes."""
+        where = f"on the TLS listener {listener}"
+        kinds, hints = self.rejections.kinds, self.rejections.hints
+        kinds[f"tls_plaintext:{listener}"] = f"plain-text (not TLS) connections {where}"
+        hints[f"tls_plaintext:{listener}"] = "a ws:// client on a wss:// port?"
+        kinds[f"tls_failed:{listener}"] = f"failed TLS handshakes {where}"
+        hints[f"tls_failed:{listener}"] = (
+            "not TLS, or no TLS version or cipher in common? (each reason is logged at DEBUG)"
+        )
+
     async def start(self) -> None:
-        context = self._context = self._ssl()
-        scheme = "wss" if context else "ws"
         cfg = self.config
+        scheme = "wss" if cfg.tls_cert else "ws"
         ping = cfg.ping_interval or None
         for addr in cfg.listen_addresses():
             host, port = split_address(addr)
+            where = [addr]
+            context = self._ssl(where)
+            if context is not None:
+                self._contexts.append(context)
             try:
                 server = await serve(
                     self._handler,
@@ -290,9 +339,13 @@ class WsTransport:
                     f"ws: cannot listen on {addr}: {exc.strerror}", ErrorCode.BAD_REQUEST
                 ) from None
             self._servers.append(server)
-            for sock in server.sockets:
+            for n, sock in enumerate(server.sockets):
                 h, p = sock.getsockname()[:2]
-                self._bound.append(f"{scheme}://{f'[{h}]' if ':' in h else h}:{p}")
+                bound = f"{f'[{h}]' if ':' in h else h}:{p}"
+                self._bound.append(f"{scheme}://{bound}")
+                if n == 0 and context is not None:
+                    where[0] = bound
+                    self._watch_tls(bound)
 
     def endpoints(self) -> list[str]:
         return list(self._bound)

@@ -199,6 +199,13 @@ class Conn(ABC):
         self.transport.register(self)
         return self.session
 
+    def worker_address(self, name: str = "") -> str:
+        """Where this connection's workers are, for people: ``HOST:PORT (NAME)`` with the
+        connection's registered ``name``, else its identity's name (its key's role)."""
+        who = name or (self.identity.name if self.identity is not None else "")
+        where = address_of(self.ws)
+        return f"{where} ({who})" if where and who else where or who
+
     def release(self, reason: str) -> None:
         """The connection ended: close the session, revoke the private grants."""
         self.closing = True
@@ -294,6 +301,16 @@ class Conn(ABC):
             except (TimeoutError, ConnectionClosed):
                 writer.cancel()
             self._discard()  # what the peer will never read
+
+
+def address_of(ws: ServerConnection) -> str:
+    """The peer's ``HOST:PORT`` (``[HOST]:PORT`` over IPv6), "" when it has none (a Unix
+    socket)."""
+    address = ws.remote_address
+    if isinstance(address, tuple) and len(address) >= 2:
+        host = str(address[0])
+        return f"[{host}]:{address[1]}" if ":" in host else f"{host}:{address[1]}"
+    return str(address) if address else ""
 
 
 def peer_of(ws: ServerConnection) -> str:

@@ -93,6 +93,7 @@ class JsonConn(Conn):
                             credit=self.transport.config.responder_credit,
                             tag=self,
                             label=f"ws:{self.cid}/{service}",
+                            address=self.worker_address(hello.name),
                             idle_timeout=0,
                             busy_timeout=0,
                         )

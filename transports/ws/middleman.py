@@ -267,6 +267,7 @@ class MmConn(Conn):
                     credit=self.transport.config.responder_credit,
                     tag=self,
                     label=f"ws:{self.cid}/{k}",
+                    address=self.worker_address(),
                     idle_timeout=0,
                     busy_timeout=0,
                 )
