@@ -338,7 +338,7 @@ def _mmi(client: BrokerClient, name: str, arg: str, timeout: float) -> Any:
 
 
 def _cell(value: Any) -> str:
-    if value is None:
+    if value is None or value == "":
         return "-"
     if isinstance(value, float):
         return f"{value:g}"
@@ -382,6 +382,7 @@ WORKER_COLUMNS = [
     ("service", "SERVICE"),
     ("transport", "PROTOCOL"),
     ("worker", "WORKER"),
+    ("address", "ADDRESS"),
     ("identity", "IDENTITY"),
     ("inflight", "INFLIGHT"),
     ("served", "SERVED"),

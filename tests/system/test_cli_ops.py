@@ -223,6 +223,7 @@ def test_listings_on_every_transport(urls: dict[str, str], echo: None, transport
         "SERVICE",
         "PROTOCOL",
         "WORKER",
+        "ADDRESS",
         "IDENTITY",
         "INFLIGHT",
         "SERVED",
@@ -230,6 +231,10 @@ def test_listings_on_every_transport(urls: dict[str, str], echo: None, transport
         "UP_S",
     ]
     assert any(row.split()[:2] == ["echo", "mdp"] for row in rows), workers.stdout
+    # the MDP worker's address: where its TCP connection comes from
+    assert re.search(r"^echo\s+mdp\s+\S+\s+127\.0\.0\.1:\d+\s", workers.stdout, re.M), (
+        workers.stdout
+    )
     as_json = json.loads(run("workers", "--json", "-b", url).stdout)
     assert any(w["service"] == "echo" for w in as_json)
 
