@@ -29,6 +29,15 @@ class ErrorCode(IntEnum):
     SHUTTING_DOWN = 530
     CANCELLED = 531
 
+    @classmethod
+    def of(cls, number: int) -> ErrorCode:
+        """The code with this number; ``INTERNAL`` for a number that is no code (a peer's
+        status that maitred does not know)."""
+        try:
+            return cls(number)
+        except ValueError:
+            return cls.INTERNAL
+
 
 class MaitredError(Exception):
     """The root of every error maitred raises on purpose: a code and a short reason."""

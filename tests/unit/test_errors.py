@@ -109,3 +109,11 @@ def test_every_exception_class_maitred_defines_is_a_maitred_error() -> None:
             ):
                 strays.append(f"{name}.{attr}")
     assert strays == []
+
+
+def test_error_code_of_a_number() -> None:
+    """A peer's status number becomes its code; one maitred does not know is INTERNAL."""
+    assert ErrorCode.of(404) is ErrorCode.NOT_FOUND
+    assert ErrorCode.of(531) is ErrorCode.CANCELLED
+    assert ErrorCode.of(418) is ErrorCode.INTERNAL
+    assert ErrorCode.of(0) is ErrorCode.INTERNAL

@@ -205,8 +205,7 @@ class SwitchError(PeerError):
     :class:`ErrorCode` (else 500)."""
 
     def __init__(self, status: int, body: bytes) -> None:
-        code = ErrorCode(status) if status in ErrorCode._value2member_map_ else ErrorCode.INTERNAL
-        super().__init__(f"{status}: {body.decode('utf-8', 'replace')}", code)
+        super().__init__(f"{status}: {body.decode('utf-8', 'replace')}", ErrorCode.of(status))
         self.status = status
         self.body = body
 

@@ -245,9 +245,7 @@ def parse_error_body(body: Sequence[bytes]) -> tuple[ErrorCode, str] | None:
     first = body[0]
     if len(first) != 3 or not first.isdigit() or first[:1] not in (b"4", b"5"):
         return None
-    number = int(first)
-    code = ErrorCode(number) if number in ErrorCode._value2member_map_ else ErrorCode.INTERNAL
-    return code, body[1].decode("utf-8", "replace")
+    return ErrorCode.of(int(first)), body[1].decode("utf-8", "replace")
 
 
 def worker_heartbeat(dialect: int) -> list[bytes]:

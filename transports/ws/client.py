@@ -34,13 +34,6 @@ from maitred.transports.ws.mm_codec import MmMessage, encode, parse
 __all__ = ["JsonClient", "MmClient", "payload_of"]
 
 
-def _code(code: int) -> ErrorCode:
-    try:
-        return ErrorCode(code)
-    except ValueError:
-        return ErrorCode.INTERNAL
-
-
 def payload_of(msg: jc.Request | jc.Reply | jc.Partial | jc.Event) -> Any:
     """The JSON value a message carries (``payload``), decoded; None when it has none."""
     if isinstance(msg.payload, msgspec.Raw):
@@ -192,7 +185,7 @@ class JsonClient:
         elif isinstance(msg, jc.Error):
             fut = self._calls.pop(msg.id, None) if msg.id is not None else None
             if fut is not None and not fut.done():
-                fut.set_exception(MaitredError(msg.message, _code(msg.code)))
+                fut.set_exception(MaitredError(msg.message, ErrorCode.of(msg.code)))
             else:
                 self.errors.put_nowait(msg)
 
