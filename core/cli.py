@@ -172,15 +172,25 @@ def cmd_reload(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _connect(url: str, timeout: float) -> BrokerClient:
-    client = _client_for(url, timeout)
+def _connect(url: str, timeout: float, args: argparse.Namespace | None = None) -> BrokerClient:
+    client = _client_for(url, timeout, _connect_options(args))
     probe(url)  # within about a second: nothing there, instead of a whole timeout's wait
     return client
 
 
-def _client_for(url: str, timeout: float) -> BrokerClient:
+def _connect_options(args: argparse.Namespace | None) -> dict[str, Any]:
+    """The connection options given on the command line (credentials), for the plugin."""
+    names = ("curve_server_key", "curve_key_file")
+    return {n: v for n in names if (v := getattr(args, n, None)) is not None}
+
+
+def _client_for(
+    url: str, timeout: float, options: dict[str, Any] | None = None
+) -> BrokerClient:
     pm = make_plugin_manager()
-    client: BrokerClient | None = pm.hook.maitred_connect(url=url, timeout=timeout)
+    client: BrokerClient | None = pm.hook.maitred_connect(
+        url=url, timeout=timeout, options=options or {}
+    )
     if client is None:
         raise ConfigError(
             f"-b: no installed transport plugin speaks {url!r}; use tcp://HOST:PORT, "
@@ -204,7 +214,7 @@ def cmd_call(args: argparse.Namespace) -> int:
         body = [sys.stdin.buffer.read()]
     else:
         body = [b.encode() for b in args.body]
-    client = _connect(args.broker, args.timeout)
+    client = _connect(args.broker, args.timeout, args)
     try:
         reply = client.request(args.service, body, args.timeout)
     finally:
@@ -267,7 +277,7 @@ def _check_program(command: str) -> None:
 def cmd_worker(args: argparse.Namespace) -> int:
     _check_program(args.program)
     _setup_logging("info")
-    client = _connect(args.broker, args.timeout)
+    client = _connect(args.broker, args.timeout, args)
     log.info("serving %s at %s with %r", args.service, args.broker, args.program)
 
     def handler(body: list[bytes]) -> list[bytes]:
@@ -403,7 +413,7 @@ CONNECTION_COLUMNS = [
 def cmd_listing(args: argparse.Namespace) -> int:
     """``services``, ``workers``, ``queues``, ``info``, ``connections``."""
     name = {"connections": "mmi.info"}.get(args.verb, f"mmi.{args.verb}")
-    client = _connect(args.broker, args.timeout)
+    client = _connect(args.broker, args.timeout, args)
     try:
         answer = _mmi(client, name, getattr(args, "service", ""), args.timeout)
     finally:
@@ -449,7 +459,7 @@ def cmd_listing(args: argparse.Namespace) -> int:
 
 
 def _topics_client(args: argparse.Namespace) -> Any:
-    client = _client_for(args.broker, args.timeout)
+    client = _client_for(args.broker, args.timeout, _connect_options(args))
     if not hasattr(client, "publish"):
         client.close()
         raise ConfigError(

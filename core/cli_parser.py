@@ -119,6 +119,20 @@ def build_parser(
             f"ws://HOST:PORT (env MAITRED_BROKER, default {DEFAULT_BROKER})",
         )
         p.add_argument("-t", "--timeout", type=float, default=10.0, help="seconds (default 10)")
+        p.add_argument(
+            "--curve-server-key",
+            metavar="KEY",
+            default=os.environ.get("MAITRED_CURVE_SERVER_KEY"),
+            help="MDP over CURVE: the broker's public key (40 Z85 characters, or its key file; "
+            "env MAITRED_CURVE_SERVER_KEY)",
+        )
+        p.add_argument(
+            "--curve-key-file",
+            metavar="FILE",
+            default=os.environ.get("MAITRED_CURVE_KEY_FILE"),
+            help="MDP over CURVE: this client's secret key file from maitred keygen "
+            "(env MAITRED_CURVE_KEY_FILE)",
+        )
 
     call = _parser(
         sub,

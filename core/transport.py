@@ -280,6 +280,12 @@ class BrokerPort(Protocol):
         """Count and publish a refusal the transport's protocol made itself."""
         ...
 
+    def report_unauthenticated(self, transport: str, peer: str, reason: str) -> None:
+        """Count (``denied.authenticate``) and publish on ``$sys.auth.denied`` a peer refused
+        before it had a session: unknown or wrong credentials. ``peer``: what is known of it
+        (an address, a public key)."""
+        ...
+
     def permits(self, session: Session, action: Action, name: str) -> bool:
         """The policy's answer without counting a denial (e.g. to filter a listing)."""
         ...

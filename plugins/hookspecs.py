@@ -95,6 +95,10 @@ def maitred_add_commands(subparsers: Any) -> None:
 
 
 @hookspec(firstresult=True)
-def maitred_connect(url: str, timeout: float) -> BrokerClient | None:
+def maitred_connect(url: str, timeout: float, options: Mapping[str, Any]) -> BrokerClient | None:
     """Return a blocking CLI client for a broker at ``url`` if this plugin speaks its scheme
-    (``tcp://``, ``ipc://`` for MDP; later ``http://``, ``unix:``), else None."""
+    (``tcp://``, ``ipc://`` for MDP; later ``http://``, ``unix:``), else None.
+
+    ``options``: the credentials given on the command line, by option name (e.g.
+    ``curve_server_key``, ``curve_key_file``); those absent are not in it. An implementation
+    may leave ``options`` out of its parameters."""

@@ -46,6 +46,24 @@ class GrantsMixin(RouterState):
             },
         )
 
+    def report_unauthenticated(self, transport: str, peer: str, reason: str) -> None:
+        """Count a peer refused before it had a session (wrong or unknown credentials: a
+        CURVE key not in the table, a bad token) and publish it on ``$sys.auth.denied`` with
+        the action ``authenticate``, no identity and no session. ``peer`` is what the
+        transport knows of it (an address, a public key)."""
+        self.stats["denied.authenticate"] += 1
+        self._emit(
+            "$sys.auth.denied",
+            {
+                "identity": "",
+                "session": "",
+                "transport": transport,
+                "action": "authenticate",
+                "name": peer,
+                "reason": reason,
+            },
+        )
+
     def permits(self, session: Session, action: Action, name: str) -> bool:
         """The policy's answer for ``session`` on ``name``, not cached and never counted or
         published as a denial (e.g. to filter what a listing shows)."""

@@ -108,10 +108,18 @@ def zmq_context() -> Iterator[zmq.Context[Any]]:
         context.destroy(linger=0)
 
 
-def socket(ctx: zmq.Context[Any], kind: int, endpoint: str) -> zmq.Socket[Any]:
+#: a CURVE client's keys (Z85): the server's public key, its own public and secret key
+CurveKeys = tuple[bytes, bytes, bytes]
+
+
+def socket(
+    ctx: zmq.Context[Any], kind: int, endpoint: str, curve: CurveKeys | None = None
+) -> zmq.Socket[Any]:
     sock = ctx.socket(kind)
     OPEN_SOCKETS.append(sock)
     sock.setsockopt(zmq.LINGER, 0)
+    if curve is not None:  # plain pyzmq, as any libzmq program does it
+        sock.curve_serverkey, sock.curve_publickey, sock.curve_secretkey = curve
     sock.connect(endpoint)
     return sock
 
@@ -123,9 +131,11 @@ WORKER_KINDS = ("0.1", "rfc", "majortomo")
 
 
 class RawClient:
-    def __init__(self, ctx: zmq.Context[Any], endpoint: str, kind: str) -> None:
+    def __init__(
+        self, ctx: zmq.Context[Any], endpoint: str, kind: str, curve: CurveKeys | None = None
+    ) -> None:
         self.kind = kind
-        self.sock = socket(ctx, zmq.REQ if kind == "0.1-req" else zmq.DEALER, endpoint)
+        self.sock = socket(ctx, zmq.REQ if kind == "0.1-req" else zmq.DEALER, endpoint, curve)
 
     def send(self, service: bytes, *body: bytes) -> None:
         if self.kind == "0.1-req":
@@ -168,10 +178,17 @@ class RawClient:
 
 
 class RawWorker:
-    def __init__(self, ctx: zmq.Context[Any], endpoint: str, kind: str, service: bytes) -> None:
+    def __init__(
+        self,
+        ctx: zmq.Context[Any],
+        endpoint: str,
+        kind: str,
+        service: bytes,
+        curve: CurveKeys | None = None,
+    ) -> None:
         self.kind = kind
         self.service = service
-        self.sock = socket(ctx, zmq.DEALER, endpoint)
+        self.sock = socket(ctx, zmq.DEALER, endpoint, curve)
         self.heartbeats = 0
         self.disconnected = False
 

@@ -48,6 +48,7 @@ from maitred.transports.mdp.codec import (
     MdpFormatError,
 )
 from maitred.transports.mdp.config import MdpConfig
+from maitred.transports.mdp.curve import CurvePeers
 from maitred.transports.mdp.liveness import _DISCONNECTED, MdpWorkers, _decode_name, _MdpWorker
 
 log = logging.getLogger("maitred.transports.mdp")
@@ -95,7 +96,7 @@ def _new_context(sched: str) -> zmq.Context[Any]:
 __all__ = ["MdpConfig", "MdpTransport", "cli_addresses"]
 
 
-class MdpTransport(MdpWorkers):
+class MdpTransport(CurvePeers, MdpWorkers):
     """The ``mdp`` transport (see the module docstring)."""
 
     name = "mdp"
@@ -162,14 +163,22 @@ class MdpTransport(MdpWorkers):
             sock.setsockopt(zmq.HEARTBEAT_IVL, max(1, int(self.heartbeat_interval * 1000)))
             sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, max(1, int(self.idle_timeout * 1000)))
         try:
+            curve = self._curve_prepare(sock)
             for endpoint in self.config.endpoints:
+                if curve:
+                    self._curve_endpoint(sock, endpoint in curve)
                 sock.bind(_bind_address(endpoint))
                 self._bound.append(sock.getsockopt_string(zmq.LAST_ENDPOINT))
-        except zmq.ZMQError as exc:
+        except (zmq.ZMQError, MaitredError) as exc:
             sock.close(0)
             self.socket = None
+            if self._zap is not None:
+                await self._zap.close()
+                self._zap = None
             if self._own_context:
                 self.context.term()
+            if isinstance(exc, MaitredError):
+                raise
             raise MaitredError(
                 f"mdp: cannot bind {endpoint}: {exc.strerror}", ErrorCode.BAD_REQUEST
             ) from None
@@ -178,6 +187,8 @@ class MdpTransport(MdpWorkers):
             "mdp", self, identity, self.port.clock(), label="mdp:clients", quiet=True
         )
         self._identity = identity
+        if self._zap is not None:
+            self._curve_started()
         self._fd = sock.getsockopt(zmq.FD)
         monitor_at = f"inproc://maitred-mdp-monitor-{id(self):x}"
         sock.monitor(monitor_at, _DISCONNECTED)
@@ -210,6 +221,7 @@ class MdpTransport(MdpWorkers):
             self._send(w.rid, codec.worker_disconnect(w.dialect))
             self.broker.close_session(w.session, now, "broker closing")
         self._workers.clear()
+        await self._curve_close(now)
         if self._clients is not None:
             self.broker.close_session(self._clients, now, "broker closing")
         if self._loop is not None and self._fd is not None:
@@ -245,7 +257,8 @@ class MdpTransport(MdpWorkers):
         monitor = self._monitor
         if monitor is not None and _get_opt(monitor, _EVENTS) & _POLLIN:
             self._read_monitor(monitor)
-        handle = self._handle
+        # with CURVE on, each message is handled as the identity of its connection
+        handle = self._handle_curve if self._zap is not None else self._handle
         now = self.port.clock()
         self._draining = True
         try:

@@ -52,6 +52,7 @@ import zmq
 import zmq.asyncio
 
 from maitred.transports.mdp.codec import MdpFormatError
+from maitred.transports.mdp.curve import apply_client_curve, client_curve
 from maitred.transports.mdp.peer import (
     DIALECTS,
     DialectName,
@@ -93,6 +94,10 @@ class Client:
     stream is abandoned before its FINAL or a reply is malformed.
 
     ``context``: the zmq context for the socket (default: ``zmq.Context.instance()``).
+
+    CURVE (docs/reference/mdp.md): ``curve_server_key`` is the broker's public key (40 Z85
+    characters, or its certificate file); ``curve_key_file`` this peer's secret certificate
+    (``maitred keygen`` writes one). Without ``curve_server_key`` the connection is plain.
     """
 
     def __init__(
@@ -102,8 +107,11 @@ class Client:
         dialect: str | int = "0.2",
         context: zmq.Context[Any] | None = None,
         timeout: float | None = 10.0,
+        curve_server_key: str | bytes | None = None,
+        curve_key_file: str | None = None,
     ) -> None:
         self.endpoint = endpoint
+        self._curve = client_curve(curve_server_key, curve_key_file)
         self.dialect = dialect_flags(dialect)
         self.timeout = timeout
         self._context: zmq.Context[Any] = context if context is not None else zmq.Context.instance()
@@ -114,6 +122,7 @@ class Client:
     def _new_socket(self) -> zmq.Socket[Any]:
         sock: zmq.Socket[Any] = self._context.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
+        apply_client_curve(sock, self._curve)
         sock.connect(self.endpoint)
         return sock
 
@@ -201,6 +210,7 @@ class AsyncClient:
     ``timeout`` has the meaning it has for :class:`Client`. ``context``: default
     ``zmq.asyncio.Context.instance()``. An AsyncClient belongs to the event loop it is first used
     on. :meth:`close` closes the idle sockets at once and each in-flight one as its request ends.
+    CURVE: as for :class:`Client`.
     """
 
     def __init__(
@@ -212,10 +222,13 @@ class AsyncClient:
         timeout: float | None = 10.0,
         max_in_flight: int = 64,
         max_idle: int = 8,
+        curve_server_key: str | bytes | None = None,
+        curve_key_file: str | None = None,
     ) -> None:
         if max_in_flight < 1 or max_idle < 0:
             raise ValueError("max_in_flight must be >= 1 and max_idle >= 0")
         self.endpoint = endpoint
+        self._curve = client_curve(curve_server_key, curve_key_file)
         self.dialect = dialect_flags(dialect)
         self.timeout = timeout
         self.max_idle = max_idle
@@ -229,6 +242,7 @@ class AsyncClient:
             return self._idle.pop()
         sock = self._context.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
+        apply_client_curve(sock, self._curve)
         sock.connect(self.endpoint)
         return sock
 

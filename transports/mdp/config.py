@@ -7,6 +7,8 @@ from typing import Literal
 
 import msgspec
 
+from maitred.transports.mdp.zap import CurveKey, key_problems
+
 
 class MdpConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """``[transports.mdp]``: the ZeroMQ Majordomo front end."""
@@ -64,6 +66,15 @@ class MdpConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     #: cores (+8-20 % WebSocket → MDP throughput on 2 cores, in A/B runs); ``"default"``
     #: leaves them alone
     io_thread_sched: Literal["batch", "default"] = "batch"
+    #: the broker's CURVE secret certificate (``maitred keygen`` writes one; mode 0600): CURVE
+    #: encryption and authentication on ``curve_endpoints``. Empty: no CURVE
+    curve_secret_key_file: str = ""
+    #: the endpoints that use CURVE when ``curve_secret_key_file`` is set; empty: every
+    #: ``tcp://`` endpoint (``ipc://`` stays plain unless listed)
+    curve_endpoints: list[str] = msgspec.field(default_factory=list)
+    #: the CURVE client keys accepted and who each is (``[[transports.mdp.keys]]``); a key not
+    #: listed is refused during the handshake
+    keys: list[CurveKey] = msgspec.field(default_factory=list)
 
     def problems(self) -> list[str]:
         out = []
@@ -94,4 +105,28 @@ class MdpConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
             out.append("worker_credit_max must be >= worker_credit")
         if not (0 < self.worker_pipeline_below < math.inf):
             out.append("worker_pipeline_below must be a finite number > 0 (seconds)")
+        return out + self.curve_problems()
+
+    def curve_problems(self) -> list[str]:
+        """The CURVE keys (the secret key file itself is checked by preflight and at start)."""
+        out = key_problems(self.keys)
+        if not self.curve_secret_key_file:
+            if self.curve_endpoints:
+                out.append("curve_endpoints: set curve_secret_key_file too (CURVE needs it)")
+            return out
+        for ep in self.curve_endpoints:
+            if ep not in self.endpoints:
+                out.append(f"curve_endpoints: {ep!r} is not one of endpoints")
+            elif not ep.startswith(("tcp://", "ipc://")):
+                out.append(f"curve_endpoints: {ep!r}: CURVE is for tcp:// and ipc:// endpoints")
+        if not self.curve_bound():
+            out.append("curve_secret_key_file: no endpoint uses CURVE (no tcp:// endpoint)")
         return out
+
+    def curve_bound(self) -> list[str]:
+        """The endpoints that use CURVE (none without ``curve_secret_key_file``)."""
+        if not self.curve_secret_key_file:
+            return []
+        if self.curve_endpoints:
+            return [ep for ep in self.endpoints if ep in self.curve_endpoints]
+        return [ep for ep in self.endpoints if ep.startswith("tcp://")]

@@ -3,10 +3,10 @@ plugin uses (entry point ``mdp`` of group ``maitred`` in pyproject.toml)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from maitred.core.errors import MaitredError
+from maitred.core.errors import ConfigError, MaitredError
 from maitred.core.preflight import Problem, check_host, check_port, check_unix_path
 from maitred.core.transport import BrokerClient, BrokerPort, TransportSpec
 from maitred.plugins import hookimpl
@@ -64,6 +64,12 @@ def preflight(config: MdpConfig) -> list[Problem]:
         problem = endpoint_problem(ep)
         if problem:
             out.append(Problem("endpoints", problem, ep))
+    if config.curve_secret_key_file:
+        from maitred.transports.mdp.curve import secret_key_problem
+
+        problem = secret_key_problem(config.curve_secret_key_file)
+        if problem:
+            out.append(Problem("curve_secret_key_file", problem))
     return out
 
 
@@ -85,16 +91,28 @@ def maitred_transports() -> Sequence[TransportSpec]:
 class MdpCliClient:
     """The blocking client behind ``maitred call/worker/services`` for tcp:// and ipc:// URLs."""
 
-    def __init__(self, url: str, timeout: float) -> None:
+    def __init__(self, url: str, timeout: float, options: Mapping[str, Any] | None = None) -> None:
         self.url = url
         self.timeout = timeout
         self._client: Any = None
+        options = options or {}
+        #: CURVE (``--curve-server-key``, ``--curve-key-file``), checked before connecting
+        self.curve: dict[str, Any] = {
+            "curve_server_key": options.get("curve_server_key"),
+            "curve_key_file": options.get("curve_key_file"),
+        }
+        from maitred.transports.mdp.curve import client_curve
+
+        try:
+            client_curve(**self.curve)
+        except ValueError as exc:
+            raise ConfigError(f"--curve-server-key/--curve-key-file: {exc}") from None
 
     def request(self, service: str, body: Sequence[bytes], timeout: float) -> list[bytes]:
         from maitred.transports.mdp.client import Client
 
         if self._client is None:
-            self._client = Client(self.url, timeout=timeout)
+            self._client = Client(self.url, timeout=timeout, **self.curve)
         reply: list[bytes] = self._client.request(service, *body, timeout=timeout)
         # the broker's error reply (error_replies = true): status code and reason
         error = None if service.startswith("mmi.") else codec.parse_error_body(reply)
@@ -111,7 +129,7 @@ class MdpCliClient:
     ) -> None:
         from maitred.transports.mdp.client import Worker
 
-        worker = Worker(self.url, service, handler)
+        worker = Worker(self.url, service, handler, **self.curve)
         try:
             worker.run(max_requests=max_requests)
         finally:
@@ -124,7 +142,40 @@ class MdpCliClient:
 
 
 @hookimpl
-def maitred_connect(url: str, timeout: float) -> BrokerClient | None:
+def maitred_connect(
+    url: str, timeout: float, options: Mapping[str, Any]
+) -> BrokerClient | None:
     if url.startswith(SCHEMES):
-        return MdpCliClient(url, timeout)
+        return MdpCliClient(url, timeout, options)
     return None
+
+
+def cmd_keygen(args: Any) -> int:
+    """``maitred keygen NAME [--dir DIR]``: a CURVE key pair in ZeroMQ's certificate files."""
+    import sys
+
+    from maitred.transports.mdp.curve import write_certificate
+
+    try:
+        public_file, secret_file, public = write_certificate(args.dir, args.name)
+    except (OSError, ValueError) as exc:
+        print(f"maitred: keygen: {exc}", file=sys.stderr)
+        return 2
+    print(public)
+    print(f"maitred: wrote {public_file} (public) and {secret_file} (secret, mode 0600)",
+          file=sys.stderr)
+    return 0
+
+
+@hookimpl
+def maitred_add_commands(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "keygen",
+        help="write a CURVE key pair (NAME.key, NAME.key_secret) and print the public key",
+        description="Write a CURVE key pair for MDP in ZeroMQ's certificate format: NAME.key "
+        "(the public key, to hand out) and NAME.key_secret (both keys, mode 0600). Prints the "
+        "public key (Z85), for [[transports.mdp.keys]] or --curve-server-key.",
+    )
+    p.add_argument("name", help="the file name to write, without extension")
+    p.add_argument("--dir", default=".", help="where to write them (default: .)")
+    p.set_defaults(run=cmd_keygen)

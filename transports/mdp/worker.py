@@ -19,6 +19,7 @@ import zmq.asyncio
 
 from maitred.transports.mdp import codec
 from maitred.transports.mdp.codec import MdpFormatError
+from maitred.transports.mdp.curve import apply_client_curve, client_curve
 from maitred.transports.mdp.peer import (
     AsyncHandler,
     ErrorReply,
@@ -59,6 +60,9 @@ class Worker(WorkerCore):
 
     :meth:`stop` (any thread) ends :meth:`run` after the request in progress, within
     ``0.1`` s when idle; :meth:`close` sends DISCONNECT and closes the socket.
+
+    CURVE: ``curve_server_key`` (the broker's public key, Z85 or its certificate file) and
+    ``curve_key_file`` (this worker's secret certificate), as for the client.
     """
 
     def __init__(
@@ -72,6 +76,8 @@ class Worker(WorkerCore):
         liveness: int = 3,
         context: zmq.Context[Any] | None = None,
         error_reply: ErrorReply | None = default_error_reply,
+        curve_server_key: str | bytes | None = None,
+        curve_key_file: str | None = None,
     ) -> None:
         super().__init__(
             endpoint,
@@ -82,6 +88,7 @@ class Worker(WorkerCore):
             liveness=liveness,
             error_reply=error_reply,
         )
+        self._curve = client_curve(curve_server_key, curve_key_file)
         self._context: zmq.Context[Any] = context if context is not None else zmq.Context.instance()
         self._socket: zmq.Socket[Any] | None = None
         self._stop = threading.Event()
@@ -105,6 +112,7 @@ class Worker(WorkerCore):
             return False
         sock: zmq.Socket[Any] = self._context.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
+        apply_client_curve(sock, self._curve)
         sock.connect(self.endpoint)
         self._socket = sock
         now = time.monotonic()
@@ -252,6 +260,8 @@ class AsyncWorker(WorkerCore):
         liveness: int = 3,
         context: zmq.asyncio.Context | None = None,
         error_reply: ErrorReply | None = default_error_reply,
+        curve_server_key: str | bytes | None = None,
+        curve_key_file: str | None = None,
     ) -> None:
         super().__init__(
             endpoint,
@@ -262,6 +272,7 @@ class AsyncWorker(WorkerCore):
             liveness=liveness,
             error_reply=error_reply,
         )
+        self._curve = client_curve(curve_server_key, curve_key_file)
         self._context = context if context is not None else zmq.asyncio.Context.instance()
         self._socket: zmq.asyncio.Socket | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -289,6 +300,7 @@ class AsyncWorker(WorkerCore):
             return False
         sock = self._context.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
+        apply_client_curve(sock, self._curve)
         sock.connect(self.endpoint)
         self._socket = sock
         now = time.monotonic()

@@ -1,0 +1,299 @@
+"""MDP over CURVE, over real sockets: a CURVE broker serves a client and a worker written with
+plain pyzmq (no maitred code on their side), refuses an unknown key during the handshake (no
+session, counted, ``$sys.auth.denied``), applies the ``[access]`` rules to each key's identity,
+ignores a plain client on its CURVE endpoint, and keeps an ipc:// endpoint plain alongside."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import zmq
+
+from maitred.core.access import Identity
+from maitred.core.local import LocalClient
+from maitred.transports.mdp.client import AsyncClient, Client, Worker
+from maitred.transports.mdp.curve import write_certificate
+from tests.e2e.helpers import BrokerThread, CurveKeys, RawClient, RawWorker, nothing, wait_until
+
+OPS = Identity("ops", frozenset({"ops"}))
+
+ACCESS = """
+[access]
+default = "deny"
+
+[[access.rules]]
+who = ["role:ops"]
+actions = ["call", "serve", "publish", "subscribe", "observe", "manage"]
+
+[[access.rules]]
+who = ["role:workers"]
+actions = ["serve"]
+names = ["billing.>"]
+
+[[access.rules]]
+who = ["role:apps"]
+actions = ["call"]
+names = ["billing.>"]
+
+[[access.rules]]
+who = ["anonymous"]
+actions = ["call", "serve"]
+names = ["open.>"]
+"""
+
+
+class Keys:
+    """The broker's certificate (written by maitred keygen's code) and two client key pairs
+    made with plain pyzmq: ``worker`` (role workers) and ``app`` (role apps)."""
+
+    def __init__(self, directory: Path) -> None:
+        _, self.broker_secret_file, broker_public = write_certificate(directory, "broker")
+        self.broker_public = broker_public.encode()
+        self.worker = zmq.curve_keypair()
+        self.app = zmq.curve_keypair()
+
+    def table(self) -> str:
+        return f"""
+[[transports.mdp.keys]]
+public_key = "{self.worker[0].decode()}"
+identity = "billing-worker"
+roles = ["workers"]
+
+[[transports.mdp.keys]]
+public_key = "{self.app[0].decode()}"
+identity = "billing-app"
+roles = ["apps"]
+"""
+
+    def of(self, pair: tuple[bytes, bytes]) -> CurveKeys:
+        return (self.broker_public, pair[0], pair[1])
+
+
+@pytest.fixture
+def keys(tmp_path: Path) -> Keys:
+    return Keys(tmp_path)
+
+
+class Curve:
+    """A CURVE broker (tcp:// with CURVE, an ipc:// endpoint plain) and an in-process observer of
+    ``$sys.auth.denied``."""
+
+    def __init__(self, keys: Keys, ipc: str) -> None:
+        self.keys = keys
+        self.broker = BrokerThread(
+            ACCESS
+            + f"""
+[transports.mdp]
+endpoints = ["tcp://127.0.0.1:0", "ipc://{ipc}"]
+curve_secret_key_file = "{keys.broker_secret_file}"
+"""
+            + keys.table()
+        )
+        self.tcp, self.ipc = self.broker.endpoints["mdp"]
+
+        async def observe() -> LocalClient:
+            observer = LocalClient(self.broker.broker, OPS, label="observer")
+            observer.subscribe("$sys.auth.denied")
+            return observer
+
+        self.observer: LocalClient = self.broker.run(observe())
+
+    def denials(self) -> list[dict[str, Any]]:
+        def drain() -> list[dict[str, Any]]:
+            out = []
+            while not self.observer.events.empty():
+                _, body, _ = self.observer.events.get_nowait()
+                out.append(json.loads(b"".join(body)))
+            return out
+
+        return self.broker.call(drain)
+
+    def sessions(self) -> int:
+        return self.broker.call(lambda: len(self.broker.broker.router.sessions))
+
+    def identities(self) -> set[str]:
+        return self.broker.call(
+            lambda: {s.identity.name for s in self.broker.broker.router.sessions.values()}
+        )
+
+
+@pytest.fixture
+def curve(keys: Keys, tmp_path: Path) -> Iterator[Curve]:
+    c = Curve(keys, str(tmp_path / "mdp.sock"))
+    yield c
+    c.broker.stop(drain_timeout=0)
+
+
+def test_curve_client_and_worker_in_plain_pyzmq(curve: Curve, ctx: zmq.Context[Any]) -> None:
+    k = curve.keys
+    worker = RawWorker(ctx, curve.tcp, "rfc", b"billing.pay", k.of(k.worker))
+    worker.ready()
+    client = RawClient(ctx, curve.tcp, "rfc", k.of(k.app))
+    client.send(b"billing.pay", b"42")
+    addr, body = worker.request()
+    assert body == [b"42"]
+    worker.final(addr, b"paid")
+    assert client.recv() == (True, [b"paid"])
+    # each peer is the identity of its key: the worker's session and the clients' session
+    assert {"billing-worker", "billing-app"} <= curve.identities()
+    assert curve.denials() == []
+
+
+def test_unknown_key_gets_no_session_and_is_counted_and_published(
+    curve: Curve, ctx: zmq.Context[Any]
+) -> None:
+    k = curve.keys
+    before = curve.sessions()
+    stranger = zmq.curve_keypair()
+    client = RawClient(ctx, curve.tcp, "rfc", k.of(stranger))
+    client.send(b"billing.pay", b"1")
+    wait_until(lambda: curve.broker.stats().get("denied.authenticate", 0) >= 1, 5, "a denial")
+    assert nothing(client.sock)
+    stats = curve.broker.stats()
+    assert stats["mdp.rejected.unknown CURVE key"] >= 1
+    assert curve.sessions() == before
+    denied = curve.denials()
+    assert denied and denied[0]["action"] == "authenticate"
+    assert denied[0]["transport"] == "mdp" and denied[0]["identity"] == ""
+    assert denied[0]["name"] == stranger[0].decode()
+    # a worker with an unknown key is refused the same way: it never registers
+    worker = RawWorker(ctx, curve.tcp, "rfc", b"billing.pay", k.of(stranger))
+    worker.ready()
+    wait_until(lambda: curve.broker.stats().get("denied.authenticate", 0) >= 2, 5, "a denial")
+    assert curve.sessions() == before
+
+
+def test_access_rules_apply_to_each_keys_identity(curve: Curve, ctx: zmq.Context[Any]) -> None:
+    k = curve.keys
+    # the app's key may call billing.> but not serve it: its READY is refused in MDP's form
+    impostor = RawWorker(ctx, curve.tcp, "rfc", b"billing.pay", k.of(k.app))
+    impostor.ready()
+    impostor.expect_disconnect()
+    # the worker's key may serve but not call: the broker's error reply
+    worker = RawWorker(ctx, curve.tcp, "rfc", b"billing.pay", k.of(k.worker))
+    worker.ready()
+    caller = RawClient(ctx, curve.tcp, "rfc", k.of(k.worker))
+    assert caller.call(b"billing.pay", b"x")[0] == b"403"
+    denied = {(d["identity"], d["action"], d["name"]) for d in curve.denials()}
+    assert ("billing-app", "serve", "billing.pay") in denied
+    assert ("billing-worker", "call", "billing.pay") in denied
+    stats = curve.broker.stats()
+    assert stats["denied.serve"] >= 1 and stats["denied.call"] >= 1
+    # and the app's key still calls what it may
+    app = RawClient(ctx, curve.tcp, "rfc", k.of(k.app))
+    app.send(b"billing.pay", b"ok")
+    addr, body = worker.request()
+    assert body == [b"ok"]  # the first request it sees: the denied call never reached it
+    worker.final(addr, b"done")
+    assert app.recv() == (True, [b"done"])
+
+
+def test_plain_client_on_the_curve_endpoint_gets_nothing_and_disturbs_no_one(
+    curve: Curve, ctx: zmq.Context[Any]
+) -> None:
+    k = curve.keys
+    worker = RawWorker(ctx, curve.tcp, "rfc", b"billing.pay", k.of(k.worker))
+    worker.ready()
+    plain = RawClient(ctx, curve.tcp, "rfc")
+    plain.send(b"billing.pay", b"sneaky")
+    app = RawClient(ctx, curve.tcp, "rfc", k.of(k.app))
+    for i in range(3):
+        app.send(b"billing.pay", b"%d" % i)
+        addr, body = worker.request()
+        assert body == [b"%d" % i]  # never the plain client's request
+        worker.final(addr, body[0])
+        assert app.recv() == (True, [b"%d" % i])
+    assert nothing(plain.sock)
+
+
+def test_ipc_endpoint_stays_plain_beside_curve(curve: Curve, ctx: zmq.Context[Any]) -> None:
+    k = curve.keys
+    # a plain worker and client on ipc://: the [transports.mdp] identity (anonymous)
+    worker = RawWorker(ctx, curve.ipc, "rfc", b"open.echo")
+    worker.ready()
+    client = RawClient(ctx, curve.ipc, "rfc")
+    client.send(b"open.echo", b"hi")
+    addr, body = worker.request()
+    worker.final(addr, *body)
+    assert client.recv() == (True, [b"hi"])
+    # anonymous may not call billing.>
+    assert client.call(b"billing.pay", b"x")[0] == b"403"
+    # a CURVE client on tcp:// beside it is its own identity (apps may not call open.>)
+    app = RawClient(ctx, curve.tcp, "rfc", k.of(k.app))
+    assert app.call(b"open.echo", b"x")[0] == b"403"
+
+
+def test_package_clients_and_worker_speak_curve(
+    curve: Curve, keys: Keys, tmp_path: Path
+) -> None:
+    # key files as maitred keygen writes them; the server key given as Z85 and as a file
+    _, worker_file, worker_pub = write_certificate(tmp_path, "w")
+    _, app_file, app_pub = write_certificate(tmp_path, "a")
+    broker_key_file = str(tmp_path / "broker.key")
+    toml = f"""
+[transports.mdp]
+endpoints = ["tcp://127.0.0.1:0"]
+curve_secret_key_file = "{keys.broker_secret_file}"
+
+[[transports.mdp.keys]]
+public_key = "{worker_pub}"
+identity = "w"
+roles = ["workers"]
+
+[[transports.mdp.keys]]
+public_key = "{app_pub}"
+identity = "a"
+roles = ["apps"]
+"""
+    broker = BrokerThread(ACCESS + toml)
+    try:
+        endpoint = broker.endpoint
+        worker = Worker(
+            endpoint,
+            "billing.echo",
+            lambda body: body,
+            curve_server_key=keys.broker_public.decode(),
+            curve_key_file=str(worker_file),
+        )
+        import threading
+
+        thread = threading.Thread(target=worker.run, kwargs={"max_requests": 2}, daemon=True)
+        thread.start()
+        with Client(
+            endpoint, curve_server_key=broker_key_file, curve_key_file=str(app_file), timeout=5
+        ) as client:
+            assert client.request("billing.echo", b"sync") == [b"sync"]
+
+        async def call() -> list[bytes]:
+            aclient = AsyncClient(
+                endpoint, curve_server_key=keys.broker_public, curve_key_file=str(app_file)
+            )
+            try:
+                return await aclient.request("billing.echo", b"async", timeout=5)
+            finally:
+                aclient.close()
+
+        assert asyncio.run(call()) == [b"async"]
+        thread.join(5)
+        worker.close()
+    finally:
+        broker.stop(drain_timeout=0)
+
+
+def test_client_key_options_are_checked_before_connecting(keys: Keys, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="neither a Z85 public key"):
+        Client("tcp://127.0.0.1:1", curve_server_key="short")
+    with pytest.raises(ValueError, match="needs the server's key"):
+        Client("tcp://127.0.0.1:1", curve_key_file=str(keys.broker_secret_file))
+    loose = tmp_path / "loose.key_secret"
+    loose.write_text(keys.broker_secret_file.read_text())
+    loose.chmod(0o644)
+    with pytest.raises(ValueError, match="chmod 600"):
+        Client("tcp://127.0.0.1:1", curve_server_key=keys.broker_public, curve_key_file=str(loose))
+
+
