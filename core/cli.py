@@ -184,9 +184,7 @@ def _connect_options(args: argparse.Namespace | None) -> dict[str, Any]:
     return {n: v for n in names if (v := getattr(args, n, None)) is not None}
 
 
-def _client_for(
-    url: str, timeout: float, options: dict[str, Any] | None = None
-) -> BrokerClient:
+def _client_for(url: str, timeout: float, options: dict[str, Any] | None = None) -> BrokerClient:
     pm = make_plugin_manager()
     client: BrokerClient | None = pm.hook.maitred_connect(
         url=url, timeout=timeout, options=options or {}

@@ -7,14 +7,19 @@ from __future__ import annotations
 
 import asyncio
 import json
+import stat
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import zmq
+import zmq.auth
 
 from maitred.core.access import Identity
+from maitred.core.errors import MaitredError
 from maitred.core.local import LocalClient
 from maitred.transports.mdp.client import AsyncClient, Client, Worker
 from maitred.transports.mdp.curve import write_certificate
@@ -228,9 +233,7 @@ def test_ipc_endpoint_stays_plain_beside_curve(curve: Curve, ctx: zmq.Context[An
     assert app.call(b"open.echo", b"x")[0] == b"403"
 
 
-def test_package_clients_and_worker_speak_curve(
-    curve: Curve, keys: Keys, tmp_path: Path
-) -> None:
+def test_package_clients_and_worker_speak_curve(curve: Curve, keys: Keys, tmp_path: Path) -> None:
     # key files as maitred keygen writes them; the server key given as Z85 and as a file
     _, worker_file, worker_pub = write_certificate(tmp_path, "w")
     _, app_file, app_pub = write_certificate(tmp_path, "a")
@@ -297,3 +300,146 @@ def test_client_key_options_are_checked_before_connecting(keys: Keys, tmp_path: 
         Client("tcp://127.0.0.1:1", curve_server_key=keys.broker_public, curve_key_file=str(loose))
 
 
+def test_garbage_zap_requests_do_not_stop_the_handler(curve: Curve, ctx: zmq.Context[Any]) -> None:
+    """Requests as only code in the broker's process could send them (the ZAP endpoint is
+    inproc): the wrong version, truncated, garbage. Each is answered 500 or dropped, counted,
+    and CURVE peers are served as before."""
+    transport: Any = curve.broker.broker.transports["mdp"]
+    rogue: zmq.Socket[Any] = transport.context.socket(zmq.DEALER)
+    try:
+        rogue.connect("inproc://zeromq.zap.01")
+        rogue.send_multipart([b"", b"2.0", b"1", b"", b"", b"", b"CURVE", bytes(32)])
+        reply = rogue.recv_multipart() if rogue.poll(3000) else []
+        assert reply[:4] == [b"", b"1.0", b"1", b"500"]
+        for junk in ([b"", b"1.0"], [b"\xff" * 100], [b"", b"1.0", b"2", b"d", b"a", b"i", b"X"]):
+            rogue.send_multipart(junk)
+        wait_until(lambda: curve.broker.stats().get("mdp.zap.malformed", 0) >= 4, 5, "counted")
+    finally:
+        rogue.close(0)
+    k = curve.keys
+    worker = RawWorker(ctx, curve.tcp, "rfc", b"billing.pay", k.of(k.worker))
+    worker.ready()
+    client = RawClient(ctx, curve.tcp, "rfc", k.of(k.app))
+    client.send(b"billing.pay", b"still")
+    addr, body = worker.request()
+    worker.final(addr, *body)
+    assert client.recv() == (True, [b"still"])
+
+
+def test_a_secret_key_readable_by_others_is_refused_at_start(keys: Keys) -> None:
+    keys.broker_secret_file.chmod(0o644)
+    toml = f"""
+[transports.mdp]
+endpoints = ["tcp://127.0.0.1:0"]
+curve_secret_key_file = "{keys.broker_secret_file}"
+"""
+    with pytest.raises(MaitredError, match=f"chmod 600 {keys.broker_secret_file}"):
+        BrokerThread(toml)
+
+
+def _cli(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "maitred.core", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def test_cli_keygen_call_worker_services_over_curve(keys: Keys, tmp_path: Path) -> None:
+    made = _cli("keygen", "cli", "--dir", str(tmp_path))
+    assert made.returncode == 0, made.stderr
+    public = made.stdout.strip()
+    secret_file = tmp_path / "cli.key_secret"
+    assert stat.S_IMODE(secret_file.stat().st_mode) == 0o600
+    assert zmq.auth.load_certificate(tmp_path / "cli.key") == (public.encode(), None)
+    assert _cli("keygen", "cli", "--dir", str(tmp_path)).returncode != 0  # never overwrites
+    broker = BrokerThread(
+        ACCESS
+        + f"""
+[transports.mdp]
+endpoints = ["tcp://127.0.0.1:0"]
+curve_secret_key_file = "{keys.broker_secret_file}"
+
+[[transports.mdp.keys]]
+public_key = "{public}"
+identity = "cli"
+roles = ["ops"]
+"""
+    )
+    try:
+        curve = [
+            "-b",
+            broker.endpoint,
+            "--curve-server-key",
+            str(keys.broker_secret_file.with_suffix(".key")),
+            "--curve-key-file",
+            str(secret_file),
+            "-t",
+            "10",
+        ]
+        program = ["worker", "up", "--program", "tr a-z A-Z", "--max-requests", "1"]
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "maitred.core", *program, *curve],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            wait_until(
+                lambda: (
+                    broker.call(lambda: broker.broker.router.services.get("up") is not None)
+                    and broker.call(lambda: bool(broker.broker.router.services["up"].workers))
+                ),
+                15,
+                "the CLI worker",
+            )
+            listing = _cli("services", "--json", *curve)
+            assert listing.returncode == 0 and "up" in listing.stdout, listing.stderr
+            called = _cli("call", "up", "hello", *curve)
+            assert called.returncode == 0, called.stderr
+            assert called.stdout.strip() == "HELLO"
+            assert worker.wait(15) == 0
+        finally:
+            if worker.poll() is None:
+                worker.kill()
+                worker.wait(5)
+            worker.communicate()
+        # without a key of the table: refused in the handshake, the CLI times out
+        plain = _cli("call", "up", "x", "-b", broker.endpoint, "-t", "1")
+        assert plain.returncode != 0
+        loose = tmp_path / "loose"
+        loose.write_text(secret_file.read_text())
+        loose.chmod(0o644)
+        bad = _cli("call", "up", "x", *curve[:4], "--curve-key-file", str(loose))
+        assert bad.returncode == 2 and f"chmod 600 {loose}" in bad.stderr
+    finally:
+        broker.stop(drain_timeout=0)
+
+
+def test_check_reports_curve_config_problems(keys: Keys, tmp_path: Path) -> None:
+    config = tmp_path / "maitred.toml"
+    config.write_text(
+        f"""
+[transports.mdp]
+endpoints = ["tcp://127.0.0.1:0"]
+curve_secret_key_file = "{keys.broker_secret_file}"
+
+[[transports.mdp.keys]]
+public_key = "too-short"
+identity = "x"
+"""
+    )
+    checked = _cli("check", "-c", str(config))
+    assert checked.returncode != 0
+    out = checked.stdout + checked.stderr
+    assert "keys[0].public_key: expected 40 Z85 characters" in out
+    config.write_text(config.read_text().replace("too-short", keys.worker[0].decode()))
+    assert _cli("check", "-c", str(config)).returncode == 0
+    keys.broker_secret_file.chmod(0o640)
+    checked = _cli("check", "-c", str(config))
+    out = checked.stdout + checked.stderr
+    assert checked.returncode != 0
+    assert f"transports.mdp.curve_secret_key_file: {keys.broker_secret_file}" in out
+    assert f"chmod 600 {keys.broker_secret_file}" in out

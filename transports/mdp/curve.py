@@ -256,27 +256,18 @@ class ZapHandler:
                     log.debug("mdp: ZAP reply not sent: %s", exc)
 
     def handle(self, frames: list[bytes]) -> list[bytes] | None:
-        """The reply (envelope included) to one request as a ROUTER socket reads it: the
-        requester's routing id and an empty delimiter, then the request; None: drop it."""
-        if len(frames) < 2 or frames[1] != b"":
+        """The reply to one message read from the socket (:func:`.zap.respond`), counted;
+        None: drop it."""
+        out = zap.respond(frames, self.keys.by_key, self.plain_user)
+        if out.malformed:
             self.stats["mdp.zap.malformed"] += 1
-            return None
-        envelope, request = frames[:2], frames[2:]
-        try:
-            parsed = zap.parse_request(request)
-        except zap.ZapError as exc:
-            self.stats["mdp.zap.malformed"] += 1
-            log.debug("mdp: malformed ZAP request: %s", exc.reason)
-            if exc.request_id is None:
-                return None
-            verdict = zap.Verdict(b"500", exc.reason.encode(), b"")
-            return envelope + zap.reply_frames(exc.request_id, verdict)
-        verdict = zap.answer(parsed, self.keys.by_key, self.plain_user)
-        if verdict.status == b"200":
-            self.stats[f"mdp.zap.{parsed.mechanism.decode().lower()}"] += 1
-        else:
-            self.on_refused(parsed, verdict)
-        return envelope + zap.reply_frames(parsed.request_id, verdict)
+            log.debug("mdp: malformed ZAP request: %s", out.malformed)
+        elif out.request is not None and out.verdict is not None:
+            if out.verdict.status == b"200":
+                self.stats[f"mdp.zap.{out.request.mechanism.decode().lower()}"] += 1
+            else:
+                self.on_refused(out.request, out.verdict)
+        return out.reply
 
     async def close(self) -> None:
         if self._task is not None:
@@ -359,11 +350,11 @@ class CurvePeers:
         libzmq put on it), then as :meth:`_handle` does."""
         head = self._head
         try:
-            user = head.get("User-Id") if head is not None else ""
+            user = str(head.get("User-Id")) if head is not None else ""
         except zmq.ZMQError:  # no ZAP for this connection (e.g. inproc)
             user = ""
         if user != self._curve_user:
-            self._clients, self._identity = self._curve_session(str(user), now)
+            self._clients, self._identity = self._curve_session(user, now)
             self._curve_user = user
         self._handle(frames, now)
 

@@ -104,7 +104,7 @@ class MdpCliClient:
         from maitred.transports.mdp.curve import client_curve
 
         try:
-            client_curve(**self.curve)
+            client_curve(self.curve["curve_server_key"], self.curve["curve_key_file"])
         except ValueError as exc:
             raise ConfigError(f"--curve-server-key/--curve-key-file: {exc}") from None
 
@@ -142,9 +142,7 @@ class MdpCliClient:
 
 
 @hookimpl
-def maitred_connect(
-    url: str, timeout: float, options: Mapping[str, Any]
-) -> BrokerClient | None:
+def maitred_connect(url: str, timeout: float, options: Mapping[str, Any]) -> BrokerClient | None:
     if url.startswith(SCHEMES):
         return MdpCliClient(url, timeout, options)
     return None
@@ -162,8 +160,10 @@ def cmd_keygen(args: Any) -> int:
         print(f"maitred: keygen: {exc}", file=sys.stderr)
         return 2
     print(public)
-    print(f"maitred: wrote {public_file} (public) and {secret_file} (secret, mode 0600)",
-          file=sys.stderr)
+    print(
+        f"maitred: wrote {public_file} (public) and {secret_file} (secret, mode 0600)",
+        file=sys.stderr,
+    )
     return 0
 
 

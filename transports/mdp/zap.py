@@ -23,6 +23,7 @@ __all__ = [
     "key_problems",
     "parse_request",
     "reply_frames",
+    "respond",
     "z85_decode",
     "z85_encode",
 ]
@@ -38,7 +39,7 @@ def z85_encode(raw: bytes) -> str:
     """Z85 of ``raw`` (its length a multiple of 4)."""
     if len(raw) % 4:
         raise ValueError("Z85 encodes a multiple of 4 bytes")
-    out = []
+    out: list[str] = []
     for i in range(0, len(raw), 4):
         value = int.from_bytes(raw[i : i + 4], "big")
         chunk = []
@@ -204,3 +205,33 @@ def reply_frames(request_id: bytes, verdict: Verdict) -> list[bytes]:
     """The ZAP reply (after the envelope): version, request id, status, text, User-Id, and empty
     metadata."""
     return [VERSION, request_id, verdict.status, verdict.text, verdict.user_id, b""]
+
+
+class Outcome(NamedTuple):
+    """What the handler does with one message read from its ROUTER socket: ``reply`` to send
+    (envelope included; None: drop it), the request and verdict when it was well formed, else
+    ``malformed`` says why."""
+
+    reply: list[bytes] | None
+    request: ZapRequest | None = None
+    verdict: Verdict | None = None
+    malformed: str = ""
+
+
+def respond(frames: Sequence[bytes], keys: Mapping[bytes, Identity], plain_user: str) -> Outcome:
+    """The handler's answer to one message as a ROUTER socket reads it: the requester's routing
+    id and an empty delimiter (libzmq's ZAP client is a REQ socket), then the request. Any
+    frames at all give an Outcome, never an exception: a malformed request that carries a
+    request id is answered 500 (libzmq then fails that handshake), one without is dropped."""
+    if len(frames) < 2 or frames[1] != b"":
+        return Outcome(None, malformed="no REQ envelope")
+    envelope, body = list(frames[:2]), frames[2:]
+    try:
+        request = parse_request(body)
+    except ZapError as exc:
+        if exc.request_id is None:
+            return Outcome(None, malformed=exc.reason)
+        verdict = Verdict(b"500", exc.reason.encode(), b"")
+        return Outcome(envelope + reply_frames(exc.request_id, verdict), None, verdict, exc.reason)
+    verdict = answer(request, keys, plain_user)
+    return Outcome(envelope + reply_frames(request.request_id, verdict), request, verdict)
