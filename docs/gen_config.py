@@ -35,6 +35,7 @@ from maitred.core.routing.model import ServicePolicy
 from maitred.core.routing.router import Liveness
 from maitred.transports.http.adapter import HttpConfig
 from maitred.transports.mdp.adapter import MdpConfig
+from maitred.transports.mdp.zap import CurveKey
 from maitred.transports.ws.adapter import KeyConfig, WsConfig
 
 CONFIG_MD = Path(__file__).resolve().parent / "reference" / "config.md"
@@ -50,6 +51,7 @@ SECTIONS: dict[str, type[msgspec.Struct]] = {
     "access.rules": Rule,
     "plugins": PluginsSection,
     "transports.mdp": MdpConfig,
+    "transports.mdp.keys": CurveKey,
     "transports.http": HttpConfig,
     "transports.ws": WsConfig,
     "transports.ws.keys": KeyConfig,
@@ -88,7 +90,9 @@ RANGES: dict[str, dict[str, str]] = {
         "rcvhwm": "≥ 0",
         "linger_ms": "≥ -1",
         "worker_credit": "≥ 1",
+        "curve_endpoints": "each one of `endpoints`",
     },
+    "transports.mdp.keys": {"public_key": "40 Z85 characters, unique", "identity": "not empty"},
     "transports.http": {
         "listen": "at least one",
         "max_body_size": "≥ 1",
@@ -282,6 +286,30 @@ DESCRIPTIONS: dict[str, dict[str, str]] = {
             "Milliseconds the socket keeps trying to send queued messages (such as the "
             "DISCONNECTs at shutdown) after the broker closes it. `-1`: no limit."
         ),
+        "curve_secret_key_file": (
+            "The broker's CURVE secret key file, as `maitred keygen` writes it (mode 0600: a "
+            "file that group or others can read is refused at start, with the `chmod` to run). "
+            "Set: the endpoints of `curve_endpoints` use CURVE (encryption, and only the keys "
+            "of `[[transports.mdp.keys]]` get in). Empty: no CURVE. See "
+            "[Securing maitred](../howto/operators.md#securing-maitred)."
+        ),
+        "curve_endpoints": (
+            "The endpoints that use CURVE when `curve_secret_key_file` is set. Empty: every "
+            "`tcp://` endpoint; `ipc://` endpoints stay plain unless listed (`inproc://` never "
+            "uses CURVE)."
+        ),
+        "keys": (
+            "The CURVE client keys accepted and who each is (`[[transports.mdp.keys]]`, below). "
+            "A key not listed is refused during the handshake."
+        ),
+    },
+    "transports.mdp.keys": {
+        "public_key": "The peer's CURVE public key in Z85, as `maitred keygen` prints it.",
+        "identity": (
+            "The identity name the `[access]` rules see for peers with this key (clients and "
+            "workers alike)."
+        ),
+        "roles": "Its roles (`role:NAME` in rules).",
     },
     "transports.http": {
         "enabled": _ENABLED,
