@@ -5,10 +5,15 @@
  * the reply: each body frame of the FINAL reply on its own line on stdout; PARTIAL replies, if
  * the worker sends any, on stderr as "partial: <frame>".
  *
- *   mdp_client [-1] [-t TIMEOUT_MS] ENDPOINT SERVICE [BODY_FRAME...]
+ *   mdp_client [-1] [-t TIMEOUT_MS] [-k SERVER_KEY -c KEY_FILE] ENDPOINT SERVICE [BODY_FRAME...]
  *
  *   -1             speak MDP/0.1 (ZeroMQ RFC 7) instead of MDP/0.2 (RFC 18): one reply only
  *   -t TIMEOUT_MS  how long to wait for the final reply (default 5000)
+ *   -k SERVER_KEY  CURVE: the broker's public key, 40 Z85 characters or its key file
+ *                  (broker.key, as `maitred keygen broker` writes it)
+ *   -c KEY_FILE    CURVE: this client's secret key file (client.key_secret from
+ *                  `maitred keygen client`); its public key must be in the broker's
+ *                  [[transports.mdp.keys]]
  *
  * Exit status: 0 a final reply was printed, 1 usage or ZeroMQ error, 2 no reply in time,
  * 3 a reply that is not valid MDP.
@@ -116,16 +121,81 @@ static void print_frames(FILE *out, const char *prefix, struct message *msg, int
 
 static void usage(void)
 {
-    fprintf(stderr, "usage: mdp_client [-1] [-t TIMEOUT_MS] ENDPOINT SERVICE [BODY_FRAME...]\n");
+    fprintf(stderr, "usage: mdp_client [-1] [-t TIMEOUT_MS] [-k SERVER_KEY -c KEY_FILE] ENDPOINT"
+                    " SERVICE [BODY_FRAME...]\n");
+}
+
+/* Read the Z85 value of `name` (public-key or secret-key) from a ZeroMQ certificate file (the
+ * format of czmq's zcert, pyzmq's zmq.auth and `maitred keygen`): a line such as
+ *     public-key = "Yne@$w-vo<fVvi]a<NY6T1ed:M$fCG*[IaLV{hID"
+ * Writes 40 characters and a NUL to `key`; returns 0, or -1 (with a message) when absent. */
+static int read_key(const char *path, const char *name, char key[41])
+{
+    FILE *file = fopen(path, "r");
+    if (!file) {
+        fprintf(stderr, "mdp_client: %s: %s\n", path, strerror(errno));
+        return -1;
+    }
+    char line[512];
+    int found = -1;
+    size_t name_len = strlen(name);
+    while (found != 0 && fgets(line, sizeof line, file)) {
+        char *p = line;
+        while (*p == ' ' || *p == '\t')
+            p++;
+        if (strncmp(p, name, name_len) != 0)
+            continue;
+        char *quote = strchr(p + name_len, '"');
+        if (quote && strlen(quote + 1) > 40 && quote[41] == '"') {
+            memcpy(key, quote + 1, 40);
+            key[40] = '\0';
+            found = 0;
+        }
+    }
+    fclose(file);
+    if (found != 0)
+        fprintf(stderr, "mdp_client: %s: no %s line of 40 Z85 characters\n", path, name);
+    return found;
+}
+
+/* CURVE, before connecting: the broker's public key (Z85 or a key file) and this client's key
+ * pair. libzmq does the handshake; a key the broker does not know is refused in it, and the
+ * request then gets no reply (exit status 2). */
+static int set_curve(void *socket, const char *server_key, const char *key_file)
+{
+    char server[41], public_key[41], secret_key[41];
+    if (strlen(server_key) == 40) {
+        memcpy(server, server_key, 41);
+    } else if (read_key(server_key, "public-key", server) != 0) {
+        return -1;
+    }
+    if (read_key(key_file, "public-key", public_key) != 0
+        || read_key(key_file, "secret-key", secret_key) != 0)
+        return -1;
+    if (zmq_setsockopt(socket, ZMQ_CURVE_SERVERKEY, server, 40) != 0
+        || zmq_setsockopt(socket, ZMQ_CURVE_PUBLICKEY, public_key, 40) != 0
+        || zmq_setsockopt(socket, ZMQ_CURVE_SECRETKEY, secret_key, 40) != 0) {
+        fprintf(stderr, "mdp_client: CURVE: %s (libzmq built without CURVE? bad key?)\n",
+                zmq_strerror(zmq_errno()));
+        return -1;
+    }
+    return 0;
 }
 
 int main(int argc, char **argv)
 {
     int v01 = 0;
     long timeout_ms = 5000;
+    const char *server_key = NULL, *key_file = NULL;
     int opt;
-    while ((opt = getopt(argc, argv, "1t:")) != -1) {
+    while ((opt = getopt(argc, argv, "1t:k:c:")) != -1) {
         switch (opt) {
+        case 'k':
+            server_key = optarg;
+            break;
+        case 'c':
+            key_file = optarg;
+            break;
         case '1':
             v01 = 1;
             break;
@@ -141,7 +211,9 @@ int main(int argc, char **argv)
             return 1;
         }
     }
-    if (argc - optind < 2) {
+    if (argc - optind < 2 || (server_key == NULL) != (key_file == NULL)) {
+        if (argc - optind >= 2)
+            fprintf(stderr, "mdp_client: CURVE needs both -k SERVER_KEY and -c KEY_FILE\n");
         usage();
         return 1;
     }
@@ -159,6 +231,11 @@ int main(int argc, char **argv)
      * (MDP/0.2 partials). A REQ socket would do for MDP/0.1 only. */
     void *socket = zmq_socket(context, ZMQ_DEALER);
     int linger = 0; /* do not hang in zmq_ctx_term when the broker is gone */
+    if (socket && server_key && set_curve(socket, server_key, key_file) != 0) {
+        zmq_close(socket);
+        zmq_ctx_term(context);
+        return 1;
+    }
     if (!socket || zmq_setsockopt(socket, ZMQ_LINGER, &linger, sizeof linger) != 0
         || zmq_connect(socket, endpoint) != 0) {
         fprintf(stderr, "mdp_client: cannot connect to %s: %s\n", endpoint,

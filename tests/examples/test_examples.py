@@ -29,6 +29,7 @@ from typing import IO, Any
 import pytest
 import zmq
 
+from maitred.core.local import LocalWorker
 from maitred.transports.http.client import RestClient
 from maitred.transports.mdp.client import Client, Worker
 from tests.e2e.helpers import BrokerThread, recv, wait_until
@@ -312,6 +313,48 @@ def test_c_client_calls_a_python_worker(
     # gives up after its -t milliseconds with status 2
     got = run([c_programs.client, "-t", "200", web_broker.endpoint, "nobody", "x"])
     assert got.returncode == 2 and "no reply from nobody" in got.stderr, got
+
+
+def test_c_client_over_curve(
+    make_broker: Callable[..., BrokerThread],
+    c_programs: CPrograms,
+    ctx: zmq.Context[Any],
+    tmp_path: Path,
+) -> None:
+    """mdp_client with -k/-c (libzmq's ZMQ_CURVE_* options, key files from maitred keygen's
+    code) → a CURVE broker; the same client with a key the broker does not list gets nothing."""
+    from maitred.transports.mdp.curve import write_certificate
+
+    broker_key, broker_secret, _ = write_certificate(tmp_path, "broker")
+    _, client_secret, client_public = write_certificate(tmp_path, "client")
+    _, stranger_secret, _ = write_certificate(tmp_path, "stranger")
+    broker = make_broker(
+        mdp=f"""
+curve_secret_key_file = "{broker_secret}"
+
+[[transports.mdp.keys]]
+public_key = "{client_public}"
+identity = "c-client"
+"""
+    )
+
+    async def serve() -> None:
+        async def upper(body: list[bytes]) -> list[bytes]:
+            return [frame.upper() for frame in body]
+
+        LocalWorker(broker.broker, "c-curve", upper)
+
+    broker.run(serve())
+    curve = ["-k", str(broker_key), "-c", str(client_secret)]
+    got = run([c_programs.client, *curve, broker.endpoint, "c-curve", "secret", "words"])
+    assert (got.returncode, got.stdout) == (0, "SECRET\nWORDS\n"), got
+    stranger = ["-t", "300", "-k", str(broker_key), "-c", str(stranger_secret)]
+    got = run([c_programs.client, *stranger, broker.endpoint, "c-curve", "x"])
+    assert got.returncode == 2 and "no reply" in got.stderr, got
+    assert broker.stats()["denied.authenticate"] >= 1
+    # without CURVE options on a CURVE endpoint: no reply either
+    got = run([c_programs.client, "-t", "300", broker.endpoint, "c-curve", "x"])
+    assert got.returncode == 2, got
 
 
 def test_python_clients_call_the_c_worker(
