@@ -85,6 +85,21 @@ class Stalled(Exception):
     """No reply arrived within the timeout."""
 
 
+#: CURVE client keys for every socket made here, "SERVER_PUBLIC PUBLIC SECRET" (Z85), set by
+#: bench/curve.py for its CURVE leg (the children inherit it); unset: plain connections
+CURVE_ENV = "MAITRED_BENCH_CURVE"
+
+
+def curve_client(sock: zmq.Socket[Any]) -> None:
+    """Make ``sock`` a CURVE client when ``$MAITRED_BENCH_CURVE`` says so (before connect)."""
+    keys = os.environ.get(CURVE_ENV)
+    if keys:
+        server, public, secret = keys.split()
+        sock.curve_serverkey = server.encode()
+        sock.curve_publickey = public.encode()
+        sock.curve_secretkey = secret.encode()
+
+
 def fast_io(sock: zmq.Socket[Any]) -> tuple[SendFn, RecvFn]:
     """The Cython base-class ``send``/``recv`` bound to ``sock`` (skips the Python wrappers)."""
     send: SendFn = _BaseSocket.send.__get__(sock)
@@ -335,6 +350,7 @@ def run_client(
     ctx = zmq.Context(io_threads=1)
     sock = ctx.socket(zmq.DEALER)
     sock.linger = 0
+    curve_client(sock)
     sock.rcvtimeo = int(timeout * 1000)
     sock.sndtimeo = int(timeout * 1000)
     send, recv = fast_io(sock)
@@ -549,6 +565,7 @@ def run_worker(
     ctx = zmq.Context(io_threads=1)
     sock = ctx.socket(zmq.DEALER)
     sock.linger = 0
+    curve_client(sock)
     sock.rcvtimeo = int(min(heartbeat, 1.0) * 1000) if dialect == "raw" else int(heartbeat * 1000)
     sock.connect(endpoint)
     deadline = time.monotonic() + max_seconds
@@ -598,6 +615,7 @@ def probe(
     """
     sock = ctx.socket(zmq.DEALER)
     sock.linger = 0
+    curve_client(sock)
     poller = zmq.Poller()
     poller.register(sock, zmq.POLLIN)
     pad = b"\x5a" * max(0, size - SEQ.size)

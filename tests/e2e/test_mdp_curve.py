@@ -6,10 +6,9 @@ ignores a plain client on its CURVE endpoint, and keeps an ipc:// endpoint plain
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
-import stat
-import subprocess
-import sys
+import socket as pysocket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -214,6 +213,62 @@ def test_plain_client_on_the_curve_endpoint_gets_nothing_and_disturbs_no_one(
         worker.final(addr, body[0])
         assert app.recv() == (True, [b"%d" % i])
     assert nothing(plain.sock)
+    # its failed handshakes are counted and published (no session, no key to name: the endpoint)
+    wait_until(
+        lambda: curve.broker.stats().get("mdp.rejected.no CURVE handshake", 0) >= 1, 5, "counted"
+    )
+    denied = curve.denials()
+    assert denied and {d["reason"] for d in denied} == {"no CURVE handshake"}
+    assert denied[0]["name"] == curve.tcp and denied[0]["action"] == "authenticate"
+
+
+@pytest.mark.parametrize(
+    ("garbage", "counted"),
+    [
+        (b"", False),  # a stalled handshake: libzmq's handshake timeout (30 s) bounds it
+        (b"\x04\x05\x05HELLO", True),
+        (b"\x04\x40\x05HELLO" + bytes(70), True),
+        (b"\xff" * 300, False),  # a frame larger than the limit: the connection is dropped
+    ],
+    ids=["greeting-only", "truncated-hello", "zero-hello", "junk"],
+)
+def test_garbage_curve_handshakes_are_refused_and_bounded(
+    curve: Curve, ctx: zmq.Context[Any], garbage: bytes, counted: bool
+) -> None:
+    """A ZMTP 3.0 greeting asking for CURVE, then a truncated, zeroed or garbage HELLO, or
+    nothing: no session; a bad HELLO is counted; the broker closes the connection (the stalled
+    one is closed by us); a CURVE client is served meanwhile."""
+    k = curve.keys
+    before = curve.sessions()
+    host, port = curve.tcp.removeprefix("tcp://").rsplit(":", 1)
+    greeting = b"\xff" + bytes(8) + b"\x7f" + b"\x03\x00" + b"CURVE".ljust(20, b"\0") + bytes(32)
+    closed = False
+    with pysocket.create_connection((host, int(port)), timeout=5) as raw:
+        raw.sendall(greeting + garbage)
+        raw.settimeout(1 if not garbage else 5)
+        with contextlib.suppress(TimeoutError):
+            while raw.recv(4096):  # the broker's greeting, then the close
+                pass
+            closed = True
+    assert closed == bool(garbage)
+    if counted:
+        wait_until(
+            lambda: curve.broker.stats().get("mdp.rejected.failed CURVE handshake", 0) >= 1,
+            5,
+            "counted",
+        )
+        assert {d["reason"] for d in curve.denials()} == {"failed CURVE handshake"}
+    worker = RawWorker(ctx, curve.tcp, "rfc", b"billing.pay", k.of(k.worker))
+    worker.ready()
+    client = RawClient(ctx, curve.tcp, "rfc", k.of(k.app))
+    client.send(b"billing.pay", b"fine")
+    addr, body = worker.request()
+    worker.final(addr, *body)
+    assert client.recv() == (True, [b"fine"])
+    # the worker's session and a clients' session per identity heard from, nothing for the
+    # garbage
+    assert curve.sessions() == before + 3
+    assert curve.identities() == {"anonymous", "ops", "billing-worker", "billing-app"}
 
 
 def test_ipc_endpoint_stays_plain_beside_curve(curve: Curve, ctx: zmq.Context[Any]) -> None:
@@ -335,111 +390,3 @@ curve_secret_key_file = "{keys.broker_secret_file}"
 """
     with pytest.raises(MaitredError, match=f"chmod 600 {keys.broker_secret_file}"):
         BrokerThread(toml)
-
-
-def _cli(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "maitred.core", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-
-
-def test_cli_keygen_call_worker_services_over_curve(keys: Keys, tmp_path: Path) -> None:
-    made = _cli("keygen", "cli", "--dir", str(tmp_path))
-    assert made.returncode == 0, made.stderr
-    public = made.stdout.strip()
-    secret_file = tmp_path / "cli.key_secret"
-    assert stat.S_IMODE(secret_file.stat().st_mode) == 0o600
-    assert zmq.auth.load_certificate(tmp_path / "cli.key") == (public.encode(), None)
-    assert _cli("keygen", "cli", "--dir", str(tmp_path)).returncode != 0  # never overwrites
-    broker = BrokerThread(
-        ACCESS
-        + f"""
-[transports.mdp]
-endpoints = ["tcp://127.0.0.1:0"]
-curve_secret_key_file = "{keys.broker_secret_file}"
-
-[[transports.mdp.keys]]
-public_key = "{public}"
-identity = "cli"
-roles = ["ops"]
-"""
-    )
-    try:
-        curve = [
-            "-b",
-            broker.endpoint,
-            "--curve-server-key",
-            str(keys.broker_secret_file.with_suffix(".key")),
-            "--curve-key-file",
-            str(secret_file),
-            "-t",
-            "10",
-        ]
-        program = ["worker", "up", "--program", "tr a-z A-Z", "--max-requests", "1"]
-        worker = subprocess.Popen(
-            [sys.executable, "-m", "maitred.core", *program, *curve],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        try:
-            wait_until(
-                lambda: (
-                    broker.call(lambda: broker.broker.router.services.get("up") is not None)
-                    and broker.call(lambda: bool(broker.broker.router.services["up"].workers))
-                ),
-                15,
-                "the CLI worker",
-            )
-            listing = _cli("services", "--json", *curve)
-            assert listing.returncode == 0 and "up" in listing.stdout, listing.stderr
-            called = _cli("call", "up", "hello", *curve)
-            assert called.returncode == 0, called.stderr
-            assert called.stdout.strip() == "HELLO"
-            assert worker.wait(15) == 0
-        finally:
-            if worker.poll() is None:
-                worker.kill()
-                worker.wait(5)
-            worker.communicate()
-        # without a key of the table: refused in the handshake, the CLI times out
-        plain = _cli("call", "up", "x", "-b", broker.endpoint, "-t", "1")
-        assert plain.returncode != 0
-        loose = tmp_path / "loose"
-        loose.write_text(secret_file.read_text())
-        loose.chmod(0o644)
-        bad = _cli("call", "up", "x", *curve[:4], "--curve-key-file", str(loose))
-        assert bad.returncode == 2 and f"chmod 600 {loose}" in bad.stderr
-    finally:
-        broker.stop(drain_timeout=0)
-
-
-def test_check_reports_curve_config_problems(keys: Keys, tmp_path: Path) -> None:
-    config = tmp_path / "maitred.toml"
-    config.write_text(
-        f"""
-[transports.mdp]
-endpoints = ["tcp://127.0.0.1:0"]
-curve_secret_key_file = "{keys.broker_secret_file}"
-
-[[transports.mdp.keys]]
-public_key = "too-short"
-identity = "x"
-"""
-    )
-    checked = _cli("check", "-c", str(config))
-    assert checked.returncode != 0
-    out = checked.stdout + checked.stderr
-    assert "keys[0].public_key: expected 40 Z85 characters" in out
-    config.write_text(config.read_text().replace("too-short", keys.worker[0].decode()))
-    assert _cli("check", "-c", str(config)).returncode == 0
-    keys.broker_secret_file.chmod(0o640)
-    checked = _cli("check", "-c", str(config))
-    out = checked.stdout + checked.stderr
-    assert checked.returncode != 0
-    assert f"transports.mdp.curve_secret_key_file: {keys.broker_secret_file}" in out
-    assert f"chmod 600 {keys.broker_secret_file}" in out

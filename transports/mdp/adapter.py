@@ -191,7 +191,7 @@ class MdpTransport(CurvePeers, MdpWorkers):
             self._curve_started()
         self._fd = sock.getsockopt(zmq.FD)
         monitor_at = f"inproc://maitred-mdp-monitor-{id(self):x}"
-        sock.monitor(monitor_at, _DISCONNECTED)
+        sock.monitor(monitor_at, _DISCONNECTED | self._curve_monitor_events())
         monitor = self._monitor = self.context.socket(zmq.PAIR)
         monitor.setsockopt(zmq.LINGER, 0)
         monitor.connect(monitor_at)

@@ -47,8 +47,15 @@ ZAP_ENDPOINT = "inproc://zeromq.zap.01"
 #: the ZAP domain of the MDP socket: set so that the plain endpoints' connections are asked
 #: about too (as NULL) and carry a User-Id like the CURVE ones
 ZAP_DOMAIN = b"maitred.mdp"
-#: the rejection counter of a refused key (``mdp.rejected.<reason>``)
-UNKNOWN_KEY = "unknown CURVE key"
+#: handshakes that fail before the ZAP handler is asked: a client without CURVE on a CURVE
+#: endpoint (a mechanism mismatch), or a CURVE handshake that is not valid
+_HANDSHAKE_FAILED = int(zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL) | int(
+    zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+)
+_MISMATCH = int(zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH)
+#: ``mdp.rejected.<reason>`` of a failed handshake
+NO_CURVE = "no CURVE handshake"
+BAD_HANDSHAKE = "failed CURVE handshake"
 
 __all__ = [
     "CurvePeers",
@@ -335,6 +342,22 @@ class CurvePeers:
         """After the clients' session opened: it is the one for peers without a CURVE key."""
         assert self._clients is not None
         self._plain = (self._clients, self._identity)
+
+    def _curve_monitor_events(self) -> int:
+        """The socket monitor events CURVE adds to the adapter's (none when it is off)."""
+        return _HANDSHAKE_FAILED if self._zap is not None else 0
+
+    def _monitor_event(self, kind: int, value: int, endpoint: bytes) -> None:
+        """A handshake failed before ZAP was asked (the monitor says so; a refused key is
+        counted by :meth:`_key_refused` instead): counted, logged, published."""
+        if not kind & _HANDSHAKE_FAILED:
+            return
+        reason = NO_CURVE if value == _MISMATCH else BAD_HANDSHAKE
+        where = endpoint.decode("utf-8", "replace")
+        self.stats["mdp.rejected"] += 1
+        self.stats[f"mdp.rejected.{reason}"] += 1
+        self.rejections.note("curve", where, f"{reason} (ZMTP error {value:#x})")
+        self.port.report_unauthenticated("mdp", where, reason)
 
     def _key_refused(self, request: zap.ZapRequest, verdict: zap.Verdict) -> None:
         key = zap.z85_encode(request.credentials[0]) if request.mechanism == b"CURVE" else ""

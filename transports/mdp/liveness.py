@@ -119,6 +119,7 @@ class MdpWorkers(BaseSink):
     _send: Callable[[bytes, list[bytes]], None]
     _reject: Callable[[bytes, str], None]
     _reschedule: Callable[[], None]
+    _monitor_event: Callable[[int, int, bytes], None]
 
     def _on_monitor(self) -> None:
         monitor = self._monitor
@@ -135,16 +136,18 @@ class MdpWorkers(BaseSink):
         get the same fd and send READY before they are dropped), and queue them for
         :meth:`_drop_lost`."""
         while True:
+            where = b""
             try:
                 event = _recv_frame(monitor, _NOBLOCK, True)
                 while monitor.getsockopt(zmq.RCVMORE):
-                    _recv_frame(monitor, _NOBLOCK, True)  # the endpoint
+                    where = _recv_frame(monitor, _NOBLOCK, True)  # the endpoint
             except zmq.Again:
                 return
             if len(event) < _EVENT.size:
                 continue
             kind, fd = _EVENT.unpack_from(event)
             if kind != _DISCONNECTED:
+                self._monitor_event(kind, fd, where)  # a failed CURVE handshake (CurvePeers)
                 continue
             w = self._fds.pop(fd, None)
             if w is not None:

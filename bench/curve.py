@@ -1,0 +1,181 @@
+"""What CURVE costs MDP: maitred's throughput with and without CURVE, in the same run.
+
+    .venv/bin/python bench/curve.py                  # 3 runs × 64 in flight × {plain, curve}
+    .venv/bin/python bench/curve.py --runs 5 --inflight 1,64
+    .venv/bin/python bench/curve.py --smoke          # one short run of each, ~10 s
+
+Two legs, each a fresh ``maitred serve`` (``{python} -m maitred.core serve -c FILE --mdp
+ENDPOINT``) with one echo worker and one client from ``bench/loadgen.py`` (the machinery of
+``bench/run_mdp.py``: the same processes, probe, guard and measurement):
+
+- ``plain``: no CURVE;
+- ``curve``: ``curve_secret_key_file`` set and the worker's and the client's public keys in
+  ``[[transports.mdp.keys]]``; the worker, the client and the readiness probe connect with
+  CURVE (``$MAITRED_BENCH_CURVE``, read by loadgen), so every message is encrypted twice on its
+  way (client → broker → worker) and twice back, and each is handled as its key's identity.
+
+The legs alternate (the order rotates every run) so drift on the machine spreads over both.
+Printed: the median req/s of each leg, their ratio (curve / plain), and the median of the
+per-run ratios; every run goes to ``bench/results/curve-<timestamp>.json`` (gitignored).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import statistics
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # run as a plain script: make ``bench`` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import zmq
+
+from bench import loadgen, run_mdp
+from maitred.transports.mdp.curve import write_certificate
+
+LEGS = ("plain", "curve")
+
+
+def _keys(directory: Path) -> tuple[str, str]:
+    """Write the broker's key and two peers' keys; the CURVE config's extra lines and the
+    client-side ``$MAITRED_BENCH_CURVE`` value (all peers share the client key)."""
+    _, broker_secret, broker_public = write_certificate(directory, "broker")
+    _, peer_secret, peer_public = write_certificate(directory, "peer")
+    from maitred.transports.mdp.curve import client_keys
+
+    public, secret = client_keys(str(peer_secret))
+    toml = (
+        f'curve_secret_key_file = "{broker_secret}"\n\n'
+        "[[transports.mdp.keys]]\n"
+        f'public_key = "{peer_public}"\n'
+        'identity = "bench"\n'
+    )
+    return toml, f"{broker_public} {public.decode()} {secret.decode()}"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description="maitred MDP throughput with and without CURVE")
+    p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--inflight", type=run_mdp._csv_ints, default=[64])
+    p.add_argument("--size", type=int, default=1024)
+    p.add_argument("--warmup", type=float, default=1.0)
+    p.add_argument("--duration", type=float, default=3.0)
+    p.add_argument("--smoke", action="store_true", help="1 run, 0.2 s warm-up, 0.5 s measured")
+    p.add_argument("--json", type=Path, default=None)
+    args = p.parse_args(argv)
+    if args.smoke:
+        args.runs, args.warmup, args.duration = 1, 0.2, 0.5
+    with tempfile.TemporaryDirectory(prefix="maitred-curve-bench-") as tmp:
+        directory = Path(tmp)
+        curve_toml, curve_env = _keys(directory)
+        files = {}
+        for leg in LEGS:
+            path = directory / f"{leg}.toml"
+            path.write_text("[transports.mdp]\n" + (curve_toml if leg == "curve" else ""))
+            files[leg] = path
+        cfg = run_mdp.Config(
+            runs=args.runs,
+            inflight=args.inflight,
+            size=args.size,
+            warmup=args.warmup,
+            warmup_max=200_000,
+            duration=args.duration,
+            max_requests=500_000,
+            timeout=5.0,
+            ready_timeout=10.0,
+            io="batch",
+            quiet_wait=0.0,
+            quiet_below=20.0,
+            legs=["maitred"],
+            maitred_cmd="",
+            majortomo_cmd="",
+        )
+        legs = {
+            leg: run_mdp.Leg(
+                leg,
+                "mdp",
+                run_mdp.start_command_broker(
+                    "maitred",
+                    f"{{python}} -m maitred.core serve -c {files[leg]} --mdp {{endpoint}}",
+                ),
+                2.0,
+                f"maitred serve -c {leg}.toml",
+            )
+            for leg in LEGS
+        }
+        runs: list[dict[str, Any]] = []
+        ctx: zmq.Context[Any] = zmq.Context()
+        children = run_mdp.Children()
+        try:
+            with run_mdp.terminate_on_signals():
+                for n in args.inflight:
+                    for i in range(args.runs):
+                        order = LEGS if i % 2 == 0 else LEGS[::-1]
+                        for leg in order:
+                            if leg == "curve":
+                                os.environ[loadgen.CURVE_ENV] = curve_env
+                            else:
+                                os.environ.pop(loadgen.CURVE_ENV, None)
+                            busy = run_mdp.machine_busy()
+                            record = run_mdp.measure(legs[leg], n, cfg, children, ctx)
+                            record.update(leg=leg, inflight=n, run=i, machine_busy=busy)
+                            runs.append(record)
+                            run_mdp.log(
+                                f"run {i + 1}/{args.runs} {leg:5} x{n}: "
+                                f"{record.get('req_per_s') or record.get('error')}"
+                            )
+        finally:
+            os.environ.pop(loadgen.CURVE_ENV, None)
+            children.stop_all()
+            ctx.destroy(0)
+    summary = []
+    for n in args.inflight:
+        med = {}
+        for leg in LEGS:
+            rates = [
+                r["req_per_s"]
+                for r in runs
+                if r["leg"] == leg and r["inflight"] == n and r.get("ok")
+            ]
+            med[leg] = statistics.median(rates) if rates else None
+        pairs = []
+        for i in range(args.runs):
+            got = {
+                r["leg"]: r for r in runs if r["inflight"] == n and r["run"] == i and r.get("ok")
+            }
+            if len(got) == 2:
+                pairs.append(got["curve"]["req_per_s"] / got["plain"]["req_per_s"])
+        ratio = med["curve"] / med["plain"] if med["curve"] and med["plain"] else None
+        summary.append(
+            {
+                "inflight": n,
+                "plain_req_per_s": med["plain"],
+                "curve_req_per_s": med["curve"],
+                "ratio_of_medians": ratio,
+                "median_of_run_ratios": statistics.median(pairs) if pairs else None,
+                "run_ratios": pairs,
+            }
+        )
+        print(
+            f"x{n}: plain {med['plain'] or 0:,.0f} req/s, curve {med['curve'] or 0:,.0f} req/s, "
+            f"curve/plain {ratio or 0:.3f} (median of per-run ratios "
+            f"{statistics.median(pairs) if pairs else 0:.3f}; runs {', '.join(f'{r:.3f}' for r in pairs)})"
+        )
+    out = args.json or run_mdp.RESULTS_DIR / f"curve-{dt.datetime.now():%Y%m%d-%H%M%S}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(
+        json.dumps({"summary": summary, "runs": runs, "machine": run_mdp.machine_info()}, indent=1)
+    )
+    run_mdp.log(f"results: {out}")
+    return 0 if all(s["ratio_of_medians"] for s in summary) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
