@@ -69,6 +69,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--duration", type=float, default=3.0)
     p.add_argument("--smoke", action="store_true", help="1 run, 0.2 s warm-up, 0.5 s measured")
     p.add_argument("--json", type=Path, default=None)
+    p.add_argument(
+        "--mdp-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help='a [transports.mdp] line for both legs, e.g. io_thread_sched="default"',
+    )
+    p.add_argument(
+        "--broker-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a [broker] line for both legs, e.g. uvloop=false",
+    )
     args = p.parse_args(argv)
     if args.smoke:
         args.runs, args.warmup, args.duration = 1, 0.2, 0.5
@@ -78,7 +92,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         files = {}
         for leg in LEGS:
             path = directory / f"{leg}.toml"
-            path.write_text("[transports.mdp]\n" + (curve_toml if leg == "curve" else ""))
+            extra = "".join(f"{line}\n" for line in args.mdp_option)
+            broker = "".join(f"{line}\n" for line in args.broker_option)
+            path.write_text(
+                f"[broker]\n{broker}[transports.mdp]\n{extra}"
+                + (curve_toml if leg == "curve" else "")
+            )
             files[leg] = path
         cfg = run_mdp.Config(
             runs=args.runs,

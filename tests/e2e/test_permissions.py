@@ -28,7 +28,7 @@ from maitred.core.access import Identity
 from maitred.core.local import LocalClient, LocalWorker
 from maitred.core.routing.patterns import matches
 from maitred.transports.ws.mm_codec import MmMessage, parse
-from tests.e2e.helpers import BrokerThread, RawClient, RawWorker, wait_until
+from tests.e2e.helpers import BrokerThread, RawClient, RawWorker, nothing, wait_until
 
 # -- the one table ----------------------------------------------------------------------------
 
@@ -955,3 +955,108 @@ def test_deny_by_default_grants_and_wildcards(make_broker: Callable[..., BrokerT
     finally:
         conn.close()
     assert fx.stats()["denied.subscribe"] == before.get("denied.subscribe", 0) + 5
+
+
+# -- authentication: who gets in at all -----------------------------------------------------------
+# One table for the credentials a transport checks before any action: no credentials, wrong
+# ones, valid ones of each role. A refusal gives no session, is counted (denied.authenticate)
+# and published on $sys.auth.denied (action "authenticate"), and leaves other peers served.
+# MDP's credentials are CURVE keys ([[transports.mdp.keys]]); HTTP and WebSocket rows come
+# with their tokens.
+
+
+class AuthCase(NamedTuple):
+    transport: str
+    #: "none", "wrong" or "valid:<role>"
+    credentials: str
+    #: the call of ok.svc: "refused" (no session: the handshake fails), "served"; with a valid
+    #: key, no.svc is denied in the transport's form (the [access] rules see its identity)
+    outcome: str
+
+
+AUTH_CASES = [
+    AuthCase("mdp", "none", "refused"),
+    AuthCase("mdp", "wrong", "refused"),
+    AuthCase("mdp", "valid:app", "served"),
+    AuthCase("mdp", "valid:ops", "served"),
+]
+
+#: the reason in $sys.auth.denied of a refusal, per transport and credentials
+AUTH_REASON = {("mdp", "none"): "no CURVE handshake", ("mdp", "wrong"): "unknown CURVE key"}
+
+
+class CurveKeys:
+    """The broker's CURVE key and one client key per role, from plain pyzmq."""
+
+    def __init__(self, directory: Any) -> None:
+        from maitred.transports.mdp.curve import write_certificate
+
+        _, self.secret_file, public = write_certificate(directory, "broker")
+        self.public = public.encode()
+        self.roles = {role: zmq.curve_keypair() for role in ("app", "ops")}
+
+    def toml(self) -> str:
+        lines = [f'curve_secret_key_file = "{self.secret_file}"']
+        for role, (public, _) in self.roles.items():
+            lines += [
+                "[[transports.mdp.keys]]",
+                f'public_key = "{public.decode()}"',
+                f'identity = "mdp-key-{role}"',
+                f'roles = ["{role}"]',
+            ]
+        return "\n".join(lines) + "\n"
+
+    def client(self, credentials: str) -> tuple[bytes, bytes, bytes] | None:
+        if credentials == "none":
+            return None
+        public, secret = (
+            zmq.curve_keypair() if credentials == "wrong" else self.roles[credentials[6:]]
+        )
+        return self.public, public, secret
+
+
+@pytest.fixture
+def curve_fx(make_broker: Callable[..., BrokerThread], tmp_path: Any) -> tuple[Fixture, CurveKeys]:
+    keys = CurveKeys(tmp_path)
+    return Fixture(make_broker(ACCESS, mdp=keys.toml())), keys
+
+
+@pytest.mark.parametrize(
+    "case", AUTH_CASES, ids=[f"{c.transport}-{c.credentials}-{c.outcome}" for c in AUTH_CASES]
+)
+def test_authentication_table(
+    case: AuthCase, curve_fx: tuple[Fixture, CurveKeys], ctx: zmq.Context[Any]
+) -> None:
+    fx, keys = curve_fx
+    sessions = fx.broker.call(lambda: len(fx.broker.broker.router.sessions))
+    client = RawClient(ctx, fx.broker.endpoint, "majortomo", keys.client(case.credentials))
+    if case.outcome == "refused":
+        client.send(b"ok.svc", b"hi")
+        wait_until(lambda: fx.stats().get("denied.authenticate", 0) >= 1, 5, "the refusal")
+        assert nothing(client.sock)
+        assert fx.broker.call(lambda: len(fx.broker.broker.router.sessions)) == sessions
+        denial = fx.denials()[0]
+        assert denial["transport"] == case.transport and denial["action"] == "authenticate"
+        assert (denial["identity"], denial["session"]) == ("", "")
+        assert denial["reason"] == AUTH_REASON[(case.transport, case.credentials)]
+        # nobody else is disturbed: a valid key is served meanwhile
+        other = RawClient(ctx, fx.broker.endpoint, "majortomo", keys.client("valid:app"))
+        assert other.call(b"ok.svc", b"hi", timeout=5) == [b"served:ok.svc"]
+        return
+    assert client.call(b"ok.svc", b"hi", timeout=5) == [b"served:ok.svc"]
+    role = case.credentials[6:]
+    identity = f"mdp-key-{role}"
+    # the [access] rules see the key's identity: role app may not call no.svc, ops may
+    reply = client.call(b"no.svc", b"hi", timeout=5)
+    if role == "app":
+        assert reply == [b"403", f"{identity} may not call no.svc".encode()]
+        (denial,) = fx.denials()
+        assert (denial["identity"], denial["action"], denial["name"]) == (
+            identity,
+            "call",
+            "no.svc",
+        )
+    else:
+        assert reply == [b"served:no.svc"]
+        assert fx.denials() == []
+    assert fx.stats().get("denied.authenticate", 0) == 0
