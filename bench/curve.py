@@ -182,10 +182,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "run_ratios": pairs,
             }
         )
+        per_run = ", ".join(f"{r:.3f}" for r in pairs)
         print(
             f"x{n}: plain {med['plain'] or 0:,.0f} req/s, curve {med['curve'] or 0:,.0f} req/s, "
             f"curve/plain {ratio or 0:.3f} (median of per-run ratios "
-            f"{statistics.median(pairs) if pairs else 0:.3f}; runs {', '.join(f'{r:.3f}' for r in pairs)})"
+            f"{statistics.median(pairs) if pairs else 0:.3f}; runs {per_run})"
         )
     out = args.json or run_mdp.RESULTS_DIR / f"curve-{dt.datetime.now():%Y%m%d-%H%M%S}.json"
     out.parent.mkdir(parents=True, exist_ok=True)

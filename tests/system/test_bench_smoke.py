@@ -40,3 +40,23 @@ def test_mdp_bench_smoke(tmp_path: Path) -> None:
     legs = {row["leg"] for row in report["summary"] if row["ok_runs"]}
     assert legs == {"maitred", "proxy"}
     assert all(row["req_per_s"] > 0 for row in report["summary"])
+
+
+@pytest.mark.slow
+def test_curve_bench_smoke(tmp_path: Path) -> None:
+    """bench/curve.py: both legs measured in one run, CURVE on the second (its peers connected
+    with the keys, or the curve leg would get no reply at all)."""
+    out = tmp_path / "curve.json"
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "curve.py"), "--smoke", "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads(out.read_text())
+    (row,) = report["summary"]
+    assert row["plain_req_per_s"] > 0 and row["curve_req_per_s"] > 0
+    assert {r["leg"] for r in report["runs"] if r.get("ok")} == {"plain", "curve"}
