@@ -88,7 +88,7 @@ def test_disabled_plugin_is_not_registered() -> None:
     pm = make_plugin_manager(disabled=["mdp"])
     assert pm.get_plugin("mdp") is None
     # its CLI client is gone too
-    assert pm.hook.maitred_connect(url="tcp://127.0.0.1:5555", timeout=1.0) is None
+    assert pm.hook.maitred_connect(url="tcp://127.0.0.1:5555", timeout=1.0, options={}) is None
 
 
 def test_address_flag_for_a_disabled_transport_is_a_config_error() -> None:

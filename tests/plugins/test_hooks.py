@@ -589,17 +589,17 @@ class NeverConnects:
 def test_maitred_connect_first_non_none_answer_wins() -> None:
     connect = FakeConnect()
     pm = make_plugin_manager(plugins=[connect, NeverConnects()], load_entry_points=False)
-    client = pm.hook.maitred_connect(url="fake://b", timeout=2.0)
+    client = pm.hook.maitred_connect(url="fake://b", timeout=2.0, options={})
     assert isinstance(client, FakeClient) and client.timeout == 2.0
-    assert pm.hook.maitred_connect(url="nope://b", timeout=2.0) is None
+    assert pm.hook.maitred_connect(url="nope://b", timeout=2.0, options={}) is None
 
 
 def test_maitred_connect_builtin_mdp_speaks_tcp_urls() -> None:
     pm = make_plugin_manager()
-    client = pm.hook.maitred_connect(url="tcp://127.0.0.1:5555", timeout=1.0)
+    client = pm.hook.maitred_connect(url="tcp://127.0.0.1:5555", timeout=1.0, options={})
     assert client is not None  # lazily connected: nothing is sent until a request
     client.close()
-    assert pm.hook.maitred_connect(url="fake://x", timeout=1.0) is None
+    assert pm.hook.maitred_connect(url="fake://x", timeout=1.0, options={}) is None
 
 
 def test_maitred_connect_is_what_the_cli_uses(

@@ -13,6 +13,7 @@ from typing import NamedTuple
 import msgspec
 
 from maitred.core.access import Identity
+from maitred.core.errors import ProtocolError
 
 __all__ = [
     "CurveKey",
@@ -138,13 +139,12 @@ class ZapRequest(NamedTuple):
     credentials: tuple[bytes, ...]
 
 
-class ZapError(ValueError):
+class ZapError(ProtocolError, ValueError):
     """A ZAP request that is not one. ``request_id`` is set when the request got far enough to
     be answered (then with status 500); None: drop it (nothing to answer with)."""
 
     def __init__(self, reason: str, request_id: bytes | None = None) -> None:
         super().__init__(reason)
-        self.reason = reason
         self.request_id = request_id
 
 
