@@ -280,6 +280,11 @@ class BrokerPort(Protocol):
         """Count and publish a refusal the transport's protocol made itself."""
         ...
 
+    def report_auth_failure(self, transport: str, peer: str, reason: str, who: str = "") -> None:
+        """Count and publish (``$sys.auth.denied``, action ``authenticate``) a peer that was
+        refused before it had a session: no credentials, wrong ones, an unknown key."""
+        ...
+
     def permits(self, session: Session, action: Action, name: str) -> bool:
         """The policy's answer without counting a denial (e.g. to filter a listing)."""
         ...

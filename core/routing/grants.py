@@ -46,6 +46,25 @@ class GrantsMixin(RouterState):
             },
         )
 
+    def report_auth_failure(self, transport: str, peer: str, reason: str, who: str = "") -> None:
+        """Count a peer refused before it had a session (no credentials, a wrong token, an
+        unknown CURVE key, a failed TLS client certificate) and publish it on
+        ``$sys.auth.denied`` with ``action = "authenticate"``. ``peer`` is the peer's address,
+        ``who`` what it claimed to be (a key's or a certificate's name; never a secret)."""
+        self.stats["denied.authenticate"] += 1
+        self.stats[f"denied.authenticate.{transport}"] += 1
+        self._emit(
+            "$sys.auth.denied",
+            {
+                "identity": who,
+                "session": "",
+                "transport": transport,
+                "action": "authenticate",
+                "name": peer,
+                "reason": reason,
+            },
+        )
+
     def permits(self, session: Session, action: Action, name: str) -> bool:
         """The policy's answer for ``session`` on ``name``, not cached and never counted or
         published as a denial (e.g. to filter what a listing shows)."""
