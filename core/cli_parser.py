@@ -194,9 +194,11 @@ def build_parser(
             "maitred info -b unix:/run/maitred/http.sock --json",
         ),
         "connections": (
-            "traffic per transport: endpoints, requests, replies, errors (mmi.info)",
+            "open connections: transport, identity, address, workers, subscriptions "
+            "(mmi.sessions); --traffic: totals per transport (mmi.info)",
             "maitred connections",
-            "maitred connections --json",
+            "maitred connections --transport ws --json",
+            "maitred connections --traffic",
         ),
     }
     for verb, (help_, *examples) in listings.items():
@@ -204,6 +206,13 @@ def build_parser(
         p.add_argument("--json", action="store_true", help="print JSON instead of a table")
         if verb == "workers":
             p.add_argument("--service", default="", help="only the workers of this service")
+        if verb == "connections":
+            p.add_argument("--transport", default="", help="only the sessions of this transport")
+            p.add_argument(
+                "--traffic",
+                action="store_true",
+                help="endpoints and request totals per transport instead of one line a session",
+            )
         broker_opt(p)
 
     _parser(sub, "plugins", "list installed plugins and transports", "maitred plugins")
