@@ -122,12 +122,21 @@ def with_traceparent(
     headers: Mapping[str, str] | None, traceparent: str, tracestate: str | None = None
 ) -> HeaderPairs:
     """``headers`` with their ``traceparent`` (any case) replaced by ``traceparent``, and their
-    ``tracestate`` by ``tracestate`` when one is given; the other headers keep their order."""
+    ``tracestate`` by ``tracestate`` when one is given; the other headers keep their order. The
+    new values come last, under the spelling the replaced ones had (``Traceparent`` from a
+    middleman peer stays so), else in lower case."""
     drop = {"traceparent"} if tracestate is None else {"traceparent", "tracestate"}
-    kept = [(k, v) for k, v in pairs_of(headers) if k.lower() not in drop]
-    own = [("traceparent", traceparent)]
+    kept: list[tuple[str, str]] = []
+    names = {"traceparent": "traceparent", "tracestate": "tracestate"}
+    for k, v in pairs_of(headers):
+        low = k.lower()
+        if low in drop:
+            names[low] = k
+        else:
+            kept.append((k, v))
+    own = [(names["traceparent"], traceparent)]
     if tracestate:
-        own.append(("tracestate", tracestate))
+        own.append((names["tracestate"], tracestate))
     return HeaderPairs((*kept, *own))
 
 

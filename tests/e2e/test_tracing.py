@@ -36,7 +36,7 @@ from maitred.core.otel import OtelTracer
 from maitred.core.tracing import parse_traceparent
 from maitred.transports.http.client import SwitchClient
 from tests.e2e.helpers import BrokerThread, RawWorker, wait_until
-from tests.e2e.matrix_peers import WS_KEY, json_connect
+from tests.e2e.matrix_peers import WS_KEY, json_connect, mm_connect, mm_decode, mm_encode
 
 Ctx = zmq.Context[Any]
 
@@ -267,6 +267,37 @@ def test_a_switch_request_reaches_a_json_worker_with_the_trace(
     attrs = dict(span.attributes or {})
     assert attrs["maitred.caller.transport"] == "http"
     assert attrs["maitred.worker.transport"] == "ws"
+
+
+def test_rest_call_served_by_a_middleman_responder_carries_the_trace(
+    traced: tuple[BrokerThread, InMemorySpanExporter],
+) -> None:
+    broker, exporter = traced
+    result: list[tuple[int, dict[str, str], bytes]] = []
+    with mm_connect(broker) as ws:
+        ws.send(mm_encode("EREQ", "mm.svc", [], ""))
+        wait_until(lambda: broker.call(lambda: "mm.svc" in broker.broker.router.services))
+        caller = threading.Thread(
+            target=lambda: result.append(
+                _rest_call(broker, "mm.svc", {"traceparent": PARENT, "tracestate": "a=b"})
+            ),
+            daemon=True,
+        )
+        caller.start()
+        frame = ws.recv(5)
+        assert isinstance(frame, str)
+        command, target, headers, _ = mm_decode(frame)
+        assert command == "REQ", frame
+        named = {k.lower(): v for k, v in headers}  # names are compared without case
+        got = parse_traceparent(named["traceparent"])
+        assert got is not None and got.trace_id == TRACE and got.span_id != CALLER_SPAN
+        assert named["tracestate"] == "a=b"
+        ws.send(mm_encode("RES", target, [("Rid", named["rid"])], "ok"))
+        caller.join(10)
+    assert result and result[0][0] == 200
+    (span,) = _spans(exporter)
+    assert _hex(span) == (TRACE, got.span_id)
+    assert dict(span.attributes or {})["maitred.worker.transport"] == "ws"
 
 
 class _Collector(http.server.BaseHTTPRequestHandler):

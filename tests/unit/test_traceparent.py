@@ -110,7 +110,7 @@ def test_trace_in_reads_a_case_insensitive_mapping() -> None:
 def test_with_traceparent_replaces_in_any_case_and_keeps_the_rest() -> None:
     headers = HeaderPairs([("Traceparent", "old"), ("A", "1"), ("tracestate", "k=v")])
     out = with_traceparent(headers, GOOD)
-    assert out.pairs == (("A", "1"), ("tracestate", "k=v"), ("traceparent", GOOD))
+    assert out.pairs == (("A", "1"), ("tracestate", "k=v"), ("Traceparent", GOOD))
     assert with_traceparent(None, GOOD).pairs == (("traceparent", GOOD),)
     replaced = with_traceparent(headers, GOOD, "x=y")
-    assert replaced.pairs == (("A", "1"), ("traceparent", GOOD), ("tracestate", "x=y"))
+    assert replaced.pairs == (("A", "1"), ("Traceparent", GOOD), ("tracestate", "x=y"))
