@@ -282,7 +282,8 @@ class Broker:
         transport that takes part in reload (:class:`~maitred.core.transport.Reloadable`)
         applies what it can of its new ``[transports.NAME]`` (keys, certificates) to new
         connections. What cannot change while running (listen addresses and the other transport
-        keys, transports added or removed, ``[broker]``, ``[liveness]``, ``[plugins]``) is left
+        keys, transports added or removed, ``[broker]``, ``[liveness]``, ``[plugins]``,
+        ``[tracing]``) is left
         as it was and reported. Returns ``{"applied": [...], "unchanged": [...]}``: section
         names, ``transports.NAME.KEY`` for a transport's keys (``transports.NAME`` for a whole
         transport added or removed). Everything is checked before anything is applied: raises
@@ -313,7 +314,7 @@ class Broker:
         for name, plan in plans:
             plan.apply()
             applied.extend(f"transports.{name}.{key}" for key in plan.applied)
-        for section in ("broker", "liveness", "plugins"):
+        for section in ("broker", "liveness", "plugins", "tracing"):
             if getattr(config, section) != getattr(self.config, section):
                 unchanged.append(section)
         self.config = msgspec.structs.replace(

@@ -17,6 +17,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import (
 )
 from opentelemetry.trace import SpanKind, StatusCode
 
+from maitred.core.app import build_broker
 from maitred.core.config import TracingSection, parse_config
 from maitred.core.errors import ConfigError, ErrorCode, MaitredError
 from maitred.core.otel import OtelTracer
@@ -227,3 +228,12 @@ def test_open_tracer_is_off_without_an_endpoint_and_otlp_with_one() -> None:
 def test_bad_tracing_keys_are_refused(text: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         parse_config(text)
+
+
+def test_a_reload_reports_tracing_as_needing_a_restart() -> None:
+    broker = build_broker(parse_config("[transports]\n", "a.toml"))
+    new = parse_config(
+        '[transports]\n[tracing]\notlp_endpoint = "http://127.0.0.1:9/v1/traces"\n', "a.toml"
+    )
+    assert broker.reload(new) == {"applied": [], "unchanged": ["tracing"]}
+    assert broker.spans is None and broker.router.tracers == []
