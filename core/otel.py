@@ -11,6 +11,7 @@ router accepts the request and ends when the request ends; its attributes:
 ``maitred.service``        the service called
 ``maitred.caller.transport`` the caller's transport (``http``, ``ws``, ``mdp``, ...)
 ``maitred.worker.transport`` the transport of the worker it was handed to (when it was)
+``maitred.worker``         that worker's label (as ``mmi.workers`` shows it)
 ``maitred.outcome``        ``reply``, ``error`` or ``cancelled``
 ``maitred.error.code``     the error code (with ``error``), and the span's status is ERROR
 ``maitred.deliveries``     how many times it was handed to a worker
@@ -18,7 +19,6 @@ router accepts the request and ends when the request ends; its attributes:
 ``maitred.service_ms``     milliseconds from that hand-over to the end
 ========================== ==================================================================
 
-Each hand-over to a worker is also a span event ``dispatched`` with the worker's label.
 """
 
 from __future__ import annotations
@@ -106,16 +106,10 @@ class OtelTracer:
     # -- the router's tracer ----------------------------------------------------------------
 
     def __call__(self, event: str, request: Request, detail: str, now: float) -> None:
+        # "dispatched" needs nothing: the worker is read from the request when it ends (every
+        # attribute set in one call there, the SDK's attribute checks being the costly part)
         if event == "accepted":
             self._start(request)
-        elif event == "dispatched":
-            span = request.span
-            if span is not None:
-                worker = request.worker
-                span.set_attribute(
-                    "maitred.worker.transport", worker.session.transport if worker else ""
-                )
-                span.add_event("dispatched", {"maitred.worker": detail})
         elif event == "replied":
             self._end(request, now, "reply")
         elif event == "failed":  # from the paths that have no clock reading: now is NaN
@@ -165,6 +159,10 @@ class OtelTracer:
             "maitred.outcome": outcome,
             "maitred.deliveries": request.deliveries,
         }
+        worker = request.worker
+        if worker is not None:
+            attributes["maitred.worker.transport"] = worker.session.transport
+            attributes["maitred.worker"] = worker.label
         if request.deliveries:
             attributes["maitred.queued_ms"] = (request.dispatched - request.accepted) * 1000.0
             attributes["maitred.service_ms"] = max(0.0, now - request.dispatched) * 1000.0
