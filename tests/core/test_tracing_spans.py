@@ -4,6 +4,7 @@ gets."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from typing import Any
 
@@ -237,3 +238,37 @@ def test_a_reload_reports_tracing_as_needing_a_restart() -> None:
     )
     assert broker.reload(new) == {"applied": [], "unchanged": ["tracing"]}
     assert broker.spans is None and broker.router.tracers == []
+
+
+def test_an_end_without_a_span_is_ignored(h: Harness, exporter: InMemorySpanExporter) -> None:
+    c = h.session("caller")
+    request = h.req(c, "nobody.yet")  # waits: its span is open
+    tracer = h.router.tracers[0]
+    span, request.span = request.span, None
+    tracer("replied", request, "w", h.now)  # e.g. a stored request answered after its end
+    assert exporter.get_finished_spans() == ()
+    request.span = span
+    tracer("failed", request, "504 late", h.now)
+    assert _attrs(_one(exporter))["maitred.error.code"] == 504
+
+
+class _Breaks:
+    def __call__(self, event: str, request: Any, detail: str, now: float) -> None:
+        pass
+
+    def shutdown(self) -> None:
+        raise RuntimeError("collector gone")
+
+
+@pytest.mark.allow_error_logs("tracing: the span exporter failed to shut down")
+def test_a_failing_exporter_shutdown_does_not_stop_the_broker_from_stopping() -> None:
+    async def main() -> None:
+        broker = build_broker(parse_config("[transports]\n", "a.toml"))
+        await broker.start()
+        spans = _Breaks()
+        broker.spans = spans
+        broker.router.tracers.append(spans)
+        await broker.stop(0)
+        assert broker.state == "stopped" and broker.router.tracers == []
+
+    asyncio.run(main())
