@@ -57,7 +57,8 @@ _json = msgspec.json.Encoder()
 EventHook = Callable[[str, dict[str, Any]], None]
 #: ``tracer(event, request, detail, now)`` with event ``accepted`` (detail: the caller's label),
 #: ``dispatched`` (the worker's label), ``replied`` (the worker's label) or ``failed`` (the
-#: error code and reason): every request's life, for traces and logs (``Router.tracers``)
+#: error code and reason) or ``cancelled`` (the caller gave up or went away; detail empty): every
+#: request's life, for traces and logs (``Router.tracers``)
 Tracer = Callable[[str, Request, str, float], None]
 MmiHandler = Callable[["Router", str, Body], list[bytes]]
 
