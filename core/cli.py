@@ -330,8 +330,9 @@ def _mmi(client: BrokerClient, name: str, arg: str, timeout: float) -> Any:
     """One ``mmi.*`` answer as JSON (a listing page by page when the broker pages it)."""
     rows: list[Any] = []
     offset: int | None = 0
+    key = "transport" if name == "mmi.sessions" else "service"
     while offset is not None:  # page by page (docs/reference/mmi.md#listings-and-pages)
-        query = {"offset": offset, **({"service": arg} if arg else {})}
+        query = {"offset": offset, **({key: arg} if arg else {})}
         frame = json.dumps(query).encode() if name != "mmi.info" else b""
         answer = json.loads(client.request(name, [frame], timeout)[-1])
         if not (isinstance(answer, dict) and "items" in answer and "next" in answer):
@@ -399,6 +400,17 @@ WORKER_COLUMNS = [
 ]
 QUEUE_COLUMNS = [("name", "SERVICE"), ("queued", "QUEUED"), ("inflight", "INFLIGHT")]
 CONNECTION_COLUMNS = [
+    ("id", "ID"),
+    ("transport", "TRANSPORT"),
+    ("session", "SESSION"),
+    ("identity", "IDENTITY"),
+    ("address", "ADDRESS"),
+    ("workers", "WORKERS"),
+    ("subscriptions", "SUBS"),
+    ("queued", "QUEUED"),
+    ("connected_for", "UP_S"),
+]
+TRAFFIC_COLUMNS = [
     ("transport", "TRANSPORT"),
     ("endpoints", "ENDPOINTS"),
     ("requests", "REQUESTS"),
@@ -410,15 +422,19 @@ CONNECTION_COLUMNS = [
 
 def cmd_listing(args: argparse.Namespace) -> int:
     """``services``, ``workers``, ``queues``, ``info``, ``connections``."""
-    name = {"connections": "mmi.info"}.get(args.verb, f"mmi.{args.verb}")
+    traffic_only = args.verb == "connections" and args.traffic
+    name = {"connections": "mmi.info" if traffic_only else "mmi.sessions"}.get(
+        args.verb, f"mmi.{args.verb}"
+    )
+    argument = getattr(args, "service", "") or getattr(args, "transport", "")
     client = _connect(args.broker, args.timeout, args)
     try:
-        answer = _mmi(client, name, getattr(args, "service", ""), args.timeout)
+        answer = _mmi(client, name, argument, args.timeout)
     finally:
         client.close()
     if args.verb == "queues" and isinstance(answer, dict):  # unpaged: name -> depths
         answer = [{"name": k, **v} for k, v in sorted(answer.items())]
-    if args.verb == "connections":
+    if traffic_only:
         endpoints = answer.get("transports", {})
         traffic = answer.get("traffic", {})
         answer = [
@@ -450,7 +466,7 @@ def cmd_listing(args: argparse.Namespace) -> int:
         "services": SERVICE_COLUMNS,
         "workers": WORKER_COLUMNS,
         "queues": QUEUE_COLUMNS,
-        "connections": CONNECTION_COLUMNS,
+        "connections": TRAFFIC_COLUMNS if traffic_only else CONNECTION_COLUMNS,
     }[args.verb]
     print_table(answer, columns)
     return EXIT_OK

@@ -19,6 +19,22 @@ def _examples(*lines: str) -> str:
     return "examples:\n" + "\n".join(f"  {line}" for line in lines)
 
 
+def _address_flags(
+    parser: argparse.ArgumentParser, specs: dict[str, TransportSpec], help: str
+) -> None:
+    """``--NAME ADDRESS`` (repeatable) for each transport that takes addresses on the command
+    line; ``help`` is formatted with the transport's ``name`` and ``description``."""
+    for name, spec in sorted(specs.items()):
+        if spec.cli_addresses is not None:
+            parser.add_argument(
+                f"--{name}",
+                action="append",
+                default=[],
+                metavar=spec.cli_metavar,
+                help=help.format(name=name, description=spec.description),
+            )
+
+
 def _parser(sub: Any, name: str, help: str, *examples: str) -> argparse.ArgumentParser:
     p: argparse.ArgumentParser = sub.add_parser(
         name,
@@ -70,15 +86,7 @@ def build_parser(
         help="once every transport listens, write the pid and endpoints there as JSON "
         "(removed on exit); `maitred reload --ready-file PATH` finds the broker by it",
     )
-    for name, spec in sorted(specs.items()):
-        if spec.cli_addresses is not None:
-            serve.add_argument(
-                f"--{name}",
-                action="append",
-                default=[],
-                metavar=spec.cli_metavar,
-                help=f"enable {name} on this address (repeatable): {spec.description}",
-            )
+    _address_flags(serve, specs, "enable {name} on this address (repeatable): {description}")
 
     check = _parser(
         sub,
@@ -88,15 +96,7 @@ def build_parser(
         "maitred check -c maitred.toml --http 127.0.0.1:8080   # with serve's address flags",
     )
     check.add_argument("-c", "--config", required=True)
-    for name, spec in sorted(specs.items()):
-        if spec.cli_addresses is not None:
-            check.add_argument(
-                f"--{name}",
-                action="append",
-                default=[],
-                metavar=spec.cli_metavar,
-                help=f"as for serve: {name} on this address",
-            )
+    _address_flags(check, specs, "as for serve: {name} on this address")
 
     reload = _parser(
         sub,
@@ -208,9 +208,11 @@ def build_parser(
             "maitred info -b unix:/run/maitred/http.sock --json",
         ),
         "connections": (
-            "traffic per transport: endpoints, requests, replies, errors (mmi.info)",
+            "open connections: transport, identity, address, workers, subscriptions "
+            "(mmi.sessions); --traffic: totals per transport (mmi.info)",
             "maitred connections",
-            "maitred connections --json",
+            "maitred connections --transport ws --json",
+            "maitred connections --traffic",
         ),
     }
     for verb, (help_, *examples) in listings.items():
@@ -218,6 +220,13 @@ def build_parser(
         p.add_argument("--json", action="store_true", help="print JSON instead of a table")
         if verb == "workers":
             p.add_argument("--service", default="", help="only the workers of this service")
+        if verb == "connections":
+            p.add_argument("--transport", default="", help="only the sessions of this transport")
+            p.add_argument(
+                "--traffic",
+                action="store_true",
+                help="endpoints and request totals per transport instead of one line a session",
+            )
         broker_opt(p)
 
     _parser(sub, "plugins", "list installed plugins and transports", "maitred plugins")

@@ -9,6 +9,7 @@ that the transport's plugin declares (see :mod:`maitred.core.transport`).
 from __future__ import annotations
 
 import difflib
+import importlib.util
 import math
 import re
 import tomllib
@@ -104,6 +105,29 @@ class PluginsSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     disable: list[str] = msgspec.field(default_factory=list)
 
 
+def _installed(module: str) -> bool:
+    """Whether ``module`` can be imported (its parent packages are imported to tell)."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ImportError:
+        return False
+
+
+class TracingSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """``[tracing]``: one OpenTelemetry span per request, exported over OTLP/HTTP (needs
+    ``pip install 'maitred[otel]'``). Off while ``otlp_endpoint`` is empty."""
+
+    #: where spans are sent: an OTLP/HTTP traces URL (e.g.
+    #: ``http://127.0.0.1:4318/v1/traces``); empty: tracing is off and ``opentelemetry`` is
+    #: not imported
+    otlp_endpoint: str = ""
+    #: the ``service.name`` resource attribute of the broker's spans
+    service_name: str = "maitred"
+    #: the share of new traces that are recorded (0 to 1); a request whose caller sent a
+    #: ``traceparent`` follows the caller's sampled flag instead
+    sample_ratio: float = 1.0
+
+
 def _default_transports() -> dict[str, dict[str, Any]]:
     return {"mdp": {}}
 
@@ -118,6 +142,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     services: dict[str, Any] = msgspec.field(default_factory=dict)
     access: AccessSection = msgspec.field(default_factory=AccessSection)
     plugins: PluginsSection = msgspec.field(default_factory=PluginsSection)
+    tracing: TracingSection = msgspec.field(default_factory=TracingSection)
     #: one table per transport; a transport runs when its table exists and ``enabled`` is true
     transports: dict[str, Any] = msgspec.field(default_factory=_default_transports)
     #: where this config came from (not a key of the file)
@@ -153,6 +178,18 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
                     problems.append(f"{section}.{key}: must be a table, not {type(value).__name__}")
         for i, rule in enumerate(self.access.rules):
             problems += [f"access.rules[{i}]: {p}" for p in rule.problems()]
+        if not (0.0 <= self.tracing.sample_ratio <= 1.0):
+            problems.append("tracing.sample_ratio: must be a number from 0 to 1")
+        endpoint = self.tracing.otlp_endpoint
+        if endpoint and not endpoint.startswith(("http://", "https://")):
+            problems.append("tracing.otlp_endpoint: must be an http:// or https:// URL")
+        elif endpoint and not _installed("opentelemetry.sdk"):
+            problems.append(
+                "tracing.otlp_endpoint: tracing needs the opentelemetry packages "
+                "(pip install 'maitred[otel]')"
+            )
+        if not self.tracing.service_name:
+            problems.append("tracing.service_name: must not be empty")
         for name in self.plugins.disable:
             if not name:
                 problems.append("plugins.disable: empty name")

@@ -12,6 +12,7 @@ service            last request frame               answer
 ``mmi.workers``    a service name (empty: all)      JSON list of workers with their state
 ``mmi.queues``     ignored                          JSON object: name -> {queued, inflight}
 ``mmi.topics``     ignored                          JSON object: pattern -> subscriber count
+``mmi.sessions``   a transport name (empty: all)    JSON list of open sessions (connections)
 ``mmi.info``       ignored                          JSON object: version, uptime, transports, ...
 any other          -                                ``501``
 =================  ===============================  ===============================================
@@ -86,6 +87,8 @@ class _Page(msgspec.Struct, forbid_unknown_fields=True):
     offset: int = 0
     limit: int = 0
     service: str = ""
+    #: narrows ``mmi.sessions`` to one transport
+    transport: str = ""
 
 
 _page_decoder = msgspec.json.Decoder(_Page)
@@ -219,6 +222,36 @@ class Management:
         counts = {name: patterns[name] for name in names[start:stop]}
         return self._listing(router, page, len(names), start, counts)
 
+    def _sessions(self, router: Router, body: Body) -> bytes:
+        page = _page_of(body)
+        wanted = page.transport if page is not None else _last(body)
+        now = self._now() if self._now else None
+        sessions = [
+            s
+            for s in router.sessions.values()
+            if not s.closed and (not wanted or s.transport == wanted)
+        ]
+        start, stop = self._window(page, len(sessions))
+        rows = []
+        for session in sessions[start:stop]:
+            addresses = sorted({w.address for w in session.workers if w.address})
+            rows.append(
+                {
+                    "id": session.id,
+                    "session": session.label,
+                    "transport": session.transport,
+                    "identity": session.identity.name,
+                    "roles": sorted(session.identity.roles),
+                    "address": ", ".join(addresses),
+                    "shared": session.quiet,
+                    "workers": len(session.workers),
+                    "subscriptions": len(session.patterns),
+                    "queued": len(session.queued),
+                    "connected_for": None if now is None else round(now - session.opened, 3),
+                }
+            )
+        return self._listing(router, page, len(sessions), start, rows)
+
     def _info_(self, router: Router, body: Body) -> bytes:
         info = dict(self._info())
         info.update(router.snapshot())
@@ -231,6 +264,7 @@ _HANDLERS: dict[str, Callable[[Management, Router, Body], bytes]] = {
     "mmi.workers": Management._workers,
     "mmi.queues": Management._queues,
     "mmi.topics": Management._topics,
+    "mmi.sessions": Management._sessions,
     "mmi.info": Management._info_,
 }
 

@@ -51,7 +51,7 @@ class CorePort:
     publish: Callable[..., int]
     allowed: Callable[[Session, Action, str], bool]
     report_denied: Callable[[Session, Action, str], None]
-    report_unauthenticated: Callable[[str, str, str], None]
+    report_auth_failure: Callable[..., None]
     permits: Callable[[Session, Action, str], bool]
     may_grant: Callable[[Session, Action, str], bool]
     grant: Callable[..., bool]
@@ -97,7 +97,7 @@ class CorePort:
         self.publish = router.publish
         self.allowed = router.allowed
         self.report_denied = router.report_denied
-        self.report_unauthenticated = router.report_unauthenticated
+        self.report_auth_failure = router.report_auth_failure
         self.permits = router.permits
         self.may_grant = router.may_grant
         self.grant = router.grant

@@ -41,6 +41,7 @@ from maitred.core.store import (
     default_store_path,
     open_store,
 )
+from maitred.core.tracing import SpanTracer, open_tracer
 from maitred.core.transport import ReloadPlan, Transport, TransportSpec
 
 log = logging.getLogger("maitred.core.runtime")
@@ -160,6 +161,8 @@ class Broker:
         #: it); opened by :meth:`start`
         self.journal: StoreJournal | None = None
         self.started_at: float | None = None
+        #: the span tracer of ``[tracing]`` (None when it is off); set up by :meth:`start`
+        self.spans: SpanTracer | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._stopped = asyncio.Event()
         self._drained = asyncio.Event()
@@ -174,6 +177,7 @@ class Broker:
         self.state = "starting"
         self.started_at = self.clock()
         try:
+            self._open_spans()
             self._open_journal()
             for name, (spec, tconfig) in self._specs.items():
                 transport = spec.factory(tconfig, self.port)
@@ -182,6 +186,7 @@ class Broker:
         except BaseException:
             await self._close_transports()
             self._close_journal()
+            await self._close_spans()
             self.state = "stopped"
             raise
         # only once every transport is up: a failed start must not read as half a broker listening
@@ -249,6 +254,7 @@ class Broker:
         self.router.shutdown(self.clock())
         await self._close_transports()
         self._close_journal()
+        await self._close_spans()
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -276,7 +282,8 @@ class Broker:
         transport that takes part in reload (:class:`~maitred.core.transport.Reloadable`)
         applies what it can of its new ``[transports.NAME]`` (keys, certificates) to new
         connections. What cannot change while running (listen addresses and the other transport
-        keys, transports added or removed, ``[broker]``, ``[liveness]``, ``[plugins]``) is left
+        keys, transports added or removed, ``[broker]``, ``[liveness]``, ``[plugins]``,
+        ``[tracing]``) is left
         as it was and reported. Returns ``{"applied": [...], "unchanged": [...]}``: section
         names, ``transports.NAME.KEY`` for a transport's keys (``transports.NAME`` for a whole
         transport added or removed). Everything is checked before anything is applied: raises
@@ -307,7 +314,7 @@ class Broker:
         for name, plan in plans:
             plan.apply()
             applied.extend(f"transports.{name}.{key}" for key in plan.applied)
-        for section in ("broker", "liveness", "plugins"):
+        for section in ("broker", "liveness", "plugins", "tracing"):
             if getattr(config, section) != getattr(self.config, section):
                 unchanged.append(section)
         self.config = msgspec.structs.replace(
@@ -446,6 +453,27 @@ class Broker:
         if self.journal is not None:
             self.router.journal = None
             self.journal.close()
+
+    def _open_spans(self) -> None:
+        """Start the span tracer of ``[tracing]`` (when configured) as one of the router's
+        tracers."""
+        self.spans = open_tracer(self.config.tracing, self.clock)
+        if self.spans is not None:
+            self.router.tracers.append(self.spans)
+            log.info("tracing: spans exported to %s", self.config.tracing.otlp_endpoint)
+
+    async def _close_spans(self) -> None:
+        """Stop tracing and export the spans still buffered (in a thread: an unreachable
+        collector must not stall the event loop)."""
+        spans, self.spans = self.spans, None
+        if spans is None:
+            return
+        if spans in self.router.tracers:
+            self.router.tracers.remove(spans)
+        try:
+            await asyncio.to_thread(spans.shutdown)
+        except Exception:
+            log.exception("tracing: the span exporter failed to shut down")
 
     async def _close_transports(self) -> None:
         for transport in reversed(list(self.transports.values())):

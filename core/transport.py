@@ -280,10 +280,9 @@ class BrokerPort(Protocol):
         """Count and publish a refusal the transport's protocol made itself."""
         ...
 
-    def report_unauthenticated(self, transport: str, peer: str, reason: str) -> None:
-        """Count (``denied.authenticate``) and publish on ``$sys.auth.denied`` a peer refused
-        before it had a session: unknown or wrong credentials. ``peer``: what is known of it
-        (an address, a public key)."""
+    def report_auth_failure(self, transport: str, peer: str, reason: str, who: str = "") -> None:
+        """Count and publish (``$sys.auth.denied``, action ``authenticate``) a peer that was
+        refused before it had a session: no credentials, wrong ones, an unknown key."""
         ...
 
     def permits(self, session: Session, action: Action, name: str) -> bool:

@@ -30,7 +30,13 @@ from typing import Any
 import msgspec
 
 from maitred.core.access import Rule
-from maitred.core.config import AccessSection, BrokerSection, PluginsSection, StoreSection
+from maitred.core.config import (
+    AccessSection,
+    BrokerSection,
+    PluginsSection,
+    StoreSection,
+    TracingSection,
+)
 from maitred.core.routing.model import ServicePolicy
 from maitred.core.routing.router import Liveness
 from maitred.transports.http.adapter import HttpConfig
@@ -50,6 +56,7 @@ SECTIONS: dict[str, type[msgspec.Struct]] = {
     "access": AccessSection,
     "access.rules": Rule,
     "plugins": PluginsSection,
+    "tracing": TracingSection,
     "transports.mdp": MdpConfig,
     "transports.mdp.keys": CurveKey,
     "transports.http": HttpConfig,
@@ -117,6 +124,11 @@ RANGES: dict[str, dict[str, str]] = {
         "close_timeout": "finite, ≥ 0",
     },
     "transports.ws.keys": {"key": "not empty, unique"},
+    "tracing": {
+        "otlp_endpoint": "empty, or an http(s) URL",
+        "service_name": "not empty",
+        "sample_ratio": "0 to 1",
+    },
 }
 
 _ENABLED = "Run this transport."

@@ -46,16 +46,17 @@ class GrantsMixin(RouterState):
             },
         )
 
-    def report_unauthenticated(self, transport: str, peer: str, reason: str) -> None:
-        """Count a peer refused before it had a session (wrong or unknown credentials: a
-        CURVE key not in the table, a bad token) and publish it on ``$sys.auth.denied`` with
-        the action ``authenticate``, no identity and no session. ``peer`` is what the
-        transport knows of it (an address, a public key)."""
+    def report_auth_failure(self, transport: str, peer: str, reason: str, who: str = "") -> None:
+        """Count a peer refused before it had a session (no credentials, a wrong token, an
+        unknown CURVE key, a failed TLS client certificate) and publish it on
+        ``$sys.auth.denied`` with ``action = "authenticate"``. ``peer`` is the peer's address,
+        ``who`` what it claimed to be (a key's or a certificate's name; never a secret)."""
         self.stats["denied.authenticate"] += 1
+        self.stats[f"denied.authenticate.{transport}"] += 1
         self._emit(
             "$sys.auth.denied",
             {
-                "identity": "",
+                "identity": who,
                 "session": "",
                 "transport": transport,
                 "action": "authenticate",

@@ -408,3 +408,8 @@ class Request(msgspec.Struct, kw_only=True):
     #: headers the worker sent with the reply being delivered (protocols that have headers
     #: read it in ``deliver_reply``; it is replaced by each partial and by the final reply)
     reply_headers: Headers | None = None
+    #: the ``traceparent`` of the broker's span for this request, when it is traced
+    #: (``[tracing]``): what a transport with response headers hands back to the caller
+    trace: str | None = None
+    #: the span tracer's own handle of this request's span (None: not traced, or ended)
+    span: Any = None

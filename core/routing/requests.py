@@ -483,7 +483,12 @@ class RequestsMixin(RouterState):
                 self._maybe_forget(service)
         elif request.state is _DISPATCHED:
             request.state = _CANCELLED
+        else:
+            self._disarm(request)
+            return
         self._disarm(request)
+        if self.tracers:
+            self._trace("cancelled", request, "", now)
 
     def _fail(self, request: Request, error: MaitredError) -> None:
         request.state = _DONE

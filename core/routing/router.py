@@ -173,7 +173,7 @@ class Router(RequestsMixin, ExpiryMixin, WorkersMixin, TopicsMixin, GrantsMixin,
             return
         session.closed = True
         if session.queued:
-            self._drop_queued(session)
+            self._drop_queued(session, now)
         # take every worker of the session out of dispatch first, so a request redelivered
         # while the first one is dropped cannot land on a sibling that is about to go too
         for worker in session.workers:
@@ -194,7 +194,7 @@ class Router(RequestsMixin, ExpiryMixin, WorkersMixin, TopicsMixin, GrantsMixin,
             {"session": session.label, "transport": session.transport, "reason": reason},
         )
 
-    def _drop_queued(self, session: Session) -> None:
+    def _drop_queued(self, session: Session, now: float) -> None:
         """The requests a closing session left waiting in service queues: nobody waits for
         their replies, so they leave the queues (stored ones stay, without their caller)."""
         touched: dict[Service, None] = {}
@@ -206,6 +206,8 @@ class Router(RequestsMixin, ExpiryMixin, WorkersMixin, TopicsMixin, GrantsMixin,
                 continue
             request.state = _CANCELLED
             self._disarm(request)
+            if self.tracers:
+                self._trace("cancelled", request, "", now)
             service = self.services.get(request.service)
             if service is not None:
                 service.queued -= 1

@@ -16,11 +16,10 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from maitred.core.access import AccessPolicy, Action, Grants, Identity
+from maitred.core.access import AccessPolicy, Action, Grants
 from maitred.core.errors import MaitredError
 from maitred.core.routing.model import (
     Body,
-    Headers,
     Journal,
     ReplyKind,
     Request,
@@ -28,7 +27,6 @@ from maitred.core.routing.model import (
     Service,
     ServicePolicy,
     Session,
-    SessionSink,
     TransportStats,
     Worker,
 )
@@ -59,7 +57,8 @@ _json = msgspec.json.Encoder()
 EventHook = Callable[[str, dict[str, Any]], None]
 #: ``tracer(event, request, detail, now)`` with event ``accepted`` (detail: the caller's label),
 #: ``dispatched`` (the worker's label), ``replied`` (the worker's label) or ``failed`` (the
-#: error code and reason): every request's life, for traces and logs (``Router.tracers``)
+#: error code and reason) or ``cancelled`` (the caller gave up or went away; detail empty): every
+#: request's life, for traces and logs (``Router.tracers``)
 Tracer = Callable[[str, Request, str, float], None]
 MmiHandler = Callable[["Router", str, Body], list[bytes]]
 
@@ -125,29 +124,14 @@ class RouterState:
         def _detach(self, request: Request) -> None: ...
         def _unhandled(self, request: Request, reason: str) -> None: ...
         def _orphan_session(self, now: float = 0.0) -> Session: ...
-        def open_session(
-            self,
-            transport: str,
-            sink: SessionSink,
-            identity: Identity,
-            now: float,
-            label: str = "",
-            *,
-            quiet: bool = False,
-        ) -> Session: ...
+
+        # the two long signatures, as callables (their definitions carry the parameters)
+        open_session: Callable[..., Session]
+        _submit_mmi: Callable[..., Request | None]
+
         def _arm(self, request: Request) -> None: ...
         def _disarm(self, request: Request) -> None: ...
         def _tell_error(self, request: Request, error: MaitredError) -> None: ...
-        def _submit_mmi(
-            self,
-            session: Session,
-            name: str,
-            body: Body,
-            correlation: Any,
-            now: float,
-            headers: Headers | None,
-        ) -> Request | None: ...
-
         @staticmethod
         def _size(request: Request) -> int: ...
 

@@ -583,3 +583,33 @@ def test_a_pattern_too_complex_to_decide_is_refused(caplog: pytest.LogCaptureFix
         assert pattern_witness(table, Grants(), EVE, SUBSCRIBE, ">") == TOO_COMPLEX
     assert "too complex to decide" in caplog.text
     assert decide_pattern(table, Grants(), EVE, SUBSCRIBE, "a1.*.*.*")  # covered at once
+
+
+def test_a_peer_refused_before_it_has_a_session_is_counted_and_published(hr: Harness) -> None:
+    watcher = hr.session("watcher")
+    hr.router.subscribe(watcher, "$sys.auth.denied")
+    sessions = len(hr.router.sessions)
+    hr.router.report_auth_failure("http", "127.0.0.1:40000", "unknown token")
+    hr.router.report_auth_failure("mdp", "tcp://127.0.0.1", "unknown CURVE key", who="Yne@")
+    assert hr.router.stats["denied.authenticate"] == 2
+    assert hr.router.stats["denied.authenticate.http"] == 1
+    assert hr.router.stats["denied.authenticate.mdp"] == 1
+    assert len(hr.router.sessions) == sessions  # nothing was opened for the refused peers
+    assert sink_of(watcher).event_payloads("$sys.auth.denied") == [
+        {
+            "identity": "",
+            "session": "",
+            "transport": "http",
+            "action": "authenticate",
+            "name": "127.0.0.1:40000",
+            "reason": "unknown token",
+        },
+        {
+            "identity": "Yne@",
+            "session": "",
+            "transport": "mdp",
+            "action": "authenticate",
+            "name": "tcp://127.0.0.1",
+            "reason": "unknown CURVE key",
+        },
+    ]

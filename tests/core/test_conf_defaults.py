@@ -24,7 +24,7 @@ DEFAULTS = ROOT / "conf" / "maitred.toml"
 EXAMPLES = sorted((ROOT / "conf" / "examples").glob("*.toml"))
 
 #: sections compared key for key with Config(); services and transports are checked by type
-PLAIN_SECTIONS = ("broker", "liveness", "store", "access", "plugins")
+PLAIN_SECTIONS = ("broker", "liveness", "store", "access", "plugins", "tracing")
 
 
 def _builtins(obj: Any) -> Any:

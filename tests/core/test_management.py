@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from maitred.core.access import Identity
 from maitred.core.clock import FakeClock
 from maitred.core.errors import ErrorCode, MaitredError
 from maitred.core.management import MMI_SERVICES, Management
@@ -48,6 +49,7 @@ def test_mmi_names() -> None:
         "mmi.workers",
         "mmi.queues",
         "mmi.topics",
+        "mmi.sessions",
         "mmi.info",
     }
 
@@ -321,3 +323,43 @@ def test_workers_and_topics_are_bounded(small: Harness) -> None:
         small.router.subscribe(subscriber, f"t{i}.>")
     topics = ask_json(small, "mmi.topics")
     assert topics["total"] >= 4 and len(topics["items"]) == 3 and topics["truncated"]
+
+
+def test_sessions_lists_each_open_session(mh: Harness) -> None:
+    worker_session = mh.session(
+        "w-conn", Identity("billing", frozenset({"workers"})), transport="ws"
+    )
+    worker = mh.worker("echo", worker_session)
+    worker.address = "127.0.0.1:4000"
+    shared = mh.session("mdp:clients", transport="mdp", quiet=True)
+    mh.req(shared, "nobody-serves-this")
+    subscriber = mh.session("sub", transport="ws")
+    mh.router.subscribe(subscriber, "a.>")
+    mh.router.subscribe(subscriber, "b.*")
+    gone = mh.session("gone", transport="ws")
+    mh.router.close_session(gone, mh.now)
+    mh.clock.advance(2.5)
+    rows = {row["session"]: row for row in ask_json(mh, "mmi.sessions")}
+    assert "gone" not in rows
+    assert rows["w-conn"] == {
+        "id": worker_session.id,
+        "session": "w-conn",
+        "transport": "ws",
+        "identity": "billing",
+        "roles": ["workers"],
+        "address": "127.0.0.1:4000",
+        "shared": False,
+        "workers": 1,
+        "subscriptions": 0,
+        "queued": 0,
+        "connected_for": 2.5,
+    }
+    assert rows["mdp:clients"]["shared"] is True and rows["mdp:clients"]["queued"] == 1
+    assert rows["sub"]["subscriptions"] == 2 and rows["sub"]["address"] == ""
+    assert [r["id"] for r in rows.values()] == sorted(r["id"] for r in rows.values())
+    # narrowed to one transport, by the last frame or in a page query
+    assert {r["transport"] for r in ask_json(mh, "mmi.sessions", b"mdp")} == {"mdp"}
+    page = ask_json(mh, "mmi.sessions", b'{"transport": "ws", "limit": 1}')
+    assert page["total"] == 2 and [r["session"] for r in page["items"]] == ["w-conn"]
+    assert page["next"] == 1
+    assert ask_json(mh, "mmi.sessions", b"nope") == []

@@ -163,8 +163,11 @@ def test_unknown_key_gets_no_session_and_is_counted_and_published(
     assert curve.sessions() == before
     denied = curve.denials()
     assert denied and denied[0]["action"] == "authenticate"
-    assert denied[0]["transport"] == "mdp" and denied[0]["identity"] == ""
-    assert denied[0]["name"] == stranger[0].decode()
+    # the address it came from, the key it presented (public: no secret is published)
+    assert denied[0]["transport"] == "mdp" and denied[0]["session"] == ""
+    assert denied[0]["identity"] == stranger[0].decode()
+    assert denied[0]["name"] == "127.0.0.1" and denied[0]["reason"] == "unknown CURVE key"
+    assert stats["denied.authenticate.mdp"] >= 1
     # a worker with an unknown key is refused the same way: it never registers
     worker = RawWorker(ctx, curve.tcp, "rfc", b"billing.pay", k.of(stranger))
     worker.ready()
@@ -220,6 +223,7 @@ def test_plain_client_on_the_curve_endpoint_gets_nothing_and_disturbs_no_one(
     denied = curve.denials()
     assert denied and {d["reason"] for d in denied} == {"no CURVE handshake"}
     assert denied[0]["name"] == curve.tcp and denied[0]["action"] == "authenticate"
+    assert denied[0]["identity"] == ""
 
 
 @pytest.mark.parametrize(

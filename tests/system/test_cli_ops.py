@@ -251,8 +251,29 @@ def test_listings_on_every_transport(urls: dict[str, str], echo: None, transport
     assert json.loads(run("info", "--json", "-b", url).stdout)["state"] == "running"
 
     conns = run("connections", "-b", url)
-    assert conns.returncode == 0
-    assert conns.stdout.split()[:6] == [
+    assert conns.returncode == 0, conns.stderr
+    head, *rows = conns.stdout.splitlines()
+    assert head.split() == [
+        "ID",
+        "TRANSPORT",
+        "SESSION",
+        "IDENTITY",
+        "ADDRESS",
+        "WORKERS",
+        "SUBS",
+        "QUEUED",
+        "UP_S",
+    ]
+    # the echo worker's own connection, with its address, one line
+    assert re.search(
+        r"^\s*\d+\s+mdp\s+\S+\s+anonymous\s+127\.0\.0\.1:\d+\s+1\s+0\s+0\s", conns.stdout, re.M
+    ), conns.stdout
+    sessions = json.loads(run("connections", "--json", "-b", url).stdout)
+    assert any(s["transport"] == "mdp" and s["workers"] == 1 for s in sessions), sessions
+    only_mdp = json.loads(run("connections", "--transport", "mdp", "--json", "-b", url).stdout)
+    assert only_mdp and {s["transport"] for s in only_mdp} == {"mdp"}
+    traffic = run("connections", "--traffic", "-b", url)
+    assert traffic.stdout.split()[:6] == [
         "TRANSPORT",
         "ENDPOINTS",
         "REQUESTS",
@@ -261,7 +282,8 @@ def test_listings_on_every_transport(urls: dict[str, str], echo: None, transport
         "SERVED",
     ]
     assert {
-        row["transport"] for row in json.loads(run("connections", "--json", "-b", url).stdout)
+        row["transport"]
+        for row in json.loads(run("connections", "--traffic", "--json", "-b", url).stdout)
     } == {
         "mdp",
         "http",

@@ -24,6 +24,7 @@ from maitred.core.durable import StoreJournal
 from maitred.core.errors import ErrorCode, MaitredError
 from maitred.core.logs import RejectionLog
 from maitred.core.routing.model import ReplyKind, Request
+from maitred.core.tracing import trace_in
 from maitred.core.transport import BrokerPort
 from maitred.transports.http import codec
 from maitred.transports.http.admin import add_admin_routes
@@ -379,7 +380,13 @@ class HttpTransport(ListingRoutes):
         assert call.fut is not None
         self.stats["http.calls"] += 1
         submitted = self.broker.submit(
-            self._rest, name, frames, call, self.port.clock(), timeout=timeout
+            self._rest,
+            name,
+            frames,
+            call,
+            self.port.clock(),
+            timeout=timeout,
+            headers=trace_in(request.headers),
         )
         journal = self.port.journal
         if (
@@ -400,15 +407,22 @@ class HttpTransport(ListingRoutes):
             raise
         if not ok:
             err: MaitredError = value
-            return _error(err.code, err.reason)
-        reply: list[bytes] = value
-        if "application/json" in accept:
-            return web.Response(body=codec.frames_json_body(reply), content_type="application/json")
-        return web.Response(
-            body=b"".join(reply),
-            content_type=_OCTETS,
-            headers={"X-Maitred-Frames": ",".join(str(len(f)) for f in reply)},
-        )
+            response = _error(err.code, err.reason)
+        else:
+            reply: list[bytes] = value
+            if "application/json" in accept:
+                response = web.Response(
+                    body=codec.frames_json_body(reply), content_type="application/json"
+                )
+            else:
+                response = web.Response(
+                    body=b"".join(reply),
+                    content_type=_OCTETS,
+                    headers={"X-Maitred-Frames": ",".join(str(len(f)) for f in reply)},
+                )
+        if submitted is not None and submitted.trace is not None:
+            response.headers["traceparent"] = submitted.trace  # the broker's span
+        return response
 
     async def _accept_stored(
         self, submitted: Request, call: _Call, journal: StoreJournal
@@ -442,7 +456,13 @@ class HttpTransport(ListingRoutes):
         call = _Call(None, stream)
         self.stats["http.calls"] += 1
         submitted = self.broker.submit(
-            self._rest, name, frames, call, self.port.clock(), timeout=timeout
+            self._rest,
+            name,
+            frames,
+            call,
+            self.port.clock(),
+            timeout=timeout,
+            headers=trace_in(request.headers),
         )
         if submitted is None and not queue.empty():
             # refused at once: a plain error response (the status says what went wrong)
@@ -454,6 +474,8 @@ class HttpTransport(ListingRoutes):
         response = web.StreamResponse(
             headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
         )
+        if submitted is not None and submitted.trace is not None:
+            response.headers["traceparent"] = submitted.trace
         try:
             await response.prepare(request)
             while True:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
@@ -111,8 +111,15 @@ def parse_kind(value: Any) -> Kind:
     raise SwitchError(f"bad message kind {value!r}")
 
 
-def message_json(payload: bytes, kind: Kind) -> dict[str, Any]:
-    return {"payload": payload_text(payload), "kind": kind_json(kind)}
+def message_json(
+    payload: bytes, kind: Kind, trace: Mapping[str, str] | None = None
+) -> dict[str, Any]:
+    """A message as JSON; ``trace``: its W3C trace context (``traceparent``, ``tracestate``),
+    added as fields of those names when there is one."""
+    message = {"payload": payload_text(payload), "kind": kind_json(kind)}
+    if trace:
+        message.update(trace)
+    return message
 
 
 def id_list(queue: str, n: int | None) -> bytes:
@@ -167,10 +174,19 @@ def parse_transfer(body: bytes) -> tuple[int, float, list[str]]:
     return start, parse_wait(req.timeout), req.queues
 
 
-def transfer_body(messages: Iterable[tuple[str, int, bytes, Kind]], next_cursor: int) -> bytes:
+def transfer_body(
+    messages: Iterable[
+        tuple[str, int, bytes, Kind] | tuple[str, int, bytes, Kind, Mapping[str, str] | None]
+    ],
+    next_cursor: int,
+) -> bytes:
+    """A Transfer's answer; a message's optional fifth item is its trace context."""
     return _enc.encode(
         {
-            "messages": [[[q, n], message_json(payload, kind)] for q, n, payload, kind in messages],
+            "messages": [
+                [[m[0], m[1]], message_json(m[2], m[3], m[4] if len(m) > 4 else None)]
+                for m in messages
+            ],
             "next": str(next_cursor),
         }
     )

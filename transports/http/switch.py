@@ -327,7 +327,14 @@ class Switch(SwitchLeases, SwitchViews):
         return m
 
     def send(
-        self, token: Token, queue: str, payload: bytes, kind: Kind, *, check: bool = True
+        self,
+        token: Token,
+        queue: str,
+        payload: bytes,
+        kind: Kind,
+        *,
+        check: bool = True,
+        headers: dict[str, str] | None = None,
     ) -> tuple[str, int] | None:
         """POST /request and the fallback of POST /response: append (and route) a message.
         ``call`` on the queue (asked before its existence is told); refused when it is full."""
@@ -341,6 +348,7 @@ class Switch(SwitchLeases, SwitchViews):
         if full is not None:
             self._full("queue_full", full)
         m = self._append(q, payload, kind, token.name)
+        m.headers = headers  # its trace context (not stored: a restart loses it)
         if self._routed(q, m):
             self._submit(m, self.port.clock())
         else:
@@ -421,7 +429,14 @@ class Switch(SwitchLeases, SwitchViews):
         assert self.qsession is not None
         m.parked = False
         m.request = self.port.submit(
-            self.qsession, m.queue, [m.payload], m, now, timeout=math.inf, on_no_worker="wait"
+            self.qsession,
+            m.queue,
+            [m.payload],
+            m,
+            now,
+            timeout=math.inf,
+            on_no_worker="wait",
+            headers=m.headers,
         )
 
     def on_dispatch(self, token: Token, worker: Worker, request: Request) -> None:

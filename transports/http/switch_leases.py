@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, cast
 from maitred.core.access import Action, Identity
 from maitred.core.durable import StoreJournal
 from maitred.core.routing.model import RequestState
+from maitred.core.tracing import trace_headers
 from maitred.transports.http import codec
 from maitred.transports.http.switch_model import Msg, Queue, Token, TokenSink, by_id
 from maitred.transports.http.switch_views import SwitchViews
@@ -232,7 +233,9 @@ class SwitchLeases(SwitchViews):
             m.shown = True
             m.redelivered = False
             top = max(top, m.n)
-            out.append((q.name, m.n, m.payload, m.kind))
+            req = m.request  # its headers hold the broker span's traceparent when traced
+            trace = trace_headers(req.headers) if req is not None else m.headers
+            out.append((q.name, m.n, m.payload, m.kind, trace))
             self._trace(q.name, m.n, m, output=token.name)
         return codec.transfer_body(out, top)
 

@@ -51,6 +51,7 @@ class Msg:
     __slots__ = (
         "acked",
         "deliveries",
+        "headers",
         "kind",
         "lease",
         "n",
@@ -86,6 +87,8 @@ class Msg:
             False  # acked by its lessee without a response (the router's error is not news)
         )
         self.deliveries = 0
+        #: the sender's W3C trace context (``traceparent``, ``tracestate``), if it sent one
+        self.headers: dict[str, str] | None = None
 
 
 class Queue:

@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from maitred.core.access import Action
+from maitred.core.tracing import trace_in
 from maitred.transports.http import codec
 from maitred.transports.http.admin import switch_page, switch_page_headers
 from maitred.transports.http.codec import SwitchError
@@ -174,7 +175,13 @@ class SwitchRoutes:
     ) -> web.StreamResponse:
         assert token is not None
         payload = await self.read_body(request)
-        sent = self.switch.send(token, parts[1], payload, codec.request_kind(parts[2]))
+        sent = self.switch.send(
+            token,
+            parts[1],
+            payload,
+            codec.request_kind(parts[2]),
+            headers=trace_in(request.headers),
+        )
         await self.switch.committed()
         return _plain(codec.id_list(parts[1], None if sent is None else sent[1]))
 

@@ -8,7 +8,8 @@ The handler is a socket on the broker's own event loop (no thread): it answers f
 ``[[transports.mdp.keys]]`` table (:mod:`.zap` decides), 200 with the key's identity name as the
 User-Id, or 400 for a key not in the table. A refused peer never gets a connection, so no
 session: it is counted (``mdp.rejected.unknown CURVE key``, the ``curve`` rejection log) and
-published on ``$sys.auth.denied`` (action ``authenticate``, the key in ``name``).
+published on ``$sys.auth.denied`` (action ``authenticate``, the peer's address in ``name``, the
+key it presented in ``identity``).
 
 libzmq then puts the User-Id on every message of that connection. While CURVE is on, the adapter
 reads it from the first frame of each message (:meth:`CurvePeers._handle_curve`) and handles the
@@ -357,7 +358,7 @@ class CurvePeers:
         self.stats["mdp.rejected"] += 1
         self.stats[f"mdp.rejected.{reason}"] += 1
         self.rejections.note("curve", where, f"{reason} (ZMTP error {value:#x})")
-        self.port.report_unauthenticated("mdp", where, reason)
+        self.port.report_auth_failure("mdp", where, reason)
 
     def _key_refused(self, request: zap.ZapRequest, verdict: zap.Verdict) -> None:
         key = zap.z85_encode(request.credentials[0]) if request.mechanism == b"CURVE" else ""
@@ -366,7 +367,7 @@ class CurvePeers:
         self.stats["mdp.rejected"] += 1
         self.stats[f"mdp.rejected.{reason}"] += 1
         self.rejections.note("curve", address, f"{reason} {key}")
-        self.port.report_unauthenticated("mdp", key or address, reason)
+        self.port.report_auth_failure("mdp", address, reason, key)
 
     def _handle_curve(self, frames: list[bytes], now: float) -> None:
         """Handle one message as the identity its connection authenticated as (the User-Id
