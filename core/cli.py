@@ -29,7 +29,7 @@ from typing import Any, Literal
 import pluggy
 
 from maitred.core.app import build_broker, plugin_warnings, preflight, transport_specs
-from maitred.core.cli_parser import build_parser
+from maitred.core.cli_parser import build_parser, credentials
 from maitred.core.config import Config, load_config
 from maitred.core.errors import ConfigError, ErrorCode, MaitredError
 from maitred.core.logs import setup_logging
@@ -173,22 +173,14 @@ def cmd_reload(args: argparse.Namespace) -> int:
 
 
 def _connect(url: str, timeout: float, args: argparse.Namespace | None = None) -> BrokerClient:
-    client = _client_for(url, timeout, _connect_options(args))
+    client = _client_for(url, timeout, args)
     probe(url)  # within about a second: nothing there, instead of a whole timeout's wait
     return client
 
 
-def _connect_options(args: argparse.Namespace | None) -> dict[str, Any]:
-    """The connection options given on the command line (credentials), for the plugin."""
-    names = ("curve_server_key", "curve_key_file")
-    return {n: v for n in names if (v := getattr(args, n, None)) is not None}
-
-
-def _client_for(url: str, timeout: float, options: dict[str, Any] | None = None) -> BrokerClient:
-    pm = make_plugin_manager()
-    client: BrokerClient | None = pm.hook.maitred_connect(
-        url=url, timeout=timeout, options=options or {}
-    )
+def _client_for(url: str, timeout: float, args: argparse.Namespace | None = None) -> BrokerClient:
+    connect = make_plugin_manager().hook.maitred_connect
+    client: BrokerClient | None = connect(url=url, timeout=timeout, options=credentials(args))
     if client is None:
         raise ConfigError(
             f"-b: no installed transport plugin speaks {url!r}; use tcp://HOST:PORT, "
@@ -473,7 +465,7 @@ def cmd_listing(args: argparse.Namespace) -> int:
 
 
 def _topics_client(args: argparse.Namespace) -> Any:
-    client = _client_for(args.broker, args.timeout, _connect_options(args))
+    client = _client_for(args.broker, args.timeout, args)
     if not hasattr(client, "publish"):
         client.close()
         raise ConfigError(

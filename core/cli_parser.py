@@ -15,6 +15,16 @@ from maitred.core.transport import TransportSpec
 DEFAULT_BROKER = "tcp://127.0.0.1:5555"
 
 
+#: the connection options of the verbs that talk to a broker that carry credentials, handed to
+#: the transport plugin (hook ``maitred_connect``, its ``options``)
+CREDENTIAL_OPTIONS = ("curve_server_key", "curve_key_file")
+
+
+def credentials(args: argparse.Namespace | None) -> dict[str, Any]:
+    """The credential options given (absent ones left out), by name."""
+    return {n: v for n in CREDENTIAL_OPTIONS if (v := getattr(args, n, None)) is not None}
+
+
 def _examples(*lines: str) -> str:
     return "examples:\n" + "\n".join(f"  {line}" for line in lines)
 
