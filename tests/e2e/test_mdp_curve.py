@@ -218,10 +218,12 @@ def test_plain_client_on_the_curve_endpoint_gets_nothing_and_disturbs_no_one(
     assert nothing(plain.sock)
     # its failed handshakes are counted and published (no session, no key to name: the endpoint)
     wait_until(
-        lambda: curve.broker.stats().get("mdp.rejected.no CURVE handshake", 0) >= 1, 5, "counted"
+        lambda: curve.broker.stats().get("mdp.rejected.failed CURVE handshake", 0) >= 1,
+        5,
+        "counted",
     )
     denied = curve.denials()
-    assert denied and {d["reason"] for d in denied} == {"no CURVE handshake"}
+    assert denied and {d["reason"] for d in denied} == {"failed CURVE handshake"}
     assert denied[0]["name"] == curve.tcp and denied[0]["action"] == "authenticate"
     assert denied[0]["identity"] == ""
 

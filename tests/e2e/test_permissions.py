@@ -982,7 +982,7 @@ AUTH_CASES = [
 ]
 
 #: the reason in $sys.auth.denied of a refusal, per transport and credentials
-AUTH_REASON = {("mdp", "none"): "no CURVE handshake", ("mdp", "wrong"): "unknown CURVE key"}
+AUTH_REASON = {("mdp", "none"): "failed CURVE handshake", ("mdp", "wrong"): "unknown CURVE key"}
 
 
 class CurveKeys:

@@ -53,9 +53,9 @@ ZAP_DOMAIN = b"maitred.mdp"
 _HANDSHAKE_FAILED = int(zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL) | int(
     zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
 )
-_MISMATCH = int(zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH)
-#: ``mdp.rejected.<reason>`` of a failed handshake
-NO_CURVE = "no CURVE handshake"
+#: ``mdp.rejected.<reason>`` of a failed handshake (one reason: whether libzmq reports a
+#: plain client as a mechanism mismatch or as a dropped connection depends on which side
+#: closes first; the debug line has its error code)
 BAD_HANDSHAKE = "failed CURVE handshake"
 
 __all__ = [
@@ -353,7 +353,7 @@ class CurvePeers:
         counted by :meth:`_key_refused` instead): counted, logged, published."""
         if not kind & _HANDSHAKE_FAILED:
             return
-        reason = NO_CURVE if value == _MISMATCH else BAD_HANDSHAKE
+        reason = BAD_HANDSHAKE
         where = endpoint.decode("utf-8", "replace")
         self.stats["mdp.rejected"] += 1
         self.stats[f"mdp.rejected.{reason}"] += 1
