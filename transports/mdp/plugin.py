@@ -169,8 +169,16 @@ def cmd_keygen(args: Any) -> int:
 
 @hookimpl
 def maitred_add_commands(subparsers: Any) -> None:
+    import argparse
+
     p = subparsers.add_parser(
         "keygen",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=(
+            "examples:\n"
+            "  maitred keygen broker --dir /etc/maitred/keys\n"
+            "  maitred keygen billing-worker    # ./billing-worker.key, .key_secret"
+        ),
         help="write a CURVE key pair (NAME.key, NAME.key_secret) and print the public key",
         description="Write a CURVE key pair for MDP in ZeroMQ's certificate format: NAME.key "
         "(the public key, to hand out) and NAME.key_secret (both keys, mode 0600). Prints the "
