@@ -135,22 +135,22 @@ def test_key_table_maps_keys_and_names() -> None:
 
 
 def test_known_key_is_its_identity() -> None:
-    out = zap.respond(ENVELOPE + request(), KEYS, "anonymous")
+    out = zap.respond(ENVELOPE + request(), KEYS)
     assert out.reply == [*ENVELOPE, b"1.0", b"7", b"200", b"OK", b"alice", b""]
     assert out.request is not None and out.request.credentials == (KEY,)
     assert not out.malformed
 
 
 def test_unknown_key_is_refused_with_400() -> None:
-    out = zap.respond(ENVELOPE + request(creds=[bytes(32)]), KEYS, "anonymous")
+    out = zap.respond(ENVELOPE + request(creds=[bytes(32)]), KEYS)
     assert out.reply == [*ENVELOPE, b"1.0", b"7", b"400", b"unknown CURVE key", b"", b""]
     assert out.verdict is not None and out.verdict.status == b"400"
 
 
-def test_null_is_the_plain_user_and_plain_is_refused() -> None:
-    out = zap.respond(ENVELOPE + request(mechanism=b"NULL", creds=[]), KEYS, "anonymous")
-    assert out.reply is not None and out.reply[4:7] == [b"200", b"OK", b"anonymous"]
-    out = zap.respond(ENVELOPE + request(mechanism=b"PLAIN", creds=[b"u", b"p"]), KEYS, "x")
+def test_null_is_the_transports_own_identity_and_plain_is_refused() -> None:
+    out = zap.respond(ENVELOPE + request(mechanism=b"NULL", creds=[]), KEYS)
+    assert out.reply is not None and out.reply[4:7] == [b"200", b"OK", b""]
+    out = zap.respond(ENVELOPE + request(mechanism=b"PLAIN", creds=[b"u", b"p"]), KEYS)
     assert out.reply is not None and out.reply[4] == b"400"
 
 
@@ -173,7 +173,7 @@ def test_null_is_the_plain_user_and_plain_is_refused() -> None:
 def test_malformed_requests_are_answered_500_or_dropped(
     frames: list[bytes], answered: bool, why: str
 ) -> None:
-    out = zap.respond(frames, KEYS, "anonymous")
+    out = zap.respond(frames, KEYS)
     assert why in out.malformed
     if answered:
         assert out.reply is not None and out.reply[4] == b"500"
@@ -192,7 +192,7 @@ frame = st.one_of(
 def test_respond_is_total(frames: list[bytes]) -> None:
     """Any frames: an Outcome (a reply of the right shape, or a drop), never an exception; a
     200 only ever for the one known key or NULL."""
-    out = zap.respond(frames, KEYS, "anonymous")
+    out = zap.respond(frames, KEYS)
     if out.reply is not None:
         assert out.reply[:2] == frames[:2] and len(out.reply) == 8
         assert out.reply[2] == b"1.0" and out.reply[4] in (b"200", b"400", b"500")
@@ -283,12 +283,11 @@ def test_the_handler_counts_and_reports(tmp_path: Path) -> None:
         handler = ZapHandler(
             context,
             zap.KeyTable([key()]),
-            "anonymous",
             stats,
             lambda req, verdict: refused.append(verdict.status),
         )
         with pytest.raises(MaitredError, match="another ZAP handler"):
-            ZapHandler(context, zap.KeyTable(), "anonymous", stats, lambda r, v: None)
+            ZapHandler(context, zap.KeyTable(), stats, lambda r, v: None)
         assert handler.handle(ENVELOPE + request()) is not None
         assert handler.handle(ENVELOPE + request(creds=[bytes(32)])) is not None
         assert handler.handle([b"garbage"]) is None

@@ -46,7 +46,8 @@ log = logging.getLogger("maitred.transports.mdp")
 
 ZAP_ENDPOINT = "inproc://zeromq.zap.01"
 #: the ZAP domain of the MDP socket: set so that the plain endpoints' connections are asked
-#: about too (as NULL) and carry a User-Id like the CURVE ones
+#: about too (as NULL, accepted with an empty User-Id: the transport's own identity), and every
+#: message read has a User-Id to look at (no exception per message for a plain peer)
 ZAP_DOMAIN = b"maitred.mdp"
 #: handshakes that fail before the ZAP handler is asked: a client without CURVE on a CURVE
 #: endpoint (a mechanism mismatch), or a CURVE handshake that is not valid
@@ -223,12 +224,10 @@ class ZapHandler:
         self,
         context: zmq.Context[Any],
         keys: zap.KeyTable,
-        plain_user: str,
         stats: Counter[str],
         on_refused: Callable[[zap.ZapRequest, zap.Verdict], None],
     ) -> None:
         self.keys = keys
-        self.plain_user = plain_user
         self.stats = stats
         self.on_refused = on_refused
         self._context = zmq.asyncio.Context.shadow(context.underlying)
@@ -266,7 +265,7 @@ class ZapHandler:
     def handle(self, frames: list[bytes]) -> list[bytes] | None:
         """The reply to one message read from the socket (:func:`.zap.respond`), counted;
         None: drop it."""
-        out = zap.respond(frames, self.keys.by_key, self.plain_user)
+        out = zap.respond(frames, self.keys.by_key)
         if out.malformed:
             self.stats["mdp.zap.malformed"] += 1
             log.debug("mdp: malformed ZAP request: %s", out.malformed)
@@ -321,7 +320,6 @@ class CurvePeers:
         self._zap = ZapHandler(
             self.context,
             zap.KeyTable(self.config.keys),
-            self.config.identity,
             self.stats,
             self._key_refused,
         )
@@ -388,7 +386,7 @@ class CurvePeers:
             return found
         assert self._zap is not None and self._plain is not None
         identity = self._zap.keys.by_name.get(user)
-        if identity is None:  # a plain endpoint's peer
+        if identity is None:  # a plain endpoint's peer (User-Id "")
             return self._plain
         sink = cast(SessionSink, self)
         session = self.port.open_session(

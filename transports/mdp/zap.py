@@ -187,17 +187,18 @@ class Verdict(NamedTuple):
     user_id: bytes
 
 
-def answer(request: ZapRequest, keys: Mapping[bytes, Identity], plain_user: str) -> Verdict:
+def answer(request: ZapRequest, keys: Mapping[bytes, Identity]) -> Verdict:
     """The verdict for a well-formed request: a CURVE key in ``keys`` is its identity's; any
     other key is refused (400). A NULL connection (an endpoint without CURVE on a socket with
-    CURVE elsewhere) is accepted as ``plain_user``. PLAIN is never enabled here: refused."""
+    CURVE elsewhere) is accepted with an empty User-Id: the transport's own identity. PLAIN is
+    never enabled here: refused."""
     if request.mechanism == b"CURVE":
         identity = keys.get(request.credentials[0])
         if identity is None:
             return Verdict(b"400", b"unknown CURVE key", b"")
         return Verdict(b"200", b"OK", identity.name.encode())
     if request.mechanism == b"NULL":
-        return Verdict(b"200", b"OK", plain_user.encode())
+        return Verdict(b"200", b"OK", b"")
     return Verdict(b"400", b"mechanism not accepted", b"")
 
 
@@ -218,7 +219,7 @@ class Outcome(NamedTuple):
     malformed: str = ""
 
 
-def respond(frames: Sequence[bytes], keys: Mapping[bytes, Identity], plain_user: str) -> Outcome:
+def respond(frames: Sequence[bytes], keys: Mapping[bytes, Identity]) -> Outcome:
     """The handler's answer to one message as a ROUTER socket reads it: the requester's routing
     id and an empty delimiter (libzmq's ZAP client is a REQ socket), then the request. Any
     frames at all give an Outcome, never an exception: a malformed request that carries a
@@ -233,5 +234,5 @@ def respond(frames: Sequence[bytes], keys: Mapping[bytes, Identity], plain_user:
             return Outcome(None, malformed=exc.reason)
         verdict = Verdict(b"500", exc.reason.encode(), b"")
         return Outcome(envelope + reply_frames(exc.request_id, verdict), None, verdict, exc.reason)
-    verdict = answer(request, keys, plain_user)
+    verdict = answer(request, keys)
     return Outcome(envelope + reply_frames(request.request_id, verdict), request, verdict)
