@@ -172,6 +172,23 @@ def main(argv: Sequence[str] | None = None) -> int:
             if len(got) == 2:
                 pairs.append(got["curve"]["req_per_s"] / got["plain"]["req_per_s"])
         ratio = med["curve"] / med["plain"] if med["curve"] and med["plain"] else None
+        # CPU time per request (µs), steadier than req/s on a loaded machine
+        cpu: dict[str, float | None] = {}
+        for leg in LEGS:
+            for who in ("broker", "all"):
+                per = [
+                    sum(
+                        r["cpu_percent"].get(p) or 0
+                        for p in (
+                            ("broker",) if who == "broker" else ("broker", "client", "worker")
+                        )
+                    )
+                    * 1e4
+                    / r["req_per_s"]
+                    for r in runs
+                    if r["leg"] == leg and r["inflight"] == n and r.get("ok") and r["req_per_s"]
+                ]
+                cpu[f"{leg}_{who}_cpu_us"] = statistics.median(per) if per else None
         summary.append(
             {
                 "inflight": n,
@@ -180,13 +197,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "ratio_of_medians": ratio,
                 "median_of_run_ratios": statistics.median(pairs) if pairs else None,
                 "run_ratios": pairs,
+                **cpu,
             }
         )
         per_run = ", ".join(f"{r:.3f}" for r in pairs)
         print(
             f"x{n}: plain {med['plain'] or 0:,.0f} req/s, curve {med['curve'] or 0:,.0f} req/s, "
             f"curve/plain {ratio or 0:.3f} (median of per-run ratios "
-            f"{statistics.median(pairs) if pairs else 0:.3f}; runs {per_run})"
+            f"{statistics.median(pairs) if pairs else 0:.3f}; runs {per_run}); CPU µs per "
+            f"request, broker/all: plain {cpu['plain_broker_cpu_us'] or 0:.0f}/"
+            f"{cpu['plain_all_cpu_us'] or 0:.0f}, curve {cpu['curve_broker_cpu_us'] or 0:.0f}/"
+            f"{cpu['curve_all_cpu_us'] or 0:.0f}"
         )
     out = args.json or run_mdp.RESULTS_DIR / f"curve-{dt.datetime.now():%Y%m%d-%H%M%S}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
