@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from maitred.core import cli
+from maitred.core import cli, cli_listings
 from maitred.plugins.testing import ServeProcess
 
 MAITRED = [sys.executable, "-m", "maitred.core"]
@@ -292,7 +292,9 @@ def test_listings_on_every_transport(urls: dict[str, str], echo: None, transport
 
 
 def test_table_columns_line_up(capsys: pytest.CaptureFixture[str]) -> None:
-    cli.print_table([{"a": "x", "n": 1}, {"a": "longer", "n": 1234}], [("a", "NAME"), ("n", "N")])
+    cli_listings.print_table(
+        [{"a": "x", "n": 1}, {"a": "longer", "n": 1234}], [("a", "NAME"), ("n", "N")]
+    )
     assert capsys.readouterr().out == "NAME       N\nx          1\nlonger  1234\n"
 
 
