@@ -60,10 +60,11 @@ def _interfaces() -> list[tuple[int, str]]:
 
 def preflight(config: MdpConfig) -> list[Problem]:
     out = []
-    for ep in config.endpoints:
-        problem = endpoint_problem(ep)
-        if problem:
-            out.append(Problem("endpoints", problem, ep))
+    for key in ("endpoints", "pub_endpoints", "publish_endpoints"):
+        for ep in getattr(config, key):
+            problem = endpoint_problem(ep)
+            if problem:
+                out.append(Problem(key, problem, ep))
     return out
 
 
