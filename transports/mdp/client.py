@@ -63,17 +63,29 @@ from maitred.transports.mdp.peer import (
     dialect_flags,
     timeout_ms,
 )
+from maitred.transports.mdp.pubsub_client import (
+    AsyncPublisher,
+    AsyncSubscriber,
+    Event,
+    Publisher,
+    Subscriber,
+)
 from maitred.transports.mdp.worker import AsyncWorker, Worker, recv_future
 
 __all__ = [
     "DIALECTS",
     "AsyncClient",
+    "AsyncPublisher",
+    "AsyncSubscriber",
     "AsyncWorker",
     "Client",
     "DialectName",
+    "Event",
     "FinalReply",
     "MdpFormatError",
     "MdpTimeout",
+    "Publisher",
+    "Subscriber",
     "Worker",
     "default_error_reply",
     "dialect_flags",

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from typing import Any, cast
 
 import zmq
 
@@ -121,7 +121,7 @@ class ZmqPubSub:
 
     def _socket(self, kind: int) -> zmq.Socket[Any]:
         config = self.config
-        sock = self.context.socket(kind)
+        sock: zmq.Socket[Any] = self.context.socket(kind)
         sock.setsockopt(zmq.LINGER, config.linger_ms)
         sock.setsockopt(zmq.MAXMSGSIZE, config.max_message_size + 4096)
         if config.zmtp_heartbeats:
@@ -163,7 +163,7 @@ class ZmqPubSub:
             raise
         for sock, on_readable in ((self.xpub, self._on_xpub), (self.xsub, self._on_xsub)):
             if sock is not None:
-                fd = sock.getsockopt(zmq.FD)
+                fd = cast(int, sock.getsockopt(zmq.FD))
                 self._fds.append(fd)
                 loop.add_reader(fd, on_readable)
                 loop.call_soon(on_readable)
@@ -231,7 +231,7 @@ class ZmqPubSub:
             else:
                 self._schedule_xpub()
                 return
-            if sock.getsockopt(zmq.EVENTS) & _POLLIN:  # re-arms the edge-triggered FD
+            if cast(int, sock.getsockopt(zmq.EVENTS)) & _POLLIN:  # re-arms the edge-triggered FD
                 self._schedule_xpub()
         except zmq.ZMQError as exc:
             log.warning("mdp: subscription socket error: %s", exc)
@@ -388,7 +388,7 @@ class ZmqPubSub:
             else:
                 self._schedule_xsub()
                 return
-            if sock.getsockopt(zmq.EVENTS) & _POLLIN:
+            if cast(int, sock.getsockopt(zmq.EVENTS)) & _POLLIN:
                 self._schedule_xsub()
         except zmq.ZMQError as exc:
             log.warning("mdp: publication socket error: %s", exc)
@@ -400,6 +400,7 @@ class ZmqPubSub:
 
     def _on_publication(self, first: zmq.Frame, frames: list[bytes]) -> None:
         config = self.config
+        identity = self._identity_of(first)
         try:
             topic, body = parse_publication(
                 frames, config.max_frames, config.max_message_size, self.port.max_name_length
@@ -407,9 +408,8 @@ class ZmqPubSub:
         except PubSubFormatError as exc:
             self.stats["mdp.publish.rejected"] += 1
             self.stats[f"mdp.publish.rejected.{exc.reason}"] += 1
-            self.rejections.note("publication", "", exc.reason)
+            self.rejections.note("publication", identity.name, exc.reason)
             return
-        identity = self._identity_of(first)
         session = self._publishers.get(identity.name)
         if session is None:
             session = self._publishers[identity.name] = self.port.open_session(
