@@ -66,14 +66,14 @@ class MdpConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     io_thread_sched: Literal["batch", "default"] = "batch"
     #: ZeroMQ endpoints of an XPUB socket the broker publishes on: SUB peers subscribe there to
     #: topics (a prefix, ZeroMQ's way) or maitred patterns (``news.*``, ``$sys.>``), each checked
-    #: by ``[access]`` (docs/reference/mdp.md, "Publish and subscribe"). Empty: off
+    #: by ``[access]`` ([publish and subscribe](mdp.md#publish-and-subscribe)). Empty: off
     pub_endpoints: list[str] = msgspec.field(default_factory=list)
     #: ZeroMQ endpoints of an XSUB socket PUB peers publish into (``[topic, body…]``, to every
     #: transport's subscribers, checked by ``[access]``). Empty: off
     publish_endpoints: list[str] = msgspec.field(default_factory=list)
-    #: messages queued per subscriber of ``pub_endpoints`` (its SNDHWM); past it libzmq drops
-    #: what that subscriber is sent. At most about ``pub_sndhwm`` times the largest publication
-    #: (``max_message_size``) of memory per slow subscriber
+    #: messages queued per subscriber of ``pub_endpoints`` (the XPUB socket's SNDHWM); past it
+    #: libzmq drops what that subscriber is sent, so a slow one holds at most about
+    #: ``pub_sndhwm`` times the largest publication (plus the kernel's socket buffer)
     pub_sndhwm: int = 1000
 
     def problems(self) -> list[str]:
