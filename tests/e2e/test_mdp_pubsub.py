@@ -20,6 +20,7 @@ import pytest
 import zmq
 import zmq.asyncio
 
+from maitred.core.access import Identity
 from maitred.core.app import build_broker
 from maitred.core.config import parse_config
 from maitred.core.errors import MaitredError
@@ -448,3 +449,39 @@ def test_python_asyncio_clients(make_broker: Make) -> None:
         Event("chat.room", [b"hi"], "chat.>"),
         Event("$sys.broadcast", [b"to all"]),
     ]
+
+
+# -- identities ---------------------------------------------------------------------------------
+
+
+class _ZapFrame:
+    """What libzmq's Frame.get says of a connection a ZAP handler accepted (CURVE, PLAIN)."""
+
+    def __init__(self, user: str | None) -> None:
+        self.user = user
+
+    def get(self, name: str) -> str:
+        if self.user is None or name != "User-Id":
+            raise zmq.ZMQError(zmq.EINVAL)
+        return self.user
+
+
+def test_identity_from_zap_user_id(make_broker: Make, ctx: zmq.Context[Any]) -> None:
+    b = make_broker("", PUBSUB)
+    pubsub = hub(b)
+    assert b.call(lambda: pubsub._identity_of(_ZapFrame(None))).name == "anonymous"
+    assert b.call(lambda: pubsub._identity_of(_ZapFrame(""))).name == "anonymous"
+    assert b.call(lambda: pubsub._identity_of(_ZapFrame("alice"))).name == "alice"
+    # a real connection without a security mechanism has no User-Id: the transport's identity
+    sub = subscriber(ctx, b, b"x.")
+    assert b.call(lambda: sorted({name for name, _ in pubsub._sessions})) == ["anonymous"]
+    # the same subscription for another identity is a core session of its own, but one
+    # publication is still sent once on the socket
+    assert b.call(lambda: pubsub.subscribe(Identity("alice"), b"x."))
+    assert core_patterns(b) == {"x.>": 2}
+    assert publish(b, "x.y", b"1") == 2
+    publish(b, "x.z", b"2")
+    assert recv(sub) == [b"x.y", b"1"]
+    assert recv(sub) == [b"x.z", b"2"]  # not x.y a second time
+    b.call(lambda: pubsub.unsubscribe(Identity("alice"), b"x."))
+    assert core_patterns(b) == {"x.>": 1}
