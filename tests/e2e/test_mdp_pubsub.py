@@ -485,3 +485,33 @@ def test_identity_from_zap_user_id(make_broker: Make, ctx: zmq.Context[Any]) -> 
     assert recv(sub) == [b"x.z", b"2"]  # not x.y a second time
     b.call(lambda: pubsub.unsubscribe(Identity("alice"), b"x."))
     assert core_patterns(b) == {"x.>": 1}
+
+
+def test_subscription_limits_and_small_batches(make_broker: Make, ctx: zmq.Context[Any]) -> None:
+    """Past ``[broker] max_subscriptions`` a subscription is refused (not applied, counted);
+    with ``batch = 2`` the broker reads subscriptions and publications two at a time, and all
+    of them are handled."""
+    b = make_broker("[broker]\nmax_subscriptions = 3\n", PUBSUB + "batch = 2\n")
+    sub = subscriber(ctx, b, b"a.", b"b.", b"c.")
+    sub.setsockopt(zmq.SUBSCRIBE, b"d.")
+    wait_stat(b, "mdp.pub.refused", 1)
+    assert stat(b, "subscriptions.refused") == 1
+    assert core_patterns(b) == {"a.>": 1, "b.>": 1, "c.>": 1}
+    pub = socket(ctx, zmq.PUB, hub(b).publish_bound[0])
+    probe(lambda i: pub.send_multipart([b"a.probe", b"%d" % i]), sub)
+    for topic in (b"d.x", b"a.x", b"b.x", b"c.x", b"d.y", b"c.end"):
+        pub.send_multipart([topic, b""])
+    got = []
+    while (msg := recv(sub))[0] != b"c.end":
+        if msg[0] != b"a.probe":
+            got.append(msg[0])
+    assert got == [b"a.x", b"b.x", b"c.x"]  # d. was refused
+    # a refused subscription held by two peers is forgotten with each of them
+    other = socket(ctx, zmq.SUB, hub(b).pub_bound[0])
+    other.setsockopt(zmq.SUBSCRIBE, b"d.")
+    wait_stat(b, "mdp.pub.refused", 2)
+    assert b.call(lambda: dict(hub(b)._refused)) == {("anonymous", b"d."): 2}
+    other.close(0)
+    wait_until(lambda: b.call(lambda: dict(hub(b)._refused)) == {("anonymous", b"d."): 1})
+    sub.setsockopt(zmq.UNSUBSCRIBE, b"d.")
+    wait_until(lambda: b.call(lambda: dict(hub(b)._refused)) == {})

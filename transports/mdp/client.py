@@ -12,6 +12,10 @@
 
     Worker("tcp://127.0.0.1:5555", "echo", echo).run()
 
+**Topics**: :class:`Subscriber`/:class:`AsyncSubscriber` and :class:`Publisher`/
+:class:`AsyncPublisher` (from :mod:`~maitred.transports.mdp.pubsub_client`) speak to the broker's
+``pub_endpoints`` and ``publish_endpoints``.
+
 **Dialects** (docs/reference/mdp.md), chosen per client or worker by name:
 
 - ``"0.2"`` (the default; alias ``"rfc"``): RFC 18 MDP/0.2, no leading empty frame; replies
