@@ -20,7 +20,7 @@ import pytest
 import zmq
 import zmq.asyncio
 
-from maitred.core.access import Identity
+from maitred.core.access import Action, Identity, Rule, RuleTable
 from maitred.core.app import build_broker
 from maitred.core.config import parse_config
 from maitred.core.errors import MaitredError
@@ -515,3 +515,27 @@ def test_subscription_limits_and_small_batches(make_broker: Make, ctx: zmq.Conte
     wait_until(lambda: b.call(lambda: dict(hub(b)._refused)) == {("anonymous", b"d."): 1})
     sub.setsockopt(zmq.UNSUBSCRIBE, b"d.")
     wait_until(lambda: b.call(lambda: dict(hub(b)._refused)) == {})
+
+
+def test_second_peer_is_asked_again(make_broker: Make, ctx: zmq.Context[Any]) -> None:
+    """A subscription another peer holds is still checked for the next peer: once the rules
+    deny it, the next peer's is refused (counted, published), not applied."""
+    b = make_broker("", PUBSUB)
+    first = subscriber(ctx, b, b"open.")
+    deny = Rule(allow=False, actions=(Action.SUBSCRIBE,), names=("open.>",))
+    b.call(lambda: b.broker.router.set_access(RuleTable([deny])))
+    second = subscriber(ctx, b, b"open.", b"other.")
+    assert stat(b, "mdp.pub.denied") == 1 and stat(b, "denied.subscribe") == 1
+    assert b.call(lambda: dict(hub(b)._applied)) == {
+        ("anonymous", b"open."): 1,
+        ("anonymous", b"other."): 1,
+    }
+    assert b.call(lambda: dict(hub(b)._refused)) == {("anonymous", b"open."): 1}
+    publish(b, "open.x", b"")  # withheld from the first too: the rules are asked on delivery
+    publish(b, "other.x", b"")
+    assert recv(second) == [b"other.x", b""]
+    second.close(0)
+    wait_until(lambda: b.call(lambda: dict(hub(b)._refused)) == {}, 5.0, "refusal forgotten")
+    assert b.call(lambda: dict(hub(b)._applied)) == {("anonymous", b"open."): 1}
+    first.close(0)
+    wait_until(lambda: core_patterns(b) == {}, 5.0, "all gone")

@@ -32,7 +32,7 @@ from typing import Any, cast
 
 import zmq
 
-from maitred.core.access import Identity
+from maitred.core.access import Action, Identity
 from maitred.core.errors import Denied, ErrorCode, MaitredError
 from maitred.core.logs import RejectionLog
 from maitred.core.routing.model import BaseSink, Body, Headers, Session
@@ -260,16 +260,20 @@ class ZmqPubSub:
         """A peer (the one whose message was read last) subscribes to ``wire``: applied for
         that peer when the broker holds the matching core subscription. False: refused."""
         key = (identity.name, wire)
-        if key in self._applied:
-            self._applied[key] += 1
-            self._apply(zmq.SUBSCRIBE, wire)
-            return True
         try:
             sub = parse_subscription(wire, self.port.max_name_length)
         except PubSubFormatError as exc:
             self._refuse(key, "rejected", exc.reason)
             return False
         session = self._session(identity, sub)
+        count = self._applied.get(key)
+        if count:  # held for other peers already: asked again (cached), for this one
+            if not self.port.allowed(session, Action.SUBSCRIBE, sub.pattern):
+                self._refuse(key, "denied", f"{identity.name} may not subscribe to {sub.pattern}")
+                return False
+            self._applied[key] = count + 1
+            self._apply(zmq.SUBSCRIBE, wire)
+            return True
         try:
             self.port.subscribe(session, sub.pattern)
         except Denied:  # counted and published on $sys.auth.denied by the port
@@ -288,7 +292,9 @@ class ZmqPubSub:
         """A peer drops ``wire`` (or disconnected: libzmq unsubscribes for it)."""
         key = (identity.name, wire)
         refused = self._refused.get(key)
-        if refused:  # it was never applied for one of the peers that asked
+        # it was never applied for one of the peers that asked (libzmq does not say which peer
+        # this is: when rules changed between two subscriptions, the refused one goes first)
+        if refused:
             if refused == 1:
                 del self._refused[key]
             else:
