@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from maitred.core.errors import ProtocolError
 from maitred.core.routing.patterns import is_pattern
+from maitred.transports.mdp.config import MdpConfig
 from maitred.transports.mdp.pubsub_codec import (
     PubSubFormatError,
     Subscription,
@@ -131,3 +132,16 @@ def test_publications_never_raise_anything_else(frames: list[bytes]) -> None:
     except PubSubFormatError:
         return
     assert topic.encode() == frames[0] and body == frames[1:]
+
+
+def test_config_problems() -> None:
+    assert MdpConfig().problems() == []
+    assert MdpConfig(pub_endpoints=["tcp://127.0.0.1:5556"], publish_endpoints=[]).problems() == []
+    problems = MdpConfig(
+        pub_endpoints=["127.0.0.1:5556"], publish_endpoints=["localhost"], pub_sndhwm=0
+    ).problems()
+    assert problems == [
+        "pub_endpoints: '127.0.0.1:5556' is not a ZeroMQ endpoint (tcp://, ipc://, inproc://)",
+        "publish_endpoints: 'localhost' is not a ZeroMQ endpoint (tcp://, ipc://, inproc://)",
+        "pub_sndhwm must be >= 1",
+    ]
