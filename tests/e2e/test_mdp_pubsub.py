@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -305,7 +306,9 @@ def test_bad_subscriptions_are_refused(make_broker: Make, ctx: zmq.Context[Any])
     assert recv(ok) == [b"fine.x", b""]
 
 
-def test_zeromq_publishers_are_checked(make_broker: Make, ctx: zmq.Context[Any]) -> None:
+def test_zeromq_publishers_are_checked(
+    make_broker: Make, ctx: zmq.Context[Any], caplog: pytest.LogCaptureFixture
+) -> None:
     b = make_broker("", PUBSUB + "max_frames = 2\nmax_message_size = 100\n")
     sub = subscriber(ctx, b, b"")
     pub = socket(ctx, zmq.PUB, hub(b).publish_bound[0])
@@ -328,6 +331,13 @@ def test_zeromq_publishers_are_checked(make_broker: Make, ctx: zmq.Context[Any])
     assert stat(b, "mdp.publish.denied") == 1 and stat(b, "denied.publish") == 1
     for reason in ("empty topic", "topic not UTF-8", "too many frames", "oversized"):
         assert stat(b, f"mdp.publish.rejected.{reason}") == 1
+    # logged: each at DEBUG, one WARNING summary for the window (written at the latest when the
+    # transport closes), never an ERROR or a traceback
+    b.stop(0)
+    warnings = [r for r in caplog.records if r.name == "maitred.transports.mdp.pubsub"]
+    summaries = [r.getMessage() for r in warnings if r.levelno == logging.WARNING]
+    assert summaries and all("ZeroMQ publications dropped" in m for m in summaries), summaries
+    assert all(r.levelno < logging.ERROR and r.exc_info is None for r in warnings)
 
 
 def test_publisher_denied_by_access(make_broker: Make, ctx: zmq.Context[Any]) -> None:
