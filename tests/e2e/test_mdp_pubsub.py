@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -21,6 +23,7 @@ import pytest
 import zmq
 import zmq.asyncio
 
+from maitred.core import cli
 from maitred.core.access import Action, Identity, Rule, RuleTable
 from maitred.core.app import build_broker
 from maitred.core.config import parse_config
@@ -549,3 +552,36 @@ def test_second_peer_is_asked_again(make_broker: Make, ctx: zmq.Context[Any]) ->
     assert b.call(lambda: dict(hub(b)._applied)) == {("anonymous", b"open."): 1}
     first.close(0)
     wait_until(lambda: core_patterns(b) == {}, 5.0, "all gone")
+
+
+# -- the CLI --------------------------------------------------------------------------------------
+
+
+def test_cli_pub_and_sub(
+    make_broker: Make, ctx: zmq.Context[Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``maitred sub -b <pub endpoint>`` (a subprocess) and ``maitred pub -b <publish
+    endpoint>`` (in process)."""
+    b = make_broker("", PUBSUB)
+    pub_ep, publish_ep = hub(b).pub_bound[0], hub(b).publish_bound[0]
+    sub = subprocess.Popen(
+        [sys.executable, "-m", "maitred.core", "sub", "news.*", "-n", "1", "--json", "-b", pub_ep],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_stat(b, "mdp.pub.subscribed", 1)  # (the handshake check subscribes to nothing)
+        assert cli.main(["pub", "-b", publish_ep, "news.today", "hello"]) == 0
+        assert capsys.readouterr().err == "published to news.today\n"
+        out, err = sub.communicate(timeout=20)
+    finally:
+        sub.kill()
+        sub.wait(10)
+    assert sub.returncode == 0, err
+    assert json.loads(out) == {"topic": "news.today", "frames": ["hello"]}
+    # the other endpoint for each verb: refused with a hint, exit 2
+    assert cli.main(["pub", "-b", pub_ep, "news.today", "x"]) == 2
+    assert "is not of the kind this needs" in capsys.readouterr().err
+    assert cli.main(["sub", "-b", publish_ep, "news.*"]) == 2
+    assert "is not of the kind this needs" in capsys.readouterr().err

@@ -32,11 +32,19 @@ from typing import Any, NamedTuple
 
 import zmq
 import zmq.asyncio
+from zmq.utils.monitor import recv_monitor_message
 
 from maitred.core.routing.patterns import is_pattern
 from maitred.transports.mdp.pubsub_codec import PubSubFormatError, decode_event
 
-__all__ = ["AsyncPublisher", "AsyncSubscriber", "Event", "Publisher", "Subscriber"]
+__all__ = [
+    "AsyncPublisher",
+    "AsyncSubscriber",
+    "Event",
+    "Publisher",
+    "Subscriber",
+    "check_endpoint",
+]
 
 
 class Event(NamedTuple):
@@ -50,6 +58,37 @@ class Event(NamedTuple):
 
 def _ms(timeout: float | None) -> int:
     return -1 if timeout is None else max(0, int(timeout * 1000))
+
+
+def check_endpoint(
+    endpoint: str, kind: int, timeout: float, context: zmq.Context[Any] | None = None
+) -> None:
+    """Whether a socket of ``kind`` (``zmq.SUB`` for ``pub_endpoints``, ``zmq.XPUB`` or
+    ``zmq.PUB`` for ``publish_endpoints``) completes its ZeroMQ handshake at ``endpoint``:
+    :class:`ConnectionError` when the other side drops the connection (a socket of another type,
+    e.g. the MDP router), :class:`TimeoutError` when nothing answers within ``timeout``."""
+    ctx: zmq.Context[Any] = context if context is not None else zmq.Context.instance()
+    sock: zmq.Socket[Any] = ctx.socket(kind)
+    monitor = sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED)
+    try:
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(endpoint)
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0 and monitor.poll(_ms(left)):
+            event = recv_monitor_message(monitor)["event"]
+            if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                return
+            if event == zmq.EVENT_DISCONNECTED:
+                raise ConnectionError(
+                    f"{endpoint}: the ZeroMQ socket there is not of the kind this needs (the MDP "
+                    "router? subscribers use [transports.mdp] pub_endpoints, publishers "
+                    "publish_endpoints)"
+                )
+        raise TimeoutError(f"{endpoint}: no ZeroMQ handshake within {timeout:g} s")
+    finally:
+        sock.disable_monitor()
+        monitor.close(0)
+        sock.close(0)
 
 
 class _Subscriptions:
