@@ -31,6 +31,7 @@ import logging
 from typing import Any, cast
 
 import zmq
+from zmq.backend import Socket as _BaseSocket
 
 from maitred.core.access import Action, Identity
 from maitred.core.errors import Denied, ErrorCode, MaitredError
@@ -51,6 +52,10 @@ from maitred.transports.mdp.pubsub_codec import (
 log = logging.getLogger("maitred.transports.mdp.pubsub")
 
 _NOBLOCK = int(zmq.NOBLOCK)
+# plain ints and the Cython base-class send (as the MDP router does): pyzmq's flag enums and
+# send_multipart cost about a third of a publication's time in the broker
+_NOBLOCK_MORE = _NOBLOCK | int(zmq.SNDMORE)
+_send_frame = _BaseSocket.send
 _POLLIN = int(zmq.POLLIN)
 
 
@@ -109,6 +114,7 @@ class ZmqPubSub:
         self._xpub_busy = False
         self._xpub_scheduled = False
         self._xsub_scheduled = False
+        self._zap_publishers = False
         self.rejections = RejectionLog(
             log,
             {
@@ -158,6 +164,11 @@ class ZmqPubSub:
                 # XSUB passes subscriptions upstream, to every publisher that connects now or
                 # later: take everything, the access policy decides per message
                 xsub.send(SUBSCRIBE_ALL)
+                # a User-Id exists only where a ZAP handler is asked (a security mechanism, or
+                # a ZAP domain): else the per-message question is skipped
+                self._zap_publishers = bool(
+                    xsub.getsockopt(zmq.MECHANISM) != zmq.NULL or xsub.getsockopt(zmq.ZAP_DOMAIN)
+                )
         except BaseException:
             self._close_sockets()
             raise
@@ -363,8 +374,11 @@ class ZmqPubSub:
         sock = self.xpub
         if sock is None:
             return
+        frames = event_frames(wire, topic.encode(), body)
+        last = len(frames) - 1
         try:
-            sock.send_multipart(event_frames(wire, topic.encode(), body), _NOBLOCK)
+            for i, frame in enumerate(frames):
+                _send_frame(sock, frame, _NOBLOCK_MORE if i < last else _NOBLOCK)
         except zmq.ZMQError as exc:  # XPUB drops at a peer's mark itself; this is rare
             self.stats["mdp.pub.send_failed"] += 1
             log.debug("mdp: publishing %s failed: %s", topic, exc)
@@ -406,7 +420,7 @@ class ZmqPubSub:
 
     def _on_publication(self, first: zmq.Frame, frames: list[bytes]) -> None:
         config = self.config
-        identity = self._identity_of(first)
+        identity = self._identity_of(first) if self._zap_publishers else self.identity
         try:
             topic, body = parse_publication(
                 frames, config.max_frames, config.max_message_size, self.port.max_name_length
