@@ -585,3 +585,77 @@ def test_cli_pub_and_sub(
     assert "is not of the kind this needs" in capsys.readouterr().err
     assert cli.main(["sub", "-b", publish_ep, "news.*"]) == 2
     assert "is not of the kind this needs" in capsys.readouterr().err
+
+
+def test_identity_of_a_zap_authenticated_peer(
+    make_broker: Make, ctx: zmq.Context[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With a security mechanism on the pub/sub sockets (here PLAIN, as the test sets it up; a
+    ZAP handler answers with the user name as User-Id), subscriptions and publications are
+    checked for the peer's own identity: alice may neither subscribe to nor publish on
+    secret.>, anonymous peers may."""
+    from zmq.auth.thread import ThreadAuthenticator
+
+    plain = ZmqPubSub._socket
+
+    def with_plain(self: ZmqPubSub, kind: int) -> zmq.Socket[Any]:
+        sock = plain(self, kind)
+        sock.setsockopt(zmq.PLAIN_SERVER, 1)
+        sock.setsockopt(zmq.ZAP_DOMAIN, b"maitred")
+        return sock
+
+    monkeypatch.setattr(ZmqPubSub, "_socket", with_plain)
+    rules = (
+        '[[access.rules]]\nallow = false\nwho = ["alice"]\nactions = ["subscribe", "publish"]\n'
+        'names = ["secret.>"]\n'
+    )
+    b = make_broker(rules, PUBSUB)
+    auth = ThreadAuthenticator(b.broker.transports["mdp"].context)  # type: ignore[attr-defined]
+    auth.start()
+    try:
+        auth.configure_plain(domain="maitred", passwords={"alice": "pw", "bob": "pw"})
+
+        def peer(kind: int, user: str, endpoint: str) -> zmq.Socket[Any]:
+            sock = ctx.socket(kind)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.plain_username = user.encode()
+            sock.plain_password = b"pw"
+            sock.connect(endpoint)
+            return sock
+
+        watcher = peer(zmq.SUB, "bob", hub(b).pub_bound[0])
+        watcher.setsockopt(zmq.SUBSCRIBE, b"$sys.auth.denied")
+        watcher.setsockopt(zmq.SUBSCRIBE, b"secret.")
+        wait_stat(b, "mdp.pub.subscribed", 2)
+        alice = peer(zmq.SUB, "alice", hub(b).pub_bound[0])
+        alice.setsockopt(zmq.SUBSCRIBE, b"secret.")
+        wait_stat(b, "mdp.pub.denied", 1)
+        event = json.loads(recv(watcher)[1])
+        assert (event["identity"], event["action"], event["name"]) == (
+            "alice",
+            "subscribe",
+            "secret.>",
+        )
+        assert b.call(lambda: sorted(hub(b)._applied)) == [
+            ("bob", b"$sys.auth.denied"),
+            ("bob", b"secret."),
+        ]
+        # alice's publication on secret.x is refused; bob's arrives (alice got nothing)
+        pub_alice = peer(zmq.PUB, "alice", hub(b).publish_bound[0])
+        pub_bob = peer(zmq.PUB, "bob", hub(b).publish_bound[0])
+        first = probe(lambda i: pub_bob.send_multipart([b"secret.bob", b"%d" % i]), watcher)
+        assert first[0] == b"secret.bob"
+        before = stat(b, "mdp.publish.denied")
+        probe(lambda i: pub_alice.send_multipart([b"secret.alice", b"%d" % i]), watcher)
+        # what came is the refusal of alice's publication, never her message
+        assert stat(b, "mdp.publish.denied") > before
+        pub_bob.send_multipart([b"secret.end", b""])
+        while (msg := recv(watcher))[0] != b"secret.end":
+            assert msg[0] in (b"$sys.auth.denied", b"secret.bob"), msg
+            if msg[0] == b"$sys.auth.denied":
+                assert json.loads(msg[1])["identity"] == "alice"
+        assert not alice.poll(0)
+        for sock in (watcher, alice, pub_alice, pub_bob):
+            sock.close(0)
+    finally:
+        auth.stop()
