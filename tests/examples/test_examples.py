@@ -377,6 +377,24 @@ def test_c_subscriber_prints_service_events(
     ]
 
 
+def test_curl_publication_reaches_the_c_subscriber(
+    make_broker: Callable[..., BrokerThread],
+    c_programs: CPrograms,
+    curl_dir: Path,
+    procs: Callable[..., Proc],
+) -> None:
+    """curl publishes over REST; mdp_subscriber (a plain libzmq SUB) prints it."""
+    broker = make_broker(TOML, 'pub_endpoints = ["tcp://127.0.0.1:0"]\n')
+    pub = broker.broker.transports["mdp"].pubsub.pub_bound[0]  # type: ignore[attr-defined]
+    sub = procs([c_programs.subscriber, "-n", "1", "-t", "20000", pub, "alerts.>"])
+    wait_until(lambda: broker.stats().get("mdp.pub.subscribed", 0) == 1, what="subscribed")
+    http = broker.endpoints["http"][0]
+    got = run(["curl", "-sS", "--data-binary", "disk 91% full", f"{http}/v1/topics/alerts.disk"])
+    assert got.returncode == 0 and json.loads(got.stdout) == {"delivered": 1}, got
+    assert sub.wait_exit() == 0, sub
+    assert sub.out == ["alerts.disk disk 91% full"]
+
+
 def test_c_worker_frames_and_liveness(
     c_programs: CPrograms, procs: Callable[..., Proc], ctx: zmq.Context[Any]
 ) -> None:
