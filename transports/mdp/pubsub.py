@@ -301,7 +301,15 @@ class ZmqPubSub:
 
     def unsubscribe(self, identity: Identity, wire: bytes) -> None:
         """A peer drops ``wire`` (or disconnected: libzmq unsubscribes for it)."""
-        key = (identity.name, wire)
+        name = identity.name
+        if (name, wire) not in self._refused and (name, wire) not in self._applied:
+            # libzmq's unsubscribes for a peer that disconnected carry no User-Id: they are
+            # some identity's that holds the string (which one libzmq does not say)
+            name = next(
+                (n for table in (self._refused, self._applied) for n, w in table if w == wire),
+                name,
+            )
+        key = (name, wire)
         refused = self._refused.get(key)
         # it was never applied for one of the peers that asked (libzmq does not say which peer
         # this is: when rules changed between two subscriptions, the refused one goes first)
@@ -321,10 +329,10 @@ class ZmqPubSub:
             return
         del self._applied[key]
         sub = parse_subscription(wire, self.port.max_name_length)  # parsed fine before
-        session = self._sessions.get((identity.name, sub.wire if sub.wildcard else None))
+        session = self._sessions.get((name, sub.wire if sub.wildcard else None))
         if session is not None:
             self.port.unsubscribe(session, sub.pattern)
-            self._drop_if_empty(identity.name, sub)
+            self._drop_if_empty(name, sub)
 
     def _apply(self, option: int, wire: bytes) -> None:
         if self.xpub is not None:
