@@ -663,3 +663,16 @@ def test_identity_of_a_zap_authenticated_peer(
         assert b.call(lambda: (dict(hub(b)._applied), dict(hub(b)._refused))) == ({}, {})
     finally:
         auth.stop()
+
+
+def test_old_libzmq_is_refused_with_a_reason(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without XPUB_VERBOSER (libzmq < 4.3) unsubscribes could not be counted: the transport
+    does not start, and says why."""
+    monkeypatch.delattr(zmq, "XPUB_VERBOSER")
+
+    async def start() -> None:
+        broker = build_broker(parse_config(BASE + PUBSUB, "<t>"))
+        await broker.start()
+
+    with pytest.raises(MaitredError, match="pub_endpoints need libzmq 4.3 or later"):
+        asyncio.run(start())

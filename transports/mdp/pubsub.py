@@ -154,7 +154,14 @@ class ZmqPubSub:
             if self.config.pub_endpoints:
                 xpub = self.xpub = self._socket(zmq.XPUB)
                 xpub.setsockopt(zmq.XPUB_MANUAL, 1)
-                xpub.setsockopt(zmq.XPUB_VERBOSER, 1)
+                try:
+                    xpub.setsockopt(zmq.XPUB_VERBOSER, 1)  # unsubscribes too (libzmq >= 4.3)
+                except (zmq.ZMQError, AttributeError):
+                    raise MaitredError(
+                        f"mdp: pub_endpoints need libzmq 4.3 or later (this is "
+                        f"{zmq.zmq_version()}): it has no XPUB_VERBOSER",
+                        ErrorCode.BAD_REQUEST,
+                    ) from None
                 xpub.setsockopt(zmq.SNDHWM, self.config.pub_sndhwm)
                 self._bind(xpub, self.config.pub_endpoints, self.pub_bound)
             if self.config.publish_endpoints:
