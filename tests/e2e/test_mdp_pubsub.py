@@ -674,5 +674,5 @@ def test_old_libzmq_is_refused_with_a_reason(monkeypatch: pytest.MonkeyPatch) ->
         broker = build_broker(parse_config(BASE + PUBSUB, "<t>"))
         await broker.start()
 
-    with pytest.raises(MaitredError, match="pub_endpoints need libzmq 4.3 or later"):
+    with pytest.raises(MaitredError, match=r"pub_endpoints need libzmq 4\.3 or later"):
         asyncio.run(start())
