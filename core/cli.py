@@ -335,7 +335,7 @@ def _topics_client(args: argparse.Namespace) -> Any:
     if not hasattr(client, "publish"):
         client.close()
         raise ConfigError(
-            f"-b {args.broker}: this transport carries no topics (MDP has none yet); publish "
+            f"-b {args.broker}: this transport carries no topics; publish "
             "and subscribe over REST (-b http://HOST:PORT, unix:PATH) or WebSocket "
             "(-b ws://HOST:PORT)"
         )
@@ -350,7 +350,10 @@ def cmd_pub(args: argparse.Namespace) -> int:
         reached = client.publish(args.topic, body)
     finally:
         client.close()
-    print(f"published to {args.topic}: {reached} subscriber(s)", file=sys.stderr)
+    if reached is None:  # ZeroMQ (MDP's publish_endpoints) does not say
+        print(f"published to {args.topic}", file=sys.stderr)
+    else:
+        print(f"published to {args.topic}: {reached} subscriber(s)", file=sys.stderr)
     return EXIT_OK
 
 

@@ -156,9 +156,10 @@ def build_parser(
     pub = _parser(
         sub,
         "pub",
-        "publish BODY on TOPIC (REST and WebSocket brokers; MDP has no topics)",
+        "publish BODY on TOPIC (REST, WebSocket, or MDP's publish_endpoints)",
         "maitred pub -b http://127.0.0.1:8080 alerts.disk 'disk 91% full'",
         "maitred pub -b ws://127.0.0.1:8764 prices.eur 1.0842",
+        "maitred pub -b tcp://127.0.0.1:5557 news.today hello",
     )
     pub.add_argument("topic")
     pub.add_argument("body", help="the message (one frame, UTF-8); - reads standard input")
@@ -170,6 +171,7 @@ def build_parser(
         "print the messages published on topics matching PATTERN",
         "maitred sub -b http://127.0.0.1:8080 'alerts.*'",
         "maitred sub -b ws://127.0.0.1:8764 '$sys.>' --count 1 --json",
+        "maitred sub -b tcp://127.0.0.1:5556 '$sys.service.>'",
     )
     subp.add_argument("pattern")
     subp.add_argument("-n", "--count", type=int, help="exit after this many messages")

@@ -3,10 +3,10 @@ plugin uses (entry point ``mdp`` of group ``maitred`` in pyproject.toml)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from maitred.core.errors import MaitredError
+from maitred.core.errors import ConfigError, MaitredError
 from maitred.core.preflight import Problem, check_host, check_port, check_unix_path
 from maitred.core.transport import BrokerClient, BrokerPort, TransportSpec
 from maitred.plugins import hookimpl
@@ -60,10 +60,11 @@ def _interfaces() -> list[tuple[int, str]]:
 
 def preflight(config: MdpConfig) -> list[Problem]:
     out = []
-    for ep in config.endpoints:
-        problem = endpoint_problem(ep)
-        if problem:
-            out.append(Problem("endpoints", problem, ep))
+    for key in ("endpoints", "pub_endpoints", "publish_endpoints"):
+        for ep in getattr(config, key):
+            problem = endpoint_problem(ep)
+            if problem:
+                out.append(Problem(key, problem, ep))
     return out
 
 
@@ -116,6 +117,39 @@ class MdpCliClient:
             worker.run(max_requests=max_requests)
         finally:
             worker.close()
+
+    # ``maitred pub``/``sub``: the URL is then the broker's publish (pub) endpoint
+    def publish(self, topic: str, body: bytes) -> None:
+        """Publish on a broker's ``publish_endpoints``; None: ZeroMQ does not say how many
+        subscribers it reached."""
+        import zmq
+
+        from maitred.transports.mdp.pubsub_client import Publisher
+
+        self._check(zmq.XPUB)
+        with Publisher(self.url, wait=self.timeout) as pub:
+            pub.publish(topic, body)
+
+    def subscribe(self, pattern: str) -> Iterator[tuple[str, list[bytes]]]:
+        """Each message on ``pattern`` from a broker's ``pub_endpoints``."""
+        import zmq
+
+        from maitred.transports.mdp.pubsub_client import Subscriber
+
+        self._check(zmq.SUB)
+        with Subscriber(self.url) as sub:
+            sub.subscribe(pattern)
+            while True:
+                event = sub.recv()
+                yield event.topic, event.body
+
+    def _check(self, kind: int) -> None:
+        from maitred.transports.mdp.pubsub_client import check_endpoint
+
+        try:
+            check_endpoint(self.url, kind, self.timeout)
+        except ConnectionError as exc:
+            raise ConfigError(f"-b {exc}") from None
 
     def close(self) -> None:
         if self._client is not None:
