@@ -1,0 +1,594 @@
+"""The durable store on NATS JetStream (``[store] backend = "jetstream"``): the same
+:class:`~maitred.core.store.Store` as SQLite, kept in one replicated work-queue stream.
+
+Nothing here imports ``nats`` at import time: the client (the ``jetstream`` extra, ``nats-py``)
+is imported by :func:`open_jetstream` only, when that backend is chosen.
+
+Layout of the stream ``S`` (``[store] jetstream_stream``, default ``MAITRED_DURABLE``), subjects
+``S.>``, retention ``workqueue``, at most one message per subject (``max_msgs_per_subject = 1``):
+
+- ``S.m.<Q>.<n>.body``: stored message ``n`` of queue (service) ``Q``; its kind, origin, time and
+  delivery count in headers. All messages of one service are ``S.m.<Q>.>``.
+- ``S.m.<Q>.<n>.count``: its delivery count once it changed (the latest value only).
+- ``S.d.<Q>.<n>``: a dead letter (kept until an operator purges it).
+- ``S.q.<Q>``: the queue's record: its next id, whether it is live, its owner (JSON).
+
+``<Q>`` is the queue name encoded by :func:`subject_token` (base32 of its UTF-8 bytes, so any
+name, dots and spaces included, is one subject token). One subject per message and at most one
+message per subject make every write idempotent: writing the same message again replaces it,
+and its ``Nats-Msg-Id`` lets JetStream drop a duplicate inside the dedup window.
+
+Writes are buffered like the SQLite store's and committed in batches (group commit), but a
+batch is asynchronous: :meth:`JetStreamStore.flush` hands it to JetStream and returns; the
+journal is told when JetStream acknowledged every write of it (``PubAck``), and only then does a
+caller hear "accepted". Batches complete in order; a failed batch fails its waiters, and the
+store refuses new messages (:meth:`JetStreamStore.refusal`, 503) until JetStream answers again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from maitred.core.errors import BrokerError, ErrorCode, MaitredError
+from maitred.core.store import DeadLetter, Recovered, StoredMessage
+
+if TYPE_CHECKING:
+    from nats.aio.client import Client
+    from nats.js.client import JetStreamContext
+
+log = logging.getLogger("maitred.core.store")
+
+#: the default stream name (``[store] jetstream_stream``)
+DEFAULT_STREAM = "MAITRED_DURABLE"
+#: bytes a stored message carries beyond its payload (subject, headers), kept free below the
+#: stream's or the server's message size limit
+OVERHEAD = 512
+#: the recovery consumer reads this many messages per fetch
+_FETCH = 1000
+
+
+class StreamMismatch(BrokerError, RuntimeError):
+    """The stream exists with settings other than the configured ones."""
+
+
+class JetStreamUnavailable(MaitredError):
+    """JetStream did not acknowledge a write (down, no quorum, stream gone): 503."""
+
+    code = ErrorCode.NO_WORKER
+
+
+# -- pure parts --------------------------------------------------------------------------------
+
+
+def subject_token(name: str) -> str:
+    """``name`` as one subject token: base32 (RFC 4648, upper case, no padding) of its UTF-8
+    bytes, behind ``Q`` so that the empty name is a token too. Reversible
+    (:func:`token_name`) and free of ``.``, ``*``, ``>`` and white space."""
+    return "Q" + base64.b32encode(name.encode("utf-8", "surrogatepass")).decode().rstrip("=")
+
+
+def token_name(token: str) -> str:
+    """The queue name of a :func:`subject_token`."""
+    if not token.startswith("Q"):
+        raise ValueError(f"not a queue token: {token!r}")
+    raw = token[1:]
+    return base64.b32decode(raw + "=" * (-len(raw) % 8)).decode("utf-8", "surrogatepass")
+
+
+def wanted_config(stream: str, replicas: int) -> dict[str, Any]:
+    """The stream settings this store needs (as JetStream names them)."""
+    return {
+        "subjects": [f"{stream}.>"],
+        "retention": "workqueue",
+        "storage": "file",
+        "num_replicas": replicas,
+        "max_msgs_per_subject": 1,
+        "discard": "old",
+    }
+
+
+def settings_diff(wanted: Mapping[str, Any], found: Mapping[str, Any]) -> list[str]:
+    """Each setting of ``found`` (an existing stream's config) that differs from ``wanted``,
+    as ``"name: the stream has X, the config needs Y"``."""
+    out = []
+    for key, value in wanted.items():
+        have = found.get(key)
+        if isinstance(have, list):
+            have = list(have)
+        if have != value:
+            out.append(f"{key}: the stream has {have!r}, maitred needs {value!r}")
+    return out
+
+
+def message_limit(stream_max: int | None, server_max: int | None) -> int:
+    """The largest payload a stored message may have: the smaller of the stream's
+    ``max_msg_size`` and the server's ``max_payload`` (unset or <= 0: no limit), less
+    :data:`OVERHEAD`; 0 when neither limits."""
+    limits = [x for x in (stream_max, server_max) if x is not None and x > 0]
+    return max(min(limits) - OVERHEAD, 1) if limits else 0
+
+
+@dataclass(frozen=True, slots=True)
+class JetStreamSettings:
+    servers: tuple[str, ...] = ("nats://127.0.0.1:4222",)
+    stream: str = DEFAULT_STREAM
+    replicas: int = 1
+    #: seconds to connect, and to wait for JetStream's acknowledgement of a batch
+    timeout: float = 5.0
+
+
+def _headers(m: StoredMessage) -> dict[str, str]:
+    return {
+        "Nats-Msg-Id": f"{subject_token(m.queue)}.{m.n}.{m.deliveries}",
+        "Maitred-Kind": m.kind.decode("latin-1"),
+        "Maitred-Origin": m.origin,
+        "Maitred-Time": str(m.time),
+        "Maitred-Deliveries": str(m.deliveries),
+    }
+
+
+def _message(queue: str, n: int, data: bytes, headers: Mapping[str, str]) -> StoredMessage:
+    return StoredMessage(
+        queue,
+        n,
+        data,
+        headers.get("Maitred-Kind", "").encode("latin-1"),
+        headers.get("Maitred-Origin", ""),
+        int(headers.get("Maitred-Time", "0")),
+        int(headers.get("Maitred-Deliveries", "0")),
+    )
+
+
+@dataclass(slots=True)
+class _Queue:
+    next_n: int = 0
+    live: bool = True
+    owner: str = ""
+
+
+# -- the store ---------------------------------------------------------------------------------
+
+
+class JetStreamStore:
+    """A :class:`~maitred.core.store.Store` on a JetStream stream (see the module doc). Made
+    by :func:`open_jetstream`, which connects, checks the stream and reads what it holds."""
+
+    def __init__(self, nc: Client, js: JetStreamContext, settings: JetStreamSettings) -> None:
+        self._nc = nc
+        self._js = js
+        self.settings = settings
+        self.stream = settings.stream
+        self.flushed = 0
+        #: batches handed to JetStream so far (``flushed`` of them acknowledged)
+        self.started = 0
+        #: messages and records JetStream acknowledged; subjects purged (acks, dead letters)
+        self.published = 0
+        self.purged = 0
+        #: payload limit (0: none), see :func:`message_limit`
+        self.max_payload = 0
+        self._pubs: dict[str, tuple[bytes, dict[str, str]]] = {}
+        self._purges: list[str] = []
+        self._queues: dict[str, _Queue] = {}
+        self._changed: set[str] = set()
+        self._dead: list[DeadLetter] = []
+        self._dead_pending: list[DeadLetter] = []
+        self._recovered = Recovered()
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+        #: why new messages are refused (None: they are not)
+        self.down: str | None = None
+        self._probe: asyncio.Task[None] | None = None
+        self._on_flushed: Callable[[], None] | None = None
+        self._on_failed: Callable[[int, BaseException], None] | None = None
+
+    def listen(
+        self, on_flushed: Callable[[], None], on_failed: Callable[[int, BaseException], None]
+    ) -> None:
+        """Be told when a batch was acknowledged (``flushed`` moved), or failed (its number)."""
+        self._on_flushed, self._on_failed = on_flushed, on_failed
+
+    # -- Store ------------------------------------------------------------------------------
+
+    @property
+    def pending(self) -> int:
+        return self.started + 1 if self._buffered else self.started
+
+    @property
+    def _buffered(self) -> bool:
+        return bool(self._pubs or self._purges or self._changed)
+
+    @property
+    def dirty(self) -> bool:
+        return self._buffered or self.flushed < self.started
+
+    def refusal(self, size: int) -> MaitredError | None:
+        """Why a new message of ``size`` bytes cannot be accepted now (None: it can)."""
+        if self.max_payload and size > self.max_payload:
+            return MaitredError(
+                f"message of {size} bytes is larger than the store's limit "
+                f"({self.max_payload} bytes)",
+                ErrorCode.TOO_LARGE,
+            )
+        if self.down is not None:
+            return JetStreamUnavailable(f"the durable store is unavailable: {self.down}")
+        if not self._nc.is_connected:
+            return JetStreamUnavailable("the durable store is unavailable: not connected to NATS")
+        return None
+
+    def recover(self) -> Recovered:
+        return self._recovered
+
+    def _subject(self, kind: str, queue: str, *rest: object) -> str:
+        return ".".join([self.stream, kind, subject_token(queue), *map(str, rest)])
+
+    def _touch(self, name: str) -> _Queue:
+        q = self._queues.get(name)
+        if q is None:
+            q = self._queues[name] = _Queue()
+        self._changed.add(name)
+        return q
+
+    def create_queue(self, name: str, owner: str = "") -> None:
+        q = self._touch(name)
+        q.live, q.owner = True, owner
+
+    def destroy_queue(self, name: str) -> None:
+        prefix = self._subject("m", name) + "."
+        self._pubs = {s: v for s, v in self._pubs.items() if not s.startswith(prefix)}
+        self._purges.append(prefix + ">")
+        q = self._touch(name)
+        q.live, q.owner = False, ""
+
+    def append(self, message: StoredMessage) -> None:
+        m = message
+        self._pubs[self._subject("m", m.queue, m.n, "body")] = (m.payload, _headers(m))
+        q = self._queues.get(m.queue)
+        if q is None or m.n + 1 > q.next_n:
+            self._touch(m.queue).next_n = m.n + 1
+
+    def ack(self, queue: str, n: int) -> None:
+        body = self._subject("m", queue, n, "body")
+        self._pubs.pop(self._subject("m", queue, n, "count"), None)
+        if self._pubs.pop(body, None) is None:
+            self._purges.append(self._subject("m", queue, n, "*"))
+
+    def delivered(self, queue: str, n: int, deliveries: int) -> None:
+        body = self._pubs.get(self._subject("m", queue, n, "body"))
+        if body is not None:
+            body[1]["Maitred-Deliveries"] = str(deliveries)
+            body[1]["Nats-Msg-Id"] = f"{subject_token(queue)}.{n}.{deliveries}"
+            return
+        self._pubs[self._subject("m", queue, n, "count")] = (
+            str(deliveries).encode(),
+            {"Nats-Msg-Id": f"{subject_token(queue)}.{n}.c{deliveries}"},
+        )
+
+    def dead_letter(self, message: StoredMessage, reason: str) -> None:
+        m = message
+        headers = _headers(m) | {"Maitred-Reason": reason}
+        headers["Nats-Msg-Id"] = "d." + headers["Nats-Msg-Id"]
+        self._pubs[self._subject("d", m.queue, m.n)] = (m.payload, headers)
+        self._dead_pending.append(DeadLetter(m, reason))
+        self.ack(m.queue, m.n)
+
+    def dead_letters(self, queue: str | None = None) -> list[DeadLetter]:
+        out = [d for d in self._dead if queue is None or d.message.queue == queue]
+        return sorted(out, key=lambda d: (d.message.queue, d.message.n))
+
+    def flush(self) -> int:
+        """Hand what is buffered to JetStream as the next batch (at once when none is in
+        flight, else when the one in flight is acknowledged); returns ``flushed``."""
+        if self._task is None and self._buffered:
+            self._start()
+        return self.flushed
+
+    def _start(self) -> None:
+        pubs, self._pubs = self._pubs, {}
+        purges, self._purges = self._purges, []
+        changed, self._changed = self._changed, set()
+        dead, self._dead_pending = self._dead_pending, []
+        for name in changed:
+            q = self._queues[name]
+            record = {"next": q.next_n, "live": q.live, "owner": q.owner}
+            pubs[self._subject("q", name)] = (json.dumps(record).encode(), {})
+        self.started += 1
+        self._task = asyncio.get_running_loop().create_task(
+            self._commit(self.started, pubs, purges, dead)
+        )
+
+    async def _commit(
+        self,
+        number: int,
+        pubs: dict[str, tuple[bytes, dict[str, str]]],
+        purges: list[str],
+        dead: list[DeadLetter],
+    ) -> None:
+        try:
+            await asyncio.wait_for(self._write(pubs, purges), self.settings.timeout)
+        except Exception as exc:  # JetStream down, no quorum, the stream gone, a timeout
+            error = self._failed(exc)
+            self.flushed = number
+            self._task = None
+            if self._on_failed is not None:
+                self._on_failed(number, error)
+        else:
+            self.published += len(pubs)
+            self.purged += len(purges)
+            self._dead.extend(dead)
+            self.flushed = number
+            self._task = None
+            if self.down is not None and self._probe is None:
+                log.warning("store: JetStream answers again (stream %s)", self.stream)
+                self.down = None
+        if self._on_flushed is not None:
+            self._on_flushed()
+        if self._buffered and not self._closed:
+            self._start()
+
+    async def _write(self, pubs: dict[str, tuple[bytes, dict[str, str]]], purges: list[str]) -> None:
+        """Purges first (every publish still buffered after a purge of its subject was made
+        after it), then every publish with its acknowledgement outstanding at once."""
+        api = f"$JS.API.STREAM.PURGE.{self.stream}"
+        replies = await asyncio.gather(
+            *(self._nc.request(api, json.dumps({"filter": f}).encode()) for f in purges)
+        )
+        for reply in replies:
+            answer = json.loads(reply.data)
+            if "error" in answer:
+                raise JetStreamUnavailable(f"purge refused: {answer['error'].get('description')}")
+        futures = [
+            await self._js.publish_async(s, data, headers=h or None, stream=self.stream)
+            for s, (data, h) in pubs.items()
+        ]
+        await asyncio.gather(*futures)
+
+    def _failed(self, exc: BaseException) -> JetStreamUnavailable:
+        """Log a failed batch once per episode and refuse new messages until a probe of the
+        stream succeeds."""
+        from nats.js.errors import NoStreamResponseError, NotFoundError
+
+        if isinstance(exc, (NoStreamResponseError, NotFoundError)):
+            why = f"no answer from the stream {self.stream} (deleted, or JetStream without quorum)"
+        elif isinstance(exc, TimeoutError):
+            why = f"JetStream did not acknowledge within {self.settings.timeout}s"
+        else:
+            why = str(exc) or type(exc).__name__
+        if self.down is None:
+            log.warning("store: a batch was not stored: %s; new durable messages are refused", why)
+        self.down = why
+        if self._probe is None and not self._closed:
+            self._probe = asyncio.get_running_loop().create_task(self._wait_back())
+        return JetStreamUnavailable(f"the durable store is unavailable: {why}")
+
+    async def _wait_back(self) -> None:
+        """Ask for the stream every half second until it answers with the settings it needs."""
+        from nats.js.errors import NotFoundError
+
+        warned = False
+        try:
+            while not self._closed:
+                await asyncio.sleep(0.5)
+                try:
+                    info = await self._js.stream_info(self.stream)
+                except NotFoundError:
+                    if not warned:
+                        log.warning(
+                            "store: the stream %s was deleted; durable messages are refused "
+                            "until it is made again",
+                            self.stream,
+                        )
+                        warned = True
+                    continue
+                except Exception:
+                    continue
+                problems = settings_diff(
+                    wanted_config(self.stream, self.settings.replicas), info.config.as_dict()
+                )
+                if not problems:
+                    log.warning("store: JetStream answers again (stream %s)", self.stream)
+                    self.down = None
+                    return
+        finally:
+            self._probe = None
+
+    async def drain(self) -> None:
+        """Commit what is buffered, wait for the batches in flight, and close the connection."""
+        if self._buffered and self._task is None and not self._closed:
+            self._start()
+        while self._task is not None:
+            await asyncio.shield(self._task)
+        self._closed = True
+        if self._probe is not None:
+            self._probe.cancel()
+        try:
+            await self._nc.close()
+        except Exception:
+            log.warning("store: closing the NATS connection failed", exc_info=True)
+
+    def close(self) -> None:
+        """Stop starting batches (the runtime awaits :meth:`drain` first, which closes the
+        connection; without it, the connection is closed in the background)."""
+        if self._probe is not None:
+            self._probe.cancel()
+        if not self._closed and not self._nc.is_closed:
+            try:
+                asyncio.get_running_loop().create_task(self._nc.close())
+            except RuntimeError:
+                pass
+        self._closed = True
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "backend": "jetstream",
+            "stream": self.stream,
+            "replicas": self.settings.replicas,
+            "published": self.published,
+            "purged": self.purged,
+            "in_flight": self.started - self.flushed,
+            **({"down": self.down} if self.down is not None else {}),
+        }
+
+    # -- start-up ---------------------------------------------------------------------------
+
+    async def _check_stream(self) -> None:
+        """Make the stream, or check the one there: other settings are refused, named."""
+        from nats.js.api import StreamConfig
+        from nats.js.errors import NotFoundError
+
+        wanted = wanted_config(self.stream, self.settings.replicas)
+        try:
+            info = await self._js.stream_info(self.stream)
+        except NotFoundError:
+            info = await self._js.add_stream(StreamConfig.from_response({"name": self.stream, **wanted}))
+            log.info("store: made the JetStream stream %s (R%d)", self.stream, self.settings.replicas)
+        problems = settings_diff(wanted, info.config.as_dict())
+        if problems:
+            raise StreamMismatch(
+                f"the JetStream stream {self.stream} has other settings: " + "; ".join(problems)
+            )
+        self.max_payload = message_limit(info.config.max_msg_size, self._nc.max_payload)
+
+    async def _load(self) -> None:
+        """Read everything the stream holds (a temporary consumer that acknowledges nothing,
+        deleted afterwards: the messages stay) into what :meth:`recover` returns."""
+        from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+        from nats.js.errors import FetchTimeoutError
+
+        name = f"maitred-recover-{uuid.uuid4().hex[:12]}"
+        config = ConsumerConfig(
+            name=name,
+            durable_name=name,
+            deliver_policy=DeliverPolicy.ALL,
+            ack_policy=AckPolicy.EXPLICIT,
+            ack_wait=120.0,
+            max_ack_pending=-1,
+            inactive_threshold=60.0,
+            filter_subject=f"{self.stream}.>",
+        )
+        bodies: dict[tuple[str, int], StoredMessage] = {}
+        counts: dict[tuple[str, int], int] = {}
+        info = await self._js.add_consumer(self.stream, config)
+        left = info.num_pending
+        sub = await self._js.pull_subscribe_bind(name, stream=self.stream)
+        try:
+            while left > 0:
+                try:
+                    batch = await sub.fetch(min(_FETCH, left), timeout=self.settings.timeout)
+                except FetchTimeoutError:
+                    break
+                for msg in batch:
+                    left = min(left - 1, msg.metadata.num_pending)
+                    self._take(msg.subject, msg.data, msg.headers or {}, bodies, counts)
+        finally:
+            await sub.unsubscribe()
+            try:
+                await self._js.delete_consumer(self.stream, name)
+            except Exception:
+                log.warning("store: could not delete the consumer %s", name, exc_info=True)
+        out = self._recovered
+        for name_, q in self._queues.items():
+            out.counters[name_] = q.next_n
+            if q.live:
+                out.queues[name_] = []
+                if q.owner:
+                    out.owners[name_] = q.owner
+        for key in sorted(bodies):
+            m = bodies[key]
+            m.deliveries = max(m.deliveries, counts.get(key, 0))
+            out.queues.setdefault(m.queue, []).append(m)
+            if m.n + 1 > out.counters.get(m.queue, 0):
+                out.counters[m.queue] = m.n + 1
+                self._queues.setdefault(m.queue, _Queue()).next_n = m.n + 1
+        out.dead = self.dead_letters()
+
+    def _take(
+        self,
+        subject: str,
+        data: bytes,
+        headers: Mapping[str, str],
+        bodies: dict[tuple[str, int], StoredMessage],
+        counts: dict[tuple[str, int], int],
+    ) -> None:
+        parts = subject.split(".")[1:]
+        try:
+            kind, queue = parts[0], token_name(parts[1])
+            if kind == "q":
+                record = json.loads(data)
+                self._queues[queue] = _Queue(
+                    int(record["next"]), bool(record["live"]), str(record["owner"])
+                )
+            elif kind == "d":
+                m = _message(queue, int(parts[2]), data, headers)
+                self._dead.append(DeadLetter(m, headers.get("Maitred-Reason", "")))
+            elif kind == "m" and parts[3] == "body":
+                bodies[(queue, int(parts[2]))] = _message(queue, int(parts[2]), data, headers)
+            elif kind == "m" and parts[3] == "count":
+                counts[(queue, int(parts[2]))] = int(data)
+        except (IndexError, ValueError, KeyError, TypeError):
+            log.warning("store: %s is not a maitred message, left alone", subject)
+
+
+def _jetstream_error(exc: BaseException) -> str:
+    return getattr(exc, "description", None) or str(exc) or type(exc).__name__
+
+
+async def open_jetstream(settings: JetStreamSettings) -> JetStreamStore:
+    """Connect, make or check the stream, read what it holds. Raises :class:`BrokerError`
+    with the reason when NATS or JetStream cannot be reached or the stream does not fit."""
+    try:
+        import nats
+    except ImportError:
+        raise BrokerError(
+            'store backend "jetstream" needs nats-py: pip install "maitred[jetstream]"'
+        ) from None
+    from nats.errors import Error as NatsError
+
+    try:
+        nc = await nats.connect(
+            list(settings.servers),
+            connect_timeout=settings.timeout,
+            allow_reconnect=True,
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=0.5,
+            name="maitred-store",
+        )
+    except (NatsError, OSError, TimeoutError) as exc:
+        raise BrokerError(
+            f"store: cannot reach NATS at {', '.join(settings.servers)}: {_jetstream_error(exc)}"
+        ) from None
+    store = JetStreamStore(nc, nc.jetstream(timeout=settings.timeout), settings)
+    try:
+        await store._check_stream()
+        await store._load()
+    except StreamMismatch:
+        await nc.close()
+        raise
+    except (NatsError, OSError, TimeoutError) as exc:
+        await nc.close()
+        raise BrokerError(
+            f"store: JetStream stream {settings.stream}: {_jetstream_error(exc)}"
+        ) from None
+    recovered = store.recover()
+    log.info(
+        "store: JetStream stream %s (R%d): %d messages in %d queues, %d dead letters",
+        settings.stream,
+        settings.replicas,
+        sum(map(len, recovered.queues.values())),
+        len(recovered.queues),
+        len(recovered.dead),
+    )
+    return store
+
+
+def settings_from(servers: Sequence[str], stream: str, replicas: int, timeout: float) -> JetStreamSettings:
+    """Settings from the config keys (no servers: the local default)."""
+    return JetStreamSettings(
+        tuple(servers) or JetStreamSettings.servers, stream or DEFAULT_STREAM, replicas, timeout
+    )
