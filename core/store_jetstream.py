@@ -47,6 +47,8 @@ log = logging.getLogger("maitred.core.store")
 
 #: the default stream name (``[store] jetstream_stream``)
 DEFAULT_STREAM = "MAITRED_DURABLE"
+#: the NATS servers when ``[store] jetstream_nats`` is empty
+DEFAULT_SERVERS = ("nats://127.0.0.1:4222",)
 #: bytes a stored message carries beyond its payload (subject, headers), kept free below the
 #: stream's or the server's message size limit
 OVERHEAD = 512
@@ -100,7 +102,7 @@ def settings_diff(wanted: Mapping[str, Any], found: Mapping[str, Any]) -> list[s
     out = []
     for key, value in wanted.items():
         have = found.get(key)
-        if isinstance(have, list):
+        if isinstance(have, (list, tuple)):
             have = list(have)
         if have != value:
             out.append(f"{key}: the stream has {have!r}, maitred needs {value!r}")
@@ -117,7 +119,7 @@ def message_limit(stream_max: int | None, server_max: int | None) -> int:
 
 @dataclass(frozen=True, slots=True)
 class JetStreamSettings:
-    servers: tuple[str, ...] = ("nats://127.0.0.1:4222",)
+    servers: tuple[str, ...] = DEFAULT_SERVERS
     stream: str = DEFAULT_STREAM
     replicas: int = 1
     #: seconds to connect, and to wait for JetStream's acknowledgement of a batch
@@ -277,6 +279,16 @@ class JetStreamStore:
         self._pubs[self._subject("d", m.queue, m.n)] = (m.payload, headers)
         self._dead_pending.append(DeadLetter(m, reason))
         self.ack(m.queue, m.n)
+
+    def raise_counter(self, queue: str, next_n: int) -> None:
+        """Make the id counter of ``queue`` at least ``next_n`` (a queue not known yet is kept
+        as a dead one: its counter only), for ``maitred store migrate``."""
+        q = self._queues.get(queue)
+        if q is None:
+            q = self._queues[queue] = _Queue(live=False)
+        if next_n > q.next_n:
+            q.next_n = next_n
+            self._changed.add(queue)
 
     def dead_letters(self, queue: str | None = None) -> list[DeadLetter]:
         out = [d for d in self._dead if queue is None or d.message.queue == queue]
@@ -550,15 +562,28 @@ async def open_jetstream(settings: JetStreamSettings) -> JetStreamStore:
         ) from None
     from nats.errors import Error as NatsError
 
+    async def error(exc: Exception) -> None:  # every failed attempt: the callbacks below say
+        log.debug("store: NATS: %s", exc)
+
+    async def disconnected() -> None:
+        log.warning("store: the connection to NATS is lost; reconnecting")
+
+    async def reconnected() -> None:
+        log.warning("store: connected to NATS again")
+
     try:
         nc = await nats.connect(
             list(settings.servers),
             connect_timeout=settings.timeout,
             allow_reconnect=True,
-            max_reconnect_attempts=-1,
+            max_reconnect_attempts=1,  # at start: fail soon
             reconnect_time_wait=0.5,
             name="maitred-store",
+            error_cb=error,
+            disconnected_cb=disconnected,
+            reconnected_cb=reconnected,
         )
+        nc.options["max_reconnect_attempts"] = -1  # once up: reconnect for ever
     except (NatsError, OSError, TimeoutError) as exc:
         raise BrokerError(
             f"store: cannot reach NATS at {', '.join(settings.servers)}: {_jetstream_error(exc)}"
@@ -588,7 +613,11 @@ async def open_jetstream(settings: JetStreamSettings) -> JetStreamStore:
 
 
 def settings_from(servers: Sequence[str], stream: str, replicas: int, timeout: float) -> JetStreamSettings:
-    """Settings from the config keys (no servers: the local default)."""
+    """Settings from the config keys (no servers: the local default). A stream name JetStream
+    cannot take is a :class:`BrokerError`."""
+    stream = stream or DEFAULT_STREAM
+    if set(stream) & set(".*>/\\ \t\r\n"):
+        raise BrokerError(f"{stream!r}: a JetStream stream name has no . * > / \\ or spaces")
     return JetStreamSettings(
-        tuple(servers) or JetStreamSettings.servers, stream or DEFAULT_STREAM, replicas, timeout
+        tuple(servers) or DEFAULT_SERVERS, stream, replicas, timeout
     )
