@@ -31,6 +31,7 @@ import asyncio
 import base64
 import json
 import logging
+import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -52,6 +53,8 @@ DEFAULT_SERVERS = ("nats://127.0.0.1:4222",)
 #: bytes a stored message carries beyond its payload (subject, headers), kept free below the
 #: stream's or the server's message size limit
 OVERHEAD = 512
+#: seconds the start waits at least for JetStream to answer (leader elections after a loss)
+START_PATIENCE = 15.0
 #: the recovery consumer reads this many messages per fetch
 _FETCH = 1000
 
@@ -344,7 +347,9 @@ class JetStreamStore:
         if self._buffered and not self._closed:
             self._start()
 
-    async def _write(self, pubs: dict[str, tuple[bytes, dict[str, str]]], purges: list[str]) -> None:
+    async def _write(
+        self, pubs: dict[str, tuple[bytes, dict[str, str]]], purges: list[str]
+    ) -> None:
         """Purges first (every publish still buffered after a purge of its subject was made
         after it), then every publish with its acknowledgement outstanding at once."""
         api = f"$JS.API.STREAM.PURGE.{self.stream}"
@@ -458,8 +463,12 @@ class JetStreamStore:
         try:
             info = await self._js.stream_info(self.stream)
         except NotFoundError:
-            info = await self._js.add_stream(StreamConfig.from_response({"name": self.stream, **wanted}))
-            log.info("store: made the JetStream stream %s (R%d)", self.stream, self.settings.replicas)
+            info = await self._js.add_stream(
+                StreamConfig.from_response({"name": self.stream, **wanted})
+            )
+            log.info(
+                "store: made the JetStream stream %s (R%d)", self.stream, self.settings.replicas
+            )
         problems = settings_diff(wanted, info.config.as_dict())
         if problems:
             raise StreamMismatch(
@@ -589,17 +598,26 @@ async def open_jetstream(settings: JetStreamSettings) -> JetStreamStore:
             f"store: cannot reach NATS at {', '.join(settings.servers)}: {_jetstream_error(exc)}"
         ) from None
     store = JetStreamStore(nc, nc.jetstream(timeout=settings.timeout), settings)
-    try:
-        await store._check_stream()
-        await store._load()
-    except StreamMismatch:
-        await nc.close()
-        raise
-    except (NatsError, OSError, TimeoutError) as exc:
-        await nc.close()
-        raise BrokerError(
-            f"store: JetStream stream {settings.stream}: {_jetstream_error(exc)}"
-        ) from None
+    # a cluster that just lost a server elects new leaders first: ask again for a while
+    deadline = time.monotonic() + max(3 * settings.timeout, START_PATIENCE)
+    while True:
+        try:
+            await store._check_stream()
+            await store._load()
+            break
+        except StreamMismatch:
+            await nc.close()
+            raise
+        except (NatsError, OSError, TimeoutError) as exc:
+            if time.monotonic() < deadline and not isinstance(exc, StreamMismatch):
+                log.info("store: JetStream not ready (%s); asking again", _jetstream_error(exc))
+                store = JetStreamStore(nc, nc.jetstream(timeout=settings.timeout), settings)
+                await asyncio.sleep(0.5)
+                continue
+            await nc.close()
+            raise BrokerError(
+                f"store: JetStream stream {settings.stream}: {_jetstream_error(exc)}"
+            ) from None
     recovered = store.recover()
     log.info(
         "store: JetStream stream %s (R%d): %d messages in %d queues, %d dead letters",
@@ -612,12 +630,12 @@ async def open_jetstream(settings: JetStreamSettings) -> JetStreamStore:
     return store
 
 
-def settings_from(servers: Sequence[str], stream: str, replicas: int, timeout: float) -> JetStreamSettings:
+def settings_from(
+    servers: Sequence[str], stream: str, replicas: int, timeout: float
+) -> JetStreamSettings:
     """Settings from the config keys (no servers: the local default). A stream name JetStream
     cannot take is a :class:`BrokerError`."""
     stream = stream or DEFAULT_STREAM
     if set(stream) & set(".*>/\\ \t\r\n"):
         raise BrokerError(f"{stream!r}: a JetStream stream name has no . * > / \\ or spaces")
-    return JetStreamSettings(
-        tuple(servers) or DEFAULT_SERVERS, stream, replicas, timeout
-    )
+    return JetStreamSettings(tuple(servers) or DEFAULT_SERVERS, stream, replicas, timeout)

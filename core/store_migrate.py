@@ -72,9 +72,7 @@ async def _open(end: End, config: Config, *, source: bool) -> Any:
 
     s = config.store
     return await open_jetstream(
-        settings_from(
-            end.servers, s.jetstream_stream, s.jetstream_replicas, s.jetstream_timeout
-        )
+        settings_from(end.servers, s.jetstream_stream, s.jetstream_replicas, s.jetstream_timeout)
     )
 
 

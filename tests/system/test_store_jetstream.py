@@ -105,7 +105,8 @@ def js(url: str, action: str, **config: Any) -> Any:
 
 
 def test_requests_with_no_worker_reach_a_later_worker_across_kill_9(
-    tmp_path: Path, nats_server: NatsStarter  # noqa: F811
+    tmp_path: Path,
+    nats_server: NatsStarter,  # noqa: F811
 ) -> None:
     server = nats_server(jetstream=True)
     cfg = config(tmp_path, server.url)
@@ -155,7 +156,8 @@ def test_requests_with_no_worker_reach_a_later_worker_across_kill_9(
 
 
 def test_a_stream_with_other_settings_is_refused_with_the_difference_named(
-    tmp_path: Path, nats_server: NatsStarter  # noqa: F811
+    tmp_path: Path,
+    nats_server: NatsStarter,  # noqa: F811
 ) -> None:
     server = nats_server(jetstream=True)
     js(server.url, "add", name="OTHER", subjects=["OTHER.>"], retention="limits")
@@ -168,7 +170,8 @@ def test_a_stream_with_other_settings_is_refused_with_the_difference_named(
 
 @pytest.mark.allow_error_logs("store")
 def test_jetstream_down_refuses_with_503_and_keeps_what_was_accepted(
-    tmp_path: Path, nats_server: NatsStarter  # noqa: F811
+    tmp_path: Path,
+    nats_server: NatsStarter,  # noqa: F811
 ) -> None:
     server = nats_server(jetstream=True)
     cfg = config(tmp_path, server.url)
@@ -186,7 +189,8 @@ def test_jetstream_down_refuses_with_503_and_keeps_what_was_accepted(
 
 
 def test_a_message_past_the_streams_size_limit_gets_413_before_acceptance(
-    tmp_path: Path, nats_server: NatsStarter  # noqa: F811
+    tmp_path: Path,
+    nats_server: NatsStarter,  # noqa: F811
 ) -> None:
     server = nats_server(jetstream=True)
     js(
@@ -209,7 +213,8 @@ def test_a_message_past_the_streams_size_limit_gets_413_before_acceptance(
 
 
 def test_dead_letters_after_max_deliveries_survive_a_restart(
-    tmp_path: Path, nats_server: NatsStarter  # noqa: F811
+    tmp_path: Path,
+    nats_server: NatsStarter,  # noqa: F811
 ) -> None:
     server = nats_server(jetstream=True)
     cfg = config(tmp_path, server.url, extra="max_deliveries = 2")
