@@ -32,7 +32,6 @@ import base64
 import json
 import logging
 import time
-import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -55,8 +54,8 @@ DEFAULT_SERVERS = ("nats://127.0.0.1:4222",)
 OVERHEAD = 512
 #: seconds the start waits at least for JetStream to answer (leader elections after a loss)
 START_PATIENCE = 15.0
-#: the recovery consumer reads this many messages per fetch
-_FETCH = 1000
+#: readers of the stream at start, each over a part of its sequence range
+_WALKERS = 8
 
 
 class StreamMismatch(BrokerError, RuntimeError):
@@ -477,42 +476,39 @@ class JetStreamStore:
         self.max_payload = message_limit(info.config.max_msg_size, self._nc.max_payload)
 
     async def _load(self) -> None:
-        """Read everything the stream holds (a temporary consumer that acknowledges nothing,
-        deleted afterwards: the messages stay) into what :meth:`recover` returns."""
-        from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
-        from nats.js.errors import FetchTimeoutError
+        """Read everything the stream holds into what :meth:`recover` returns: the stream
+        leader answers "the next message from sequence S" (``STREAM.MSG.GET``), walked by
+        :data:`_WALKERS` readers over parts of the sequence range at once. No consumer: a
+        work-queue stream would take one at a time, and a consumer needs the meta leader."""
+        from nats.js.errors import NotFoundError
 
-        name = f"maitred-recover-{uuid.uuid4().hex[:12]}"
-        config = ConsumerConfig(
-            name=name,
-            durable_name=name,
-            deliver_policy=DeliverPolicy.ALL,
-            ack_policy=AckPolicy.EXPLICIT,
-            ack_wait=120.0,
-            max_ack_pending=-1,
-            inactive_threshold=60.0,
-            filter_subject=f"{self.stream}.>",
-        )
+        info = await self._js.stream_info(self.stream)
+        first, last = info.state.first_seq, info.state.last_seq
         bodies: dict[tuple[str, int], StoredMessage] = {}
         counts: dict[tuple[str, int], int] = {}
-        info = await self._js.add_consumer(self.stream, config)
-        left = info.num_pending
-        sub = await self._js.pull_subscribe_bind(name, stream=self.stream)
-        try:
-            while left > 0:
+        taken: list[tuple[int, str, bytes, Mapping[str, str]]] = []
+        wildcard = f"{self.stream}.>"
+
+        async def walk(start: int, end: int) -> None:
+            seq = start
+            while seq <= end:
                 try:
-                    batch = await sub.fetch(min(_FETCH, left), timeout=self.settings.timeout)
-                except FetchTimeoutError:
-                    break
-                for msg in batch:
-                    left = min(left - 1, msg.metadata.num_pending)
-                    self._take(msg.subject, msg.data, msg.headers or {}, bodies, counts)
-        finally:
-            await sub.unsubscribe()
-            try:
-                await self._js.delete_consumer(self.stream, name)
-            except Exception:
-                log.warning("store: could not delete the consumer %s", name, exc_info=True)
+                    m = await self._js.get_msg(self.stream, seq=seq, subject=wildcard, next=True)
+                except NotFoundError:
+                    return
+                if m.seq is None or m.seq > end:
+                    return
+                taken.append((m.seq, m.subject or "", m.data or b"", m.headers or {}))
+                seq = m.seq + 1
+
+        if info.state.messages:
+            step = max(1, (last - first + 1 + _WALKERS - 1) // _WALKERS)
+            await asyncio.gather(
+                *(walk(a, min(a + step - 1, last)) for a in range(first, last + 1, step))
+            )
+        taken.sort(key=lambda t: t[0])  # in stream order: later records win
+        for _, subject, data, headers in taken:
+            self._take(subject, data, headers, bodies, counts)
         out = self._recovered
         for name_, q in self._queues.items():
             out.counters[name_] = q.next_n
