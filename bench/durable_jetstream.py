@@ -123,31 +123,14 @@ async def accept_load(url: str, inflight: int, duration: float) -> dict[str, Any
 
 
 def mdp_load(endpoint: str, inflight: int, duration: float, pid: int) -> dict[str, Any]:
+    common = ["--endpoint", endpoint, "--service", "jobs"]
     worker = subprocess.Popen(
-        [
-            PY,
-            LOADGEN,
-            "worker",
-            "--endpoint",
-            endpoint,
-            "--service",
-            "jobs",
-            "--max-seconds",
-            "120",
-        ],
-        stderr=subprocess.DEVNULL,
+        [PY, LOADGEN, "worker", *common, "--max-seconds", "120"], stderr=subprocess.DEVNULL
     )
+    load = ["--inflight", str(inflight), "--duration", str(duration), "--watch", f"broker={pid}"]
     try:
         out = subprocess.run(
-            [PY, LOADGEN, "client", "--endpoint", endpoint, "--service", "jobs"]
-            + [
-                "--inflight",
-                str(inflight),
-                "--duration",
-                str(duration),
-                "--watch",
-                f"broker={pid}",
-            ],
+            [PY, LOADGEN, "client", *common, *load],
             capture_output=True,
             text=True,
             timeout=duration + 60,
