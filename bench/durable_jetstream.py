@@ -26,6 +26,7 @@ import argparse
 import asyncio
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -40,6 +41,7 @@ import aiohttp
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.durable_mdp import mmi_info  # noqa: E402
 from maitred.plugins.nats_testing import NatsServer, start_cluster  # noqa: E402
 from maitred.plugins.testing import ServeProcess  # noqa: E402
 
@@ -137,10 +139,15 @@ def mdp_load(endpoint: str, inflight: int, duration: float, pid: int) -> dict[st
             check=True,
         )
         r: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+        store = mmi_info(endpoint).get("store", {})
         return {
             "req_per_s": r["req_per_s"],
             "p50_ms": r["latency_us"]["p50"] / 1e3,
             "p99_ms": r["latency_us"]["p99"] / 1e3,
+            # how many of the stored requests were really written (SQLite rows; JetStream
+            # messages and records): one answered before its batch left is never written
+            "written": store.get("inserted", store.get("published")),
+            "appended": store.get("appended"),
         }
     finally:
         worker.terminate()
@@ -286,6 +293,7 @@ def main() -> int:
     ap.add_argument("--loss", action="store_true", help="the R3 durability check instead")
     ap.add_argument("--requests", type=int, default=10_000)
     args = ap.parse_args()
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # clean up the servers too
     run: Callable[[argparse.Namespace], int] = loss if args.loss else bench
     return run(args)
 

@@ -23,6 +23,7 @@ from maitred.plugins.nats_testing import (  # noqa: F401  (fixtures)
 )
 from maitred.plugins.testing import ServeProcess
 from tests.e2e.helpers import RawWorker, zmq_context
+from tests.e2e.http_helpers import RawHttp, short_socket_path
 
 pytest.importorskip("nats")
 pytestmark = pytest.mark.slow
@@ -240,3 +241,37 @@ def test_dead_letters_after_max_deliveries_survive_a_restart(
             dead = get_json(conn, "/v1/dead-letters")
             assert [(d["queue"], d["id"], d["payload"]) for d in dead] == [("jobs", 0, "poison")]
             conn.close()
+
+
+def test_a_persistent_switch_queue_on_jetstream_refuses_with_503_when_the_stream_is_gone(
+    tmp_path: Path,
+    nats_server: NatsStarter,  # noqa: F811
+) -> None:
+    server = nats_server(jetstream=True)
+    sock = short_socket_path()
+    cfg = tmp_path / "maitred.toml"
+    cfg.write_text(
+        f"""
+[store]
+backend = "jetstream"
+jetstream_nats = ["{server.url}"]
+jetstream_timeout = 2.0
+
+[transports.http]
+listen = ["unix:{sock}"]
+"""
+    )
+    with ServeProcess("-c", str(cfg)) as served:
+        c = RawHttp(served.endpoint("http"), timeout=10)
+        try:
+            assert c.do("GET", "/login/snd:1") == (200, b"")
+            assert c.do("GET", "/persistent/jobs") == (200, b"jobs")
+            assert c.do("POST", "/request/jobs/nobody", b"one") == (200, b'[["jobs",0]]')
+            js(server.url, "delete", name="MAITRED_DURABLE")
+            status, body = c.do("POST", "/request/jobs/nobody", b"two")  # its batch fails
+            assert (status, body[:20]) == (503, b"Service Unavailable:"), body
+            status, body = c.do("POST", "/request/jobs/nobody", b"three")  # refused at once
+            assert (status, body[:20]) == (503, b"Service Unavailable:"), body
+        finally:
+            c.close()
+        assert served.proc.poll() is None
