@@ -93,9 +93,7 @@ class StoreJournal:
         self._bypass: set[Session] = set()
         #: owner -> queue -> its recovered messages, until the owner takes them
         self._owned: dict[str, dict[str, list[StoredMessage]]] = {}
-        self._refusal: Callable[[int], MaitredError | None] | None = getattr(
-            store, "refusal", None
-        )
+        self._refusal: Callable[[int], MaitredError | None] | None = getattr(store, "refusal", None)
         # a store that commits asynchronously (JetStream) says when a batch is acknowledged
         listen = getattr(store, "listen", None)
         if listen is not None:
