@@ -12,6 +12,10 @@ Two legs per store, each against a fresh ``maitred serve`` (and fresh nats-serve
 - ``mdp``: bench/loadgen.py's MDP client and echo worker on an ``on_no_worker = "store"``
   service (each request written, and deleted once answered), as bench/durable_mdp.py.
 
+- ``store``: the store alone, in this process (no broker, no HTTP): ``--inflight`` writers each
+  put a message through the journal and await its commit, again and again: the acceptance rate
+  and ack latency of the store itself.
+
 Legs rotate their order each round; the report is the median of ``--runs`` rounds.
 
 ``--loss`` runs the issue's durability check instead: R3 over three nats-servers, ``--requests``
@@ -154,6 +158,46 @@ def mdp_load(endpoint: str, inflight: int, duration: float, pid: int) -> dict[st
         worker.wait(10)
 
 
+async def store_load(kind: str, tmp: Path, urls: list[str], args: argparse.Namespace) -> Any:
+    from maitred.core.durable import StoreJournal
+    from maitred.core.store import SQLiteStore, StoredMessage
+    from maitred.core.store_jetstream import JetStreamSettings, open_jetstream
+
+    if kind == "sqlite":
+        store: Any = SQLiteStore(tmp / f"store-{time.monotonic_ns()}.sqlite3")
+    else:
+        replicas = 3 if kind == "jetstream-r3" else 1
+        store = await open_jetstream(JetStreamSettings(tuple(urls), "BENCH", replicas, 10.0))
+    journal = StoreJournal(store)
+    latencies: list[float] = []
+    stop = time.perf_counter() + args.duration
+
+    async def writer() -> None:
+        while time.perf_counter() < stop:
+            n = journal.next_id("q")
+            t = time.perf_counter()
+            journal.put(StoredMessage("q", n, BODY, b"k", "bench", 0))
+            await journal.committed()
+            latencies.append(time.perf_counter() - t)
+
+    start = time.perf_counter()
+    await asyncio.gather(*(writer() for _ in range(args.inflight)))
+    took = time.perf_counter() - start
+    commits = store.flushed
+    if hasattr(store, "drain"):
+        await store.drain()
+    else:
+        store.close()
+    latencies.sort()
+    return {
+        "req_per_s": len(latencies) / took,
+        "accepted": len(latencies),
+        "commits": commits,
+        "p50_ms": latencies[len(latencies) // 2] * 1e3,
+        "p99_ms": latencies[int(len(latencies) * 0.99)] * 1e3,
+    }
+
+
 def one(kind: str, leg: str, tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
     servers: list[NatsServer] = []
     if kind == "jetstream-r1":
@@ -161,6 +205,9 @@ def one(kind: str, leg: str, tmp: Path, args: argparse.Namespace) -> dict[str, A
     elif kind == "jetstream-r3":
         servers = start_cluster(3, jetstream=True)
     try:
+        if leg == "store":
+            r: dict[str, Any] = asyncio.run(store_load(kind, tmp, [s.url for s in servers], args))
+            return r
         cfg = write_config(tmp, store_section(kind, tmp, [s.url for s in servers], "BENCH"))
         with ServeProcess("-c", str(cfg), timeout=60) as served:
             if leg == "accept":
@@ -289,7 +336,7 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--duration", type=float, default=3.0)
     ap.add_argument("--inflight", type=int, default=64)
-    ap.add_argument("--legs", default="accept,mdp")
+    ap.add_argument("--legs", default="store,accept,mdp")
     ap.add_argument("--loss", action="store_true", help="the R3 durability check instead")
     ap.add_argument("--requests", type=int, default=10_000)
     args = ap.parse_args()

@@ -7,10 +7,10 @@ is imported by :func:`open_jetstream` only, when that backend is chosen.
 Layout of the stream ``S`` (``[store] jetstream_stream``, default ``MAITRED_DURABLE``), subjects
 ``S.>``, retention ``workqueue``, at most one message per subject (``max_msgs_per_subject = 1``):
 
-- ``S.m.<Q>.<n>.body``: stored message ``n`` of queue (service) ``Q``; its kind, origin, time and
-  delivery count in headers. All messages of one service are ``S.m.<Q>.>``.
+- ``S.m.<Q>.<n>.body``: stored message ``n`` of queue (service) ``Q``: its kind, origin, time,
+  delivery count and payload (msgpack). All messages of one service are ``S.m.<Q>.>``.
 - ``S.m.<Q>.<n>.count``: its delivery count once it changed (the latest value only).
-- ``S.d.<Q>.<n>``: a dead letter (kept until an operator purges it).
+- ``S.d.<Q>.<n>``: a dead letter, the same with its reason (kept until an operator purges it).
 - ``S.q.<Q>``: the queue's record: its next id, whether it is live, its owner (JSON).
 
 ``<Q>`` is the queue name encoded by :func:`subject_token` (base32 of its UTF-8 bytes, so any
@@ -35,6 +35,8 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+
+import msgspec
 
 from maitred.core.errors import BrokerError, ErrorCode, MaitredError
 from maitred.core.store import DeadLetter, Recovered, StoredMessage
@@ -128,26 +130,29 @@ class JetStreamSettings:
     timeout: float = 5.0
 
 
-def _headers(m: StoredMessage) -> dict[str, str]:
-    return {
-        "Nats-Msg-Id": f"{subject_token(m.queue)}.{m.n}.{m.deliveries}",
-        "Maitred-Kind": m.kind.decode("latin-1"),
-        "Maitred-Origin": m.origin,
-        "Maitred-Time": str(m.time),
-        "Maitred-Deliveries": str(m.deliveries),
-    }
+class _Envelope(msgspec.Struct, array_like=True):
+    """A stored message on the stream (msgpack): its metadata and payload in one body, so that
+    the only header is the dedup id (headers cost the client more per message)."""
+
+    kind: bytes
+    origin: str
+    time: int
+    deliveries: int
+    payload: bytes
+    reason: str = ""
 
 
-def _message(queue: str, n: int, data: bytes, headers: Mapping[str, str]) -> StoredMessage:
-    return StoredMessage(
-        queue,
-        n,
-        data,
-        headers.get("Maitred-Kind", "").encode("latin-1"),
-        headers.get("Maitred-Origin", ""),
-        int(headers.get("Maitred-Time", "0")),
-        int(headers.get("Maitred-Deliveries", "0")),
-    )
+_pack = msgspec.msgpack.Encoder().encode
+_unpack = msgspec.msgpack.Decoder(_Envelope).decode
+
+
+def _packed(m: StoredMessage, reason: str = "") -> bytes:
+    return _pack(_Envelope(m.kind, m.origin, m.time, m.deliveries, m.payload, reason))
+
+
+def _message(queue: str, n: int, data: bytes) -> tuple[StoredMessage, str]:
+    e = _unpack(data)
+    return StoredMessage(queue, n, e.payload, e.kind, e.origin, e.time, e.deliveries), e.reason
 
 
 @dataclass(slots=True)
@@ -177,7 +182,10 @@ class JetStreamStore:
         self.purged = 0
         #: payload limit (0: none), see :func:`message_limit`
         self.max_payload = 0
-        self._pubs: dict[str, tuple[bytes, dict[str, str]]] = {}
+        #: subject -> what to publish (a message is packed when its batch starts) and its
+        #: dedup id
+        self._pubs: dict[str, tuple[bytes | StoredMessage, str]] = {}
+        self._tokens: dict[str, str] = {}
         self._purges: list[str] = []
         self._queues: dict[str, _Queue] = {}
         self._changed: set[str] = set()
@@ -229,8 +237,16 @@ class JetStreamStore:
     def recover(self) -> Recovered:
         return self._recovered
 
+    def _token(self, queue: str) -> str:
+        token = self._tokens.get(queue)
+        if token is None:
+            if len(self._tokens) > 100_000:
+                self._tokens.clear()
+            token = self._tokens[queue] = subject_token(queue)
+        return token
+
     def _subject(self, kind: str, queue: str, *rest: object) -> str:
-        return ".".join([self.stream, kind, subject_token(queue), *map(str, rest)])
+        return ".".join([self.stream, kind, self._token(queue), *map(str, rest)])
 
     def _touch(self, name: str) -> _Queue:
         q = self._queues.get(name)
@@ -252,7 +268,8 @@ class JetStreamStore:
 
     def append(self, message: StoredMessage) -> None:
         m = message
-        self._pubs[self._subject("m", m.queue, m.n, "body")] = (m.payload, _headers(m))
+        subject = self._subject("m", m.queue, m.n, "body")
+        self._pubs[subject] = (m, subject)
         q = self._queues.get(m.queue)
         if q is None or m.n + 1 > q.next_n:
             self._touch(m.queue).next_n = m.n + 1
@@ -264,21 +281,19 @@ class JetStreamStore:
             self._purges.append(self._subject("m", queue, n, "*"))
 
     def delivered(self, queue: str, n: int, deliveries: int) -> None:
-        body = self._pubs.get(self._subject("m", queue, n, "body"))
-        if body is not None:
-            body[1]["Maitred-Deliveries"] = str(deliveries)
-            body[1]["Nats-Msg-Id"] = f"{subject_token(queue)}.{n}.{deliveries}"
+        subject = self._subject("m", queue, n, "body")
+        body = self._pubs.get(subject)
+        if body is not None and isinstance(body[0], StoredMessage):
+            body[0].deliveries = deliveries  # (its id: the body's own, a new body replaces it)
+            self._pubs[subject] = (body[0], f"{subject}.{deliveries}")
             return
-        self._pubs[self._subject("m", queue, n, "count")] = (
-            str(deliveries).encode(),
-            {"Nats-Msg-Id": f"{subject_token(queue)}.{n}.c{deliveries}"},
-        )
+        count = self._subject("m", queue, n, "count")
+        self._pubs[count] = (str(deliveries).encode(), f"{count}.{deliveries}")
 
     def dead_letter(self, message: StoredMessage, reason: str) -> None:
         m = message
-        headers = _headers(m) | {"Maitred-Reason": reason}
-        headers["Nats-Msg-Id"] = "d." + headers["Nats-Msg-Id"]
-        self._pubs[self._subject("d", m.queue, m.n)] = (m.payload, headers)
+        subject = self._subject("d", m.queue, m.n)
+        self._pubs[subject] = (_packed(m, reason), subject)
         self._dead_pending.append(DeadLetter(m, reason))
         self.ack(m.queue, m.n)
 
@@ -311,7 +326,7 @@ class JetStreamStore:
         for name in changed:
             q = self._queues[name]
             record = {"next": q.next_n, "live": q.live, "owner": q.owner}
-            pubs[self._subject("q", name)] = (json.dumps(record).encode(), {})
+            pubs[self._subject("q", name)] = (json.dumps(record).encode(), "")
         self.started += 1
         self._task = asyncio.get_running_loop().create_task(
             self._commit(self.started, pubs, purges, dead)
@@ -320,7 +335,7 @@ class JetStreamStore:
     async def _commit(
         self,
         number: int,
-        pubs: dict[str, tuple[bytes, dict[str, str]]],
+        pubs: dict[str, tuple[bytes | StoredMessage, str]],
         purges: list[str],
         dead: list[DeadLetter],
     ) -> None:
@@ -347,7 +362,7 @@ class JetStreamStore:
             self._start()
 
     async def _write(
-        self, pubs: dict[str, tuple[bytes, dict[str, str]]], purges: list[str]
+        self, pubs: dict[str, tuple[bytes | StoredMessage, str]], purges: list[str]
     ) -> None:
         """Purges first (every publish still buffered after a purge of its subject was made
         after it), then every publish with its acknowledgement outstanding at once."""
@@ -359,9 +374,14 @@ class JetStreamStore:
             answer = json.loads(reply.data)
             if "error" in answer:
                 raise JetStreamUnavailable(f"purge refused: {answer['error'].get('description')}")
+        publish = self._js.publish_async
         futures = [
-            await self._js.publish_async(s, data, headers=h or None, stream=self.stream)
-            for s, (data, h) in pubs.items()
+            await publish(
+                s,
+                data if isinstance(data, bytes) else _packed(data),
+                headers={"Nats-Msg-Id": msgid} if msgid else None,
+            )
+            for s, (data, msgid) in pubs.items()
         ]
         await asyncio.gather(*futures)
 
@@ -486,7 +506,7 @@ class JetStreamStore:
         first, last = info.state.first_seq, info.state.last_seq
         bodies: dict[tuple[str, int], StoredMessage] = {}
         counts: dict[tuple[str, int], int] = {}
-        taken: list[tuple[int, str, bytes, Mapping[str, str]]] = []
+        taken: list[tuple[int, str, bytes]] = []
         wildcard = f"{self.stream}.>"
 
         async def walk(start: int, end: int) -> None:
@@ -498,7 +518,7 @@ class JetStreamStore:
                     return
                 if m.seq is None or m.seq > end:
                     return
-                taken.append((m.seq, m.subject or "", m.data or b"", m.headers or {}))
+                taken.append((m.seq, m.subject or "", m.data or b""))
                 seq = m.seq + 1
 
         if info.state.messages:
@@ -507,8 +527,8 @@ class JetStreamStore:
                 *(walk(a, min(a + step - 1, last)) for a in range(first, last + 1, step))
             )
         taken.sort(key=lambda t: t[0])  # in stream order: later records win
-        for _, subject, data, headers in taken:
-            self._take(subject, data, headers, bodies, counts)
+        for _, subject, data in taken:
+            self._take(subject, data, bodies, counts)
         out = self._recovered
         for name_, q in self._queues.items():
             out.counters[name_] = q.next_n
@@ -529,7 +549,6 @@ class JetStreamStore:
         self,
         subject: str,
         data: bytes,
-        headers: Mapping[str, str],
         bodies: dict[tuple[str, int], StoredMessage],
         counts: dict[tuple[str, int], int],
     ) -> None:
@@ -542,13 +561,13 @@ class JetStreamStore:
                     int(record["next"]), bool(record["live"]), str(record["owner"])
                 )
             elif kind == "d":
-                m = _message(queue, int(parts[2]), data, headers)
-                self._dead.append(DeadLetter(m, headers.get("Maitred-Reason", "")))
+                m, reason = _message(queue, int(parts[2]), data)
+                self._dead.append(DeadLetter(m, reason))
             elif kind == "m" and parts[3] == "body":
-                bodies[(queue, int(parts[2]))] = _message(queue, int(parts[2]), data, headers)
+                bodies[(queue, int(parts[2]))] = _message(queue, int(parts[2]), data)[0]
             elif kind == "m" and parts[3] == "count":
                 counts[(queue, int(parts[2]))] = int(data)
-        except (IndexError, ValueError, KeyError, TypeError):
+        except (IndexError, ValueError, KeyError, TypeError, msgspec.DecodeError):
             log.warning("store: %s is not a maitred message, left alone", subject)
 
 
