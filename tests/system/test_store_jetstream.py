@@ -234,6 +234,10 @@ def test_dead_letters_after_max_deliveries_survive_a_restart(
             while not dead and time.monotonic() < deadline:  # the broker sees the death
                 dead = get_json(conn, "/v1/dead-letters")
             assert [(d["queue"], d["id"], d["deliveries"]) for d in dead] == [("jobs", 0, 2)]
+            conn.request("GET", "/metrics")  # the store's counters, as Prometheus counters
+            metrics = conn.getresponse().read().decode()
+            assert 'maitred_store_total{counter="published"}' in metrics
+            assert 'maitred_store_total{counter="dead_lettered"} 1.0' in metrics
             conn.close()
             assert served.stop() == 0
         with ServeProcess("-c", str(cfg)) as again:
