@@ -584,7 +584,8 @@ async def open_jetstream(settings: JetStreamSettings) -> JetStreamStore:
         log.debug("store: NATS: %s", exc)
 
     async def disconnected() -> None:
-        log.warning("store: the connection to NATS is lost; reconnecting")
+        if not nc.is_closed:  # (not when the broker closes it)
+            log.warning("store: the connection to NATS is lost; reconnecting")
 
     async def reconnected() -> None:
         log.warning("store: connected to NATS again")
