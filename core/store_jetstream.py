@@ -28,131 +28,61 @@ store refuses new messages (:meth:`JetStreamStore.refusal`, 503) until JetStream
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import msgspec
 
 from maitred.core.errors import BrokerError, ErrorCode, MaitredError
+from maitred.core.jetstream_layout import (
+    DEFAULT_SERVERS,
+    DEFAULT_STREAM,
+    OVERHEAD,
+    JetStreamSettings,
+    JetStreamUnavailable,
+    StreamMismatch,
+    message,
+    message_limit,
+    packed,
+    settings_diff,
+    settings_from,
+    subject_token,
+    token_name,
+    wanted_config,
+)
 from maitred.core.store import DeadLetter, Recovered, StoredMessage
 
 if TYPE_CHECKING:
     from nats.aio.client import Client
     from nats.js.client import JetStreamContext
 
+__all__ = [
+    "DEFAULT_SERVERS",
+    "DEFAULT_STREAM",
+    "OVERHEAD",
+    "JetStreamSettings",
+    "JetStreamStore",
+    "JetStreamUnavailable",
+    "StreamMismatch",
+    "message_limit",
+    "open_jetstream",
+    "settings_diff",
+    "settings_from",
+    "subject_token",
+    "token_name",
+    "wanted_config",
+]
+
 log = logging.getLogger("maitred.core.store")
 
-#: the default stream name (``[store] jetstream_stream``)
-DEFAULT_STREAM = "MAITRED_DURABLE"
-#: the NATS servers when ``[store] jetstream_nats`` is empty
-DEFAULT_SERVERS = ("nats://127.0.0.1:4222",)
-#: bytes a stored message carries beyond its payload (subject, headers), kept free below the
-#: stream's or the server's message size limit
-OVERHEAD = 512
 #: seconds the start waits at least for JetStream to answer (leader elections after a loss)
 START_PATIENCE = 15.0
 #: readers of the stream at start, each over a part of its sequence range
 _WALKERS = 8
-
-
-class StreamMismatch(BrokerError, RuntimeError):
-    """The stream exists with settings other than the configured ones."""
-
-
-class JetStreamUnavailable(MaitredError):
-    """JetStream did not acknowledge a write (down, no quorum, stream gone): 503."""
-
-    code = ErrorCode.NO_WORKER
-
-
-# -- pure parts --------------------------------------------------------------------------------
-
-
-def subject_token(name: str) -> str:
-    """``name`` as one subject token: base32 (RFC 4648, upper case, no padding) of its UTF-8
-    bytes, behind ``Q`` so that the empty name is a token too. Reversible
-    (:func:`token_name`) and free of ``.``, ``*``, ``>`` and white space."""
-    return "Q" + base64.b32encode(name.encode("utf-8", "surrogatepass")).decode().rstrip("=")
-
-
-def token_name(token: str) -> str:
-    """The queue name of a :func:`subject_token`."""
-    if not token.startswith("Q"):
-        raise ValueError(f"not a queue token: {token!r}")
-    raw = token[1:]
-    return base64.b32decode(raw + "=" * (-len(raw) % 8)).decode("utf-8", "surrogatepass")
-
-
-def wanted_config(stream: str, replicas: int) -> dict[str, Any]:
-    """The stream settings this store needs (as JetStream names them)."""
-    return {
-        "subjects": [f"{stream}.>"],
-        "retention": "workqueue",
-        "storage": "file",
-        "num_replicas": replicas,
-        "max_msgs_per_subject": 1,
-        "discard": "old",
-    }
-
-
-def settings_diff(wanted: Mapping[str, Any], found: Mapping[str, Any]) -> list[str]:
-    """Each setting of ``found`` (an existing stream's config) that differs from ``wanted``,
-    as ``"name: the stream has X, the config needs Y"``."""
-    out = []
-    for key, value in wanted.items():
-        have = found.get(key)
-        if isinstance(have, (list, tuple)):
-            have = list(have)
-        if have != value:
-            out.append(f"{key}: the stream has {have!r}, maitred needs {value!r}")
-    return out
-
-
-def message_limit(stream_max: int | None, server_max: int | None) -> int:
-    """The largest payload a stored message may have: the smaller of the stream's
-    ``max_msg_size`` and the server's ``max_payload`` (unset or <= 0: no limit), less
-    :data:`OVERHEAD`; 0 when neither limits."""
-    limits = [x for x in (stream_max, server_max) if x is not None and x > 0]
-    return max(min(limits) - OVERHEAD, 1) if limits else 0
-
-
-@dataclass(frozen=True, slots=True)
-class JetStreamSettings:
-    servers: tuple[str, ...] = DEFAULT_SERVERS
-    stream: str = DEFAULT_STREAM
-    replicas: int = 1
-    #: seconds to connect, and to wait for JetStream's acknowledgement of a batch
-    timeout: float = 5.0
-
-
-class _Envelope(msgspec.Struct, array_like=True):
-    """A stored message on the stream (msgpack): its metadata and payload in one body, so that
-    the only header is the dedup id (headers cost the client more per message)."""
-
-    kind: bytes
-    origin: str
-    time: int
-    deliveries: int
-    payload: bytes
-    reason: str = ""
-
-
-_pack = msgspec.msgpack.Encoder().encode
-_unpack = msgspec.msgpack.Decoder(_Envelope).decode
-
-
-def _packed(m: StoredMessage, reason: str = "") -> bytes:
-    return _pack(_Envelope(m.kind, m.origin, m.time, m.deliveries, m.payload, reason))
-
-
-def _message(queue: str, n: int, data: bytes) -> tuple[StoredMessage, str]:
-    e = _unpack(data)
-    return StoredMessage(queue, n, e.payload, e.kind, e.origin, e.time, e.deliveries), e.reason
 
 
 @dataclass(slots=True)
@@ -293,7 +223,7 @@ class JetStreamStore:
     def dead_letter(self, message: StoredMessage, reason: str) -> None:
         m = message
         subject = self._subject("d", m.queue, m.n)
-        self._pubs[subject] = (_packed(m, reason), subject)
+        self._pubs[subject] = (packed(m, reason), subject)
         self._dead_pending.append(DeadLetter(m, reason))
         self.ack(m.queue, m.n)
 
@@ -378,7 +308,7 @@ class JetStreamStore:
         futures = [
             await publish(
                 s,
-                data if isinstance(data, bytes) else _packed(data),
+                data if isinstance(data, bytes) else packed(data),
                 headers={"Nats-Msg-Id": msgid} if msgid else None,
             )
             for s, (data, msgid) in pubs.items()
@@ -555,10 +485,10 @@ class JetStreamStore:
                     int(record["next"]), bool(record["live"]), str(record["owner"])
                 )
             elif kind == "d":
-                m, reason = _message(queue, int(parts[2]), data)
+                m, reason = message(queue, int(parts[2]), data)
                 self._dead.append(DeadLetter(m, reason))
             elif kind == "m" and parts[3] == "body":
-                bodies[(queue, int(parts[2]))] = _message(queue, int(parts[2]), data)[0]
+                bodies[(queue, int(parts[2]))] = message(queue, int(parts[2]), data)[0]
             elif kind == "m" and parts[3] == "count":
                 counts[(queue, int(parts[2]))] = int(data)
         except (IndexError, ValueError, KeyError, TypeError, msgspec.DecodeError):
@@ -638,14 +568,3 @@ async def open_jetstream(settings: JetStreamSettings) -> JetStreamStore:
         len(recovered.dead),
     )
     return store
-
-
-def settings_from(
-    servers: Sequence[str], stream: str, replicas: int, timeout: float
-) -> JetStreamSettings:
-    """Settings from the config keys (no servers: the local default). A stream name JetStream
-    cannot take is a :class:`BrokerError`."""
-    stream = stream or DEFAULT_STREAM
-    if set(stream) & set(".*>/\\ \t\r\n"):
-        raise BrokerError(f"{stream!r}: a JetStream stream name has no . * > / \\ or spaces")
-    return JetStreamSettings(tuple(servers) or DEFAULT_SERVERS, stream, replicas, timeout)
