@@ -275,3 +275,58 @@ def test_check_says_when_the_jetstream_store_lacks_its_client(
     )
     (problem,) = preflight(config, {})
     assert 'store: backend "jetstream" needs nats-py: pip install "maitred[jetstream]"' in problem
+
+
+def test_a_server_gone_times_the_batch_out_and_refuses_until_it_is_back(
+    nats_server: NatsStarter,  # noqa: F811
+) -> None:
+    server = nats_server(jetstream=True)
+
+    async def scenario() -> None:
+        store = await open_jetstream(settings(server, timeout=0.5))
+        journal = StoreJournal(store)
+        server.pause()  # (SIGSTOP: the connection stays, nothing answers)
+        try:
+            store.append(msg("q", 0))
+            with pytest.raises(MaitredError, match=r"did not acknowledge within 0\.5s"):
+                await journal.committed()
+            refused = store.refusal(1)
+            assert refused is not None and "did not acknowledge" in refused.reason
+        finally:
+            server.resume()
+        while store.down is not None:  # the probe finds the stream again
+            await asyncio.sleep(0.05)
+        assert store.refusal(1) is None
+        store.close()  # without drain: the connection is closed in the background
+        await asyncio.sleep(0)
+
+    run(scenario)
+
+
+def test_messages_of_the_stream_that_are_not_the_stores_are_left_alone(
+    nats_server: NatsStarter,  # noqa: F811
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    server = nats_server(jetstream=True)
+
+    async def scenario() -> Any:
+        store = await open_jetstream(settings(server))
+        for subject, data in [
+            ("T.m.Qxyz.1.body", b"\xc1"),  # not msgpack
+            ("T.m", b"short"),
+            ("T.q.QMFRGG", b"{}"),  # a record ("abc") without its keys
+            ("T.other.thing", b"?"),
+        ]:
+            await store._js.publish(subject, data)
+        store.append(msg("echo", 3))
+        await committed(store)
+        await store.drain()
+        again = await open_jetstream(settings(server))
+        held = again.recover()
+        await again.drain()
+        return held
+
+    held = run(scenario)
+    assert [(m.queue, m.n) for ms in held.queues.values() for m in ms] == [("echo", 3)]
+    assert held.counters["echo"] == 4
+    assert caplog.text.count("is not a maitred message, left alone") == 4
