@@ -13,6 +13,7 @@ Embedded use (clients and workers in the same asyncio program)::
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -131,6 +132,11 @@ def preflight(
                 out.append(f"{config.source}: transports.{name}.{problem.key}: {problem.text}")
     if config.policies().uses_store() or hints:  # the one store is opened at start
         choice = store_choice(config, hints)
+        if choice.backend == "jetstream" and importlib.util.find_spec("nats") is None:
+            out.append(
+                f'{config.source}: store: backend "jetstream" needs nats-py: '
+                'pip install "maitred[jetstream]"'
+            )
         if choice.backend == "sqlite":
             unwritable = check_writable_file(Path(choice.path or default_store_path()))
             if unwritable:

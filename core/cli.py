@@ -463,6 +463,10 @@ def _dispatch(args: argparse.Namespace, specs: dict[str, TransportSpec]) -> int:
         return cmd_listing(args)
     if args.verb == "plugins":
         return cmd_plugins(specs)
+    if args.verb == "store":
+        from maitred.core.store_migrate import cmd_store
+
+        return cmd_store(args)
     return EXIT_USAGE
 
 

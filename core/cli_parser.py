@@ -217,6 +217,18 @@ def build_parser(
             )
         broker_opt(p)
 
+    store = _parser(
+        sub,
+        "store",
+        "the durable store: migrate copies one store into another and checks the copy",
+        "maitred store migrate --from sqlite:/var/lib/maitred/store.sqlite3 --to jetstream",
+        "maitred store migrate -c maitred.toml --from jetstream --to sqlite:/tmp/back.sqlite3",
+    )
+    store.add_argument("action", choices=["migrate"])
+    store.add_argument("--from", dest="source", required=True, help="sqlite:PATH or jetstream")
+    store.add_argument("--to", dest="destination", required=True, help="sqlite:PATH or jetstream")
+    store.add_argument("-c", "--config", help="the [store] settings (jetstream_nats, ...)")
+
     _parser(sub, "plugins", "list installed plugins and transports", "maitred plugins")
     if pm is not None:
         pm.hook.maitred_add_commands(subparsers=sub)

@@ -171,6 +171,10 @@ class Journal(Protocol):
         """It was handed to workers ``max_deliveries`` times without an answer: move it to the
         dead letters with ``reason``."""
 
+    def refusal(self, size: int) -> MaitredError | None:
+        """Why a new request of ``size`` bytes cannot be stored now (too large for the store,
+        or the store is unavailable), checked before it is accepted; None: it can."""
+
 
 class SessionSink(Protocol):
     """What a transport implements for each session. Every method must return at once."""

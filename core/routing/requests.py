@@ -146,6 +146,10 @@ class RequestsMixin(RouterState):
             self._overloaded(service, request)
             return None
         journal = self.journal if policy.on_no_worker == "store" else None
+        if journal is not None and (refused := journal.refusal(self._size(request))) is not None:
+            self.stats["requests.store_refused"] += 1
+            self._refuse(service, request, refused)
+            return None
         free = service.free
         if free and not service.queued:
             if journal is not None:

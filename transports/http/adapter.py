@@ -432,6 +432,10 @@ class HttpTransport(ListingRoutes):
         reply is dropped). None when the answer came first (then it is sent as usual)."""
         try:
             await journal.committed()
+        except MaitredError as exc:  # the store refused it (JetStream unavailable: 503)
+            log.warning("http: the store could not commit a request: %s", exc.reason)
+            self.broker.cancel(submitted, self.port.clock())
+            return _error(exc.code, exc.reason)
         except Exception:
             log.exception("http: the store could not commit a request")
             self.broker.cancel(submitted, self.port.clock())

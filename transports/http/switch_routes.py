@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from maitred.core.access import Action
+from maitred.core.errors import ErrorCode, MaitredError
 from maitred.core.tracing import trace_in
 from maitred.transports.http import codec
 from maitred.transports.http.admin import switch_page, switch_page_headers
@@ -67,6 +68,11 @@ class SwitchRoutes:
             self.stats["http.switch.bad_input"] += 1
             log.debug("switch: %s %s: %s", request.method, uri, exc.reason)
             return _plain(codec.INTERNAL_ERROR, 500)
+        except MaitredError as exc:  # the durable store did not commit (JetStream down: 503)
+            if exc.code is not ErrorCode.NO_WORKER:
+                raise
+            log.warning("switch: %s %s: %s", request.method, uri, exc.reason)
+            return _plain(codec.refusal(int(exc.code), exc.reason), int(exc.code))
 
     _SwitchFn = Callable[[web.Request, list[str], Token | None], Awaitable[web.StreamResponse]]
 
