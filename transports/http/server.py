@@ -4,6 +4,7 @@ the server logger that turns a peer's malformed request into a counted rejection
 from __future__ import annotations
 
 import asyncio
+import grp
 import logging
 import os
 import stat
@@ -13,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
+from maitred.core.access import Identity
 from maitred.core.errors import ErrorCode, MaitredError, PeerError
 from maitred.transports.http import codec
 
@@ -20,6 +22,10 @@ if TYPE_CHECKING:
     from maitred.transports.http.adapter import HttpTransport
 
 log = logging.getLogger("maitred.transports.http")
+
+#: a request's caller, set by the transport's authentication (absent on public paths; None:
+#: no credentials, for the dashboard's page only)
+IDENTITY: web.RequestKey[Identity | None] = web.RequestKey("maitred.identity")
 
 
 def _error(code: ErrorCode, reason: str) -> web.Response:
@@ -116,3 +122,23 @@ def _remove_stale_socket(path: str) -> None:
             os.unlink(path)
     except FileNotFoundError:
         pass
+
+
+def set_socket_permissions(path: str, mode: str, group: str) -> None:
+    """Give a Unix socket file the operator's mode (octal string, e.g. "0660") and group (a
+    name or a number); MaitredError when the group is unknown or the change is not allowed."""
+    try:
+        if group:
+            gid = int(group) if group.isdigit() else grp.getgrnam(group).gr_gid
+            os.chown(path, -1, gid)
+        if mode:
+            os.chmod(path, int(mode, 8))
+    except KeyError:
+        raise MaitredError(
+            f"http: unix_group {group!r}: no such group", ErrorCode.BAD_REQUEST
+        ) from None
+    except OSError as exc:
+        raise MaitredError(
+            f"http: cannot set the mode or group of {path}: {exc.strerror or exc}",
+            ErrorCode.BAD_REQUEST,
+        ) from None
