@@ -11,7 +11,7 @@ from maitred.core.transport import BrokerClient, BrokerPort, TransportSpec
 from maitred.plugins import hookimpl
 from maitred.transports.http.adapter import HttpConfig, HttpTransport, cli_addresses
 
-SCHEMES = ("http://", "unix:")
+SCHEMES = ("http://", "https://", "unix:")
 
 
 def _factory(config: HttpConfig, port: BrokerPort) -> HttpTransport:
