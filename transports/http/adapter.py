@@ -100,6 +100,7 @@ class HttpTransport(ListingRoutes, Secured):
         self._sessions: dict[Identity, Session] = {}
         #: the TLS listeners' contexts (a reload loads a new certificate into them)
         self._contexts: list[ssl.SSLContext] = []
+        self._tls_loaded = ""
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -279,6 +280,7 @@ class HttpTransport(ListingRoutes, Secured):
                 lambda exc: self._tls_failed(where[0], exc),
             )
             self._contexts.append(context)
+            self._tls_loaded = tls.fingerprint(cfg.tls_cert, cfg.tls_key)
             site = tls.TlsSite(
                 runner,
                 host,

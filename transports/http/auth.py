@@ -168,6 +168,8 @@ class Secured:
     _rest: Session
     _sessions: dict[Identity, Session]
     _contexts: list[ssl.SSLContext]
+    #: :func:`tls.fingerprint` of the certificate and key the listeners hold
+    _tls_loaded: str
 
     @web.middleware
     async def _authenticate(self, request: web.Request, handler: Any) -> web.StreamResponse:
@@ -222,6 +224,12 @@ class Secured:
             applied = [f for f in applied if not f.startswith("tls_")]
             tls_changed = False
         restart = [f for f in changed if f not in applied]
+        if old.tls_cert and config.tls_cert and not tls_changed:
+            # the same paths: a certificate renewed in place (the usual rotation) is new
+            # content in the old files
+            tls_changed = tls.fingerprint(config.tls_cert, config.tls_key) != self._tls_loaded
+            if tls_changed:
+                applied.append("tls_cert")
         if tls_changed:
             problem = tls.tls_problem(config.tls_cert, config.tls_key)
             if problem:
@@ -233,6 +241,7 @@ class Secured:
             self.auth = HttpAuth(effective, self.port, self.rejections, self.identity)
             if tls_changed:
                 tls.reload_contexts(self._contexts, effective.tls_cert, effective.tls_key)
+                self._tls_loaded = tls.fingerprint(effective.tls_cert, effective.tls_key)
             if applied:
                 log.info("http: reloaded %s", ", ".join(applied))
 

@@ -12,9 +12,11 @@ reason (``HTTP_REQUEST``). The same scheme as the WebSocket transport's ``wss://
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import ssl
 from collections.abc import Callable, Iterable
+from pathlib import Path
 
 from aiohttp import web
 
@@ -88,6 +90,18 @@ def reload_contexts(contexts: Iterable[ssl.SSLContext], cert: str, key: str) -> 
         except (OSError, ssl.SSLError) as exc:
             log.warning("http: reload: cannot load the TLS cert/key: %s", exc)
             return
+
+
+def fingerprint(cert: str, key: str) -> str:
+    """A digest of the certificate and key files' contents ("" when one cannot be read): a
+    reload with the same paths loads them again only when it changed."""
+    digest = hashlib.sha256()
+    try:
+        for path in (cert, key):
+            digest.update(Path(path).read_bytes())
+    except OSError:
+        return ""
+    return digest.hexdigest()
 
 
 def common_name(peercert: object) -> str:
