@@ -124,9 +124,11 @@ class HttpConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     #: services (and switch queues) listed by name in ``GET /metrics``: the busiest ones by
     #: requests (messages); the others are summed under ``service="(other)"``
     metrics_max_services: int = 100
-    #: PEM files: when both are set every TCP listener speaks HTTPS (Unix sockets stay plain);
-    #: the key file must be readable by its owner only (mode 0600). Reloaded on SIGHUP
+    #: PEM file of the certificate (chain): with ``tls_key``, every TCP listener speaks HTTPS
+    #: (Unix sockets stay plain). Loaded again on reload (SIGHUP) without dropping connections
     tls_cert: str = ""
+    #: PEM file of the certificate's private key; it must be readable by its owner only (mode
+    #: 0600 or 0400), or the broker refuses to start (and a reload is refused)
     tls_key: str = ""
     #: PEM file of the CAs whose client certificates are accepted: when set, every TLS
     #: connection must present a certificate they signed (mutual TLS), and a request without a
