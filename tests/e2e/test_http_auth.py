@@ -11,11 +11,12 @@ import json
 import logging
 import os
 import shutil
+import signal
 import socket
 import ssl
 import stat
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import msgspec
@@ -27,12 +28,25 @@ from maitred.core.config import parse_config
 from maitred.core.credentials import token_digest
 from maitred.core.errors import MaitredError
 from maitred.core.local import LocalClient, LocalWorker
+from maitred.plugins.testing import ServeProcess
 from maitred.transports.http.client import RestClient, SwitchClient
 from maitred.transports.http.config import HttpConfig
 from tests.e2e.chromium import DevTools, chromium_fixture  # noqa: F401 (the fixture)
 from tests.e2e.helpers import BrokerThread, wait_until
 from tests.e2e.http_helpers import RawHttp, short_socket_path
 from tests.e2e.tls_certs import Pki, make_pki
+
+LoopFactory = Callable[[], asyncio.AbstractEventLoop] | None
+
+
+def _uvloop() -> asyncio.AbstractEventLoop:
+    uvloop = pytest.importorskip("uvloop")
+    loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
+    return loop
+
+
+#: asyncio's own TLS layer and Unix sockets, and uvloop's (``[broker] uvloop``)
+LOOPS = pytest.mark.parametrize("loop_factory", [None, _uvloop], ids=["asyncio", "uvloop"])
 
 OPS_TOKEN = "ops-token-0123456789abcdefghijklmnopqrstuvwxyz"
 VIEW_TOKEN = "viewer-token-0123456789abcdefghijklmnopqrstuvw"
@@ -84,8 +98,8 @@ def tls_http(pki: Pki, extra: str = "") -> str:
 class Running:
     """A broker on a thread with an ``echo`` worker and an observer of ``$sys.auth.denied``."""
 
-    def __init__(self, toml: str) -> None:
-        self.broker = BrokerThread(toml)
+    def __init__(self, toml: str, loop_factory: LoopFactory = None) -> None:
+        self.broker = BrokerThread(toml, loop_factory)
 
         async def setup() -> LocalClient:
             async def echo(body: list[bytes]) -> list[bytes]:
@@ -143,8 +157,8 @@ def running(request: pytest.FixtureRequest) -> Iterator[list[Running]]:
         r.stop()
 
 
-def start(made: list[Running], toml: str) -> Running:
-    r = Running(toml)
+def start(made: list[Running], toml: str, loop_factory: LoopFactory = None) -> Running:
+    r = Running(toml, loop_factory)
     made.append(r)
     return r
 
@@ -397,12 +411,15 @@ def test_auth_config_problems() -> None:
 # -- client certificates (mutual TLS) --------------------------------------------------------
 
 
-def test_client_certificate_subject_is_the_identity(pki: Pki, running: list[Running]) -> None:
+@LOOPS
+def test_client_certificate_subject_is_the_identity(
+    pki: Pki, running: list[Running], loop_factory: LoopFactory
+) -> None:
     extra = (
         f'tls_client_ca = "{pki.ca.cert}"\n'
         '[[transports.http.clients]]\ncn = "billing"\nroles = ["admin"]\n'
     )
-    r = start(running, broker_toml(tls_http(pki, extra)))
+    r = start(running, broker_toml(tls_http(pki, extra)), loop_factory)
     conn = https(r, pki, pki.billing)
     status, _, body = ask(conn, "POST", "/v1/services/echo", body=b"m")
     assert status == 200, body
@@ -422,7 +439,10 @@ def test_client_certificate_subject_is_the_identity(pki: Pki, running: list[Runn
 # -- Unix sockets: peer credentials, mode and group --------------------------------------------
 
 
-def test_unix_socket_peer_uid_is_the_identity_with_mode_and_group(running: list[Running]) -> None:
+@LOOPS
+def test_unix_socket_peer_uid_is_the_identity_with_mode_and_group(
+    running: list[Running], loop_factory: LoopFactory
+) -> None:
     path = short_socket_path()
     uid, gid = os.getuid(), os.getgid()
     http = (
@@ -430,7 +450,7 @@ def test_unix_socket_peer_uid_is_the_identity_with_mode_and_group(running: list[
         f'unix_group = "{gid}"\n'
         f'[[transports.http.peers]]\nuid = {uid}\nidentity = "local-ops"\nroles = ["admin"]\n'
     )
-    r = start(running, broker_toml(http, tokens=False))
+    r = start(running, broker_toml(http, tokens=False), loop_factory)
     st = os.stat(path)
     assert stat.S_IMODE(st.st_mode) == 0o660 and st.st_gid == gid
     with RestClient(f"unix:{path}") as client:
@@ -545,10 +565,11 @@ def test_reload_refuses_a_key_readable_by_others(
         r.broker.call(lambda: r.broker.broker.reload(parse_config(new, "a.toml")))
 
 
+@LOOPS
 def test_plain_http_on_the_https_port_is_counted_and_logged_once(
-    pki: Pki, running: list[Running], caplog: pytest.LogCaptureFixture
+    pki: Pki, running: list[Running], caplog: pytest.LogCaptureFixture, loop_factory: LoopFactory
 ) -> None:
-    r = start(running, broker_toml(tls_http(pki)))
+    r = start(running, broker_toml(tls_http(pki)), loop_factory)
     for _ in range(3):
         conn = RawHttp("http://" + r.endpoint.removeprefix("https://"))
         conn.send("GET", "/healthz")
@@ -565,10 +586,12 @@ def test_plain_http_on_the_https_port_is_counted_and_logged_once(
     assert len(summaries) == 1 and "3 plain-text" in summaries[0]
 
 
+@LOOPS
 def test_stalled_tls_handshakes_are_closed_after_the_timeout(
-    pki: Pki, running: list[Running]
+    pki: Pki, running: list[Running], loop_factory: LoopFactory
 ) -> None:
-    r = start(running, broker_toml(tls_http(pki, "tls_handshake_timeout = 0.3\n")))
+    toml = broker_toml(tls_http(pki, "tls_handshake_timeout = 0.3\n"))
+    r = start(running, toml, loop_factory)
     host, port = r.hostport()
     # nothing at all, and half a TLS record header (a slowloris on the handshake)
     for first in (b"", b"\x16\x03\x01"):
@@ -659,3 +682,73 @@ def test_dashboard_asks_for_a_token_when_its_api_answers_401(
     )
     assert chromium.evaluate("window.sessionStorage.getItem('maitred.token')") == OPS_TOKEN
     assert r.stats()["denied.authenticate.http"] == 1
+
+
+def test_sighup_loads_a_renewed_certificate_without_dropping_connections(
+    pki: Pki, tmp_path: Path
+) -> None:
+    """``maitred serve`` in a process: the certificate is renewed in place (same file names)
+    and the process gets SIGHUP, as ``systemctl reload`` does."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    shutil.copy(pki.server.cert, cert)
+    shutil.copy(pki.server.key, key)
+    key.chmod(0o600)
+    config = tmp_path / "maitred.toml"
+    config.write_text(
+        broker_toml(
+            'listen = ["127.0.0.1:0"]\nswitch = false\nanonymous = false\n'
+            f'tls_cert = "{cert}"\ntls_key = "{key}"\n'
+        )
+    )
+    serve = ServeProcess("-c", str(config))
+    try:
+        endpoint = serve.endpoint("http")
+        host, _, port = endpoint.removeprefix("https://").rpartition(":")
+        context = ssl.create_default_context(cafile=str(pki.ca.cert))
+
+        def connect() -> http.client.HTTPSConnection:
+            conn = http.client.HTTPSConnection(host, int(port), context=context, timeout=5)
+            conn.connect()
+            return conn
+
+        def cn(conn: http.client.HTTPSConnection) -> str:
+            peer = conn.sock.getpeercert()  # type: ignore[union-attr]
+            return str(dict(x[0] for x in peer["subject"])["commonName"])
+
+        old = connect()
+        try:
+            assert ask(old, "GET", "/healthz")[0] == 200 and cn(old) == "localhost"
+            shutil.copy(pki.server2.cert, cert)
+            shutil.copy(pki.server2.key, key)
+            serve.send_signal(signal.SIGHUP)
+
+            def renewed() -> bool:
+                conn = connect()
+                try:
+                    return cn(conn) == "localhost-2"
+                finally:
+                    conn.close()
+
+            wait_until(renewed, timeout=10, what="the renewed certificate")
+            assert ask(old, "GET", "/healthz")[0] == 200 and cn(old) == "localhost"
+        finally:
+            old.close()
+    finally:
+        assert serve.stop() == 0
+
+
+def test_unix_group_by_an_unknown_name_is_refused_at_start() -> None:
+    path = short_socket_path()
+    http = f'listen = ["unix:{path}"]\nunix_group = "no-such-group-maitred"\n'
+    with pytest.raises(MaitredError, match="unix_group 'no-such-group-maitred': no such group"):
+        BrokerThread(broker_toml(http, tokens=False))
+    assert not os.path.exists(path)  # the listener is closed and its file removed
+
+
+def test_unix_group_by_name(running: list[Running]) -> None:
+    import grp
+
+    path = short_socket_path()
+    name = grp.getgrgid(os.getgid()).gr_name
+    start(running, broker_toml(f'listen = ["unix:{path}"]\nunix_group = "{name}"\n', tokens=False))
+    assert os.stat(path).st_gid == os.getgid()
