@@ -327,23 +327,36 @@ def test_without_a_token_table_the_header_is_not_looked_at(running: list[Running
     assert r.stats().get("denied.authenticate.http", 0) == 0
 
 
+#: a credential in each bad request below: never logged
+SECRET = b"s3cr3t-0123456789"
+CALL, AUTH = b"/v1/services/echo", b"Authorization: Bearer "
+
+
 @pytest.mark.parametrize(
-    "raw",
+    ("line", "raw"),
     [
-        pytest.param(b"Authorization: Bearer caf\xc3\xa9\r\n", id="utf8"),
-        pytest.param(b"Authorization: Bearer \xff\xfe\r\n", id="latin1"),
-        pytest.param(b"Authorization: Bearer abc\r\n def\r\n", id="folded"),
-        pytest.param(b"Authorization: Bearer a\rb\r\n", id="bare-cr"),
-        pytest.param(b"Authorization: Bearer \x00abc\r\n", id="nul"),
-        pytest.param(b"Authorization: Bearer " + b"t" * 65536 + b"\r\n", id="64KiB"),
+        pytest.param(CALL, AUTH + b"caf\xc3\xa9" + SECRET, id="utf8"),
+        pytest.param(CALL, AUTH + b"\xff\xfe" + SECRET, id="latin1"),
+        pytest.param(CALL, AUTH + SECRET + b"\r\n x", id="fold"),
+        pytest.param(CALL, AUTH + SECRET + b"\rb", id="cr"),
+        pytest.param(CALL, AUTH + b"\x00" + SECRET, id="nul"),
+        pytest.param(
+            CALL,
+            AUTH + SECRET + b"t" * 65536,
+            id="64KiB",
+        ),
+        pytest.param(b"/v1/topics/x?access_token=" + SECRET + b"\x01", b"X-A: b", id="query"),
     ],
 )
-def test_bad_header_bytes_get_4xx_never_500(raw: bytes, running: list[Running]) -> None:
+def test_bad_header_bytes_get_4xx_never_500_and_are_not_logged(
+    line: bytes, raw: bytes, running: list[Running], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
     r = start(running, broker_toml('listen = ["127.0.0.1:0"]\nswitch = false'))
     host, port = r.hostport()
     with socket.create_connection((host, port), 5) as sock:
         sock.sendall(
-            b"POST /v1/services/echo HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n" + raw + b"\r\nhi"
+            b"POST " + line + b" HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n" + raw + b"\r\n\r\nhi"
         )
         answer = b""
         while b"\r\n" not in answer:
@@ -356,6 +369,9 @@ def test_bad_header_bytes_get_4xx_never_500(raw: bytes, running: list[Running]) 
     # the broker serves the next client as before
     with RestClient(r.endpoint, token=OPS_TOKEN) as client:
         assert client.call("echo", b"ok") == [b"echo:ok"]
+    r.stop()  # writes the rejection summaries
+    logged = "\n".join(rec.getMessage() for rec in caplog.records)
+    assert SECRET.decode() not in logged
 
 
 # -- anonymous ------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ import asyncio
 import grp
 import logging
 import os
+import re
 import stat
 import sys
 from typing import TYPE_CHECKING, Any
@@ -66,6 +67,20 @@ def _busy_response() -> bytes:
     return _BUSY % (len(body), body)
 
 
+#: what marks a parser's message as quoting a credential (a header, a query parameter)
+_CREDENTIAL = re.compile(r"authorization|bearer|access_token|basic ", re.I)
+
+
+def redact(message: str) -> str:
+    """aiohttp's message for a malformed request, without the bytes it quotes when they may
+    hold a credential (an Authorization header, an ``access_token`` query parameter)."""
+    if not _CREDENTIAL.search(message):
+        return message
+    quoted = min((i for i in (message.find("b'"), message.find('b"')) if i >= 0), default=-1)
+    cut = message[:quoted] if quoted >= 0 else message
+    return cut + "[the quoted bytes may hold a credential: not logged]"
+
+
 class _ServerLog(logging.Logger):
     """The logger given to aiohttp's connection handlers. aiohttp logs each request it cannot
     parse (a peer's fault) at ERROR with a traceback; here such a request is a counted
@@ -83,7 +98,7 @@ class _ServerLog(logging.Logger):
             return False
         peer = str(args[0]) if args else "?"
         self._transport.stats["http.malformed"] += 1
-        self._transport.rejections.note("malformed", peer, " ".join(str(exc).split()))
+        self._transport.rejections.note("malformed", peer, redact(" ".join(str(exc).split())))
         return True
 
     def exception(self, msg: object, *args: object, exc_info: Any = True, **kw: Any) -> None:
