@@ -768,3 +768,20 @@ def test_unix_group_by_name(running: list[Running]) -> None:
     name = grp.getgrgid(os.getgid()).gr_name
     start(running, broker_toml(f'listen = ["unix:{path}"]\nunix_group = "{name}"\n', tokens=False))
     assert os.stat(path).st_gid == os.getgid()
+
+
+def test_check_names_tls_files_that_would_fail_at_start(
+    pki: Pki, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "maitred.toml"
+    missing = tmp_path / "clients-ca.pem"
+    config.write_text(
+        broker_toml(
+            f'listen = ["127.0.0.1:0"]\ntls_cert = "{pki.server.key}"\n'
+            f'tls_key = "{pki.server.cert}"\ntls_client_ca = "{missing}"\n'
+        )
+    )
+    assert cli_main(["check", "-c", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert "transports.http.tls_cert:" in err and "are swapped" in err
+    assert f"transports.http.tls_client_ca: '{missing}': no such file" in err
