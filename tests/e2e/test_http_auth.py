@@ -585,7 +585,8 @@ def test_reload_refuses_a_key_readable_by_others(
 def test_plain_http_on_the_https_port_is_counted_and_logged_once(
     pki: Pki, running: list[Running], caplog: pytest.LogCaptureFixture, loop_factory: LoopFactory
 ) -> None:
-    r = start(running, broker_toml(tls_http(pki)), loop_factory)
+    toml = broker_toml(tls_http(pki, "tls_handshake_timeout = 0.3\n"))
+    r = start(running, toml, loop_factory)
     for _ in range(3):
         conn = RawHttp("http://" + r.endpoint.removeprefix("https://"))
         conn.send("GET", "/healthz")
@@ -596,6 +597,10 @@ def test_plain_http_on_the_https_port_is_counted_and_logged_once(
     assert r.http_stats().get("http.tls_failed", 0) == 0
     # an https client is served as before
     assert ask(https(r, pki), "GET", "/healthz")[0] == 200
+    # once every accepted connection is settled, none of the three counts as incomplete too
+    transport = r.broker.broker.transports["http"]
+    wait_until(lambda: not r.broker.call(lambda: len(transport._handshaking)), timeout=5)
+    assert r.http_stats().get("http.tls_incomplete", 0) == 0
     caplog.set_level(logging.WARNING, "maitred.transports.http")
     r.stop()
     summaries = [m for m in caplog.messages if "plain-text (not TLS)" in m]
@@ -620,6 +625,10 @@ def test_stalled_tls_handshakes_are_closed_after_the_timeout(
                 pass
     # a good client is served while and after
     assert ask(https(r, pki), "GET", "/v1/services", OPS_TOKEN)[0] == 200
+    wait_until(
+        lambda: r.http_stats().get("http.tls_incomplete") == 2, timeout=5, what="both counted"
+    )
+    assert r.http_stats().get("http.tls_failed", 0) == 0
 
 
 # -- the command line -----------------------------------------------------------------------

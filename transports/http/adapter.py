@@ -101,6 +101,8 @@ class HttpTransport(ListingRoutes, Secured):
         #: the TLS listeners' contexts (a reload loads a new certificate into them)
         self._contexts: list[ssl.SSLContext] = []
         self._tls_loaded = ""
+        self._handshaking: dict[Any, asyncio.TimerHandle] = {}
+        self._tls_unclaimed = 0
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -188,6 +190,7 @@ class HttpTransport(ListingRoutes, Secured):
 
         def connection_made(handler: Any, transport: asyncio.Transport) -> None:
             made(handler, transport)
+            self._tls_done(handler)
             accepted = len(server.connections) - len(self._refused)
             if cfg.max_connections and accepted > cfg.max_connections:
                 # answered 503 as soon as its request head is read (_head_seen), or after
@@ -287,6 +290,7 @@ class HttpTransport(ListingRoutes, Secured):
                 int(port),
                 ssl_context=context,
                 handshake_timeout=cfg.tls_handshake_timeout,
+                on_accept=self._tls_accepted,
             )
         else:
             site = web.TCPSite(runner, host, int(port), reuse_address=True)
@@ -321,7 +325,7 @@ class HttpTransport(ListingRoutes, Secured):
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
-        for timers in (self._head_timers, self._refused):
+        for timers in (self._head_timers, self._refused, self._handshaking):
             for timer in timers.values():
                 timer.cancel()
             timers.clear()

@@ -22,6 +22,7 @@ WARNING summary); no token or header value is ever logged or echoed.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
 import ssl
@@ -168,6 +169,10 @@ class Secured:
     _rest: Session
     _sessions: dict[Identity, Session]
     _contexts: list[ssl.SSLContext]
+    #: accepted TLS connections whose handshake is not over -> their check
+    _handshaking: dict[Any, asyncio.TimerHandle]
+    #: failed handshakes not yet matched with a connection that never completed one
+    _tls_unclaimed: int
     #: :func:`tls.fingerprint` of the certificate and key the listeners hold
     _tls_loaded: str
 
@@ -199,7 +204,33 @@ class Secured:
         reason = str(exc.reason or type(exc).__name__)
         kind = "tls_plaintext" if reason in tls.PLAINTEXT_REASONS else "tls_failed"
         self.stats[f"http.{kind}"] += 1
+        self._tls_unclaimed += 1
         self.rejections.note(f"{kind}:{listener}", "", f"{reason} ({exc})")
+
+    def _tls_accepted(self, handler: Any) -> None:
+        """A TLS connection was accepted (its handshake begins): checked once the handshake
+        must be over (``tls_handshake_timeout``, then asyncio closes it)."""
+        delay = self.config.tls_handshake_timeout + 1.0
+        loop = asyncio.get_running_loop()
+        self._handshaking[handler] = loop.call_later(delay, self._tls_unfinished, handler)
+
+    def _tls_done(self, handler: Any) -> None:
+        """The connection's handshake completed (aiohttp got the connection)."""
+        timer = self._handshaking.pop(handler, None)
+        if timer is not None:
+            timer.cancel()
+
+    def _tls_unfinished(self, handler: Any) -> None:
+        """A TLS connection never completed its handshake: a failure (counted when it failed)
+        or one that stalled past ``tls_handshake_timeout`` or went away before the end, counted
+        ``http.tls_incomplete``. Failures and connections are matched in number, not one by
+        one (the TLS layer does not say which connection failed), so the counts are exact."""
+        self._handshaking.pop(handler, None)
+        if self._tls_unclaimed:
+            self._tls_unclaimed -= 1
+            return
+        self.stats["http.tls_incomplete"] += 1
+        self.rejections.note("slow", "", "TLS handshake not completed in time")
 
     def _watch_tls(self, listener: str) -> None:
         where = f"on the TLS listener {listener}"

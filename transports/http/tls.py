@@ -17,6 +17,7 @@ import logging
 import ssl
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
@@ -117,7 +118,8 @@ def common_name(peercert: object) -> str:
 
 
 class TlsSite(web.TCPSite):
-    """aiohttp's TCP site, with the TLS handshake bounded in time."""
+    """aiohttp's TCP site, with the TLS handshake bounded in time; ``on_accept`` is told of
+    each connection's handler as the connection is accepted (before the handshake)."""
 
     def __init__(
         self,
@@ -127,16 +129,24 @@ class TlsSite(web.TCPSite):
         *,
         ssl_context: ssl.SSLContext,
         handshake_timeout: float,
+        on_accept: Callable[[Any], None],
     ) -> None:
         super().__init__(runner, host, port, ssl_context=ssl_context, reuse_address=True)
         self._handshake_timeout = handshake_timeout
+        self._on_accept = on_accept
 
     async def start(self) -> None:
         await web.BaseSite.start(self)  # registers the site with the runner
         server = self._runner.server
         assert server is not None
+
+        def accepted() -> Any:  # the connection's handler, before its TLS handshake
+            handler = server()
+            self._on_accept(handler)
+            return handler
+
         self._server = await asyncio.get_running_loop().create_server(
-            server,
+            accepted,
             self._host,
             self._port,
             ssl=self._ssl_context,
