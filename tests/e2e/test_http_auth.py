@@ -450,6 +450,14 @@ def test_client_certificate_subject_is_the_identity(
         with pytest.raises((ssl.SSLError, ConnectionError)):
             ask(https(r, pki, cert), "GET", "/healthz")
     wait_until(lambda: r.http_stats().get("http.tls_failed") == 2, what="failed handshakes counted")
+    # refused client certificates are authentication failures: counted and published
+    assert r.stats()["denied.authenticate.http"] == 2
+
+    def refused() -> list[dict[str, object]]:
+        return [d for d in r.denials() if d["action"] == "authenticate"]
+
+    wait_until(lambda: len(refused()) == 2, what="both published")
+    assert all(str(d["reason"]).startswith("client certificate: ") for d in refused())
 
 
 # -- Unix sockets: peer credentials, mode and group --------------------------------------------

@@ -206,6 +206,9 @@ class Secured:
         self.stats[f"http.{kind}"] += 1
         self._tls_unclaimed += 1
         self.rejections.note(f"{kind}:{listener}", "", f"{reason} ({exc})")
+        if self.auth.mtls and reason in tls.CLIENT_CERT_REASONS:
+            # no session, like a refused token: counted and published as an authentication
+            self.port.report_auth_failure("http", listener, f"client certificate: {reason}")
 
     def _tls_accepted(self, handler: Any) -> None:
         """A TLS connection was accepted (its handshake begins): checked once the handshake

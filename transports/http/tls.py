@@ -28,6 +28,16 @@ log = logging.getLogger("maitred.transports.http")
 
 #: OpenSSL's reasons for a handshake that got a plain HTTP request: an http:// client
 PLAINTEXT_REASONS = frozenset({"HTTP_REQUEST", "HTTPS_PROXY_REQUEST"})
+#: OpenSSL's reasons for a client certificate refused (``tls_client_ca``): an authentication
+#: failure, reported as such
+CLIENT_CERT_REASONS = frozenset(
+    {
+        "PEER_DID_NOT_RETURN_A_CERTIFICATE",
+        "CERTIFICATE_VERIFY_FAILED",
+        "TLSV13_ALERT_CERTIFICATE_REQUIRED",
+        "NO_CERTIFICATE_RETURNED",
+    }
+)
 
 
 def watched_sslobject(on_failure: Callable[[ssl.SSLError], None]) -> type[ssl.SSLObject]:
