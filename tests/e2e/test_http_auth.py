@@ -802,3 +802,26 @@ def test_check_names_tls_files_that_would_fail_at_start(
     err = capsys.readouterr().err
     assert "transports.http.tls_cert:" in err and "are swapped" in err
     assert f"transports.http.tls_client_ca: '{missing}': no such file" in err
+
+
+def test_switch_shutdown_with_its_secret_when_anonymous_is_off(pki: Pki, tmp_path: Path) -> None:
+    """``POST /shutdown``'s Authorization header is the shutdown secret, not a bearer token:
+    the connection logs in with a token, then shuts the broker down with the secret."""
+    secret = tmp_path / "shutdown.secret"
+    secret.write_text("stop-now-0123456789\n")
+    secret.chmod(0o600)
+    extra = f'shutdown_secret_file = "{secret}"\n'
+    manage = '[[access.rules]]\nwho = ["role:admin"]\nactions = ["manage"]\nnames = ["$sys.>"]\n'
+    config = tmp_path / "maitred.toml"
+    config.write_text(broker_toml(tls_http(pki, extra).replace("switch = false\n", "")) + manage)
+    serve = ServeProcess("-c", str(config))
+    try:
+        endpoint = serve.endpoint("http")
+        # without a bearer token the switch's login is refused like any request
+        with pytest.raises(Exception, match="401"):
+            SwitchClient(endpoint, cacert=str(pki.ca.cert), timeout=5)
+        with SwitchClient(endpoint, bearer=OPS_TOKEN, cacert=str(pki.ca.cert), timeout=5) as sw:
+            sw.shutdown("stop-now-0123456789")
+        assert serve.proc.wait(20) == 0
+    finally:
+        serve.close()

@@ -109,7 +109,11 @@ class HttpAuth:
     def identify(self, request: web.Request) -> Identity | web.Response | None:
         """The caller's identity, or the 401 that refuses it (reported); None for the
         dashboard's page fetched without credentials (served, not reported)."""
-        if len(self.tokens) and request.path != _SHUTDOWN:
+        if request.path == _SHUTDOWN and request.method == "POST":
+            # the switch's: its credential is the shutdown secret (in the Authorization
+            # header), and it needs a login on the connection, which was authenticated
+            return self.default
+        if len(self.tokens):
             header = request.headers.get("Authorization")
             if (
                 header is None

@@ -287,8 +287,12 @@ class SwitchClient:
         bearer, cacert = credentials(bearer, cacert)
         self._main = connection(url, timeout, bearer, cacert)
         self._poll = connection(url, timeout, bearer, cacert)
-        for conn in (self._main, self._poll):
-            self._do(conn, "GET", f"/login/{_seg(self.token)}")
+        try:
+            for conn in (self._main, self._poll):
+                self._do(conn, "GET", f"/login/{_seg(self.token)}")
+        except BaseException:
+            self.close()
+            raise
 
     def _do(
         self,
