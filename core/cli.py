@@ -32,6 +32,7 @@ from maitred.core.app import build_broker, plugin_warnings, preflight, transport
 from maitred.core.cli_listings import fetch_listing, print_listing
 from maitred.core.cli_parser import build_parser
 from maitred.core.config import Config, load_config
+from maitred.core.credentials import client_env
 from maitred.core.errors import ConfigError, ErrorCode, MaitredError
 from maitred.core.logs import setup_logging
 from maitred.core.reach import Unreachable, probe
@@ -179,9 +180,14 @@ def _connect(url: str, timeout: float) -> BrokerClient:
     return client
 
 
+#: the command line's --token and --cacert (the clients read them from the environment)
+_CREDENTIALS: dict[str, str | None] = {}
+
+
 def _client_for(url: str, timeout: float) -> BrokerClient:
     pm = make_plugin_manager()
-    client: BrokerClient | None = pm.hook.maitred_connect(url=url, timeout=timeout)
+    with client_env(_CREDENTIALS.get("token"), _CREDENTIALS.get("cacert")):
+        client: BrokerClient | None = pm.hook.maitred_connect(url=url, timeout=timeout)
     if client is None:
         raise ConfigError(
             f"-b: no installed transport plugin speaks {url!r}; use tcp://HOST:PORT, "
@@ -442,6 +448,7 @@ def _quiet_stdout() -> None:
 
 
 def _dispatch(args: argparse.Namespace, specs: dict[str, TransportSpec]) -> int:
+    _CREDENTIALS.update(token=getattr(args, "token", None), cacert=getattr(args, "cacert", None))
     run = getattr(args, "run", None)
     if run is not None:  # a verb a plugin added (maitred_add_commands)
         return int(run(args))

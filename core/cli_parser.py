@@ -10,6 +10,7 @@ from typing import Any
 import pluggy
 
 from maitred.core import __version__
+from maitred.core.credentials import print_new_token
 from maitred.core.transport import TransportSpec
 
 DEFAULT_BROKER = "tcp://127.0.0.1:5555"
@@ -119,6 +120,16 @@ def build_parser(
             f"ws://HOST:PORT (env MAITRED_BROKER, default {DEFAULT_BROKER})",
         )
         p.add_argument("-t", "--timeout", type=float, default=10.0, help="seconds (default 10)")
+        p.add_argument(
+            "--token",
+            metavar="TOKEN",
+            help="bearer token for http(s):// and unix: brokers (env MAITRED_TOKEN)",
+        )
+        p.add_argument(
+            "--cacert",
+            metavar="FILE",
+            help="CA file that signed an https:// broker's certificate (env MAITRED_CACERT)",
+        )
 
     call = _parser(
         sub,
@@ -230,6 +241,24 @@ def build_parser(
     store.add_argument("-c", "--config", help="the [store] settings (jetstream_nats, ...)")
 
     _parser(sub, "plugins", "list installed plugins and transports", "maitred plugins")
+
+    token = _parser(
+        sub,
+        "token",
+        "print a new bearer token, then its token table entry (the SHA-256) for the config",
+        "maitred token --identity ops --role admin",
+        "maitred token --identity billing --role callers | tail -n +2 >> maitred.toml",
+    )
+    token.add_argument("--identity", default="client", help="who the token is (default client)")
+    token.add_argument(
+        "--role", action="append", default=[], help="a role of the identity (repeatable)"
+    )
+    token.add_argument(
+        "--table",
+        default="transports.http.tokens",
+        help="the token table (default transports.http.tokens)",
+    )
+    token.set_defaults(run=print_new_token)
     if pm is not None:
         pm.hook.maitred_add_commands(subparsers=sub)
     return parser

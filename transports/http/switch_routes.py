@@ -22,6 +22,7 @@ from maitred.core.tracing import trace_in
 from maitred.transports.http import codec
 from maitred.transports.http.admin import switch_page, switch_page_headers
 from maitred.transports.http.codec import SwitchError
+from maitred.transports.http.server import IDENTITY
 from maitred.transports.http.switch import LIST, Switch
 from maitred.transports.http.switch_model import Refused, Token
 
@@ -116,7 +117,7 @@ class SwitchRoutes:
     async def _sw_login(
         self, request: web.Request, parts: list[str], token: Token | None
     ) -> web.StreamResponse:
-        self.switch.login(request.protocol, parts[1])
+        self.switch.login(request.protocol, parts[1], request.get(IDENTITY))
         return _plain(b"")
 
     async def _sw_create(
