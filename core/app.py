@@ -51,7 +51,7 @@ def resolve_transports(
 ) -> dict[str, tuple[TransportSpec, msgspec.Struct]]:
     """Decode each ``[transports.NAME]`` with its plugin's config type; keep the enabled ones."""
     enabled: dict[str, tuple[TransportSpec, msgspec.Struct]] = {}
-    for name, table in config.transports.items():
+    for name, table in config.transport_tables().items():
         spec = specs.get(name)
         if spec is None and (
             name in config.plugins.disable
@@ -80,7 +80,7 @@ def apply_addresses(
     config: Config, specs: Mapping[str, TransportSpec], addresses: Mapping[str, Sequence[str]]
 ) -> Config:
     """Override/enable transports from ``--NAME ADDR`` command-line flags."""
-    transports = {k: dict(v) for k, v in config.transports.items()}
+    transports = {k: dict(v) for k, v in config.transport_tables().items()}
     for name, addrs in addresses.items():
         if not addrs:
             continue
@@ -113,7 +113,7 @@ def preflight(
         config = apply_addresses(config, specs, addresses or {})
     out: list[str] = []
     hints: list[tuple[str, StoreHint]] = []
-    for name, table in config.transports.items():
+    for name, table in config.transport_tables().items():
         spec = specs.get(name)
         if spec is None or not isinstance(table, dict):
             continue
