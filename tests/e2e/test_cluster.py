@@ -1,0 +1,371 @@
+"""A cluster of ``maitred serve`` processes on a real ``nats-server``: requests, replies and
+errors cross nodes from every protocol, publications and ``$sys`` events cross, management sees
+the cluster, and a node that dies or stops is handled (one outcome per request)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+import zmq
+
+from maitred.core.errors import ErrorCode, MaitredError
+from maitred.plugins.nats_testing import NatsStarter, nats_server  # noqa: F401 (fixture)
+from maitred.plugins.testing import ServeStarter, maitred_serve  # noqa: F401 (fixture)
+from maitred.transports.ws.client import JsonClient, payload_of
+from tests.e2e.cluster_helpers import (
+    http,
+    mdp,
+    mmi,
+    post,
+    run,
+    start_node,
+    stats,
+    wait_service,
+    ws,
+)
+from tests.e2e.helpers import RawClient, RawWorker
+
+pytestmark = pytest.mark.slow
+
+Ctx = zmq.Context[Any]
+BINARY = bytes(range(256)) * 3
+
+
+def test_callers_on_a_reach_a_worker_only_on_c(
+    nats_server: NatsStarter, maitred_serve: ServeStarter, tmp_path: Path, ctx: Ctx
+) -> None:
+    url = nats_server().url
+    a = start_node(maitred_serve, tmp_path, url, "a")
+    c = start_node(maitred_serve, tmp_path, url, "c")
+    worker = RawWorker(ctx, mdp(c), "rfc", b"echo")
+    worker.ready()
+    wait_service(ctx, a, "echo")
+    # MDP client on A: partials in order, bytes intact
+    client = RawClient(ctx, mdp(a), "rfc")
+    client.send(b"echo", BINARY, b"")
+    addr, body = worker.request()
+    assert body == [BINARY, b""]
+    worker.partial(addr, b"p1")
+    worker.partial(addr, b"p2")
+    worker.final(addr, b"done", BINARY)
+    assert [client.recv() for _ in range(3)] == [
+        (False, [b"p1"]), (False, [b"p2"]), (True, [b"done", BINARY])
+    ]
+    # REST caller on A
+    result: dict[str, Any] = {}
+    thread = threading.Thread(target=lambda: result.update(r=post(http(a), "echo", BINARY)))
+    thread.start()
+    addr, body = worker.request()
+    assert body == [BINARY]
+    worker.final(addr, BINARY[::-1])
+    thread.join(10)
+    assert result["r"] == (200, BINARY[::-1])
+
+    # WebSocket (maitred.json) caller on A
+    async def json_call() -> bytes:
+        async with await JsonClient.connect(ws(a), "xyzzy") as jc:
+            call = asyncio.ensure_future(jc.request("echo", data=b"\x00ws\xff", timeout=5))
+            addr, body = await asyncio.to_thread(worker.request)
+            assert body == [b"\x00ws\xff"]
+            worker.final(addr, b"\xffback\x00")
+            reply = await call
+            import base64
+
+            return base64.b64decode(reply.data) if isinstance(reply.data, str) else b""
+
+    assert run(json_call()) == b"\xffback\x00"
+    # the worker on C is shown on A as node c's
+    workers = json.loads(mmi(ctx, a, "mmi.workers", b"echo"))
+    assert [(w["worker"], w["address"]) for w in workers] == [("c/echo", "node c")]
+    nodes = json.loads(mmi(ctx, a, "mmi.nodes"))
+    assert [(n["node"], n["self"]) for n in nodes] == [("a", True), ("c", False)]
+    assert nodes[1]["services"] == 1
+    client.close()
+    worker.close()
+
+
+def test_a_local_worker_is_preferred(
+    nats_server: NatsStarter, maitred_serve: ServeStarter, tmp_path: Path, ctx: Ctx
+) -> None:
+    url = nats_server().url
+    a = start_node(maitred_serve, tmp_path, url, "a")
+    c = start_node(maitred_serve, tmp_path, url, "c")
+    remote = RawWorker(ctx, mdp(c), "rfc", b"svc")
+    remote.ready()
+    wait_service(ctx, a, "svc")
+    local = RawWorker(ctx, mdp(a), "rfc", b"svc")
+    local.ready()
+    client = RawClient(ctx, mdp(a), "rfc")
+    for i in range(5):
+        client.send(b"svc", str(i).encode())
+        addr, body = local.request()
+        assert body == [str(i).encode()]
+        local.final(addr, b"local")
+        assert client.recv() == (True, [b"local"])
+    assert remote.nothing() if hasattr(remote, "nothing") else True
+    client.close()
+    local.close()
+    remote.close()
+
+
+def test_mmi_service_follows_the_remote_worker(
+    nats_server: NatsStarter, maitred_serve: ServeStarter, tmp_path: Path, ctx: Ctx
+) -> None:
+    url = nats_server().url
+    a = start_node(maitred_serve, tmp_path, url, "a")
+    c = start_node(maitred_serve, tmp_path, url, "c")
+    assert mmi(ctx, a, "mmi.service", b"only.c") == b"404"
+    worker = RawWorker(ctx, mdp(c), "rfc", b"only.c")
+    worker.ready()
+    wait_service(ctx, a, "only.c")
+    worker.disconnect()
+    assert wait_service(ctx, a, "only.c", b"404", timeout=3.0) < 3.0
+    worker.close()
+
+
+def test_a_forwarded_request_fails_with_504_at_its_deadline(
+    nats_server: NatsStarter, maitred_serve: ServeStarter, tmp_path: Path, ctx: Ctx
+) -> None:
+    url = nats_server().url
+    a = start_node(maitred_serve, tmp_path, url, "a")
+    c = start_node(maitred_serve, tmp_path, url, "c")
+    worker = RawWorker(ctx, mdp(c), "rfc", b"slow")
+    worker.ready()
+    wait_service(ctx, a, "slow")
+
+    async def call() -> int:
+        async with await JsonClient.connect(ws(a), "xyzzy") as jc:
+            try:
+                await jc.request("slow", data=b"x", timeout=0.5)
+            except MaitredError as exc:
+                return int(exc.code)
+            return 200
+
+    assert run(call()) == ErrorCode.TIMEOUT
+    addr, _ = worker.request()  # it got the request; its late answer goes nowhere
+    worker.final(addr, b"late")
+    worker.close()
+
+
+def test_pubsub_crosses_three_nodes_once_per_session_without_echo(
+    nats_server: NatsStarter, maitred_serve: ServeStarter, tmp_path: Path, ctx: Ctx
+) -> None:
+    url = nats_server().url
+    nodes = [start_node(maitred_serve, tmp_path, url, n) for n in ("a", "b", "c")]
+    for n in nodes:
+        wait_nodes(ctx, n, 3)
+
+    async def main() -> None:
+        sa = await JsonClient.connect(ws(nodes[0]), "xyzzy")
+        sb = await JsonClient.connect(ws(nodes[1]), "xyzzy")
+        sc = await JsonClient.connect(ws(nodes[2]), "xyzzy")
+        await sa.subscribe("a.*")
+        await sa.subscribe("a.>")  # the same session twice: once per message still
+        await sb.subscribe("a.>")
+        await sc.subscribe("a.*")
+        # the NATS subscriptions follow the local ones: wait until a probe gets through
+        for sub in (sa, sb):
+            for attempt in range(100):
+                await sc.publish("a.probe", data=str(attempt).encode())
+                try:
+                    event = await sub.next_event(timeout=0.1)
+                except TimeoutError:
+                    continue
+                if event.topic == "a.probe":
+                    break
+            else:
+                raise AssertionError("publications never crossed")
+        for s in (sa, sb, sc):
+            await drain(s)
+        await sc.publish("a.x", data=b"1")
+        await sa.publish("a.y.z", data=b"2")
+        await sb.publish("a.end", data=b"3")
+        got_a = await until(sa, "a.end")
+        got_b = await until(sb, "a.end")
+        got_c = await until(sc, "a.end")
+        # each once (order across publishers on different nodes is not defined)
+        assert sorted(got_a) == ["a.end", "a.x", "a.y.z"]
+        assert sorted(got_b) == ["a.end", "a.x", "a.y.z"]
+        assert sorted(got_c) == ["a.end", "a.x"]
+        # a system event of node c reaches a's subscriber, with c's name
+        await sa.subscribe("$sys.worker.ready")
+        for attempt in range(50):
+            worker = RawWorker(ctx, mdp(nodes[2]), "rfc", f"w{attempt}".encode())
+            worker.ready()
+            try:
+                event = await sa.next_event(timeout=0.2)
+            except TimeoutError:
+                continue
+            finally:
+                worker.close()
+            payload = payload_of(event)
+            assert payload["node"] == "c"
+            assert payload["service"] == f"w{attempt}"
+            break
+        else:
+            raise AssertionError("$sys.worker.ready never crossed")
+        for s in (sa, sb, sc):
+            await s.close()
+
+    run(main())
+
+
+def wait_nodes(ctx: Ctx, node: Any, count: int, timeout: float = 5.0) -> None:
+    import time
+
+    start = time.monotonic()
+    while len(json.loads(mmi(ctx, node, "mmi.nodes"))) != count:
+        assert time.monotonic() - start < timeout, "the nodes never met"
+        time.sleep(0.05)
+
+
+async def drain(client: JsonClient) -> None:
+    while True:
+        try:
+            await client.next_event(timeout=0.2)
+        except TimeoutError:
+            return
+
+
+async def until(client: JsonClient, last: str) -> list[str]:
+    topics = []
+    while True:
+        event = await client.next_event(timeout=5)
+        topics.append(event.topic)
+        if event.topic == last:
+            await asyncio.sleep(0.2)  # a duplicate would come right behind
+            while not client.events.empty():
+                topics.append((await client.next_event()).topic)
+            return topics
+
+
+@pytest.mark.allow_error_logs()
+def test_kill_9_of_the_serving_node_gives_every_request_one_outcome(
+    nats_server: NatsStarter, maitred_serve: ServeStarter, tmp_path: Path, ctx: Ctx
+) -> None:
+    url = nats_server().url
+    extra = "[services.default]\nrequest_timeout = 6.0\n"
+    a = start_node(maitred_serve, tmp_path, url, "a", extra=extra)
+    c = start_node(maitred_serve, tmp_path, url, "c", extra=extra)
+    workers = [RawWorker(ctx, mdp(c), "rfc", b"work") for _ in range(4)]
+    for w in workers:
+        w.ready()
+    wait_service(ctx, a, "work")
+
+    async def main() -> list[int]:
+        async with await JsonClient.connect(ws(a), "xyzzy") as jc:
+
+            async def one(i: int) -> int:
+                try:
+                    await jc.request("work", data=str(i).encode(), timeout=6)
+                except MaitredError as exc:
+                    return int(exc.code)
+                return 200
+
+            calls = [asyncio.ensure_future(one(i)) for i in range(64)]
+            await asyncio.to_thread(workers[0].request)  # requests reached c
+            c.kill()
+            return await asyncio.gather(*calls)
+
+    outcomes = run(main())
+    assert len(outcomes) == 64
+    assert set(outcomes) <= {ErrorCode.WORKER_DIED, ErrorCode.TIMEOUT}
+    assert ErrorCode.WORKER_DIED in outcomes
+    for w in workers:
+        w.close()
+
+
+def test_kill_9_with_redeliver_and_a_worker_on_b_loses_nothing(
+    nats_server: NatsStarter, maitred_serve: ServeStarter, tmp_path: Path, ctx: Ctx
+) -> None:
+    url = nats_server().url
+    extra = "[services.default]\nrequest_timeout = 8.0\nredeliver = true\n"
+    a = start_node(maitred_serve, tmp_path, url, "a", extra=extra)
+    b = start_node(maitred_serve, tmp_path, url, "b", extra=extra)
+    c = start_node(maitred_serve, tmp_path, url, "c", extra=extra)
+    doomed = RawWorker(ctx, mdp(c), "rfc", b"idem")
+    doomed.ready()
+    wait_service(ctx, a, "idem")
+    stop = threading.Event()
+
+    def serve_on_b() -> None:
+        worker = RawWorker(ctx, mdp(b), "rfc", b"idem")
+        worker.ready()
+        while not stop.is_set():
+            try:
+                addr, body = worker.request(timeout=0.2)
+            except AssertionError:
+                continue
+            except Exception:
+                continue
+            worker.final(addr, b"ok:" + body[0])
+        worker.close()
+
+    async def main() -> list[Any]:
+        async with await JsonClient.connect(ws(a), "xyzzy") as jc:
+
+            async def one(i: int) -> Any:
+                try:
+                    reply = await jc.request("idem", data=str(i).encode(), timeout=8)
+                except MaitredError as exc:
+                    return int(exc.code)
+                return reply.data
+
+            calls = [asyncio.ensure_future(one(i)) for i in range(64)]
+            await asyncio.to_thread(doomed.request)  # c holds requests now
+            thread = threading.Thread(target=serve_on_b)
+            thread.start()
+            c.kill()
+            try:
+                return await asyncio.gather(*calls)
+            finally:
+                stop.set()
+                await asyncio.to_thread(thread.join, 10)
+
+    outcomes = run(main(), timeout=30)
+    assert len(outcomes) == 64
+    assert all(isinstance(o, str) for o in outcomes), outcomes
+    doomed.close()
+
+
+def test_sigstop_past_the_window_then_sigcont_drops_late_replies(
+    nats_server: NatsStarter, maitred_serve: ServeStarter, tmp_path: Path, ctx: Ctx
+) -> None:
+    url = nats_server().url
+    a = start_node(maitred_serve, tmp_path, url, "a", interval=0.2)
+    c = start_node(maitred_serve, tmp_path, url, "c", interval=0.2)
+    worker = RawWorker(ctx, mdp(c), "rfc", b"paused")
+    worker.ready()
+    wait_service(ctx, a, "paused")
+    client = RawClient(ctx, mdp(a), "rfc")
+    client.send(b"paused", b"q")
+    addr, _ = worker.request()
+    c.send_signal(signal.SIGSTOP)
+    try:
+        # a takes c for gone after 3 missed announcements: the request fails, once
+        final, body = client.recv(timeout=5)
+        assert final
+        worker.final(addr, b"late answer")  # waits in c's socket while c is stopped
+    finally:
+        c.send_signal(signal.SIGCONT)
+    assert body and body[0].startswith(b"502") or b"died" in b" ".join(body), body
+    wait_service(ctx, a, "paused")  # c is back (same epoch, a join again)
+    deadline_stats = stats(ctx, a)
+    for _ in range(50):
+        if deadline_stats.get("cluster.dropped.late_reply", 0) >= 1:
+            break
+        import time
+
+        time.sleep(0.1)
+        deadline_stats = stats(ctx, a)
+    assert deadline_stats.get("cluster.dropped.late_reply", 0) >= 1
+    with pytest.raises(Exception):
+        client.recv(timeout=0.5)  # no second outcome
+    client.close()
+    worker.close()
