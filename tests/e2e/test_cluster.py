@@ -369,3 +369,72 @@ def test_sigstop_past_the_window_then_sigcont_drops_late_replies(
         client.recv(timeout=0.5)  # no second outcome
     client.close()
     worker.close()
+
+
+def test_two_processes_share_one_http_and_one_ws_port(
+    nats_server: NatsStarter, maitred_serve: ServeStarter, tmp_path: Path, ctx: Ctx
+) -> None:
+    from maitred.plugins.nats_testing import free_port
+
+    url = nats_server().url
+    http_port, ws_port = free_port(), free_port()
+    shared = (
+        f'[transports.http]\nlisten = ["127.0.0.1:{http_port}"]\nreuse_port = true\n'
+        f'[transports.ws]\nlisten = "127.0.0.1:{ws_port}"\nping_interval = 0\nreuse_port = true\n'
+    )
+    nodes = []
+    for name in ("a", "b"):
+        path = tmp_path / f"{name}.toml"
+        text = NODE_SHARED.format(url=url, node=name) + shared
+        path.write_text(text)
+        nodes.append(maitred_serve("-c", str(path)))
+    a, b = nodes
+    assert http(a) == http(b) == f"http://127.0.0.1:{http_port}"
+    stop = threading.Event()
+
+    def serve() -> None:
+        worker = RawWorker(ctx, mdp(a), "rfc", b"shared")
+        worker.ready()
+        while not stop.is_set():
+            try:
+                addr, body = worker.request(timeout=0.2)
+            except AssertionError:
+                continue
+            worker.final(addr, b"from a:" + body[0])
+        worker.close()
+
+    thread = threading.Thread(target=serve)
+    thread.start()
+    try:
+        wait_service(ctx, b, "shared")
+        results = [post(http(a), "shared", str(i).encode()) for i in range(24)]
+
+        async def over_ws() -> list[Any]:
+            out = []
+            for i in range(8):
+                async with await JsonClient.connect(f"ws://127.0.0.1:{ws_port}", "xyzzy") as jc:
+                    out.append((await jc.request("shared", data=b"w", timeout=5)).data)
+            return out
+
+        ws_results = run(over_ws())
+    finally:
+        stop.set()
+        thread.join(10)
+    assert results == [(200, b"from a:" + str(i).encode()) for i in range(24)]
+    assert len(ws_results) == 8
+    served = [
+        json.loads(mmi(ctx, n, "mmi.info"))["traffic"].get("http", {}).get("requests", 0)
+        for n in (a, b)
+    ]
+    assert all(n > 0 for n in served), served  # the kernel spread the connections
+
+
+NODE_SHARED = """
+[store]
+backend = "memory"
+[transports.mdp]
+endpoints = ["tcp://127.0.0.1:0"]
+[cluster]
+nats = ["{url}"]
+node = "{node}"
+"""

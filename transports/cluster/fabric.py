@@ -119,15 +119,7 @@ class ClusterFabric:
         import nats  # the optional extra: imported only when a cluster is configured
 
         try:
-            nc = await nats.connect(
-                **connect_options(
-                    self.config,
-                    f"maitred {self.node}",
-                    on_disconnect=self._disconnected,
-                    on_reconnect=self._reconnected,
-                    on_error=self._nats_error,
-                )
-            )
+            nc = await self._connect(nats)
         except Exception as exc:
             where = ", ".join(self.config.nats)
             if self.config.required:
@@ -148,7 +140,7 @@ class ClusterFabric:
         while not self._closing:
             await asyncio.sleep(self.config.connect_timeout)
             try:
-                nc = await nats.connect(**connect_options(self.config, f"maitred {self.node}"))
+                nc = await self._connect(nats)
             except Exception:
                 continue
             try:
@@ -156,6 +148,24 @@ class ClusterFabric:
             except MaitredError as exc:
                 log.error("cluster: %s; serving locally", exc.reason)
             return
+
+    async def _connect(self, nats: Any) -> Client:
+        """Connect (nats-py retries a first connection for ever when reconnection is on: the
+        wait is bounded here, by twice ``connect_timeout``)."""
+        options = connect_options(
+            self.config,
+            f"maitred {self.node}",
+            on_disconnect=self._disconnected,
+            on_reconnect=self._reconnected,
+            on_error=self._nats_error,
+        )
+        try:
+            nc: Client = await asyncio.wait_for(
+                nats.connect(**options), 2 * self.config.connect_timeout
+            )
+        except TimeoutError:
+            raise TimeoutError(f"no answer within {2 * self.config.connect_timeout:g}s") from None
+        return nc
 
     async def _join(self, nc: Client) -> None:
         size = self.port.max_message_size

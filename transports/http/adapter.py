@@ -255,7 +255,9 @@ class HttpTransport(ListingRoutes):
             return
         host, _, port = addr.rpartition(":")
         host = host.strip("[]")
-        site = web.TCPSite(runner, host, int(port), reuse_address=True)
+        site = web.TCPSite(
+            runner, host, int(port), reuse_address=True, reuse_port=self.config.reuse_port or None
+        )
         await site.start()
         # the asyncio (or uvloop) server: its sockets know the real port
         sockets: Sequence[Any] = getattr(site._server, "sockets", None) or ()
