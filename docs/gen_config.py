@@ -33,6 +33,7 @@ from maitred.core.access import Rule
 from maitred.core.config import AccessSection, BrokerSection, PluginsSection, StoreSection
 from maitred.core.routing.model import ServicePolicy
 from maitred.core.routing.router import Liveness
+from maitred.transports.cluster.config import ClusterConfig
 from maitred.transports.http.adapter import HttpConfig
 from maitred.transports.mdp.adapter import MdpConfig
 from maitred.transports.ws.adapter import KeyConfig, WsConfig
@@ -53,6 +54,7 @@ SECTIONS: dict[str, type[msgspec.Struct]] = {
     "transports.http": HttpConfig,
     "transports.ws": WsConfig,
     "transports.ws.keys": KeyConfig,
+    "cluster": ClusterConfig,
 }
 
 #: what the decoder cannot say: ranges checked after decoding (appended to the type)

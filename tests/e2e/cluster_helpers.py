@@ -72,7 +72,10 @@ def mmi(ctx: zmq.Context[Any], node: ServeProcess, service: str, arg: bytes = b"
 
 
 def wait_service(
-    ctx: zmq.Context[Any], node: ServeProcess, service: str, want: bytes = b"200",
+    ctx: zmq.Context[Any],
+    node: ServeProcess,
+    service: str,
+    want: bytes = b"200",
     timeout: float = 5.0,
 ) -> float:
     """Poll ``mmi.service`` on ``node`` until it answers ``want``; the seconds it took."""

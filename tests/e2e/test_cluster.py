@@ -55,7 +55,9 @@ def test_callers_on_a_reach_a_worker_only_on_c(
     worker.partial(addr, b"p2")
     worker.final(addr, b"done", BINARY)
     assert [client.recv() for _ in range(3)] == [
-        (False, [b"p1"]), (False, [b"p2"]), (True, [b"done", BINARY])
+        (False, [b"p1"]),
+        (False, [b"p2"]),
+        (True, [b"done", BINARY]),
     ]
     # REST caller on A
     result: dict[str, Any] = {}

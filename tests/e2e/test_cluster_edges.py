@@ -35,7 +35,9 @@ def _serve_fails(tmp_path: Path, text: str, name: str = "x") -> str:
     path.write_text(text)
     done = subprocess.run(
         [*MAITRED_COMMAND, "serve", "-c", str(path)],
-        capture_output=True, text=True, timeout=30,
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert done.returncode != 0, done.stdout
     return done.stderr
@@ -66,8 +68,11 @@ def test_garbage_on_the_cluster_subjects_is_dropped_and_counted(
         await nc.close()
 
     asyncio.run(send())
-    want = {"cluster.dropped.malformed": 3, "cluster.dropped.unknown_node": 1,
-            "cluster.dropped.late_reply": 1}
+    want = {
+        "cluster.dropped.malformed": 3,
+        "cluster.dropped.unknown_node": 1,
+        "cluster.dropped.late_reply": 1,
+    }
     deadline = time.monotonic() + 5
     while True:
         got = stats(ctx, a)
@@ -136,7 +141,7 @@ def test_without_cluster_nats_is_not_imported() -> None:
         "import asyncio\n"
         "async def main():\n"
         "    async with running_broker(('[transports.mdp]\\n"
-        "endpoints = [\"tcp://127.0.0.1:0\"]\\n')):\n"
+        'endpoints = ["tcp://127.0.0.1:0"]\\n\')):\n'
         "        pass\n"
         "asyncio.run(main())\n"
         "assert 'nats' not in sys.modules, 'nats was imported'\n"

@@ -38,9 +38,11 @@ class ClusterConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     missed_announcements: int = 3
     #: seconds to wait for NATS at start (and for the "is this name taken" question)
     connect_timeout: float = 2.0
-    #: NATS credentials: a token, or a user and password (empty: none)
+    #: NATS credentials: a token (empty: none)
     token: str = ""
+    #: NATS credentials: a user name, with ``password`` (empty: none)
     user: str = ""
+    #: the NATS user's password
     password: str = ""
 
     def node_name(self) -> str:

@@ -65,8 +65,9 @@ class _InSink(BaseSink):
         self.fabric = fabric
 
     def deliver_reply(self, request: Request, kind: ReplyKind, body: Body) -> None:
-        self.fabric._send_reply(request, Kind.FINAL if kind == ReplyKind.FINAL else Kind.PARTIAL,
-                                body)
+        self.fabric._send_reply(
+            request, Kind.FINAL if kind == ReplyKind.FINAL else Kind.PARTIAL, body
+        )
 
     def deliver_error(self, request: Request, error: MaitredError) -> None:
         self.fabric._send_reply(request, Kind.ERROR, (error.reason.encode(),), int(error.code))
@@ -90,11 +91,20 @@ class ClusterFabric:
         self.nc: Client | None = None
         now = port.clock()
         self.session = port.open_session(
-            "cluster", _InSink(self), CLUSTER, now, label=f"cluster:{self.node}", quiet=True,
+            "cluster",
+            _InSink(self),
+            CLUSTER,
+            now,
+            label=f"cluster:{self.node}",
+            quiet=True,
             local_only=True,
         )
         self.proxy_session = port.open_session(
-            "cluster", ProxySink(self._forward), CLUSTER, now, label="cluster:proxies",
+            "cluster",
+            ProxySink(self._forward),
+            CLUSTER,
+            now,
+            label="cluster:proxies",
             quiet=True,
         )
         self.peers = Peers(port, self.proxy_session)
@@ -128,8 +138,11 @@ class ClusterFabric:
                     "start nats-server, or set [cluster] required = false to serve locally",
                     ErrorCode.INTERNAL,
                 ) from None
-            log.warning("cluster: cannot reach NATS at %s (%s): serving locally, retrying",
-                        where, exc or type(exc).__name__)
+            log.warning(
+                "cluster: cannot reach NATS at %s (%s): serving locally, retrying",
+                where,
+                exc or type(exc).__name__,
+            )
             self._tasks.append(asyncio.ensure_future(self._retry_connect()))
             return
         await self._join(nc)
@@ -174,14 +187,16 @@ class ClusterFabric:
             raise MaitredError(
                 f"cluster: the NATS server's max_payload is {nc.max_payload} bytes, below "
                 f"maitred's max_message_size ({size}): raise max_payload in nats-server's "
-                "config", ErrorCode.INTERNAL,
+                "config",
+                ErrorCode.INTERNAL,
             )
         taken = await self._name_taken(nc)
         if taken is not None:
             await nc.close()
             raise MaitredError(
                 f"cluster: node name {self.node!r} is in use by the node at {taken.address} "
-                "(set [cluster] node or --node to another name)", ErrorCode.INTERNAL,
+                "(set [cluster] node or --node to another name)",
+                ErrorCode.INTERNAL,
             )
         self.nc = nc
         p = self.prefix
@@ -195,8 +210,12 @@ class ClusterFabric:
         self._tasks.append(asyncio.ensure_future(self._writer()))
         self._tasks.append(asyncio.ensure_future(self._heartbeat()))
         self._announce()
-        log.info("cluster: node %s (epoch %x) joined on %s", self.node, self.epoch,
-                 nc.connected_url.geturl() if nc.connected_url else "?")
+        log.info(
+            "cluster: node %s (epoch %x) joined on %s",
+            self.node,
+            self.epoch,
+            nc.connected_url.geturl() if nc.connected_url else "?",
+        )
 
     async def _name_taken(self, nc: Client) -> codec.Hello | None:
         from nats.errors import NoRespondersError
@@ -318,15 +337,18 @@ class ClusterFabric:
                 load += len(worker.inflight)
             load += service.queued
             if workers:
-                services.append(codec.ServiceState(
-                    codec.service_bytes(service.name), workers, credit, free, service.queued
-                ))
+                services.append(
+                    codec.ServiceState(
+                        codec.service_bytes(service.name), workers, credit, free, service.queued
+                    )
+                )
         return services, load
 
     def _address(self) -> str:
         endpoints = self.port.info().get("transports", {})
         return " ".join(
-            f"{name}={','.join(eps)}" for name, eps in sorted(endpoints.items())
+            f"{name}={','.join(eps)}"
+            for name, eps in sorted(endpoints.items())
             if name != self.name
         )
 
@@ -352,8 +374,11 @@ class ClusterFabric:
             now = self.port.clock()
             for name in self.peers.overdue(now, window):
                 self.stats["cluster.nodes_lost"] += 1
-                self._leave(name, now, f"node {name} missed {self.config.missed_announcements}"
-                            " announcements")
+                self._leave(
+                    name,
+                    now,
+                    f"node {name} missed {self.config.missed_announcements} announcements",
+                )
             self._beats += 1
             if self._beats % 4 == 0:
                 self._announce()
@@ -393,22 +418,25 @@ class ClusterFabric:
         peer, new = self.peers.update(a, now)
         if new:
             log.info("cluster: node %s joined (%s)", a.node, a.address)
-            self._system(
-                "$sys.node.join", {"node": a.node, "epoch": a.epoch, "address": a.address}
-            )
+            self._system("$sys.node.join", {"node": a.node, "epoch": a.epoch, "address": a.address})
             self._changed()  # so the newcomer learns this node at once
 
     async def _on_hello(self, msg: Msg) -> None:
         if msg.reply:
-            self._send(msg.reply, codec.encode(codec.Hello(self.node, self.epoch,
-                                                           self._address())))
+            self._send(msg.reply, codec.encode(codec.Hello(self.node, self.epoch, self._address())))
 
     def _mmi_nodes(self, body: Body) -> bytes:
         now = self.port.clock()
         services, load = self._local_state()
         me = {
-            "node": self.node, "epoch": self.epoch, "address": self._address(), "age": 0.0,
-            "joined_for": None, "load": load, "services": len(services), "inflight": None,
+            "node": self.node,
+            "epoch": self.epoch,
+            "address": self._address(),
+            "age": 0.0,
+            "joined_for": None,
+            "load": load,
+            "services": len(services),
+            "inflight": None,
             "self": True,
         }
         return _json.encode([me, *self.peers.rows(now)])
@@ -421,21 +449,32 @@ class ClusterFabric:
         peer = self.peers.peers.get(name)
         now = self.port.clock()
         if peer is None or self.nc is None:
-            self.port.reply_error(worker, request.id, MaitredError(
-                f"node {name} is gone", ErrorCode.WORKER_DIED), now)
+            self.port.reply_error(
+                worker, request.id, MaitredError(f"node {name} is gone", ErrorCode.WORKER_DIED), now
+            )
             return
         left = request.deadline - now
         if left <= 0:
             left = 1e-3
         forward = Forward(
-            request.id, codec.service_bytes(request.service), 0.0 if left == math.inf else left,
-            self.node, self.epoch, list(request.body),
+            request.id,
+            codec.service_bytes(request.service),
+            0.0 if left == math.inf else left,
+            self.node,
+            self.epoch,
+            list(request.body),
             dict(request.headers) if request.headers else None,
         )
         payload = codec.encode(forward)
         if len(payload) > self.nc.max_payload:
-            self.port.reply_error(worker, request.id, MaitredError(
-                f"request too large to forward ({len(payload)} bytes)", ErrorCode.TOO_LARGE), now)
+            self.port.reply_error(
+                worker,
+                request.id,
+                MaitredError(
+                    f"request too large to forward ({len(payload)} bytes)", ErrorCode.TOO_LARGE
+                ),
+                now,
+            )
             return
         self.peers.pending[request.id] = (peer.name, peer.epoch, worker)
         self.stats["cluster.forwarded"] += 1
@@ -458,13 +497,22 @@ class ClusterFabric:
         name = codec.service_name(f.service)
         caller = _Caller(f.node, f.token)
         if not self._has_local_worker(name):
-            self._reply(caller, Kind.ERROR, (f"node {self.node} has no worker for {name}"
-                                             .encode(),), int(ErrorCode.NO_WORKER))
+            self._reply(
+                caller,
+                Kind.ERROR,
+                (f"node {self.node} has no worker for {name}".encode(),),
+                int(ErrorCode.NO_WORKER),
+            )
             return
         try:
             self.port.submit(
-                self.session, name, f.body, caller, self.port.clock(),
-                timeout=f.timeout or None, headers=f.headers,
+                self.session,
+                name,
+                f.body,
+                caller,
+                self.port.clock(),
+                timeout=f.timeout or None,
+                headers=f.headers,
             )
         except MaitredError as exc:
             self._reply(caller, Kind.ERROR, (exc.reason.encode(),), int(exc.code))
@@ -481,8 +529,14 @@ class ClusterFabric:
             headers = request.reply_headers if kind != Kind.ERROR else None
             self._reply(caller, kind, body, code, dict(headers) if headers else None)
 
-    def _reply(self, caller: _Caller, kind: Kind, body: Body, code: int = 0,
-               headers: dict[str, str] | None = None) -> None:
+    def _reply(
+        self,
+        caller: _Caller,
+        kind: Kind,
+        body: Body,
+        code: int = 0,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         reply = Reply(caller.token, int(kind), self.node, self.epoch, list(body), code, headers)
         self._send(f"{self.prefix}.rep.{caller.node}", codec.encode(reply))
 
@@ -507,8 +561,7 @@ class ClusterFabric:
         del self.peers.pending[r.token]
         if r.kind == Kind.ERROR:
             reason = r.body[0].decode("utf-8", "replace") if r.body else "error"
-            self.port.reply_error(worker, r.token, MaitredError(reason, ErrorCode.of(r.code)),
-                                  now)
+            self.port.reply_error(worker, r.token, MaitredError(reason, ErrorCode.of(r.code)), now)
         else:
             self.port.reply(worker, r.token, r.body, now, final=True, headers=r.headers)
 
@@ -550,8 +603,14 @@ class ClusterFabric:
                 payload.setdefault("node", self.node)
                 body = (_json.encode(payload),)
         self._pub_seq += 1
-        pub = Publication(self.node, self.epoch, self._pub_seq, topic, list(body),
-                          dict(headers) if headers else None)
+        pub = Publication(
+            self.node,
+            self.epoch,
+            self._pub_seq,
+            topic,
+            list(body),
+            dict(headers) if headers else None,
+        )
         self._send(codec.topic_subject(self.prefix, topic), codec.encode(pub))
 
     async def _on_publication(self, msg: Msg) -> None:
@@ -567,9 +626,11 @@ class ClusterFabric:
         if peer is None or peer.epoch != p.epoch:
             self.stats["cluster.dropped.unknown_node"] += 1
             return
-        if codec.topic_subject(self.prefix, p.topic) != msg.subject or "*" in p.topic.split(
-            "."
-        ) or p.topic.endswith(">"):
+        if (
+            codec.topic_subject(self.prefix, p.topic) != msg.subject
+            or "*" in p.topic.split(".")
+            or p.topic.endswith(">")
+        ):
             self.stats["cluster.dropped.bad_topic"] += 1
             return
         seen = self._pub_seen.get(p.node)
@@ -583,4 +644,3 @@ class ClusterFabric:
             self.stats["cluster.dropped.bad_topic"] += 1
         finally:
             self._republishing = False
-
