@@ -132,11 +132,12 @@ def test_pattern_watchers_see_first_and_last_subscriber(h: Harness) -> None:
     assert seen == [("x.*", True)]
     h.router.subscribe(b, "y.>")
     h.close(b)
-    assert seen == [("x.*", True), ("y.>", True), ("x.*", False), ("y.>", False)]
+    assert seen[:2] == [("x.*", True), ("y.>", True)]
+    assert sorted(seen[2:]) == [("x.*", False), ("y.>", False)]
     stop()
     stop()
     h.router.subscribe(a, "z")
-    assert seen[-1] == ("y.>", False)
+    assert len(seen) == 4
 
 
 @pytest.mark.allow_error_logs("pattern watcher")

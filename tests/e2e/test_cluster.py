@@ -8,6 +8,7 @@ import asyncio
 import json
 import signal
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +16,9 @@ import pytest
 import zmq
 
 from maitred.core.errors import ErrorCode, MaitredError
-from maitred.plugins.nats_testing import NatsStarter, nats_server  # noqa: F401 (fixture)
-from maitred.plugins.testing import ServeStarter, maitred_serve  # noqa: F401 (fixture)
+from maitred.plugins import nats_testing, testing
+from maitred.plugins.nats_testing import NatsStarter
+from maitred.plugins.testing import ServeStarter
 from maitred.transports.ws.client import JsonClient, payload_of
 from tests.e2e.cluster_helpers import (
     http,
@@ -32,6 +34,10 @@ from tests.e2e.cluster_helpers import (
 from tests.e2e.helpers import RawClient, RawWorker
 
 pytestmark = pytest.mark.slow
+
+# the fixtures: a real nats-server, maitred serve subprocesses
+nats_server = nats_testing.nats_server
+maitred_serve = testing.maitred_serve
 
 Ctx = zmq.Context[Any]
 BINARY = bytes(range(256)) * 3
@@ -110,7 +116,9 @@ def test_a_local_worker_is_preferred(
         assert body == [str(i).encode()]
         local.final(addr, b"local")
         assert client.recv() == (True, [b"local"])
-    assert remote.nothing() if hasattr(remote, "nothing") else True
+    workers = json.loads(mmi(ctx, a, "mmi.workers", b"svc"))
+    served = {w["worker"]: w["served"] for w in workers}
+    assert served["c/svc"] == 0 and len(served) == 2
     client.close()
     local.close()
     remote.close()
@@ -219,8 +227,6 @@ def test_pubsub_crosses_three_nodes_once_per_session_without_echo(
 
 
 def wait_nodes(ctx: Ctx, node: Any, count: int, timeout: float = 5.0) -> None:
-    import time
-
     start = time.monotonic()
     while len(json.loads(mmi(ctx, node, "mmi.nodes"))) != count:
         assert time.monotonic() - start < timeout, "the nodes never met"
@@ -356,18 +362,13 @@ def test_sigstop_past_the_window_then_sigcont_drops_late_replies(
         worker.final(addr, b"late answer")  # waits in c's socket while c is stopped
     finally:
         c.send_signal(signal.SIGCONT)
-    assert body and body[0].startswith(b"502") or b"died" in b" ".join(body), body
+    assert body[:1] == [b"502"], body
     wait_service(ctx, a, "paused")  # c is back (same epoch, a join again)
-    deadline_stats = stats(ctx, a)
-    for _ in range(50):
-        if deadline_stats.get("cluster.dropped.late_reply", 0) >= 1:
-            break
-        import time
-
-        time.sleep(0.1)
-        deadline_stats = stats(ctx, a)
-    assert deadline_stats.get("cluster.dropped.late_reply", 0) >= 1
-    with pytest.raises(Exception):
+    deadline = time.monotonic() + 5
+    while stats(ctx, a).get("cluster.dropped.late_reply", 0) < 1:
+        assert time.monotonic() < deadline, "the late reply was not dropped"
+        time.sleep(0.05)
+    with pytest.raises(AssertionError, match="no message"):
         client.recv(timeout=0.5)  # no second outcome
     client.close()
     worker.close()
@@ -413,7 +414,7 @@ def test_two_processes_share_one_http_and_one_ws_port(
 
         async def over_ws() -> list[Any]:
             out = []
-            for i in range(8):
+            for _ in range(8):
                 async with await JsonClient.connect(f"ws://127.0.0.1:{ws_port}", "xyzzy") as jc:
                     out.append((await jc.request("shared", data=b"w", timeout=5)).data)
             return out

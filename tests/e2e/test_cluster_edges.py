@@ -14,18 +14,18 @@ from typing import Any
 import pytest
 import zmq
 
-from maitred.plugins.nats_testing import (  # noqa: F401 (fixture)
-    NatsServer,
-    NatsStarter,
-    free_port,
-    nats_server,
-)
-from maitred.plugins.testing import MAITRED_COMMAND, ServeStarter, maitred_serve  # noqa: F401
+from maitred.plugins import nats_testing, testing
+from maitred.plugins.nats_testing import NatsServer, NatsStarter, free_port
+from maitred.plugins.testing import MAITRED_COMMAND, ServeStarter
 from maitred.transports.cluster import codec
 from tests.e2e.cluster_helpers import NODE, mdp, start_node, stats, wait_service
 from tests.e2e.helpers import RawClient, RawWorker
 
 pytestmark = pytest.mark.slow
+
+# the fixtures: a real nats-server, maitred serve subprocesses
+nats_server = nats_testing.nats_server
+maitred_serve = testing.maitred_serve
 
 Ctx = zmq.Context[Any]
 
@@ -38,6 +38,7 @@ def _serve_fails(tmp_path: Path, text: str, name: str = "x") -> str:
         capture_output=True,
         text=True,
         timeout=30,
+        check=False,
     )
     assert done.returncode != 0, done.stdout
     return done.stderr
@@ -147,6 +148,8 @@ def test_without_cluster_nats_is_not_imported() -> None:
         "assert 'nats' not in sys.modules, 'nats was imported'\n"
         "print('ok')\n"
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "ok"
