@@ -122,6 +122,8 @@ class ClusterFabric:
         self._announce_soon: asyncio.TimerHandle | None = None
         self._closing = False
         self._beats = 0
+        #: the services this node's last announcement named
+        self._local_names: set[str] = set()
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -355,6 +357,7 @@ class ClusterFabric:
     def _announce(self, leaving: bool = False) -> None:
         self._announce_soon = None
         services, load = ([], 0) if leaving else self._local_state()
+        self._local_names = {codec.service_name(s.name) for s in services}
         self._seq += 1
         a = codec.Announcement(
             self.node, self.epoch, self._seq, self._address(), services, load, leaving
@@ -372,6 +375,7 @@ class ClusterFabric:
         while True:
             await asyncio.sleep(interval / 4)
             now = self.port.clock()
+            self.peers.retire_due(now, interval)
             for name in self.peers.overdue(now, window):
                 self.stats["cluster.nodes_lost"] += 1
                 self._leave(
@@ -518,10 +522,9 @@ class ClusterFabric:
             self._reply(caller, Kind.ERROR, (exc.reason.encode(),), int(exc.code))
 
     def _has_local_worker(self, name: str) -> bool:
-        for service in self.port.services():
-            if service.name == name:
-                return any(not w.remote for w in service.workers)
-        return False
+        """Whether this node announced a local worker of ``name`` (its last announcement:
+        changes are announced within 20 ms)."""
+        return name in self._local_names
 
     def _send_reply(self, request: Request, kind: Kind, body: Body, code: int = 0) -> None:
         caller = request.correlation

@@ -26,6 +26,8 @@ class Peer:
     load: int = 0
     #: service name -> the proxy worker that stands for the node's workers of it
     proxies: dict[str, Worker] = field(default_factory=dict)
+    #: services the node no longer announces whose proxy still waits for replies: since when
+    retiring: dict[str, float] = field(default_factory=dict)
 
 
 class ProxySink(BaseSink):
@@ -71,9 +73,17 @@ class Peers:
         for s in a.services:
             if s.workers > 0:
                 wanted[service_name(s.name)] = max(1, s.credit * self.window)
-        for name in [n for n in peer.proxies if n not in wanted]:
-            self._drop(peer, name, now, f"node {peer.name} no longer serves it")
+        for name in [n for n in peer.proxies if n not in wanted and n not in peer.retiring]:
+            old = peer.proxies[name]
+            if old.inflight:
+                # its replies may still be on the way (they travel on another subject than
+                # the announcement): it takes no new request and leaves once they are in
+                self.port.set_credit(old, 1, now)
+                peer.retiring[name] = now
+            else:
+                self._drop(peer, name, now, f"node {peer.name} no longer serves it")
         for name, credit in wanted.items():
+            peer.retiring.pop(name, None)
             proxy = peer.proxies.get(name)
             if proxy is not None and proxy.alive:
                 if proxy.credit != credit:
@@ -102,6 +112,17 @@ class Peers:
             self.pending.pop(token, None)
         # as a worker that died: its requests are redelivered or fail with 502 by policy
         self.port.unregister_worker(proxy, now, reason)
+
+    def retire_due(self, now: float, grace: float) -> None:
+        """Drop the retiring proxies whose requests were all answered, or that waited
+        ``grace`` seconds (what they still hold fails with 502 or is redelivered)."""
+        for peer in self.peers.values():
+            for name, since in list(peer.retiring.items()):
+                proxy = peer.proxies.get(name)
+                if proxy is None or not proxy.inflight or now - since >= grace:
+                    del peer.retiring[name]
+                    if proxy is not None:
+                        self._drop(peer, name, now, f"node {peer.name} no longer serves it")
 
     def remove(self, name: str, now: float, reason: str) -> Peer | None:
         """The node is gone: its proxies leave (their requests fail or are redelivered)."""
