@@ -334,8 +334,10 @@ class ClusterFabric:
                 if worker.remote:
                     continue
                 workers += 1
-                credit += worker.credit
-                free += max(0, worker.credit - len(worker.inflight))
+                # an adaptive worker takes up to max_credit when its service is busy
+                most = max(worker.credit, worker.max_credit)
+                credit += most
+                free += max(0, most - len(worker.inflight))
                 load += len(worker.inflight)
             load += service.queued
             if workers:
