@@ -153,3 +153,51 @@ def test_without_cluster_nats_is_not_imported() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "ok"
+
+
+def test_a_node_started_without_nats_joins_when_nats_comes(
+    nats_server: NatsStarter, maitred_serve: ServeStarter, tmp_path: Path, ctx: Ctx
+) -> None:
+    port = free_port()
+    url = f"nats://127.0.0.1:{port}"
+    path = tmp_path / "early.toml"
+    path.write_text(
+        NODE.format(url=url, node="early", interval=0.2)
+        + "connect_timeout = 0.3\nrequired = false\n"
+    )
+    early = maitred_serve("-c", str(path))
+    server = NatsServer(extra_args=["-p", str(port)])  # NATS comes up after the node
+    try:
+        late = start_node(maitred_serve, tmp_path, url, "late", interval=0.2)
+        worker = RawWorker(ctx, mdp(late), "rfc", b"joined")
+        worker.ready()
+        wait_service(ctx, early, "joined", timeout=8.0)
+        worker.close()
+    finally:
+        server.close()
+
+
+def test_nodes_keep_serving_locally_without_nats_and_meet_again(
+    nats_server: NatsStarter, maitred_serve: ServeStarter, tmp_path: Path, ctx: Ctx
+) -> None:
+    server = nats_server()
+    port = server.port
+    a = start_node(maitred_serve, tmp_path, server.url, "a", interval=0.2)
+    c = start_node(maitred_serve, tmp_path, server.url, "c", interval=0.2)
+    worker = RawWorker(ctx, mdp(c), "rfc", b"svc")
+    worker.ready()
+    wait_service(ctx, a, "svc")
+    server.kill()
+    wait_service(ctx, a, "svc", b"404", timeout=5.0)  # c is gone for a
+    client = RawClient(ctx, mdp(c), "rfc")  # c still serves its own callers
+    client.send(b"svc", b"local")
+    addr, body = worker.request()
+    worker.final(addr, *body)
+    assert client.recv() == (True, [b"local"])
+    again = NatsServer(extra_args=["-p", str(port)])  # NATS is back: nats-py reconnects
+    try:
+        wait_service(ctx, a, "svc", timeout=10.0)
+    finally:
+        again.close()
+        client.close()
+        worker.close()
