@@ -66,11 +66,13 @@ def resolve_transports(
                 f"{config.source}: transports.{name}: no such transport (installed: {known})"
                 f"{did_you_mean(name, specs)}"
             )
-        tconfig = convert_section(table, spec.config_type, f"transports.{name}", config.source)
+        # [cluster] is the cluster plugin's table: messages name it as the file does
+        key = "cluster" if name == "cluster" and config.cluster else f"transports.{name}"
+        tconfig = convert_section(table, spec.config_type, key, config.source)
         problems = getattr(tconfig, "problems", None)
         if callable(problems):
             for problem in problems():
-                raise ConfigError(f"{config.source}: transports.{name}: {problem}")
+                raise ConfigError(f"{config.source}: {key}: {problem}")
         if getattr(tconfig, "enabled", True):
             enabled[name] = (spec, tconfig)
     return enabled
@@ -119,7 +121,8 @@ def preflight(
             continue
         if spec.preflight is None and spec.store_hint is None:
             continue
-        tconfig = convert_section(table, spec.config_type, f"transports.{name}", config.source)
+        key = "cluster" if name == "cluster" and config.cluster else f"transports.{name}"
+        tconfig = convert_section(table, spec.config_type, key, config.source)
         if not getattr(tconfig, "enabled", True):
             continue
         if spec.store_hint is not None and (hint := spec.store_hint(tconfig)) is not None:
@@ -128,7 +131,7 @@ def preflight(
             if problem.value is not None and problem.value in flags.get(name, ()):
                 out.append(f"--{name}: {problem.text}")
             else:
-                out.append(f"{config.source}: transports.{name}.{problem.key}: {problem.text}")
+                out.append(f"{config.source}: {key}.{problem.key}: {problem.text}")
     if config.policies().uses_store() or hints:  # the one store is opened at start
         choice = store_choice(config, hints)
         if choice.backend == "sqlite":

@@ -125,3 +125,19 @@ def test_the_conf_file_writes_every_cluster_key_and_leaves_it_off() -> None:
     assert set(conf.cluster) == set(msgspec.structs.asdict(ClusterConfig()))
     specs = transport_specs(plugin_manager_for(conf))
     assert "cluster" not in resolve_transports(conf, specs)
+
+
+def test_config_errors_name_the_cluster_table() -> None:
+    from maitred.core.app import plugin_manager_for, preflight, resolve_transports, transport_specs
+    from maitred.core.config import parse_config
+    from maitred.core.errors import ConfigError
+
+    specs = transport_specs(plugin_manager_for(parse_config("")))
+    typo = parse_config('[cluster]\nnodee = "x"\n', "f.toml")
+    with pytest.raises(ConfigError, match=r"f.toml: cluster: .*did you mean 'node'"):
+        preflight(typo, specs)
+    bad = parse_config('[cluster]\nnode = "a b"\n', "f.toml")
+    with pytest.raises(ConfigError, match="f.toml: cluster: node: 'a b' must be"):
+        resolve_transports(bad, specs)
+    on = parse_config('[cluster]\nnode = "a"\n', "f.toml")
+    assert "cluster" in resolve_transports(on, specs)
