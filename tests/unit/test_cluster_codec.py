@@ -137,7 +137,7 @@ def test_config_errors_name_the_cluster_table() -> None:
     with pytest.raises(ConfigError, match=r"f.toml: cluster: .*did you mean 'node'"):
         preflight(typo, specs)
     bad = parse_config('[cluster]\nnode = "a b"\n', "f.toml")
-    with pytest.raises(ConfigError, match="f.toml: cluster: node: 'a b' must be"):
+    with pytest.raises(ConfigError, match=r"f\.toml: cluster: node: 'a b' must be"):
         resolve_transports(bad, specs)
     on = parse_config('[cluster]\nnode = "a"\n', "f.toml")
     assert "cluster" in resolve_transports(on, specs)
