@@ -7,10 +7,11 @@ import asyncio
 import json
 import time
 import urllib.request
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
+import pytest
 import zmq
 
 from maitred.plugins.testing import ServeProcess, ServeStarter
@@ -21,6 +22,7 @@ T = TypeVar("T")
 NODE = """
 [broker]
 tick_interval = 0.02
+drain_timeout = 0.5
 [store]
 backend = "memory"
 [transports.mdp]
@@ -35,6 +37,27 @@ nats = ["{url}"]
 node = "{node}"
 announce_interval = {interval}
 """
+
+
+@pytest.fixture(name="maitred_serve")
+def graceful_serve() -> Iterator[ServeStarter]:
+    """``maitred serve`` subprocesses stopped with SIGTERM after the test (a drain: they write
+    their coverage data), killed only when that fails."""
+    started: list[ServeProcess] = []
+
+    def start(*args: str, env: Mapping[str, str] | None = None, **kw: Any) -> ServeProcess:
+        served = ServeProcess(*args, env=env, **kw)
+        started.append(served)
+        return served
+
+    yield start  # type: ignore[misc]
+    for served in started:
+        if served.proc.poll() is None:
+            try:
+                served.stop(timeout=10)
+            except RuntimeError:
+                pass
+        served.close()
 
 
 def start_node(

@@ -14,10 +14,11 @@ from typing import Any
 import pytest
 import zmq
 
-from maitred.plugins import nats_testing, testing
+from maitred.plugins import nats_testing
 from maitred.plugins.nats_testing import NatsServer, NatsStarter, free_port
 from maitred.plugins.testing import MAITRED_COMMAND, ServeStarter
 from maitred.transports.cluster import codec
+from tests.e2e import cluster_helpers
 from tests.e2e.cluster_helpers import NODE, mdp, start_node, stats, wait_service
 from tests.e2e.helpers import RawClient, RawWorker
 
@@ -25,7 +26,7 @@ pytestmark = pytest.mark.slow
 
 # the fixtures: a real nats-server, maitred serve subprocesses
 nats_server = nats_testing.nats_server
-maitred_serve = testing.maitred_serve
+maitred_serve = cluster_helpers.graceful_serve
 
 Ctx = zmq.Context[Any]
 

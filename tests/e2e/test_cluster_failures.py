@@ -14,10 +14,11 @@ import pytest
 import zmq
 
 from maitred.core.errors import ErrorCode, MaitredError
-from maitred.plugins import nats_testing, testing
+from maitred.plugins import nats_testing
 from maitred.plugins.nats_testing import NatsStarter
 from maitred.plugins.testing import ServeStarter
 from maitred.transports.ws.client import JsonClient
+from tests.e2e import cluster_helpers
 from tests.e2e.cluster_helpers import (
     mdp,
     run,
@@ -32,7 +33,7 @@ pytestmark = pytest.mark.slow
 
 # the fixtures: a real nats-server, maitred serve subprocesses
 nats_server = nats_testing.nats_server
-maitred_serve = testing.maitred_serve
+maitred_serve = cluster_helpers.graceful_serve
 
 Ctx = zmq.Context[Any]
 BINARY = bytes(range(256)) * 3
