@@ -52,7 +52,7 @@ def resolve_transports(
 ) -> dict[str, tuple[TransportSpec, msgspec.Struct]]:
     """Decode each ``[transports.NAME]`` with its plugin's config type; keep the enabled ones."""
     enabled: dict[str, tuple[TransportSpec, msgspec.Struct]] = {}
-    for name, table in config.transports.items():
+    for name, table in config.transport_tables().items():
         spec = specs.get(name)
         if spec is None and (
             name in config.plugins.disable
@@ -67,11 +67,13 @@ def resolve_transports(
                 f"{config.source}: transports.{name}: no such transport (installed: {known})"
                 f"{did_you_mean(name, specs)}"
             )
-        tconfig = convert_section(table, spec.config_type, f"transports.{name}", config.source)
+        # [cluster] is the cluster plugin's table: messages name it as the file does
+        key = "cluster" if name == "cluster" and config.cluster else f"transports.{name}"
+        tconfig = convert_section(table, spec.config_type, key, config.source)
         problems = getattr(tconfig, "problems", None)
         if callable(problems):
             for problem in problems():
-                raise ConfigError(f"{config.source}: transports.{name}: {problem}")
+                raise ConfigError(f"{config.source}: {key}: {problem}")
         if getattr(tconfig, "enabled", True):
             enabled[name] = (spec, tconfig)
     return enabled
@@ -81,7 +83,7 @@ def apply_addresses(
     config: Config, specs: Mapping[str, TransportSpec], addresses: Mapping[str, Sequence[str]]
 ) -> Config:
     """Override/enable transports from ``--NAME ADDR`` command-line flags."""
-    transports = {k: dict(v) for k, v in config.transports.items()}
+    transports = {k: dict(v) for k, v in config.transport_tables().items()}
     for name, addrs in addresses.items():
         if not addrs:
             continue
@@ -114,13 +116,14 @@ def preflight(
         config = apply_addresses(config, specs, addresses or {})
     out: list[str] = []
     hints: list[tuple[str, StoreHint]] = []
-    for name, table in config.transports.items():
+    for name, table in config.transport_tables().items():
         spec = specs.get(name)
         if spec is None or not isinstance(table, dict):
             continue
         if spec.preflight is None and spec.store_hint is None:
             continue
-        tconfig = convert_section(table, spec.config_type, f"transports.{name}", config.source)
+        key = "cluster" if name == "cluster" and config.cluster else f"transports.{name}"
+        tconfig = convert_section(table, spec.config_type, key, config.source)
         if not getattr(tconfig, "enabled", True):
             continue
         if spec.store_hint is not None and (hint := spec.store_hint(tconfig)) is not None:
@@ -129,7 +132,7 @@ def preflight(
             if problem.value is not None and problem.value in flags.get(name, ()):
                 out.append(f"--{name}: {problem.text}")
             else:
-                out.append(f"{config.source}: transports.{name}.{problem.key}: {problem.text}")
+                out.append(f"{config.source}: {key}.{problem.key}: {problem.text}")
     if config.policies().uses_store() or hints:  # the one store is opened at start
         choice = store_choice(config, hints)
         if choice.backend == "jetstream" and importlib.util.find_spec("nats") is None:

@@ -26,6 +26,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
+import msgspec
 import pluggy
 
 from maitred.core.app import build_broker, plugin_warnings, preflight, transport_specs
@@ -125,6 +126,9 @@ def _checked_config(
     if addresses and args.config is None:
         # flags on the command line without a file: run only the transports named
         config = Config(transports={name: {} for name in addresses}, source="<command line>")
+    node = getattr(args, "node", None)
+    if node:
+        config = msgspec.structs.replace(config, cluster={**config.cluster, "node": node})
     pm = make_plugin_manager(disabled=config.plugins.disable)
     problems = preflight(config, transport_specs(pm), addresses)
     if problems:

@@ -87,6 +87,12 @@ def build_parser(
         help="once every transport listens, write the pid and endpoints there as JSON "
         "(removed on exit); `maitred reload --ready-file PATH` finds the broker by it",
     )
+    if "cluster" in specs:
+        serve.add_argument(
+            "--node",
+            metavar="NAME",
+            help="this node's name in the cluster ([cluster] node; default HOSTNAME-PID)",
+        )
     _address_flags(serve, specs, "enable {name} on this address (repeatable): {description}")
 
     check = _parser(

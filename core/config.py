@@ -155,6 +155,9 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     tracing: TracingSection = msgspec.field(default_factory=TracingSection)
     #: one table per transport; a transport runs when its table exists and ``enabled`` is true
     transports: dict[str, Any] = msgspec.field(default_factory=_default_transports)
+    #: ``[cluster]``: this broker is a node of a cluster over NATS (the ``cluster`` plugin's
+    #: table, taken as ``[transports.cluster]``; empty: no cluster)
+    cluster: dict[str, Any] = msgspec.field(default_factory=dict)
     #: where this config came from (not a key of the file)
     source: str = "<embedded defaults>"
 
@@ -162,8 +165,18 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
         """The resolved per-service policies (build once; raises :class:`ConfigError`)."""
         return ServicePolicies(self.services, self.source)
 
+    def transport_tables(self) -> dict[str, Any]:
+        """``[transports.*]`` with ``[cluster]`` as the ``cluster`` transport's table (keys of
+        ``[transports.cluster]``, e.g. from ``--cluster``, win)."""
+        if not self.cluster:
+            return self.transports
+        return {
+            **self.transports,
+            "cluster": {**self.cluster, **self.transports.get("cluster", {})},
+        }
+
     def enabled_transports(self) -> list[str]:
-        return [name for name, t in self.transports.items() if t.get("enabled", True)]
+        return [name for name, t in self.transport_tables().items() if t.get("enabled", True)]
 
     def check(self) -> None:
         """Validate what the Struct types alone cannot; raises :class:`ConfigError`."""

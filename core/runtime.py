@@ -346,8 +346,9 @@ class Broker:
         plans and what cannot change (``transports.NAME[.KEY]``). Applies nothing."""
         plans: list[tuple[str, ReloadPlan]] = []
         restart: list[str] = []
+        tables = config.transport_tables()
         for name, (spec, old) in self._specs.items():
-            table = config.transports.get(name)
+            table = tables.get(name)
             if table is None:
                 restart.append(f"transports.{name}")  # no longer configured
                 continue

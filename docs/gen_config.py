@@ -39,6 +39,7 @@ from maitred.core.config import (
 )
 from maitred.core.routing.model import ServicePolicy
 from maitred.core.routing.router import Liveness
+from maitred.transports.cluster.config import ClusterConfig
 from maitred.transports.http.adapter import HttpConfig
 from maitred.transports.mdp.adapter import MdpConfig
 from maitred.transports.ws.adapter import KeyConfig, WsConfig
@@ -60,6 +61,7 @@ SECTIONS: dict[str, type[msgspec.Struct]] = {
     "transports.http": HttpConfig,
     "transports.ws": WsConfig,
     "transports.ws.keys": KeyConfig,
+    "cluster": ClusterConfig,
 }
 
 #: what the decoder cannot say: ranges checked after decoding (appended to the type)

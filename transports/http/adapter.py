@@ -292,9 +292,16 @@ class HttpTransport(ListingRoutes, TopicRoutes, Secured):
                 ssl_context=context,
                 handshake_timeout=cfg.tls_handshake_timeout,
                 on_accept=self._tls_accepted,
+                reuse_port=self.config.reuse_port,
             )
         else:
-            site = web.TCPSite(runner, host, int(port), reuse_address=True)
+            site = web.TCPSite(
+                runner,
+                host,
+                int(port),
+                reuse_address=True,
+                reuse_port=self.config.reuse_port or None,
+            )
         await site.start()
         scheme = "https" if cfg.tls_cert else "http"
         # the asyncio (or uvloop) server: its sockets know the real port

@@ -50,6 +50,9 @@ class HttpConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     enabled: bool = True
     #: ``HOST:PORT`` (port 0: any free port) and/or ``unix:/path/to/socket``
     listen: list[str] = msgspec.field(default_factory=lambda: ["127.0.0.1:8080"])
+    #: SO_REUSEPORT on the TCP listeners: several processes (cluster nodes on one machine)
+    #: share one port and the kernel spreads the connections among them
+    reuse_port: bool = False
     #: largest request body in bytes (larger: 413 before the body is read)
     max_body_size: int = 1 << 20
     #: seconds a REST call may take when the caller sends no deadline header; 0: the service's

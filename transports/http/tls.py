@@ -140,8 +140,16 @@ class TlsSite(web.TCPSite):
         ssl_context: ssl.SSLContext,
         handshake_timeout: float,
         on_accept: Callable[[Any], None],
+        reuse_port: bool = False,
     ) -> None:
-        super().__init__(runner, host, port, ssl_context=ssl_context, reuse_address=True)
+        super().__init__(
+            runner,
+            host,
+            port,
+            ssl_context=ssl_context,
+            reuse_address=True,
+            reuse_port=reuse_port or None,
+        )
         self._handshake_timeout = handshake_timeout
         self._on_accept = on_accept
 
@@ -162,5 +170,6 @@ class TlsSite(web.TCPSite):
             ssl=self._ssl_context,
             backlog=self._backlog,
             reuse_address=self._reuse_address,
+            reuse_port=self._reuse_port,
             ssl_handshake_timeout=self._handshake_timeout,
         )

@@ -74,6 +74,9 @@ class WsConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     enabled: bool = True
     #: ``HOST:PORT`` to listen on (port 0: any free port); a list listens on each
     listen: str | list[str] = "127.0.0.1:8764"
+    #: SO_REUSEPORT: several processes (cluster nodes on one machine) share one port and the
+    #: kernel spreads the connections among them
+    reuse_port: bool = False
     #: PEM files: when both are set the listener speaks wss:// (TLS)
     tls_cert: str = ""
     tls_key: str = ""
@@ -332,6 +335,7 @@ class WsTransport:
                     # the opening handshake (a silent TCP connection) is bounded as the key is
                     open_timeout=cfg.handshake_timeout,
                     process_request=self._admit,
+                    reuse_port=cfg.reuse_port or None,
                 )
             except OSError as exc:
                 await self.close()
