@@ -130,9 +130,7 @@ def check_readable(path: str) -> str | None:
     return None
 
 
-def check_secret_files(
-    files: Iterable[tuple[str, str]], skip: Iterable[str] = ()
-) -> list[Problem]:
+def check_secret_files(files: Iterable[tuple[str, str]], skip: Iterable[str] = ()) -> list[Problem]:
     """Each file that holds a secret, given as (config key, path), must exist and be readable
     by its owner only (:func:`~maitred.core.credentials.secret_file_problem`): one
     :class:`Problem` per file that is not, naming the file and the fix (``chmod 600 FILE``).

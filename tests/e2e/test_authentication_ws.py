@@ -25,7 +25,7 @@ from websockets.sync.client import ClientConnection, connect
 from websockets.typing import Subprotocol
 
 from maitred.core.access import Identity
-from maitred.core.credentials import new_token, token_digest
+from maitred.core.credentials import new_token
 from maitred.core.local import LocalClient, LocalWorker
 from tests.e2e.helpers import BrokerThread, wait_until
 
@@ -105,7 +105,9 @@ ROWS = [
     Row("wrong-token-query", Creds(token=WRONG_TOKEN, via="query"), True, "bad token"),
     Row("wrong-key", Creds(key="wrong"), True, "bad key"),
     Row("token-may-call", Creds(token=CALLER_TOKEN), False, None, "caller", True),
-    Row("token-query-may-call", Creds(token=CALLER_TOKEN, via="query"), False, None, "caller", True),
+    Row(
+        "token-query-may-call", Creds(token=CALLER_TOKEN, via="query"), False, None, "caller", True
+    ),
     Row("token-may-not-call", Creds(token=WATCHER_TOKEN), False, None, "watcher", False),
     Row("key", Creds(key=KEY), False, None, "ws-app", True),
 ]
@@ -182,9 +184,7 @@ def make_fx(make_broker: Callable[..., BrokerThread]) -> Iterator[Callable[[bool
     made: list[Fixture] = []
 
     def make(anonymous: bool) -> Fixture:
-        toml = TOML.format(
-            anonymous=str(anonymous).lower(), caller=CALLER_SHA, watcher=WATCHER_SHA
-        )
+        toml = TOML.format(anonymous=str(anonymous).lower(), caller=CALLER_SHA, watcher=WATCHER_SHA)
         fx = Fixture(make_broker(toml))
         made.append(fx)
         return fx
@@ -262,9 +262,10 @@ def test_authentication_table(make_fx: Callable[[bool], Fixture], row: Row, dial
             assert (closed.value.rcvd.code, closed.value.rcvd.reason) == (1008, row.refused)
             after = fx.stats()
             reason = row.refused.replace(" ", "_")
-            assert after.get("denied.authenticate.ws", 0) == before.get(
-                "denied.authenticate.ws", 0
-            ) + 1
+            assert (
+                after.get("denied.authenticate.ws", 0)
+                == before.get("denied.authenticate.ws", 0) + 1
+            )
             assert after.get(f"ws.{reason}", 0) == before.get(f"ws.{reason}", 0) + 1
             denial = fx.next_denial()
             assert denial["action"] == "authenticate" and denial["transport"] == "ws"

@@ -37,7 +37,7 @@ from maitred.core.errors import ErrorCode, MaitredError
 from maitred.core.routing.headers import is_broker_header, pairs_of
 from maitred.core.routing.model import Body, Headers, ReplyKind, Request, Worker
 from maitred.core.routing.patterns import validate_pattern
-from maitred.transports.ws.conn import CLOSE_POLICY, CLOSE_UNSUPPORTED, Conn
+from maitred.transports.ws.conn import CLOSE_UNSUPPORTED, Conn
 from maitred.transports.ws.mm_codec import (
     MmHeaders,
     MmMessage,
