@@ -287,3 +287,23 @@ def test_authentication_table(make_fx: Callable[[bool], Fixture], row: Row, dial
                 "denied.authenticate.ws", 0
             )
             fx.bystander_works()
+
+
+def test_refusals_show_in_mmi_info_and_metrics(make_fx: Callable[[bool], Fixture]) -> None:
+    fx = make_fx(False)
+    with open_ws(fx, "json", Creds(token=WRONG_TOKEN)) as ws, pytest.raises(ConnectionClosed):
+        handshake(ws, "json", Creds(token=WRONG_TOKEN))
+    fx.bystander.send("REQ mmi.info\r\n\r\n\r\n.\r\n")
+    frame = str(fx.bystander.recv(5))
+    assert frame.startswith("RES mmi.info\r\n"), frame
+    info = json.loads(frame.split("\r\n\r\n", 1)[1].removesuffix("\r\n.\r\n"))
+    assert info["stats"]["denied.authenticate.ws"] == 1
+    assert info["stats"]["ws.bad_token"] == 1
+    base = urllib.parse.urlsplit(fx.broker.endpoints["http"][0])
+    conn = http.client.HTTPConnection(base.hostname or "", base.port, timeout=5)
+    try:
+        conn.request("GET", "/metrics")
+        metrics = conn.getresponse().read().decode()
+    finally:
+        conn.close()
+    assert 'maitred_router_events_total{event="denied.authenticate.ws"} 1.0' in metrics
