@@ -28,6 +28,7 @@ from pathlib import Path
 import msgspec
 
 from maitred.core.access import Identity
+from maitred.core.errors import ConfigError
 
 #: tokens longer than this are refused before hashing (a header of 64 KiB costs nothing then)
 MAX_TOKEN_LENGTH = 4096
@@ -146,8 +147,9 @@ def secret_file_problem(path: str | os.PathLike[str]) -> str | None:
     return None
 
 
-class SecretError(ValueError):
-    """A secret that cannot be read; the message names where it was looked for."""
+class SecretError(ConfigError, ValueError):
+    """A secret that cannot be read; ``reason`` names where it was looked for. A configuration
+    error (it stops ``check`` and ``serve``), and a ValueError as it was first written."""
 
 
 def read_secret(

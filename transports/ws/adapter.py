@@ -275,7 +275,7 @@ class WsTransport:
         try:
             self.keys = resolve_keys(config.keys)
         except SecretError as exc:
-            raise ConfigError(f"transports.ws.{exc}") from None
+            raise ConfigError(f"transports.ws.{exc.reason}") from None
         self.tokens = TokenTable(config.tokens)
         self.conns: dict[str, Conn] = {}
         self.by_session: dict[int, Conn] = {}
@@ -344,7 +344,7 @@ class WsTransport:
         try:
             keys = resolve_keys(config.keys)  # key files and variables are read again
         except SecretError as exc:
-            raise ConfigError(f"transports.ws.{exc}") from None
+            raise ConfigError(f"transports.ws.{exc.reason}") from None
         if keys != self.keys and "keys" not in applied:
             applied.append("keys")
         effective = msgspec.structs.replace(old, **{f: getattr(config, f) for f in applied})

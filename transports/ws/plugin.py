@@ -35,7 +35,7 @@ def preflight(config: WsConfig) -> list[Problem]:
         try:
             key_value(entry, f"keys[{i}]")  # the file is read, the variable looked up
         except SecretError as exc:
-            where, _, text = str(exc).partition(": ")
+            where, _, text = exc.reason.partition(": ")
             out.append(Problem(where, text))
     return out
 
