@@ -362,3 +362,24 @@ def test_reload_applies_the_token_table_to_new_connections(tmp_path: Path) -> No
             await broker.stop(0)
 
     asyncio.run(main())
+
+
+def test_the_python_clients_log_in_with_a_token(ws_broker: BrokerThread) -> None:
+    from maitred.transports.ws.client import JsonClient, MmClient
+
+    url = ws_broker.endpoints["ws"][0]
+
+    async def main() -> None:
+        mm = await MmClient.connect(url, token=TOKEN, timeout=5)
+        try:
+            assert len(mm.cid) == 20
+        finally:
+            await mm.ws.close()
+        async with await JsonClient.connect(url, token=TOKEN, name="n", timeout=5) as client:
+            assert client.welcome.trusted
+        with pytest.raises(MaitredError, match="refused: bad token"):
+            await MmClient.connect(url, token=OTHER, timeout=5)
+        with pytest.raises(MaitredError, match="refused: bad token"):
+            await JsonClient.connect(url, token=OTHER, timeout=5)
+
+    asyncio.run(main())
