@@ -146,9 +146,29 @@ async def mm_service(url: str, service: str) -> None:
 # -- load -------------------------------------------------------------------------------------
 
 
+def cpu_seconds(pid: int | None) -> float:
+    """User + system CPU seconds of process ``pid`` so far (0.0 without /proc or a pid)."""
+    if pid is None:
+        return 0.0
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0.0
+    fields = stat.rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 async def request_load(
-    url: str, raw: bool, inflight: int, size: int, warmup: float, duration: float
+    url: str,
+    raw: bool,
+    inflight: int,
+    size: int,
+    warmup: float,
+    duration: float,
+    server_pid: int | None = None,
 ) -> dict[str, float]:
+    """Requests/s and latencies; with ``server_pid``, also the server's CPU time per request
+    (``cpu_us_req``: less sensitive to a busy machine than the rate is)."""
     ws = await login(url, raw=raw)
     body = "x" * size
     frames = [f"REQ echo\r\nReqID: {i}\r\n\r\n{body}\r\n.\r\n" for i in range(inflight)]
@@ -156,6 +176,7 @@ async def request_load(
     lat: list[float] = []
     count = 0
     measuring = False
+    cpu_start = 0.0
     for i in range(inflight):
         sent_at[i] = time.perf_counter()
         await ws.send(frames[i])
@@ -175,18 +196,23 @@ async def request_load(
         elif now >= t_measure:
             measuring = True
             t_measure = now
+            cpu_start = cpu_seconds(server_pid)
         if now >= t_end:
             break
         sent_at[i] = now
         await ws.send(frames[i])
     elapsed = time.perf_counter() - t_measure
+    cpu = cpu_seconds(server_pid) - cpu_start if measuring else 0.0
     await ws.close()
     lat.sort()
-    return {
+    out = {
         "req_s": count / elapsed,
         "p50_ms": 1000 * lat[len(lat) // 2] if lat else 0.0,
         "p99_ms": 1000 * lat[int(len(lat) * 0.99)] if lat else 0.0,
     }
+    if server_pid is not None and count:
+        out["cpu_us_req"] = 1e6 * cpu / count
+    return out
 
 
 async def fanout(url: str, subscribers: int, messages: int, timeout: float) -> dict[str, float]:
@@ -276,10 +302,10 @@ def run_leg(leg: str, args: argparse.Namespace) -> dict[str, float]:
     url = f"{'wss' if tls else 'ws'}://127.0.0.1:{ws_port}"
     with contextlib.ExitStack() as stack:
         if leg == "raw":
-            stack.enter_context(proc(PY, __file__, "echo-server", str(ws_port)))
+            server = stack.enter_context(proc(PY, __file__, "echo-server", str(ws_port)))
         else:
             tls_dir = Path(os.environ[CA_ENV]).parent if tls else None
-            stack.enter_context(proc(*maitred_cmd(ws_port, mdp_port, tls_dir)))
+            server = stack.enter_context(proc(*maitred_cmd(ws_port, mdp_port, tls_dir)))
             if leg == "ws-mdp":
                 stack.enter_context(
                     proc(PY, str(HERE / "loadgen.py"), "worker", "--endpoint",
@@ -292,7 +318,15 @@ def run_leg(leg: str, args: argparse.Namespace) -> dict[str, float]:
         if leg == "fanout":
             return asyncio.run(fanout(url, args.subscribers, args.messages, args.timeout))
         return asyncio.run(
-            request_load(url, leg == "raw", args.inflight, args.size, args.warmup, args.duration)
+            request_load(
+                url,
+                leg == "raw",
+                args.inflight,
+                args.size,
+                args.warmup,
+                args.duration,
+                server.pid,
+            )
         )
 
 
@@ -367,9 +401,18 @@ def _run(legs: list[str], args: argparse.Namespace) -> int:
         ]
         cost = 1 - statistics.median(paired)
         print(
-            f"  TLS cost on {plain}: {100 * cost:.1f} % (median of {len(paired)} paired runs; "
-            f"ratio of the medians {med[leg]['req_s'] / med[plain]['req_s']:.2f})"
+            f"  TLS cost on {plain}: {100 * cost:.1f} % of req/s (median of {len(paired)} "
+            f"paired runs; ratio of the medians {med[leg]['req_s'] / med[plain]['req_s']:.2f})"
         )
+        if "cpu_us_req" in med[leg] and "cpu_us_req" in med[plain]:
+            pairs = zip(results[leg], results[plain], strict=True)
+            cpu = [t["cpu_us_req"] / p["cpu_us_req"] for t, p in pairs]
+            print(
+                f"  TLS cost on {plain}: broker CPU per request x{statistics.median(cpu):.2f} "
+                f"(median of paired runs; {med[plain]['cpu_us_req']:.0f} -> "
+                f"{med[leg]['cpu_us_req']:.0f} us), so at most "
+                f"{100 * (1 - 1 / statistics.median(cpu)):.1f} % of req/s on a saturated broker"
+            )
     return 0
 
 
