@@ -383,3 +383,35 @@ def test_the_python_clients_log_in_with_a_token(ws_broker: BrokerThread) -> None
             await JsonClient.connect(url, token=OTHER, timeout=5)
 
     asyncio.run(main())
+
+
+def test_the_same_key_twice_from_two_places_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MAITRED_TEST_WS_KEY", "same")
+    toml = '[transports.ws]\nlisten = "127.0.0.1:0"\n[[transports.ws.keys]]\nkey = "same"\n'
+    toml += '[[transports.ws.keys]]\nkey_env = "MAITRED_TEST_WS_KEY"\n'
+    assert "transports.ws.keys[1]: the same key as another entry" in _refused_at_start(toml)
+
+
+def test_a_reload_with_a_key_file_others_can_read_changes_nothing(tmp_path: Path) -> None:
+    keyfile = tmp_path / "key"
+    keyfile.write_text("one\n")
+    keyfile.chmod(0o600)
+    toml = NO_MDP + '[transports.ws]\nlisten = "127.0.0.1:0"\nping_interval = 0\n'
+    toml += f'[[transports.ws.keys]]\nkey_file = "{keyfile}"\n'
+
+    async def main() -> None:
+        broker = build_broker(parse_config(toml, "a.toml"))
+        await broker.start()
+        try:
+            keyfile.write_text("two\n")
+            keyfile.chmod(0o644)
+            with pytest.raises(MaitredError, match=f"chmod 600 {keyfile}"):
+                broker.reload(parse_config(toml, "a.toml"))  # the file is read again
+            (url,) = broker.endpoints()["ws"]
+            async with aconnect(url) as ws:  # the key read at start still works
+                await ws.send("one")
+                assert await asyncio.wait_for(ws.recv(), 5) == "MM OK"
+        finally:
+            await broker.stop(0)
+
+    asyncio.run(main())
