@@ -108,7 +108,7 @@ def preflight(
 
     Problems with an address given as ``--NAME ADDR`` name the flag; the others name the config
     file and the key. Raises :class:`ConfigError` for what :func:`resolve_transports` refuses."""
-    from maitred.core.preflight import check_writable_file
+    from maitred.core.preflight import check_secret_files, check_writable_file
     from maitred.core.store import default_store_path
 
     flags = {name: set(addrs) for name, addrs in (addresses or {}).items() if addrs}
@@ -120,7 +120,7 @@ def preflight(
         spec = specs.get(name)
         if spec is None or not isinstance(table, dict):
             continue
-        if spec.preflight is None and spec.store_hint is None:
+        if spec.preflight is None and spec.store_hint is None and spec.secret_files is None:
             continue
         key = "cluster" if name == "cluster" and config.cluster else f"transports.{name}"
         tconfig = convert_section(table, spec.config_type, key, config.source)
@@ -128,7 +128,11 @@ def preflight(
             continue
         if spec.store_hint is not None and (hint := spec.store_hint(tconfig)) is not None:
             hints.append((name, hint))
-        for problem in spec.preflight(tconfig) if spec.preflight is not None else ():
+        problems = list(spec.preflight(tconfig)) if spec.preflight is not None else []
+        if spec.secret_files is not None:  # files anyone but their owner may read: refused
+            found = {problem.key for problem in problems}
+            problems += check_secret_files(spec.secret_files(tconfig), skip=found)
+        for problem in problems:
             if problem.value is not None and problem.value in flags.get(name, ()):
                 out.append(f"--{name}: {problem.text}")
             else:

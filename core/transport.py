@@ -368,6 +368,11 @@ class TransportSpec:
     #: bound, TLS material that does not load, store files that cannot be written); run by
     #: ``maitred check`` and before ``serve`` binds anything (see :mod:`maitred.core.preflight`)
     preflight: Callable[[Any], Sequence[Problem]] | None = None
+    #: the files of the transport's config that hold secrets (TLS private keys, key files,
+    #: CURVE secret keys, token files), as (config key, path) pairs: ``maitred check`` and
+    #: ``serve`` refuse each one that anyone but its owner may read, naming the file and the fix
+    #: (:func:`maitred.core.preflight.check_secret_files`)
+    secret_files: Callable[[Any], Sequence[tuple[str, str]]] | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
     #: whether the transport, so configured, keeps messages in the broker's one durable store
     #: (a hint: the store is opened at start), with the settings of its deprecated store keys
