@@ -102,6 +102,26 @@ def test_check_names_every_readable_secret_with_its_key_and_fix(
     assert check(conf, capsys) == (0, "")
 
 
+def test_check_names_a_readable_https_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cert, key = make_cert(tmp_path)
+    key.chmod(0o640)
+    conf = tmp_path / "maitred.toml"
+    conf.write_text(
+        NO_MDP
+        + f'[transports.http]\nlisten = ["127.0.0.1:0"]\ntls_cert = "{cert}"\ntls_key = "{key}"\n'
+    )
+    code, err = check(conf, capsys)
+    assert code == 2
+    assert (
+        f"{conf}: transports.http.tls_key: {key}: a secret readable by others (mode 0640); "
+        f"run 'chmod 600 {key}'" in err
+    )
+    key.chmod(0o600)
+    assert check(conf, capsys) == (0, "")
+
+
 def test_check_reports_a_certificate_of_another_key(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -42,6 +42,12 @@ def preflight(config: HttpConfig) -> list[Problem]:
     return out
 
 
+def secret_files(config: HttpConfig) -> list[tuple[str, str]]:
+    """The TLS private key, which ``maitred check`` and ``serve`` refuse when anyone but its
+    owner can read it."""
+    return [("tls_key", config.tls_key)] if config.tls_key else []
+
+
 @hookimpl
 def maitred_transports() -> Sequence[TransportSpec]:
     return [
@@ -54,6 +60,7 @@ def maitred_transports() -> Sequence[TransportSpec]:
             cli_metavar="HOST:PORT|unix:PATH",
             store_hint=HttpConfig.store_hint,
             preflight=preflight,
+            secret_files=secret_files,
         )
     ]
 
