@@ -1,7 +1,12 @@
 """HTTP transport benchmark: REST call rate and p99 vs a raw aiohttp echo server (same body size),
 the switch RPC rate, and the durable path (persisted + acked messages/s, SQLite store).
 
-    .venv/bin/python bench/http_bench.py [--runs 3] [--legs raw,rest,rpc,store,durable,durable_unix]
+    .venv/bin/python bench/http_bench.py [--runs 3] [--legs raw,rest,tls,rpc,store,...]
+
+(legs: raw, rest, tls, rpc, store, durable, durable_unix.) ``tls``: the same REST calls as
+``rest``, to a second broker whose listener speaks HTTPS and requires a bearer token (a
+self-signed certificate made with openssl; keep-alive connections, so the handshakes are a
+warm-up cost): TLS's cost is ``1 - tls/rest`` of the same run.
 
 Each leg is bounded in count and time; the median of ``--runs`` is printed with the ratio.
 The broker and the raw echo server run as subprocesses; the MDP echo worker is a thread of this
@@ -19,7 +24,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import json
+import ssl
 import statistics
 import subprocess
 import sys
@@ -106,12 +113,21 @@ def mdp_echo_worker(endpoint: str, stop: threading.Event) -> None:
     sock.close()
 
 
-async def load(url: str, n: int, concurrency: int, body: bytes) -> tuple[float, float]:
-    """(req/s, p99 ms) of ``n`` POSTs with ``concurrency`` in flight."""
+async def load(
+    url: str,
+    n: int,
+    concurrency: int,
+    body: bytes,
+    tls: ssl.SSLContext | None = None,
+    token: str = "",
+) -> tuple[float, float]:
+    """(req/s, p99 ms) of ``n`` POSTs with ``concurrency`` in flight (keep-alive connections;
+    ``tls``: over HTTPS, ``token``: with a bearer token)."""
     lat: list[float] = []
     left = n
-    conn = aiohttp.TCPConnector(limit=concurrency)
-    async with aiohttp.ClientSession(connector=conn) as session:
+    conn = aiohttp.TCPConnector(limit=concurrency, ssl=tls if tls is not None else True)
+    headers = {"Authorization": f"Bearer {token}"} if token else None
+    async with aiohttp.ClientSession(connector=conn, headers=headers) as session:
 
         async def one() -> None:
             nonlocal left
@@ -360,7 +376,45 @@ def store_rate(n: int, batch: int, size: int) -> float:
     return rate
 
 
-LEGS = ("raw", "rest", "rpc", "store", "durable", "durable_unix")
+LEGS = ("raw", "rest", "tls", "rpc", "store", "durable", "durable_unix")
+
+#: the tls leg's token (its SHA-256 is in the TLS broker's config)
+TOKEN = "bench-token-0123456789abcdefghijklmnopqrstuvwxyz"
+
+
+def tls_broker_config(tmp: Path) -> Path:
+    """A second broker's config: REST over HTTPS (a self-signed certificate made here with
+    openssl), a bearer token required (``anonymous = false``)."""
+    cert, key = tmp / "cert.pem", tmp / "key.pem"
+    subprocess.run(
+        [
+            *("openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt"),
+            *("ec_paramgen_curve:prime256v1", "-nodes", "-days", "1", "-subj", "/CN=localhost"),
+            *("-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    key.chmod(0o600)
+    cfg = tmp / "tls.toml"
+    digest = hashlib.sha256(TOKEN.encode()).hexdigest()
+    cfg.write_text(
+        f"""[broker]
+log_level = "warning"
+[transports.mdp]
+endpoints = ["tcp://127.0.0.1:0"]
+[transports.http]
+listen = ["127.0.0.1:0"]
+switch = false
+anonymous = false
+tls_cert = "{cert}"
+tls_key = "{key}"
+[[transports.http.tokens]]
+sha256 = "{digest}"
+identity = "bench"
+"""
+    )
+    return cfg
 
 
 def main() -> int:
@@ -421,10 +475,19 @@ switch_credit = 256
     stop = threading.Event()
     wt = threading.Thread(target=mdp_echo_worker, args=(beps["mdp"], stop), daemon=True)
     wt.start()
+    tls_broker: subprocess.Popen[str] | None = None
+    tls_ctx: ssl.SSLContext | None = None
+    if "tls" in legs:
+        tls_broker, teps = start([MAITRED, "serve", "-c", str(tls_broker_config(tmp))], "http")
+        tls_ctx = ssl.create_default_context(cafile=str(tmp / "cert.pem"))
+        tls_url = f"{teps['http']}/v1/services/echo"
+        threading.Thread(target=mdp_echo_worker, args=(teps["mdp"], stop), daemon=True).start()
     results: dict[str, list[Any]] = {leg: [] for leg in legs}
     try:
         if "rest" in legs:
             asyncio.run(load(f"{beps['http']}/v1/services/echo", 200, 8, body))  # warm-up
+        if "tls" in legs:
+            asyncio.run(load(tls_url, 200, 8, body, tls_ctx, TOKEN))  # warm-up
         if "durable" in legs or "durable_unix" in legs:
             durable_rate(beps["http"], 2000, args.senders, args.ackers, args.durable_size)
         for run in range(args.runs):
@@ -441,6 +504,12 @@ switch_credit = 256
                             args.concurrency,
                             body,
                         )
+                    )
+                )
+            if "tls" in legs:
+                results["tls"].append(
+                    asyncio.run(
+                        load(tls_url, args.requests, args.concurrency, body, tls_ctx, TOKEN)
                     )
                 )
             if "rpc" in legs:
@@ -461,6 +530,9 @@ switch_credit = 256
         echo.kill()
         broker.wait()
         echo.wait()
+        if tls_broker is not None:
+            tls_broker.kill()
+            tls_broker.wait()
     med = statistics.median
     if "raw" in legs:
         raw_rate = med(r for r, _ in results["raw"])
@@ -471,6 +543,11 @@ switch_credit = 256
         rest_p99 = med(p for _, p in results["rest"])
         ratio = f"  ratio {rest_rate / raw_rate:.2f}" if "raw" in legs else ""
         print(f"maitred REST->MDP    {rest_rate:8.0f} req/s  p99 {rest_p99:6.2f} ms{ratio}")
+    if "tls" in legs:
+        tls_rate = med(r for r, _ in results["tls"])
+        tls_p99 = med(p for _, p in results["tls"])
+        cost = f"  TLS+token cost {1 - tls_rate / rest_rate:.0%}" if "rest" in legs else ""
+        print(f"REST over HTTPS+token {tls_rate:7.0f} req/s  p99 {tls_p99:6.2f} ms{cost}")
     if "rpc" in legs:
         print(f"switch RPC (serial)  {med(results['rpc']):8.0f} calls/s")
     if "store" in legs:

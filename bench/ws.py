@@ -7,13 +7,18 @@ Legs (each in fresh processes, medians of ``--runs``):
 - ``ws-mdp``: middleman client → maitred (``--ws``/``--mdp``) → MDP echo worker (bench/loadgen.py);
 - ``ws-ws``: middleman client → maitred → middleman echo service (a plain websockets client, EREQ);
 - ``fanout``: one publisher, ``--subscribers`` middleman connections (default 1,000) subscribed to
-  one topic, ``--messages`` publications: deliveries/s until every subscriber got every message.
+  one topic, ``--messages`` publications: deliveries/s until every subscriber got every message;
+- ``ws-mdp-tls``, ``ws-ws-tls``: ``ws-mdp`` and ``ws-ws`` over ``wss://`` (a self-signed
+  certificate made with openssl for the run; TLS 1.3, the defaults of both ends). With both the
+  plain and the TLS leg in ``--legs``, the report gives the cost of TLS: 1 minus the median of the
+  ratios TLS / plain of legs measured in the same round.
 
 The client keeps ``--inflight`` requests (default 64) of ``--size`` bytes (default 1 KiB) in
 flight, correlated by a ``ReqID`` header. Usage::
 
     .venv/bin/python bench/ws.py                  # all legs, 3 runs
     .venv/bin/python bench/ws.py --smoke          # one short run of each
+    .venv/bin/python bench/ws.py --legs ws-mdp,ws-mdp-tls,ws-ws,ws-ws-tls --runs 5   # TLS cost
 """
 
 from __future__ import annotations
@@ -24,9 +29,11 @@ import contextlib
 import json
 import os
 import socket
+import ssl
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -60,12 +67,41 @@ def proc(*argv: str) -> Iterator[subprocess.Popen[bytes]]:
             p.wait()
 
 
+#: the certificate the TLS legs' broker presents (set for the child processes too)
+CA_ENV = "MAITRED_BENCH_CA"
+
+
+def client_ssl(url: str) -> ssl.SSLContext | None:
+    """A context that trusts the run's certificate, for a ``wss://`` URL."""
+    if not url.startswith("wss://"):
+        return None
+    return ssl.create_default_context(cafile=os.environ[CA_ENV])
+
+
+def make_certificate(directory: Path) -> tuple[Path, Path]:
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    subprocess.run(
+        [
+            *("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"),
+            *("-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1"),
+            *("-keyout", str(key), "-out", str(cert)),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    key.chmod(0o600)
+    return cert, key
+
+
 async def open_ws(url: str, timeout: float = 15.0) -> ClientConnection:
     """Connect, retrying while the server starts (bounded)."""
     deadline = time.monotonic() + timeout
+    context = client_ssl(url)
     while True:
         try:
-            return await connect(url, compression=None, max_size=None, ping_interval=None)
+            return await connect(
+                url, compression=None, max_size=None, ping_interval=None, ssl=context
+            )
         except OSError:
             if time.monotonic() > deadline:
                 raise
@@ -110,9 +146,29 @@ async def mm_service(url: str, service: str) -> None:
 # -- load -------------------------------------------------------------------------------------
 
 
+def cpu_seconds(pid: int | None) -> float:
+    """User + system CPU seconds of process ``pid`` so far (0.0 without /proc or a pid)."""
+    if pid is None:
+        return 0.0
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0.0
+    fields = stat.rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 async def request_load(
-    url: str, raw: bool, inflight: int, size: int, warmup: float, duration: float
+    url: str,
+    raw: bool,
+    inflight: int,
+    size: int,
+    warmup: float,
+    duration: float,
+    server_pid: int | None = None,
 ) -> dict[str, float]:
+    """Requests/s and latencies; with ``server_pid``, also the server's CPU time per request
+    (``cpu_us_req``: less sensitive to a busy machine than the rate is)."""
     ws = await login(url, raw=raw)
     body = "x" * size
     frames = [f"REQ echo\r\nReqID: {i}\r\n\r\n{body}\r\n.\r\n" for i in range(inflight)]
@@ -120,6 +176,7 @@ async def request_load(
     lat: list[float] = []
     count = 0
     measuring = False
+    cpu_start = 0.0
     for i in range(inflight):
         sent_at[i] = time.perf_counter()
         await ws.send(frames[i])
@@ -139,18 +196,23 @@ async def request_load(
         elif now >= t_measure:
             measuring = True
             t_measure = now
+            cpu_start = cpu_seconds(server_pid)
         if now >= t_end:
             break
         sent_at[i] = now
         await ws.send(frames[i])
     elapsed = time.perf_counter() - t_measure
+    cpu = cpu_seconds(server_pid) - cpu_start if measuring else 0.0
     await ws.close()
     lat.sort()
-    return {
+    out = {
         "req_s": count / elapsed,
         "p50_ms": 1000 * lat[len(lat) // 2] if lat else 0.0,
         "p99_ms": 1000 * lat[int(len(lat) * 0.99)] if lat else 0.0,
     }
+    if server_pid is not None and count:
+        out["cpu_us_req"] = 1e6 * cpu / count
+    return out
 
 
 async def fanout(url: str, subscribers: int, messages: int, timeout: float) -> dict[str, float]:
@@ -188,18 +250,25 @@ async def fanout(url: str, subscribers: int, messages: int, timeout: float) -> d
 # -- orchestration ----------------------------------------------------------------------------
 
 
-def maitred_cmd(ws_port: int, mdp_port: int) -> list[str]:
+def maitred_cmd(ws_port: int, mdp_port: int, tls: Path | None = None) -> list[str]:
+    """The broker's command; ``tls``: a directory with the run's ``cert.pem`` and ``key.pem``
+    (the config file written there adds them to ``[transports.ws]``)."""
+    config = os.environ.get("MAITRED_BENCH_CONFIG", "")
+    if tls is not None:
+        text = Path(config).read_text() if config else ""
+        text += (
+            f'\n[transports.ws]\ntls_cert = "{tls / "cert.pem"}"\ntls_key = "{tls / "key.pem"}"\n'
+        )
+        config = str(tls / "maitred.toml")
+        Path(config).write_text(text)
     return [
         MAITRED if os.path.exists(MAITRED) else PY,
         *([] if os.path.exists(MAITRED) else ["-m", "maitred.core"]),
         "serve",
         # MAITRED_BENCH_CONFIG: a config file for the broker (e.g. [transports.mdp]
-        # worker_credit = 8); the --ws/--mdp addresses below still apply
-        *(
-            ["-c", os.environ["MAITRED_BENCH_CONFIG"]]
-            if os.environ.get("MAITRED_BENCH_CONFIG")
-            else []
-        ),
+        # worker_credit = 8; for the TLS legs, without a [transports.ws] table); the --ws/--mdp
+        # addresses below still apply
+        *(["-c", config] if config else []),
         "--ws",
         f"127.0.0.1:{ws_port}",
         "--mdp",
@@ -228,12 +297,15 @@ async def probe(url: str) -> None:
 
 def run_leg(leg: str, args: argparse.Namespace) -> dict[str, float]:
     ws_port, mdp_port = free_port(), free_port()
-    url = f"ws://127.0.0.1:{ws_port}"
+    tls = leg.endswith("-tls")
+    leg = leg.removesuffix("-tls")
+    url = f"{'wss' if tls else 'ws'}://127.0.0.1:{ws_port}"
     with contextlib.ExitStack() as stack:
         if leg == "raw":
-            stack.enter_context(proc(PY, __file__, "echo-server", str(ws_port)))
+            server = stack.enter_context(proc(PY, __file__, "echo-server", str(ws_port)))
         else:
-            stack.enter_context(proc(*maitred_cmd(ws_port, mdp_port)))
+            tls_dir = Path(os.environ[CA_ENV]).parent if tls else None
+            server = stack.enter_context(proc(*maitred_cmd(ws_port, mdp_port, tls_dir)))
             if leg == "ws-mdp":
                 stack.enter_context(
                     proc(PY, str(HERE / "loadgen.py"), "worker", "--endpoint",
@@ -246,7 +318,15 @@ def run_leg(leg: str, args: argparse.Namespace) -> dict[str, float]:
         if leg == "fanout":
             return asyncio.run(fanout(url, args.subscribers, args.messages, args.timeout))
         return asyncio.run(
-            request_load(url, leg == "raw", args.inflight, args.size, args.warmup, args.duration)
+            request_load(
+                url,
+                leg == "raw",
+                args.inflight,
+                args.size,
+                args.warmup,
+                args.duration,
+                server.pid,
+            )
         )
 
 
@@ -270,6 +350,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=60.0)
     parser.add_argument("--smoke", action="store_true", help="1 short run, 100 subscribers")
     args = parser.parse_args(argv)
+    legs = args.legs.split(",")
+    with contextlib.ExitStack() as stack:
+        if any(leg.endswith("-tls") for leg in legs) and CA_ENV not in os.environ:
+            where = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="maitred-tls-")))
+            os.environ[CA_ENV] = str(make_certificate(where)[0])
+            stack.callback(os.environ.pop, CA_ENV, None)
+        return _run(legs, args)
+
+
+def _run(legs: list[str], args: argparse.Namespace) -> int:
     if args.smoke:
         args.runs, args.warmup, args.duration = 1, 0.2, 0.5
         args.subscribers, args.messages = 100, 5
@@ -277,9 +367,11 @@ def main(argv: list[str] | None = None) -> int:
     # round robin (raw, ws-mdp, ws-ws, raw, ...): a change in the machine's load hits every leg
     # alike, so the ratios of a run (each leg against the raw echo measured just before it) hold
     ratios: dict[str, list[float]] = {}
-    legs = args.legs.split(",")
     for run in range(args.runs):
-        for leg in legs:
+        # without the raw leg (which must come first), every other round runs the legs in the
+        # opposite order, so neither of a plain/TLS pair always runs on a warmer machine
+        order = legs[::-1] if run % 2 and "raw" not in legs else legs
+        for leg in order:
             r = run_leg(leg, args)
             print(f"{leg} run {run + 1}: {json.dumps(r)}", file=sys.stderr)
             results.setdefault(leg, []).append(r)
@@ -299,6 +391,28 @@ def main(argv: list[str] | None = None) -> int:
             if leg in ratios:
                 line += f"  median_run_ratio={statistics.median(ratios[leg]):.2f}"
         print(line)
+    for leg in legs:
+        plain = leg.removesuffix("-tls")
+        if leg == plain or plain not in results or "req_s" not in results[plain][0]:
+            continue
+        # the runs of a round are next to each other: pair them
+        paired = [
+            t["req_s"] / p["req_s"] for t, p in zip(results[leg], results[plain], strict=True)
+        ]
+        cost = 1 - statistics.median(paired)
+        print(
+            f"  TLS cost on {plain}: {100 * cost:.1f} % of req/s (median of {len(paired)} "
+            f"paired runs; ratio of the medians {med[leg]['req_s'] / med[plain]['req_s']:.2f})"
+        )
+        if "cpu_us_req" in med[leg] and "cpu_us_req" in med[plain]:
+            pairs = zip(results[leg], results[plain], strict=True)
+            cpu = [t["cpu_us_req"] / p["cpu_us_req"] for t, p in pairs]
+            print(
+                f"  TLS cost on {plain}: broker CPU per request x{statistics.median(cpu):.2f} "
+                f"(median of paired runs; {med[plain]['cpu_us_req']:.0f} -> "
+                f"{med[leg]['cpu_us_req']:.0f} us), so at most "
+                f"{100 * (1 - 1 / statistics.median(cpu)):.1f} % of req/s on a saturated broker"
+            )
     return 0
 
 

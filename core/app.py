@@ -13,6 +13,7 @@ Embedded use (clients and workers in the same asyncio program)::
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -51,7 +52,7 @@ def resolve_transports(
 ) -> dict[str, tuple[TransportSpec, msgspec.Struct]]:
     """Decode each ``[transports.NAME]`` with its plugin's config type; keep the enabled ones."""
     enabled: dict[str, tuple[TransportSpec, msgspec.Struct]] = {}
-    for name, table in config.transports.items():
+    for name, table in config.transport_tables().items():
         spec = specs.get(name)
         if spec is None and (
             name in config.plugins.disable
@@ -66,11 +67,13 @@ def resolve_transports(
                 f"{config.source}: transports.{name}: no such transport (installed: {known})"
                 f"{did_you_mean(name, specs)}"
             )
-        tconfig = convert_section(table, spec.config_type, f"transports.{name}", config.source)
+        # [cluster] is the cluster plugin's table: messages name it as the file does
+        key = "cluster" if name == "cluster" and config.cluster else f"transports.{name}"
+        tconfig = convert_section(table, spec.config_type, key, config.source)
         problems = getattr(tconfig, "problems", None)
         if callable(problems):
             for problem in problems():
-                raise ConfigError(f"{config.source}: transports.{name}: {problem}")
+                raise ConfigError(f"{config.source}: {key}: {problem}")
         if getattr(tconfig, "enabled", True):
             enabled[name] = (spec, tconfig)
     return enabled
@@ -80,7 +83,7 @@ def apply_addresses(
     config: Config, specs: Mapping[str, TransportSpec], addresses: Mapping[str, Sequence[str]]
 ) -> Config:
     """Override/enable transports from ``--NAME ADDR`` command-line flags."""
-    transports = {k: dict(v) for k, v in config.transports.items()}
+    transports = {k: dict(v) for k, v in config.transport_tables().items()}
     for name, addrs in addresses.items():
         if not addrs:
             continue
@@ -105,7 +108,7 @@ def preflight(
 
     Problems with an address given as ``--NAME ADDR`` name the flag; the others name the config
     file and the key. Raises :class:`ConfigError` for what :func:`resolve_transports` refuses."""
-    from maitred.core.preflight import check_writable_file
+    from maitred.core.preflight import check_secret_files, check_writable_file
     from maitred.core.store import default_store_path
 
     flags = {name: set(addrs) for name, addrs in (addresses or {}).items() if addrs}
@@ -113,24 +116,34 @@ def preflight(
         config = apply_addresses(config, specs, addresses or {})
     out: list[str] = []
     hints: list[tuple[str, StoreHint]] = []
-    for name, table in config.transports.items():
+    for name, table in config.transport_tables().items():
         spec = specs.get(name)
         if spec is None or not isinstance(table, dict):
             continue
-        if spec.preflight is None and spec.store_hint is None:
+        if spec.preflight is None and spec.store_hint is None and spec.secret_files is None:
             continue
-        tconfig = convert_section(table, spec.config_type, f"transports.{name}", config.source)
+        key = "cluster" if name == "cluster" and config.cluster else f"transports.{name}"
+        tconfig = convert_section(table, spec.config_type, key, config.source)
         if not getattr(tconfig, "enabled", True):
             continue
         if spec.store_hint is not None and (hint := spec.store_hint(tconfig)) is not None:
             hints.append((name, hint))
-        for problem in spec.preflight(tconfig) if spec.preflight is not None else ():
+        problems = list(spec.preflight(tconfig)) if spec.preflight is not None else []
+        if spec.secret_files is not None:  # files anyone but their owner may read: refused
+            found = {problem.key for problem in problems}
+            problems += check_secret_files(spec.secret_files(tconfig), skip=found)
+        for problem in problems:
             if problem.value is not None and problem.value in flags.get(name, ()):
                 out.append(f"--{name}: {problem.text}")
             else:
-                out.append(f"{config.source}: transports.{name}.{problem.key}: {problem.text}")
+                out.append(f"{config.source}: {key}.{problem.key}: {problem.text}")
     if config.policies().uses_store() or hints:  # the one store is opened at start
         choice = store_choice(config, hints)
+        if choice.backend == "jetstream" and importlib.util.find_spec("nats") is None:
+            out.append(
+                f'{config.source}: store: backend "jetstream" needs nats-py: '
+                'pip install "maitred[jetstream]"'
+            )
         if choice.backend == "sqlite":
             unwritable = check_writable_file(Path(choice.path or default_store_path()))
             if unwritable:

@@ -26,11 +26,14 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
+import msgspec
 import pluggy
 
 from maitred.core.app import build_broker, plugin_warnings, preflight, transport_specs
+from maitred.core.cli_listings import fetch_listing, print_listing
 from maitred.core.cli_parser import build_parser, credentials
 from maitred.core.config import Config, load_config
+from maitred.core.credentials import client_env
 from maitred.core.errors import ConfigError, ErrorCode, MaitredError
 from maitred.core.logs import setup_logging
 from maitred.core.reach import Unreachable, probe
@@ -123,6 +126,9 @@ def _checked_config(
     if addresses and args.config is None:
         # flags on the command line without a file: run only the transports named
         config = Config(transports={name: {} for name in addresses}, source="<command line>")
+    node = getattr(args, "node", None)
+    if node:
+        config = msgspec.structs.replace(config, cluster={**config.cluster, "node": node})
     pm = make_plugin_manager(disabled=config.plugins.disable)
     problems = preflight(config, transport_specs(pm), addresses)
     if problems:
@@ -172,15 +178,22 @@ def cmd_reload(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _connect(url: str, timeout: float, args: argparse.Namespace | None = None) -> BrokerClient:
-    client = _client_for(url, timeout, args)
+def _connect(url: str, timeout: float) -> BrokerClient:
+    client = _client_for(url, timeout)
     probe(url)  # within about a second: nothing there, instead of a whole timeout's wait
     return client
 
 
-def _client_for(url: str, timeout: float, args: argparse.Namespace | None = None) -> BrokerClient:
+#: the command line's credentials: --token and --cacert (the clients read them from the
+#: environment), --curve-server-key and --curve-key-file (the plugin's ``options``)
+_CREDENTIALS: dict[str, str | None] = {}
+
+
+def _client_for(url: str, timeout: float) -> BrokerClient:
     connect = make_plugin_manager().hook.maitred_connect
-    client: BrokerClient | None = connect(url=url, timeout=timeout, options=credentials(args))
+    options = {k: v for k, v in _CREDENTIALS.items() if v is not None}
+    with client_env(_CREDENTIALS.get("token"), _CREDENTIALS.get("cacert")):
+        client: BrokerClient | None = connect(url=url, timeout=timeout, options=options)
     if client is None:
         raise ConfigError(
             f"-b: no installed transport plugin speaks {url!r}; use tcp://HOST:PORT, "
@@ -204,7 +217,7 @@ def cmd_call(args: argparse.Namespace) -> int:
         body = [sys.stdin.buffer.read()]
     else:
         body = [b.encode() for b in args.body]
-    client = _connect(args.broker, args.timeout, args)
+    client = _connect(args.broker, args.timeout)
     try:
         reply = client.request(args.service, body, args.timeout)
     finally:
@@ -267,7 +280,7 @@ def _check_program(command: str) -> None:
 def cmd_worker(args: argparse.Namespace) -> int:
     _check_program(args.program)
     _setup_logging("info")
-    client = _connect(args.broker, args.timeout, args)
+    client = _connect(args.broker, args.timeout)
     log.info("serving %s at %s with %r", args.service, args.broker, args.program)
 
     def handler(body: list[bytes]) -> list[bytes]:
@@ -318,158 +331,23 @@ def stop_on_signals() -> Iterator[None]:
             signal.signal(sig, signal.SIG_DFL if handler is None else handler)
 
 
-def _mmi(client: BrokerClient, name: str, arg: str, timeout: float) -> Any:
-    """One ``mmi.*`` answer as JSON (a listing page by page when the broker pages it)."""
-    rows: list[Any] = []
-    offset: int | None = 0
-    key = "transport" if name == "mmi.sessions" else "service"
-    while offset is not None:  # page by page (docs/reference/mmi.md#listings-and-pages)
-        query = {"offset": offset, **({key: arg} if arg else {})}
-        frame = json.dumps(query).encode() if name != "mmi.info" else b""
-        answer = json.loads(client.request(name, [frame], timeout)[-1])
-        if not (isinstance(answer, dict) and "items" in answer and "next" in answer):
-            return answer  # not paged: the whole answer
-        items = answer["items"]
-        if isinstance(items, dict):
-            rows += [{"name": k, **v} for k, v in items.items()]
-        else:
-            rows += items
-        offset = answer["next"]
-    return rows
-
-
-def _cell(value: Any) -> str:
-    if value is None or value == "":
-        return "-"
-    if isinstance(value, float):
-        return f"{value:g}"
-    if isinstance(value, list | tuple):
-        return " ".join(_cell(v) for v in value) or "-"
-    return str(value)
-
-
-def print_table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str]]) -> None:
-    """Rows as aligned columns under upper-case headers; numbers right-aligned."""
-    cells = [[_cell(row.get(key)) for key, _ in columns] for row in rows]
-    heads = [head for _, head in columns]
-    widths = [max([len(h), *(len(c[i]) for c in cells)]) for i, h in enumerate(heads)]
-    numeric = [
-        all(isinstance(row.get(key), int | float) for row in rows) and bool(rows)
-        for key, _ in columns
-    ]
-
-    def line(values: Sequence[str]) -> str:
-        parts = [
-            v.rjust(w) if num else v.ljust(w)
-            for v, w, num in zip(values, widths, numeric, strict=True)
-        ]
-        return "  ".join(parts).rstrip()
-
-    print(line(heads))
-    for c in cells:
-        print(line(c))
-
-
-SERVICE_COLUMNS = [
-    ("name", "SERVICE"),
-    ("workers", "WORKERS"),
-    ("free", "FREE"),
-    ("queued", "QUEUED"),
-    ("inflight", "INFLIGHT"),
-    ("requests", "REQUESTS"),
-    ("errors", "ERRORS"),
-]
-WORKER_COLUMNS = [
-    ("service", "SERVICE"),
-    ("transport", "PROTOCOL"),
-    ("worker", "WORKER"),
-    ("address", "ADDRESS"),
-    ("identity", "IDENTITY"),
-    ("inflight", "INFLIGHT"),
-    ("served", "SERVED"),
-    ("idle_for", "IDLE_S"),
-    ("connected_for", "UP_S"),
-]
-QUEUE_COLUMNS = [("name", "SERVICE"), ("queued", "QUEUED"), ("inflight", "INFLIGHT")]
-CONNECTION_COLUMNS = [
-    ("id", "ID"),
-    ("transport", "TRANSPORT"),
-    ("session", "SESSION"),
-    ("identity", "IDENTITY"),
-    ("address", "ADDRESS"),
-    ("workers", "WORKERS"),
-    ("subscriptions", "SUBS"),
-    ("queued", "QUEUED"),
-    ("connected_for", "UP_S"),
-]
-TRAFFIC_COLUMNS = [
-    ("transport", "TRANSPORT"),
-    ("endpoints", "ENDPOINTS"),
-    ("requests", "REQUESTS"),
-    ("replies", "REPLIES"),
-    ("errors", "ERRORS"),
-    ("served", "SERVED"),
-]
-
-
 def cmd_listing(args: argparse.Namespace) -> int:
     """``services``, ``workers``, ``queues``, ``info``, ``connections``."""
-    traffic_only = args.verb == "connections" and args.traffic
-    name = {"connections": "mmi.info" if traffic_only else "mmi.sessions"}.get(
-        args.verb, f"mmi.{args.verb}"
-    )
-    argument = getattr(args, "service", "") or getattr(args, "transport", "")
-    client = _connect(args.broker, args.timeout, args)
+    client = _connect(args.broker, args.timeout)
     try:
-        answer = _mmi(client, name, argument, args.timeout)
+        answer = fetch_listing(client, args)
     finally:
         client.close()
-    if args.verb == "queues" and isinstance(answer, dict):  # unpaged: name -> depths
-        answer = [{"name": k, **v} for k, v in sorted(answer.items())]
-    if traffic_only:
-        endpoints = answer.get("transports", {})
-        traffic = answer.get("traffic", {})
-        answer = [
-            {"transport": t, "endpoints": endpoints.get(t, []), **traffic.get(t, {})}
-            for t in sorted(set(endpoints) | set(traffic))
-        ]
-    if args.json:
-        print(json.dumps(answer, indent=2))
-        return EXIT_OK
-    if args.verb == "info":
-        for key in (
-            "name",
-            "version",
-            "state",
-            "uptime",
-            "config",
-            "services",
-            "workers",
-            "sessions",
-            "held_bytes",
-            "overloaded",
-        ):
-            if key in answer:
-                print(f"{key + ':':12} {_cell(answer[key])}")
-        for transport, eps in sorted(answer.get("transports", {}).items()):
-            print(f"{transport + ':':12} {_cell(eps)}")
-        return EXIT_OK
-    columns = {
-        "services": SERVICE_COLUMNS,
-        "workers": WORKER_COLUMNS,
-        "queues": QUEUE_COLUMNS,
-        "connections": TRAFFIC_COLUMNS if traffic_only else CONNECTION_COLUMNS,
-    }[args.verb]
-    print_table(answer, columns)
+    print_listing(args, answer)
     return EXIT_OK
 
 
 def _topics_client(args: argparse.Namespace) -> Any:
-    client = _client_for(args.broker, args.timeout, args)
+    client = _client_for(args.broker, args.timeout)
     if not hasattr(client, "publish"):
         client.close()
         raise ConfigError(
-            f"-b {args.broker}: this transport carries no topics (MDP has none yet); publish "
+            f"-b {args.broker}: this transport carries no topics; publish "
             "and subscribe over REST (-b http://HOST:PORT, unix:PATH) or WebSocket "
             "(-b ws://HOST:PORT)"
         )
@@ -484,7 +362,10 @@ def cmd_pub(args: argparse.Namespace) -> int:
         reached = client.publish(args.topic, body)
     finally:
         client.close()
-    print(f"published to {args.topic}: {reached} subscriber(s)", file=sys.stderr)
+    if reached is None:  # ZeroMQ (MDP's publish_endpoints) does not say
+        print(f"published to {args.topic}", file=sys.stderr)
+    else:
+        print(f"published to {args.topic}: {reached} subscriber(s)", file=sys.stderr)
     return EXIT_OK
 
 
@@ -573,6 +454,8 @@ def _quiet_stdout() -> None:
 
 
 def _dispatch(args: argparse.Namespace, specs: dict[str, TransportSpec]) -> int:
+    _CREDENTIALS.update(token=getattr(args, "token", None), cacert=getattr(args, "cacert", None))
+    _CREDENTIALS.update(credentials(args))  # --curve-server-key, --curve-key-file
     run = getattr(args, "run", None)
     if run is not None:  # a verb a plugin added (maitred_add_commands)
         return int(run(args))
@@ -594,6 +477,10 @@ def _dispatch(args: argparse.Namespace, specs: dict[str, TransportSpec]) -> int:
         return cmd_listing(args)
     if args.verb == "plugins":
         return cmd_plugins(specs)
+    if args.verb == "store":
+        from maitred.core.store_migrate import cmd_store
+
+        return cmd_store(args)
     return EXIT_USAGE
 
 

@@ -10,6 +10,7 @@ from typing import Any
 import pluggy
 
 from maitred.core import __version__
+from maitred.core.credentials import print_new_token
 from maitred.core.transport import TransportSpec
 
 DEFAULT_BROKER = "tcp://127.0.0.1:5555"
@@ -21,8 +22,8 @@ CREDENTIAL_OPTIONS = ("curve_server_key", "curve_key_file")
 
 
 def credentials(args: argparse.Namespace | None) -> dict[str, Any]:
-    """The credential options given (absent ones left out), by name."""
-    return {n: v for n in CREDENTIAL_OPTIONS if (v := getattr(args, n, None)) is not None}
+    """The credential options by name (None: not given)."""
+    return {n: getattr(args, n, None) for n in CREDENTIAL_OPTIONS}
 
 
 def _examples(*lines: str) -> str:
@@ -96,6 +97,12 @@ def build_parser(
         help="once every transport listens, write the pid and endpoints there as JSON "
         "(removed on exit); `maitred reload --ready-file PATH` finds the broker by it",
     )
+    if "cluster" in specs:
+        serve.add_argument(
+            "--node",
+            metavar="NAME",
+            help="this node's name in the cluster ([cluster] node; default HOSTNAME-PID)",
+        )
     _address_flags(serve, specs, "enable {name} on this address (repeatable): {description}")
 
     check = _parser(
@@ -143,6 +150,16 @@ def build_parser(
             help="MDP over CURVE: this client's secret key file from maitred keygen "
             "(env MAITRED_CURVE_KEY_FILE)",
         )
+        p.add_argument(
+            "--token",
+            metavar="TOKEN",
+            help="bearer token for http(s):// and unix: brokers (env MAITRED_TOKEN)",
+        )
+        p.add_argument(
+            "--cacert",
+            metavar="FILE",
+            help="CA file that signed an https:// broker's certificate (env MAITRED_CACERT)",
+        )
 
     call = _parser(
         sub,
@@ -180,9 +197,10 @@ def build_parser(
     pub = _parser(
         sub,
         "pub",
-        "publish BODY on TOPIC (REST and WebSocket brokers; MDP has no topics)",
+        "publish BODY on TOPIC (REST, WebSocket, or MDP's publish_endpoints)",
         "maitred pub -b http://127.0.0.1:8080 alerts.disk 'disk 91% full'",
         "maitred pub -b ws://127.0.0.1:8764 prices.eur 1.0842",
+        "maitred pub -b tcp://127.0.0.1:5557 news.today hello",
     )
     pub.add_argument("topic")
     pub.add_argument("body", help="the message (one frame, UTF-8); - reads standard input")
@@ -194,6 +212,7 @@ def build_parser(
         "print the messages published on topics matching PATTERN",
         "maitred sub -b http://127.0.0.1:8080 'alerts.*'",
         "maitred sub -b ws://127.0.0.1:8764 '$sys.>' --count 1 --json",
+        "maitred sub -b tcp://127.0.0.1:5556 '$sys.service.>'",
     )
     subp.add_argument("pattern")
     subp.add_argument("-n", "--count", type=int, help="exit after this many messages")
@@ -239,7 +258,37 @@ def build_parser(
             )
         broker_opt(p)
 
+    store = _parser(
+        sub,
+        "store",
+        "the durable store: migrate copies one store into another and checks the copy",
+        "maitred store migrate --from sqlite:/var/lib/maitred/store.sqlite3 --to jetstream",
+        "maitred store migrate -c maitred.toml --from jetstream --to sqlite:/tmp/back.sqlite3",
+    )
+    store.add_argument("action", choices=["migrate"])
+    store.add_argument("--from", dest="source", required=True, help="sqlite:PATH or jetstream")
+    store.add_argument("--to", dest="destination", required=True, help="sqlite:PATH or jetstream")
+    store.add_argument("-c", "--config", help="the [store] settings (jetstream_nats, ...)")
+
     _parser(sub, "plugins", "list installed plugins and transports", "maitred plugins")
+
+    token = _parser(
+        sub,
+        "token",
+        "print a new bearer token, then its token table entry (the SHA-256) for the config",
+        "maitred token --identity ops --role admin",
+        "maitred token --identity billing --role callers | tail -n +2 >> maitred.toml",
+    )
+    token.add_argument("--identity", default="client", help="who the token is (default client)")
+    token.add_argument(
+        "--role", action="append", default=[], help="a role of the identity (repeatable)"
+    )
+    token.add_argument(
+        "--table",
+        default="transports.http.tokens",
+        help="the token table (default transports.http.tokens)",
+    )
+    token.set_defaults(run=print_new_token)
     if pm is not None:
         pm.hook.maitred_add_commands(subparsers=sub)
     return parser

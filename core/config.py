@@ -46,7 +46,7 @@ class BrokerSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     uvloop: bool = True
     #: deprecated alias of ``[store] backend`` (used when that one is left at its default);
     #: empty: not set
-    store: Literal["", "memory", "sqlite"] = ""
+    store: Literal["", "memory", "sqlite", "jetstream"] = ""
     #: deprecated alias of ``[store] path`` (used when that one is empty); empty: not set
     store_path: str = ""
     #: deprecated alias of ``[store] sync`` (used when that one is left at its default);
@@ -77,14 +77,24 @@ class StoreSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     "store"`` and the messages of persistent switch queues. Opened at start when a service or a
     transport needs it."""
 
-    #: ``sqlite`` (a file: survives a crash) or ``memory`` (lost when the process ends)
-    backend: Literal["memory", "sqlite"] = "sqlite"
+    #: ``sqlite`` (a file: survives a crash), ``memory`` (lost when the process ends) or
+    #: ``jetstream`` (a NATS JetStream stream, replicated: survives the loss of a machine;
+    #: needs the ``jetstream`` extra)
+    backend: Literal["memory", "sqlite", "jetstream"] = "sqlite"
     #: the SQLite file; empty: ``$XDG_STATE_HOME/maitred/store.sqlite3`` (by default
     #: ``~/.local/state/maitred/store.sqlite3``). One broker per file (it is locked)
     path: str = ""
     #: SQLite ``synchronous``: ``normal`` survives a process crash, ``full`` also a power loss
     #: (an fsync per commit)
     sync: Literal["normal", "full"] = "normal"
+    #: ``jetstream``: the NATS servers (``nats://host:port``); empty: ``nats://127.0.0.1:4222``
+    jetstream_nats: list[str] = msgspec.field(default_factory=list)
+    #: ``jetstream``: the stream (made at start if missing; one with other settings is refused)
+    jetstream_stream: str = "MAITRED_DURABLE"
+    #: ``jetstream``: how many servers keep each message (Raft replicas: 1, 3 or 5)
+    jetstream_replicas: Literal[1, 3, 5] = 1
+    #: ``jetstream``: seconds to connect, and to wait for JetStream to acknowledge a write
+    jetstream_timeout: float = 5.0
 
 
 class AccessSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -145,6 +155,9 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     tracing: TracingSection = msgspec.field(default_factory=TracingSection)
     #: one table per transport; a transport runs when its table exists and ``enabled`` is true
     transports: dict[str, Any] = msgspec.field(default_factory=_default_transports)
+    #: ``[cluster]``: this broker is a node of a cluster over NATS (the ``cluster`` plugin's
+    #: table, taken as ``[transports.cluster]``; empty: no cluster)
+    cluster: dict[str, Any] = msgspec.field(default_factory=dict)
     #: where this config came from (not a key of the file)
     source: str = "<embedded defaults>"
 
@@ -152,8 +165,18 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
         """The resolved per-service policies (build once; raises :class:`ConfigError`)."""
         return ServicePolicies(self.services, self.source)
 
+    def transport_tables(self) -> dict[str, Any]:
+        """``[transports.*]`` with ``[cluster]`` as the ``cluster`` transport's table (keys of
+        ``[transports.cluster]``, e.g. from ``--cluster``, win)."""
+        if not self.cluster:
+            return self.transports
+        return {
+            **self.transports,
+            "cluster": {**self.cluster, **self.transports.get("cluster", {})},
+        }
+
     def enabled_transports(self) -> list[str]:
-        return [name for name, t in self.transports.items() if t.get("enabled", True)]
+        return [name for name, t in self.transport_tables().items() if t.get("enabled", True)]
 
     def check(self) -> None:
         """Validate what the Struct types alone cannot; raises :class:`ConfigError`."""

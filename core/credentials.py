@@ -17,17 +17,21 @@ Everything here is pure (no sockets); reading files is the only I/O.
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import hashlib
 import hmac
+import json
 import os
 import secrets
 import stat
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
 import msgspec
 
 from maitred.core.access import Identity
+from maitred.core.errors import ConfigError
 
 #: tokens longer than this are refused before hashing (a header of 64 KiB costs nothing then)
 MAX_TOKEN_LENGTH = 4096
@@ -146,8 +150,9 @@ def secret_file_problem(path: str | os.PathLike[str]) -> str | None:
     return None
 
 
-class SecretError(ValueError):
-    """A secret that cannot be read; the message names where it was looked for."""
+class SecretError(ConfigError, ValueError):
+    """A secret that cannot be read; ``reason`` names where it was looked for. A configuration
+    error (it stops ``check`` and ``serve``), and a ValueError as it was first written."""
 
 
 def read_secret(
@@ -173,3 +178,47 @@ def read_secret(
             raise SecretError(f"{what}: environment variable {env} is not set")
         return found
     return None
+
+
+def token_entry(digest: str, identity: str, roles: Iterable[str], table: str) -> str:
+    """The TOML lines of one token table entry (``table``: e.g. ``transports.http.tokens``)."""
+    return (
+        f"[[{table}]]\n"
+        f'sha256 = "{digest}"\n'
+        f"identity = {json.dumps(identity)}\n"
+        f"roles = {json.dumps(list(roles))}\n"
+    )
+
+
+def print_new_token(args: argparse.Namespace) -> int:
+    """``maitred token``: a new random token on the first line (give it to the client), then
+    the lines to paste into the broker's config (its SHA-256 only)."""
+    token, digest = new_token()
+    print(token)
+    print("# the token above goes to the client; the broker's config holds only its SHA-256:")
+    print(token_entry(digest, args.identity, args.role, args.table), end="")
+    return 0
+
+
+#: the environment variables a client reads its credentials from
+TOKEN_ENV = "MAITRED_TOKEN"
+CACERT_ENV = "MAITRED_CACERT"
+
+
+@contextlib.contextmanager
+def client_env(token: str | None, cacert: str | None) -> Iterator[None]:
+    """``MAITRED_TOKEN`` and ``MAITRED_CACERT`` set to a command line's ``--token`` and
+    ``--cacert`` while a transport's client is made (the clients read them), and put back
+    after, so that programs the command runs do not inherit the token."""
+    saved = {name: os.environ.get(name) for name in (TOKEN_ENV, CACERT_ENV)}
+    try:
+        for name, value in ((TOKEN_ENV, token), (CACERT_ENV, cacert)):
+            if value:
+                os.environ[name] = value
+        yield
+    finally:
+        for name, old in saved.items():
+            if old is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = old

@@ -24,11 +24,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import msgspec
 
+from maitred.core.errors import MaitredError
 from maitred.core.routing.model import Body, Headers, Request, Session
 from maitred.core.routing.router import Router
 from maitred.core.store import SERVICE_KIND, DeadLetter, Store, StoredMessage
@@ -91,6 +93,11 @@ class StoreJournal:
         self._bypass: set[Session] = set()
         #: owner -> queue -> its recovered messages, until the owner takes them
         self._owned: dict[str, dict[str, list[StoredMessage]]] = {}
+        self._refusal: Callable[[int], MaitredError | None] | None = getattr(store, "refusal", None)
+        # a store that commits asynchronously (JetStream) says when a batch is acknowledged
+        listen = getattr(store, "listen", None)
+        if listen is not None:
+            listen(self._wake, self._batch_failed)
 
     # -- start-up -------------------------------------------------------------------------
 
@@ -243,6 +250,10 @@ class StoreJournal:
                 log.exception("store: commit failed")
                 self._fail_waiters(exc)
                 return
+        self._wake()
+
+    def _wake(self) -> None:
+        """Resolve the waiters whose writes are committed."""
         if self._waiters:
             done = self.store.flushed
             keep: list[tuple[int, asyncio.Future[None]]] = []
@@ -253,6 +264,25 @@ class StoreJournal:
                 else:
                     keep.append((needed, fut))
             self._waiters = keep
+
+    def _batch_failed(self, number: int, exc: BaseException) -> None:
+        """An asynchronous store could not commit batch ``number``: its waiters (and older
+        ones) get ``exc``; the store logged why."""
+        self.failures += 1
+        keep: list[tuple[int, asyncio.Future[None]]] = []
+        for needed, fut in self._waiters:
+            if needed <= number:
+                if not fut.done():
+                    fut.set_exception(exc)
+            else:
+                keep.append((needed, fut))
+        self._waiters = keep
+
+    def refusal(self, size: int) -> MaitredError | None:
+        """Why the store cannot take a new message of ``size`` bytes now (None: it can): too
+        large for it (413), or unavailable (503). Checked before a message is accepted."""
+        check = self._refusal
+        return None if check is None else check(size)
 
     def _fail_waiters(self, exc: BaseException) -> None:
         waiters, self._waiters = self._waiters, []
@@ -296,4 +326,7 @@ class StoreJournal:
             value = getattr(self.store, key, None)
             if value is not None:
                 out[key] = value
+        extra = getattr(self.store, "snapshot", None)  # the JetStream store's own counters
+        if extra is not None:
+            out.update(extra())
         return out

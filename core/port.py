@@ -16,6 +16,7 @@ from maitred.core.clock import Clock
 from maitred.core.errors import MaitredError
 from maitred.core.routing.liveness import Liveness
 from maitred.core.routing.model import (
+    Body,
     Request,
     Service,
     ServicePolicy,
@@ -44,6 +45,9 @@ class CorePort:
     held_by_worker: Callable[[Request], Worker | None]
     can_accept: Callable[[str], bool]
     register_worker: Callable[..., Worker]
+    set_credit: Callable[[Worker, int, float], None]
+    watch_patterns: Callable[[Callable[[str, bool], None]], Callable[[], None]]
+    add_mmi: Callable[[str, Callable[[Body], bytes]], Callable[[], None]]
     unregister_worker: Callable[..., None]
     touch: Callable[[Worker, float], None]
     subscribe: Callable[..., bool]
@@ -90,6 +94,9 @@ class CorePort:
         self.held_by_worker = router.held_by_worker
         self.can_accept = router.can_accept
         self.register_worker = router.add_worker
+        self.set_credit = router.set_credit
+        self.watch_patterns = router.watch_patterns
+        self.add_mmi = router.add_mmi
         self.unregister_worker = router.remove_worker
         self.touch = router.touch
         self.subscribe = router.subscribe

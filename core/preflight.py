@@ -15,8 +15,11 @@ from __future__ import annotations
 import os
 import socket
 import ssl
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+
+from maitred.core.credentials import secret_file_problem
 
 #: longest path of a Unix socket on Linux (sun_path is 108 bytes, with its NUL)
 MAX_UNIX_PATH = 107
@@ -125,6 +128,26 @@ def check_readable(path: str) -> str | None:
     except OSError as exc:
         return f"{path!r}: cannot read: {exc.strerror or exc}"
     return None
+
+
+def check_secret_files(files: Iterable[tuple[str, str]], skip: Iterable[str] = ()) -> list[Problem]:
+    """Each file that holds a secret, given as (config key, path), must exist and be readable
+    by its owner only (:func:`~maitred.core.credentials.secret_file_problem`): one
+    :class:`Problem` per file that is not, naming the file and the fix (``chmod 600 FILE``).
+    Keys in ``skip`` (already reported, e.g. by :func:`check_tls`) are not checked again.
+
+    Transports declare their secret files with
+    :attr:`maitred.core.transport.TransportSpec.secret_files`; ``maitred check`` and ``serve``
+    call this for them."""
+    skipped = set(skip)
+    out: list[Problem] = []
+    for key, path in files:
+        if not path or key in skipped:
+            continue
+        problem = secret_file_problem(path)
+        if problem is not None:
+            out.append(Problem(key, problem))
+    return out
 
 
 def check_tls(

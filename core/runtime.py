@@ -29,13 +29,14 @@ from maitred.core.access import Action, HookedPolicy, Identity
 from maitred.core.clock import Clock, monotonic
 from maitred.core.config import Config, convert_section, load_config
 from maitred.core.durable import StoreHint, StoreJournal
-from maitred.core.errors import ConfigError, ErrorCode, MaitredError
+from maitred.core.errors import BrokerError, ConfigError, ErrorCode, MaitredError
 from maitred.core.management import Management
 from maitred.core.port import CorePort
 from maitred.core.routing.router import Router
 from maitred.core.store import (
     SCHEMA_VERSION,
     SQLiteStore,
+    Store,
     StoreLocked,
     StoreTooNew,
     default_store_path,
@@ -178,7 +179,7 @@ class Broker:
         self.started_at = self.clock()
         try:
             self._open_spans()
-            self._open_journal()
+            self._open_journal(await self._open_jetstream())
             for name, (spec, tconfig) in self._specs.items():
                 transport = spec.factory(tconfig, self.port)
                 await transport.start()
@@ -253,6 +254,12 @@ class Broker:
                 )
         self.router.shutdown(self.clock())
         await self._close_transports()
+        drain = getattr(self.journal.store, "drain", None) if self.journal is not None else None
+        if drain is not None:  # an asynchronous store (JetStream) commits the rest first
+            try:
+                await drain()
+            except Exception:
+                log.warning("store: closing failed", exc_info=True)
         self._close_journal()
         await self._close_spans()
         if self._timer is not None:
@@ -339,8 +346,9 @@ class Broker:
         plans and what cannot change (``transports.NAME[.KEY]``). Applies nothing."""
         plans: list[tuple[str, ReloadPlan]] = []
         restart: list[str] = []
+        tables = config.transport_tables()
         for name, (spec, old) in self._specs.items():
-            table = config.transports.get(name)
+            table = tables.get(name)
             if table is None:
                 restart.append(f"transports.{name}")  # no longer configured
                 continue
@@ -370,15 +378,42 @@ class Broker:
             restart.append(f"transports.{name}")
         return plans, restart
 
-    def _open_journal(self) -> None:
-        """Open the one durable store (when a service or a transport needs it), take in the
-        files of the old two-file layout, and queue what it holds again."""
+    def _store_hints(self) -> list[StoreHint] | None:
+        """The transports' store hints; None when nothing needs the store."""
         hints = [
             hint
             for spec, tconfig in self._specs.values()
             if spec.store_hint is not None and (hint := spec.store_hint(tconfig)) is not None
         ]
         if not self._policies.uses_store() and not hints:
+            return None
+        return hints
+
+    async def _open_jetstream(self) -> Store | None:
+        """Connect the JetStream store when it is the one chosen and needed (else None)."""
+        hints = self._store_hints()
+        if hints is None or store_choice(self.config, hints).backend != "jetstream":
+            return None
+        from maitred.core.store_jetstream import open_jetstream, settings_from
+
+        s = self.config.store
+        try:
+            settings = settings_from(
+                s.jetstream_nats, s.jetstream_stream, s.jetstream_replicas, s.jetstream_timeout
+            )
+            return await open_jetstream(settings)
+        except BrokerError as exc:
+            raise MaitredError(f"cannot open the store: {exc.reason}", ErrorCode.INTERNAL) from None
+
+    def _open_journal(self, ready: Store | None = None) -> None:
+        """Open the one durable store (when a service or a transport needs it), take in the
+        files of the old two-file layout, and queue what it holds again. ``ready``: a store
+        opened already (JetStream, connected by :meth:`_open_jetstream`)."""
+        hints = self._store_hints()
+        if hints is None:
+            return
+        if ready is not None:
+            self._attach(ready)
             return
         backend, path, sync, owner, legacy = self._store_settings(hints)
         shown = path or str(default_store_path())
@@ -400,6 +435,9 @@ class Broker:
             ) from None
         if isinstance(store, SQLiteStore):
             log.info("store: %s (schema %d)", store.path, SCHEMA_VERSION)
+        self._attach(store)
+
+    def _attach(self, store: Store) -> None:
         journal = self.journal = StoreJournal(store)
         self.router.journal = journal
         self.port.journal = journal

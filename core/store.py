@@ -413,6 +413,19 @@ class SQLiteStore:
         )
         self.ack(m.queue, m.n)
 
+    def raise_counter(self, queue: str, next_n: int) -> None:
+        """Make the id counter of ``queue`` at least ``next_n`` (a queue not known yet is made
+        dead: only its counter is kept), for ``maitred store migrate``."""
+        if next_n > self._counters.get(queue, 0):
+            self._counters[queue] = next_n
+            self._ops.append(
+                (
+                    "INSERT INTO queues (name, next_n, live) VALUES (?, ?, 0) "
+                    "ON CONFLICT(name) DO UPDATE SET next_n = max(next_n, excluded.next_n)",
+                    (queue, next_n),
+                )
+            )
+
     def dead_letters(self, queue: str | None = None) -> list[DeadLetter]:
         sql = "SELECT queue, n, payload, kind, origin, time, deliveries, reason FROM dead"
         args: tuple[object, ...] = ()
@@ -531,13 +544,16 @@ def _grouped(ops: list[_Op | None]) -> Iterable[tuple[str, list[tuple[object, ..
 
 
 def open_store(
-    kind: Literal["memory", "sqlite"],
+    kind: Literal["memory", "sqlite", "jetstream"],
     path: str = "",
     synchronous: Literal["normal", "full"] = "normal",
     default_name: str = "store.sqlite3",
     legacy_owner: str | None = None,
 ) -> Store:
-    """A store by its config name (``[store] backend``)."""
+    """A store by its config name (``[store] backend``; ``jetstream`` is connected
+    asynchronously: :func:`maitred.core.store_jetstream.open_jetstream`)."""
+    if kind == "jetstream":
+        raise ValueError("the jetstream store is opened with store_jetstream.open_jetstream")
     if kind == "memory":
         return MemoryStore()
     return SQLiteStore(path or default_store_path(name=default_name), synchronous, legacy_owner)

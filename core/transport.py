@@ -154,8 +154,11 @@ class BrokerPort(Protocol):
         label: str = "",
         *,
         quiet: bool = False,
+        local_only: bool = False,
     ) -> Session:
-        """A connection (or a transport's shared session); ``quiet``: no join/leave events."""
+        """A connection (or a transport's shared session); ``quiet``: no join/leave events;
+        ``local_only``: its requests go to local workers only, never to a ``remote`` one (a
+        cluster fabric's session for the requests other nodes forwarded here)."""
         ...
 
     def close_session(self, session: Session, now: float, reason: str = "closed") -> None:
@@ -238,10 +241,18 @@ class BrokerPort(Protocol):
         busy_timeout: float | None = None,
         max_credit: int = 0,
         pipeline_below: float = 0.002,
+        remote: bool = False,
     ) -> Worker:
         """Make ``session`` a worker of ``service_name`` (raises ``Denied`` or
         ``MaitredError``); ``idle_timeout`` 0: the transport watches its liveness; ``address``:
-        where the worker is, for people (shown by ``mmi.workers`` and the dashboard)."""
+        where the worker is, for people (shown by ``mmi.workers`` and the dashboard);
+        ``remote``: it stands for another node's workers (dispatch prefers local workers and
+        uses it only when none is free; it publishes no ``$sys.worker.*`` events)."""
+        ...
+
+    def set_credit(self, worker: Worker, credit: int, now: float) -> None:
+        """Change how many requests ``worker`` may hold at once (at least 1), e.g. a cluster
+        proxy following the free credit its node announces."""
         ...
 
     def unregister_worker(self, worker: Worker, now: float, reason: str = "disconnect") -> None:
@@ -257,6 +268,12 @@ class BrokerPort(Protocol):
     def subscribe(self, session: Session, pattern: str, *, check: bool = True) -> bool: ...
 
     def unsubscribe(self, session: Session, pattern: str) -> bool: ...
+
+    def watch_patterns(self, watcher: Callable[[str, bool], None]) -> Callable[[], None]:
+        """``watcher(pattern, True)`` when a pattern gets its first subscriber, ``(pattern,
+        False)`` when it loses its last (``local_only`` sessions do not count); at once for
+        those in use. The result stops it."""
+        ...
 
     def publish(
         self,
@@ -320,6 +337,11 @@ class BrokerPort(Protocol):
         """The services known now (read them, never change them)."""
         ...
 
+    def add_mmi(self, name: str, handler: Callable[[Body], bytes]) -> Callable[[], None]:
+        """Answer the management service ``name`` (``mmi.…``) with ``handler(body)``, the last
+        frame of the reply (e.g. the cluster's ``mmi.nodes``). The result removes it."""
+        ...
+
     def trace(self, tracer: Tracer) -> Callable[[], None]:
         """Call ``tracer(event, request, detail, now)`` for every step of every request; the
         result stops it (calling it twice is harmless)."""
@@ -346,6 +368,11 @@ class TransportSpec:
     #: bound, TLS material that does not load, store files that cannot be written); run by
     #: ``maitred check`` and before ``serve`` binds anything (see :mod:`maitred.core.preflight`)
     preflight: Callable[[Any], Sequence[Problem]] | None = None
+    #: the files of the transport's config that hold secrets (TLS private keys, key files,
+    #: CURVE secret keys, token files), as (config key, path) pairs: ``maitred check`` and
+    #: ``serve`` refuse each one that anyone but its owner may read, naming the file and the fix
+    #: (:func:`maitred.core.preflight.check_secret_files`)
+    secret_files: Callable[[Any], Sequence[tuple[str, str]]] | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
     #: whether the transport, so configured, keeps messages in the broker's one durable store
     #: (a hint: the store is opened at start), with the settings of its deprecated store keys

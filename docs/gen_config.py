@@ -37,8 +37,10 @@ from maitred.core.config import (
     StoreSection,
     TracingSection,
 )
+from maitred.core.credentials import TokenConfig
 from maitred.core.routing.model import ServicePolicy
 from maitred.core.routing.router import Liveness
+from maitred.transports.cluster.config import ClusterConfig
 from maitred.transports.http.adapter import HttpConfig
 from maitred.transports.mdp.adapter import MdpConfig
 from maitred.transports.mdp.zap import CurveKey
@@ -62,6 +64,8 @@ SECTIONS: dict[str, type[msgspec.Struct]] = {
     "transports.http": HttpConfig,
     "transports.ws": WsConfig,
     "transports.ws.keys": KeyConfig,
+    "cluster": ClusterConfig,
+    "transports.ws.tokens": TokenConfig,
 }
 
 #: what the decoder cannot say: ranges checked after decoding (appended to the type)
@@ -112,7 +116,7 @@ RANGES: dict[str, dict[str, str]] = {
     },
     "transports.ws": {
         "listen": "at least one",
-        "keys": "at least one",
+        "keys": "at least one, unless `tokens` or `anonymous`",
         "max_frame_size": "≥ 64",
         "outbox": "≥ 1",
         "outbox_bytes": "≥ 1024",
@@ -123,7 +127,8 @@ RANGES: dict[str, dict[str, str]] = {
         "responder_credit": "≥ 1",
         "close_timeout": "finite, ≥ 0",
     },
-    "transports.ws.keys": {"key": "not empty, unique"},
+    "transports.ws.keys": {"key": "unique; exactly one of `key`, `key_file`, `key_env`"},
+    "transports.ws.tokens": {"sha256": "64 hex digits, unique", "identity": "not empty"},
     "tracing": {
         "otlp_endpoint": "empty, or an http(s) URL",
         "service_name": "not empty",
@@ -393,7 +398,10 @@ DESCRIPTIONS: dict[str, dict[str, str]] = {
             "PEM certificate (chain) file. When `tls_cert` and `tls_key` are both set the "
             "listeners speak `wss://`; one without the other is refused."
         ),
-        "tls_key": "PEM private key file for `tls_cert`.",
+        "tls_key": (
+            "PEM private key file for `tls_cert`; readable by its owner only (else refused at "
+            "start: `chmod 600`)."
+        ),
         "keys": (
             "The accepted keys (`[[transports.ws.keys]]`, below). The default is middleman's "
             "development pair, `xyzzy` (trusted) and `plugh` (untrusted): **set your own in "
@@ -439,6 +447,13 @@ DESCRIPTIONS: dict[str, dict[str, str]] = {
     },
     "transports.ws.keys": {
         "key": "The key a connection presents (the middleman first frame, the JSON `hello`).",
+        "key_file": (
+            "Read the key from this file instead (its content without the final line break; "
+            "readable by its owner only, else `maitred check` and `serve` refuse it and say "
+            "`chmod 600`). "
+            "Read again on reload."
+        ),
+        "key_env": "Read the key from this environment variable instead.",
         "trusted": (
             "Trusted keys may `EREQ`/`EPUB`/`ESUB`/`INT` and do anything the access policy "
             "allows; untrusted ones are restricted identities (only what is granted or "
@@ -446,6 +461,14 @@ DESCRIPTIONS: dict[str, dict[str, str]] = {
         ),
         "identity": "The identity name of the connections that use this key.",
         "roles": "Their roles.",
+    },
+    "transports.ws.tokens": {
+        "sha256": (
+            "The SHA-256 of the token, in hex (the token itself is never written down; "
+            "`maitred token` prints a new token and this line)."
+        ),
+        "identity": "The identity of the connections that present the token (unrestricted).",
+        "roles": "Its roles, for the `[access]` rules.",
     },
 }
 
@@ -466,7 +489,8 @@ def _toml(value: Any) -> str:
     if isinstance(value, list | tuple | frozenset | set):
         return "[" + ", ".join(_toml(v) for v in value) + "]"
     if isinstance(value, msgspec.Struct):
-        items = msgspec.structs.asdict(value).items()
+        # an empty string is never needed to read a default (e.g. a key's unused key_file)
+        items = [(k, v) for k, v in msgspec.structs.asdict(value).items() if v != ""]
         return "{" + ", ".join(f"{k} = {_toml(v)}" for k, v in items) + "}"
     raise TypeError(f"no TOML rendering for {value!r}")
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
 from maitred.core.access import Action
 from maitred.core.errors import Denied
 from maitred.core.routing.model import NO_DEADLINE, Body, Headers, Request, Session
-from maitred.core.routing.state import _DONE, _FINAL, RouterState
+from maitred.core.routing.state import _DONE, _FINAL, RouterState, log
 
 if TYPE_CHECKING:
     from maitred.core.routing.router import Router
@@ -16,6 +17,19 @@ if TYPE_CHECKING:
 class MmiMixin(RouterState):
     """Requests to ``mmi.*`` services (answered by the ``mmi`` handler, usually
     :class:`~maitred.core.management.Management`)."""
+
+    def add_mmi(self, name: str, handler: Callable[[Body], bytes]) -> Callable[[], None]:
+        """Answer ``mmi.NAME`` with ``handler(body)`` (the last frame of the reply; a plugin's
+        own management service, e.g. ``mmi.nodes``). The result removes it."""
+        if not name.startswith("mmi."):
+            raise ValueError(f"{name!r} is not an mmi. service")
+        self._mmi_extra[name] = handler
+
+        def remove() -> None:
+            if self._mmi_extra.get(name) is handler:
+                del self._mmi_extra[name]
+
+        return remove
 
     def _submit_mmi(
         self,
@@ -43,7 +57,15 @@ class MmiMixin(RouterState):
             )
             return None
         self.stats["mmi.requests"] += 1
-        if self._mmi is None:
+        extra = self._mmi_extra.get(name)
+        if extra is not None:
+            try:
+                answer = extra(body)
+            except Exception:  # a plugin's handler must not break the caller's session
+                log.exception("the handler of %s failed", name)
+                answer = b"500"
+            reply = [*body[:-1], answer] if body else [answer]
+        elif self._mmi is None:
             reply = [*body[:-1], b"501"] if body else [b"501"]
         else:
             reply = self._mmi(cast("Router", self), name, body)

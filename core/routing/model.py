@@ -171,6 +171,10 @@ class Journal(Protocol):
         """It was handed to workers ``max_deliveries`` times without an answer: move it to the
         dead letters with ``reason``."""
 
+    def refusal(self, size: int) -> MaitredError | None:
+        """Why a new request of ``size`` bytes cannot be stored now (too large for the store,
+        or the store is unavailable), checked before it is accepted; None: it can."""
+
 
 class SessionSink(Protocol):
     """What a transport implements for each session. Every method must return at once."""
@@ -224,6 +228,7 @@ class Session:
         "id",
         "identity",
         "label",
+        "local_only",
         "opened",
         "patterns",
         "queued",
@@ -250,6 +255,9 @@ class Session:
         self.opened = now
         self.closed = False
         self.quiet = False
+        #: its requests go to local workers only, never to a remote node's (a cluster node's
+        #: session for the requests other nodes forwarded here: they must not travel on)
+        self.local_only = False
         self.workers: dict[Worker, None] = {}
         self.patterns: set[str] = set()
         self.allow_cache: dict[tuple[Action, str], bool] = {}
@@ -280,6 +288,7 @@ class Worker:
         "max_credit",
         "pipeline_below",
         "progress",
+        "remote",
         "served",
         "service",
         "session",
@@ -329,6 +338,9 @@ class Worker:
         #: when it last answered a request (or got one while idle): adaptive credit falls back
         #: to ``base_credit`` when it makes no progress for its liveness window
         self.progress = now
+        #: it stands for the workers of another node (a cluster fabric's proxy): dispatch
+        #: prefers local workers and hands it a request only when none of them is free
+        self.remote = False
 
     def __repr__(self) -> str:
         return f"<Worker {self.label} of {self.service.name}>"

@@ -146,14 +146,22 @@ class RequestsMixin(RouterState):
             self._overloaded(service, request)
             return None
         journal = self.journal if policy.on_no_worker == "store" else None
+        if journal is not None and (refused := journal.refusal(self._size(request))) is not None:
+            self.stats["requests.store_refused"] += 1
+            self._refuse(service, request, refused)
+            return None
         free = service.free
         if free and not service.queued:
-            if journal is not None:
-                journal.append(request)
-            if request.deadline != NO_DEADLINE:
-                self._deadlines.arm(request)
-            self._assign(next(iter(free)), request, now)
-            return request
+            worker: Worker | None = next(iter(free))
+            if worker is not None and worker.remote:
+                worker = self._pick(service, request)
+            if worker is not None:
+                if journal is not None:
+                    journal.append(request)
+                if request.deadline != NO_DEADLINE:
+                    self._deadlines.arm(request)
+                self._assign(worker, request, now)
+                return request
         if journal is not None:
             return self._store(service, request, journal, now)
         if not service.workers and (on_no_worker or policy.on_no_worker) == "fail":
@@ -315,13 +323,36 @@ class RequestsMixin(RouterState):
                 return request
         return None
 
+    @staticmethod
+    def _pick(service: Service, request: Request) -> Worker | None:
+        """The worker for ``request`` among the free ones: local first (least recently used),
+        else the remote one (a cluster node) with the most free credit; None when only remote
+        workers are free and the request may not leave this node."""
+        best: Worker | None = None
+        room = 0
+        for worker in service.free:
+            if not worker.remote:
+                return worker
+            left = worker.credit - len(worker.inflight)
+            if left > room:
+                best, room = worker, left
+        return None if request.caller.local_only else best
+
     def _dispatch(self, service: Service, now: float) -> None:
         free = service.free
         queue = service.queue
         while free and service.queued:
-            request = queue.popleft()
+            request = queue[0]
             if request.state is not _QUEUED:
+                queue.popleft()
                 continue
+            worker = next(iter(free))
+            if worker.remote:
+                found = self._pick(service, request)
+                if found is None:
+                    break  # only remote workers are free: it waits for a local one, in order
+                worker = found
+            queue.popleft()
             self._unqueued(service, request)
             request.caller.queued.pop(request.id, None)
             if request.caller.closed:
@@ -330,7 +361,7 @@ class RequestsMixin(RouterState):
                     self._disarm(request)
                     continue
                 self._detach(request)
-            self._assign(next(iter(free)), request, now)
+            self._assign(worker, request, now)
         if not service.queued and queue:
             queue.clear()
 

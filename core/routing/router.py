@@ -97,6 +97,9 @@ class Router(RequestsMixin, ExpiryMixin, WorkersMixin, TopicsMixin, GrantsMixin,
         self._access_open = is_open(self.access)
         self._on_event = on_event
         self._mmi = mmi
+        self._mmi_extra = {}
+        self._pattern_watchers = []
+        self._pattern_refs = Counter()
         #: most patterns one session may subscribe to (a flood of SUBs must not grow the
         #: broker without bound)
         self.max_subscriptions = max_subscriptions
@@ -147,12 +150,15 @@ class Router(RequestsMixin, ExpiryMixin, WorkersMixin, TopicsMixin, GrantsMixin,
         label: str = "",
         *,
         quiet: bool = False,
+        local_only: bool = False,
     ) -> Session:
         """Register a connection. ``quiet`` sessions (e.g. an endpoint's shared client session)
-        publish no join/leave events."""
+        publish no join/leave events; the requests of ``local_only`` sessions go to local
+        workers only (see :attr:`Worker.remote`)."""
         self._next_session += 1
         session = Session(self._next_session, transport, sink, identity, label, now)
         session.quiet = quiet
+        session.local_only = local_only
         counters = self.transports.get(transport)
         if counters is None:
             counters = self.transports[transport] = TransportStats()
@@ -182,6 +188,8 @@ class Router(RequestsMixin, ExpiryMixin, WorkersMixin, TopicsMixin, GrantsMixin,
             self._drop_worker(worker, now, reason, notify=False)
         for pattern in session.patterns:
             self.topics.remove(pattern, session)
+            if self._pattern_watchers and not session.local_only:
+                self._pattern_ref(pattern, -1)
         session.patterns.clear()
         self._unchecked.pop(session.id, None)
         del self.sessions[session.id]

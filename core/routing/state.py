@@ -61,6 +61,9 @@ EventHook = Callable[[str, dict[str, Any]], None]
 #: request's life, for traces and logs (``Router.tracers``)
 Tracer = Callable[[str, Request, str, float], None]
 MmiHandler = Callable[["Router", str, Body], list[bytes]]
+#: ``watcher(pattern, added)``: a pattern got its first subscriber (True) or lost its last one
+#: (False); see ``Router.watch_patterns``
+PatternWatcher = Callable[[str, bool], None]
 
 
 class RouterState:
@@ -76,6 +79,11 @@ class RouterState:
     _access_open: bool
     _on_event: EventHook | None
     _mmi: MmiHandler | None
+    #: ``mmi.NAME`` services a plugin answers (see ``Router.add_mmi``)
+    _mmi_extra: dict[str, Callable[[Body], bytes]]
+    _pattern_watchers: list[PatternWatcher]
+    #: subscribers per pattern, not counting ``local_only`` sessions (kept while watched)
+    _pattern_refs: Counter[str]
     max_subscriptions: int
     max_subscriptions_total: int
     max_services: int

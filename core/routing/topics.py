@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections import Counter
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from maitred.core.access import Action, refusal
@@ -10,7 +11,14 @@ from maitred.core.errors import Denied, ErrorCode, MaitredError
 from maitred.core.routing.headers import client_headers
 from maitred.core.routing.model import Body, Headers, Session
 from maitred.core.routing.patterns import is_pattern, validate_pattern
-from maitred.core.routing.state import CLIENT_SYS_TOPICS, SYS_PREFIX, RouterState, _json, log
+from maitred.core.routing.state import (
+    CLIENT_SYS_TOPICS,
+    SYS_PREFIX,
+    PatternWatcher,
+    RouterState,
+    _json,
+    log,
+)
 
 
 class TopicsMixin(RouterState):
@@ -56,6 +64,8 @@ class TopicsMixin(RouterState):
             )
         session.patterns.add(pattern)
         self.topics.add(pattern, session)
+        if self._pattern_watchers and not session.local_only:
+            self._pattern_ref(pattern, 1)
         if not check:
             self._unchecked.setdefault(session.id, set()).add(pattern)
         return True
@@ -65,12 +75,46 @@ class TopicsMixin(RouterState):
             return False
         session.patterns.discard(pattern)
         self.topics.remove(pattern, session)
+        if self._pattern_watchers and not session.local_only:
+            self._pattern_ref(pattern, -1)
         unchecked = self._unchecked.get(session.id)
         if unchecked is not None:
             unchecked.discard(pattern)
             if not unchecked:
                 del self._unchecked[session.id]
         return True
+
+    def watch_patterns(self, watcher: PatternWatcher) -> Callable[[], None]:
+        """Call ``watcher(pattern, True)`` when a pattern gets its first subscriber and
+        ``watcher(pattern, False)`` when it loses its last one (``local_only`` sessions, a
+        cluster fabric's own, do not count); at once for every pattern in use now. The
+        result stops it (calling it twice is harmless)."""
+        if not self._pattern_watchers:
+            self._pattern_refs = Counter(
+                p for s in self.sessions.values() if not s.local_only for p in s.patterns
+            )
+        self._pattern_watchers.append(watcher)
+        for pattern in list(self._pattern_refs):
+            watcher(pattern, True)
+
+        def stop() -> None:
+            if watcher in self._pattern_watchers:
+                self._pattern_watchers.remove(watcher)
+
+        return stop
+
+    def _pattern_ref(self, pattern: str, delta: int) -> None:
+        refs = self._pattern_refs
+        refs[pattern] += delta
+        n = refs[pattern]
+        if n <= 0:
+            del refs[pattern]
+        if n == (1 if delta > 0 else 0):
+            for watcher in list(self._pattern_watchers):
+                try:
+                    watcher(pattern, delta > 0)
+                except Exception:  # a watcher must never break subscriptions
+                    log.exception("pattern watcher %r failed", watcher)
 
     def _deliver(self, targets: set[Session], topic: str, body: Body, headers: Headers) -> int:
         """Hand a publication to each target that may receive it; the number reached."""

@@ -56,6 +56,7 @@ class WorkersMixin(RouterState):
         busy_timeout: float | None = None,
         max_credit: int = 0,
         pipeline_below: float = 0.002,
+        remote: bool = False,
     ) -> Worker:
         """Make ``session`` a worker of ``service_name`` with ``credit`` requests at a time.
 
@@ -69,7 +70,10 @@ class WorkersMixin(RouterState):
         peer's address, an ipc path, a login; "" when the transport knows none.
 
         ``idle_timeout``/``busy_timeout`` override the liveness defaults; 0 means the transport
-        watches liveness itself (the router never expires the worker). Raises
+        watches liveness itself (the router never expires the worker). A ``remote`` worker
+        stands for another node's workers (a cluster fabric's proxy): dispatch hands it a
+        request only when no local worker is free, and it publishes no ``$sys.worker.*``
+        events (the node that has the real worker does). Raises
         :class:`~maitred.core.errors.Denied` or a ``BAD_REQUEST`` error.
         """
         if session.closed:
@@ -110,6 +114,7 @@ class WorkersMixin(RouterState):
         if max_credit > credit:
             worker.max_credit = max_credit
             worker.pipeline_below = pipeline_below
+        worker.remote = remote
         first = not service.workers
         service.workers[worker] = None
         service.free[worker] = None
@@ -117,17 +122,33 @@ class WorkersMixin(RouterState):
         self._lists.put(worker, worker.idle_timeout)
         if first:
             self._emit("$sys.service.online", {"service": service_name})
-        self._emit(
-            "$sys.worker.ready",
-            {
-                "service": service_name,
-                "worker": worker.label,
-                "transport": session.transport,
-                "identity": session.identity.name,
-            },
-        )
+        if not remote:
+            self._emit(
+                "$sys.worker.ready",
+                {
+                    "service": service_name,
+                    "worker": worker.label,
+                    "transport": session.transport,
+                    "identity": session.identity.name,
+                },
+            )
         self._dispatch(service, now)
         return worker
+
+    def set_credit(self, worker: Worker, credit: int, now: float) -> None:
+        """Change how many requests ``worker`` may hold at once (at least 1): a cluster
+        fabric's proxy follows the free credit its node announces. Lowered below what it holds,
+        it keeps them and gets no new one until it is back under."""
+        if not worker.alive:
+            return
+        credit = max(1, credit)
+        worker.credit = worker.base_credit = credit
+        free = worker.service.free
+        if len(worker.inflight) >= credit or worker.suspect:
+            free.pop(worker, None)
+        elif worker not in free:
+            free[worker] = None
+            self._dispatch(worker.service, now)
 
     def remove_worker(self, worker: Worker, now: float, reason: str = "disconnect") -> None:
         """The peer said it leaves (e.g. MDP DISCONNECT). Its requests are redelivered or failed."""
@@ -243,11 +264,11 @@ class WorkersMixin(RouterState):
                 worker.session.sink.worker_removed(worker, reason)
             except Exception:  # a transport bug must not corrupt the router's state
                 log.exception("worker_removed failed for %s", worker.label)
-        expired = reason == "expired"
-        self._emit(
-            "$sys.worker.expired" if expired else "$sys.worker.gone",
-            {"service": service.name, "worker": worker.label, "reason": reason},
-        )
+        if not worker.remote:
+            self._emit(
+                "$sys.worker.expired" if reason == "expired" else "$sys.worker.gone",
+                {"service": service.name, "worker": worker.label, "reason": reason},
+            )
         if not service.workers:
             self._emit("$sys.service.offline", {"service": service.name})
             if service.queued and service.policy.on_no_worker == "fail":

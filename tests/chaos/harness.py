@@ -68,9 +68,11 @@ def free_port() -> int:
         return port
 
 
-def config(tmp: Path) -> str:
+def config(tmp: Path, store: str = "") -> str:
+    """``store``: a ``[store]`` section (empty: the SQLite file of ``store_path``)."""
     mdp, http_port, ws = free_port(), free_port(), free_port()
     return f"""
+{store}
 [broker]
 store_path = "{tmp / "services.sqlite3"}"
 drain_timeout = 0.5
@@ -455,14 +457,16 @@ class Report:
 
 
 class Chaos:
-    def __init__(self, tmp: Path, seconds: float, seed: int, max_requests: int = 20_000) -> None:
+    def __init__(
+        self, tmp: Path, seconds: float, seed: int, max_requests: int = 20_000, store: str = ""
+    ) -> None:
         self.tmp = tmp
         self.seconds = seconds
         self.seed = seed
         self.rng = random.Random(seed)
         self.max_requests = max_requests
         self.cfg = tmp / "maitred.toml"
-        self.cfg.write_text(config(tmp))
+        self.cfg.write_text(config(tmp, store))
         self.logdir = tmp / "deliveries"
         self.logdir.mkdir()
         self.history = History()
@@ -609,8 +613,8 @@ class Chaos:
 
 
 @contextlib.contextmanager
-def chaos(tmp: Path, seconds: float, seed: int) -> Iterator[Chaos]:
-    c = Chaos(tmp, seconds, seed)
+def chaos(tmp: Path, seconds: float, seed: int, store: str = "") -> Iterator[Chaos]:
+    c = Chaos(tmp, seconds, seed, store=store)
     try:
         yield c
     finally:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from maitred.plugins.nats_testing import nats_server  # noqa: F401  (fixture)
 from tests.chaos.harness import chaos
 
 pytestmark = [pytest.mark.slow, pytest.mark.chaos]
@@ -26,14 +27,25 @@ def chaos_seconds(config: pytest.Config) -> float:
     return 300.0 if config.getoption("--chaos-long") else 20.0
 
 
+@pytest.mark.parametrize("store", ["sqlite", "jetstream"])
 def test_guarantees_hold_under_chaos(
-    request: pytest.FixtureRequest, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    store: str,
 ) -> None:
     seconds = chaos_seconds(request.config)
     seed = request.config.getoption("--chaos-seed")
     if seed is None:
         seed = random.randrange(1 << 30)
-    with chaos(tmp_path, seconds, seed) as run:
+    section = ""
+    if store == "jetstream":  # the durable requests on a JetStream stream (its own server)
+        pytest.importorskip("nats")
+        starter = request.getfixturevalue("nats_server")
+        section = (
+            f'[store]\nbackend = "jetstream"\njetstream_nats = ["{starter(jetstream=True).url}"]\n'
+        )
+    with chaos(tmp_path, seconds, seed, section) as run:
         report = run.run()
     with capsys.disabled():
         print("\n" + report.text())

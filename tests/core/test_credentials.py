@@ -130,3 +130,34 @@ def test_secrets_from_a_value_a_file_or_the_environment() -> None:
     with pytest.raises(SecretError, match="environment variable MAITRED_T is not set"):
         read_secret(env="MAITRED_T", environ={})
     assert read_secret() is None
+
+
+def test_client_env_sets_the_command_line_credentials_and_puts_back_the_old_ones(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import os
+
+    from maitred.core.credentials import client_env
+
+    monkeypatch.setenv("MAITRED_TOKEN", "from-env")
+    monkeypatch.delenv("MAITRED_CACERT", raising=False)
+    with client_env("from-flag", "/ca.pem"):
+        assert os.environ["MAITRED_TOKEN"] == "from-flag"
+        assert os.environ["MAITRED_CACERT"] == "/ca.pem"
+    assert os.environ["MAITRED_TOKEN"] == "from-env"
+    assert "MAITRED_CACERT" not in os.environ
+    with client_env(None, None):  # no flags: the environment as it is
+        assert os.environ["MAITRED_TOKEN"] == "from-env"
+
+
+def test_token_entry_is_toml_that_decodes_to_a_token_config() -> None:
+    import tomllib
+
+    import msgspec
+
+    from maitred.core.credentials import TokenConfig, token_entry
+
+    text = token_entry("ab" * 32, 'o"ps', ["admin", "x y"], "transports.http.tokens")
+    (entry,) = tomllib.loads(text)["transports"]["http"]["tokens"]
+    config = msgspec.convert(entry, TokenConfig)
+    assert config == TokenConfig("ab" * 32, 'o"ps', ("admin", "x y"))

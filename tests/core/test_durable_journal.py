@@ -8,9 +8,10 @@ import asyncio
 import pytest
 
 from maitred.core.durable import KIND, StoreJournal
+from maitred.core.errors import ErrorCode, MaitredError
 from maitred.core.routing.model import ServicePolicy
 from maitred.core.store import MemoryStore, StoredMessage
-from tests.core.harness import Harness
+from tests.core.harness import Harness, sink_of
 
 STORE = ServicePolicy(on_no_worker="store", request_timeout=0)
 
@@ -146,3 +147,36 @@ def test_dead_letter_keeps_the_request() -> None:
     journal.dead(r, "no worker would take it")
     [dead] = store.dead_letters("jobs")
     assert dead.reason == "no worker would take it" and dead.message.kind == KIND
+
+
+class RefusingStore(MemoryStore):
+    """A memory store that refuses new messages while ``refuse`` is set (as the JetStream store
+    does while JetStream is unavailable, or for a message past its size limit)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.refuse: MaitredError | None = None
+        self.sizes: list[int] = []
+
+    def refusal(self, size: int) -> MaitredError | None:
+        self.sizes.append(size)
+        return self.refuse
+
+
+def test_a_store_that_cannot_take_a_request_refuses_it_before_it_is_accepted() -> None:
+    store = RefusingStore()
+    h = Harness(policies={"jobs": STORE})
+    journal = StoreJournal(store)
+    h.router.journal = journal
+    client = h.session("c")
+    assert h.req(client, "jobs", (b"abc",)).stored == 0
+    store.refuse = MaitredError("the durable store is unavailable", ErrorCode.NO_WORKER)
+    h.worker("jobs")  # even with a free worker: it would be stored first
+    assert h.call(client, "jobs", (b"abcd",)) is None
+    store.refuse = MaitredError("too large", ErrorCode.TOO_LARGE)
+    assert h.call(client, "jobs", (b"abcd",)) is None
+    assert sink_of(client).error_codes() == [ErrorCode.NO_WORKER, ErrorCode.TOO_LARGE]
+    assert journal.appended == 1 and store.sizes[-1] == len("jobs") + 4
+    assert h.router.stats["requests.store_refused"] == 2
+    store.refuse = None
+    assert h.req(client, "jobs").stored == 1  # ids go on: none was taken by a refusal

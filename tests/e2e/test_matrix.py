@@ -27,6 +27,7 @@ import pytest
 import zmq
 
 from tests.e2e import matrix_peers as mp
+from tests.e2e import matrix_pubsub as mps
 from tests.e2e.helpers import BrokerThread, wait_until
 
 # the module's fixture may wait REGISTER_BUDGET seconds for its workers (on a loaded machine),
@@ -47,6 +48,8 @@ tick_interval = 0.02
 
 [transports.mdp]
 endpoints = ["tcp://127.0.0.1:0"]
+pub_endpoints = ["tcp://127.0.0.1:0"]
+publish_endpoints = ["tcp://127.0.0.1:0"]
 
 [transports.http]
 listen = ["127.0.0.1:0"]
@@ -582,6 +585,91 @@ def test_mmi(matrix: Matrix, ck: str) -> None:
     assert echo == {f"echo.{wk}": 1 for wk in WORKERS}
 
 
+# -- publish / subscribe -----------------------------------------------------------------------
+
+#: publisher kinds: what they are
+PUBLISHERS = {
+    "zmq-pub": "plain pyzmq PUB socket on `[transports.mdp] publish_endpoints`: `[topic, body]`",
+    "rest": "REST `POST /v1/topics/{topic}`",
+    "middleman": "middleman `PUB topic` (WebSocket text, trusted key)",
+    "json": "maitred.json `publish` (body as `data`)",
+    "local": "`LocalClient.publish` (in process)",
+}
+#: subscriber kinds: what they are, and what they receive for a publication
+SUBSCRIBERS = {
+    "zmq-prefix": ("plain pyzmq SUB socket on `pub_endpoints`, subscribed to the prefix `ps.`",
+                   "`[topic, body]`; and, as ZeroMQ filters by prefix, the "
+                   "`[b\"ps.>\", topic, body]` sent for the pattern subscriber"),
+    "zmq-pattern": ("plain pyzmq SUB socket on `pub_endpoints`, subscribed to the pattern `ps.>`",
+                    "`[b\"ps.>\", topic, body]`"),
+    "sse": ("REST `GET /v1/topics/ps.>` (`text/event-stream`)",
+            "an SSE event `{topic, frames}`"),
+    "middleman": ("middleman `SUB ps.>`", "`PUB topic` with the body as text, `Cid`/`Uid`"),
+    "json": ("maitred.json `subscribe` to `ps.>`", "an `event` with `topic` and `data`"),
+    "local": ("`LocalClient.subscribe(\"ps.>\")`", "`(topic, body, headers)` on `events`"),
+}  # fmt: skip
+
+
+class PubSubMatrix:
+    """One broker (the matrix's config), a subscriber of every kind on ``ps.>`` (or the prefix
+    ``ps.``), a publisher of every kind."""
+
+    def __init__(self) -> None:
+        self.broker = BrokerThread(CONFIG)
+        self.ctx: zmq.Context[Any] = zmq.Context()
+        self.subscribers: dict[str, mps.Subscriber] = {}
+        self.publishers: dict[str, mps.Publisher] = {}
+
+    def start(self) -> None:
+        self.subscribers = mps.make_subscribers(self.broker, self.ctx)
+
+        def sessions() -> int:
+            return len(self.broker.broker.router.topics.match("ps.x"))
+
+        # every subscription is in the broker (the two ZeroMQ ones are a prefix session and a
+        # pattern session)
+        wait_until(lambda: sessions() == len(SUBSCRIBERS), 30, "every subscriber subscribed")
+        self.publishers = mps.make_publishers(self.broker, self.ctx)
+
+    def stop(self) -> None:
+        for p in self.publishers.values():
+            p.close()
+        for s in self.subscribers.values():
+            if s.kind != "sse":
+                s.stop()
+        self.broker.stop(drain_timeout=0)  # ends the SSE stream
+        self.subscribers["sse"].stop()
+        self.ctx.destroy(linger=0)
+
+
+@pytest.fixture(scope="module")
+def psmatrix() -> Iterator[PubSubMatrix]:
+    m = PubSubMatrix()
+    try:
+        m.start()
+        yield m
+    finally:
+        m.stop()
+
+
+def pubsub_params() -> list[Any]:
+    return [pytest.param(pk, sk, id=f"{pk}-{sk}") for pk in PUBLISHERS for sk in SUBSCRIBERS]
+
+
+@pytest.mark.parametrize(("pk", "sk"), pubsub_params())
+def test_pubsub(psmatrix: PubSubMatrix, pk: str, sk: str) -> None:
+    """A publication of kind ``pk`` reaches a subscriber of kind ``sk``, body exact."""
+    topic = f"ps.{pk}.{sk}"
+    text = f"from {pk} to {sk}: caf\u00e9"
+    psmatrix.publishers[pk].publish(topic, text)
+    sub = psmatrix.subscribers[sk]
+    wait_until(lambda: bool(sub.received(topic)) or sub.failure is not None, 10, topic)
+    assert sub.failure is None, sub.failure
+    assert sub.received(topic) == [[text.encode()]]
+    if isinstance(sub, mps.ZmqSubscriber) and sub.kind == "zmq-prefix":
+        wait_until(lambda: (topic, [text.encode()]) in sub.copies, 10, "the pattern's copy")
+
+
 # -- the docs table ----------------------------------------------------------------------------
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "reference" / "matrix.md"
@@ -676,6 +764,30 @@ def render() -> str:
         nw = error_form(c.name, 503) if c.deadline else "none: waits in its queue"
         dn = error_form(c.name, 403) if c.deadline else "none: dead-lettered (`/v1/dead-letters`)"
         out.append(f"| `{c.name}` | {nw} | {dn} | `200`/`404`; the same JSON list |")
+    out += [
+        "",
+        "## Publish and subscribe",
+        "",
+        "A publisher of every kind publishes on `ps.<publisher>.<subscriber>` a body of one "
+        "UTF-8 frame, and a subscriber of every kind, subscribed to `ps.>` (the ZeroMQ prefix "
+        "subscriber to `ps.`), receives it exactly once, body unchanged "
+        f"({len(PUBLISHERS)} × {len(SUBSCRIBERS)} = {len(PUBLISHERS) * len(SUBSCRIBERS)} "
+        "cells, `test_pubsub`). The ZeroMQ layouts are in "
+        "[publish and subscribe](mdp.md#publish-and-subscribe).",
+        "",
+        "| publisher | what |",
+        "|---|---|",
+    ]
+    out += [f"| `{k}` | {what} |" for k, what in PUBLISHERS.items()]
+    out += ["", "| subscriber | what | receives |", "|---|---|---|"]
+    out += [f"| `{k}` | {what} | {gets} |" for k, (what, gets) in SUBSCRIBERS.items()]
+    out += [
+        "",
+        "| publisher | " + " | ".join(f"`{k}`" for k in SUBSCRIBERS) + " |",
+        "|---|" + "---|" * len(SUBSCRIBERS),
+    ]
+    for pk in PUBLISHERS:
+        out.append(f"| `{pk}` | " + " | ".join("pass" for _ in SUBSCRIBERS) + " |")
     out.append("")
     return "\n".join(out)
 

@@ -69,6 +69,7 @@ def require(problem: str | None, install: str) -> None:
 class CPrograms:
     client: str
     worker: str
+    subscriber: str
 
 
 @pytest.fixture(scope="session")
@@ -90,7 +91,11 @@ def c_programs(tmp_path_factory: pytest.TempPathFactory) -> CPrograms:
         timeout=60,
     )
     assert build.returncode == 0, build.stdout + build.stderr
-    return CPrograms(client=str(out / "mdp_client"), worker=str(out / "mdp_worker"))
+    return CPrograms(
+        client=str(out / "mdp_client"),
+        worker=str(out / "mdp_worker"),
+        subscriber=str(out / "mdp_subscriber"),
+    )
 
 
 @pytest.fixture(scope="session")
@@ -382,6 +387,55 @@ def test_python_clients_call_the_c_worker(
     assert "mdp_worker: served 3 requests, exiting" in worker.err
     wait_workers(web_broker, "c-upper", 0, timeout=2)
     assert web_broker.stats().get("workers.expired", 0) == 0
+
+
+def test_c_subscriber_prints_service_events(
+    make_broker: Callable[..., BrokerThread],
+    c_programs: CPrograms,
+    procs: Callable[..., Proc],
+    ctx: zmq.Context[Any],
+) -> None:
+    """mdp_subscriber, a plain libzmq SUB socket on the broker's pub_endpoints, subscribed to the
+    pattern $sys.service.> and the prefix news.: it prints the service events of a C worker that
+    comes and goes, then a message published over REST."""
+    broker = make_broker(TOML, 'pub_endpoints = ["tcp://127.0.0.1:0"]\n')
+    pub = broker.broker.transports["mdp"].pubsub.pub_bound[0]  # type: ignore[attr-defined]
+    sub = procs([c_programs.subscriber, "-n", "3", "-t", "20000", pub, "$sys.service.>", "news."])
+    wait_until(
+        lambda: broker.stats().get("mdp.pub.subscribed", 0) == 2, what="the two subscriptions"
+    )
+    worker = start_c_worker(procs, c_programs, broker.endpoint, "c-events", "-n", "1")
+    wait_workers(broker, "c-events", 1)
+    with Client(broker.endpoint, context=ctx, timeout=10) as client:
+        assert client.request("c-events", b"hi") == [b"HI"]
+    assert worker.wait_exit() == 0, worker
+    wait_workers(broker, "c-events", 0)
+    with RestClient(broker.endpoints["http"][0]) as rest:
+        assert rest.publish("news.c", b"from rest") == 1
+    assert sub.wait_exit() == 0, sub
+    assert sub.out == [
+        '$sys.service.online {"service":"c-events"}',
+        '$sys.service.offline {"service":"c-events"}',
+        "news.c from rest",
+    ]
+
+
+def test_curl_publication_reaches_the_c_subscriber(
+    make_broker: Callable[..., BrokerThread],
+    c_programs: CPrograms,
+    curl_dir: Path,
+    procs: Callable[..., Proc],
+) -> None:
+    """curl publishes over REST; mdp_subscriber (a plain libzmq SUB) prints it."""
+    broker = make_broker(TOML, 'pub_endpoints = ["tcp://127.0.0.1:0"]\n')
+    pub = broker.broker.transports["mdp"].pubsub.pub_bound[0]  # type: ignore[attr-defined]
+    sub = procs([c_programs.subscriber, "-n", "1", "-t", "20000", pub, "alerts.>"])
+    wait_until(lambda: broker.stats().get("mdp.pub.subscribed", 0) == 1, what="subscribed")
+    http = broker.endpoints["http"][0]
+    got = run(["curl", "-sS", "--data-binary", "disk 91% full", f"{http}/v1/topics/alerts.disk"])
+    assert got.returncode == 0 and json.loads(got.stdout) == {"delivered": 1}, got
+    assert sub.wait_exit() == 0, sub
+    assert sub.out == ["alerts.disk disk 91% full"]
 
 
 def test_c_worker_frames_and_liveness(

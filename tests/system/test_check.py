@@ -125,6 +125,18 @@ def test_mdp_tcp_without_port(conf: Path, capsys: pytest.CaptureFixture[str]) ->
     assert "'tcp://127.0.0.1': no port; write tcp://HOST:PORT" in err
 
 
+def test_pubsub_endpoints_are_checked(conf: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    write(
+        conf,
+        '[transports.mdp]\nendpoints = ["tcp://127.0.0.1:0"]\n'
+        'pub_endpoints = ["tcp://127.0.0.1"]\npublish_endpoints = ["tcp://127.0.0.1:99999"]\n',
+    )
+    code, err = check(conf, capsys)
+    assert code == 2
+    assert "transports.mdp.pub_endpoints: 'tcp://127.0.0.1': no port" in err
+    assert "transports.mdp.publish_endpoints: 'tcp://127.0.0.1:99999': port 99999" in err
+
+
 def test_every_problem_at_once(conf: Path, capsys: pytest.CaptureFixture[str]) -> None:
     write(
         conf,

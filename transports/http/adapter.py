@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import ssl
 from collections.abc import Sequence
 from typing import Any
 
@@ -23,11 +24,12 @@ from maitred.core.access import Identity
 from maitred.core.durable import StoreJournal
 from maitred.core.errors import ErrorCode, MaitredError
 from maitred.core.logs import RejectionLog
-from maitred.core.routing.model import ReplyKind, Request
+from maitred.core.routing.model import ReplyKind, Request, Session
 from maitred.core.tracing import trace_in
 from maitred.core.transport import BrokerPort
-from maitred.transports.http import codec
+from maitred.transports.http import codec, tls
 from maitred.transports.http.admin import add_admin_routes
+from maitred.transports.http.auth import HttpAuth, Secured
 from maitred.transports.http.config import HttpConfig
 from maitred.transports.http.examples import add_example_routes
 from maitred.transports.http.listings import ListingRoutes
@@ -44,10 +46,12 @@ from maitred.transports.http.server import (
     _remove_stale_socket,
     _ServerLog,
     _TooLarge,
+    set_socket_permissions,
 )
 from maitred.transports.http.streams import _Call, _RestSink, _Stream, _TopicSink
 from maitred.transports.http.switch import Switch
 from maitred.transports.http.switch_routes import SwitchRoutes
+from maitred.transports.http.topic_routes import TopicRoutes
 
 log = logging.getLogger("maitred.transports.http")
 
@@ -59,7 +63,7 @@ _OCTETS = "application/octet-stream"
 __all__ = ["REFUSE_GRACE", "HttpConfig", "HttpTransport", "cli_addresses"]
 
 
-class HttpTransport(ListingRoutes):
+class HttpTransport(ListingRoutes, TopicRoutes, Secured):
     """The ``http`` transport (see the module docstring)."""
 
     name = "http"
@@ -92,6 +96,14 @@ class HttpTransport(ListingRoutes):
         self._head_timers: dict[Any, asyncio.TimerHandle] = {}
         #: connections past ``max_connections`` -> when they are answered 503 at the latest
         self._refused: dict[Any, asyncio.TimerHandle] = {}
+        self.auth = HttpAuth(config, port, self.rejections, self.identity)
+        #: the REST session of each identity other than the default one (``_rest``)
+        self._sessions: dict[Identity, Session] = {}
+        #: the TLS listeners' contexts (a reload loads a new certificate into them)
+        self._contexts: list[ssl.SSLContext] = []
+        self._tls_loaded = ""
+        self._handshaking: dict[Any, asyncio.TimerHandle] = {}
+        self._tls_unclaimed = 0
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -135,7 +147,8 @@ class HttpTransport(ListingRoutes):
                 self.switch, self._read_body, self.broker.request_stop
             )
         app = web.Application(
-            client_max_size=cfg.max_body_size, middlewares=[self._head_seen, _maitred_errors]
+            client_max_size=cfg.max_body_size,
+            middlewares=[self._head_seen, self._authenticate, _maitred_errors],
         )
         r = app.router
         r.add_get("/v1/openapi.json", self._openapi)
@@ -152,7 +165,7 @@ class HttpTransport(ListingRoutes):
         r.add_get("/readyz", self._readyz)
         add_example_routes(r)  # GET /examples/: the example pages (package data)
         if cfg.admin:  # GET /admin/: the live dashboard (before the switch's /admin page)
-            add_admin_routes(r, self.port, self._rest)
+            add_admin_routes(r, self.port, self._session_of)
         r.add_route("*", "/v1/{tail:.*}", self._v1_not_found)
         r.add_route("*", "/{tail:.*}", self._switch_route)
         runner = self._runner = web.AppRunner(
@@ -178,6 +191,7 @@ class HttpTransport(ListingRoutes):
 
         def connection_made(handler: Any, transport: asyncio.Transport) -> None:
             made(handler, transport)
+            self._tls_done(handler)
             accepted = len(server.connections) - len(self._refused)
             if cfg.max_connections and accepted > cfg.max_connections:
                 # answered 503 as soon as its request head is read (_head_seen), or after
@@ -208,6 +222,9 @@ class HttpTransport(ListingRoutes):
         try:
             for addr in cfg.listen:
                 await self._bind(runner, addr)
+        except MaitredError:
+            await self.close()
+            raise
         except OSError as exc:
             await self.close()
             raise MaitredError(
@@ -246,24 +263,56 @@ class HttpTransport(ListingRoutes):
         return response
 
     async def _bind(self, runner: web.AppRunner, addr: str) -> None:
+        cfg = self.config
         if addr.startswith("unix:"):
             path = addr[5:]
             _remove_stale_socket(path)
             site: web.BaseSite = web.UnixSite(runner, path)
             await site.start()
             self._unix_paths.append(path)
+            set_socket_permissions(path, cfg.unix_mode, cfg.unix_group)
             self._bound.append(f"unix:{path}")
             return
         host, _, port = addr.rpartition(":")
         host = host.strip("[]")
-        site = web.TCPSite(runner, host, int(port), reuse_address=True)
+        where = [addr]
+        if cfg.tls_cert:
+            context = tls.server_context(
+                cfg.tls_cert,
+                cfg.tls_key,
+                cfg.tls_client_ca,
+                lambda exc: self._tls_failed(where[0], exc),
+            )
+            self._contexts.append(context)
+            self._tls_loaded = tls.fingerprint(cfg.tls_cert, cfg.tls_key)
+            site = tls.TlsSite(
+                runner,
+                host,
+                int(port),
+                ssl_context=context,
+                handshake_timeout=cfg.tls_handshake_timeout,
+                on_accept=self._tls_accepted,
+                reuse_port=self.config.reuse_port,
+            )
+        else:
+            site = web.TCPSite(
+                runner,
+                host,
+                int(port),
+                reuse_address=True,
+                reuse_port=self.config.reuse_port or None,
+            )
         await site.start()
+        scheme = "https" if cfg.tls_cert else "http"
         # the asyncio (or uvloop) server: its sockets know the real port
         sockets: Sequence[Any] = getattr(site._server, "sockets", None) or ()
-        for sock in sockets:
+        for n, sock in enumerate(sockets):
             real = sock.getsockname()
             shown = f"[{real[0]}]" if ":" in real[0] else real[0]
-            self._bound.append(f"http://{shown}:{real[1]}")
+            self._bound.append(f"{scheme}://{shown}:{real[1]}")
+            if n == 0 and cfg.tls_cert:
+                where[0] = f"{shown}:{real[1]}"
+                self._watch_tls(where[0])
 
     def endpoints(self) -> list[str]:
         return list(self._bound)
@@ -284,7 +333,7 @@ class HttpTransport(ListingRoutes):
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
-        for timers in (self._head_timers, self._refused):
+        for timers in (self._head_timers, self._refused, self._handshaking):
             for timer in timers.values():
                 timer.cancel()
             timers.clear()
@@ -293,6 +342,9 @@ class HttpTransport(ListingRoutes):
         rest = getattr(self, "_rest", None)
         if rest is not None:
             self.broker.close_session(rest, now, "closing")
+        for session in self._sessions.values():
+            self.broker.close_session(session, now, "closing")
+        self._sessions.clear()
         for path in self._unix_paths:
             _remove_stale_socket(path)
 
@@ -380,7 +432,7 @@ class HttpTransport(ListingRoutes):
         assert call.fut is not None
         self.stats["http.calls"] += 1
         submitted = self.broker.submit(
-            self._rest,
+            self._session_of(request),
             name,
             frames,
             call,
@@ -432,6 +484,10 @@ class HttpTransport(ListingRoutes):
         reply is dropped). None when the answer came first (then it is sent as usual)."""
         try:
             await journal.committed()
+        except MaitredError as exc:  # the store refused it (JetStream unavailable: 503)
+            log.warning("http: the store could not commit a request: %s", exc.reason)
+            self.broker.cancel(submitted, self.port.clock())
+            return _error(exc.code, exc.reason)
         except Exception:
             log.exception("http: the store could not commit a request")
             self.broker.cancel(submitted, self.port.clock())
@@ -456,7 +512,7 @@ class HttpTransport(ListingRoutes):
         call = _Call(None, stream)
         self.stats["http.calls"] += 1
         submitted = self.broker.submit(
-            self._rest,
+            self._session_of(request),
             name,
             frames,
             call,
@@ -499,62 +555,6 @@ class HttpTransport(ListingRoutes):
             stream.drop_all()
         await response.write_eof()
         return response
-
-    async def _publish(self, request: web.Request) -> web.Response:
-        topic = request.match_info["topic"]
-        try:
-            body = await self._read_body(request)
-        except _TooLarge:
-            return self._too_large(_error(ErrorCode.TOO_LARGE, "the request body is too large"))
-        try:
-            n = self.broker.publish(self._rest, topic, [body])
-        except MaitredError as exc:
-            return _error(exc.code, exc.reason)
-        return _json({"delivered": n})
-
-    async def _subscribe(self, request: web.Request) -> web.StreamResponse:
-        pattern = request.match_info["pattern"]
-        sink = _TopicSink(self.config.sse_buffer, self.broker, self.config.sse_buffer_bytes)
-        self._topic_sinks.add(sink)
-        now = self.port.clock()
-        session = self.broker.open_session(
-            "http", sink, self.identity, now, label=f"http:sse:{id(sink):x}"
-        )
-        try:
-            try:
-                self.broker.subscribe(session, pattern)
-            except MaitredError as exc:
-                return _error(exc.code, exc.reason)
-            response = web.StreamResponse(
-                headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
-            )
-            await response.prepare(request)
-            await response.write(b": subscribed to " + pattern.encode() + b"\n\n")
-            seq = 0
-            while not self._closed:
-                item = await sink.queue.get()
-                if item is None:
-                    break
-                topic, frames, headers = item
-                sink.taken(frames)
-                await response.write(
-                    codec.sse_event("message", codec.topic_event_data(topic, frames, headers), seq)
-                )
-                seq += 1
-                if sink.overflow and sink.queue.empty() and not self._closed:
-                    self.stats["http.sse_overflow"] += 1
-                    await response.write(
-                        codec.sse_event(
-                            "error",
-                            codec.error_body(ErrorCode.QUEUE_FULL, "subscriber too slow"),
-                        )
-                    )
-                    break
-            return response
-        finally:
-            self._topic_sinks.discard(sink)
-            self.broker.close_session(session, self.port.clock(), "stream closed")
-            sink.release_all()
 
     # -- message switch -----------------------------------------------------------------------
 

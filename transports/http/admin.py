@@ -33,7 +33,7 @@ import base64
 import hashlib
 import html
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from importlib import resources
 
 from aiohttp import web
@@ -43,11 +43,13 @@ from maitred.core.errors import ErrorCode
 from maitred.core.routing.model import Session
 from maitred.core.transport import BrokerPort
 from maitred.transports.http import codec
+from maitred.transports.http.server import IDENTITY
 
 #: the page's file name in ``static/``
 PAGE = "admin.html"
 #: the MMI name whose ``call`` permission opens the dashboard
 GATE = "mmi.services"
+
 
 _SCRIPT = re.compile(rb"<script>(.*?)</script>", re.S)
 _NONE = "'none'"
@@ -109,13 +111,20 @@ def switch_page_headers() -> dict[str, str]:
     }
 
 
-def add_admin_routes(router: web.UrlDispatcher, port: BrokerPort, session: Session) -> None:
-    """``GET /admin``, ``/admin/`` and ``/admin/endpoints.json``; ``session`` is the REST
-    session, whose identity the access policy is asked about."""
+def add_admin_routes(
+    router: web.UrlDispatcher,
+    port: BrokerPort,
+    session_of: Callable[[web.Request], Session],
+) -> None:
+    """``GET /admin``, ``/admin/`` and ``/admin/endpoints.json``; ``session_of`` gives a
+    request's REST session, whose identity the access policy is asked about. The page itself
+    is also served to a request without credentials that the transport would refuse (it holds
+    no data, and asks for a token when its API calls are answered 401)."""
     page = admin_page()
     headers = page_headers(page)
 
-    def denied() -> web.Response | None:
+    def denied(request: web.Request) -> web.Response | None:
+        session = session_of(request)
         if port.allowed(session, Action.CALL, GATE):
             return None
         return web.Response(
@@ -130,13 +139,13 @@ def add_admin_routes(router: web.UrlDispatcher, port: BrokerPort, session: Sessi
         raise web.HTTPMovedPermanently("/admin/")
 
     async def index(request: web.Request) -> web.Response:
-        refused = denied()
+        refused = None if IDENTITY in request and request[IDENTITY] is None else denied(request)
         if refused is not None:
             return refused
         return web.Response(body=page, content_type="text/html", charset="utf-8", headers=headers)
 
     async def endpoints(request: web.Request) -> web.Response:
-        refused = denied()
+        refused = denied(request)
         if refused is not None:
             return refused
         transports = port.info().get("transports", {})

@@ -29,7 +29,7 @@ EXIT_FAIL, EXIT_USAGE, EXIT_ERROR_REPLY, EXIT_UNREACHABLE, EXIT_REFUSED = 1, 2, 
 
 def _client(args: argparse.Namespace) -> SwitchClient:
     probe(args.broker)  # nothing there: said within a second, not after the whole timeout
-    return SwitchClient(args.broker, timeout=args.timeout)
+    return SwitchClient(args.broker, timeout=args.timeout, cacert=args.cacert)
 
 
 def _fail(exc: Exception, url: str = "") -> int:
@@ -225,7 +225,9 @@ def cmd_shutdown(args: argparse.Namespace) -> int:
             else os.environ.get("MAITRED_SHUTDOWN_SECRET", "").strip()
         )
         probe(args.broker)
-        with SwitchClient(args.broker, token=args.token, timeout=args.timeout) as sw:
+        with SwitchClient(
+            args.broker, token=args.token, timeout=args.timeout, cacert=args.cacert
+        ) as sw:
             sw.shutdown(secret or None)
     except (OSError, SwitchError, Unreachable) as exc:
         return _fail(exc, args.broker)
@@ -244,6 +246,12 @@ def add_commands(subparsers: Any) -> None:
             f"{DEFAULT_SWITCH})",
         )
         p.add_argument("-t", "--timeout", type=float, default=10.0, help="seconds (default 10)")
+        p.add_argument(
+            "--cacert",
+            metavar="FILE",
+            help="CA file of an https:// switch's certificate (env MAITRED_CACERT); the bearer "
+            "token is $MAITRED_TOKEN",
+        )
 
     p = subparsers.add_parser(
         "list",

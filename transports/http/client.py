@@ -6,7 +6,11 @@
 - :class:`SwitchClient` (blocking) for the message-switch protocol: login, queues, send,
   transfer, ack, list, diagnostics, trace, and the RPC pattern (``rpc``, ``serve``).
 
-A broker URL is ``http://HOST:PORT`` or ``unix:/path/to/socket``.
+A broker URL is ``http://HOST:PORT``, ``https://HOST:PORT`` or ``unix:/path/to/socket``.
+Credentials: a bearer token (``token=``, default: the environment variable ``MAITRED_TOKEN``),
+sent as ``Authorization: Bearer`` on every request, and for HTTPS the CA file that signed the
+broker's certificate (``cacert=``, default ``MAITRED_CACERT``; without either, the system's
+CAs).
 """
 
 from __future__ import annotations
@@ -14,7 +18,9 @@ from __future__ import annotations
 import base64
 import http.client
 import json
+import os
 import socket
+import ssl
 import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -36,14 +42,47 @@ class _UnixConnection(http.client.HTTPConnection):
         self.sock = sock
 
 
-def connection(url: str, timeout: float) -> http.client.HTTPConnection:
-    """A keep-alive connection to ``http://HOST:PORT`` or ``unix:/path``."""
+def credentials(token: str | None, cacert: str | None) -> tuple[str | None, str | None]:
+    """The bearer token and CA file given, else from ``MAITRED_TOKEN`` / ``MAITRED_CACERT``."""
+    token = token if token is not None else os.environ.get("MAITRED_TOKEN") or None
+    cacert = cacert if cacert is not None else os.environ.get("MAITRED_CACERT") or None
+    return token, cacert
+
+
+def tls_context(cacert: str | None) -> ssl.SSLContext:
+    """A client TLS context that verifies the broker against ``cacert`` (or the system's CAs)."""
+    return ssl.create_default_context(cafile=cacert)
+
+
+def connection(
+    url: str, timeout: float, token: str | None = None, cacert: str | None = None
+) -> http.client.HTTPConnection:
+    """A keep-alive connection to ``http://HOST:PORT``, ``https://HOST:PORT`` or
+    ``unix:/path``; with ``token``, every request carries it (unless it sets its own
+    Authorization header)."""
+    conn: http.client.HTTPConnection
     if url.startswith("unix:"):
-        return _UnixConnection(url[5:], timeout)
-    if url.startswith("http://"):
-        hostport = url[7:].split("/", 1)[0]
-        return http.client.HTTPConnection(hostport, timeout=timeout)
-    raise ValueError(f"not an http:// or unix: URL: {url!r}")
+        conn = _UnixConnection(url[5:], timeout)
+    elif url.startswith("http://"):
+        conn = http.client.HTTPConnection(url[7:].split("/", 1)[0], timeout=timeout)
+    elif url.startswith("https://"):
+        conn = http.client.HTTPSConnection(
+            url[8:].split("/", 1)[0], timeout=timeout, context=tls_context(cacert)
+        )
+    else:
+        raise ValueError(f"not an http://, https:// or unix: URL: {url!r}")
+    if token:
+        send = conn.request
+        bearer = f"Bearer {token}"
+
+        def request(
+            method: str, path: str, body: Any = None, headers: Any = None, **kw: Any
+        ) -> None:
+            merged = {"Authorization": bearer, **(headers or {})}
+            send(method, path, body=body, headers=merged, **kw)
+
+        conn.request = request  # type: ignore[method-assign,assignment]
+    return conn
 
 
 def _seg(name: str) -> str:
@@ -53,9 +92,17 @@ def _seg(name: str) -> str:
 class RestClient:
     """Blocking REST client (one keep-alive connection; not thread-safe)."""
 
-    def __init__(self, url: str, timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        timeout: float = 10.0,
+        *,
+        token: str | None = None,
+        cacert: str | None = None,
+    ) -> None:
         self.url = url
         self.timeout = timeout
+        self.token, self.cacert = credentials(token, cacert)
         self._conn: http.client.HTTPConnection | None = None
 
     def _request(
@@ -63,7 +110,7 @@ class RestClient:
     ) -> tuple[int, bytes]:
         for attempt in (0, 1):
             if self._conn is None:
-                self._conn = connection(self.url, timeout)
+                self._conn = connection(self.url, timeout, self.token, self.cacert)
             self._conn.timeout = timeout
             if self._conn.sock is not None:
                 self._conn.sock.settimeout(timeout)
@@ -130,19 +177,29 @@ class RestClient:
 
 
 class AsyncRestClient:
-    """asyncio REST client on an aiohttp ClientSession (TCP or Unix socket)."""
+    """asyncio REST client on an aiohttp ClientSession (TCP, TLS or Unix socket)."""
 
-    def __init__(self, url: str, timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        timeout: float = 10.0,
+        *,
+        token: str | None = None,
+        cacert: str | None = None,
+    ) -> None:
         import aiohttp
 
         self.timeout = timeout
+        token, cacert = credentials(token, cacert)
         if url.startswith("unix:"):
             self._base = "http://localhost"
             connector: aiohttp.BaseConnector = aiohttp.UnixConnector(path=url[5:])
         else:
             self._base = url.rstrip("/")
-            connector = aiohttp.TCPConnector()
-        self._session = aiohttp.ClientSession(connector=connector)
+            tls = tls_context(cacert) if url.startswith("https://") else None
+            connector = aiohttp.TCPConnector(ssl=tls if tls is not None else True)
+        headers = {"Authorization": f"Bearer {token}"} if token else None
+        self._session = aiohttp.ClientSession(connector=connector, headers=headers)
 
     async def call(self, service: str, *frames: bytes, timeout: float | None = None) -> list[bytes]:
         import aiohttp
@@ -214,16 +271,28 @@ class SwitchClient:
     """Blocking message-switch client: two connections logged in with the same token, one
     for Transfer (which blocks) and one for everything else, like the real clients."""
 
-    def __init__(self, url: str, token: str | None = None, timeout: float = 30.0) -> None:
-        import os
-
+    def __init__(
+        self,
+        url: str,
+        token: str | None = None,
+        timeout: float = 30.0,
+        *,
+        bearer: str | None = None,
+        cacert: str | None = None,
+    ) -> None:
         self.url = url
+        #: the switch's login token (a name, not a credential)
         self.token = token or f"maitred:{os.getpid()}"
         self.timeout = timeout
-        self._main = connection(url, timeout)
-        self._poll = connection(url, timeout)
-        for conn in (self._main, self._poll):
-            self._do(conn, "GET", f"/login/{_seg(self.token)}")
+        bearer, cacert = credentials(bearer, cacert)
+        self._main = connection(url, timeout, bearer, cacert)
+        self._poll = connection(url, timeout, bearer, cacert)
+        try:
+            for conn in (self._main, self._poll):
+                self._do(conn, "GET", f"/login/{_seg(self.token)}")
+        except BaseException:
+            self.close()
+            raise
 
     def _do(
         self,
@@ -359,10 +428,13 @@ class HttpCliClient:
     """The blocking client behind ``maitred call/worker/services -b http://... | unix:...``:
     calls go through the REST API, ``worker`` serves through the message switch."""
 
-    def __init__(self, url: str, timeout: float) -> None:
+    def __init__(
+        self, url: str, timeout: float, *, token: str | None = None, cacert: str | None = None
+    ) -> None:
         self.url = url
         self.timeout = timeout
-        self._rest = RestClient(url, timeout)
+        self.token, self.cacert = credentials(token, cacert)
+        self._rest = RestClient(url, timeout, token=self.token, cacert=self.cacert)
 
     def request(self, service: str, body: Sequence[bytes], timeout: float) -> list[bytes]:
         return self._rest.call(service, *(body or [b""]), timeout=timeout)
@@ -372,7 +444,7 @@ class HttpCliClient:
 
     def subscribe(self, pattern: str) -> Iterator[tuple[str, list[bytes]]]:
         """Each publication on a topic matching ``pattern`` (an SSE stream, read as it comes)."""
-        conn = connection(self.url, self.timeout)
+        conn = connection(self.url, self.timeout, self.token, self.cacert)
         try:
             conn.request(
                 "GET", f"/v1/topics/{_seg(pattern)}", headers={"Accept": "text/event-stream"}
@@ -406,7 +478,9 @@ class HttpCliClient:
         *,
         max_requests: int | None = None,
     ) -> None:
-        with SwitchClient(self.url, timeout=self.timeout) as sw:
+        with SwitchClient(
+            self.url, timeout=self.timeout, bearer=self.token, cacert=self.cacert
+        ) as sw:
             sw.serve(
                 service, lambda payload: b"".join(handler([payload])), max_requests=max_requests
             )

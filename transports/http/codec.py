@@ -33,10 +33,14 @@ class SwitchError(ProtocolError):
 
 
 def refusal(status: int, reason: str) -> bytes:
-    """The switch's plain-text error form for a refusal: ``Forbidden: why`` (403) or
-    ``Too Many Requests: why`` (429)."""
-    head = b"Forbidden" if status == 403 else b"Too Many Requests"
+    """The switch's plain-text error form for a refusal: ``Forbidden: why`` (403),
+    ``Too Many Requests: why`` (429), ``Payload Too Large: why`` (413: past the durable store's
+    limit) or ``Service Unavailable: why`` (503: the durable store cannot take it now)."""
+    head = _REFUSALS.get(status, b"Too Many Requests")
     return head + b": " + reason.encode("utf-8", "replace")
+
+
+_REFUSALS = {403: b"Forbidden", 413: b"Payload Too Large", 503: b"Service Unavailable"}
 
 
 def not_found(uri: str) -> bytes:

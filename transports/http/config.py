@@ -11,10 +11,37 @@ from typing import Literal
 
 import msgspec
 
+from maitred.core.credentials import TokenConfig, token_problems
 from maitred.core.durable import StoreHint
 from maitred.core.errors import ErrorCode, MaitredError
 
 log = logging.getLogger("maitred.transports.http")
+
+
+class PeerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """``[[transports.http.peers]]``: the identity of a peer on a Unix socket listener, by the
+    user id the kernel reports for it (``SO_PEERCRED``)."""
+
+    uid: int
+    identity: str
+    roles: list[str] = msgspec.field(default_factory=list)
+
+
+class ClientCertConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """``[[transports.http.clients]]``: the roles of a client certificate (``tls_client_ca``),
+    by its subject's common name; ``identity`` empty: the common name itself."""
+
+    cn: str
+    identity: str = ""
+    roles: list[str] = msgspec.field(default_factory=list)
+
+
+def _local(addr: str) -> bool:
+    """Whether a ``listen`` address is reachable from this host only."""
+    if addr.startswith("unix:"):
+        return True
+    host = addr.rpartition(":")[0].strip("[]")
+    return host in ("127.0.0.1", "::1", "localhost")
 
 
 class HttpConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -23,6 +50,9 @@ class HttpConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     enabled: bool = True
     #: ``HOST:PORT`` (port 0: any free port) and/or ``unix:/path/to/socket``
     listen: list[str] = msgspec.field(default_factory=lambda: ["127.0.0.1:8080"])
+    #: SO_REUSEPORT on the TCP listeners: several processes (cluster nodes on one machine)
+    #: share one port and the kernel spreads the connections among them
+    reuse_port: bool = False
     #: largest request body in bytes (larger: 413 before the body is read)
     max_body_size: int = 1 << 20
     #: seconds a REST call may take when the caller sends no deadline header; 0: the service's
@@ -97,6 +127,40 @@ class HttpConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     #: services (and switch queues) listed by name in ``GET /metrics``: the busiest ones by
     #: requests (messages); the others are summed under ``service="(other)"``
     metrics_max_services: int = 100
+    #: PEM file of the certificate (chain): with ``tls_key``, every TCP listener speaks HTTPS
+    #: (Unix sockets stay plain). Loaded again on reload (SIGHUP) without dropping connections
+    tls_cert: str = ""
+    #: PEM file of the certificate's private key; it must be readable by its owner only (mode
+    #: 0600 or 0400), or the broker refuses to start (and a reload is refused)
+    tls_key: str = ""
+    #: PEM file of the CAs whose client certificates are accepted: when set, every TLS
+    #: connection must present a certificate they signed (mutual TLS), and a request without a
+    #: bearer token is its subject's common name (``[[transports.http.clients]]`` gives roles)
+    tls_client_ca: str = ""
+    #: seconds a new connection on a TLS listener has to complete the TLS handshake
+    tls_handshake_timeout: float = 10.0
+    #: a request with no credentials (no bearer token, no client certificate, no known peer
+    #: uid) gets ``identity`` (true) or 401 (false); "auto": true when every listener is on
+    #: 127.0.0.1, ::1, localhost or a Unix socket, else false
+    anonymous: bool | Literal["auto"] = "auto"
+    #: paths answered without credentials (exact paths)
+    public_paths: list[str] = msgspec.field(default_factory=lambda: ["/healthz", "/readyz"])
+    #: accepted bearer tokens (``Authorization: Bearer TOKEN``), by their SHA-256
+    tokens: list[TokenConfig] = msgspec.field(default_factory=list)
+    #: identities of peers on Unix socket listeners, by user id (``SO_PEERCRED``)
+    peers: list[PeerConfig] = msgspec.field(default_factory=list)
+    #: roles of client certificates, by common name (with ``tls_client_ca``)
+    clients: list[ClientCertConfig] = msgspec.field(default_factory=list)
+    #: mode of the Unix socket files (octal string, e.g. "0660"); empty: as the umask leaves it
+    unix_mode: str = ""
+    #: group of the Unix socket files (a name or a number); empty: the broker's group
+    unix_group: str = ""
+
+    def anonymous_allowed(self) -> bool:
+        """Whether a request without credentials gets ``identity`` (see ``anonymous``)."""
+        if self.anonymous != "auto":
+            return bool(self.anonymous)
+        return all(_local(addr) for addr in self.listen)
 
     def problems(self) -> list[str]:
         out = []
@@ -140,6 +204,37 @@ class HttpConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
             out.append("metrics_max_services must be >= 0")
         if self.sse_buffer_bytes < 1024:
             out.append("sse_buffer_bytes must be >= 1024")
+        out.extend(self._auth_problems())
+        return out
+
+    def _auth_problems(self) -> list[str]:
+        out = token_problems(self.tokens, "tokens")
+        if bool(self.tls_cert) != bool(self.tls_key):
+            out.append("tls_cert and tls_key go together")
+        if self.tls_client_ca and not self.tls_cert:
+            out.append("tls_client_ca needs tls_cert and tls_key (client certificates are TLS)")
+        if not (0 < self.tls_handshake_timeout < math.inf):
+            out.append("tls_handshake_timeout must be a finite number > 0")
+        for path in self.public_paths:
+            if not path.startswith("/"):
+                out.append(f"public_paths: {path!r} does not start with /")
+        if self.unix_mode:
+            try:
+                mode = int(self.unix_mode, 8)
+            except ValueError:
+                mode = -1
+            if not 0 <= mode <= 0o777:
+                out.append(f'unix_mode: {self.unix_mode!r} is not an octal mode like "0660"')
+        seen: set[int] = set()
+        for i, peer in enumerate(self.peers):
+            if peer.uid in seen:
+                out.append(f"peers[{i}].uid: {peer.uid} is given twice")
+            seen.add(peer.uid)
+            if not peer.identity:
+                out.append(f"peers[{i}].identity: empty")
+        for i, client in enumerate(self.clients):
+            if not client.cn:
+                out.append(f"clients[{i}].cn: empty")
         return out
 
     def store_hint(self) -> StoreHint | None:

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -36,11 +37,14 @@ class ListingRoutes:
     _rest: Session
     _accepting: bool
 
-    def _mmi(self, name: str, arg: bytes = b"") -> Any:
-        """Ask the MMI (answered at once) and decode its JSON answer."""
+    #: the REST session of a request's identity (the transport's)
+    _session_of: Callable[[web.Request], Session]
+
+    def _mmi(self, request: web.Request, name: str, arg: bytes = b"") -> Any:
+        """Ask the MMI (answered at once) as the request's identity; its decoded JSON."""
         loop = asyncio.get_running_loop()
         call = _Call(loop.create_future(), None)
-        self.broker.submit(self._rest, name, [arg], call, self.port.clock())
+        self.broker.submit(self._session_of(request), name, [arg], call, self.port.clock())
         assert call.fut is not None and call.fut.done()
         ok, value = call.fut.result()
         if not ok:
@@ -51,28 +55,29 @@ class ListingRoutes:
         # ?offset=&limit=: one page (the MMI's page form); otherwise the MMI's bounded listing
         query = {k: request.query[k] for k in ("offset", "limit") if k in request.query}
         if not query:
-            return _json(self._mmi("mmi.services"))
+            return _json(self._mmi(request, "mmi.services"))
         try:
             page = {k: int(v) for k, v in query.items()}
         except ValueError:
             return _error(ErrorCode.BAD_REQUEST, "offset and limit are whole numbers")
-        return _json(self._mmi("mmi.services", msgspec.json.encode(page)))
+        return _json(self._mmi(request, "mmi.services", msgspec.json.encode(page)))
 
     async def _service(self, request: web.Request) -> web.Response:
         name = request.match_info["name"]
         query = msgspec.json.encode({"service": name})
-        rows = self._mmi("mmi.services", query)["items"]
+        rows = self._mmi(request, "mmi.services", query)["items"]
         if not rows:
             return _error(ErrorCode.NOT_FOUND, f"no service {name} (no worker, nothing queued)")
         row = dict(rows[0])
-        row["worker_list"] = self._mmi("mmi.workers", query)["items"]
+        row["worker_list"] = self._mmi(request, "mmi.workers", query)["items"]
         return _json(row)
 
     async def _queues(self, request: web.Request) -> web.Response:
-        value = {"services": self._mmi("mmi.queues")}
+        value = {"services": self._mmi(request, "mmi.queues")}
         switch = self.switch
         # the switch's queues only to an identity that may list them (not counted: a filter)
-        if switch is not None and switch.permits(self._rest, Action.OBSERVE, LIST):
+        session = self._session_of(request)
+        if switch is not None and switch.permits(session, Action.OBSERVE, LIST):
             value["switch"] = {
                 name: {
                     "persistent": q.persistent,
@@ -84,17 +89,18 @@ class ListingRoutes:
         return _json(value)
 
     async def _topics(self, request: web.Request) -> web.Response:
-        return _json(self._mmi("mmi.topics"))
+        return _json(self._mmi(request, "mmi.topics"))
 
-    def _observe(self, name: str) -> web.Response | None:
-        """None when the http identity may ``observe`` ``name``; else the REST 403 (the denial
-        is counted and published by the router)."""
-        if self.broker.allowed(self._rest, Action.OBSERVE, name):
+    def _observe(self, request: web.Request, name: str) -> web.Response | None:
+        """None when the request's identity may ``observe`` ``name``; else the REST 403 (the
+        denial is counted and published by the router)."""
+        session = self._session_of(request)
+        if self.broker.allowed(session, Action.OBSERVE, name):
             return None
-        return _error(ErrorCode.FORBIDDEN, f"{self.identity.name} may not observe {name}")
+        return _error(ErrorCode.FORBIDDEN, f"{session.identity.name} may not observe {name}")
 
     async def _dead_letters(self, request: web.Request) -> web.Response:
-        refused = self._observe(DEAD_LETTERS)
+        refused = self._observe(request, DEAD_LETTERS)
         if refused is not None:
             return refused
         journal = self.port.journal
@@ -108,7 +114,7 @@ class ListingRoutes:
         def payload(q: str, data: bytes, kind: bytes) -> str:
             # the payload only to an identity that may call the queue (a preview-free view)
             if q not in shown:
-                shown[q] = self.broker.permits(self._rest, Action.CALL, q)
+                shown[q] = self.broker.permits(self._session_of(request), Action.CALL, q)
             if not shown[q]:
                 return ""
             if kind == KIND:  # a stored service request: its frames
@@ -130,7 +136,7 @@ class ListingRoutes:
         )
 
     async def _metrics(self, request: web.Request) -> web.Response:
-        refused = self._observe(METRICS)
+        refused = self._observe(request, METRICS)
         if refused is not None:
             return refused
         journal = self.port.journal

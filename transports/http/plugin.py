@@ -6,12 +6,18 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from maitred.core.preflight import Problem, check_host_port, check_unix_path
+from maitred.core.preflight import (
+    Problem,
+    check_host_port,
+    check_readable,
+    check_tls,
+    check_unix_path,
+)
 from maitred.core.transport import BrokerClient, BrokerPort, TransportSpec
 from maitred.plugins import hookimpl
 from maitred.transports.http.adapter import HttpConfig, HttpTransport, cli_addresses
 
-SCHEMES = ("http://", "unix:")
+SCHEMES = ("http://", "https://", "unix:")
 
 
 def _factory(config: HttpConfig, port: BrokerPort) -> HttpTransport:
@@ -28,7 +34,18 @@ def preflight(config: HttpConfig) -> list[Problem]:
         if problem:
             out.append(Problem("listen", problem, addr))
     # the switch's store is the broker's one store: core.app.preflight checks it
+    out += check_tls(config.tls_cert, config.tls_key)
+    if config.tls_client_ca:
+        problem = check_readable(config.tls_client_ca)
+        if problem:
+            out.append(Problem("tls_client_ca", problem))
     return out
+
+
+def secret_files(config: HttpConfig) -> list[tuple[str, str]]:
+    """The TLS private key, which ``maitred check`` and ``serve`` refuse when anyone but its
+    owner can read it."""
+    return [("tls_key", config.tls_key)] if config.tls_key else []
 
 
 @hookimpl
@@ -43,6 +60,7 @@ def maitred_transports() -> Sequence[TransportSpec]:
             cli_metavar="HOST:PORT|unix:PATH",
             store_hint=HttpConfig.store_hint,
             preflight=preflight,
+            secret_files=secret_files,
         )
     ]
 

@@ -4,8 +4,10 @@ the server logger that turns a peer's malformed request into a counted rejection
 from __future__ import annotations
 
 import asyncio
+import grp
 import logging
 import os
+import re
 import stat
 import sys
 from typing import TYPE_CHECKING, Any
@@ -13,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
+from maitred.core.access import Identity
 from maitred.core.errors import ErrorCode, MaitredError, PeerError
 from maitred.transports.http import codec
 
@@ -20,6 +23,10 @@ if TYPE_CHECKING:
     from maitred.transports.http.adapter import HttpTransport
 
 log = logging.getLogger("maitred.transports.http")
+
+#: a request's caller, set by the transport's authentication (absent on public paths; None:
+#: no credentials, for the dashboard's page only)
+IDENTITY: web.RequestKey[Identity | None] = web.RequestKey("maitred.identity")
 
 
 def _error(code: ErrorCode, reason: str) -> web.Response:
@@ -60,6 +67,20 @@ def _busy_response() -> bytes:
     return _BUSY % (len(body), body)
 
 
+#: what marks a parser's message as quoting a credential (a header, a query parameter)
+_CREDENTIAL = re.compile(r"authorization|bearer|access_token|basic ", re.I)
+
+
+def redact(message: str) -> str:
+    """aiohttp's message for a malformed request, without the bytes it quotes when they may
+    hold a credential (an Authorization header, an ``access_token`` query parameter)."""
+    if not _CREDENTIAL.search(message):
+        return message
+    quoted = min((i for i in (message.find("b'"), message.find('b"')) if i >= 0), default=-1)
+    cut = message[:quoted] if quoted >= 0 else message
+    return cut + "[the quoted bytes may hold a credential: not logged]"
+
+
 class _ServerLog(logging.Logger):
     """The logger given to aiohttp's connection handlers. aiohttp logs each request it cannot
     parse (a peer's fault) at ERROR with a traceback; here such a request is a counted
@@ -77,7 +98,7 @@ class _ServerLog(logging.Logger):
             return False
         peer = str(args[0]) if args else "?"
         self._transport.stats["http.malformed"] += 1
-        self._transport.rejections.note("malformed", peer, " ".join(str(exc).split()))
+        self._transport.rejections.note("malformed", peer, redact(" ".join(str(exc).split())))
         return True
 
     def exception(self, msg: object, *args: object, exc_info: Any = True, **kw: Any) -> None:
@@ -116,3 +137,23 @@ def _remove_stale_socket(path: str) -> None:
             os.unlink(path)
     except FileNotFoundError:
         pass
+
+
+def set_socket_permissions(path: str, mode: str, group: str) -> None:
+    """Give a Unix socket file the operator's mode (octal string, e.g. "0660") and group (a
+    name or a number); MaitredError when the group is unknown or the change is not allowed."""
+    try:
+        if group:
+            gid = int(group) if group.isdigit() else grp.getgrnam(group).gr_gid
+            os.chown(path, -1, gid)
+        if mode:
+            os.chmod(path, int(mode, 8))
+    except KeyError:
+        raise MaitredError(
+            f"http: unix_group {group!r}: no such group", ErrorCode.BAD_REQUEST
+        ) from None
+    except OSError as exc:
+        raise MaitredError(
+            f"http: cannot set the mode or group of {path}: {exc.strerror or exc}",
+            ErrorCode.BAD_REQUEST,
+        ) from None

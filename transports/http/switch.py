@@ -347,6 +347,9 @@ class Switch(SwitchLeases, SwitchViews):
         full = self._room(q, len(payload))
         if full is not None:
             self._full("queue_full", full)
+        if q.persistent and (refused := self.journal.refusal(len(payload))) is not None:
+            self.stats["http.switch.store_refused"] += 1  # (JetStream: down, or too large)
+            raise Refused(int(refused.code), refused.reason)
         m = self._append(q, payload, kind, token.name)
         m.headers = headers  # its trace context (not stored: a restart loses it)
         if self._routed(q, m):

@@ -15,7 +15,15 @@ from maitred.core.durable import StoreJournal
 from maitred.core.routing.model import RequestState
 from maitred.core.tracing import trace_headers
 from maitred.transports.http import codec
-from maitred.transports.http.switch_model import Msg, Queue, Token, TokenSink, by_id
+from maitred.transports.http.switch_model import (
+    FORBIDDEN,
+    Msg,
+    Queue,
+    Refused,
+    Token,
+    TokenSink,
+    by_id,
+)
 from maitred.transports.http.switch_views import SwitchViews
 
 if TYPE_CHECKING:
@@ -42,19 +50,27 @@ class SwitchLeases(SwitchViews):
 
     # -- tokens and connections ---------------------------------------------------------------
 
-    def login(self, conn: object, name: str) -> None:
+    def login(self, conn: object, name: str, caller: Identity | None = None) -> None:
+        """Log ``conn`` in as the token ``name``. ``caller``: who the transport identified
+        (None: its default identity); a token in use by another caller is refused (403), so a
+        login name never lends one peer's identity to another."""
+        if caller == self.identity:
+            caller = None
+        token = self.tokens.get(name)
+        if token is not None and token.caller != caller:
+            raise Refused(FORBIDDEN, f"login token {name} is in use by another identity")
         old = self.conns.get(conn)
         if old is not None:
             if old.name == name:
                 return
             self.connection_closed(conn)
-        token = self.tokens.get(name)
         if token is None:
-            token = self.tokens[name] = Token(name)
-            identity = self.port.authenticate("http", {"token": name}, self.identity)
+            token = self.tokens[name] = Token(name, caller)
+            base = caller or self.identity
+            identity = self.port.authenticate("http", {"token": name}, base)
             sink = token.sink = TokenSink(cast("Switch", self), token)
             token.session = self.port.open_session(
-                "http", sink, identity or self.identity, self.port.clock(), label=f"switch:{name}"
+                "http", sink, identity or base, self.port.clock(), label=f"switch:{name}"
             )
         token.connections += 1
         self.conns[conn] = token

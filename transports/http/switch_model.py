@@ -13,6 +13,7 @@ import asyncio
 from collections import deque
 from typing import TYPE_CHECKING
 
+from maitred.core.access import Identity
 from maitred.core.errors import ErrorCode, MaitredError
 from maitred.core.routing.model import Body, Headers, ReplyKind, Request, Session, Worker
 from maitred.transports.http.codec import Kind
@@ -140,10 +141,13 @@ def by_id(m: Msg) -> int:
 class Token:
     """A login token: the switch session."""
 
-    __slots__ = ("connections", "name", "session", "sink", "transient", "workers")
+    __slots__ = ("caller", "connections", "name", "session", "sink", "transient", "workers")
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, caller: Identity | None = None) -> None:
         self.name = name
+        #: who the transport said logged in first (a peer uid's, a certificate's, a bearer
+        #: token's identity; None: the transport's default): only the same may log in again
+        self.caller = caller
         self.connections = 0
         self.session: Session | None = None
         self.sink: TokenSink | None = None

@@ -17,10 +17,12 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from maitred.core.access import Action
+from maitred.core.errors import ErrorCode, MaitredError
 from maitred.core.tracing import trace_in
 from maitred.transports.http import codec
 from maitred.transports.http.admin import switch_page, switch_page_headers
 from maitred.transports.http.codec import SwitchError
+from maitred.transports.http.server import IDENTITY
 from maitred.transports.http.switch import LIST, Switch
 from maitred.transports.http.switch_model import Refused, Token
 
@@ -67,6 +69,11 @@ class SwitchRoutes:
             self.stats["http.switch.bad_input"] += 1
             log.debug("switch: %s %s: %s", request.method, uri, exc.reason)
             return _plain(codec.INTERNAL_ERROR, 500)
+        except MaitredError as exc:  # the durable store did not commit (JetStream down: 503)
+            if exc.code is not ErrorCode.NO_WORKER:
+                raise
+            log.warning("switch: %s %s: %s", request.method, uri, exc.reason)
+            return _plain(codec.refusal(int(exc.code), exc.reason), int(exc.code))
 
     _SwitchFn = Callable[[web.Request, list[str], Token | None], Awaitable[web.StreamResponse]]
 
@@ -110,7 +117,7 @@ class SwitchRoutes:
     async def _sw_login(
         self, request: web.Request, parts: list[str], token: Token | None
     ) -> web.StreamResponse:
-        self.switch.login(request.protocol, parts[1])
+        self.switch.login(request.protocol, parts[1], request.get(IDENTITY))
         return _plain(b"")
 
     async def _sw_create(

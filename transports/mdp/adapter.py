@@ -50,6 +50,7 @@ from maitred.transports.mdp.codec import (
 from maitred.transports.mdp.config import MdpConfig
 from maitred.transports.mdp.curve import CurvePeers
 from maitred.transports.mdp.liveness import _DISCONNECTED, MdpWorkers, _decode_name, _MdpWorker
+from maitred.transports.mdp.pubsub import ZmqPubSub
 
 log = logging.getLogger("maitred.transports.mdp")
 
@@ -135,6 +136,8 @@ class MdpTransport(CurvePeers, MdpWorkers):
         #: costs libzmq's I/O thread one wake-up instead of one per message
         self._outq: list[list[bytes]] = []
         self._out_scheduled = False
+        #: the publish/subscribe endpoints, when configured (transports/mdp/pubsub.py)
+        self.pubsub: ZmqPubSub | None = None
         self.stats = port.stats
         #: peer-caused rejections: DEBUG each, a WARNING summary every 10 s (a peer is known
         #: by its ZeroMQ routing id: libzmq does not tell the address)
@@ -200,6 +203,13 @@ class MdpTransport(CurvePeers, MdpWorkers):
         loop.add_reader(self._fd, self._on_readable)
         self._hb_timer = loop.call_later(self.heartbeat_interval, self._heartbeat)
         self._on_readable()
+        if self.config.pub_endpoints or self.config.publish_endpoints:
+            self.pubsub = ZmqPubSub(self.config, self.port, self.context, identity)
+            try:
+                await self.pubsub.start()
+            except BaseException:
+                await self.close()
+                raise
 
     def endpoints(self) -> list[str]:
         return list(self._bound)
@@ -224,6 +234,8 @@ class MdpTransport(CurvePeers, MdpWorkers):
         await self._curve_close(now)
         if self._clients is not None:
             self.broker.close_session(self._clients, now, "broker closing")
+        if self.pubsub is not None:
+            await self.pubsub.close()
         if self._loop is not None and self._fd is not None:
             self._loop.remove_reader(self._fd)
         if self._loop is not None and self._monitor_fd is not None:

@@ -12,6 +12,10 @@
 
     Worker("tcp://127.0.0.1:5555", "echo", echo).run()
 
+**Topics**: :class:`Subscriber`/:class:`AsyncSubscriber` and :class:`Publisher`/
+:class:`AsyncPublisher` (from :mod:`~maitred.transports.mdp.pubsub_client`) speak to the broker's
+``pub_endpoints`` and ``publish_endpoints``.
+
 **Dialects** (docs/reference/mdp.md), chosen per client or worker by name:
 
 - ``"0.2"`` (the default; alias ``"rfc"``): RFC 18 MDP/0.2, no leading empty frame; replies
@@ -64,17 +68,29 @@ from maitred.transports.mdp.peer import (
     dialect_flags,
     timeout_ms,
 )
+from maitred.transports.mdp.pubsub_client import (
+    AsyncPublisher,
+    AsyncSubscriber,
+    Event,
+    Publisher,
+    Subscriber,
+)
 from maitred.transports.mdp.worker import AsyncWorker, Worker, recv_future
 
 __all__ = [
     "DIALECTS",
     "AsyncClient",
+    "AsyncPublisher",
+    "AsyncSubscriber",
     "AsyncWorker",
     "Client",
     "DialectName",
+    "Event",
     "FinalReply",
     "MdpFormatError",
     "MdpTimeout",
+    "Publisher",
+    "Subscriber",
     "Worker",
     "default_error_reply",
     "dialect_flags",

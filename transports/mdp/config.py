@@ -66,6 +66,17 @@ class MdpConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     #: cores (+8-20 % WebSocket → MDP throughput on 2 cores, in A/B runs); ``"default"``
     #: leaves them alone
     io_thread_sched: Literal["batch", "default"] = "batch"
+    #: ZeroMQ endpoints of an XPUB socket the broker publishes on: SUB peers subscribe there to
+    #: topics (a prefix, ZeroMQ's way) or maitred patterns (``news.*``, ``$sys.>``), each checked
+    #: by ``[access]`` ([publish and subscribe](mdp.md#publish-and-subscribe)). Empty: off
+    pub_endpoints: list[str] = msgspec.field(default_factory=list)
+    #: ZeroMQ endpoints of an XSUB socket PUB peers publish into (``[topic, body…]``, to every
+    #: transport's subscribers, checked by ``[access]``). Empty: off
+    publish_endpoints: list[str] = msgspec.field(default_factory=list)
+    #: messages queued per subscriber of ``pub_endpoints`` (the XPUB socket's SNDHWM); past it
+    #: libzmq drops what that subscriber is sent, so a slow one holds at most about
+    #: ``pub_sndhwm`` times the largest publication (plus the kernel's socket buffer)
+    pub_sndhwm: int = 1000
     #: the broker's CURVE secret certificate (``maitred keygen`` writes one; mode 0600): CURVE
     #: encryption and authentication on ``curve_endpoints``. Empty: no CURVE
     curve_secret_key_file: str = ""
@@ -85,6 +96,14 @@ class MdpConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
                 out.append(
                     f"endpoints: {ep!r} is not a ZeroMQ endpoint (tcp://, ipc://, inproc://)"
                 )
+        for key in ("pub_endpoints", "publish_endpoints"):
+            for ep in getattr(self, key):
+                if "://" not in ep:
+                    out.append(
+                        f"{key}: {ep!r} is not a ZeroMQ endpoint (tcp://, ipc://, inproc://)"
+                    )
+        if self.pub_sndhwm < 1:
+            out.append("pub_sndhwm must be >= 1")
         if not (0 <= self.heartbeat_interval < math.inf):
             out.append("heartbeat_interval must be a finite number >= 0 (0: the [liveness] value)")
         if self.liveness < 0:

@@ -3,7 +3,7 @@ plugin uses (entry point ``mdp`` of group ``maitred`` in pyproject.toml)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from maitred.core.errors import ConfigError, MaitredError
@@ -60,10 +60,11 @@ def _interfaces() -> list[tuple[int, str]]:
 
 def preflight(config: MdpConfig) -> list[Problem]:
     out = []
-    for ep in config.endpoints:
-        problem = endpoint_problem(ep)
-        if problem:
-            out.append(Problem("endpoints", problem, ep))
+    for key in ("endpoints", "pub_endpoints", "publish_endpoints"):
+        for ep in getattr(config, key):
+            problem = endpoint_problem(ep)
+            if problem:
+                out.append(Problem(key, problem, ep))
     if config.curve_secret_key_file:
         from maitred.transports.mdp.curve import secret_key_problem
 
@@ -71,6 +72,12 @@ def preflight(config: MdpConfig) -> list[Problem]:
         if problem:
             out.append(Problem("curve_secret_key_file", problem))
     return out
+
+
+def secret_files(config: MdpConfig) -> list[tuple[str, str]]:
+    """The broker's CURVE secret key, refused when anyone but its owner can read it."""
+    key = config.curve_secret_key_file
+    return [("curve_secret_key_file", key)] if key else []
 
 
 @hookimpl
@@ -84,6 +91,7 @@ def maitred_transports() -> Sequence[TransportSpec]:
             cli_addresses=cli_addresses,
             cli_metavar="ENDPOINT",
             preflight=preflight,
+            secret_files=secret_files,
         )
     ]
 
@@ -134,6 +142,39 @@ class MdpCliClient:
             worker.run(max_requests=max_requests)
         finally:
             worker.close()
+
+    # ``maitred pub``/``sub``: the URL is then the broker's publish (pub) endpoint
+    def publish(self, topic: str, body: bytes) -> None:
+        """Publish on a broker's ``publish_endpoints``; None: ZeroMQ does not say how many
+        subscribers it reached."""
+        import zmq
+
+        from maitred.transports.mdp.pubsub_client import Publisher
+
+        self._check(zmq.XPUB)
+        with Publisher(self.url, wait=self.timeout) as pub:
+            pub.publish(topic, body)
+
+    def subscribe(self, pattern: str) -> Iterator[tuple[str, list[bytes]]]:
+        """Each message on ``pattern`` from a broker's ``pub_endpoints``."""
+        import zmq
+
+        from maitred.transports.mdp.pubsub_client import Subscriber
+
+        self._check(zmq.SUB)
+        with Subscriber(self.url) as sub:
+            sub.subscribe(pattern)
+            while True:
+                event = sub.recv()
+                yield event.topic, event.body
+
+    def _check(self, kind: int) -> None:
+        from maitred.transports.mdp.pubsub_client import check_endpoint
+
+        try:
+            check_endpoint(self.url, kind, self.timeout)
+        except ConnectionError as exc:
+            raise ConfigError(f"-b {exc}") from None
 
     def close(self) -> None:
         if self._client is not None:

@@ -32,10 +32,20 @@ from websockets.http11 import Request as HttpRequest
 from websockets.http11 import Response as HttpResponse
 from websockets.typing import Subprotocol
 
+from maitred.core.access import Identity
+from maitred.core.credentials import (
+    SecretError,
+    TokenConfig,
+    TokenTable,
+    read_secret,
+    secret_file_problem,
+    token_problems,
+)
 from maitred.core.errors import ConfigError, ErrorCode, MaitredError
 from maitred.core.logs import RejectionLog
 from maitred.core.routing.model import Session
 from maitred.core.transport import BrokerPort, ReloadPlan
+from maitred.transports.ws.auth import redacting_logger
 from maitred.transports.ws.conn import CLOSE_GOING_AWAY, Conn, peer_of
 from maitred.transports.ws.json_dialect import JsonConn
 from maitred.transports.ws.middleman import MmConn
@@ -44,15 +54,19 @@ log = logging.getLogger("maitred.transports.ws")
 
 #: the keys a reload applies to the running transport (for new connections; open ones keep
 #: their identity); any other key that changed waits for a restart
-RELOADABLE = ("keys", "grant_role", "tls_cert", "tls_key")
+RELOADABLE = ("keys", "tokens", "anonymous", "grant_role", "tls_cert", "tls_key")
 
 JSON_SUBPROTOCOL = Subprotocol("maitred.json")
 
 
 class KeyConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    """One accepted key (``[[transports.ws.keys]]``)."""
+    """One accepted key (``[[transports.ws.keys]]``): ``key`` itself, or where to read it:
+    ``key_file`` (a file only its owner can read; one line) or ``key_env`` (an environment
+    variable). Exactly one of the three."""
 
-    key: str
+    key: str = ""
+    key_file: str = ""
+    key_env: str = ""
     #: trusted keys may EREQ/EPUB/ESUB/INT and do anything the access policy allows;
     #: untrusted ones are restricted identities (only what is granted or explicitly allowed)
     trusted: bool = False
@@ -74,11 +88,20 @@ class WsConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     enabled: bool = True
     #: ``HOST:PORT`` to listen on (port 0: any free port); a list listens on each
     listen: str | list[str] = "127.0.0.1:8764"
+    #: SO_REUSEPORT: several processes (cluster nodes on one machine) share one port and the
+    #: kernel spreads the connections among them
+    reuse_port: bool = False
     #: PEM files: when both are set the listener speaks wss:// (TLS)
     tls_cert: str = ""
     tls_key: str = ""
     #: accepted keys; default: middleman's dev keys "xyzzy" (trusted) and "plugh" (untrusted)
     keys: list[KeyConfig] = msgspec.field(default_factory=_default_keys)
+    #: accepted bearer tokens on the opening handshake (``Authorization: Bearer`` or the query
+    #: parameter ``access_token``), by their SHA-256 (``maitred token`` makes one)
+    tokens: list[TokenConfig] = msgspec.field(default_factory=list)
+    #: a connection with neither a key nor a token (an empty key) gets the restricted identity
+    #: ``anonymous``; false: it is refused (close 1008 "no credentials")
+    anonymous: bool = False
     #: the role that EREQ/EPUB/ESUB grant permissions to
     grant_role: str = "untrusted"
     #: largest inbound frame in bytes (bigger: close 1009)
@@ -129,15 +152,17 @@ class WsConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
             path = getattr(self, name)
             if path and not os.path.isfile(path):
                 out.append(f"{name}: no such file: {path}")
-        if not self.keys:
-            out.append("keys: at least one key is needed")
-        seen: set[str] = set()
-        for k in self.keys:
-            if not k.key:
-                out.append("keys: empty key")
-            if k.key in seen:
-                out.append(f"keys: {k.key!r} twice")
-            seen.add(k.key)
+        if not self.keys and not self.tokens and not self.anonymous:
+            out.append("keys: at least one key is needed (or tokens, or anonymous = true)")
+        seen: dict[str, int] = {}
+        for i, k in enumerate(self.keys):
+            given = [name for name in ("key", "key_file", "key_env") if getattr(k, name)]
+            if len(given) != 1:
+                out.append(f"keys[{i}]: give exactly one of key, key_file, key_env")
+            if k.key and k.key in seen:
+                out.append(f"keys[{i}]: the key of keys[{seen[k.key]}] twice")
+            seen.setdefault(k.key, i)
+        out += token_problems(self.tokens)
         if self.max_frame_size < 64:
             out.append("max_frame_size must be >= 64")
         if self.outbox < 1:
@@ -172,6 +197,45 @@ def split_address(addr: str) -> tuple[str, int]:
     if not sep or not port.isdigit() or int(port) > 65535:
         raise ValueError(f"{addr!r} is not HOST:PORT")
     return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def key_value(entry: KeyConfig, where: str) -> str:
+    """The key of one ``[[transports.ws.keys]]`` entry: ``key``, else read from ``key_file``
+    (only its owner may read it) or ``key_env``. Raises :class:`SecretError` naming ``where``
+    (e.g. ``keys[0].key_file``) and the fix."""
+    field = "key_file" if entry.key_file else "key_env" if entry.key_env else "key"
+    try:
+        value = read_secret(
+            value=entry.key or None,
+            file=entry.key_file or None,
+            env=entry.key_env or None,
+            what=f"{where}.{field}",
+        )
+    except (OSError, UnicodeDecodeError) as exc:  # checked, then unreadable or not text
+        raise SecretError(f"{where}.{field}: {entry.key_file}: cannot read it ({exc})") from None
+    if not value:
+        raise SecretError(f"{where}.{field}: the key is empty")
+    return value
+
+
+def resolve_keys(keys: Sequence[KeyConfig]) -> dict[str, KeyConfig]:
+    """Each key (its value, read where it is kept) → its entry. Raises :class:`SecretError`."""
+    out: dict[str, KeyConfig] = {}
+    for i, entry in enumerate(keys):
+        value = key_value(entry, f"keys[{i}]")
+        if value in out:
+            raise SecretError(f"keys[{i}]: the same key as another entry")
+        out[value] = entry
+    return out
+
+
+def secret_files(config: WsConfig) -> list[tuple[str, str]]:
+    """The files of ``config`` that hold secrets, as (config key, path): the TLS private key
+    and each key's ``key_file`` (``maitred check`` and ``serve`` refuse them when anyone but
+    their owner can read them)."""
+    out = [("tls_key", config.tls_key)] if config.tls_key else []
+    out += [(f"keys[{i}].key_file", k.key_file) for i, k in enumerate(config.keys) if k.key_file]
+    return out
 
 
 def _new_cid() -> str:
@@ -211,7 +275,11 @@ class WsTransport:
         self.port = port
         self.broker = port
         self.stats = port.stats
-        self.keys = {k.key: k for k in config.keys}
+        try:
+            self.keys = resolve_keys(config.keys)
+        except SecretError as exc:
+            raise ConfigError(f"transports.ws.{exc.reason}") from None
+        self.tokens = TokenTable(config.tokens)
         self.conns: dict[str, Conn] = {}
         self.by_session: dict[int, Conn] = {}
         self._servers: list[Server] = []
@@ -228,6 +296,8 @@ class WsTransport:
             {
                 "protocol": "WebSocket protocol errors",
                 "key": "WebSocket connections with a bad key",
+                "token": "WebSocket connections with a bad token",
+                "anonymous": "WebSocket connections without credentials (anonymous = false)",
                 "refused": "WebSocket connections refused (max_connections)",
             },
         )
@@ -241,6 +311,9 @@ class WsTransport:
         config = config or self.config
         if not config.tls_cert:
             return None
+        problem = secret_file_problem(config.tls_key)
+        if problem is not None:
+            raise MaitredError(f"ws: tls_key: {problem}", ErrorCode.BAD_REQUEST)
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         try:
             context.load_cert_chain(config.tls_cert, config.tls_key)
@@ -271,11 +344,18 @@ class WsTransport:
                 self._ssl([""], config)  # a scratch context: the running ones change in apply
             except MaitredError as exc:
                 raise ConfigError(exc.reason) from None
+        try:
+            keys = resolve_keys(config.keys)  # key files and variables are read again
+        except SecretError as exc:
+            raise ConfigError(f"transports.ws.{exc.reason}") from None
+        if keys != self.keys and "keys" not in applied:
+            applied.append("keys")
         effective = msgspec.structs.replace(old, **{f: getattr(config, f) for f in applied})
 
         def apply() -> None:
             self.config = effective
-            self.keys = {k.key: k for k in effective.keys}
+            self.keys = keys
+            self.tokens = TokenTable(effective.tokens)
             for context in self._contexts if tls else ():
                 # the same context objects: new handshakes present the new certificate
                 try:
@@ -332,6 +412,8 @@ class WsTransport:
                     # the opening handshake (a silent TCP connection) is bounded as the key is
                     open_timeout=cfg.handshake_timeout,
                     process_request=self._admit,
+                    reuse_port=cfg.reuse_port or None,
+                    logger=redacting_logger(),  # its DEBUG lines would print tokens
                 )
             except OSError as exc:
                 await self.close()
@@ -406,6 +488,14 @@ class WsTransport:
             return ""
         conn = self.by_session.get(session.id)
         return conn.uid if conn is not None else ""
+
+    def identify_token(self, token: str, dialect: str) -> Identity | None:
+        """The identity of a bearer ``token`` (the token table, then authenticator plugins,
+        which see ``{"token": ..., "dialect": ...}``), or None: refuse it. "" is never one."""
+        if not token:
+            return None
+        default = self.tokens.identify(token)
+        return self.port.authenticate("ws", {"token": token, "dialect": dialect}, default)
 
     def _admit(self, ws: ServerConnection, request: HttpRequest) -> HttpResponse | None:
         """The opening handshake of a connection past ``max_connections`` is answered 503."""

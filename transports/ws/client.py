@@ -34,6 +34,10 @@ from maitred.transports.ws.mm_codec import MmMessage, encode, parse
 __all__ = ["JsonClient", "MmClient", "payload_of"]
 
 
+def _bearer(token: str | None) -> dict[str, str]:
+    return {} if token is None else {"Authorization": f"Bearer {token}"}
+
+
 def payload_of(msg: jc.Request | jc.Reply | jc.Partial | jc.Event) -> Any:
     """The JSON value a message carries (``payload``), decoded; None when it has none."""
     if isinstance(msg.payload, msgspec.Raw):
@@ -49,14 +53,22 @@ class MmClient:
         self.cid = cid
 
     @classmethod
-    async def connect(cls, url: str, key: str, *, timeout: float = 10.0) -> MmClient:
-        ws = await connect(url, open_timeout=timeout, compression=None)
-        await ws.send(key)
+    async def connect(
+        cls, url: str, key: str = "", *, token: str | None = None, timeout: float = 10.0
+    ) -> MmClient:
+        """Log in with ``key`` (the first frame), or with a bearer ``token`` on the opening
+        handshake (then no key frame is sent)."""
+        ws = await connect(
+            url, open_timeout=timeout, compression=None, additional_headers=_bearer(token)
+        )
+        if token is None:
+            await ws.send(key)
         try:
             ok = await asyncio.wait_for(ws.recv(), timeout)
             cid = await asyncio.wait_for(ws.recv(), timeout)
-        except ConnectionClosed:
-            raise MaitredError("key refused", ErrorCode.UNAUTHORIZED) from None
+        except ConnectionClosed as exc:
+            reason = exc.rcvd.reason if exc.rcvd else "closed"
+            raise MaitredError(f"refused: {reason}", ErrorCode.UNAUTHORIZED) from None
         if ok != "MM OK" or not isinstance(cid, str):
             await ws.close()
             raise MaitredError(f"unexpected handshake: {ok!r}", ErrorCode.BAD_REQUEST)
@@ -125,24 +137,28 @@ class JsonClient:
     async def connect(
         cls,
         url: str,
-        key: str,
+        key: str = "",
         *,
+        token: str | None = None,
         name: str = "",
         version: str = "",
         methods: Sequence[str] | None = None,
         timeout: float = 10.0,
     ) -> JsonClient:
+        """Say ``hello`` with ``key``, or without one after a bearer ``token`` on the opening
+        handshake."""
         ws = await connect(
             url,
             subprotocols=[Subprotocol("maitred.json")],
             open_timeout=timeout,
             compression=None,
+            additional_headers=_bearer(token),
         )
         hello = jc.Hello(
             key=key, name=name, version=version, methods=None if methods is None else list(methods)
         )
-        await ws.send(jc.encode(hello))
         try:
+            await ws.send(jc.encode(hello))  # a refused token: closed already
             first = await asyncio.wait_for(ws.recv(), timeout)
         except ConnectionClosed as exc:
             raise MaitredError(

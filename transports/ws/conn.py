@@ -21,6 +21,13 @@ from websockets.protocol import State
 from maitred.core.access import Identity
 from maitred.core.errors import MaitredError
 from maitred.core.routing.model import Body, Headers, ReplyKind, Request, Session, Worker
+from maitred.transports.ws.auth import (
+    ANONYMOUS,
+    BAD_KEY,
+    BAD_TOKEN,
+    NO_CREDENTIALS,
+    presented_token,
+)
 
 if TYPE_CHECKING:  # type-only: no import at run time
     from maitred.transports.ws.adapter import WsTransport
@@ -39,7 +46,7 @@ BATCH_BUFFER = 256 * 1024
 CLOSE_NORMAL = 1000
 CLOSE_GOING_AWAY = 1001  # broker shutting down
 CLOSE_UNSUPPORTED = 1003  # binary frame in the middleman dialect
-CLOSE_POLICY = 1008  # wrong key, no key in time, slow consumer
+CLOSE_POLICY = 1008  # wrong key or token, no credentials, no key in time, slow consumer
 CLOSE_TOO_BIG = 1009  # frame larger than max_frame_size (sent by websockets)
 CLOSE_INTERNAL = 1011  # a bug in maitred
 
@@ -59,6 +66,8 @@ class Conn(ABC):
         self.session: Session | None = None
         self.identity: Identity | None = None
         self.restricted = True
+        #: who the bearer token of the opening handshake says this is (None: no token)
+        self.token_identity: Identity | None = None
         self._outbox: deque[str] = deque()
         #: characters queued in ``_outbox`` (counted in the router's ``held``)
         self._bytes = 0
@@ -176,9 +185,10 @@ class Conn(ABC):
     # -- identity -----------------------------------------------------------------------------
 
     def authenticate(self, key: str) -> Identity | None:
-        """The identity for ``key`` (config keys, then authenticator plugins), or None."""
-        table = self.transport.keys.get(key)
-        default = None
+        """The identity for ``key`` (config keys, then authenticator plugins), or None. An
+        empty key is no credentials: ``anonymous`` when the transport allows it."""
+        table = self.transport.keys.get(key) if key else None
+        default = ANONYMOUS if not key and self.transport.config.anonymous else None
         if table is not None:
             roles = frozenset(table.roles)
             default = Identity(
@@ -189,6 +199,32 @@ class Conn(ABC):
         return self.transport.port.authenticate(
             "ws", {"key": key, "dialect": self.dialect}, default
         )
+
+    def refuse(self, reason: str) -> None:
+        """Refuse a peer that did not authenticate (``reason``: :data:`BAD_KEY`,
+        :data:`BAD_TOKEN` or :data:`NO_CREDENTIALS`): no session; counted (``ws.<reason>``,
+        ``denied.authenticate.ws``), published on ``$sys.auth.denied``, closed with 1008."""
+        self.stats[f"ws.{reason.replace(' ', '_')}"] += 1
+        kind = {BAD_KEY: "key", BAD_TOKEN: "token"}.get(reason, "anonymous")
+        self.reject(kind, reason)
+        self.transport.port.report_auth_failure("ws", address_of(self.ws), reason)
+        self.close(CLOSE_POLICY, reason)
+
+    def refuse_key(self, key: str) -> None:
+        """Refuse the key a handshake presented (empty: no credentials at all)."""
+        self.refuse(BAD_KEY if key else NO_CREDENTIALS)
+
+    def _upgrade_token(self) -> bool:
+        """Look at the bearer token of the opening handshake; False: refused (closing)."""
+        request = self.ws.request
+        token = presented_token(request.headers, request.path) if request is not None else None
+        if token is None:
+            return True
+        self.token_identity = self.transport.identify_token(token, self.dialect)
+        if self.token_identity is None:
+            self.refuse(BAD_TOKEN)
+            return False
+        return True
 
     def open(self, identity: Identity) -> Session:
         """Open the router session for the authenticated ``identity``."""
@@ -264,7 +300,7 @@ class Conn(ABC):
         reason = "closed"
         try:
             try:
-                ok = await asyncio.wait_for(
+                ok = self._upgrade_token() and await asyncio.wait_for(
                     self.handshake(), self.transport.config.handshake_timeout
                 )
             except TimeoutError:

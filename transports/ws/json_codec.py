@@ -65,10 +65,11 @@ class _WithBody(_Msg, kw_only=True):
 
 
 class Hello(_Msg, tag="hello", kw_only=True):
-    """Client → broker, first frame: the key and the registration (``methods`` absent: a
+    """Client → broker, first frame: the key (none: a bearer token on the opening handshake,
+    or anonymous) and the registration (``methods`` absent: a
     consumer; a list, even empty: a service, worker of ``name`` and of each ``name:method``)."""
 
-    key: str
+    key: str = ""
     name: str = ""
     version: str = ""
     methods: list[str] | None = None

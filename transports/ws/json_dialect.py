@@ -1,6 +1,7 @@
 """The maitred.json dialect (schema and reference in docs/reference/ws-json.md).
 
-A connection says ``hello`` with its key first. A registration with ``methods`` makes it a
+A connection says ``hello`` with its key first (no key when the opening handshake carried a
+bearer token, or for an anonymous connection). A registration with ``methods`` makes it a
 worker of ``name`` and of each ``name:method`` (credit ``responder_credit``); without, it is a
 consumer. Requests go through ``broker.submit`` (the service's policy, unless the request says
 ``on_no_worker`` or ``timeout``), publications through ``broker.publish`` (with ``Cid``/``Uid``
@@ -66,11 +67,16 @@ class JsonConn(Conn):
             return self._too_large(
                 f"the hello lists {len(hello.methods)} methods, more than {cfg.max_hello_methods}"
             )
-        identity = self.authenticate(hello.key)
+        identity = self.token_identity
+        if identity is not None and hello.key:
+            self.stats["ws.json.bad_hello"] += 1
+            self.reject("protocol", "a key in the hello of a connection with a token")
+            self.close(CLOSE_POLICY, "a token and a key: send one")
+            return False
         if identity is None:
-            self.stats["ws.bad_key"] += 1
-            self.reject("key", "bad key in hello")
-            self.close(CLOSE_POLICY, "bad key")
+            identity = self.authenticate(hello.key)
+        if identity is None:
+            self.refuse_key(hello.key)
             return False
         session = self.open(identity)
         self.name = hello.name

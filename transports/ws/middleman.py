@@ -37,7 +37,7 @@ from maitred.core.errors import ErrorCode, MaitredError
 from maitred.core.routing.headers import is_broker_header, pairs_of
 from maitred.core.routing.model import Body, Headers, ReplyKind, Request, Worker
 from maitred.core.routing.patterns import validate_pattern
-from maitred.transports.ws.conn import CLOSE_POLICY, CLOSE_UNSUPPORTED, Conn
+from maitred.transports.ws.conn import CLOSE_UNSUPPORTED, Conn
 from maitred.transports.ws.mm_codec import (
     MmHeaders,
     MmMessage,
@@ -108,13 +108,15 @@ class MmConn(Conn):
     # -- handshake ----------------------------------------------------------------------------
 
     async def handshake(self) -> bool:
-        first = await self.ws.recv()
-        identity = self.authenticate(first) if isinstance(first, str) else None
+        """The first frame is the key (empty: none), unless the opening handshake carried a
+        bearer token: then there is no key frame, and ``MM OK`` comes at once."""
+        identity = self.token_identity
         if identity is None:
-            self.stats["ws.bad_key"] += 1
-            self.reject("key", "bad key")
-            self.close(CLOSE_POLICY, "bad key")
-            return False
+            first = await self.ws.recv()
+            identity = self.authenticate(first) if isinstance(first, str) else None
+            if identity is None:
+                self.refuse_key(first if isinstance(first, str) else "?")
+                return False
         self.open(identity)
         self.push("MM OK")
         self.push(self.cid)

@@ -5,10 +5,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from maitred.core.credentials import SecretError, secret_file_problem
 from maitred.core.preflight import Problem, check_host_port, check_tls
 from maitred.core.transport import BrokerClient, BrokerPort, TransportSpec
 from maitred.plugins import hookimpl
-from maitred.transports.ws.adapter import WsConfig, WsTransport, cli_addresses
+from maitred.transports.ws.adapter import (
+    WsConfig,
+    WsTransport,
+    cli_addresses,
+    key_value,
+    secret_files,
+)
 
 
 def _factory(config: WsConfig, port: BrokerPort) -> WsTransport:
@@ -22,6 +29,14 @@ def preflight(config: WsConfig) -> list[Problem]:
         if problem:
             out.append(Problem("listen", problem, addr))
     out += check_tls(config.tls_cert, config.tls_key)
+    for i, entry in enumerate(config.keys):
+        if entry.key_file and secret_file_problem(entry.key_file):
+            continue  # reported by the secret files' check (core.app.preflight)
+        try:
+            key_value(entry, f"keys[{i}]")  # the file is read, the variable looked up
+        except SecretError as exc:
+            where, _, text = exc.reason.partition(": ")
+            out.append(Problem(where, text))
     return out
 
 
@@ -36,6 +51,7 @@ def maitred_transports() -> Sequence[TransportSpec]:
             cli_addresses=cli_addresses,
             cli_metavar="HOST:PORT",
             preflight=preflight,
+            secret_files=secret_files,
         )
     ]
 
