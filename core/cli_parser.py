@@ -153,12 +153,13 @@ def build_parser(
         p.add_argument(
             "--token",
             metavar="TOKEN",
-            help="bearer token for http(s):// and unix: brokers (env MAITRED_TOKEN)",
+            help="bearer token for http(s)://, unix: and ws(s):// brokers (env MAITRED_TOKEN)",
         )
         p.add_argument(
             "--cacert",
             metavar="FILE",
-            help="CA file that signed an https:// broker's certificate (env MAITRED_CACERT)",
+            help="CA file that signed an https:// or wss:// broker's certificate "
+            "(env MAITRED_CACERT)",
         )
 
     call = _parser(

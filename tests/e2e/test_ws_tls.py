@@ -163,3 +163,22 @@ def test_garbage_handshakes_are_counted_and_logged(
         r" not TLS, or no TLS version or cipher in common\? \(each reason is logged at DEBUG\)",
         summary,
     ), summary
+
+
+def test_the_cli_trusts_a_private_ca_with_cacert(
+    cert: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from maitred.core import cli
+
+    monkeypatch.delenv("MAITRED_CACERT", raising=False)
+
+    async def body(broker: Broker, hostport: str) -> None:
+        url = f"wss://{hostport}"
+        # not trusted by the system's CAs: the CLI cannot connect
+        assert await asyncio.to_thread(cli.main, ["services", "-b", url, "-t", "5"]) != 0
+        ok = await asyncio.to_thread(
+            cli.main, ["services", "-b", url, "-t", "5", "--cacert", str(cert[0])]
+        )
+        assert ok == cli.EXIT_OK
+
+    with_wss_broker(cert, None, body)

@@ -415,3 +415,24 @@ def test_a_reload_with_a_key_file_others_can_read_changes_nothing(tmp_path: Path
             await broker.stop(0)
 
     asyncio.run(main())
+
+
+def test_the_cli_logs_in_with_the_token_flag(
+    ws_broker: BrokerThread, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from maitred.core import cli
+
+    monkeypatch.delenv("MAITRED_TOKEN", raising=False)
+    monkeypatch.delenv("MAITRED_WS_KEY", raising=False)
+    url = ws_broker.endpoints["ws"][0]
+    assert cli.main(["services", "--json", "-b", url, "--token", TOKEN]) == cli.EXIT_OK
+    assert isinstance(json.loads(capsys.readouterr().out), list)
+    # the token from the environment, as --token leaves it for the clients
+    monkeypatch.setenv("MAITRED_TOKEN", TOKEN)
+    assert cli.main(["info", "--json", "-b", url]) == cli.EXIT_OK
+    capsys.readouterr()
+    monkeypatch.delenv("MAITRED_TOKEN")
+    # a wrong token, and no token (the development key is not configured here): refused
+    assert cli.main(["services", "-b", url, "--token", OTHER]) == cli.EXIT_REFUSED
+    assert "bad token" in capsys.readouterr().err
+    assert cli.main(["services", "-b", url]) == cli.EXIT_REFUSED

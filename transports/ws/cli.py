@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+import ssl
 from collections.abc import Callable, Coroutine, Iterator, Sequence
 from typing import Any, TypeVar
 
+from maitred.core.credentials import CACERT_ENV, TOKEN_ENV
 from maitred.transports.ws import json_codec as jc
 from maitred.transports.ws.client import JsonClient
 
@@ -19,10 +21,30 @@ DEFAULT_KEY = "xyzzy"
 
 
 class WsCliClient:
-    def __init__(self, url: str, timeout: float, key: str | None = None) -> None:
+    """``token`` (default: ``$MAITRED_TOKEN``, which ``--token`` sets) logs in with a bearer
+    token instead of a key; ``cacert`` (default: ``$MAITRED_CACERT``, ``--cacert``) is the CA
+    file a ``wss://`` broker's certificate is checked against."""
+
+    def __init__(
+        self,
+        url: str,
+        timeout: float,
+        key: str | None = None,
+        *,
+        token: str | None = None,
+        cacert: str | None = None,
+    ) -> None:
         self.url = url
         self.timeout = timeout
-        self.key = key if key is not None else os.environ.get(KEY_ENV, DEFAULT_KEY)
+        self.token = token or os.environ.get(TOKEN_ENV) or None
+        default_key = "" if self.token else DEFAULT_KEY  # a token and a key: refused
+        self.key = key if key is not None else os.environ.get(KEY_ENV, default_key)
+        cafile = cacert or os.environ.get(CACERT_ENV)
+        self.ssl = (
+            ssl.create_default_context(cafile=cafile)
+            if cafile and url.startswith("wss://")
+            else None
+        )
         self._loop = asyncio.new_event_loop()
         self._client: JsonClient | None = None
 
@@ -33,7 +55,13 @@ class WsCliClient:
         if self._client is None:
             self._client = self._run(
                 JsonClient.connect(
-                    self.url, self.key, name="maitred-cli", methods=methods, timeout=self.timeout
+                    self.url,
+                    self.key,
+                    token=self.token,
+                    name="maitred-cli",
+                    methods=methods,
+                    timeout=self.timeout,
+                    ssl=self.ssl,
                 )
             )
         return self._client

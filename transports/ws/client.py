@@ -144,15 +144,18 @@ class JsonClient:
         version: str = "",
         methods: Sequence[str] | None = None,
         timeout: float = 10.0,
+        ssl: Any = None,
     ) -> JsonClient:
         """Say ``hello`` with ``key``, or without one after a bearer ``token`` on the opening
-        handshake."""
+        handshake. ``ssl``: an ``ssl.SSLContext`` for ``wss://`` (e.g. trusting a private CA)."""
+        extra: dict[str, Any] = {"ssl": ssl} if ssl is not None else {}
         ws = await connect(
             url,
             subprotocols=[Subprotocol("maitred.json")],
             open_timeout=timeout,
             compression=None,
             additional_headers=_bearer(token),
+            **extra,
         )
         hello = jc.Hello(
             key=key, name=name, version=version, methods=None if methods is None else list(methods)
