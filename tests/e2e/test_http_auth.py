@@ -717,6 +717,37 @@ def test_dashboard_asks_for_a_token_when_its_api_answers_401(
     assert r.stats()["denied.authenticate.http"] == 1
 
 
+def test_dashboard_logs_in_to_the_websocket_transport_with_its_token(
+    running: list[Running], chromium: DevTools
+) -> None:
+    """The WebSocket transport knows the token and no key the page has: the page goes live
+    with the token alone (``?access_token=``, a hello without a key)."""
+    ws_tokens = (
+        "[[transports.ws.keys]]\nkey = 'a-key-the-page-does-not-know'\n"
+        f'[[transports.ws.tokens]]\nsha256 = "{token_digest(OPS_TOKEN)}"\n'
+        'identity = "ops"\nroles = ["admin"]\n'
+    )
+    toml = (
+        '[transports.mdp]\nenabled = false\n[store]\nbackend = "memory"\n'
+        '[transports.http]\nlisten = ["127.0.0.1:0"]\nswitch = false\nanonymous = false\n'
+        + tokens_toml()
+        + '[transports.ws]\nlisten = "127.0.0.1:0"\nping_interval = 0\nanonymous = false\n'
+        + ws_tokens
+    )
+    r = start(running, toml)
+    chromium.open(f"{r.endpoint}/admin/?refresh=0.25", width=1000, height=700)
+    chromium.evaluate(
+        "(() => { const f = document.getElementById('settings');"
+        f" f.elements.token.value = {json.dumps(OPS_TOKEN)}; f.requestSubmit(); }})()"
+    )
+    chromium.wait_js(
+        "document.getElementById('status').dataset.state === 'live'",
+        timeout=10,
+        what="the live dashboard, logged in with the token",
+    )
+    assert r.stats().get("denied.authenticate.ws", 0) == 0  # the token, at the first try
+
+
 def test_sighup_loads_a_renewed_certificate_without_dropping_connections(
     pki: Pki, tmp_path: Path
 ) -> None:
