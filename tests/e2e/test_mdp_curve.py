@@ -89,7 +89,7 @@ class Curve:
 
     def __init__(self, keys: Keys, ipc: str) -> None:
         self.keys = keys
-        self.broker = BrokerThread(
+        self.toml = (
             ACCESS
             + f"""
 [transports.mdp]
@@ -98,6 +98,7 @@ curve_secret_key_file = "{keys.broker_secret_file}"
 """
             + keys.table()
         )
+        self.broker = BrokerThread(self.toml)
         self.tcp, self.ipc = self.broker.endpoints["mdp"]
 
         async def observe() -> LocalClient:
@@ -396,3 +397,45 @@ curve_secret_key_file = "{keys.broker_secret_file}"
 """
     with pytest.raises(MaitredError, match=f"chmod 600 {keys.broker_secret_file}"):
         BrokerThread(toml)
+
+
+def test_reload_applies_the_key_table_to_new_handshakes(
+    curve: Curve, ctx: zmq.Context[Any]
+) -> None:
+    """A key added by a reload is accepted from then on and one taken out is refused, while a
+    connection made with the removed key keeps its identity; nothing else changes."""
+    from maitred.core.config import parse_config
+
+    k = curve.keys
+    worker = RawWorker(ctx, curve.tcp, "rfc", b"billing.pay", k.of(k.worker))
+    worker.ready()
+    app = RawClient(ctx, curve.tcp, "rfc", k.of(k.app))  # connected before the reload
+    app.send(b"billing.pay", b"1")
+    addr, _ = worker.request()
+    worker.final(addr, b"ok")
+    assert app.recv() == (True, [b"ok"])
+    newcomer = zmq.curve_keypair()
+    # the same config, the key table changed: the app's key replaced by the newcomer's
+    without_app = curve.toml.replace(k.app[0].decode(), newcomer[0].decode())
+    report = curve.broker.call(lambda: curve.broker.broker.reload(parse_config(without_app)))
+    assert "transports.mdp.keys" in report["applied"], report
+    assert not [u for u in report["unchanged"] if u.startswith("transports.mdp")], report
+    # the new key is in: its identity (the entry that held the app's key) may call billing.>
+    late = RawClient(ctx, curve.tcp, "rfc", k.of(newcomer))
+    late.send(b"billing.pay", b"2")
+    addr, body = worker.request()
+    assert body == [b"2"]
+    worker.final(addr, b"ok2")
+    assert late.recv() == (True, [b"ok2"])
+    # the app's key is out for new handshakes
+    denied = curve.broker.stats().get("denied.authenticate", 0)
+    again = RawClient(ctx, curve.tcp, "rfc", k.of(k.app))
+    again.send(b"billing.pay", b"3")
+    wait_until(lambda: curve.broker.stats().get("denied.authenticate", 0) > denied, 5, "a refusal")
+    assert nothing(again.sock)
+    # the connection the app made before the reload keeps its identity and is served
+    app.send(b"billing.pay", b"4")
+    addr, body = worker.request()
+    assert body == [b"4"]
+    worker.final(addr, b"ok4")
+    assert app.recv() == (True, [b"ok4"])

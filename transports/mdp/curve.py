@@ -30,6 +30,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 
+import msgspec
 import zmq
 import zmq.asyncio
 
@@ -38,7 +39,7 @@ from maitred.core.credentials import secret_file_problem
 from maitred.core.errors import ErrorCode, MaitredError
 from maitred.core.logs import RejectionLog
 from maitred.core.routing.model import Session, SessionSink
-from maitred.core.transport import BrokerPort
+from maitred.core.transport import BrokerPort, ReloadPlan
 from maitred.transports.mdp import zap
 from maitred.transports.mdp.config import MdpConfig
 
@@ -379,6 +380,27 @@ class CurvePeers:
             self._clients, self._identity = self._curve_session(user, now)
             self._curve_user = user
         self._handle(frames, now)
+
+    def plan_reload(self, config: MdpConfig) -> ReloadPlan:
+        """``keys`` apply to new CURVE handshakes when CURVE is on: a key taken out is refused
+        from then on, a new one accepted. Open connections keep the identity they came with
+        (also a removed key's: its name stays known to the running transport). Every other
+        changed key waits for a restart (sockets and listeners are made at start)."""
+        old = self.config
+        changed = [f for f in old.__struct_fields__ if getattr(old, f) != getattr(config, f)]
+        applied = ["keys"] if "keys" in changed and self._zap is not None else []
+        restart = [f for f in changed if f not in applied]
+        table = zap.KeyTable(config.keys)
+
+        def apply() -> None:
+            if not applied or self._zap is None:
+                return
+            self.config = msgspec.structs.replace(self.config, keys=config.keys)
+            table.by_name = {**self._zap.keys.by_name, **table.by_name}
+            self._zap.keys = table
+            log.info("mdp: reloaded keys (%d CURVE keys, for new handshakes)", len(table))
+
+        return ReloadPlan(applied, restart, apply)
 
     def _curve_session(self, user: str, now: float) -> tuple[Session, Identity]:
         found = self._curve_sessions.get(user)
