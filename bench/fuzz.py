@@ -13,6 +13,10 @@ peer input, and knows which exceptions are the codec's documented refusals:
 - ``mdp``: ZeroMQ multipart messages (the bytes cut into frames at ``0xff``) →
   ``codec.parse``, ``parse_client_reply`` and ``parse_worker_inbound`` for every dialect,
   ``parse_error_body``; refusal: ``MdpFormatError``;
+- ``zap``: ZAP requests as the broker's handler reads them (the bytes cut into frames at
+  ``0xff``) → ``zap.respond`` (which answers or drops anything and must never raise) and
+  ``zap.z85_decode``/``public_key_problem`` on the first frame; refusal: ``ValueError`` of
+  ``z85_decode`` (a key that is not Z85);
 - ``http``: the HTTP transport's decoders (message-switch bodies, kinds, ids, paths, trace
   arguments, frames JSON, SSE, error bodies), one chosen by the first byte; refusals:
   ``SwitchError``, ``ValueError`` (documented by each).
@@ -45,9 +49,11 @@ from typing import Any
 
 import msgspec
 
+from maitred.core.access import Identity
 from maitred.core.errors import ErrorCode
 from maitred.transports.http import codec as http_codec
 from maitred.transports.mdp import codec as mdp_codec
+from maitred.transports.mdp import zap
 from maitred.transports.ws import json_codec, mm_codec
 
 # -- targets -----------------------------------------------------------------------------------
@@ -105,6 +111,33 @@ def _mdp(data: bytes) -> str:
                 pass
     mdp_codec.parse_error_body(frames)
     return outcome
+
+
+_ZAP_KEY = bytes(range(32))
+_ZAP_KEYS = {_ZAP_KEY: Identity("known")}
+
+
+def _zap(data: bytes) -> str:
+    frames = _frames(data)
+    outcome = zap.respond(frames, _ZAP_KEYS)
+    first = frames[0].decode("utf-8", "replace") if frames else ""
+    zap.public_key_problem(first)
+    try:
+        zap.z85_decode(first)
+    except ValueError:
+        pass
+    return "answered" if outcome[0] is not None else "dropped"
+
+
+def _zap_seeds() -> list[bytes]:
+    head = [b"peer", b"", zap.VERSION, b"1", b"maitred", b"127.0.0.1", b""]
+    return [
+        b"\xff".join([*head, b"CURVE", _ZAP_KEY]),
+        b"\xff".join([*head, b"CURVE", bytes(32)]),
+        b"\xff".join([*head, b"NULL"]),
+        b"\xff".join([*head, b"PLAIN", b"user", b"pass"]),
+        zap.z85_encode(_ZAP_KEY).encode(),
+    ]
 
 
 def _text(data: bytes) -> str:
@@ -202,6 +235,7 @@ TARGETS = {
     "json": Target("json", _json, (), _json_seeds()),
     "mdp": Target("mdp", _mdp, (), _mdp_seeds()),
     "http": Target("http", _http, (), _http_seeds()),
+    "zap": Target("zap", _zap, (), _zap_seeds()),
 }
 
 # -- the mutation engine -------------------------------------------------------------------------

@@ -180,7 +180,7 @@ def test_mdp_parse_error_body(body: list[bytes]) -> None:
         assert len(body) == 2 and body[0][:1] in (b"4", b"5")
 
 
-@pytest.mark.parametrize("target", ["mm", "json", "mdp", "http"])
+@pytest.mark.parametrize("target", ["mm", "json", "mdp", "http", "zap"])
 def test_the_fuzz_script_runs(target: str) -> None:
     from bench import fuzz
 
