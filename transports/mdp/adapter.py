@@ -240,11 +240,8 @@ class MdpTransport(MdpWorkers):
             return
         if self._outq:
             self._flush_out()  # keep the order of everything sent
-        # connections closed so far: read before the messages, so a worker on a reused fd is
-        # never taken for the one that left it (see ``_read_monitor``)
-        monitor = self._monitor
-        if monitor is not None and _get_opt(monitor, _EVENTS) & _POLLIN:
-            self._read_monitor(monitor)
+        # the monitor (closed connections) is read by ``_on_monitor`` and before each READY
+        # (``_on_ready``), not here: asking it costs a system call per batch
         handle = self._handle
         now = self.port.clock()
         self._draining = True
