@@ -48,7 +48,13 @@ from maitred.transports.mdp.codec import (
     MdpFormatError,
 )
 from maitred.transports.mdp.config import MdpConfig
-from maitred.transports.mdp.liveness import _DISCONNECTED, MdpWorkers, _decode_name, _MdpWorker
+from maitred.transports.mdp.liveness import (
+    _DISCONNECTED,
+    NAME_CACHE,
+    MdpWorkers,
+    _decode_name,
+    _MdpWorker,
+)
 
 log = logging.getLogger("maitred.transports.mdp")
 
@@ -62,6 +68,7 @@ _recv_frame = _BaseSocket.recv
 _get_opt = cast(Callable[[Any, int], int], _BaseSocket.get)  # EVENTS is an int option
 _EVENTS = int(zmq.EVENTS)
 _client_reply = codec.client_reply
+_parse = codec.parse
 _worker_request = codec.worker_request
 _POLLIN = int(zmq.POLLIN)
 _NOBLOCK_MORE = _NOBLOCK | _SNDMORE
@@ -116,6 +123,8 @@ class MdpTransport(MdpWorkers):
         self._workers: dict[bytes, _MdpWorker] = {}
         #: connection fd -> the worker on it (see the module docstring)
         self._fds: dict[int, _MdpWorker] = {}
+        #: service frames of requests -> their names, checked (length, UTF-8) when first seen
+        self._names: dict[bytes, str] = {}
         #: workers whose connection closed, dropped once what they sent before is read
         self._lost: list[_MdpWorker] = []
         self._monitor: zmq.Socket[Any] | None = None
@@ -303,11 +312,15 @@ class MdpTransport(MdpWorkers):
         sock = self.socket
         if not queue or sock is None:
             return
+        send = _send_frame
         for frames in queue:
+            # every message has a routing id and at least one frame after it; the lists are
+            # ours, so the last frame is taken off rather than an index compared per frame
+            last = frames.pop()
             try:
-                last = len(frames) - 1
-                for i, frame in enumerate(frames):
-                    _send_frame(sock, frame, _NOBLOCK_MORE if i < last else _NOBLOCK)
+                for frame in frames:
+                    send(sock, frame, _NOBLOCK_MORE)
+                send(sock, last, _NOBLOCK)
             except zmq.ZMQError as exc:
                 self._send_failed(frames[0], exc)
         if not self._draining:
@@ -321,7 +334,7 @@ class MdpTransport(MdpWorkers):
     def _handle(self, frames: list[bytes], now: float) -> None:
         rid = frames[0]
         try:
-            command, dialect, name, body = codec.parse(frames, 1)
+            command, dialect, name, body = _parse(frames, 1)
         except MdpFormatError as exc:
             self._reject(rid, exc.reason)
             return
@@ -338,9 +351,11 @@ class MdpTransport(MdpWorkers):
                 self._reject(rid, "reply with an unknown client address")
                 self.broker.touch(w.worker, now)
                 return
+            config = self.config
+            n = len(body)
             if (
-                len(body) > self.config.max_frames
-                or sum(map(len, body)) > self.config.max_message_size
+                n > config.max_frames
+                or (len(body[0]) if n == 1 else sum(map(len, body))) > config.max_message_size
             ):
                 self._reject(rid, "oversized reply")
                 self.broker.reply_error(
@@ -374,6 +389,17 @@ class MdpTransport(MdpWorkers):
     ) -> None:
         clients = self._clients
         assert clients is not None
+        config = self.config
+        n = len(body)
+        service = self._names.get(service_raw)
+        if (
+            service is not None
+            and n <= config.max_frames
+            and (len(body[0]) if n == 1 else sum(map(len, body))) <= config.max_message_size
+        ):
+            # the common case: a name seen before (so checked then), a body of allowed size
+            self.broker.submit(clients, service, body, (rid, dialect, service_raw), now)
+            return
         if len(service_raw) > self.broker.max_name_length:
             # refused before it is decoded or cached: a flood of long distinct names holds
             # nothing once each has been answered
@@ -393,7 +419,11 @@ class MdpTransport(MdpWorkers):
         if not service:
             self._reject(rid, "empty service name" if service == "" else "service name not UTF-8")
             return
-        if len(body) > self.config.max_frames or sum(map(len, body)) > self.config.max_message_size:
+        names = self._names
+        if len(names) >= NAME_CACHE:
+            names.clear()  # bounded: distinct names beyond it are decoded again
+        names[service_raw] = service
+        if n > config.max_frames or sum(map(len, body)) > config.max_message_size:
             self._reject(rid, "oversized request")
             self._refuse(
                 rid,
@@ -452,7 +482,11 @@ class MdpTransport(MdpWorkers):
     def deliver_request(self, worker: Worker, request: Request) -> None:
         w: _MdpWorker = worker.tag
         if self.socket is not None:
-            self._defer(_worker_request(w.dialect, b"%d" % request.id, request.body, w.rid))
+            frames = _worker_request(w.dialect, b"%d" % request.id, request.body, w.rid)
+            if self._draining:  # inside ``_on_readable``: sent at the end of its batch
+                self._outq.append(frames)
+            else:
+                self._defer(frames)
 
     def deliver_reply(self, request: Request, kind: ReplyKind, body: Body) -> None:
         rid, dialect, service_raw = request.correlation
@@ -461,7 +495,11 @@ class MdpTransport(MdpWorkers):
         # None: a partial to an MDP/0.1 client, a dialect that has only the final reply
         if body:
             frames = _client_reply(dialect, kind is _FINAL, service_raw, body, rid)
-            if frames is not None:
+            if frames is None:
+                return
+            if self._draining:  # inside ``_on_readable``: sent at the end of its batch
+                self._outq.append(frames)
+            else:
                 self._defer(frames)
         else:  # rare (an empty reply): sent at once
             frames = _client_reply(dialect, kind is _FINAL, service_raw, body)
