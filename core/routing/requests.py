@@ -87,7 +87,8 @@ class RequestsMixin(RouterState):
         a transport's own queues whose entries live as long as it keeps them."""
         if session.closed:
             raise MaitredError("session is closed", ErrorCode.BAD_REQUEST)
-        headers = client_headers(headers, stamp)
+        if headers is not None or stamp:
+            headers = client_headers(headers, stamp)
         self._next_request += 1
         if service_name.startswith(MMI_PREFIX):
             return self._submit_mmi(session, service_name, body, correlation, now, headers)
@@ -220,7 +221,11 @@ class RequestsMixin(RouterState):
         there and among its caller's waiting requests), then dispatch."""
         service.queue.append(request)
         service.queued += 1
-        self._queued(service, request.size)
+        size = request.size
+        service.queued_bytes += size
+        self.held += size  # (``_queued``, inline: once per waiting request)
+        if self.held > self._cap and not self.overloaded:
+            self._overload()
         request.caller.queued[request.id] = request
         self._dispatch(service, now)
         return request
@@ -322,9 +327,16 @@ class RequestsMixin(RouterState):
             request = queue.popleft()
             if request.state is not _QUEUED:
                 continue
-            self._unqueued(service, request)
-            request.caller.queued.pop(request.id, None)
-            if request.caller.closed:
+            # ``_unqueued``, inline: once per waiting request
+            service.queued -= 1
+            size = request.size
+            service.queued_bytes -= size
+            self.held -= size
+            if self.overloaded and self.held <= self._calm:
+                self._recovered()
+            caller = request.caller
+            caller.queued.pop(request.id, None)
+            if caller.closed:
                 if request.stored < 0:
                     request.state = _CANCELLED
                     self._disarm(request)
@@ -406,8 +418,10 @@ class RequestsMixin(RouterState):
                     free.pop(worker, None)
             if not worker.inflight:
                 self._live_move(worker, worker.idle_timeout)
-            else:
-                self.touch(worker, now)
+            elif worker.alive:  # ``touch`` (touched is set, a suspect revived above)
+                live = self._lists.live.get(worker.live_key)
+                if live is not None:
+                    live.move_to_end(worker)
             state = request.state
             request.state = _DONE
             # hand the worker its next request before answering the caller: on a busy service
