@@ -170,7 +170,11 @@ class RequestsMixin(RouterState):
         if self.held + size > self._cap:
             self._overloaded(service, request)
             return None
-        if self._no_room(service, size):
+        # ``_no_room``, inline: once per waiting request
+        if (
+            service.queued >= policy.max_queue
+            or service.queued_bytes + size > policy.max_queue_bytes
+        ):
             if (
                 policy.overflow == "reject"
                 or policy.max_queue == 0
@@ -417,7 +421,7 @@ class RequestsMixin(RouterState):
                 else:  # its credit was just lowered below what it holds
                     free.pop(worker, None)
             if not worker.inflight:
-                self._live_move(worker, worker.idle_timeout)
+                self._lists.move(worker, worker.idle_timeout)  # (``_live_move``)
             elif worker.alive:  # ``touch`` (touched is set, a suspect revived above)
                 live = self._lists.live.get(worker.live_key)
                 if live is not None:
