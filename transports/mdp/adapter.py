@@ -255,7 +255,7 @@ class MdpTransport(MdpWorkers):
         now = self.port.clock()
         self._draining = True
         try:
-            for _ in range(self.config.batch):
+            for i in range(self.config.batch):
                 try:
                     # a ROUTER socket puts the peer's routing id first, always followed by the
                     # message itself: read it as bytes, with no question about more frames
@@ -270,6 +270,17 @@ class MdpTransport(MdpWorkers):
                     frame = _recv_frame(sock, _NOBLOCK, False)
                     frames.append(frame.bytes)
                 handle(frames, now)
+                if not i:
+                    # After the first message, send what it produced and ask ZMQ_EVENTS: when
+                    # nothing else waits (a lone message, e.g. each reply of a worker at credit
+                    # 1) that ends the turn without a receive failing with EAGAIN (a system call
+                    # and a Python exception), and this ZMQ_EVENTS after the sends re-arms the
+                    # FD (see below). Otherwise the rest is read until EAGAIN, as a batch.
+                    self._flush_out()
+                    if not _get_opt(sock, _EVENTS) & _POLLIN:
+                        if self._lost:
+                            self._drop_lost(now)
+                        return
             else:
                 self._flush_out()
                 self._reschedule()  # let timers and other transports run, then go on
