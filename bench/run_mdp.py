@@ -578,11 +578,11 @@ def render(summary: list[dict[str, Any]], rat: dict[str, Any], legs: list[Leg], 
         )
 
     def table(title: str, unit: str, cell: Callable[[Ratio], str]) -> None:
-        lines.extend(["", f"{title:<18}" + "".join(
+        lines.extend(["", f"{title:<26}" + "".join(
             f"{f'in-flight {n}: {unit}':>28}" for n in cfg.inflight)])  # fmt: skip
         for key, per_n in rat.items():
             cells = [per_n.get(str(n)) for n in cfg.inflight]
-            lines.append(f"{key:<18}" + "".join(
+            lines.append(f"{key:<26}" + "".join(
                 f"{'n/a' if r is None else cell(r):>28}" for r in cells))  # fmt: skip
 
     table("ratio of medians", "req/s (p50)",
