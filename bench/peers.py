@@ -9,7 +9,7 @@ so the orchestrator learns the ports without a race. The client talks to the fro
 talks to an MDP broker; the ``raw`` worker behind the backend answers in the client's dialect.
 
 The other legs are commands: ``majortomo`` is the PyPI broker run the way its users run it
-(``python -m majortomo.broker -b ENDPOINT``, default logging, as shipped), ``maitred`` is
+(``python -m majortomo.broker -b ENDPOINT``, at WARNING: ``majortomo-warning.yaml``), ``maitred`` is
 ``maitred serve --mdp ENDPOINT`` (or ``$MAITRED_CMD`` / ``--maitred-cmd``). In a command template
 ``{endpoint}`` is replaced by ``tcp://127.0.0.1:PORT`` with a free port and ``{python}`` by the
 running interpreter.
@@ -28,7 +28,10 @@ from pathlib import Path
 
 BIN_DIR = Path(sys.executable).parent
 
-MAJORTOMO_CMD = "{python} -m majortomo.broker -b {endpoint}"
+#: majortomo at WARNING (its default INFO logs a line per reply: that is not the broker's cost)
+MAJORTOMO_CMD = "{python} -m majortomo.broker -b {endpoint} -c " + shlex.quote(
+    str(Path(__file__).resolve().parent / "majortomo-warning.yaml")
+)
 DEFAULT_MAITRED_CMD = f"{shlex.quote(str(BIN_DIR / 'maitred'))} serve --mdp {{endpoint}}"
 
 

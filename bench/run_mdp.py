@@ -53,7 +53,9 @@ GUARD = BENCH_DIR / "guard.py"
 LOADGEN = BENCH_DIR / "loadgen.py"
 PEERS = BENCH_DIR / "peers.py"
 RESULTS_DIR = BENCH_DIR / "results"
-ALL_LEGS = ("maitred", "majortomo", "proxy")
+ALL_LEGS = ("maitred", "maitred-strict", "majortomo", "proxy")
+#: the maitred-strict leg: the maitred command with this config (MDP's one request per worker)
+STRICT_TOML = BENCH_DIR / "maitred-strict.toml"
 PY = sys.executable
 
 
@@ -272,9 +274,17 @@ def start_proxy(children: Children, cfg: Config) -> Running:
 
 
 def make_legs(cfg: Config) -> list[Leg]:
+    strict = f"{cfg.maitred_cmd} -c {shlex.quote(str(STRICT_TOML))}"
     table = {
         "maitred": Leg(
             "maitred", "mdp", start_command_broker("maitred", cfg.maitred_cmd), 2.0, cfg.maitred_cmd
+        ),
+        "maitred-strict": Leg(
+            "maitred-strict",
+            "mdp",
+            start_command_broker("maitred-strict", strict),
+            2.0,
+            strict,
         ),
         "majortomo": Leg(
             "majortomo",
@@ -425,6 +435,17 @@ def add_other_cpu(record: dict[str, Any]) -> None:
         cpu["other"] = round(max(0.0, float(cpu["machine"]) - sum(nums)), 1)
 
 
+def cpu_us_per_request(record: dict[str, Any], who: str) -> float | None:
+    """CPU microseconds ``who`` (broker, client, worker) spent per request in the measured phase:
+    its CPU time (all its threads, from /proc) over the replies. Less sensitive to other load on
+    the machine than req/s, though not blind to it (caches, frequency, preemption)."""
+    cpu = record.get("cpu_percent", {}).get(who)
+    rate = record.get("req_per_s")
+    if not isinstance(cpu, (int, float)) or not rate:
+        return None
+    return round(cpu / 100.0 / float(rate) * 1e6, 1)
+
+
 def _median(values: Sequence[float | None]) -> float | None:
     vals = [v for v in values if v is not None]
     return statistics.median(vals) if vals else None
@@ -455,6 +476,10 @@ def summarize(runs: list[dict[str, Any]], legs: list[Leg], cfg: Config) -> list[
                         who: _median([r.get("cpu_percent", {}).get(who) for r in ok])
                         for who in ("broker", "client", "worker", "other")
                     },
+                    cpu_us_per_request={
+                        who: _median([cpu_us_per_request(r, who) for r in ok])
+                        for who in ("broker", "client", "worker")
+                    },
                 )
             out.append(row)
     return out
@@ -481,7 +506,13 @@ def ratios(
         return None
 
     result: dict[str, dict[str, Ratio | None]] = {}
-    for num, den in (("maitred", "majortomo"), ("maitred", "proxy"), ("majortomo", "proxy")):
+    for num, den in (
+        ("maitred", "majortomo"),
+        ("maitred", "proxy"),
+        ("maitred-strict", "majortomo"),
+        ("maitred-strict", "proxy"),
+        ("majortomo", "proxy"),
+    ):
         key = f"{num}/{den}"
         result[key] = {}
         for n in cfg.inflight:
@@ -512,8 +543,9 @@ BUSY_WARNING_PERCENT = 25.0  # median CPU use of other processes above which fig
 
 def render(summary: list[dict[str, Any]], rat: dict[str, Any], legs: list[Leg], cfg: Config) -> str:
     head = (
-        f"{'leg':<10} {'in-flight':>9} {'req/s':>9} {'p50 µs':>8} {'p99 µs':>8} "
-        f"{'req/s min-max':>17}  {'cpu% brk/cli/wrk/other':<22} {'ok':>5}"
+        f"{'leg':<14} {'in-flight':>9} {'req/s':>9} {'p50 µs':>8} {'p99 µs':>8} "
+        f"{'req/s min-max':>17}  {'cpu% brk/cli/wrk/other':<22} {'cpu µs/req brk/cli/wrk':<22} "
+        f"{'ok':>5}"
     )
     lines = [
         f"MDP echo round trips: 1 client, 1 worker, {cfg.size} B body; median of {cfg.runs} "
@@ -525,29 +557,32 @@ def render(summary: list[dict[str, Any]], rat: dict[str, Any], legs: list[Leg], 
     ]
     busiest = 0.0
     for row in summary:
-        prefix = f"{row['leg']:<10} {row['inflight']:>9}"
+        prefix = f"{row['leg']:<14} {row['inflight']:>9}"
         if row.get("skipped"):
             lines.append(f"{prefix} {'skipped':>9}")
             continue
         if not row.get("req_per_s"):
-            lines.append(f"{prefix} {'failed':>9} {'':>8} {'':>8} {'':>17}  {'':<22} "
+            lines.append(f"{prefix} {'failed':>9} {'':>8} {'':>8} {'':>17}  {'':<22} {'':<22} "
                          f"{row['ok_runs']}/{row['runs']}")  # fmt: skip
             continue
         cpu = row["cpu_percent"]
         busiest = max(busiest, cpu.get("other") or 0.0)
         cpu_s = "/".join(_fmt(cpu.get(k)) for k in ("broker", "client", "worker", "other"))
+        us = row["cpu_us_per_request"]
+        us_s = "/".join(_fmt(us.get(k), ".1f") for k in ("broker", "client", "worker"))
         spread = f"{_fmt(row['req_per_s_min'])}-{_fmt(row['req_per_s_max'])}"
         lines.append(
             f"{prefix} {_fmt(row['req_per_s']):>9} {_fmt(row['p50_us']):>8} "
-            f"{_fmt(row['p99_us']):>8} {spread:>17}  {cpu_s:<22} {row['ok_runs']}/{row['runs']}"
+            f"{_fmt(row['p99_us']):>8} {spread:>17}  {cpu_s:<22} {us_s:<22} "
+            f"{row['ok_runs']}/{row['runs']}"
         )
 
     def table(title: str, unit: str, cell: Callable[[Ratio], str]) -> None:
-        lines.extend(["", f"{title:<18}" + "".join(
+        lines.extend(["", f"{title:<26}" + "".join(
             f"{f'in-flight {n}: {unit}':>28}" for n in cfg.inflight)])  # fmt: skip
         for key, per_n in rat.items():
             cells = [per_n.get(str(n)) for n in cfg.inflight]
-            lines.append(f"{key:<18}" + "".join(
+            lines.append(f"{key:<26}" + "".join(
                 f"{'n/a' if r is None else cell(r):>28}" for r in cells))  # fmt: skip
 
     table("ratio of medians", "req/s (p50)",
@@ -763,7 +798,9 @@ def run(cfg: Config) -> tuple[list[dict[str, Any]], list[Leg]]:
                     try:
                         record = measure(leg, n, cfg, children, ctx)
                     except StartError as exc:
-                        if leg.name == "maitred" and not any(x["leg"] == "maitred" for x in runs):
+                        if leg.name.startswith("maitred") and not any(
+                            x["leg"] == leg.name for x in runs
+                        ):
                             leg.skipped = (
                                 f"it did not start: {exc}\n    (set the command with "
                                 "--maitred-cmd or MAITRED_CMD; {endpoint} is substituted)"

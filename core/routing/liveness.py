@@ -82,6 +82,9 @@ class LivenessLists:
         """Watch ``worker`` with another timeout (e.g. idle again, or busy)."""
         old = self.live.get(worker.live_key)
         if old is not None:
+            if worker.live_key == timeout and worker in old:
+                old.move_to_end(worker)  # the same list (e.g. idle again): last in it
+                return
             old.pop(worker, None)
         self.put(worker, timeout)
 

@@ -87,7 +87,8 @@ class RequestsMixin(RouterState):
         a transport's own queues whose entries live as long as it keeps them."""
         if session.closed:
             raise MaitredError("session is closed", ErrorCode.BAD_REQUEST)
-        headers = client_headers(headers, stamp)
+        if headers is not None or stamp:
+            headers = client_headers(headers, stamp)
         self._next_request += 1
         if service_name.startswith(MMI_PREFIX):
             return self._submit_mmi(session, service_name, body, correlation, now, headers)
@@ -177,7 +178,11 @@ class RequestsMixin(RouterState):
         if self.held + size > self._cap:
             self._overloaded(service, request)
             return None
-        if self._no_room(service, size):
+        # ``_no_room``, inline: once per waiting request
+        if (
+            service.queued >= policy.max_queue
+            or service.queued_bytes + size > policy.max_queue_bytes
+        ):
             if (
                 policy.overflow == "reject"
                 or policy.max_queue == 0
@@ -228,7 +233,11 @@ class RequestsMixin(RouterState):
         there and among its caller's waiting requests), then dispatch."""
         service.queue.append(request)
         service.queued += 1
-        self._queued(service, request.size)
+        size = request.size
+        service.queued_bytes += size
+        self.held += size  # (``_queued``, inline: once per waiting request)
+        if self.held > self._cap and not self.overloaded:
+            self._overload()
         request.caller.queued[request.id] = request
         self._dispatch(service, now)
         return request
@@ -353,9 +362,16 @@ class RequestsMixin(RouterState):
                     break  # only remote workers are free: it waits for a local one, in order
                 worker = found
             queue.popleft()
-            self._unqueued(service, request)
-            request.caller.queued.pop(request.id, None)
-            if request.caller.closed:
+            # ``_unqueued``, inline: once per waiting request
+            service.queued -= 1
+            size = request.size
+            service.queued_bytes -= size
+            self.held -= size
+            if self.overloaded and self.held <= self._calm:
+                self._recovered()
+            caller = request.caller
+            caller.queued.pop(request.id, None)
+            if caller.closed:
                 if request.stored < 0:
                     request.state = _CANCELLED
                     self._disarm(request)
@@ -436,9 +452,11 @@ class RequestsMixin(RouterState):
                 else:  # its credit was just lowered below what it holds
                     free.pop(worker, None)
             if not worker.inflight:
-                self._live_move(worker, worker.idle_timeout)
-            else:
-                self.touch(worker, now)
+                self._lists.move(worker, worker.idle_timeout)  # (``_live_move``)
+            elif worker.alive:  # ``touch`` (touched is set, a suspect revived above)
+                live = self._lists.live.get(worker.live_key)
+                if live is not None:
+                    live.move_to_end(worker)
             state = request.state
             request.state = _DONE
             # hand the worker its next request before answering the caller: on a busy service

@@ -22,7 +22,7 @@ def test_mdp_bench_smoke(tmp_path: Path) -> None:
             str(ROOT / "bench" / "run_mdp.py"),
             "--smoke",
             "--legs",
-            "maitred,proxy",
+            "maitred,maitred-strict,proxy",
             "--maitred-cmd",
             "{python} -m maitred.core serve --mdp {endpoint} --log-level warning",
             "--json",
@@ -38,8 +38,12 @@ def test_mdp_bench_smoke(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     report = json.loads(out.read_text())
     legs = {row["leg"] for row in report["summary"] if row["ok_runs"]}
-    assert legs == {"maitred", "proxy"}
+    assert legs == {"maitred", "maitred-strict", "proxy"}
     assert all(row["req_per_s"] > 0 for row in report["summary"])
+    # CPU per request per role, from each process's CPU time over the replies
+    for row in report["summary"]:
+        assert row["cpu_us_per_request"]["client"] > 0
+    assert "maitred-strict/proxy" in report["ratios"]
 
 
 @pytest.mark.slow

@@ -49,7 +49,13 @@ from maitred.transports.mdp.codec import (
 )
 from maitred.transports.mdp.config import MdpConfig
 from maitred.transports.mdp.curve import CurvePeers
-from maitred.transports.mdp.liveness import _DISCONNECTED, MdpWorkers, _decode_name, _MdpWorker
+from maitred.transports.mdp.liveness import (
+    _DISCONNECTED,
+    NAME_CACHE,
+    MdpWorkers,
+    _decode_name,
+    _MdpWorker,
+)
 from maitred.transports.mdp.pubsub import ZmqPubSub
 
 log = logging.getLogger("maitred.transports.mdp")
@@ -64,6 +70,7 @@ _recv_frame = _BaseSocket.recv
 _get_opt = cast(Callable[[Any, int], int], _BaseSocket.get)  # EVENTS is an int option
 _EVENTS = int(zmq.EVENTS)
 _client_reply = codec.client_reply
+_parse = codec.parse
 _worker_request = codec.worker_request
 _POLLIN = int(zmq.POLLIN)
 _NOBLOCK_MORE = _NOBLOCK | _SNDMORE
@@ -118,6 +125,8 @@ class MdpTransport(CurvePeers, MdpWorkers):
         self._workers: dict[bytes, _MdpWorker] = {}
         #: connection fd -> the worker on it (see the module docstring)
         self._fds: dict[int, _MdpWorker] = {}
+        #: service frames of requests -> their names, checked (length, UTF-8) when first seen
+        self._names: dict[bytes, str] = {}
         #: workers whose connection closed, dropped once what they sent before is read
         self._lost: list[_MdpWorker] = []
         self._monitor: zmq.Socket[Any] | None = None
@@ -131,6 +140,8 @@ class MdpTransport(CurvePeers, MdpWorkers):
         self._scheduled = False
         self._draining = False
         self._closed = False
+        #: the last turn read one message at most (see ``_on_readable``)
+        self._lone = True
         #: messages (routing id first) handed to us from outside ``_on_readable`` (another
         #: transport's caller or worker): sent together at the end of the loop turn, so a burst
         #: costs libzmq's I/O thread one wake-up instead of one per message
@@ -203,6 +214,9 @@ class MdpTransport(CurvePeers, MdpWorkers):
         loop.add_reader(self._fd, self._on_readable)
         self._hb_timer = loop.call_later(self.heartbeat_interval, self._heartbeat)
         self._on_readable()
+        # ZMQ_FD is edge-triggered: asking ZMQ_EVENTS once arms the monitor's fd (else an event
+        # that came before the first READY, e.g. a failed CURVE handshake, would wait for one)
+        self._on_monitor()
         if self.config.pub_endpoints or self.config.publish_endpoints:
             self.pubsub = ZmqPubSub(self.config, self.port, self.context, identity)
             try:
@@ -264,17 +278,15 @@ class MdpTransport(CurvePeers, MdpWorkers):
             return
         if self._outq:
             self._flush_out()  # keep the order of everything sent
-        # connections closed so far: read before the messages, so a worker on a reused fd is
-        # never taken for the one that left it (see ``_read_monitor``)
-        monitor = self._monitor
-        if monitor is not None and _get_opt(monitor, _EVENTS) & _POLLIN:
-            self._read_monitor(monitor)
+        # the monitor (closed connections) is read by ``_on_monitor`` and before each READY
+        # (``_on_ready``), not here: asking it costs a system call per batch
         # with CURVE on, each message is handled as the identity of its connection
         handle = self._handle_curve if self._zap is not None else self._handle
         now = self.port.clock()
         self._draining = True
+        lone = self._lone
         try:
-            for _ in range(self.config.batch):
+            for i in range(self.config.batch):
                 try:
                     # a ROUTER socket puts the peer's routing id first, always followed by the
                     # message itself: read it as bytes, with no question about more frames
@@ -289,10 +301,23 @@ class MdpTransport(CurvePeers, MdpWorkers):
                     frame = _recv_frame(sock, _NOBLOCK, False)
                     frames.append(frame.bytes)
                 handle(frames, now)
+                if lone and not i:
+                    # The last turn read one message at most (e.g. each reply of a worker at
+                    # credit 1): send what this one produced and ask ZMQ_EVENTS. When nothing
+                    # else waits, that ends the turn without a receive failing with EAGAIN (a
+                    # system call and a Python exception), and this ZMQ_EVENTS after the sends
+                    # re-arms the FD (see below). Otherwise the rest is read until EAGAIN.
+                    self._flush_out()
+                    if not _get_opt(sock, _EVENTS) & _POLLIN:
+                        if self._lost:
+                            self._drop_lost(now)
+                        return
             else:
+                self._lone = False
                 self._flush_out()
                 self._reschedule()  # let timers and other transports run, then go on
                 return
+            self._lone = i <= 1  # i: the messages read before EAGAIN
             # what the batch produced goes out together: one wake-up of libzmq's I/O thread
             # for the burst rather than one per message
             self._flush_out()
@@ -331,11 +356,15 @@ class MdpTransport(CurvePeers, MdpWorkers):
         sock = self.socket
         if not queue or sock is None:
             return
+        send = _send_frame
         for frames in queue:
+            # every message has a routing id and at least one frame after it; the lists are
+            # ours, so the last frame is taken off rather than an index compared per frame
+            last = frames.pop()
             try:
-                last = len(frames) - 1
-                for i, frame in enumerate(frames):
-                    _send_frame(sock, frame, _NOBLOCK_MORE if i < last else _NOBLOCK)
+                for frame in frames:
+                    send(sock, frame, _NOBLOCK_MORE)
+                send(sock, last, _NOBLOCK)
             except zmq.ZMQError as exc:
                 self._send_failed(frames[0], exc)
         if not self._draining:
@@ -349,7 +378,7 @@ class MdpTransport(CurvePeers, MdpWorkers):
     def _handle(self, frames: list[bytes], now: float) -> None:
         rid = frames[0]
         try:
-            command, dialect, name, body = codec.parse(frames, 1)
+            command, dialect, name, body = _parse(frames, 1)
         except MdpFormatError as exc:
             self._reject(rid, exc.reason)
             return
@@ -366,9 +395,11 @@ class MdpTransport(CurvePeers, MdpWorkers):
                 self._reject(rid, "reply with an unknown client address")
                 self.broker.touch(w.worker, now)
                 return
+            config = self.config
+            n = len(body)
             if (
-                len(body) > self.config.max_frames
-                or sum(map(len, body)) > self.config.max_message_size
+                n > config.max_frames
+                or (len(body[0]) if n == 1 else sum(map(len, body))) > config.max_message_size
             ):
                 self._reject(rid, "oversized reply")
                 self.broker.reply_error(
@@ -402,6 +433,17 @@ class MdpTransport(CurvePeers, MdpWorkers):
     ) -> None:
         clients = self._clients
         assert clients is not None
+        config = self.config
+        n = len(body)
+        service = self._names.get(service_raw)
+        if (
+            service is not None
+            and n <= config.max_frames
+            and (len(body[0]) if n == 1 else sum(map(len, body))) <= config.max_message_size
+        ):
+            # the common case: a name seen before (so checked then), a body of allowed size
+            self.broker.submit(clients, service, body, (rid, dialect, service_raw), now)
+            return
         if len(service_raw) > self.broker.max_name_length:
             # refused before it is decoded or cached: a flood of long distinct names holds
             # nothing once each has been answered
@@ -421,7 +463,11 @@ class MdpTransport(CurvePeers, MdpWorkers):
         if not service:
             self._reject(rid, "empty service name" if service == "" else "service name not UTF-8")
             return
-        if len(body) > self.config.max_frames or sum(map(len, body)) > self.config.max_message_size:
+        names = self._names
+        if len(names) >= NAME_CACHE:
+            names.clear()  # bounded: distinct names beyond it are decoded again
+        names[service_raw] = service
+        if n > config.max_frames or sum(map(len, body)) > config.max_message_size:
             self._reject(rid, "oversized request")
             self._refuse(
                 rid,
@@ -480,7 +526,11 @@ class MdpTransport(CurvePeers, MdpWorkers):
     def deliver_request(self, worker: Worker, request: Request) -> None:
         w: _MdpWorker = worker.tag
         if self.socket is not None:
-            self._defer(_worker_request(w.dialect, b"%d" % request.id, request.body, w.rid))
+            frames = _worker_request(w.dialect, b"%d" % request.id, request.body, w.rid)
+            if self._draining:  # inside ``_on_readable``: sent at the end of its batch
+                self._outq.append(frames)
+            else:
+                self._defer(frames)
 
     def deliver_reply(self, request: Request, kind: ReplyKind, body: Body) -> None:
         rid, dialect, service_raw = request.correlation
@@ -489,7 +539,11 @@ class MdpTransport(CurvePeers, MdpWorkers):
         # None: a partial to an MDP/0.1 client, a dialect that has only the final reply
         if body:
             frames = _client_reply(dialect, kind is _FINAL, service_raw, body, rid)
-            if frames is not None:
+            if frames is None:
+                return
+            if self._draining:  # inside ``_on_readable``: sent at the end of its batch
+                self._outq.append(frames)
+            else:
                 self._defer(frames)
         else:  # rare (an empty reply): sent at once
             frames = _client_reply(dialect, kind is _FINAL, service_raw, body)

@@ -175,6 +175,11 @@ class MdpWorkers(BaseSink):
         if old is not None:
             self._violation(rid, dialect, "second READY")
             return
+        # connections closed so far: read before this worker's fd is taken, so a worker on a
+        # reused fd is never taken for the one that left it (see ``_read_monitor``)
+        monitor = self._monitor
+        if monitor is not None and _get_opt(monitor, _EVENTS) & _POLLIN:
+            self._read_monitor(monitor)
         if len(service_raw) > self.broker.max_name_length:
             self._violation(rid, dialect, "READY with a service name too long")
             return
