@@ -89,6 +89,9 @@ class _Page(msgspec.Struct, forbid_unknown_fields=True):
     service: str = ""
     #: narrows ``mmi.sessions`` to one transport
     transport: str = ""
+    #: ``mmi.services``, ``mmi.workers``, ``mmi.queues``: add what the other nodes of the
+    #: cluster last announced (``cluster`` in the answer)
+    cluster: bool = False
 
 
 _page_decoder = msgspec.json.Decoder(_Page)
@@ -106,6 +109,55 @@ def _page_of(body: Body) -> _Page | None:
     if page.offset < 0 or page.limit < 0:
         return None
     return page
+
+
+class _Cluster:
+    """This node's view of its cluster, from the ``mmi.nodes`` a cluster fabric adds: this
+    node's name, the node of each proxy worker (by label) and the other nodes' rows."""
+
+    __slots__ = ("node", "nodes", "peers")
+
+    def __init__(self, rows: list[dict[str, Any]]) -> None:
+        self.node = ""
+        self.nodes: dict[str, str] = {}
+        self.peers: list[dict[str, Any]] = []
+        for row in rows:
+            if row.get("self"):
+                self.node = row["node"]
+                continue
+            self.peers.append(row)
+            for label in row.get("proxies", ()):
+                self.nodes[label] = row["node"]
+
+    def node_of(self, worker: Worker) -> str:
+        return self.nodes.get(worker.label, "") if worker.remote else self.node
+
+    def scope(self, wanted: str) -> list[dict[str, Any]]:
+        """The other nodes with the services they announced (only ``wanted``, when set)."""
+        return [
+            {
+                "node": row["node"],
+                "epoch": row["epoch"],
+                "age": row["age"],
+                "services": [
+                    s for s in row.get("service_list", ()) if not wanted or s["name"] == wanted
+                ],
+            }
+            for row in self.peers
+        ]
+
+
+def _cluster_of(router: Router) -> _Cluster | None:
+    """The cluster view, or None (no cluster fabric on this broker)."""
+    handler = router.mmi_handler("mmi.nodes")
+    if handler is None:
+        return None
+    try:
+        rows = msgspec.json.decode(handler([b'{"services": true}']))
+        return _Cluster(rows) if isinstance(rows, list) else None
+    except Exception:  # a plugin's answer that is not what it should be: no cluster view
+        router.stats["mmi.bad_cluster_view"] += 1
+        return None
 
 
 class Management:
@@ -131,23 +183,31 @@ class Management:
         return start, min(total, start + limit)
 
     def _listing(
-        self, router: Router, page: _Page | None, total: int, start: int, items: Any
+        self,
+        router: Router,
+        page: _Page | None,
+        total: int,
+        start: int,
+        items: Any,
+        cluster: _Cluster | None = None,
     ) -> bytes:
-        """The answer: ``items`` as they are (an old-style query that fits), or the page form."""
+        """The answer: ``items`` as they are (an old-style query that fits), or the page form
+        (with the other nodes' services under ``cluster`` when the page asks for them)."""
         stop = start + len(items)
         if page is None and stop >= total:
             return _json.encode(items)
         if page is None:
             router.stats["mmi.truncated"] += 1
-        return _json.encode(
-            {
-                "items": items,
-                "offset": start,
-                "total": total,
-                "next": stop if stop < total else None,
-                "truncated": stop < total,
-            }
-        )
+        answer: dict[str, Any] = {
+            "items": items,
+            "offset": start,
+            "total": total,
+            "next": stop if stop < total else None,
+            "truncated": stop < total,
+        }
+        if page is not None and page.cluster:
+            answer["cluster"] = cluster.scope(page.service) if cluster is not None else []
+        return _json.encode(answer)
 
     def _names(self, router: Router, page: _Page | None) -> tuple[list[str], int, int]:
         """The service names of the page in name order, the total, and the page's start."""
@@ -174,7 +234,11 @@ class Management:
         names, total, start = self._names(router, page)
         services = router.services
         rows = [_service_row(services[n]) for n in names]
-        return self._listing(router, page, total, start, rows)
+        cluster = _cluster_of(router)
+        if cluster is not None:
+            for row in rows:
+                row["node"] = cluster.node
+        return self._listing(router, page, total, start, rows, cluster)
 
     def _workers(self, router: Router, body: Body) -> bytes:
         page = _page_of(body)
@@ -187,6 +251,7 @@ class Management:
         else:
             workers = list(router.iter_workers())
         start, stop = self._window(page, len(workers))
+        cluster = _cluster_of(router)
         rows = [
             {
                 "service": worker.service.name,
@@ -202,17 +267,24 @@ class Management:
             }
             for worker in workers[start:stop]
         ]
-        return self._listing(router, page, len(workers), start, rows)
+        if cluster is not None:
+            for row, worker in zip(rows, workers[start:stop], strict=True):
+                row["node"] = cluster.node_of(worker)
+        return self._listing(router, page, len(workers), start, rows, cluster)
 
     def _queues(self, router: Router, body: Body) -> bytes:
         page = _page_of(body)
         names, total, start = self._names(router, page)
         services = router.services
-        depths = {
+        depths: dict[str, dict[str, Any]] = {
             name: {"queued": services[name].queued, "inflight": services[name].inflight()}
             for name in names
         }
-        return self._listing(router, page, total, start, depths)
+        cluster = _cluster_of(router)
+        if cluster is not None:
+            for depth in depths.values():
+                depth["node"] = cluster.node
+        return self._listing(router, page, total, start, depths, cluster)
 
     def _topics(self, router: Router, body: Body) -> bytes:
         page = _page_of(body)

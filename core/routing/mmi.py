@@ -31,6 +31,10 @@ class MmiMixin(RouterState):
 
         return remove
 
+    def mmi_handler(self, name: str) -> Callable[[Body], bytes] | None:
+        """The handler a plugin added for ``mmi.NAME`` (``add_mmi``), or None."""
+        return self._mmi_extra.get(name)
+
     def _submit_mmi(
         self,
         session: Session,

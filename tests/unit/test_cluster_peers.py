@@ -81,3 +81,21 @@ def test_a_node_that_is_gone_takes_its_proxies() -> None:
     assert sink.errors[-1][1].code is ErrorCode.WORKER_DIED
     rows = peers.rows(14.0)
     assert [r["node"] for r in rows] == [n for n in ("b", "c") if n != gone]
+
+
+def test_rows_in_detail_give_what_each_peer_announced_and_its_proxies() -> None:
+    _port, peers, _sent, _sink = _setup()
+    peers.update(_announce("c", (b"echo", 2), (b"b\xffin", 1)), 10.0)
+    peers.update(_announce("b"), 10.0)
+    assert "service_list" not in peers.rows(10.5)[0]
+    b, c = peers.rows(10.5, detail=True)
+    assert (b["node"], b["service_list"], b["proxies"]) == ("b", [], [])
+    assert c["age"] == 0.5
+    assert c["service_list"][1] == {
+        "name": "echo",
+        "workers": 1,
+        "credit": 2,
+        "free": 2,
+        "queued": 0,
+    }
+    assert c["proxies"] == sorted(["c/echo", f"c/{c['service_list'][0]['name']}"])

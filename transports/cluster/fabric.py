@@ -438,7 +438,16 @@ class ClusterFabric(TopicsMixin):
             "inflight": None,
             "self": True,
         }
-        return _json.encode([me, *self.peers.rows(now)])
+        # ``{"services": true}`` asks for what each peer announced (the core's ``mmi.services``,
+        # ``mmi.workers`` and ``mmi.queues`` ask so for their ``cluster`` scope)
+        detail = False
+        if body and body[-1].startswith(b"{"):
+            try:
+                query = msgspec.json.decode(body[-1])
+            except msgspec.DecodeError:
+                query = None
+            detail = isinstance(query, dict) and query.get("services") is True
+        return _json.encode([me, *self.peers.rows(now, detail)])
 
     # -- requests -------------------------------------------------------------------------
 

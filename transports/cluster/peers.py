@@ -9,7 +9,7 @@ from typing import Any
 
 from maitred.core.routing.model import BaseSink, Request, Session, Worker
 from maitred.core.transport import BrokerPort
-from maitred.transports.cluster.codec import Announcement, service_name
+from maitred.transports.cluster.codec import Announcement, ServiceState, service_name
 
 log = logging.getLogger("maitred.transports.cluster")
 
@@ -28,6 +28,8 @@ class Peer:
     proxies: dict[str, Worker] = field(default_factory=dict)
     #: services the node no longer announces whose proxy still waits for replies: since when
     retiring: dict[str, float] = field(default_factory=dict)
+    #: its services as its last announcement gave them (``mmi.*`` with ``cluster: true``)
+    announced: list[ServiceState] = field(default_factory=list)
 
 
 class ProxySink(BaseSink):
@@ -69,6 +71,7 @@ class Peers:
         peer.seen = now
         peer.address = a.address
         peer.load = a.load
+        peer.announced = list(a.services)
         wanted: dict[str, int] = {}
         for s in a.services:
             if s.workers > 0:
@@ -136,8 +139,10 @@ class Peers:
     def overdue(self, now: float, window: float) -> list[str]:
         return [name for name, peer in self.peers.items() if now - peer.seen > window]
 
-    def rows(self, now: float) -> list[dict[str, Any]]:
-        return [
+    def rows(self, now: float, detail: bool = False) -> list[dict[str, Any]]:
+        """``mmi.nodes``' rows of the peers; ``detail`` adds each one's ``service_list``
+        (what it last announced) and ``proxies`` (label of each of its proxy workers here)."""
+        rows = [
             {
                 "node": p.name,
                 "epoch": p.epoch,
@@ -151,3 +156,19 @@ class Peers:
             }
             for p in sorted(self.peers.values(), key=lambda p: p.name)
         ]
+        if detail:
+            for row, peer in zip(
+                rows, sorted(self.peers.values(), key=lambda p: p.name), strict=True
+            ):
+                row["service_list"] = [
+                    {
+                        "name": service_name(s.name),
+                        "workers": s.workers,
+                        "credit": s.credit,
+                        "free": s.free,
+                        "queued": s.queued,
+                    }
+                    for s in sorted(peer.announced, key=lambda s: s.name)
+                ]
+                row["proxies"] = sorted(w.label for w in peer.proxies.values())
+        return rows

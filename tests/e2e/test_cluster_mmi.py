@@ -1,0 +1,63 @@
+"""Management and /metrics see the cluster: on two ``maitred serve`` nodes over a real
+``nats-server``, each ``mmi.workers`` row says its node and ``{"cluster": true}`` adds what the
+other node announced."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import zmq
+
+from maitred.plugins import nats_testing
+from maitred.plugins.nats_testing import NatsStarter
+from maitred.plugins.testing import ServeStarter
+from tests.e2e import cluster_helpers
+from tests.e2e.cluster_helpers import mdp, mmi, start_node, wait_service
+from tests.e2e.helpers import RawWorker
+
+pytestmark = pytest.mark.slow
+
+nats_server = nats_testing.nats_server
+maitred_serve = cluster_helpers.graceful_serve
+
+Ctx = zmq.Context[Any]
+
+
+def test_mmi_listings_show_the_node_of_each_entry_and_the_cluster_scope(
+    nats_server: NatsStarter, maitred_serve: ServeStarter, tmp_path: Path, ctx: Ctx
+) -> None:
+    url = nats_server().url
+    a = start_node(maitred_serve, tmp_path, url, "a")
+    c = start_node(maitred_serve, tmp_path, url, "c")
+    local = RawWorker(ctx, mdp(a), "rfc", b"echo")
+    remote = RawWorker(ctx, mdp(c), "rfc", b"echo")
+    only_c = RawWorker(ctx, mdp(c), "rfc", b"only.c")
+    for worker in (local, remote, only_c):
+        worker.ready()
+    wait_service(ctx, a, "only.c")
+    try:
+        rows = json.loads(mmi(ctx, a, "mmi.workers", b"echo"))
+        assert sorted(r["node"] for r in rows) == ["a", "c"]
+        assert {r["node"]: r["transport"] for r in rows}["c"] == "cluster"
+        services = json.loads(mmi(ctx, a, "mmi.services", b'{"cluster": true}'))
+        assert {r["name"]: r["node"] for r in services["items"]} == {"echo": "a", "only.c": "a"}
+        [peer] = services["cluster"]
+        assert peer["node"] == "c" and peer["age"] < 3.0
+        announced = {s["name"]: s for s in peer["services"]}
+        assert set(announced) == {"echo", "only.c"}
+        echo = announced["echo"]
+        assert echo["workers"] == 1 and echo["queued"] == 0
+        assert echo["free"] == echo["credit"] >= 1  # idle: all its credit is free
+        queues = json.loads(mmi(ctx, a, "mmi.queues", b'{"cluster": true, "service": "only.c"}'))
+        assert queues["items"] == {"only.c": {"queued": 0, "inflight": 0, "node": "a"}}
+        assert [s["name"] for s in queues["cluster"][0]["services"]] == ["only.c"]
+        # the other way round: c sees its own worker as its own and a's through a proxy
+        rows = json.loads(mmi(ctx, c, "mmi.workers", b'{"service": "echo", "cluster": true}'))
+        assert sorted(r["node"] for r in rows["items"]) == ["a", "c"]
+        assert [p["node"] for p in rows["cluster"]] == ["a"]
+    finally:
+        for worker in (local, remote, only_c):
+            worker.close()
