@@ -149,15 +149,8 @@ class _Cluster:
 
 def _cluster_of(router: Router) -> _Cluster | None:
     """The cluster view, or None (no cluster fabric on this broker)."""
-    handler = router.mmi_handler("mmi.nodes")
-    if handler is None:
-        return None
-    try:
-        rows = msgspec.json.decode(handler([b'{"services": true}']))
-        return _Cluster(rows) if isinstance(rows, list) else None
-    except Exception:  # a plugin's answer that is not what it should be: no cluster view
-        router.stats["mmi.bad_cluster_view"] += 1
-        return None
+    rows = router.cluster_nodes(detail=True)
+    return None if rows is None else _Cluster(rows)
 
 
 class Management:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
+import msgspec
+
 from maitred.core.access import Action
 from maitred.core.errors import Denied
 from maitred.core.routing.model import NO_DEADLINE, Body, Headers, Request, Session
@@ -31,9 +33,22 @@ class MmiMixin(RouterState):
 
         return remove
 
-    def mmi_handler(self, name: str) -> Callable[[Body], bytes] | None:
-        """The handler a plugin added for ``mmi.NAME`` (``add_mmi``), or None."""
-        return self._mmi_extra.get(name)
+    def cluster_nodes(self, detail: bool = False) -> list[dict[str, Any]] | None:
+        """The nodes of the cluster as the ``mmi.nodes`` a cluster fabric adds lists them
+        (this node first, ``"self": true``; ``detail``: with what each peer announced), or None
+        without a cluster. An answer that is not a list of objects is counted and taken as
+        none (``mmi.bad_cluster_view``)."""
+        handler = self._mmi_extra.get("mmi.nodes")
+        if handler is None:
+            return None
+        try:
+            rows = msgspec.json.decode(handler([b'{"services": true}' if detail else b""]))
+        except Exception:  # a plugin's bug must not break mmi.info, /metrics or a listing
+            rows = None
+        if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+            self.stats["mmi.bad_cluster_view"] += 1
+            return None
+        return rows
 
     def _submit_mmi(
         self,

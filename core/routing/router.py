@@ -280,7 +280,7 @@ class Router(RequestsMixin, ExpiryMixin, WorkersMixin, TopicsMixin, GrantsMixin,
             yield from service.workers
 
     def snapshot(self) -> Mapping[str, Any]:
-        return {
+        snap: dict[str, Any] = {
             "services": len(self.services),
             "sessions": len(self.sessions),
             "workers": sum(len(s.workers) for s in self.services.values()),
@@ -290,3 +290,7 @@ class Router(RequestsMixin, ExpiryMixin, WorkersMixin, TopicsMixin, GrantsMixin,
             # per transport name (mmi.info's "transports" lists the endpoints)
             "traffic": {name: t.as_dict() for name, t in sorted(self.transports.items())},
         }
+        nodes = self.cluster_nodes()
+        if nodes is not None:  # on a cluster node: this node and its peers (mmi.nodes' rows)
+            snap["nodes"] = nodes
+        return snap

@@ -93,3 +93,15 @@ def test_a_broken_cluster_view_is_counted_and_ignored(h: Harness) -> None:
     [row] = ask(h, "mmi.services", b"")
     assert "node" not in row
     assert h.router.stats["mmi.bad_cluster_view"] == 1
+
+
+def test_mmi_info_and_the_snapshot_list_the_nodes(clustered: Harness) -> None:
+    assert [n["node"] for n in ask(clustered, "mmi.info", b"")["nodes"]] == ["a", "c"]
+    assert "nodes" in clustered.router.snapshot()
+
+
+def test_without_a_cluster_the_snapshot_has_no_nodes(h: Harness) -> None:
+    assert "nodes" not in h.router.snapshot()
+    h.router.add_mmi("mmi.nodes", lambda body: b'{"not": "a list"}')
+    assert "nodes" not in h.router.snapshot()
+    assert h.router.stats["mmi.bad_cluster_view"] == 1

@@ -1,10 +1,12 @@
-"""Management and /metrics see the cluster: on two ``maitred serve`` nodes over a real
-``nats-server``, each ``mmi.workers`` row says its node and ``{"cluster": true}`` adds what the
-other node announced."""
+"""Management, /metrics and the dashboard see the cluster: on two ``maitred serve`` nodes over
+a real ``nats-server``, each ``mmi.workers`` row says its node, ``{"cluster": true}`` adds what
+the other node announced, /metrics has the node and peer gauges, the header shows both."""
 
 from __future__ import annotations
 
 import json
+import re
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +17,8 @@ from maitred.plugins import nats_testing
 from maitred.plugins.nats_testing import NatsStarter
 from maitred.plugins.testing import ServeStarter
 from tests.e2e import cluster_helpers
-from tests.e2e.cluster_helpers import mdp, mmi, start_node, wait_service
+from tests.e2e.chromium import DevTools, chromium_fixture  # noqa: F401 (the fixture)
+from tests.e2e.cluster_helpers import http, mdp, mmi, start_node, wait_service
 from tests.e2e.helpers import RawWorker
 
 pytestmark = pytest.mark.slow
@@ -61,3 +64,44 @@ def test_mmi_listings_show_the_node_of_each_entry_and_the_cluster_scope(
     finally:
         for worker in (local, remote, only_c):
             worker.close()
+
+
+def test_metrics_show_the_node_and_its_peers(
+    nats_server: NatsStarter, maitred_serve: ServeStarter, tmp_path: Path, ctx: Ctx
+) -> None:
+    url = nats_server().url
+    a = start_node(maitred_serve, tmp_path, url, "a")
+    c = start_node(maitred_serve, tmp_path, url, "c")
+    worker = RawWorker(ctx, mdp(c), "rfc", b"only.c")
+    worker.ready()
+    wait_service(ctx, a, "only.c")
+    try:
+        epoch = json.loads(mmi(ctx, a, "mmi.nodes"))[0]["epoch"]
+        with urllib.request.urlopen(f"{http(a)}/metrics", timeout=5.0) as response:
+            text = response.read().decode()
+        assert f'maitred_cluster_node_info{{epoch="{epoch}",node="a"}} 1.0' in text
+        assert "maitred_cluster_peers 1.0" in text
+        [age] = re.findall(r'maitred_cluster_peer_age_seconds\{peer="c"\} (\S+)', text)
+        assert 0.0 <= float(age) < 3.0
+        assert 'maitred_cluster_peer_services{peer="c"} 1.0' in text
+        assert 'maitred_cluster_peer_inflight{peer="c"} 0.0' in text
+        info = json.loads(mmi(ctx, a, "mmi.info"))
+        assert [n["node"] for n in info["nodes"]] == ["a", "c"]
+    finally:
+        worker.close()
+
+
+def test_dashboard_shows_the_node_and_its_peers(
+    nats_server: NatsStarter, maitred_serve: ServeStarter, tmp_path: Path, chromium: DevTools
+) -> None:
+    url = nats_server().url
+    a = start_node(maitred_serve, tmp_path, url, "a")
+    start_node(maitred_serve, tmp_path, url, "c")
+    chromium.open(f"{http(a)}/admin/?refresh=0.25", width=1280, height=800)
+    chromium.wait_js(
+        "!document.getElementById('cluster-meta').hidden"
+        " && document.getElementById('cluster-node').textContent === 'a'"
+        " && document.getElementById('cluster-peers').textContent.startsWith('c (')",
+        timeout=10,
+        what="the node and its peer c in the header",
+    )

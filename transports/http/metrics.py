@@ -149,6 +149,8 @@ class _Collector:
         self.unlisted = unlisted
         self.queues = queues
         self.switch_sessions = None if switch is None else len(switch.tokens)
+        #: on a cluster node: this node's and its peers' rows (``mmi.nodes``)
+        self.nodes: list[dict[str, Any]] | None = snapshot.get("nodes")
 
     def collect(self) -> Iterator[Metric]:
         events = CounterMetricFamily(
@@ -240,6 +242,8 @@ class _Collector:
             for key, value in self.store:
                 store.add_metric([key], float(value))
             yield store
+        if self.nodes is not None:
+            yield from _cluster_metrics(self.nodes)
         if self.switch_sessions is not None:
             depth = GaugeMetricFamily(
                 "maitred_switch_queue_messages", "Messages in a switch queue", labels=["queue"]
@@ -250,6 +254,37 @@ class _Collector:
             yield GaugeMetricFamily(
                 "maitred_switch_sessions", "Logged-in switch tokens", value=self.switch_sessions
             )
+
+
+def _cluster_metrics(nodes: list[dict[str, Any]]) -> Iterator[Metric]:
+    """This node and its live peers, as ``mmi.nodes`` lists them."""
+    me = GaugeMetricFamily(
+        "maitred_cluster_node_info", "This broker's node in the cluster", labels=["node", "epoch"]
+    )
+    peers = [row for row in nodes if not row.get("self")]
+    for row in nodes:
+        if row.get("self"):
+            me.add_metric([str(row.get("node")), str(row.get("epoch"))], 1)
+    yield me
+    yield GaugeMetricFamily(
+        "maitred_cluster_peers", "Other nodes this node takes for live", value=len(peers)
+    )
+    per_peer = {
+        name: GaugeMetricFamily(f"maitred_cluster_peer_{name}", help_, labels=["peer"])
+        for name, help_ in (
+            ("age_seconds", "Seconds since the peer's last announcement"),
+            ("load", "Requests in flight on the peer's workers plus those waiting there"),
+            ("services", "Services the peer announces (proxy workers here)"),
+            ("inflight", "This node's requests the peer holds now"),
+        )
+    }
+    for row in peers:
+        peer = [str(row.get("node"))]
+        per_peer["age_seconds"].add_metric(peer, float(row.get("age") or 0))
+        per_peer["load"].add_metric(peer, float(row.get("load") or 0))
+        per_peer["services"].add_metric(peer, float(row.get("services") or 0))
+        per_peer["inflight"].add_metric(peer, float(row.get("inflight") or 0))
+    yield from per_peer.values()
 
 
 async def _gather_queues(switch: Switch | None, max_queues: int) -> list[tuple[str, int]]:
