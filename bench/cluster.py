@@ -1,13 +1,24 @@
 """The cluster hop: a caller on node A to a worker on node B, against the same caller to a
-worker on A (the local hop), at 1 and 64 requests in flight; medians of several runs.
+worker on A (the local hop), at 1 and 64 requests in flight; and pub/sub fan-out across nodes:
+medians of several runs.
 
     python bench/cluster.py                 # 3 runs x {1, 64} x {local, remote}, ~1 min
     python bench/cluster.py --runs 5 --duration 3
+    python bench/cluster.py --only fanout --subscribers 8 --messages 2000
 
 One nats-server, two ``maitred serve`` nodes (MDP + cluster), one MDP echo worker process (on
 A for the local leg, on B for the remote one), the caller (maitred's AsyncClient) in this
 process. Reports requests per second, the ratio remote/local, p50 latency at 1 in flight and
 the added p50, and CPU microseconds per request of each node (from /proc: user + system).
+
+Fan-out: three nodes (WebSocket + cluster), a publisher on A (maitred.json, ``--window``
+publications awaiting their ack at once), ``--subscribers`` sessions subscribed to ``fan.>``:
+all on A (the local leg), or half on B and half on C (the cluster leg). Each run publishes
+``--messages`` messages of 64 bytes, then ``fan.end``; it reports messages delivered per second
+(every subscriber's count, summed, over the time from the first publication to the last
+``fan.end`` received), the share delivered (pub/sub is at most once), and CPU microseconds per
+delivered message of each node and of this process (``clients``: the subscribers and the
+publisher run here, on one event loop).
 """
 
 from __future__ import annotations
@@ -19,6 +30,7 @@ import statistics
 import subprocess
 import sys
 import time
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +40,7 @@ sys.path.insert(0, str(ROOT))
 from maitred.plugins.nats_testing import NatsServer  # noqa: E402
 from maitred.plugins.testing import ServeProcess  # noqa: E402
 from maitred.transports.mdp.client import AsyncClient  # noqa: E402
+from maitred.transports.ws.client import JsonClient  # noqa: E402
 
 WORKER = """
 import sys
@@ -128,6 +141,125 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     return results
 
 
+async def fanout_run(
+    publisher_url: str, subscriber_urls: list[str], messages: int, window: int
+) -> dict[str, float]:
+    """One run: (deliveries/s, delivered share) with the subscribers on ``subscriber_urls``."""
+    # "xyzzy": the development key a broker without [transports.ws] keys accepts
+    pub = await JsonClient.connect(publisher_url, "xyzzy")
+    subs = [await JsonClient.connect(url, "xyzzy") for url in subscriber_urls]
+    for sub in subs:
+        await sub.subscribe("fan.>")
+    # the NATS subscriptions follow the local ones: probe until every subscriber hears
+    waiting = set(range(len(subs)))
+    for attempt in range(200):
+        await pub.publish("fan.probe", data=str(attempt).encode())
+        for i in list(waiting):
+            with suppress(TimeoutError):
+                while (await subs[i].next_event(timeout=0.05)).topic == "fan.probe":
+                    waiting.discard(i)
+                    break
+        if not waiting:
+            break
+    else:
+        raise RuntimeError(f"{len(waiting)} subscribers never heard the publisher")
+    await asyncio.sleep(0.3)
+    for sub in subs:  # the probes still on the way
+        while not sub.events.empty():
+            sub.events.get_nowait()
+
+    async def count(sub: JsonClient) -> int:
+        got = 0
+        while True:
+            event = await sub.next_event(timeout=30.0)
+            if event.topic == "fan.end":
+                return got
+            if event.topic == "fan.m":
+                got += 1
+
+    counters = [asyncio.ensure_future(count(sub)) for sub in subs]
+    body = b"x" * 64
+    gate = asyncio.Semaphore(window)
+
+    async def one() -> None:
+        async with gate:
+            await pub.publish("fan.m", data=body)
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(one() for _ in range(messages)))
+    await pub.publish("fan.end", data=b"")
+    counts = await asyncio.gather(*counters)
+    elapsed = time.perf_counter() - t0
+    for client in (pub, *subs):
+        await client.close()
+    delivered = sum(counts)
+    return {
+        "dps": delivered / elapsed,
+        "share": delivered / (messages * len(subs)),
+        "delivered": float(delivered),
+    }
+
+
+def fanout(args: argparse.Namespace) -> dict[str, Any]:
+    server = NatsServer()
+    names = ("a", "b", "c")
+    nodes = [
+        ServeProcess(
+            "--ws",
+            "127.0.0.1:0",
+            "--cluster",
+            server.url,
+            "--node",
+            name,
+            "--log-level",
+            "warning",
+        )
+        for name in names
+    ]
+    a, b, c = (n.endpoint("ws") for n in nodes)
+    n = args.subscribers
+    legs = {
+        "local (all on A)": [a] * n,
+        "cluster (B and C)": [b] * (n - n // 2) + [c] * (n // 2),
+    }
+    results: dict[str, Any] = {}
+    try:
+        time.sleep(1.2)  # the nodes meet
+        runs: dict[str, list[dict[str, float]]] = {leg: [] for leg in legs}
+        for _ in range(args.runs):
+            for leg, urls in legs.items():  # round robin: each run compares like with like
+                pids = [node.pid for node in nodes] + [os.getpid()]
+                cpu0 = [cpu_seconds(pid) for pid in pids]
+                r = asyncio.run(fanout_run(a, urls, args.messages, args.window))
+                cpu1 = [cpu_seconds(pid) for pid in pids]
+                for name, t0, t1 in zip((*names, "clients"), cpu0, cpu1, strict=True):
+                    r[f"cpu_us_{name}"] = (t1 - t0) / max(1.0, r["delivered"]) * 1e6
+                runs[leg].append(r)
+        for leg, rs in runs.items():
+            results[leg] = {k: statistics.median(r[k] for r in rs) for k in rs[0]}
+    finally:
+        for node in nodes:
+            node.close()
+        server.close()
+    return results
+
+
+def print_fanout(args: argparse.Namespace, results: dict[str, Any]) -> None:
+    print(
+        f"fan-out: {args.messages} messages from A to {args.subscribers} subscribers, "
+        f"medians of {args.runs}"
+    )
+    print(
+        f"{'leg':<20}{'deliveries/s':>14}{'delivered':>11}{'cpu us A':>10}{'B':>8}{'C':>8}"
+        f"{'clients':>9}"
+    )
+    for leg, r in results.items():
+        print(
+            f"{leg:<20}{r['dps']:>14.0f}{r['share']:>10.1%}{r['cpu_us_a']:>10.1f}"
+            f"{r['cpu_us_b']:>8.1f}{r['cpu_us_c']:>8.1f}{r['cpu_us_clients']:>9.1f}"
+        )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3)
@@ -135,7 +267,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--inflight", type=lambda s: [int(x) for x in s.split(",")], default=[1, 64]
     )
+    parser.add_argument("--only", choices=["hop", "fanout"], default=None)
+    parser.add_argument("--subscribers", type=int, default=8)
+    parser.add_argument("--messages", type=int, default=2000)
+    parser.add_argument("--window", type=int, default=32)
     args = parser.parse_args(argv)
+    if args.only != "hop":
+        print_fanout(args, fanout(args))
+    if args.only == "fanout":
+        return 0
     results = measure(args)
     print(f"{'leg':<12}{'req/s':>10}{'p50 ms':>9}{'cpu us/req A':>14}{'cpu us/req B':>14}")
     for key, r in results.items():
