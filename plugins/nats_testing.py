@@ -57,6 +57,15 @@ def free_port() -> int:
         return port
 
 
+def _state(pid: int) -> str:
+    """The process state letter from ``/proc/PID/stat`` ("" when it is gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return ""
+    return stat.rsplit(")", 1)[1].split()[0]
+
+
 class NatsServer:
     """One ``nats-server`` process on 127.0.0.1.
 
@@ -158,8 +167,13 @@ class NatsServer:
             self.proc.kill()
             self.proc.wait(timeout=10)
 
-    def pause(self) -> None:
+    def pause(self, timeout: float = 5.0) -> None:
+        """SIGSTOP, and return once the process is stopped: a signal takes effect when the
+        process next leaves the kernel, and until then a running server can still answer."""
         os.kill(self.proc.pid, signal.SIGSTOP)
+        deadline = time.monotonic() + timeout
+        while _state(self.proc.pid) not in ("T", "t", "") and time.monotonic() < deadline:
+            time.sleep(0.001)  # the kernel's state of another process: nothing to wait on
 
     def resume(self) -> None:
         os.kill(self.proc.pid, signal.SIGCONT)

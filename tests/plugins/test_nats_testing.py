@@ -38,3 +38,13 @@ def test_a_cluster_of_three_routes_to_each_other(nats_cluster: NatsClusterStarte
         info = _info(server)
         assert b'"cluster":"maitred-test"' in info
         assert all(other.route in server.args[-1] for other in servers if other is not server)
+
+
+def test_pause_returns_once_the_server_is_stopped(nats_server: NatsStarter) -> None:  # noqa: F811
+    from maitred.plugins.nats_testing import _state
+
+    server = nats_server()
+    server.pause()
+    assert _state(server.proc.pid) in ("T", "t")
+    server.resume()
+    assert _info(server).startswith(b"INFO ")
