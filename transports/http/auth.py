@@ -38,6 +38,7 @@ from maitred.core.credentials import TokenTable, bearer_token
 from maitred.core.errors import ConfigError, ErrorCode
 from maitred.core.logs import RejectionLog
 from maitred.core.routing.model import Session
+from maitred.core.tls import PLAINTEXT_REASONS
 from maitred.core.transport import BrokerPort, ReloadPlan
 from maitred.transports.http import codec, tls
 from maitred.transports.http.config import HttpConfig
@@ -206,7 +207,7 @@ class Secured:
         """A TLS handshake on ``listener`` failed (aiohttp never sees the connection):
         counted, and noted as a rejection (a WARNING summary names the listener)."""
         reason = str(exc.reason or type(exc).__name__)
-        kind = "tls_plaintext" if reason in tls.PLAINTEXT_REASONS else "tls_failed"
+        kind = "tls_plaintext" if reason in PLAINTEXT_REASONS else "tls_failed"
         self.stats[f"http.{kind}"] += 1
         self._tls_unclaimed += 1
         self.rejections.note(f"{kind}:{listener}", "", f"{reason} ({exc})")

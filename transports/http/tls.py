@@ -23,11 +23,10 @@ from aiohttp import web
 
 from maitred.core.credentials import secret_file_problem
 from maitred.core.errors import ErrorCode, MaitredError
+from maitred.core.tls import watched_sslobject
 
 log = logging.getLogger("maitred.transports.http")
 
-#: OpenSSL's reasons for a handshake that got a plain HTTP request: an http:// client
-PLAINTEXT_REASONS = frozenset({"HTTP_REQUEST", "HTTPS_PROXY_REQUEST"})
 #: OpenSSL's reasons for a client certificate refused (``tls_client_ca``): an authentication
 #: failure, reported as such
 CLIENT_CERT_REASONS = frozenset(
@@ -38,23 +37,6 @@ CLIENT_CERT_REASONS = frozenset(
         "NO_CERTIFICATE_RETURNED",
     }
 )
-
-
-def watched_sslobject(on_failure: Callable[[ssl.SSLError], None]) -> type[ssl.SSLObject]:
-    """An :class:`ssl.SSLObject` whose failed handshakes are reported to ``on_failure``
-    (asyncio's TLS layer, and uvloop's, make theirs with the context's ``sslobject_class``)."""
-
-    class WatchedSSLObject(ssl.SSLObject):
-        def do_handshake(self) -> None:
-            try:
-                super().do_handshake()
-            except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
-                raise  # more bytes to come: not a failure
-            except ssl.SSLError as exc:
-                on_failure(exc)
-                raise
-
-    return WatchedSSLObject
 
 
 def tls_problem(cert: str, key: str, client_ca: str = "") -> str | None:

@@ -23,7 +23,7 @@ import math
 import os
 import secrets
 import ssl
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import msgspec
@@ -44,6 +44,7 @@ from maitred.core.credentials import (
 from maitred.core.errors import ConfigError, ErrorCode, MaitredError
 from maitred.core.logs import RejectionLog
 from maitred.core.routing.model import Session
+from maitred.core.tls import PLAINTEXT_REASONS, watched_sslobject
 from maitred.core.transport import BrokerPort, ReloadPlan
 from maitred.transports.ws.auth import redacting_logger
 from maitred.transports.ws.conn import CLOSE_GOING_AWAY, Conn, peer_of
@@ -244,27 +245,6 @@ def _new_cid() -> str:
     return "".join(secrets.choice(alphabet) for _ in range(20))
 
 
-#: OpenSSL's reasons for a handshake that got a plain HTTP request: a ws:// client
-_PLAINTEXT_REASONS = frozenset({"HTTP_REQUEST", "HTTPS_PROXY_REQUEST"})
-
-
-def _watched_sslobject(on_failure: Callable[[ssl.SSLError], None]) -> type[ssl.SSLObject]:
-    """An :class:`ssl.SSLObject` whose failed handshakes are reported to ``on_failure``
-    (asyncio's TLS layer, and uvloop's, make theirs with the context's ``sslobject_class``)."""
-
-    class WatchedSSLObject(ssl.SSLObject):
-        def do_handshake(self) -> None:
-            try:
-                super().do_handshake()
-            except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
-                raise  # more bytes to come: not a failure
-            except ssl.SSLError as exc:
-                on_failure(exc)
-                raise
-
-    return WatchedSSLObject
-
-
 class WsTransport:
     """The ``ws`` transport (see the module docstring)."""
 
@@ -321,7 +301,7 @@ class WsTransport:
             raise MaitredError(
                 f"ws: cannot load TLS cert/key: {exc}", ErrorCode.BAD_REQUEST
             ) from None
-        context.sslobject_class = _watched_sslobject(lambda exc: self._tls_failed(where[0], exc))
+        context.sslobject_class = watched_sslobject(lambda exc: self._tls_failed(where[0], exc))
         return context
 
     def plan_reload(self, config: WsConfig) -> ReloadPlan:
@@ -372,7 +352,7 @@ class WsTransport:
         """A TLS handshake on ``listener`` failed: asyncio closes the connection before
         websockets sees it, so this is the only trace of it. Counted, logged as a rejection."""
         reason = str(exc.reason or type(exc).__name__)
-        kind = "tls_plaintext" if reason in _PLAINTEXT_REASONS else "tls_failed"
+        kind = "tls_plaintext" if reason in PLAINTEXT_REASONS else "tls_failed"
         self.stats[f"ws.{kind}"] += 1
         self.rejections.note(f"{kind}:{listener}", "", f"{reason} ({exc})")
 
