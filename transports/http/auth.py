@@ -38,7 +38,7 @@ from maitred.core.credentials import TokenTable, bearer_token
 from maitred.core.errors import ConfigError, ErrorCode
 from maitred.core.logs import RejectionLog
 from maitred.core.routing.model import Session
-from maitred.core.tls import PLAINTEXT_REASONS
+from maitred.core.tls import PLAINTEXT_REASONS, name_tls_rejections
 from maitred.core.transport import BrokerPort, ReloadPlan
 from maitred.transports.http import codec, tls
 from maitred.transports.http.config import HttpConfig
@@ -241,13 +241,12 @@ class Secured:
         self.rejections.note("slow", "", "TLS handshake not completed in time")
 
     def _watch_tls(self, listener: str) -> None:
-        where = f"on the TLS listener {listener}"
-        kinds, hints = self.rejections.kinds, self.rejections.hints
-        kinds[f"tls_plaintext:{listener}"] = f"plain-text (not TLS) connections {where}"
-        hints[f"tls_plaintext:{listener}"] = "an http:// client on an https:// port?"
-        kinds[f"tls_failed:{listener}"] = f"failed TLS handshakes {where}"
-        hints[f"tls_failed:{listener}"] = (
-            "no client certificate, not TLS, or no TLS version in common? (DEBUG has each)"
+        """Name the rejections of ``listener``'s failed TLS handshakes."""
+        name_tls_rejections(
+            self.rejections,
+            listener,
+            "an http:// client on an https:// port?",
+            "no client certificate, not TLS, or no TLS version in common? (DEBUG has each)",
         )
 
     def plan_reload(self, config: HttpConfig) -> ReloadPlan:

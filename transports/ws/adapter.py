@@ -44,7 +44,7 @@ from maitred.core.credentials import (
 from maitred.core.errors import ConfigError, ErrorCode, MaitredError
 from maitred.core.logs import RejectionLog
 from maitred.core.routing.model import Session
-from maitred.core.tls import PLAINTEXT_REASONS, watched_sslobject
+from maitred.core.tls import PLAINTEXT_REASONS, name_tls_rejections, watched_sslobject
 from maitred.core.transport import BrokerPort, ReloadPlan
 from maitred.transports.ws.auth import redacting_logger
 from maitred.transports.ws.conn import CLOSE_GOING_AWAY, Conn, peer_of
@@ -358,13 +358,11 @@ class WsTransport:
 
     def _watch_tls(self, listener: str) -> None:
         """Name the rejections of ``listener``'s failed TLS handshakes."""
-        where = f"on the TLS listener {listener}"
-        kinds, hints = self.rejections.kinds, self.rejections.hints
-        kinds[f"tls_plaintext:{listener}"] = f"plain-text (not TLS) connections {where}"
-        hints[f"tls_plaintext:{listener}"] = "a ws:// client on a wss:// port?"
-        kinds[f"tls_failed:{listener}"] = f"failed TLS handshakes {where}"
-        hints[f"tls_failed:{listener}"] = (
-            "not TLS, or no TLS version or cipher in common? (each reason is logged at DEBUG)"
+        name_tls_rejections(
+            self.rejections,
+            listener,
+            "a ws:// client on a wss:// port?",
+            "not TLS, or no TLS version or cipher in common? (each reason is logged at DEBUG)",
         )
 
     async def start(self) -> None:
