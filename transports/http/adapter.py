@@ -402,6 +402,26 @@ class HttpTransport(ListingRoutes, TopicRoutes, Secured):
     async def _v1_not_found(self, request: web.Request) -> web.Response:
         return _error(ErrorCode.NOT_FOUND, f"no such resource: {request.method} {request.path}")
 
+    def _submit(
+        self,
+        request: web.Request,
+        name: str,
+        frames: list[bytes],
+        call: _Call,
+        timeout: float | None,
+    ) -> Request | None:
+        """Submit a REST call as the request's identity, its trace context passed on."""
+        self.stats["http.calls"] += 1
+        return self.broker.submit(
+            self._session_of(request),
+            name,
+            frames,
+            call,
+            self.port.clock(),
+            timeout=timeout,
+            headers=trace_in(request.headers),
+        )
+
     async def _call(self, request: web.Request) -> web.StreamResponse:
         name = request.match_info["name"]
         if not self._accepting:
@@ -430,16 +450,7 @@ class HttpTransport(ListingRoutes, TopicRoutes, Secured):
             return await self._call_stream(request, name, frames, timeout)
         call = _Call(loop.create_future(), None)
         assert call.fut is not None
-        self.stats["http.calls"] += 1
-        submitted = self.broker.submit(
-            self._session_of(request),
-            name,
-            frames,
-            call,
-            self.port.clock(),
-            timeout=timeout,
-            headers=trace_in(request.headers),
-        )
+        submitted = self._submit(request, name, frames, call, timeout)
         journal = self.port.journal
         if (
             submitted is not None
@@ -510,16 +521,7 @@ class HttpTransport(ListingRoutes, TopicRoutes, Secured):
         stream = _Stream(self.broker, self.config.sse_buffer_bytes)
         queue = stream.items
         call = _Call(None, stream)
-        self.stats["http.calls"] += 1
-        submitted = self.broker.submit(
-            self._session_of(request),
-            name,
-            frames,
-            call,
-            self.port.clock(),
-            timeout=timeout,
-            headers=trace_in(request.headers),
-        )
+        submitted = self._submit(request, name, frames, call, timeout)
         if submitted is None and not queue.empty():
             # refused at once: a plain error response (the status says what went wrong)
             kind, value, size = queue.get_nowait()
