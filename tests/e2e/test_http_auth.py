@@ -736,6 +736,12 @@ def test_dashboard_logs_in_to_the_websocket_transport_with_its_token(
     )
     r = start(running, toml)
     chromium.open(f"{r.endpoint}/admin/?refresh=0.25", width=1000, height=700)
+    # the page is loaded and asks for the token (its form handler is in place)
+    chromium.wait_js(
+        "/needs an HTTP token/.test(document.getElementById('status').textContent)",
+        timeout=10,
+        what="the token prompt",
+    )
     chromium.evaluate(
         "(() => { const f = document.getElementById('settings');"
         f" f.elements.token.value = {json.dumps(OPS_TOKEN)}; f.requestSubmit(); }})()"
