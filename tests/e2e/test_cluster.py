@@ -9,7 +9,7 @@ import json
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import zmq
@@ -19,7 +19,7 @@ from maitred.plugins import nats_testing
 from maitred.plugins.nats_testing import NatsStarter
 from maitred.plugins.testing import ServeStarter
 from maitred.transports.ws.client import JsonClient, payload_of
-from tests.e2e import cluster_helpers
+from tests.e2e import cluster_helpers, matrix_peers
 from tests.e2e.cluster_helpers import (
     http,
     mdp,
@@ -323,3 +323,56 @@ endpoints = ["tcp://127.0.0.1:0"]
 nats = ["{url}"]
 node = "{node}"
 """
+
+
+#: a trusted WebSocket key with the name the matrix's workers present
+MATRIX_KEY = (
+    f'[[transports.ws.keys]]\nkey = "{matrix_peers.WS_KEY}"\ntrusted = true\n'
+    'identity = "ws"\nroles = ["trusted"]\n'
+    '[[transports.ws.keys]]\nkey = "xyzzy"\ntrusted = true\nidentity = "service"\n'
+    'roles = ["trusted"]\n'
+)
+
+
+@pytest.mark.parametrize(
+    ("kind", "body"),
+    [
+        ("json", BINARY),  # maitred.json: any bytes (base64 on the wire)
+        ("middleman", "text\nwith . lines\n.and a dot\u00e9".encode()),  # middleman: text
+        ("switch", 'text \u00e9 "quoted" {json}'.encode()),  # message-switch: text
+    ],
+)
+def test_rest_and_mdp_callers_on_a_reach_a_ws_or_switch_worker_only_on_c(
+    nats_server: NatsStarter,
+    maitred_serve: ServeStarter,
+    tmp_path: Path,
+    ctx: Ctx,
+    kind: str,
+    body: bytes,
+) -> None:
+    url = nats_server().url
+    a = start_node(maitred_serve, tmp_path, url, "a", extra=MATRIX_KEY)
+    c = start_node(maitred_serve, tmp_path, url, "c", extra=MATRIX_KEY)
+    service = f"echo.{kind}"
+    worker = matrix_peers.make_worker(kind, cast(Any, c), service, ctx)
+    try:
+        wait_service(ctx, a, service)
+        workers = json.loads(mmi(ctx, a, "mmi.workers", service.encode()))
+        assert [w["address"] for w in workers] == ["node c"]  # only C has it
+        assert post(http(a), service, body) == (200, body)
+        client = RawClient(ctx, mdp(a), "rfc")
+        try:
+            assert client.call(service.encode(), body, timeout=10.0) == [body]
+            if kind == "json":  # partial replies cross in order
+                marked = matrix_peers.PARTIAL_MARK + body
+                client.send(service.encode(), marked)
+                assert [client.recv(10.0) for _ in range(3)] == [
+                    (False, [b"p1"]),
+                    (False, [b"p2"]),
+                    (True, [marked]),
+                ]
+        finally:
+            client.close()
+        assert worker.failure is None
+    finally:
+        worker.stop()
