@@ -96,6 +96,7 @@ class Router(RequestsMixin, ExpiryMixin, WorkersMixin, TopicsMixin, GrantsMixin,
         self._restricted = 0
         self._access_open = is_open(self.access)
         self._on_event = on_event
+        self.node_name = ""
         self._mmi = mmi
         self._mmi_extra = {}
         self._pattern_watchers = []

@@ -78,6 +78,8 @@ class RouterState:
     _restricted: int
     _access_open: bool
     _on_event: EventHook | None
+    #: this broker's node name in a cluster (``""``: none), added to its ``$sys`` events
+    node_name: str
     _mmi: MmiHandler | None
     #: ``mmi.NAME`` services a plugin answers (see ``Router.add_mmi``)
     _mmi_extra: dict[str, Callable[[Body], bytes]]

@@ -223,6 +223,17 @@ def test_pubsub_crosses_three_nodes_once_per_session_without_echo(
             break
         else:
             raise AssertionError("$sys.worker.ready never crossed")
+        # and a's own events say a (not only those that crossed)
+        worker = RawWorker(ctx, mdp(nodes[0]), "rfc", b"on.a")
+        worker.ready()
+        try:
+            while True:
+                payload = payload_of(await sa.next_event(timeout=5))
+                if payload["service"] == "on.a":
+                    assert payload["node"] == "a"
+                    break
+        finally:
+            worker.close()
         for s in (sa, sb, sc):
             await s.close()
 

@@ -130,6 +130,7 @@ class ClusterFabric(TopicsMixin):
     async def start(self) -> None:
         import nats  # the optional extra: imported only when a cluster is configured
 
+        self.port.set_node_name(self.node)  # this node's own $sys events say it, joined or not
         try:
             nc = await self._connect(nats)
         except Exception as exc:
