@@ -27,6 +27,7 @@ from tests.e2e.cluster_helpers import (
     post,
     run,
     start_node,
+    stats,
     wait_service,
     ws,
 )
@@ -387,3 +388,49 @@ def test_rest_and_mdp_callers_on_a_reach_a_ws_or_switch_worker_only_on_c(
         assert worker.failure is None
     finally:
         worker.stop()
+
+
+def test_a_callers_cancel_reaches_the_serving_node(
+    nats_server: NatsStarter, maitred_serve: ServeStarter, tmp_path: Path, ctx: Ctx
+) -> None:
+    import socket
+    from urllib.parse import urlsplit
+
+    url = nats_server().url
+    a = start_node(maitred_serve, tmp_path, url, "a")
+    c = start_node(maitred_serve, tmp_path, url, "c")
+    worker = RawWorker(ctx, mdp(c), "rfc", b"slow")
+    worker.ready()
+    wait_service(ctx, a, "slow")
+    client = RawClient(ctx, mdp(a), "rfc")
+    client.send(b"slow", b"first")
+    addr, body = worker.request()  # the worker is busy with it
+    assert body == [b"first"]
+    # a REST caller on A whose request crosses to C and waits there behind "first"
+    where = urlsplit(http(a))
+    sock = socket.create_connection((where.hostname, where.port), timeout=5)
+    sock.sendall(
+        b"POST /v1/services/slow HTTP/1.1\r\nHost: a\r\n"
+        b"Content-Type: application/octet-stream\r\nContent-Length: 6\r\n\r\nsecond"
+    )
+    wait_until_stat(ctx, c, "cluster.served", 2)
+    sock.close()  # the caller goes away: A cancels it, and tells C
+    wait_until_stat(ctx, c, "cluster.cancelled", 1)
+    assert stats(ctx, a).get("cluster.cancels_sent") == 1
+    worker.final(addr, b"one")
+    assert client.recv(5.0) == (True, [b"one"])
+    # the cancelled request never reaches the worker: the next one it gets is the next call
+    client.send(b"slow", b"third")
+    addr, body = worker.request()
+    assert body == [b"third"]
+    worker.final(addr, b"three")
+    assert client.recv(5.0) == (True, [b"three"])
+    client.close()
+    worker.close()
+
+
+def wait_until_stat(ctx: Ctx, node: Any, name: str, value: int, timeout: float = 5.0) -> None:
+    start = time.monotonic()
+    while stats(ctx, node).get(name, 0) < value:
+        assert time.monotonic() - start < timeout, f"{name} never reached {value}"
+        time.sleep(0.02)
