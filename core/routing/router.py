@@ -100,6 +100,7 @@ class Router(RequestsMixin, ExpiryMixin, WorkersMixin, TopicsMixin, GrantsMixin,
         self._mmi = mmi
         self._mmi_extra = {}
         self._pattern_watchers = []
+        self._cancel_watchers = []
         self._pattern_refs = Counter()
         #: most patterns one session may subscribe to (a flood of SUBs must not grow the
         #: broker without bound)

@@ -84,6 +84,8 @@ class RouterState:
     #: ``mmi.NAME`` services a plugin answers (see ``Router.add_mmi``)
     _mmi_extra: dict[str, Callable[[Body], bytes]]
     _pattern_watchers: list[PatternWatcher]
+    #: told when a caller cancels a request a worker holds (``Router.watch_cancels``)
+    _cancel_watchers: list[Callable[[Request, float], None]]
     #: subscribers per pattern, not counting ``local_only`` sessions (kept while watched)
     _pattern_refs: Counter[str]
     max_subscriptions: int

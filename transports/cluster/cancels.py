@@ -43,11 +43,9 @@ class CancelsMixin:
             headers: dict[str, str] | None = None,
         ) -> None: ...
 
-    def _traced(self, event: str, request: Request, detail: str, now: float) -> None:
-        """A step of a request on this node: when the caller gave up on a request a proxy
-        forwarded (client gone, ``cancel``), tell the serving node."""
-        if event != "cancelled":
-            return
+    def _cancelled(self, request: Request, now: float) -> None:
+        """A caller on this node gave up on a request a worker holds: when that worker is a
+        proxy (the request was forwarded), tell the serving node."""
         pending = self.peers.pending.get(request.id)
         if pending is None or pending[2].inflight.get(request.id) is not request:
             return

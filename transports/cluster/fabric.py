@@ -219,7 +219,7 @@ class ClusterFabric(TopicsMixin, CancelsMixin):
         await nc.subscribe(f"{p}.req.{self.node}", cb=self._on_request)
         await nc.subscribe(f"{p}.rep.{self.node}", cb=self._on_reply)
         await nc.subscribe(f"{p}.cancel.{self.node}", cb=self._on_cancel)
-        self._stops.append(self.port.trace(self._traced))
+        self._stops.append(self.port.watch_cancels(self._cancelled))
         self.port.subscribe(self.session, ">", check=False)
         self._stops.append(self.port.watch_patterns(self._pattern_changed))
         self._stops.append(self.port.add_mmi("mmi.nodes", self._mmi_nodes))
