@@ -48,6 +48,8 @@ class CorePort:
     set_credit: Callable[[Worker, int, float], None]
     watch_patterns: Callable[[Callable[[str, bool], None]], Callable[[], None]]
     add_mmi: Callable[[str, Callable[[Body], bytes]], Callable[[], None]]
+    set_node_name: Callable[[str], None]
+    watch_cancels: Callable[[Callable[[Request, float], None]], Callable[[], None]]
     unregister_worker: Callable[..., None]
     touch: Callable[[Worker, float], None]
     subscribe: Callable[..., bool]
@@ -97,6 +99,8 @@ class CorePort:
         self.set_credit = router.set_credit
         self.watch_patterns = router.watch_patterns
         self.add_mmi = router.add_mmi
+        self.set_node_name = router.set_node_name
+        self.watch_cancels = router.watch_cancels
         self.unregister_worker = router.remove_worker
         self.touch = router.touch
         self.subscribe = router.subscribe

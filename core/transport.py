@@ -342,6 +342,16 @@ class BrokerPort(Protocol):
         frame of the reply (e.g. the cluster's ``mmi.nodes``). The result removes it."""
         ...
 
+    def watch_cancels(self, watcher: Callable[[Request, float], None]) -> Callable[[], None]:
+        """``watcher(request, now)`` when a caller cancels a request a worker holds (a cluster
+        fabric tells the node serving it). The result stops it."""
+        ...
+
+    def set_node_name(self, name: str) -> None:
+        """This broker is the node ``name`` of a cluster (the cluster fabric says so at start):
+        every ``$sys`` event payload it publishes then carries ``"node": name``."""
+        ...
+
     def trace(self, tracer: Tracer) -> Callable[[], None]:
         """Call ``tracer(event, request, detail, now)`` for every step of every request; the
         result stops it (calling it twice is harmless)."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from logging import DEBUG
 from typing import Any, Literal
 
@@ -532,12 +532,25 @@ class RequestsMixin(RouterState):
                 self._maybe_forget(service)
         elif request.state is _DISPATCHED:
             request.state = _CANCELLED
+            for watcher in list(self._cancel_watchers):
+                watcher(request, now)
         else:
             self._disarm(request)
             return
         self._disarm(request)
         if self.tracers:
             self._trace("cancelled", request, "", now)
+
+    def watch_cancels(self, watcher: Callable[[Request, float], None]) -> Callable[[], None]:
+        """Call ``watcher(request, now)`` when a caller cancels a request a worker holds (a
+        cluster's proxy tells the serving node). The result stops it (twice is harmless)."""
+        self._cancel_watchers.append(watcher)
+
+        def stop() -> None:
+            if watcher in self._cancel_watchers:
+                self._cancel_watchers.remove(watcher)
+
+        return stop
 
     def _fail(self, request: Request, error: MaitredError) -> None:
         request.state = _DONE

@@ -96,9 +96,11 @@ class Router(RequestsMixin, ExpiryMixin, WorkersMixin, TopicsMixin, GrantsMixin,
         self._restricted = 0
         self._access_open = is_open(self.access)
         self._on_event = on_event
+        self.node_name = ""
         self._mmi = mmi
         self._mmi_extra = {}
         self._pattern_watchers = []
+        self._cancel_watchers = []
         self._pattern_refs = Counter()
         #: most patterns one session may subscribe to (a flood of SUBs must not grow the
         #: broker without bound)

@@ -78,10 +78,14 @@ class RouterState:
     _restricted: int
     _access_open: bool
     _on_event: EventHook | None
+    #: this broker's node name in a cluster (``""``: none), added to its ``$sys`` events
+    node_name: str
     _mmi: MmiHandler | None
     #: ``mmi.NAME`` services a plugin answers (see ``Router.add_mmi``)
     _mmi_extra: dict[str, Callable[[Body], bytes]]
     _pattern_watchers: list[PatternWatcher]
+    #: told when a caller cancels a request a worker holds (``Router.watch_cancels``)
+    _cancel_watchers: list[Callable[[Request, float], None]]
     #: subscribers per pattern, not counting ``local_only`` sessions (kept while watched)
     _pattern_refs: Counter[str]
     max_subscriptions: int

@@ -173,7 +173,14 @@ class TopicsMixin(RouterState):
         self.stats["delivered"] += reached
         return reached
 
+    def set_node_name(self, name: str) -> None:
+        """This broker is the node ``name`` of a cluster: every ``$sys`` event it emits says so
+        in its payload (``"node"``); ``""`` (the default, no cluster) leaves them as they are."""
+        self.node_name = name
+
     def _emit(self, topic: str, payload: dict[str, Any]) -> None:
+        if self.node_name and "node" not in payload:
+            payload = {**payload, "node": self.node_name}
         if self._on_event is not None:
             try:
                 self._on_event(topic, payload)

@@ -178,3 +178,27 @@ def test_a_failing_mmi_handler_answers_500(h: Harness) -> None:
 def test_add_mmi_refuses_a_name_outside_mmi(h: Harness) -> None:
     with pytest.raises(ValueError):
         h.router.add_mmi("nodes", lambda body: b"")
+
+
+def test_cancel_watchers_hear_of_cancels_of_requests_a_worker_holds(h: Harness) -> None:
+    seen: list[tuple[int, float]] = []
+    stop = h.router.watch_cancels(lambda request, now: seen.append((request.id, now)))
+    w = h.worker("svc", credit=1)
+    caller = h.session("caller")
+    held = h.router.submit(caller, "svc", (b"1",), 1, h.now)
+    queued = h.router.submit(caller, "svc", (b"2",), 2, h.now)
+    assert held is not None and queued is not None
+    assert w.inflight.get(held.id) is held and queued.id not in w.inflight
+    h.router.cancel(queued, h.now)  # still waiting: nobody holds it, nothing to tell
+    assert seen == []
+    h.router.cancel(held, h.now)
+    assert seen == [(held.id, h.now)]
+    h.router.cancel(held, h.now)  # twice: told once
+    stop()
+    stop()
+    again = h.router.submit(caller, "svc", (b"3",), 3, h.now)
+    assert again is not None
+    h.router.reply(w, held.id, (b"late",), h.now, final=True)  # frees the worker for it
+    assert w.inflight.get(again.id) is again
+    h.router.cancel(again, h.now)
+    assert seen == [(held.id, h.now)]

@@ -325,3 +325,35 @@ def test_action_values() -> None:
         "manage",
         "observe",
     ]
+
+
+def test_a_node_of_a_cluster_names_itself_in_every_system_event(h: Harness) -> None:
+    from maitred.core.port import CorePort
+
+    sub = h.session("sub")
+    h.router.subscribe(sub, "$sys.>")
+    h.worker("plain")  # no cluster: payloads as they always were
+    assert h.events and all("node" not in payload for _, payload in h.events)
+    assert sink_of(sub).event_payloads("$sys.worker.ready") == [
+        payload for topic, payload in h.events if topic == "$sys.worker.ready"
+    ]
+    CorePort(h.router, h.clock, Liveness()).set_node_name("a")  # what the fabric does at start
+    before, delivered = len(h.events), len(sink_of(sub).events)
+    w = h.worker("svc")
+    h.router.remove_worker(w, h.now)
+    h.router.close_session(h.session("late"), h.now)
+    emitted = h.events[before:]
+    assert {t for t, _ in emitted} >= {
+        "$sys.service.online",
+        "$sys.worker.ready",
+        "$sys.worker.gone",
+        "$sys.service.offline",
+        "$sys.session.join",
+        "$sys.session.leave",
+    }
+    assert all(payload["node"] == "a" for _, payload in emitted)
+    got = [json.loads(body[0]) for _, body, _ in sink_of(sub).events[delivered:]]
+    assert got and all(payload["node"] == "a" for payload in got)
+    ready = sink_of(sub).event_payloads("$sys.worker.ready")
+    assert ready[-1]["service"] == "svc"  # the rest of the payload is untouched
+    assert ready[-1].keys() == ready[0].keys() | {"node"}

@@ -9,7 +9,7 @@ import json
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import zmq
@@ -19,7 +19,7 @@ from maitred.plugins import nats_testing
 from maitred.plugins.nats_testing import NatsStarter
 from maitred.plugins.testing import ServeStarter
 from maitred.transports.ws.client import JsonClient, payload_of
-from tests.e2e import cluster_helpers
+from tests.e2e import cluster_helpers, matrix_peers
 from tests.e2e.cluster_helpers import (
     http,
     mdp,
@@ -27,6 +27,7 @@ from tests.e2e.cluster_helpers import (
     post,
     run,
     start_node,
+    stats,
     wait_service,
     ws,
 )
@@ -223,6 +224,17 @@ def test_pubsub_crosses_three_nodes_once_per_session_without_echo(
             break
         else:
             raise AssertionError("$sys.worker.ready never crossed")
+        # and a's own events say a (not only those that crossed)
+        worker = RawWorker(ctx, mdp(nodes[0]), "rfc", b"on.a")
+        worker.ready()
+        try:
+            while True:
+                payload = payload_of(await sa.next_event(timeout=5))
+                if payload["service"] == "on.a":
+                    assert payload["node"] == "a"
+                    break
+        finally:
+            worker.close()
         for s in (sa, sb, sc):
             await s.close()
 
@@ -323,3 +335,102 @@ endpoints = ["tcp://127.0.0.1:0"]
 nats = ["{url}"]
 node = "{node}"
 """
+
+
+#: a trusted WebSocket key with the name the matrix's workers present
+MATRIX_KEY = (
+    f'[[transports.ws.keys]]\nkey = "{matrix_peers.WS_KEY}"\ntrusted = true\n'
+    'identity = "ws"\nroles = ["trusted"]\n'
+    '[[transports.ws.keys]]\nkey = "xyzzy"\ntrusted = true\nidentity = "service"\n'
+    'roles = ["trusted"]\n'
+)
+
+
+@pytest.mark.parametrize(
+    ("kind", "body"),
+    [
+        ("json", BINARY),  # maitred.json: any bytes (base64 on the wire)
+        ("middleman", "text\nwith . lines\n.and a dot\u00e9".encode()),  # middleman: text
+        ("switch", 'text \u00e9 "quoted" {json}'.encode()),  # message-switch: text
+    ],
+)
+def test_rest_and_mdp_callers_on_a_reach_a_ws_or_switch_worker_only_on_c(
+    nats_server: NatsStarter,
+    maitred_serve: ServeStarter,
+    tmp_path: Path,
+    ctx: Ctx,
+    kind: str,
+    body: bytes,
+) -> None:
+    url = nats_server().url
+    a = start_node(maitred_serve, tmp_path, url, "a", extra=MATRIX_KEY)
+    c = start_node(maitred_serve, tmp_path, url, "c", extra=MATRIX_KEY)
+    service = f"echo.{kind}"
+    worker = matrix_peers.make_worker(kind, cast(Any, c), service, ctx)
+    try:
+        wait_service(ctx, a, service)
+        workers = json.loads(mmi(ctx, a, "mmi.workers", service.encode()))
+        assert [w["address"] for w in workers] == ["node c"]  # only C has it
+        assert post(http(a), service, body) == (200, body)
+        client = RawClient(ctx, mdp(a), "rfc")
+        try:
+            assert client.call(service.encode(), body, timeout=10.0) == [body]
+            if kind == "json":  # partial replies cross in order
+                marked = matrix_peers.PARTIAL_MARK + body
+                client.send(service.encode(), marked)
+                assert [client.recv(10.0) for _ in range(3)] == [
+                    (False, [b"p1"]),
+                    (False, [b"p2"]),
+                    (True, [marked]),
+                ]
+        finally:
+            client.close()
+        assert worker.failure is None
+    finally:
+        worker.stop()
+
+
+def test_a_callers_cancel_reaches_the_serving_node(
+    nats_server: NatsStarter, maitred_serve: ServeStarter, tmp_path: Path, ctx: Ctx
+) -> None:
+    import socket
+    from urllib.parse import urlsplit
+
+    url = nats_server().url
+    a = start_node(maitred_serve, tmp_path, url, "a")
+    c = start_node(maitred_serve, tmp_path, url, "c")
+    worker = RawWorker(ctx, mdp(c), "rfc", b"slow")
+    worker.ready()
+    wait_service(ctx, a, "slow")
+    client = RawClient(ctx, mdp(a), "rfc")
+    client.send(b"slow", b"first")
+    addr, body = worker.request()  # the worker is busy with it
+    assert body == [b"first"]
+    # a REST caller on A whose request crosses to C and waits there behind "first"
+    where = urlsplit(http(a))
+    sock = socket.create_connection((where.hostname, where.port), timeout=5)
+    sock.sendall(
+        b"POST /v1/services/slow HTTP/1.1\r\nHost: a\r\n"
+        b"Content-Type: application/octet-stream\r\nContent-Length: 6\r\n\r\nsecond"
+    )
+    wait_until_stat(ctx, c, "cluster.served", 2)
+    sock.close()  # the caller goes away: A cancels it, and tells C
+    wait_until_stat(ctx, c, "cluster.cancelled", 1)
+    assert stats(ctx, a).get("cluster.cancels_sent") == 1
+    worker.final(addr, b"one")
+    assert client.recv(5.0) == (True, [b"one"])
+    # the cancelled request never reaches the worker: the next one it gets is the next call
+    client.send(b"slow", b"third")
+    addr, body = worker.request()
+    assert body == [b"third"]
+    worker.final(addr, b"three")
+    assert client.recv(5.0) == (True, [b"three"])
+    client.close()
+    worker.close()
+
+
+def wait_until_stat(ctx: Ctx, node: Any, name: str, value: int, timeout: float = 5.0) -> None:
+    start = time.monotonic()
+    while stats(ctx, node).get(name, 0) < value:
+        assert time.monotonic() - start < timeout, f"{name} never reached {value}"
+        time.sleep(0.02)

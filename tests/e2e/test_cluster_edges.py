@@ -59,8 +59,17 @@ def test_garbage_on_the_cluster_subjects_is_dropped_and_counted(
         import nats
 
         nc = await nats.connect(url)
-        for subject in ("maitred.state.zz", "maitred.req.a", "maitred.rep.a", "maitred.pub.t"):
+        for subject in (
+            "maitred.state.zz",
+            "maitred.req.a",
+            "maitred.rep.a",
+            "maitred.pub.t",
+            "maitred.cancel.a",
+        ):
             await nc.publish(subject, b"\xc1 not msgpack")
+        # cancels from a node nobody knows and from an old epoch of c
+        await nc.publish("maitred.cancel.a", codec.encode(codec.Cancel(1, "ghost", 7)))
+        await nc.publish("maitred.cancel.a", codec.encode(codec.Cancel(1, "c", 1)))
         # well formed, from nodes nobody knows or an old epoch of c
         fwd = codec.Forward(1, b"echo", 1.0, "ghost", 7, [b"x"])
         await nc.publish("maitred.req.a", codec.encode(fwd))
@@ -71,9 +80,10 @@ def test_garbage_on_the_cluster_subjects_is_dropped_and_counted(
 
     asyncio.run(send())
     want = {
-        "cluster.dropped.malformed": 3,
-        "cluster.dropped.unknown_node": 1,
+        "cluster.dropped.malformed": 4,
+        "cluster.dropped.unknown_node": 2,
         "cluster.dropped.late_reply": 1,
+        "cluster.dropped.stale_epoch": 1,
     }
     deadline = time.monotonic() + 5
     while True:

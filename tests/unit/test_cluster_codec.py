@@ -72,6 +72,7 @@ def test_service_names_travel_as_bytes() -> None:
         (codec.Forward(9, b"\xffs", 1.5, "b", 5, [b"", b"\x00"], {"K": "v"}), codec.decode_forward),
         (codec.Reply(9, int(codec.Kind.ERROR), "c", 6, [b"why"], 504), codec.decode_reply),
         (codec.Publication("a", 1, 2, "t.x", [b"p"], None), codec.decode_publication),
+        (codec.Cancel(9, "a", 2**63 - 1), codec.decode_cancel),
     ],
 )
 def test_round_trip(message: msgspec.Struct, decode: object) -> None:
@@ -89,6 +90,7 @@ def test_malformed_input_raises_decode_error(data: bytes) -> None:
         codec.decode_reply,
         codec.decode_publication,
         codec.decode_hello,
+        codec.decode_cancel,
     ):
         with pytest.raises(codec.DecodeError):
             decode(data)

@@ -7,6 +7,7 @@ Subjects, under ``PREFIX`` (``[cluster] subject_prefix``)::
     PREFIX.hello.NODE     answered by the node called NODE: "this name is taken"
     PREFIX.req.NODE       requests forwarded to NODE
     PREFIX.rep.NODE       replies (partial, final, error) to requests NODE forwarded
+    PREFIX.cancel.NODE    the callers of requests forwarded to NODE gave up on them
     PREFIX.pub.TOPIC      publications, TOPIC encoded segment by segment (:func:`topic_subject`)
 
 Every message body is a msgpack array (msgspec ``array_like`` Structs): service names travel as
@@ -129,6 +130,15 @@ class Reply(msgspec.Struct, array_like=True, frozen=True):
     headers: dict[str, str] | None = None
 
 
+class Cancel(msgspec.Struct, array_like=True, frozen=True):
+    """``PREFIX.cancel.NODE``: the caller of the forwarded request ``token`` gave up on it
+    (sent by the caller's node ``node``, ``epoch``)."""
+
+    token: int
+    node: str
+    epoch: int
+
+
 class Publication(msgspec.Struct, array_like=True, frozen=True):
     """A publication crossing nodes (``PREFIX.pub.TOPIC``); ``seq`` counts the node's
     publications, so a node subscribed with two patterns that both match takes it once."""
@@ -148,6 +158,7 @@ decode_announcement = msgspec.msgpack.Decoder(Announcement).decode
 decode_hello = msgspec.msgpack.Decoder(Hello).decode
 decode_forward = msgspec.msgpack.Decoder(Forward).decode
 decode_reply = msgspec.msgpack.Decoder(Reply).decode
+decode_cancel = msgspec.msgpack.Decoder(Cancel).decode
 decode_publication = msgspec.msgpack.Decoder(Publication).decode
 
 #: what a malformed message raises (the fabric drops and counts it)

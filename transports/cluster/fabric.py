@@ -28,9 +28,18 @@ import msgspec
 
 from maitred.core.access import Identity
 from maitred.core.errors import ErrorCode, MaitredError
-from maitred.core.routing.model import BaseSink, Body, Headers, ReplyKind, Request, Worker
+from maitred.core.routing.model import (
+    BaseSink,
+    Body,
+    Headers,
+    ReplyKind,
+    Request,
+    RequestState,
+    Worker,
+)
 from maitred.core.transport import BrokerPort
 from maitred.transports.cluster import codec
+from maitred.transports.cluster.cancels import CancelsMixin
 from maitred.transports.cluster.codec import Forward, Kind, Reply
 from maitred.transports.cluster.config import ClusterConfig, connect_options
 from maitred.transports.cluster.peers import Peers, ProxySink
@@ -76,7 +85,7 @@ class _InSink(BaseSink):
         self.fabric._local_publication(topic, body, headers)
 
 
-class ClusterFabric(TopicsMixin):
+class ClusterFabric(TopicsMixin, CancelsMixin):
     """The ``cluster`` transport (see the module docstring)."""
 
     name = "cluster"
@@ -122,6 +131,8 @@ class ClusterFabric(TopicsMixin):
         self._announce_soon: asyncio.TimerHandle | None = None
         self._closing = False
         self._beats = 0
+        #: (caller's node, token) -> the request it forwarded here, until it is answered
+        self._served: dict[tuple[str, int], Request] = {}
         #: the services this node's last announcement named
         self._local_names: set[str] = set()
 
@@ -130,6 +141,7 @@ class ClusterFabric(TopicsMixin):
     async def start(self) -> None:
         import nats  # the optional extra: imported only when a cluster is configured
 
+        self.port.set_node_name(self.node)  # this node's own $sys events say it, joined or not
         try:
             nc = await self._connect(nats)
         except Exception as exc:
@@ -206,6 +218,8 @@ class ClusterFabric(TopicsMixin):
         await nc.subscribe(f"{p}.state.*", cb=self._on_state)
         await nc.subscribe(f"{p}.req.{self.node}", cb=self._on_request)
         await nc.subscribe(f"{p}.rep.{self.node}", cb=self._on_reply)
+        await nc.subscribe(f"{p}.cancel.{self.node}", cb=self._on_cancel)
+        self._stops.append(self.port.watch_cancels(self._cancelled))
         self.port.subscribe(self.session, ">", check=False)
         self._stops.append(self.port.watch_patterns(self._pattern_changed))
         self._stops.append(self.port.add_mmi("mmi.nodes", self._mmi_nodes))
@@ -513,7 +527,7 @@ class ClusterFabric(TopicsMixin):
             )
             return
         try:
-            self.port.submit(
+            request = self.port.submit(
                 self.session,
                 name,
                 f.body,
@@ -524,6 +538,9 @@ class ClusterFabric(TopicsMixin):
             )
         except MaitredError as exc:
             self._reply(caller, Kind.ERROR, (exc.reason.encode(),), int(exc.code))
+            return
+        if request is not None and request.state in (RequestState.QUEUED, RequestState.DISPATCHED):
+            self._served[(caller.node, caller.token)] = request
 
     def _has_local_worker(self, name: str) -> bool:
         """Whether this node announced a local worker of ``name`` (its last announcement:
@@ -533,6 +550,8 @@ class ClusterFabric(TopicsMixin):
     def _send_reply(self, request: Request, kind: Kind, body: Body, code: int = 0) -> None:
         caller = request.correlation
         if isinstance(caller, _Caller):
+            if kind != Kind.PARTIAL:
+                self._served.pop((caller.node, caller.token), None)
             headers = request.reply_headers if kind != Kind.ERROR else None
             self._reply(caller, kind, body, code, dict(headers) if headers else None)
 

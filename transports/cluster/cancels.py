@@ -1,0 +1,81 @@
+"""Cancels across nodes (part of :class:`~maitred.transports.cluster.fabric.ClusterFabric`):
+when a caller gives up on a request a proxy forwarded (client gone, ``cancel``), its node tells
+the serving node on ``PREFIX.cancel.NODE``, which cancels the request there (a queued one never
+reaches a worker) and answers 531 so the caller's proxy frees its credit."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import TYPE_CHECKING, Any
+
+from maitred.core.errors import ErrorCode
+from maitred.core.routing.model import Body, Request
+from maitred.core.transport import BrokerPort
+from maitred.transports.cluster import codec
+from maitred.transports.cluster.codec import Cancel, Kind
+from maitred.transports.cluster.peers import Peers
+
+if TYPE_CHECKING:
+    from nats.aio.msg import Msg
+
+
+class CancelsMixin:
+    """The cancel half of the fabric (its state is set up by the fabric)."""
+
+    port: BrokerPort
+    prefix: str
+    node: str
+    epoch: int
+    stats: Counter[str]
+    peers: Peers
+    _served: dict[tuple[str, int], Request]
+
+    if TYPE_CHECKING:  # the fabric's own
+
+        def _send(self, subject: str, payload: bytes) -> None: ...
+
+        def _reply(
+            self,
+            caller: Any,
+            kind: Kind,
+            body: Body,
+            code: int = 0,
+            headers: dict[str, str] | None = None,
+        ) -> None: ...
+
+    def _cancelled(self, request: Request, now: float) -> None:
+        """A caller on this node gave up on a request a worker holds: when that worker is a
+        proxy (the request was forwarded), tell the serving node."""
+        pending = self.peers.pending.get(request.id)
+        if pending is None or pending[2].inflight.get(request.id) is not request:
+            return
+        node = pending[0]
+        self.stats["cluster.cancels_sent"] += 1
+        self._send(
+            f"{self.prefix}.cancel.{node}", codec.encode(Cancel(request.id, self.node, self.epoch))
+        )
+
+    async def _on_cancel(self, msg: Msg) -> None:
+        try:
+            c = codec.decode_cancel(msg.data)
+        except codec.DecodeError:
+            self.stats["cluster.dropped.malformed"] += 1
+            return
+        peer = self.peers.peers.get(c.node)
+        if peer is None or peer.epoch != c.epoch:
+            self.stats[
+                "cluster.dropped.stale_epoch" if peer else "cluster.dropped.unknown_node"
+            ] += 1
+            return
+        request = self._served.pop((c.node, c.token), None)
+        if request is None:  # answered already: its reply is on the way
+            return
+        self.stats["cluster.cancelled"] += 1
+        self.port.cancel(request, self.port.clock())
+        # the caller's proxy holds the request until it hears of it: this frees it there
+        self._reply(
+            request.correlation,
+            Kind.ERROR,
+            (b"cancelled by the caller",),
+            int(ErrorCode.CANCELLED),
+        )
