@@ -15,7 +15,7 @@ import pytest
 import zmq
 
 from maitred.plugins.testing import ServeProcess, ServeStarter
-from tests.e2e.helpers import RawClient
+from tests.e2e.helpers import RawClient, RawWorker
 
 T = TypeVar("T")
 
@@ -131,3 +131,16 @@ def run(coro: Awaitable[T], timeout: float = 20.0) -> T:
         return await asyncio.wait_for(coro, timeout)
 
     return asyncio.run(bounded())
+
+
+def worker_on_c(
+    nats_url: str, serve: ServeStarter, tmp_path: Path, ctx: zmq.Context[Any], service: str
+) -> tuple[ServeProcess, ServeProcess, RawWorker]:
+    """Nodes ``a`` and ``c`` on the NATS at ``nats_url``, a raw MDP worker of ``service`` on
+    ``c`` only, returned once ``a`` sees the service."""
+    a = start_node(serve, tmp_path, nats_url, "a")
+    c = start_node(serve, tmp_path, nats_url, "c")
+    worker = RawWorker(ctx, mdp(c), "rfc", service.encode())
+    worker.ready()
+    wait_service(ctx, a, service)
+    return a, c, worker

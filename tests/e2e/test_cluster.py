@@ -29,6 +29,7 @@ from tests.e2e.cluster_helpers import (
     start_node,
     stats,
     wait_service,
+    worker_on_c,
     ws,
 )
 from tests.e2e.helpers import RawClient, RawWorker
@@ -46,12 +47,7 @@ BINARY = bytes(range(256)) * 3
 def test_callers_on_a_reach_a_worker_only_on_c(
     nats_server: NatsStarter, maitred_serve: ServeStarter, tmp_path: Path, ctx: Ctx
 ) -> None:
-    url = nats_server().url
-    a = start_node(maitred_serve, tmp_path, url, "a")
-    c = start_node(maitred_serve, tmp_path, url, "c")
-    worker = RawWorker(ctx, mdp(c), "rfc", b"echo")
-    worker.ready()
-    wait_service(ctx, a, "echo")
+    a, _c, worker = worker_on_c(nats_server().url, maitred_serve, tmp_path, ctx, "echo")
     # MDP client on A: partials in order, bytes intact
     client = RawClient(ctx, mdp(a), "rfc")
     client.send(b"echo", BINARY, b"")
@@ -101,12 +97,7 @@ def test_callers_on_a_reach_a_worker_only_on_c(
 def test_a_local_worker_is_preferred(
     nats_server: NatsStarter, maitred_serve: ServeStarter, tmp_path: Path, ctx: Ctx
 ) -> None:
-    url = nats_server().url
-    a = start_node(maitred_serve, tmp_path, url, "a")
-    c = start_node(maitred_serve, tmp_path, url, "c")
-    remote = RawWorker(ctx, mdp(c), "rfc", b"svc")
-    remote.ready()
-    wait_service(ctx, a, "svc")
+    a, _c, remote = worker_on_c(nats_server().url, maitred_serve, tmp_path, ctx, "svc")
     local = RawWorker(ctx, mdp(a), "rfc", b"svc")
     local.ready()
     deadline = time.monotonic() + 5
@@ -146,12 +137,7 @@ def test_mmi_service_follows_the_remote_worker(
 def test_a_forwarded_request_fails_with_504_at_its_deadline(
     nats_server: NatsStarter, maitred_serve: ServeStarter, tmp_path: Path, ctx: Ctx
 ) -> None:
-    url = nats_server().url
-    a = start_node(maitred_serve, tmp_path, url, "a")
-    c = start_node(maitred_serve, tmp_path, url, "c")
-    worker = RawWorker(ctx, mdp(c), "rfc", b"slow")
-    worker.ready()
-    wait_service(ctx, a, "slow")
+    a, _c, worker = worker_on_c(nats_server().url, maitred_serve, tmp_path, ctx, "slow")
 
     async def call() -> int:
         async with await JsonClient.connect(ws(a), "xyzzy") as jc:
@@ -396,12 +382,7 @@ def test_a_callers_cancel_reaches_the_serving_node(
     import socket
     from urllib.parse import urlsplit
 
-    url = nats_server().url
-    a = start_node(maitred_serve, tmp_path, url, "a")
-    c = start_node(maitred_serve, tmp_path, url, "c")
-    worker = RawWorker(ctx, mdp(c), "rfc", b"slow")
-    worker.ready()
-    wait_service(ctx, a, "slow")
+    a, c, worker = worker_on_c(nats_server().url, maitred_serve, tmp_path, ctx, "slow")
     client = RawClient(ctx, mdp(a), "rfc")
     client.send(b"slow", b"first")
     addr, body = worker.request()  # the worker is busy with it

@@ -19,7 +19,7 @@ from maitred.plugins.nats_testing import NatsServer, NatsStarter, free_port
 from maitred.plugins.testing import MAITRED_COMMAND, ServeStarter
 from maitred.transports.cluster import codec
 from tests.e2e import cluster_helpers
-from tests.e2e.cluster_helpers import NODE, mdp, start_node, stats, wait_service
+from tests.e2e.cluster_helpers import NODE, mdp, start_node, stats, wait_service, worker_on_c
 from tests.e2e.helpers import RawClient, RawWorker
 
 pytestmark = pytest.mark.slow
@@ -49,11 +49,7 @@ def test_garbage_on_the_cluster_subjects_is_dropped_and_counted(
     nats_server: NatsStarter, maitred_serve: ServeStarter, tmp_path: Path, ctx: Ctx
 ) -> None:
     url = nats_server().url
-    a = start_node(maitred_serve, tmp_path, url, "a")
-    c = start_node(maitred_serve, tmp_path, url, "c")
-    worker = RawWorker(ctx, mdp(c), "rfc", b"echo")
-    worker.ready()
-    wait_service(ctx, a, "echo")
+    a, _c, worker = worker_on_c(url, maitred_serve, tmp_path, ctx, "echo")
 
     async def send() -> None:
         import nats

@@ -18,7 +18,7 @@ from maitred.plugins.nats_testing import NatsStarter
 from maitred.plugins.testing import ServeStarter
 from tests.e2e import cluster_helpers
 from tests.e2e.chromium import DevTools, chromium_fixture  # noqa: F401 (the fixture)
-from tests.e2e.cluster_helpers import http, mdp, mmi, start_node, wait_service
+from tests.e2e.cluster_helpers import http, mdp, mmi, start_node, wait_service, worker_on_c
 from tests.e2e.helpers import RawWorker
 
 pytestmark = pytest.mark.slow
@@ -69,12 +69,7 @@ def test_mmi_listings_show_the_node_of_each_entry_and_the_cluster_scope(
 def test_metrics_show_the_node_and_its_peers(
     nats_server: NatsStarter, maitred_serve: ServeStarter, tmp_path: Path, ctx: Ctx
 ) -> None:
-    url = nats_server().url
-    a = start_node(maitred_serve, tmp_path, url, "a")
-    c = start_node(maitred_serve, tmp_path, url, "c")
-    worker = RawWorker(ctx, mdp(c), "rfc", b"only.c")
-    worker.ready()
-    wait_service(ctx, a, "only.c")
+    a, _c, worker = worker_on_c(nats_server().url, maitred_serve, tmp_path, ctx, "only.c")
     try:
         epoch = json.loads(mmi(ctx, a, "mmi.nodes"))[0]["epoch"]
         with urllib.request.urlopen(f"{http(a)}/metrics", timeout=5.0) as response:
