@@ -147,9 +147,11 @@ class _Cluster:
         ]
 
 
-def _cluster_of(router: Router) -> _Cluster | None:
-    """The cluster view, or None (no cluster fabric on this broker)."""
-    rows = router.cluster_nodes(detail=True)
+def _cluster_of(router: Router, detail: bool = True) -> _Cluster | None:
+    """The cluster view, or None (no cluster fabric on this broker). ``detail``: with what the
+    other nodes announced and their proxies (a listing that shows only this node's name, and
+    was not asked for the cluster scope, does without)."""
+    rows = router.cluster_nodes(detail=detail)
     return None if rows is None else _Cluster(rows)
 
 
@@ -227,7 +229,7 @@ class Management:
         names, total, start = self._names(router, page)
         services = router.services
         rows = [_service_row(services[n]) for n in names]
-        cluster = _cluster_of(router)
+        cluster = _cluster_of(router, detail=page is not None and page.cluster)
         if cluster is not None:
             for row in rows:
                 row["node"] = cluster.node
@@ -273,7 +275,7 @@ class Management:
             name: {"queued": services[name].queued, "inflight": services[name].inflight()}
             for name in names
         }
-        cluster = _cluster_of(router)
+        cluster = _cluster_of(router, detail=page is not None and page.cluster)
         if cluster is not None:
             for depth in depths.values():
                 depth["node"] = cluster.node
