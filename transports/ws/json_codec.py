@@ -97,14 +97,19 @@ class Request(_WithBody, tag="request", kw_only=True):
     consumer: str | UnsetType = UNSET
 
 
-class Partial(_WithBody, tag="partial", kw_only=True):
+class _Answer(_WithBody, kw_only=True):
+    """What a service sends back for a request (broker → client: with its ``responder``)."""
+
     id: Id
     responder: str | UnsetType = UNSET
 
 
-class Reply(_WithBody, tag="reply", kw_only=True):
-    id: Id
-    responder: str | UnsetType = UNSET
+class Partial(_Answer, tag="partial"):
+    """One reply of a stream: more follow, up to the ``reply``."""
+
+
+class Reply(_Answer, tag="reply"):
+    """The final reply: the request is done."""
 
 
 class Error(_Msg, tag="error", kw_only=True):
@@ -123,14 +128,20 @@ class Publish(_WithBody, tag="publish", kw_only=True):
     id: Id | UnsetType = UNSET
 
 
-class Subscribe(_Msg, tag="subscribe", kw_only=True):
+class _TopicCommand(_Msg, kw_only=True):
+    """Client → broker: start or stop receiving ``topic``; with an ``id``, the broker answers
+    ``ack`` (or ``error``)."""
+
     topic: str
     id: Id | UnsetType = UNSET
 
 
-class Unsubscribe(_Msg, tag="unsubscribe", kw_only=True):
-    topic: str
-    id: Id | UnsetType = UNSET
+class Subscribe(_TopicCommand, tag="subscribe"):
+    """Receive the publications on ``topic`` (a name or a pattern) as ``event`` messages."""
+
+
+class Unsubscribe(_TopicCommand, tag="unsubscribe"):
+    """Stop receiving ``topic`` (the name or pattern given to ``subscribe``)."""
 
 
 class Ack(_Msg, tag="ack", kw_only=True):
