@@ -77,6 +77,10 @@ class Conn(ABC):
         self._drop = transport.config.slow_consumer == "drop"
         self.closing = False
         self._close: tuple[int, str] | None = None
+        #: service name → this connection's worker for it (middleman EREQ, maitred.json hello)
+        self.workers: dict[str, Worker] = {}
+        #: request id (the router's; middleman's Rid) → this connection's worker serving it
+        self.inflight: dict[int, Worker] = {}
 
     # -- outbox -------------------------------------------------------------------------------
 
@@ -243,16 +247,15 @@ class Conn(ABC):
         return f"{where} ({who})" if where and who else where or who
 
     def release(self, reason: str) -> None:
-        """The connection ended: close the session, revoke the private grants."""
+        """The connection ended: close the session, revoke the private grants, forget the
+        workers and the requests they held."""
         self.closing = True
         self._wake.set()
         self.transport.unregister(self)
         if self.session is not None and not self.session.closed:
             self.broker.close_session(self.session, self.transport.port.clock(), reason)
-        self.on_released()
-
-    def on_released(self) -> None:  # noqa: B027 (an optional hook: most dialects need none)
-        """Dialect clean-up after the session closed."""
+        self.inflight.clear()
+        self.workers.clear()
 
     def subscribe_private(self) -> None:
         """Subscribe to ``MSG:<cid>``: the connection's own channel, which the transport owns,
@@ -279,8 +282,12 @@ class Conn(ABC):
     @abstractmethod
     def deliver_event(self, topic: str, body: Body, headers: Headers) -> None: ...
 
-    @abstractmethod
-    def worker_removed(self, worker: Worker, reason: str) -> None: ...
+    def worker_removed(self, worker: Worker, reason: str) -> None:
+        """The router dropped one of this connection's workers: forget it and its requests."""
+        if self.workers.get(worker.service.name) is worker:
+            del self.workers[worker.service.name]
+        for rid in [r for r, w in self.inflight.items() if w is worker]:
+            del self.inflight[rid]
 
     # -- the connection's life ----------------------------------------------------------------
 

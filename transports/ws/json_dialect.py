@@ -42,10 +42,6 @@ class JsonConn(Conn):
     def __init__(self, transport: WsTransport, ws: ServerConnection) -> None:
         super().__init__(transport, ws)
         self.name = ""
-        #: service name → this connection's worker for it
-        self.workers: dict[str, Worker] = {}
-        #: request id (the router's) → the worker of this connection serving it
-        self.inflight: dict[int, Worker] = {}
 
     # -- handshake ----------------------------------------------------------------------------
 
@@ -303,13 +299,3 @@ class JsonConn(Conn):
         for key, value in jc.body_fields(body).items():
             setattr(event, key, value)
         self.push(jc.encode(event), event=True)
-
-    def worker_removed(self, worker: Worker, reason: str) -> None:
-        if self.workers.get(worker.service.name) is worker:
-            del self.workers[worker.service.name]
-        for rid in [r for r, w in self.inflight.items() if w is worker]:
-            del self.inflight[rid]
-
-    def on_released(self) -> None:
-        self.inflight.clear()
-        self.workers.clear()

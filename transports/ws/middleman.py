@@ -88,10 +88,6 @@ class MmConn(Conn):
 
     def __init__(self, transport: WsTransport, ws: ServerConnection) -> None:
         super().__init__(transport, ws)
-        #: Rid → the worker (of this connection) that holds the request
-        self.inflight: dict[int, Worker] = {}
-        #: service name → this connection's worker for it (EREQ)
-        self.workers: dict[str, Worker] = {}
         self._commands: dict[str, Callable[[MmMessage], None]] = {
             "PUB": self._pub,
             "SUB": self._sub,
@@ -344,13 +340,3 @@ class MmConn(Conn):
             ("Uid", headers.get("Uid", "")),
         ]
         self.push(encode("PUB", topic, pairs, body_text(body)), event=True)
-
-    def worker_removed(self, worker: Worker, reason: str) -> None:
-        if self.workers.get(worker.service.name) is worker:
-            del self.workers[worker.service.name]
-        for rid in [r for r, w in self.inflight.items() if w is worker]:
-            del self.inflight[rid]
-
-    def on_released(self) -> None:
-        self.inflight.clear()
-        self.workers.clear()
