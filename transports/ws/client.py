@@ -20,7 +20,7 @@ import contextlib
 import itertools
 from collections.abc import Callable, Sequence
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
 import msgspec
 from websockets.asyncio.client import ClientConnection, connect
@@ -38,6 +38,38 @@ def _bearer(token: str | None) -> dict[str, str]:
     return {} if token is None else {"Authorization": f"Bearer {token}"}
 
 
+def _refused(exc: ConnectionClosed) -> MaitredError:
+    """The broker closed the connection during the handshake: it refused the key or token."""
+    reason = exc.rcvd.reason if exc.rcvd else "closed"
+    return MaitredError(f"refused: {reason}", ErrorCode.UNAUTHORIZED)
+
+
+async def _unexpected(ws: ClientConnection, first: object) -> MaitredError:
+    """The broker answered the handshake with something else: close, and say what it was."""
+    await ws.close()
+    return MaitredError(f"unexpected handshake: {first!r}", ErrorCode.BAD_REQUEST)
+
+
+class _Connection:
+    """What both clients share: the websocket, closed by :meth:`close` or ``async with``."""
+
+    def __init__(self, ws: ClientConnection, cid: str) -> None:
+        self.ws = ws
+        #: the connection id the broker gave this connection
+        self.cid = cid
+
+    async def close(self) -> None:
+        await self.ws.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+
 def payload_of(msg: jc.Request | jc.Reply | jc.Partial | jc.Event) -> Any:
     """The JSON value a message carries (``payload``), decoded; None when it has none."""
     if isinstance(msg.payload, msgspec.Raw):
@@ -45,12 +77,8 @@ def payload_of(msg: jc.Request | jc.Reply | jc.Partial | jc.Event) -> Any:
     return None
 
 
-class MmClient:
+class MmClient(_Connection):
     """A middleman connection: ``MM OK`` handshake, then messages as :class:`MmMessage`."""
-
-    def __init__(self, ws: ClientConnection, cid: str) -> None:
-        self.ws = ws
-        self.cid = cid
 
     @classmethod
     async def connect(
@@ -67,11 +95,9 @@ class MmClient:
             ok = await asyncio.wait_for(ws.recv(), timeout)
             cid = await asyncio.wait_for(ws.recv(), timeout)
         except ConnectionClosed as exc:
-            reason = exc.rcvd.reason if exc.rcvd else "closed"
-            raise MaitredError(f"refused: {reason}", ErrorCode.UNAUTHORIZED) from None
+            raise _refused(exc) from None
         if ok != "MM OK" or not isinstance(cid, str):
-            await ws.close()
-            raise MaitredError(f"unexpected handshake: {ok!r}", ErrorCode.BAD_REQUEST)
+            raise await _unexpected(ws, ok)
         return cls(ws, cid)
 
     async def send(
@@ -105,25 +131,13 @@ class MmClient:
             if msg.command == "PUB" and msg.target == "ERROR":
                 raise MaitredError(msg.body, ErrorCode.BAD_REQUEST)
 
-    async def close(self) -> None:
-        await self.ws.close()
 
-    async def __aenter__(self) -> MmClient:
-        return self
-
-    async def __aexit__(
-        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.close()
-
-
-class JsonClient:
+class JsonClient(_Connection):
     """A ``maitred.json`` connection (consumer, or service when ``methods`` is given)."""
 
     def __init__(self, ws: ClientConnection, welcome: jc.Welcome) -> None:
-        self.ws = ws
+        super().__init__(ws, welcome.id)
         self.welcome = welcome
-        self.cid = welcome.id
         self._ids = itertools.count(1)
         self._calls: dict[jc.Id, asyncio.Future[Any]] = {}
         self._partials: dict[jc.Id, Callable[[jc.Partial], None]] = {}
@@ -164,13 +178,10 @@ class JsonClient:
             await ws.send(jc.encode(hello))  # a refused token: closed already
             first = await asyncio.wait_for(ws.recv(), timeout)
         except ConnectionClosed as exc:
-            raise MaitredError(
-                f"refused: {exc.rcvd.reason if exc.rcvd else 'closed'}", ErrorCode.UNAUTHORIZED
-            ) from None
+            raise _refused(exc) from None
         welcome = jc.decode_server(first)
         if not isinstance(welcome, jc.Welcome):
-            await ws.close()
-            raise MaitredError(f"unexpected handshake: {first!r}", ErrorCode.BAD_REQUEST)
+            raise await _unexpected(ws, first)
         return cls(ws, welcome)
 
     async def _read(self) -> None:
@@ -311,18 +322,10 @@ class JsonClient:
         await self.ws.send(jc.encode(jc.Error(id=request.id, code=code, message=message)))
 
     async def close(self) -> None:
-        await self.ws.close()
+        await super().close()
         self._reader.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._reader
-
-    async def __aenter__(self) -> JsonClient:
-        return self
-
-    async def __aexit__(
-        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.close()
 
 
 def _body(payload: Any, data: bytes | None, frames: Sequence[bytes] | None) -> dict[str, Any]:
