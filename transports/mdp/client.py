@@ -56,7 +56,7 @@ import zmq
 import zmq.asyncio
 
 from maitred.transports.mdp.codec import MdpFormatError
-from maitred.transports.mdp.curve import apply_client_curve, client_curve
+from maitred.transports.mdp.curve import client_curve
 from maitred.transports.mdp.peer import (
     DIALECTS,
     DialectName,
@@ -75,7 +75,8 @@ from maitred.transports.mdp.pubsub_client import (
     Publisher,
     Subscriber,
 )
-from maitred.transports.mdp.worker import AsyncWorker, Worker, recv_future
+from maitred.transports.mdp.sockets import connect_socket, recv_future
+from maitred.transports.mdp.worker import AsyncWorker, Worker
 
 __all__ = [
     "DIALECTS",
@@ -136,11 +137,7 @@ class Client:
         self._generation = 0  # bumped per request: an abandoned stream cannot read newer replies
 
     def _new_socket(self) -> zmq.Socket[Any]:
-        sock: zmq.Socket[Any] = self._context.socket(zmq.DEALER)
-        sock.setsockopt(zmq.LINGER, 0)
-        apply_client_curve(sock, self._curve)
-        sock.connect(self.endpoint)
-        return sock
+        return connect_socket(self._context, zmq.DEALER, self.endpoint, curve=self._curve)
 
     def _reconnect(self) -> None:
         if self._socket is not None:
@@ -256,11 +253,7 @@ class AsyncClient:
     def _take(self) -> zmq.asyncio.Socket:
         if self._idle:
             return self._idle.pop()
-        sock = self._context.socket(zmq.DEALER)
-        sock.setsockopt(zmq.LINGER, 0)
-        apply_client_curve(sock, self._curve)
-        sock.connect(self.endpoint)
-        return sock
+        return connect_socket(self._context, zmq.DEALER, self.endpoint, curve=self._curve)
 
     def _give_back(self, sock: zmq.asyncio.Socket, clean: bool) -> None:
         if clean and not self._closed and len(self._idle) < self.max_idle:

@@ -219,12 +219,46 @@ class WorkerCore:
     def _heard(self, now: float) -> None:
         self._dead_at = now + self.heartbeat_interval * self.liveness
 
+    def _reconnect_delay(self, now: float) -> float:
+        """How long to wait before connecting again: READY at most once per heartbeat interval."""
+        return self._connected_at + self.heartbeat_interval - now
+
+    def _connected(self, now: float) -> list[bytes]:
+        """A new connection at ``now``: the clocks start again; the READY to send on it."""
+        self._connected_at = now
+        self._heard(now)
+        return codec.worker_ready(self.dialect, self.service)
+
+    def _inbound(self, frames: list[bytes], now: float) -> tuple[int, bytes, list[bytes]] | None:
+        """``(command, token, body)`` of what the broker sent at ``now`` (so it is alive); a
+        DISCONNECT is logged (the owner reconnects). None: malformed, logged and dropped."""
+        self._heard(now)
+        try:
+            inbound = codec.parse_worker_inbound(self.dialect, frames)
+        except MdpFormatError as exc:
+            log.debug("MDP worker %r: dropped a malformed message: %s", self.service, exc)
+            return None
+        if inbound[0] == codec.DISCONNECT:
+            log.info("MDP worker %r: DISCONNECT from the broker, reconnecting", self.service)
+        return inbound
+
+    def _silent(self, now: float) -> bool:
+        """Whether the broker has said nothing for ``liveness`` intervals (logged: the owner
+        reconnects)."""
+        if now < self._dead_at:
+            return False
+        log.warning("MDP worker %r: broker silent, reconnecting", self.service)
+        return True
+
     def _partial(self, token: bytes, item: object) -> list[bytes]:
         if not self.dialect & codec.V2:
             raise TypeError("MDP/0.1 cannot carry partial replies; yield FinalReply(...) only")
         return codec.worker_reply(self.dialect, token, _reply_body(item, "a partial reply"), False)
 
     def _final(self, token: bytes, value: object) -> list[bytes]:
+        """The FINAL for ``value``: a body, a :class:`FinalReply` or None (an empty body)."""
+        if isinstance(value, FinalReply):
+            value = value.body
         body = [] if value is None else _reply_body(value, "the final reply")
         return codec.worker_reply(self.dialect, token, body, True)
 
@@ -246,7 +280,7 @@ class WorkerCore:
                     frames = self._final(token, stop.value)
                     break
                 if isinstance(item, FinalReply):
-                    frames = self._final(token, item.body)
+                    frames = self._final(token, item)
                     break
                 yield self._partial(token, item)
         except Exception as exc:
@@ -261,13 +295,17 @@ class WorkerCore:
         """The frames to send in answer to one request, handler errors included."""
         try:
             result = self.handler(body)
-            if not isinstance(result, Iterator):
-                value = result.body if isinstance(result, FinalReply) else result
-                frames = self._final(token, value)
         except Exception as exc:
-            yield self._failed(token, exc)
-            return
+            return iter((self._failed(token, exc),))
+        return self._replies_of(token, result)
+
+    def _replies_of(self, token: bytes, result: object) -> Iterator[list[bytes]]:
+        """The frames for what a handler returned: each reply of a generator, else the one
+        FINAL (for a value that is no body: the error reply)."""
         if isinstance(result, Iterator):
-            yield from self._stream(token, result)
-        else:
-            yield frames
+            return self._stream(token, result)
+        try:
+            frames = self._final(token, result)
+        except Exception as exc:
+            frames = self._failed(token, exc)
+        return iter((frames,))

@@ -28,7 +28,7 @@ returns, and messages published before that are not received.
 from __future__ import annotations
 
 import time
-from typing import Any, NamedTuple
+from typing import Any, Generic, NamedTuple
 
 import zmq
 import zmq.asyncio
@@ -36,6 +36,7 @@ from zmq.utils.monitor import recv_monitor_message
 
 from maitred.core.routing.patterns import is_pattern
 from maitred.transports.mdp.pubsub_codec import PubSubFormatError, decode_event
+from maitred.transports.mdp.sockets import SocketT, connect_socket
 
 __all__ = [
     "AsyncPublisher",
@@ -45,6 +46,9 @@ __all__ = [
     "Subscriber",
     "check_endpoint",
 ]
+
+#: how long a closing publisher lets its last publications reach the broker (ms)
+_PUBLISHER_LINGER_MS = 1000
 
 
 class Event(NamedTuple):
@@ -91,58 +95,53 @@ def check_endpoint(
         sock.close(0)
 
 
-class _Subscriptions:
-    """What one subscriber asked for, to keep only the messages meant for it."""
+class _Subscriber(Generic[SocketT]):
+    """What both subscribers share: the SUB socket, and what it was asked for, to keep only the
+    messages meant for it."""
 
-    def __init__(self) -> None:
-        self.prefixes: dict[str, int] = {}
-        self.patterns: dict[str, int] = {}
+    def __init__(self, endpoint: str, context: zmq.Context[SocketT]) -> None:
+        self.endpoint = endpoint
+        self._socket = connect_socket(context, zmq.SUB, endpoint)
+        self._prefixes: dict[str, int] = {}
+        self._patterns: dict[str, int] = {}
 
-    def add(self, subscription: str) -> bytes:
-        table = self.patterns if is_pattern(subscription) else self.prefixes
+    def subscribe(self, subscription: str) -> None:
+        """A prefix (``news.``, ``""`` for everything) or a pattern (``news.*``, ``$sys.>``)."""
+        table = self._patterns if is_pattern(subscription) else self._prefixes
         table[subscription] = table.get(subscription, 0) + 1
-        return subscription.encode()
+        self._socket.setsockopt(zmq.SUBSCRIBE, subscription.encode())
 
-    def remove(self, subscription: str) -> bytes:
-        for table in (self.patterns, self.prefixes):
+    def unsubscribe(self, subscription: str) -> None:
+        for table in (self._patterns, self._prefixes):
             count = table.get(subscription, 0)
             if count > 1:
                 table[subscription] = count - 1
             elif count:
                 del table[subscription]
-        return subscription.encode()
+        self._socket.setsockopt(zmq.UNSUBSCRIBE, subscription.encode())
 
-    def event(self, frames: list[bytes]) -> Event | None:
+    def _event(self, frames: list[bytes]) -> Event | None:
         """The event in ``frames``, or None when it is not one of ours (or malformed)."""
         try:
             pattern, topic, body = decode_event(frames)
         except PubSubFormatError:
             return None
         if pattern is not None:
-            return Event(topic, body, pattern) if pattern in self.patterns else None
-        if any(topic.startswith(prefix) for prefix in self.prefixes):
+            return Event(topic, body, pattern) if pattern in self._patterns else None
+        if any(topic.startswith(prefix) for prefix in self._prefixes):
             return Event(topic, body)
         return None
 
+    def close(self) -> None:
+        self._socket.close(linger=0)
 
-class Subscriber:
+
+class Subscriber(_Subscriber[zmq.Socket[Any]]):
     """A SUB socket on a broker's ``pub_endpoints``; not thread-safe (one per thread).
     ``context``: default ``zmq.Context.instance()``."""
 
     def __init__(self, endpoint: str, *, context: zmq.Context[Any] | None = None) -> None:
-        self.endpoint = endpoint
-        ctx: zmq.Context[Any] = context if context is not None else zmq.Context.instance()
-        self._socket: zmq.Socket[Any] = ctx.socket(zmq.SUB)
-        self._socket.setsockopt(zmq.LINGER, 0)
-        self._socket.connect(endpoint)
-        self._subs = _Subscriptions()
-
-    def subscribe(self, subscription: str) -> None:
-        """A prefix (``news.``, ``""`` for everything) or a pattern (``news.*``, ``$sys.>``)."""
-        self._socket.setsockopt(zmq.SUBSCRIBE, self._subs.add(subscription))
-
-    def unsubscribe(self, subscription: str) -> None:
-        self._socket.setsockopt(zmq.UNSUBSCRIBE, self._subs.remove(subscription))
+        super().__init__(endpoint, context if context is not None else zmq.Context.instance())
 
     def recv(self, timeout: float | None = None) -> Event:
         """The next event; :class:`TimeoutError` when none comes within ``timeout`` seconds."""
@@ -151,12 +150,9 @@ class Subscriber:
             left = None if deadline is None else deadline - time.monotonic()
             if (left is not None and left <= 0) or not self._socket.poll(_ms(left)):
                 raise TimeoutError(f"no event within {timeout} s")
-            event = self._subs.event(self._socket.recv_multipart())
+            event = self._event(self._socket.recv_multipart())
             if event is not None:
                 return event
-
-    def close(self) -> None:
-        self._socket.close(linger=0)
 
     def __enter__(self) -> Subscriber:
         return self
@@ -165,22 +161,13 @@ class Subscriber:
         self.close()
 
 
-class AsyncSubscriber:
+class AsyncSubscriber(_Subscriber[zmq.asyncio.Socket]):
     """:class:`Subscriber` for asyncio (``context``: default ``zmq.asyncio.Context.instance()``)."""
 
     def __init__(self, endpoint: str, *, context: zmq.asyncio.Context | None = None) -> None:
-        self.endpoint = endpoint
-        ctx = context if context is not None else zmq.asyncio.Context.instance()
-        self._socket: zmq.asyncio.Socket = ctx.socket(zmq.SUB)
-        self._socket.setsockopt(zmq.LINGER, 0)
-        self._socket.connect(endpoint)
-        self._subs = _Subscriptions()
-
-    def subscribe(self, subscription: str) -> None:
-        self._socket.setsockopt(zmq.SUBSCRIBE, self._subs.add(subscription))
-
-    def unsubscribe(self, subscription: str) -> None:
-        self._socket.setsockopt(zmq.UNSUBSCRIBE, self._subs.remove(subscription))
+        super().__init__(
+            endpoint, context if context is not None else zmq.asyncio.Context.instance()
+        )
 
     async def recv(self, timeout: float | None = None) -> Event:
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -188,12 +175,9 @@ class AsyncSubscriber:
             left = None if deadline is None else deadline - time.monotonic()
             if (left is not None and left <= 0) or not await self._socket.poll(_ms(left)):
                 raise TimeoutError(f"no event within {timeout} s")
-            event = self._subs.event(await self._socket.recv_multipart())
+            event = self._event(await self._socket.recv_multipart())
             if event is not None:
                 return event
-
-    def close(self) -> None:
-        self._socket.close(linger=0)
 
     async def __aenter__(self) -> AsyncSubscriber:
         return self
@@ -213,9 +197,7 @@ class Publisher:
     ) -> None:
         self.endpoint = endpoint
         ctx: zmq.Context[Any] = context if context is not None else zmq.Context.instance()
-        self._socket: zmq.Socket[Any] = ctx.socket(zmq.XPUB)
-        self._socket.setsockopt(zmq.LINGER, 1000)
-        self._socket.connect(endpoint)
+        self._socket = connect_socket(ctx, zmq.XPUB, endpoint, linger=_PUBLISHER_LINGER_MS)
         if wait:
             try:
                 if not self._socket.poll(_ms(wait)):
@@ -246,9 +228,7 @@ class AsyncPublisher:
     def __init__(self, endpoint: str, *, context: zmq.asyncio.Context | None = None) -> None:
         self.endpoint = endpoint
         ctx = context if context is not None else zmq.asyncio.Context.instance()
-        self._socket: zmq.asyncio.Socket = ctx.socket(zmq.XPUB)
-        self._socket.setsockopt(zmq.LINGER, 1000)
-        self._socket.connect(endpoint)
+        self._socket = connect_socket(ctx, zmq.XPUB, endpoint, linger=_PUBLISHER_LINGER_MS)
 
     async def connect(self, timeout: float = 10.0) -> None:
         """Wait for the broker's subscription (:class:`TimeoutError` after ``timeout`` s)."""

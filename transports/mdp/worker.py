@@ -7,19 +7,19 @@ Import them from :mod:`maitred.transports.mdp.client` (its docstring describes h
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import threading
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
-from typing import Any, cast
+from typing import Any, Generic
 
 import zmq
 import zmq.asyncio
 
 from maitred.transports.mdp import codec
-from maitred.transports.mdp.codec import MdpFormatError
-from maitred.transports.mdp.curve import apply_client_curve, client_curve
+from maitred.transports.mdp.curve import client_curve
 from maitred.transports.mdp.peer import (
     AsyncHandler,
     ErrorReply,
@@ -27,8 +27,8 @@ from maitred.transports.mdp.peer import (
     SyncHandler,
     WorkerCore,
     default_error_reply,
-    log,
 )
+from maitred.transports.mdp.sockets import SocketT, connect_socket, recv_future
 
 __all__ = ["AsyncWorker", "Worker"]
 
@@ -38,43 +38,21 @@ _DISCONNECT_LINGER_MS = 100
 _STOP_SLICE = 0.1
 
 
-def recv_future(sock: zmq.asyncio.Socket) -> asyncio.Future[list[bytes]]:
-    """``sock.recv_multipart()`` as the Future it is (pyzmq types it loosely)."""
-    return cast("asyncio.Future[list[bytes]]", sock.recv_multipart())
-
-
-# -- sync worker -----------------------------------------------------------------------------------
-
-
-class Worker(WorkerCore):
-    """A synchronous MDP worker for one service, on one DEALER socket.
-
-    :meth:`run` connects, sends READY and serves requests one at a time, calling ``handler``
-    (see the module docstring for what it may return). While idle it sends a HEARTBEAT every
-    ``heartbeat_interval`` seconds; after ``liveness`` intervals without a word from the broker
-    (or on a DISCONNECT from it) it drops the socket, opens a new one and sends READY again, at
-    most once per interval (zguide ``mdwrkapi`` behaviour). No heartbeats are sent while the
-    handler runs; the broker's silence during that time is not counted against it. An idle
-    broker speaks only at *its* heartbeat interval, so ``heartbeat_interval`` must not be
-    shorter than the broker's (2.5 s for maitred and majortomo by default).
-
-    :meth:`stop` (any thread) ends :meth:`run` after the request in progress, within
-    ``0.1`` s when idle; :meth:`close` sends DISCONNECT and closes the socket.
-
-    CURVE: ``curve_server_key`` (the broker's public key, Z85 or its certificate file) and
-    ``curve_key_file`` (this worker's secret certificate), as for the client.
-    """
+class _SocketWorker(WorkerCore, Generic[SocketT]):
+    """What both workers add to their :class:`WorkerCore`: the options they take, the zmq
+    context, the CURVE keys, the DEALER socket to the broker, and the run state that
+    :meth:`stop` and ``close()`` (from any thread) look at."""
 
     def __init__(
         self,
         endpoint: str,
         service: str | bytes,
-        handler: SyncHandler,
+        handler: SyncHandler | AsyncHandler,
         *,
         dialect: str | int = "0.2",
         heartbeat_interval: float = 2.5,
         liveness: int = 3,
-        context: zmq.Context[Any] | None = None,
+        context: zmq.Context[SocketT] | None = None,
         error_reply: ErrorReply | None = default_error_reply,
         curve_server_key: str | bytes | None = None,
         curve_key_file: str | None = None,
@@ -89,11 +67,67 @@ class Worker(WorkerCore):
             error_reply=error_reply,
         )
         self._curve = client_curve(curve_server_key, curve_key_file)
-        self._context: zmq.Context[Any] = context if context is not None else zmq.Context.instance()
-        self._socket: zmq.Socket[Any] | None = None
+        self._context = context if context is not None else self._default_context()
+        self._socket: SocketT | None = None
+        #: set by :meth:`stop`: run() ends, for good
         self._stop = threading.Event()
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # _running and _closed, between run() and the others
         self._running = False
+
+    def _default_context(self) -> zmq.Context[SocketT]:
+        raise NotImplementedError
+
+    def _drop(self) -> None:
+        """Close the socket at once (a reconnection follows)."""
+        if self._socket is not None:
+            self._socket.close(linger=0)
+            self._socket = None
+
+    def _open(self) -> list[bytes]:
+        """A new socket to the broker; the READY to send on it."""
+        self._socket = connect_socket(self._context, zmq.DEALER, self.endpoint, curve=self._curve)
+        return self._connected(time.monotonic())
+
+    def _begin_run(self) -> None:
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("the worker is closed")
+            if self._running:
+                raise RuntimeError("the worker is already running")
+            self._running = True
+
+    def _end_run(self) -> bool:
+        """run() ends; whether the worker was closed meanwhile."""
+        with self._lock:
+            self._running = False
+            return self._closed
+
+
+# -- sync worker -----------------------------------------------------------------------------------
+
+
+class Worker(_SocketWorker[zmq.Socket[Any]]):
+    """A synchronous MDP worker for one service, on one DEALER socket.
+
+    :meth:`run` connects, sends READY and serves requests one at a time, calling ``handler``
+    (see the module docstring for what it may return). While idle it sends a HEARTBEAT every
+    ``heartbeat_interval`` seconds; after ``liveness`` intervals without a word from the broker
+    (or on a DISCONNECT from it) it drops the socket, opens a new one and sends READY again, at
+    most once per interval (zguide ``mdwrkapi`` behaviour). No heartbeats are sent while the
+    handler runs; the broker's silence during that time is not counted against it. An idle
+    broker speaks only at *its* heartbeat interval, so ``heartbeat_interval`` must not be
+    shorter than the broker's (2.5 s for maitred and majortomo by default).
+
+    :meth:`stop` (any thread) ends :meth:`run` after the request in progress, within
+    ``0.1`` s when idle; :meth:`close` sends DISCONNECT and closes the socket.
+
+    ``context``: the zmq context for the socket (default: ``zmq.Context.instance()``).
+    CURVE: ``curve_server_key`` (the broker's public key, Z85 or its certificate file) and
+    ``curve_key_file`` (this worker's secret certificate), as for the client.
+    """
+
+    def _default_context(self) -> zmq.Context[Any]:
+        return zmq.Context.instance()
 
     # socket life
 
@@ -104,21 +138,10 @@ class Worker(WorkerCore):
 
     def _connect(self, stop_event: threading.Event | None) -> bool:
         """(Re)connect and send READY, at most once per heartbeat interval; False if stopped."""
-        if self._socket is not None:
-            self._socket.close(linger=0)
-            self._socket = None
-        delay = self._connected_at + self.heartbeat_interval - time.monotonic()
-        if not self._wait(delay, stop_event):
+        self._drop()
+        if not self._wait(self._reconnect_delay(time.monotonic()), stop_event):
             return False
-        sock: zmq.Socket[Any] = self._context.socket(zmq.DEALER)
-        sock.setsockopt(zmq.LINGER, 0)
-        apply_client_curve(sock, self._curve)
-        sock.connect(self.endpoint)
-        self._socket = sock
-        now = time.monotonic()
-        self._connected_at = now
-        self._heard(now)
-        self._send(codec.worker_ready(self.dialect, self.service))
+        self._send(self._open())
         return True
 
     def _stopping(self, stop_event: threading.Event | None) -> bool:
@@ -137,10 +160,8 @@ class Worker(WorkerCore):
     def _disconnect_and_close(self) -> None:
         sock, self._socket = self._socket, None
         if sock is not None:
-            try:
+            with contextlib.suppress(zmq.Again):
                 sock.send_multipart(codec.worker_disconnect(self.dialect), zmq.NOBLOCK)
-            except zmq.Again:
-                pass
             sock.close(linger=_DISCONNECT_LINGER_MS)
 
     # main loop
@@ -163,23 +184,9 @@ class Worker(WorkerCore):
                     break
                 served += self._step(stop_event)
         finally:
-            self._end_run()
+            if self._end_run():
+                self._disconnect_and_close()
         return served
-
-    def _begin_run(self) -> None:
-        with self._lock:
-            if self._closed:
-                raise RuntimeError("the worker is closed")
-            if self._running:
-                raise RuntimeError("the worker is already running")
-            self._running = True
-
-    def _end_run(self) -> None:
-        with self._lock:
-            self._running = False
-            closing = self._closed
-        if closing:
-            self._disconnect_and_close()
 
     def _step(self, stop_event: threading.Event | None) -> int:
         """Wait for one message or timer; return 1 if a request was served."""
@@ -189,12 +196,10 @@ class Worker(WorkerCore):
         served = 0
         if self._socket.poll(max(0, round(wait * 1000)), zmq.POLLIN):
             frames = self._socket.recv_multipart(zmq.NOBLOCK)
-            self._heard(time.monotonic())
-            try:
-                command, token, body = codec.parse_worker_inbound(self.dialect, frames)
-            except MdpFormatError as exc:
-                log.debug("MDP worker %r: dropped a malformed message: %s", self.service, exc)
+            inbound = self._inbound(frames, time.monotonic())
+            if inbound is None:
                 return 0
+            command, token, body = inbound
             if command == codec.CLIENT_REQUEST:
                 for reply in self._sync_replies(token, body):
                     self._send(reply)
@@ -202,12 +207,10 @@ class Worker(WorkerCore):
                 served = 1
                 self._heard(time.monotonic())  # busy workers are not heartbeated
             elif command == codec.DISCONNECT:
-                log.info("MDP worker %r: DISCONNECT from the broker, reconnecting", self.service)
                 self._connect(stop_event)
                 return 0
         now = time.monotonic()
-        if now >= self._dead_at:
-            log.warning("MDP worker %r: broker silent, reconnecting", self.service)
+        if self._silent(now):
             self._connect(stop_event)
         elif now >= self._heartbeat_at:
             self._send(codec.worker_heartbeat(self.dialect))
@@ -236,7 +239,7 @@ class Worker(WorkerCore):
 # -- asyncio worker --------------------------------------------------------------------------------
 
 
-class AsyncWorker(WorkerCore):
+class AsyncWorker(_SocketWorker[zmq.asyncio.Socket]):
     """The asyncio twin of :class:`Worker`: ``await worker.run()`` serves until :meth:`stop`.
 
     The handler may be a plain function, an ``async def`` (awaited), a generator or an async
@@ -246,39 +249,17 @@ class AsyncWorker(WorkerCore):
     ``heartbeat_interval`` (a blocking sync handler stops them too), so the broker never takes a
     long request for a dead worker.
     :meth:`stop` may be called from any thread; ``await close()`` (on the worker's loop) stops,
-    waits for :meth:`run` to return, sends DISCONNECT and closes the socket.
+    waits for :meth:`run` to return, sends DISCONNECT and closes the socket. ``context``:
+    default ``zmq.asyncio.Context.instance()``.
     """
 
-    def __init__(
-        self,
-        endpoint: str,
-        service: str | bytes,
-        handler: AsyncHandler,
-        *,
-        dialect: str | int = "0.2",
-        heartbeat_interval: float = 2.5,
-        liveness: int = 3,
-        context: zmq.asyncio.Context | None = None,
-        error_reply: ErrorReply | None = default_error_reply,
-        curve_server_key: str | bytes | None = None,
-        curve_key_file: str | None = None,
-    ) -> None:
-        super().__init__(
-            endpoint,
-            service,
-            handler,
-            dialect=dialect,
-            heartbeat_interval=heartbeat_interval,
-            liveness=liveness,
-            error_reply=error_reply,
-        )
-        self._curve = client_curve(curve_server_key, curve_key_file)
-        self._context = context if context is not None else zmq.asyncio.Context.instance()
-        self._socket: zmq.asyncio.Socket | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop_event: asyncio.Event | None = None
-        self._stop_requested = False
-        self._done: asyncio.Event | None = None
+    #: while run() runs: its loop, the event that stops it, and the one set when it returned
+    _loop: asyncio.AbstractEventLoop | None = None
+    _stop_event: asyncio.Event | None = None
+    _done: asyncio.Event | None = None
+
+    def _default_context(self) -> zmq.asyncio.Context:
+        return zmq.asyncio.Context.instance()
 
     async def _send(self, frames: list[bytes]) -> None:
         assert self._socket is not None
@@ -286,10 +267,8 @@ class AsyncWorker(WorkerCore):
         self._sent(time.monotonic())
 
     async def _connect(self, stop: asyncio.Event) -> bool:
-        if self._socket is not None:
-            self._socket.close(linger=0)
-            self._socket = None
-        delay = self._connected_at + self.heartbeat_interval - time.monotonic()
+        self._drop()
+        delay = self._reconnect_delay(time.monotonic())
         if delay > 0:
             try:
                 await asyncio.wait_for(stop.wait(), delay)
@@ -298,26 +277,15 @@ class AsyncWorker(WorkerCore):
                 pass
         if stop.is_set():
             return False
-        sock = self._context.socket(zmq.DEALER)
-        sock.setsockopt(zmq.LINGER, 0)
-        apply_client_curve(sock, self._curve)
-        sock.connect(self.endpoint)
-        self._socket = sock
-        now = time.monotonic()
-        self._connected_at = now
-        self._heard(now)
-        await self._send(codec.worker_ready(self.dialect, self.service))
+        await self._send(self._open())
         return True
 
     async def run(self, max_requests: int | None = None) -> int:
         """Serve until :meth:`stop` (or ``max_requests`` served); return the count."""
-        if self._closed:
-            raise RuntimeError("the worker is closed")
-        if self._done is not None and not self._done.is_set():
-            raise RuntimeError("the worker is already running")
+        self._begin_run()
         self._loop = asyncio.get_running_loop()
         stop = self._stop_event = asyncio.Event()
-        if self._stop_requested:
+        if self._stop.is_set():
             stop.set()
         done = self._done = asyncio.Event()
         stopper = asyncio.ensure_future(stop.wait())
@@ -343,8 +311,7 @@ class AsyncWorker(WorkerCore):
                     if not self._has_socket():  # stopped while reconnecting
                         break
                 now = time.monotonic()
-                if now >= self._dead_at:
-                    log.warning("MDP worker %r: broker silent, reconnecting", self.service)
+                if self._silent(now):
                     if receiving is not None:
                         receiving.cancel()
                         receiving = None
@@ -357,6 +324,7 @@ class AsyncWorker(WorkerCore):
             if receiving is not None:
                 receiving.cancel()
             self._stop_event = None
+            self._end_run()
             done.set()
         return served
 
@@ -364,12 +332,10 @@ class AsyncWorker(WorkerCore):
         return self._socket is not None
 
     async def _handle(self, frames: list[bytes], stop: asyncio.Event) -> int:
-        self._heard(time.monotonic())
-        try:
-            command, token, body = codec.parse_worker_inbound(self.dialect, frames)
-        except MdpFormatError as exc:
-            log.debug("MDP worker %r: dropped a malformed message: %s", self.service, exc)
+        inbound = self._inbound(frames, time.monotonic())
+        if inbound is None:
             return 0
+        command, token, body = inbound
         if command == codec.CLIENT_REQUEST:
             beat = asyncio.ensure_future(self._beat_while_busy())
             try:
@@ -382,7 +348,6 @@ class AsyncWorker(WorkerCore):
             self._heard(time.monotonic())
             return 1
         if command == codec.DISCONNECT:
-            log.info("MDP worker %r: DISCONNECT from the broker, reconnecting", self.service)
             await self._connect(stop)
         return 0
 
@@ -403,9 +368,6 @@ class AsyncWorker(WorkerCore):
             result = self.handler(body)
             if inspect.isawaitable(result):
                 result = await result
-            if not isinstance(result, (AsyncIterator, Iterator)):
-                value = result.body if isinstance(result, FinalReply) else result
-                frames = self._final(token, value)
         except Exception as exc:
             yield self._failed(token, exc)
             return
@@ -413,11 +375,9 @@ class AsyncWorker(WorkerCore):
             async with aclosing(self._astream(token, result)) as stream:
                 async for frames in stream:
                     yield frames
-        elif isinstance(result, Iterator):
-            for frames in self._stream(token, result):
-                yield frames
         else:
-            yield frames
+            for frames in self._replies_of(token, result):
+                yield frames
 
     async def _astream(
         self, token: bytes, result: AsyncIterator[object]
@@ -430,7 +390,7 @@ class AsyncWorker(WorkerCore):
                     frames = self._final(token, None)
                     break
                 if isinstance(item, FinalReply):
-                    frames = self._final(token, item.body)
+                    frames = self._final(token, item)
                     break
                 yield self._partial(token, item)
         except Exception as exc:
@@ -443,7 +403,7 @@ class AsyncWorker(WorkerCore):
 
     def stop(self) -> None:
         """End :meth:`run` after the request in progress, for good (safe from any thread)."""
-        self._stop_requested = True
+        self._stop.set()
         loop, event = self._loop, self._stop_event
         if loop is not None and event is not None and not loop.is_closed():
             loop.call_soon_threadsafe(event.set)
@@ -456,10 +416,8 @@ class AsyncWorker(WorkerCore):
             await self._done.wait()
         sock, self._socket = self._socket, None
         if sock is not None:
-            try:
+            with contextlib.suppress(zmq.Again):
                 await sock.send_multipart(codec.worker_disconnect(self.dialect), zmq.NOBLOCK)
-            except zmq.Again:
-                pass
             sock.close(linger=_DISCONNECT_LINGER_MS)
 
     async def __aenter__(self) -> AsyncWorker:
