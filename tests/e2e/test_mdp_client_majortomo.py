@@ -831,6 +831,37 @@ def test_worker_argument_checks(zctx: zmq.Context[Any]) -> None:
         w.run()
 
 
+def test_async_worker_run_state(router: tuple[zmq.Socket[Any], str]) -> None:
+    """A stop before run() ends it at once; run() twice at a time, or after close(), raises."""
+    sock, endpoint = router
+
+    async def main() -> None:
+        actx = zmq.asyncio.Context()
+        try:
+            early = AsyncWorker(endpoint, "svc", echo, context=actx)
+            early.stop()
+            assert await early.run() == 0
+            await early.close()
+            worker = AsyncWorker(endpoint, "svc", echo, context=actx)
+            run = asyncio.ensure_future(worker.run())
+            await asyncio.sleep(0)  # run() starts
+            with pytest.raises(RuntimeError, match="already running"):
+                await worker.run()
+            # the first message the broker gets is this READY: the early worker sent nothing
+            rid, *ready = await asyncio.to_thread(recv, sock)
+            assert ready == [b"MDPW02", b"\x01", b"svc"]
+            worker.stop()
+            assert await asyncio.wait_for(run, WAIT) == 0
+            await worker.close()
+            assert await asyncio.to_thread(recv, sock) == [rid, b"MDPW02", b"\x06"]
+            with pytest.raises(RuntimeError, match="closed"):
+                await worker.run()
+        finally:
+            actx.destroy(linger=0)
+
+    asyncio.run(main())
+
+
 def test_client_argument_checks(zctx: zmq.Context[Any]) -> None:
     with Client("tcp://127.0.0.1:1", context=zctx) as client:
         with pytest.raises(TypeError):

@@ -171,6 +171,44 @@ def test_heartbeat_clocks() -> None:
     assert core._dead_at == 16.0  # liveness 3
 
 
+def test_a_plain_handler_may_return_a_final_reply() -> None:
+    core = _core(lambda body: FinalReply([b"f", *body]))
+    assert list(core._sync_replies(b"7", [b"x"])) == [[W02, b"\x04", b"7", E, b"f", b"x"]]
+
+
+# -- worker: its clocks and what the broker sends it ----------------------------------------------
+
+
+def test_a_connection_restarts_the_clocks_and_gives_the_ready() -> None:
+    core = _core(lambda b: b, dialect="majortomo", heartbeat_interval=2.0)
+    assert core._reconnect_delay(5.0) < 0  # never connected: at once
+    assert core._connected(10.0) == [E, W02, b"\x01", b"svc"]
+    assert core._dead_at == 16.0
+    assert core._reconnect_delay(10.5) == 1.5  # READY at most once per heartbeat interval
+
+
+def test_a_silent_broker_is_noticed_and_logged(caplog: pytest.LogCaptureFixture) -> None:
+    core = _core(lambda b: b, heartbeat_interval=1.0)
+    core._heard(10.0)
+    assert not core._silent(12.9)
+    assert core._silent(13.0)
+    assert "broker silent, reconnecting" in caplog.text
+
+
+def test_inbound_messages(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level("DEBUG", logger="maitred.transports.mdp.client")
+    core = _core(lambda b: b, heartbeat_interval=1.0)
+    request = [W02, b"\x02", b"client", E, b"body"]
+    assert core._inbound(request, 20.0) == (codec.CLIENT_REQUEST, b"client", [b"body"])
+    assert core._dead_at == 23.0  # the broker was heard
+    assert core._inbound([W02, b"\x05"], 21.0) == (codec.HEARTBEAT, E, [])
+    assert core._inbound([W02, b"\x06"], 22.0) == (codec.DISCONNECT, E, [])
+    assert "DISCONNECT from the broker" in caplog.text
+    assert core._inbound([W01, b"\x02"], 23.0) is None  # another dialect: dropped
+    assert core._dead_at == 26.0  # even a malformed message shows the broker is alive
+    assert "dropped a malformed message" in caplog.text
+
+
 def test_dialect_names() -> None:
     assert dialect_flags("majortomo") == V2 | ENVELOPE | SHORT
     assert dialect_flags("0.1") == ENVELOPE
