@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import socket
 import ssl
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +39,21 @@ class Problem:
     key: str
     text: str
     value: str | None = None
+
+
+def check_each(
+    key: str, values: Iterable[str], check: Callable[[str], str | None]
+) -> list[Problem]:
+    """One :class:`Problem` under ``key`` for each of ``values`` (e.g. the addresses of
+    ``listen``) that ``check`` finds wrong, naming the value."""
+    return [Problem(key, problem, value) for value in values if (problem := check(value))]
+
+
+def check_file(key: str, path: str, check: Callable[[str], str | None]) -> list[Problem]:
+    """The :class:`Problem` under ``key`` that ``check`` finds with the file ``path``, if any
+    (none when ``path`` is not set)."""
+    problem = check(path) if path else None
+    return [Problem(key, problem)] if problem else []
 
 
 def check_port(port: str, addr: str) -> str | None:

@@ -9,6 +9,9 @@ import pytest
 
 from maitred.core import cli
 from maitred.core.preflight import (
+    Problem,
+    check_each,
+    check_file,
     check_host_port,
     check_readable,
     check_tls,
@@ -16,6 +19,25 @@ from maitred.core.preflight import (
     check_writable_file,
 )
 from maitred.core.reach import Unreachable, address_of, probe
+
+
+def test_check_each_names_every_value_that_fails() -> None:
+    assert check_each("listen", ["127.0.0.1:1", "nowhere", "[::1:2"], check_host_port) == [
+        Problem("listen", "'nowhere': not HOST:PORT (no port); write e.g. nowhere:8080", "nowhere"),
+        Problem(
+            "listen", "'[::1:2': unbalanced brackets; write an IPv6 host as [::1]:PORT", "[::1:2"
+        ),
+    ]
+    assert check_each("listen", [], check_host_port) == []
+
+
+def test_check_file_only_when_set(tmp_path: Path) -> None:
+    missing = str(tmp_path / "ca.pem")
+    [problem] = check_file("tls_client_ca", missing, check_readable)
+    assert problem.key == "tls_client_ca" and missing in problem.text and problem.value is None
+    assert check_file("tls_client_ca", "", check_readable) == []
+    (tmp_path / "ca.pem").write_text("x")
+    assert check_file("tls_client_ca", missing, check_readable) == []
 
 
 @pytest.mark.parametrize(

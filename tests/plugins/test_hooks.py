@@ -7,6 +7,7 @@ import asyncio
 import gc
 import json
 import logging
+import types
 import warnings
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from typing import Any
@@ -23,7 +24,7 @@ from maitred.core.errors import ConfigError, ErrorCode, MaitredError
 from maitred.core.routing.model import Body, Headers, ReplyKind, Request, Session, Worker
 from maitred.core.runtime import Broker
 from maitred.core.transport import BrokerClient, BrokerPort, TransportSpec
-from maitred.plugins import hookimpl
+from maitred.plugins import hookimpl, transports_hook
 from maitred.plugins.manager import make_plugin_manager
 from maitred.plugins.testing import config_from, running_broker
 from maitred.transports.mdp import codec
@@ -192,6 +193,21 @@ def test_maitred_transports_cli_addresses_enable_the_transport() -> None:
             assert broker.endpoints() == {"fake": ["fake://given"]}
 
     run(main)
+
+
+def test_maitred_transports_declared_with_transports_hook() -> None:
+    """``maitred_transports = transports_hook(spec, ...)`` in a plugin module is that hook."""
+    spec = FakeTransportPlugin().maitred_transports()[0]
+    plugin = types.SimpleNamespace(maitred_transports=transports_hook(spec))
+
+    async def main() -> None:
+        async with running_broker(FAKE_CONFIG, plugins=[plugin], load_entry_points=False) as b:
+            assert fake(b).started
+            assert b.endpoints() == {"fake": ["fake://here"]}
+
+    run(main)
+    assert plugin.maitred_transports() == [spec]
+    assert transports_hook()() == []
 
 
 # -- maitred_configure

@@ -5,17 +5,12 @@ nats-py (the ``cluster`` extra) is imported only when it starts."""
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Sequence
 
 from maitred.core.preflight import Problem
-from maitred.core.transport import BrokerPort, TransportSpec
-from maitred.plugins import hookimpl
+from maitred.core.transport import TransportSpec
+from maitred.plugins import transports_hook
 from maitred.transports.cluster.config import ClusterConfig, cli_addresses
 from maitred.transports.cluster.fabric import ClusterFabric
-
-
-def _factory(config: ClusterConfig, port: BrokerPort) -> ClusterFabric:
-    return ClusterFabric(config, port)
 
 
 def preflight(config: ClusterConfig) -> list[Problem]:
@@ -24,16 +19,14 @@ def preflight(config: ClusterConfig) -> list[Problem]:
     return []
 
 
-@hookimpl
-def maitred_transports() -> Sequence[TransportSpec]:
-    return [
-        TransportSpec(
-            name="cluster",
-            config_type=ClusterConfig,
-            factory=_factory,
-            description="a cluster of brokers over NATS (the NATS servers' URLs)",
-            cli_addresses=cli_addresses,
-            cli_metavar="NATS_URL",
-            preflight=preflight,
-        )
-    ]
+maitred_transports = transports_hook(
+    TransportSpec(
+        name="cluster",
+        config_type=ClusterConfig,
+        factory=ClusterFabric,
+        description="a cluster of brokers over NATS (the NATS servers' URLs)",
+        cli_addresses=cli_addresses,
+        cli_metavar="NATS_URL",
+        preflight=preflight,
+    )
+)

@@ -3,42 +3,35 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 from maitred.core.preflight import (
     Problem,
+    check_each,
+    check_file,
     check_host_port,
     check_readable,
     check_tls,
     check_unix_path,
 )
-from maitred.core.transport import BrokerClient, BrokerPort, TransportSpec
-from maitred.plugins import hookimpl
+from maitred.core.transport import BrokerClient, TransportSpec
+from maitred.plugins import hookimpl, transports_hook
 from maitred.transports.http.adapter import HttpConfig, HttpTransport, cli_addresses
 
 SCHEMES = ("http://", "https://", "unix:")
 
 
-def _factory(config: HttpConfig, port: BrokerPort) -> HttpTransport:
-    return HttpTransport(config, port)
+def _listen_problem(addr: str) -> str | None:
+    if addr.startswith("unix:"):
+        return check_unix_path(addr[5:], addr)
+    return check_host_port(addr)
 
 
 def preflight(config: HttpConfig) -> list[Problem]:
-    out = []
-    for addr in config.listen:
-        if addr.startswith("unix:"):
-            problem = check_unix_path(addr[5:], addr)
-        else:
-            problem = check_host_port(addr)
-        if problem:
-            out.append(Problem("listen", problem, addr))
+    out = check_each("listen", config.listen, _listen_problem)
     # the switch's store is the broker's one store: core.app.preflight checks it
     out += check_tls(config.tls_cert, config.tls_key)
-    if config.tls_client_ca:
-        problem = check_readable(config.tls_client_ca)
-        if problem:
-            out.append(Problem("tls_client_ca", problem))
+    out += check_file("tls_client_ca", config.tls_client_ca, check_readable)
     return out
 
 
@@ -48,21 +41,19 @@ def secret_files(config: HttpConfig) -> list[tuple[str, str]]:
     return [("tls_key", config.tls_key)] if config.tls_key else []
 
 
-@hookimpl
-def maitred_transports() -> Sequence[TransportSpec]:
-    return [
-        TransportSpec(
-            name="http",
-            config_type=HttpConfig,
-            factory=_factory,
-            description="REST API under /v1/, /metrics, and the xapi message switch (Gen 3)",
-            cli_addresses=cli_addresses,
-            cli_metavar="HOST:PORT|unix:PATH",
-            store_hint=HttpConfig.store_hint,
-            preflight=preflight,
-            secret_files=secret_files,
-        )
-    ]
+maitred_transports = transports_hook(
+    TransportSpec(
+        name="http",
+        config_type=HttpConfig,
+        factory=HttpTransport,
+        description="REST API under /v1/, /metrics, and the xapi message switch (Gen 3)",
+        cli_addresses=cli_addresses,
+        cli_metavar="HOST:PORT|unix:PATH",
+        store_hint=HttpConfig.store_hint,
+        preflight=preflight,
+        secret_files=secret_files,
+    )
+)
 
 
 @hookimpl

@@ -7,17 +7,21 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from maitred.core.errors import ConfigError, MaitredError
-from maitred.core.preflight import Problem, check_host, check_port, check_unix_path
-from maitred.core.transport import BrokerClient, BrokerPort, TransportSpec
-from maitred.plugins import hookimpl
+from maitred.core.preflight import (
+    Problem,
+    check_each,
+    check_file,
+    check_host,
+    check_port,
+    check_unix_path,
+)
+from maitred.core.transport import BrokerClient, TransportSpec
+from maitred.plugins import hookimpl, transports_hook
 from maitred.transports.mdp import codec
 from maitred.transports.mdp.adapter import MdpConfig, MdpTransport, cli_addresses
+from maitred.transports.mdp.curve import secret_key_problem
 
 SCHEMES = ("tcp://", "ipc://", "inproc://")
-
-
-def _factory(config: MdpConfig, port: BrokerPort) -> MdpTransport:
-    return MdpTransport(config, port)
 
 
 def endpoint_problem(ep: str) -> str | None:
@@ -59,18 +63,12 @@ def _interfaces() -> list[tuple[int, str]]:
 
 
 def preflight(config: MdpConfig) -> list[Problem]:
-    out = []
-    for key in ("endpoints", "pub_endpoints", "publish_endpoints"):
-        for ep in getattr(config, key):
-            problem = endpoint_problem(ep)
-            if problem:
-                out.append(Problem(key, problem, ep))
-    if config.curve_secret_key_file:
-        from maitred.transports.mdp.curve import secret_key_problem
-
-        problem = secret_key_problem(config.curve_secret_key_file)
-        if problem:
-            out.append(Problem("curve_secret_key_file", problem))
+    out = [
+        problem
+        for key in ("endpoints", "pub_endpoints", "publish_endpoints")
+        for problem in check_each(key, getattr(config, key), endpoint_problem)
+    ]
+    out += check_file("curve_secret_key_file", config.curve_secret_key_file, secret_key_problem)
     return out
 
 
@@ -80,20 +78,18 @@ def secret_files(config: MdpConfig) -> list[tuple[str, str]]:
     return [("curve_secret_key_file", key)] if key else []
 
 
-@hookimpl
-def maitred_transports() -> Sequence[TransportSpec]:
-    return [
-        TransportSpec(
-            name="mdp",
-            config_type=MdpConfig,
-            factory=_factory,
-            description="ZeroMQ Majordomo (MDP/0.1, RFC 18 MDP/0.2, majortomo) on a ROUTER socket",
-            cli_addresses=cli_addresses,
-            cli_metavar="ENDPOINT",
-            preflight=preflight,
-            secret_files=secret_files,
-        )
-    ]
+maitred_transports = transports_hook(
+    TransportSpec(
+        name="mdp",
+        config_type=MdpConfig,
+        factory=MdpTransport,
+        description="ZeroMQ Majordomo (MDP/0.1, RFC 18 MDP/0.2, majortomo) on a ROUTER socket",
+        cli_addresses=cli_addresses,
+        cli_metavar="ENDPOINT",
+        preflight=preflight,
+        secret_files=secret_files,
+    )
+)
 
 
 class MdpCliClient:

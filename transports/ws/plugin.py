@@ -3,12 +3,10 @@ through the same hook a third-party plugin uses."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 from maitred.core.credentials import SecretError, secret_file_problem
-from maitred.core.preflight import Problem, check_host_port, check_tls
-from maitred.core.transport import BrokerClient, BrokerPort, TransportSpec
-from maitred.plugins import hookimpl
+from maitred.core.preflight import Problem, check_each, check_host_port, check_tls
+from maitred.core.transport import BrokerClient, TransportSpec
+from maitred.plugins import hookimpl, transports_hook
 from maitred.transports.ws.adapter import (
     WsConfig,
     WsTransport,
@@ -18,16 +16,12 @@ from maitred.transports.ws.adapter import (
 )
 
 
-def _factory(config: WsConfig, port: BrokerPort) -> WsTransport:
-    return WsTransport(config, port)
+def _listen_problem(addr: str) -> str | None:
+    return check_host_port(addr, schemes=("ws://", "wss://"))
 
 
 def preflight(config: WsConfig) -> list[Problem]:
-    out = []
-    for addr in config.listen_addresses():
-        problem = check_host_port(addr, schemes=("ws://", "wss://"))
-        if problem:
-            out.append(Problem("listen", problem, addr))
+    out = check_each("listen", config.listen_addresses(), _listen_problem)
     out += check_tls(config.tls_cert, config.tls_key)
     for i, entry in enumerate(config.keys):
         if entry.key_file and secret_file_problem(entry.key_file):
@@ -40,20 +34,18 @@ def preflight(config: WsConfig) -> list[Problem]:
     return out
 
 
-@hookimpl
-def maitred_transports() -> Sequence[TransportSpec]:
-    return [
-        TransportSpec(
-            name="ws",
-            config_type=WsConfig,
-            factory=_factory,
-            description="WebSocket: the middleman text protocol and the maitred.json dialect",
-            cli_addresses=cli_addresses,
-            cli_metavar="HOST:PORT",
-            preflight=preflight,
-            secret_files=secret_files,
-        )
-    ]
+maitred_transports = transports_hook(
+    TransportSpec(
+        name="ws",
+        config_type=WsConfig,
+        factory=WsTransport,
+        description="WebSocket: the middleman text protocol and the maitred.json dialect",
+        cli_addresses=cli_addresses,
+        cli_metavar="HOST:PORT",
+        preflight=preflight,
+        secret_files=secret_files,
+    )
+)
 
 
 @hookimpl
