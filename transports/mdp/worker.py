@@ -75,7 +75,8 @@ class _SocketWorker(WorkerCore, Generic[SocketT]):
         self._running = False
 
     def _default_context(self) -> zmq.Context[SocketT]:
-        raise NotImplementedError
+        """The shared context of the worker's kind, when none is given."""
+        raise NotImplementedError  # pragma: no cover - each worker says which
 
     def _drop(self) -> None:
         """Close the socket at once (a reconnection follows)."""
