@@ -119,7 +119,9 @@ class LocalClient(_Base):
     def publish(self, topic: str, *body: bytes, headers: dict[str, str] | None = None) -> int:
         return self._router.publish(self.session, topic, list(body), headers)
 
-    def deliver_reply(self, request: Request, kind: ReplyKind, body: Body) -> None:
+    def deliver_reply(
+        self, request: Request, kind: ReplyKind, body: Body, headers: Headers | None
+    ) -> None:
         queue: asyncio.Queue[_Item] = request.correlation
         queue.put_nowait((kind is ReplyKind.FINAL, list(body)))
 

@@ -182,8 +182,12 @@ class SessionSink(Protocol):
     def deliver_request(self, worker: Worker, request: Request) -> None:
         """Hand ``request`` to ``worker`` (a worker of this session); reply with its id."""
 
-    def deliver_reply(self, request: Request, kind: ReplyKind, body: Body) -> None:
-        """A partial or final reply to ``request``, which this session submitted."""
+    def deliver_reply(
+        self, request: Request, kind: ReplyKind, body: Body, headers: Headers | None
+    ) -> None:
+        """A partial or final reply to ``request``, which this session submitted, with the
+        headers its worker sent with this reply (broker-owned names dropped, the worker's
+        transport's own stamped; None: it sent none)."""
 
     def deliver_error(self, request: Request, error: MaitredError) -> None:
         """``request`` (submitted by this session) failed; no more replies follow."""
@@ -205,7 +209,9 @@ class BaseSink:
     def deliver_request(self, worker: Worker, request: Request) -> None:
         return None
 
-    def deliver_reply(self, request: Request, kind: ReplyKind, body: Body) -> None:
+    def deliver_reply(
+        self, request: Request, kind: ReplyKind, body: Body, headers: Headers | None
+    ) -> None:
         return None
 
     def deliver_error(self, request: Request, error: MaitredError) -> None:
@@ -417,9 +423,6 @@ class Request(msgspec.Struct, kw_only=True):
     #: when it first has to wait; 0 for a request handed to a worker at once)
     size: int = 0
     bucket: dict[int, Request] | None = None
-    #: headers the worker sent with the reply being delivered (protocols that have headers
-    #: read it in ``deliver_reply``; it is replaced by each partial and by the final reply)
-    reply_headers: Headers | None = None
     #: the ``traceparent`` of the broker's span for this request, when it is traced
     #: (``[tracing]``): what a transport with response headers hands back to the caller
     trace: str | None = None
