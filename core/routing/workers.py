@@ -57,8 +57,12 @@ class WorkersMixin(RouterState):
 
         Adaptive credit (``max_credit`` > ``credit``): fast services get pipelining, slow ones
         keep one request per worker (no request waits long behind another). Raises
-        :class:`~maitred.core.errors.Denied` or a ``BAD_REQUEST`` error.
+        :class:`~maitred.core.errors.Denied` or a ``BAD_REQUEST`` error (a ``TypeError`` for an
+        option it does not know, as for any unknown keyword argument).
         """
+        if not options.keys() <= WorkerOptions.__optional_keys__:
+            unknown = sorted(options.keys() - WorkerOptions.__optional_keys__)
+            raise TypeError(f"add_worker() got an unexpected keyword argument {unknown[0]!r}")
         credit = options.get("credit", 1)
         max_credit = options.get("max_credit", 0)
         remote = options.get("remote", False)
