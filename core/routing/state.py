@@ -220,8 +220,11 @@ class RouterState:
     def _unqueued(self, service: Service, request: Request) -> None:
         """``request`` left ``service``'s queue (dispatched, expired, cancelled, dropped)."""
         service.queued -= 1
-        service.queued_bytes -= request.size
-        self.release(request.size)
+        size = request.size
+        service.queued_bytes -= size
+        self.held -= size
+        if self.overloaded and self.held <= self._calm:
+            self._recovered()
 
     def _overload(self) -> None:
         self.overloaded = True
