@@ -136,20 +136,27 @@ def build_parser(
             f"ws://HOST:PORT (env MAITRED_BROKER, default {DEFAULT_BROKER})",
         )
         p.add_argument("-t", "--timeout", type=float, default=10.0, help="seconds (default 10)")
-        p.add_argument(
-            "--curve-server-key",
-            metavar="KEY",
-            default=os.environ.get("MAITRED_CURVE_SERVER_KEY"),
-            help="MDP over CURVE: the broker's public key (40 Z85 characters, or its key file; "
-            "env MAITRED_CURVE_SERVER_KEY)",
-        )
-        p.add_argument(
-            "--curve-key-file",
-            metavar="FILE",
-            default=os.environ.get("MAITRED_CURVE_KEY_FILE"),
-            help="MDP over CURVE: this client's secret key file from maitred keygen "
-            "(env MAITRED_CURVE_KEY_FILE)",
-        )
+        # the CURVE keys: each one's default is its environment variable
+        for flag, metavar, env, text in (
+            (
+                "--curve-server-key",
+                "KEY",
+                "MAITRED_CURVE_SERVER_KEY",
+                "the broker's public key (40 Z85 characters, or its key file; env {})",
+            ),
+            (
+                "--curve-key-file",
+                "FILE",
+                "MAITRED_CURVE_KEY_FILE",
+                "this client's secret key file from maitred keygen (env {})",
+            ),
+        ):
+            p.add_argument(
+                flag,
+                metavar=metavar,
+                default=os.environ.get(env),
+                help="MDP over CURVE: " + text.format(env),
+            )
         p.add_argument(
             "--token",
             metavar="TOKEN",

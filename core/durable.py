@@ -255,27 +255,26 @@ class StoreJournal:
     def _wake(self) -> None:
         """Resolve the waiters whose writes are committed."""
         if self._waiters:
-            done = self.store.flushed
-            keep: list[tuple[int, asyncio.Future[None]]] = []
-            for needed, fut in self._waiters:
-                if needed <= done:
-                    if not fut.done():
-                        fut.set_result(None)
-                else:
-                    keep.append((needed, fut))
-            self._waiters = keep
+            self._settle(self.store.flushed, None)
 
     def _batch_failed(self, number: int, exc: BaseException) -> None:
         """An asynchronous store could not commit batch ``number``: its waiters (and older
         ones) get ``exc``; the store logged why."""
         self.failures += 1
+        self._settle(number, exc)
+
+    def _settle(self, upto: int, exc: BaseException | None) -> None:
+        """The waiters of the batches up to ``upto`` are done (``exc`` None) or failed with
+        ``exc``; the others keep waiting."""
         keep: list[tuple[int, asyncio.Future[None]]] = []
         for needed, fut in self._waiters:
-            if needed <= number:
-                if not fut.done():
-                    fut.set_exception(exc)
-            else:
+            if needed > upto:
                 keep.append((needed, fut))
+            elif not fut.done():
+                if exc is None:
+                    fut.set_result(None)
+                else:
+                    fut.set_exception(exc)
         self._waiters = keep
 
     def refusal(self, size: int) -> MaitredError | None:

@@ -19,7 +19,6 @@ import asyncio
 import inspect
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from types import TracebackType
 from typing import Self, cast
 
 from maitred.core.access import ANONYMOUS, Identity
@@ -50,12 +49,7 @@ class _Base(BaseSink):
     async def __aenter__(self) -> Self:
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *exc_info: object) -> None:
         self.close()
 
     # SessionSink defaults
@@ -119,7 +113,9 @@ class LocalClient(_Base):
     def publish(self, topic: str, *body: bytes, headers: dict[str, str] | None = None) -> int:
         return self._router.publish(self.session, topic, list(body), headers)
 
-    def deliver_reply(self, request: Request, kind: ReplyKind, body: Body) -> None:
+    def deliver_reply(
+        self, request: Request, kind: ReplyKind, body: Body, headers: Headers | None
+    ) -> None:
         queue: asyncio.Queue[_Item] = request.correlation
         queue.put_nowait((kind is ReplyKind.FINAL, list(body)))
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol, Unpack
 
 import msgspec
 
@@ -32,6 +32,7 @@ from maitred.core.routing.model import (
     Session,
     SessionSink,
     Worker,
+    WorkerOptions,
 )
 from maitred.core.routing.state import Tracer
 
@@ -228,24 +229,13 @@ class BrokerPort(Protocol):
     # -- workers ------------------------------------------------------------------------------
 
     def register_worker(
-        self,
-        session: Session,
-        service_name: str,
-        now: float,
-        *,
-        credit: int = 1,
-        tag: Any = None,
-        label: str = "",
-        address: str = "",
-        idle_timeout: float | None = None,
-        busy_timeout: float | None = None,
-        max_credit: int = 0,
-        pipeline_below: float = 0.002,
-        remote: bool = False,
+        self, session: Session, service_name: str, now: float, **options: Unpack[WorkerOptions]
     ) -> Worker:
         """Make ``session`` a worker of ``service_name`` (raises ``Denied`` or
-        ``MaitredError``); ``idle_timeout`` 0: the transport watches its liveness; ``address``:
-        where the worker is, for people (shown by ``mmi.workers`` and the dashboard);
+        ``MaitredError``). The options (:class:`~maitred.core.routing.model.WorkerOptions`):
+        ``credit``, ``tag``, ``label``; ``address``, where the worker is, for people (shown by
+        ``mmi.workers`` and the dashboard); ``idle_timeout``/``busy_timeout`` (0: the
+        transport watches its liveness); ``max_credit``/``pipeline_below`` (adaptive credit);
         ``remote``: it stands for another node's workers (dispatch prefers local workers and
         uses it only when none is free; it publishes no ``$sys.worker.*`` events)."""
         ...

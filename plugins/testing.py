@@ -66,8 +66,7 @@ from collections.abc import (
 from contextlib import asynccontextmanager
 from importlib.metadata import entry_points
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Protocol, TypeAlias, TypeVar
+from typing import Any, Protocol, TypeAlias, TypedDict, TypeVar, Unpack
 
 import pluggy
 import pytest
@@ -81,6 +80,7 @@ from maitred.plugins.manager import ENTRY_POINT_GROUP, make_plugin_manager
 
 __all__ = [
     "EPHEMERAL_ADDRESSES",
+    "BrokerOptions",
     "BrokerStarter",
     "BrokerThread",
     "ConfigFactory",
@@ -106,6 +106,24 @@ T = TypeVar("T")
 ConfigSource: TypeAlias = Config | str | Path | Mapping[str, Any] | None
 #: transport names (bound to a free port on 127.0.0.1) or ``{name: [addresses]}``
 Transports: TypeAlias = Mapping[str, Sequence[str]] | Iterable[str] | None
+
+
+class BrokerOptions(TypedDict, total=False):
+    """How :func:`make_broker` builds a broker (the keyword options it, :func:`running_broker`
+    and the ``maitred_broker`` fixture take), each optional; the default follows each name."""
+
+    #: ``()``: plugin objects, registered before the installed ones
+    plugins: Iterable[object]
+    #: ``None``: transports enabled on top of the config's
+    transports: Transports
+    #: ``None``: the plugin manager (by default :func:`plugin_manager` with ``plugins`` and the
+    #: config's ``[plugins] disable`` list)
+    pm: pluggy.PluginManager | None
+    #: ``True``: register the installed plugins too
+    load_entry_points: bool
+    #: ``monotonic``: the broker's clock
+    clock: Clock
+
 
 #: where the built-in transports listen in tests (a plugin's own transports say it in
 #: ``TransportSpec.extra["ephemeral_address"]``)
@@ -200,24 +218,25 @@ def ephemeral_addresses(pm: pluggy.PluginManager, names: Iterable[str]) -> dict[
     return out
 
 
-def make_broker(
-    config: ConfigSource = None,
-    *,
-    plugins: Iterable[object] = (),
-    transports: Transports = None,
-    pm: pluggy.PluginManager | None = None,
-    load_entry_points: bool = True,
-    clock: Clock = monotonic,
-) -> Broker:
-    """A broker (not started) as :func:`maitred.core.app.build_broker` builds it.
+def make_broker(config: ConfigSource = None, **options: Unpack[BrokerOptions]) -> Broker:
+    """A broker (not started) as :func:`maitred.core.app.build_broker` builds it, with
+    ``options`` (:class:`BrokerOptions`).
 
     ``pm`` defaults to :func:`plugin_manager` with ``plugins`` and the config's
     ``[plugins] disable`` list. ``transports`` enables transports on top of the config's.
     """
+    unknown = sorted(options.keys() - BrokerOptions.__optional_keys__)
+    if unknown:
+        raise TypeError(f"make_broker() got an unexpected keyword argument {unknown[0]!r}")
+    plugins = options.get("plugins", ())
+    transports = options.get("transports")
+    pm = options.get("pm")
     cfg = config_from(config)
     if pm is None:
         pm = plugin_manager(
-            *plugins, disabled=cfg.plugins.disable, load_entry_points=load_entry_points
+            *plugins,
+            disabled=cfg.plugins.disable,
+            load_entry_points=options.get("load_entry_points", True),
         )
     elif plugins:
         for plugin in plugins:
@@ -230,19 +249,15 @@ def make_broker(
     else:
         names = [transports] if isinstance(transports, str) else list(transports)
         addresses = ephemeral_addresses(pm, names)
-    return build_broker(cfg, pm=pm, addresses=addresses, clock=clock)
+    return build_broker(cfg, pm=pm, addresses=addresses, clock=options.get("clock", monotonic))
 
 
 @asynccontextmanager
 async def running_broker(
     config: ConfigSource = None,
     *,
-    plugins: Iterable[object] = (),
-    transports: Transports = None,
-    pm: pluggy.PluginManager | None = None,
-    load_entry_points: bool = True,
-    clock: Clock = monotonic,
     drain_timeout: float | None = 0.0,
+    **options: Unpack[BrokerOptions],
 ) -> AsyncIterator[Broker]:
     """``async with running_broker(...) as broker``: started on entry, stopped on exit.
 
@@ -250,14 +265,7 @@ async def running_broker(
     :meth:`Broker.stop` (default 0: requests still in flight fail at once; None: the config's
     ``[broker] drain_timeout``).
     """
-    broker = make_broker(
-        config,
-        plugins=plugins,
-        transports=transports,
-        pm=pm,
-        load_entry_points=load_entry_points,
-        clock=clock,
-    )
+    broker = make_broker(config, **options)
     await broker.start()
     try:
         yield broker
@@ -352,12 +360,7 @@ class BrokerThread:
             self.start()
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.stop()
 
     # -- access -------------------------------------------------------------------------------
@@ -530,12 +533,7 @@ class ServeProcess:
     def __enter__(self) -> ServeProcess:
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.close()
 
 
@@ -559,12 +557,8 @@ class BrokerStarter(Protocol):
         self,
         config: ConfigSource = None,
         *,
-        plugins: Iterable[object] = (),
-        transports: Transports = None,
-        pm: pluggy.PluginManager | None = None,
-        load_entry_points: bool = True,
-        clock: Clock = monotonic,
         drain_timeout: float | None = 0.0,
+        **options: Unpack[BrokerOptions],
     ) -> BrokerThread: ...
 
 
@@ -613,24 +607,14 @@ def maitred_broker() -> Iterator[BrokerStarter]:
     def start(
         config: ConfigSource = None,
         *,
-        plugins: Iterable[object] = (),
-        transports: Transports = None,
-        pm: pluggy.PluginManager | None = None,
-        load_entry_points: bool = True,
-        clock: Clock = monotonic,
         drain_timeout: float | None = 0.0,
+        **options: Unpack[BrokerOptions],
     ) -> BrokerThread:
-        plugins = list(plugins)
+        if "plugins" in options:  # built on the broker's thread: an iterator is read here
+            options["plugins"] = list(options["plugins"])
 
         def factory() -> Broker:
-            return make_broker(
-                config,
-                plugins=plugins,
-                transports=transports,
-                pm=pm,
-                load_entry_points=load_entry_points,
-                clock=clock,
-            )
+            return make_broker(config, **options)
 
         thread = BrokerThread(factory, drain_timeout=drain_timeout)
         started.append(thread)

@@ -9,8 +9,8 @@ import msgspec
 
 from maitred.core.access import Action
 from maitred.core.errors import Denied
-from maitred.core.routing.model import NO_DEADLINE, Body, Headers, Request, Session
-from maitred.core.routing.state import _DONE, _FINAL, RouterState, log
+from maitred.core.routing.model import Body, Request
+from maitred.core.routing.state import _FINAL, RouterState, log
 
 if TYPE_CHECKING:
     from maitred.core.routing.router import Router
@@ -50,26 +50,11 @@ class MmiMixin(RouterState):
             return None
         return rows
 
-    def _submit_mmi(
-        self,
-        session: Session,
-        name: str,
-        body: Body,
-        correlation: Any,
-        now: float,
-        headers: Headers | None,
-    ) -> Request | None:
-        request = Request(
-            id=self._next_request,
-            service=name,
-            body=body,
-            caller=session,
-            correlation=correlation,
-            deadline=NO_DEADLINE,
-            accepted=now,
-            headers=headers,
-            state=_DONE,
-        )
+    def _submit_mmi(self, request: Request) -> Request | None:
+        """Answer ``request`` (made by :meth:`_new_request`, done) at once, or refuse it."""
+        session = request.caller
+        name = request.service
+        body = request.body
         if not self.allowed(session, Action.CALL, name):
             session.sink.deliver_error(
                 request, Denied(f"{session.identity.name} may not call {name}")
@@ -88,5 +73,5 @@ class MmiMixin(RouterState):
             reply = [*body[:-1], b"501"] if body else [b"501"]
         else:
             reply = self._mmi(cast("Router", self), name, body)
-        session.sink.deliver_reply(request, _FINAL, reply)
+        session.sink.deliver_reply(request, _FINAL, reply, None)
         return request

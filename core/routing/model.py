@@ -12,7 +12,7 @@ from bisect import bisect_left
 from collections import Counter, OrderedDict, deque
 from collections.abc import Mapping, Sequence
 from enum import IntEnum
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, TypedDict
 
 import msgspec
 
@@ -182,8 +182,12 @@ class SessionSink(Protocol):
     def deliver_request(self, worker: Worker, request: Request) -> None:
         """Hand ``request`` to ``worker`` (a worker of this session); reply with its id."""
 
-    def deliver_reply(self, request: Request, kind: ReplyKind, body: Body) -> None:
-        """A partial or final reply to ``request``, which this session submitted."""
+    def deliver_reply(
+        self, request: Request, kind: ReplyKind, body: Body, headers: Headers | None
+    ) -> None:
+        """A partial or final reply to ``request``, which this session submitted, with the
+        headers its worker sent with this reply (broker-owned names dropped, the worker's
+        transport's own stamped; None: it sent none)."""
 
     def deliver_error(self, request: Request, error: MaitredError) -> None:
         """``request`` (submitted by this session) failed; no more replies follow."""
@@ -205,7 +209,9 @@ class BaseSink:
     def deliver_request(self, worker: Worker, request: Request) -> None:
         return None
 
-    def deliver_reply(self, request: Request, kind: ReplyKind, body: Body) -> None:
+    def deliver_reply(
+        self, request: Request, kind: ReplyKind, body: Body, headers: Headers | None
+    ) -> None:
         return None
 
     def deliver_error(self, request: Request, error: MaitredError) -> None:
@@ -269,6 +275,36 @@ class Session:
 
     def __repr__(self) -> str:
         return f"<Session {self.label} {self.identity.name}>"
+
+
+class WorkerOptions(TypedDict, total=False):
+    """The keyword options of registering a worker (``BrokerPort.register_worker``), each one
+    optional; the default follows each name."""
+
+    #: ``1``: how many requests it holds at once (at least 1)
+    credit: int
+    #: ``None``: the transport's own note on the worker (the router never looks inside it)
+    tag: Any
+    #: ``""``: its name in logs, events and listings
+    label: str
+    #: ``""``: where the worker is, for people (``mmi.workers``, the dashboard): the peer's
+    #: address, an ipc path, a login; "" when the transport knows none
+    address: str
+    #: ``None`` (the ``[liveness]`` default): seconds idle before it expires; 0: the transport
+    #: watches its liveness itself (the router never expires it)
+    idle_timeout: float | None
+    #: ``None`` (the ``[liveness]`` default): seconds busy without a sign of life; 0: never
+    busy_timeout: float | None
+    #: ``0``: adaptive credit up to this many requests (see ``pipeline_below``)
+    max_credit: int
+    #: ``0.002``: while the service has requests waiting and the worker answers each one within
+    #: this many seconds of its dispatch, its credit grows by one per reply up to
+    #: ``max_credit``; the first slower answer sets it back to ``credit``
+    pipeline_below: float
+    #: ``False``: it stands for another node's workers (a cluster fabric's proxy): dispatch
+    #: hands it a request only when no local worker is free; it publishes no ``$sys.worker.*``
+    #: events (the node that has the real worker does)
+    remote: bool
 
 
 class Worker:
@@ -417,9 +453,6 @@ class Request(msgspec.Struct, kw_only=True):
     #: when it first has to wait; 0 for a request handed to a worker at once)
     size: int = 0
     bucket: dict[int, Request] | None = None
-    #: headers the worker sent with the reply being delivered (protocols that have headers
-    #: read it in ``deliver_reply``; it is replaced by each partial and by the final reply)
-    reply_headers: Headers | None = None
     #: the ``traceparent`` of the broker's span for this request, when it is traced
     #: (``[tracing]``): what a transport with response headers hands back to the caller
     trace: str | None = None

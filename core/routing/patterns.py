@@ -34,20 +34,32 @@ def validate_pattern(pattern: str) -> str | None:
     return None
 
 
+def _walk(a: str, b: str, rest: bool | None, star: bool) -> bool:
+    """The segment walk of :func:`matches`, :func:`covers` and :func:`intersects`: whether
+    pattern ``a`` takes every segment of ``b``. They differ only in what a wildcard segment of
+    ``b`` means: ``rest`` is the answer where ``b`` has ``>`` (None: ``b`` is a name, its ``>``
+    a plain segment); ``star``: a ``*`` of ``b`` stands for any segment of ``a`` (else it is
+    taken only by a ``*`` of ``a``)."""
+    if a == b or a == ">":
+        return True
+    asegs = a.split(".")
+    bsegs = b.split(".")
+    for i, x in enumerate(asegs):
+        if x == ">":
+            return len(bsegs) > i  # the rest of b: one segment or more
+        if i >= len(bsegs):
+            return False  # b's names are shorter
+        y = bsegs[i]
+        if rest is not None and y == ">":
+            return rest
+        if x != y and x != "*" and not (star and y == "*"):
+            return False
+    return len(asegs) == len(bsegs)
+
+
 def matches(pattern: str, name: str) -> bool:
     """Whether ``name`` matches ``pattern`` (no trie; for rule tables and one-off checks)."""
-    if pattern == name or pattern == ">":
-        return True
-    psegs = pattern.split(".")
-    nsegs = name.split(".")
-    for i, p in enumerate(psegs):
-        if p == ">":
-            return len(nsegs) > i
-        if i >= len(nsegs):
-            return False
-        if p != "*" and p != nsegs[i]:
-            return False
-    return len(psegs) == len(nsegs)
+    return _walk(pattern, name, None, False)
 
 
 class _Node(Generic[V]):
@@ -78,12 +90,8 @@ class SubjectTree(Generic[V]):
         segs = pattern.split(".")
         for i, seg in enumerate(segs):
             if seg == ">" and i == len(segs) - 1:
-                if value in node.rest:
-                    return False
-                node.rest[value] = 1
-                self._count[pattern] = self._count.get(pattern, 0) + 1
-                self.size += 1
-                return True
+                held = node.rest  # "<prefix>.>": the values of the node it ends at
+                break
             if seg == "*":
                 if node.star is None:
                     node.star = _Node()
@@ -93,9 +101,11 @@ class SubjectTree(Generic[V]):
                 if child is None:
                     child = node.children[seg] = _Node()
                 node = child
-        if value in node.values:
+        else:
+            held = node.values
+        if value in held:
             return False
-        node.values[value] = 1
+        held[value] = 1
         self._count[pattern] = self._count.get(pattern, 0) + 1
         self.size += 1
         return True
@@ -184,41 +194,16 @@ def any_matches(patterns: Iterable[str], name: str) -> bool:
 def covers(general: str, specific: str) -> bool:
     """Whether every name ``specific`` matches is matched by ``general`` too (both are valid
     patterns; a plain name is a pattern matching itself). ``chat.>`` covers ``chat.*`` and
-    ``chat.a.b``; ``chat.*`` does not cover ``chat.>`` (``chat.a.b``)."""
-    if general == specific or general == ">":
-        return True
-    gsegs = general.split(".")
-    ssegs = specific.split(".")
-    for i, g in enumerate(gsegs):
-        if g == ">":
-            return len(ssegs) > i  # the rest of any name of specific: one segment or more
-        if i >= len(ssegs):
-            return False  # specific's names are shorter
-        s = ssegs[i]
-        if s == ">":
-            return False  # specific goes on where general stops or needs one exact segment
-        if g != "*" and g != s:
-            return False  # a literal covers only itself (not '*', not another literal)
-    return len(gsegs) == len(ssegs)
+    ``chat.a.b``; ``chat.*`` does not cover ``chat.>`` (``chat.a.b``): where ``specific`` goes
+    on with ``>`` and ``general`` needs one segment more, it does not; a ``*`` of ``specific``
+    is covered only by a ``*``."""
+    return _walk(general, specific, False, False)
 
 
 def intersects(a: str, b: str) -> bool:
-    """Whether some name is matched by both patterns ``a`` and ``b``."""
-    if a == b or a == ">" or b == ">":
-        return True
-    asegs = a.split(".")
-    bsegs = b.split(".")
-    for i, x in enumerate(asegs):
-        if x == ">":
-            return len(bsegs) > i
-        if i >= len(bsegs):
-            return False
-        y = bsegs[i]
-        if y == ">":
-            return True  # x is a segment at i: b's rest takes it and a's remaining segments
-        if x != y and x != "*" and y != "*":
-            return False
-    return len(asegs) == len(bsegs)
+    """Whether some name is matched by both patterns ``a`` and ``b``: where ``b`` goes on
+    with ``>``, its rest takes ``a``'s remaining segments; a ``*`` meets any segment."""
+    return _walk(a, b, True, True)
 
 
 class TooComplex(BrokerError):

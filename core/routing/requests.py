@@ -45,16 +45,7 @@ class RequestsMixin(RouterState):
         self, session: Session, name: str, correlation: Any, now: float, error: MaitredError
     ) -> None:
         """Refuse a request before any service object exists for it."""
-        request = Request(
-            id=self._next_request,
-            service=name,
-            body=(),
-            caller=session,
-            correlation=correlation,
-            deadline=NO_DEADLINE,
-            accepted=now,
-            state=_DONE,
-        )
+        request = self._new_request(session, name, (), correlation, now, state=_DONE)
         session.counters.requests += 1
         self._count_error(None, request, error)
         session.sink.deliver_error(request, error)
@@ -91,7 +82,11 @@ class RequestsMixin(RouterState):
             headers = client_headers(headers, stamp)
         self._next_request += 1
         if service_name.startswith(MMI_PREFIX):
-            return self._submit_mmi(session, service_name, body, correlation, now, headers)
+            return self._submit_mmi(
+                self._new_request(
+                    session, service_name, body, correlation, now, headers, state=_DONE
+                )
+            )
         service = self.services.get(service_name)
         if service is None:
             if self.name_too_long(service_name):
@@ -117,15 +112,9 @@ class RequestsMixin(RouterState):
             timeout = policy.request_timeout
         elif timeout != NO_DEADLINE and policy.max_request_timeout:
             timeout = min(timeout, policy.max_request_timeout)
-        request = Request(
-            id=self._next_request,
-            service=service_name,
-            body=body,
-            caller=session,
-            correlation=correlation,
-            deadline=now + timeout if 0 < timeout < NO_DEADLINE else NO_DEADLINE,
-            accepted=now,
-            headers=headers,
+        deadline = now + timeout if 0 < timeout < NO_DEADLINE else NO_DEADLINE
+        request = self._new_request(
+            session, service_name, body, correlation, now, headers, deadline
         )
         service.requests += 1
         session.counters.requests += 1
@@ -282,19 +271,11 @@ class RequestsMixin(RouterState):
         caller any more (its replies are dropped) and no deadline; the journal has it already."""
         self._next_request += 1
         service = self.service(service_name)
-        request = Request(
-            id=self._next_request,
-            service=service_name,
-            body=body,
-            caller=self._orphan_session(now),
-            correlation=None,
-            deadline=NO_DEADLINE,
-            accepted=now,
-            headers=headers,
-            deliveries=deliveries,
-            stored=stored,
-            size=len(service_name) + sum(map(len, body)),
-        )
+        caller = self._orphan_session(now)
+        request = self._new_request(caller, service_name, body, None, now, headers)
+        request.deliveries = deliveries
+        request.stored = stored
+        request.size = len(service_name) + sum(map(len, body))
         service.requests += 1
         return self._enqueue(service, request, now)
 
@@ -362,13 +343,7 @@ class RequestsMixin(RouterState):
                     break  # only remote workers are free: it waits for a local one, in order
                 worker = found
             queue.popleft()
-            # ``_unqueued``, inline: once per waiting request
-            service.queued -= 1
-            size = request.size
-            service.queued_bytes -= size
-            self.held -= size
-            if self.overloaded and self.held <= self._calm:
-                self._recovered()
+            self._unqueued(service, request)
             caller = request.caller
             caller.queued.pop(request.id, None)
             if caller.closed:
@@ -417,15 +392,15 @@ class RequestsMixin(RouterState):
         stamp: Iterable[tuple[str, str]] = (),
     ) -> bool:
         """A reply from ``worker`` to the request whose id is ``token`` (``headers``, if any,
-        reach the caller's transport as ``request.reply_headers``, broker-owned names dropped
-        and ``stamp`` added, as for :meth:`publish`). False (and counted) when the worker
+        reach the caller's sink with this reply, broker-owned names dropped and ``stamp``
+        added, as for :meth:`publish`). False (and counted) when the worker
         holds no such request."""
         request = worker.inflight.get(token)
         if request is None:
             self.stats["replies.unknown"] += 1
             return False
         if headers is not None:
-            request.reply_headers = client_headers(headers, stamp)
+            headers = client_headers(headers, stamp)
         worker.touched = now
         if worker.suspect:  # it speaks again: back in dispatch (below for a final reply)
             self._revive(worker, now, dispatch=not final)
@@ -474,11 +449,11 @@ class RequestsMixin(RouterState):
                     del request.bucket[request.id]
                     request.bucket = None
                 if not caller.closed:
-                    caller.sink.deliver_reply(request, _FINAL, body)
+                    caller.sink.deliver_reply(request, _FINAL, body, headers)
             return True
         self.touch(worker, now)
         if request.state is _DISPATCHED and not request.caller.closed:
-            request.caller.sink.deliver_reply(request, _PARTIAL, body)
+            request.caller.sink.deliver_reply(request, _PARTIAL, body, headers)
         return True
 
     def reply_error(self, worker: Worker, token: int, error: MaitredError, now: float) -> bool:

@@ -19,7 +19,9 @@ import msgspec
 from maitred.core.access import AccessPolicy, Action, Grants
 from maitred.core.errors import MaitredError
 from maitred.core.routing.model import (
+    NO_DEADLINE,
     Body,
+    Headers,
     Journal,
     ReplyKind,
     Request,
@@ -137,15 +139,43 @@ class RouterState:
         def _unhandled(self, request: Request, reason: str) -> None: ...
         def _orphan_session(self, now: float = 0.0) -> Session: ...
 
-        # the two long signatures, as callables (their definitions carry the parameters)
+        # the long signature, as a callable (its definition carries the parameters)
         open_session: Callable[..., Session]
-        _submit_mmi: Callable[..., Request | None]
+
+        def _submit_mmi(self, request: Request) -> Request | None: ...
 
         def _arm(self, request: Request) -> None: ...
         def _disarm(self, request: Request) -> None: ...
         def _tell_error(self, request: Request, error: MaitredError) -> None: ...
         @staticmethod
         def _size(request: Request) -> int: ...
+
+    def _new_request(
+        self,
+        session: Session,
+        name: str,
+        body: Body,
+        correlation: Any,
+        now: float,
+        headers: Headers | None = None,
+        deadline: float = NO_DEADLINE,
+        state: RequestState = _QUEUED,
+    ) -> Request:
+        """The one place the router makes a :class:`Request`: ``session``'s request to the
+        service ``name``, accepted at ``now``, with the id ``_next_request``. A request done as
+        it is made (refused at once, or answered by the broker itself: ``mmi.``) has the state
+        DONE and no deadline."""
+        return Request(
+            id=self._next_request,
+            service=name,
+            body=body,
+            caller=session,
+            correlation=correlation,
+            deadline=deadline,
+            accepted=now,
+            headers=headers,
+            state=state,
+        )
 
     # -- memory -----------------------------------------------------------------------------
 

@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Unpack
 
 from maitred.core.access import Action
 from maitred.core.errors import Denied, ErrorCode, MaitredError
-from maitred.core.routing.model import Request, Service, ServicePolicy, Session, Worker
+from maitred.core.routing.model import (
+    Request,
+    Service,
+    ServicePolicy,
+    Session,
+    Worker,
+    WorkerOptions,
+)
 from maitred.core.routing.state import (
     _CANCELLED,
     _DISPATCHED,
@@ -43,39 +50,24 @@ class WorkersMixin(RouterState):
             service.policy = policy_for(name)
 
     def add_worker(
-        self,
-        session: Session,
-        service_name: str,
-        now: float,
-        *,
-        credit: int = 1,
-        tag: Any = None,
-        label: str = "",
-        address: str = "",
-        idle_timeout: float | None = None,
-        busy_timeout: float | None = None,
-        max_credit: int = 0,
-        pipeline_below: float = 0.002,
-        remote: bool = False,
+        self, session: Session, service_name: str, now: float, **options: Unpack[WorkerOptions]
     ) -> Worker:
-        """Make ``session`` a worker of ``service_name`` with ``credit`` requests at a time.
+        """Make ``session`` a worker of ``service_name`` with ``credit`` requests at a time
+        (the options and their defaults: :class:`~maitred.core.routing.model.WorkerOptions`).
 
-        Adaptive credit (``max_credit`` > ``credit``): while the service has requests waiting
-        and the worker answers each one within ``pipeline_below`` seconds of its dispatch, its
-        credit grows by one per reply up to ``max_credit`` (requests are pipelined to it); the
-        first answer that takes longer sets it back to ``credit``. Fast services get pipelining,
-        slow ones keep one request per worker (no request waits long behind another).
-
-        ``address`` says where the worker is, for people (``mmi.workers``, the dashboard): the
-        peer's address, an ipc path, a login; "" when the transport knows none.
-
-        ``idle_timeout``/``busy_timeout`` override the liveness defaults; 0 means the transport
-        watches liveness itself (the router never expires the worker). A ``remote`` worker
-        stands for another node's workers (a cluster fabric's proxy): dispatch hands it a
-        request only when no local worker is free, and it publishes no ``$sys.worker.*``
-        events (the node that has the real worker does). Raises
-        :class:`~maitred.core.errors.Denied` or a ``BAD_REQUEST`` error.
+        Adaptive credit (``max_credit`` > ``credit``): fast services get pipelining, slow ones
+        keep one request per worker (no request waits long behind another). Raises
+        :class:`~maitred.core.errors.Denied` or a ``BAD_REQUEST`` error (a ``TypeError`` for an
+        option it does not know, as for any unknown keyword argument).
         """
+        if not options.keys() <= WorkerOptions.__optional_keys__:
+            unknown = sorted(options.keys() - WorkerOptions.__optional_keys__)
+            raise TypeError(f"add_worker() got an unexpected keyword argument {unknown[0]!r}")
+        credit = options.get("credit", 1)
+        max_credit = options.get("max_credit", 0)
+        remote = options.get("remote", False)
+        idle_timeout = options.get("idle_timeout")
+        busy_timeout = options.get("busy_timeout")
         if session.closed:
             raise MaitredError("session is closed", ErrorCode.BAD_REQUEST)
         if self.draining:
@@ -104,16 +96,16 @@ class WorkersMixin(RouterState):
             session,
             service,
             credit,
-            tag,
-            label,
+            options.get("tag"),
+            options.get("label", ""),
             now,
             self.liveness.idle_timeout if idle_timeout is None else idle_timeout,
             self.liveness.busy_timeout if busy_timeout is None else busy_timeout,
-            address,
+            options.get("address", ""),
         )
         if max_credit > credit:
             worker.max_credit = max_credit
-            worker.pipeline_below = pipeline_below
+            worker.pipeline_below = options.get("pipeline_below", 0.002)
         worker.remote = remote
         first = not service.workers
         service.workers[worker] = None

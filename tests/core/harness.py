@@ -40,6 +40,8 @@ class FakeSink:
         self.calls: list[tuple[Any, ...]] = []
         self.requests: list[tuple[Worker, Request]] = []
         self.replies: list[tuple[Request, ReplyKind, list[bytes]]] = []
+        #: the headers of each reply in :attr:`replies` (None: the worker sent none)
+        self.reply_headers: list[dict[str, str] | None] = []
         self.errors: list[tuple[Request, MaitredError]] = []
         self.events: list[tuple[str, list[bytes], dict[str, str]]] = []
         self.removed: list[tuple[Worker, str]] = []
@@ -60,9 +62,12 @@ class FakeSink:
         self._record("request", worker, request)
         self.requests.append((worker, request))
 
-    def deliver_reply(self, request: Request, kind: ReplyKind, body: Body) -> None:
+    def deliver_reply(
+        self, request: Request, kind: ReplyKind, body: Body, headers: Headers | None
+    ) -> None:
         self._record("reply", request, kind, list(body))
         self.replies.append((request, kind, list(body)))
+        self.reply_headers.append(None if headers is None else dict(headers))
 
     def deliver_error(self, request: Request, error: MaitredError) -> None:
         self._record("error", request, error)

@@ -65,7 +65,19 @@ def test_router_drops_spoofed_headers_on_every_path() -> None:
     assert dict(request.headers or {}) == {"Reqid": "r", "Cid": "c1"}
     # reply
     assert h.router.reply(worker, request.id, (b"ok",), h.now, headers=_spoofed())
-    assert dict(request.reply_headers or {}) == {"Reqid": "r"}
+    assert sink_of(client).reply_headers == [{"Reqid": "r"}]
     # the broker's own publications (session None) are sanitised all the same
     h.router.publish(None, "t", (b"y",), {"RID": "9"})
     assert sink_of(sub).events[-1][2] == {}
+
+
+def test_reply_headers_are_an_argument_of_each_reply() -> None:
+    """The sink gets each reply's own headers: a partial's do not stay for the final reply."""
+    h = Harness()
+    client = h.session("client")
+    worker = h.worker("svc")
+    request = h.req(client, "svc")
+    assert h.router.reply(worker, request.id, (b"p",), h.now, final=False, headers={"X": "1"})
+    assert h.router.reply(worker, request.id, (b"f",), h.now, stamp=[("Uid", "u")])
+    assert sink_of(client).reply_headers == [{"X": "1"}, None]
+    assert not hasattr(request, "reply_headers")

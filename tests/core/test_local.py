@@ -136,7 +136,7 @@ def test_the_default_sink_methods_of_a_worker_session() -> None:
     async def test(broker: Broker) -> None:
         async with LocalWorker(broker, "echo", echo) as w:
             request: Any = None
-            assert w.deliver_reply(request, ReplyKind.FINAL, []) is None
+            assert w.deliver_reply(request, ReplyKind.FINAL, [], None) is None
             assert w.deliver_error(request, MaitredError("x")) is None
             assert w.deliver_event("t", [], {}) is None
             assert w.worker_removed(w.worker, "gone") is None

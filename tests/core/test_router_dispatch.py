@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -342,3 +343,30 @@ def test_max_credit_below_credit_is_refused() -> None:
     h = Harness()
     with pytest.raises(MaitredError):
         h.router.add_worker(h.session("w"), "s", h.now, credit=4, max_credit=2)
+
+
+def test_worker_options_are_read_and_an_unknown_one_is_refused() -> None:
+    """register_worker's options (one TypedDict for the port and the router) all reach the
+    worker; a misspelt one is a TypeError, as for any keyword argument, and adds no worker."""
+    h = Harness()
+    w = h.router.add_worker(
+        h.session("w"),
+        "s",
+        h.now,
+        credit=2,
+        tag="t",
+        label="L",
+        address="here",
+        idle_timeout=7.0,
+        busy_timeout=9.0,
+        max_credit=4,
+        pipeline_below=0.5,
+        remote=True,
+    )
+    assert (w.credit, w.tag, w.label, w.address) == (2, "t", "L", "here")
+    assert (w.idle_timeout, w.busy_timeout, w.max_credit, w.pipeline_below) == (7.0, 9.0, 4, 0.5)
+    assert w.remote
+    options: Any = {"credits": 3}
+    with pytest.raises(TypeError, match=r"unexpected keyword argument 'credits'"):
+        h.router.add_worker(h.session("x"), "s2", h.now, **options)
+    assert "s2" not in h.router.services

@@ -41,6 +41,7 @@ from maitred.core.clock import FakeClock
 from maitred.core.errors import ErrorCode, MaitredError
 from maitred.core.management import Management
 from maitred.core.routing.model import (
+    Headers,
     ReplyKind,
     Request,
     RequestState,
@@ -72,8 +73,10 @@ class JournalSink(FakeSink):
         self.journal = journal
         self.machine = machine
 
-    def deliver_reply(self, request: Request, kind: ReplyKind, body: Any) -> None:
-        super().deliver_reply(request, kind, body)
+    def deliver_reply(
+        self, request: Request, kind: ReplyKind, body: Any, headers: Headers | None
+    ) -> None:
+        super().deliver_reply(request, kind, body, headers)
         self.journal.setdefault(request.id, []).append(
             "final" if kind is ReplyKind.FINAL else "partial"
         )

@@ -53,7 +53,9 @@ class EventSink:
     def deliver_request(self, worker: Worker, request: Request) -> None:
         return None
 
-    def deliver_reply(self, request: Request, kind: ReplyKind, body: Body) -> None:
+    def deliver_reply(
+        self, request: Request, kind: ReplyKind, body: Body, headers: Headers | None
+    ) -> None:
         return None
 
     def deliver_error(self, request: Request, error: MaitredError) -> None:

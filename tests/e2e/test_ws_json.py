@@ -100,6 +100,31 @@ def test_json_client_and_service(ws_broker: BrokerThread) -> None:
     run(main())
 
 
+def test_each_reply_carries_its_own_headers(ws_broker: BrokerThread) -> None:
+    """A partial's headers are the partial's: the final reply after it, sent without headers,
+    reaches the caller without any (none left over from the partial)."""
+
+    async def main() -> None:
+        svc = await JsonClient.connect(url(ws_broker), "xyzzy", name="steps", methods=[])
+        client = await JsonClient.connect(url(ws_broker), "xyzzy")
+
+        async def serve() -> None:
+            req = await svc.next_request()
+            await svc.reply(req, "half", headers={"X-Step": "1"}, final=False)
+            await svc.reply(req, "done")
+
+        task = asyncio.ensure_future(serve())
+        partials: list[jc.Partial] = []
+        reply = await client.request("steps", 0, on_partial=partials.append)
+        await task
+        assert [(payload_of(p), p.headers) for p in partials] == [("half", {"X-Step": "1"})]
+        assert payload_of(reply) == "done" and reply.headers is msgspec.UNSET
+        await client.close()
+        await svc.close()
+
+    run(main())
+
+
 def test_bytes_travel_as_base64(ws_broker: BrokerThread) -> None:
     async def main() -> None:
         svc = await JsonClient.connect(url(ws_broker), "xyzzy", name="bin", methods=[])

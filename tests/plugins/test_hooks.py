@@ -53,7 +53,9 @@ class Recorder:
     def deliver_request(self, worker: Worker, request: Request) -> None:
         self.requests.append((worker, request))
 
-    def deliver_reply(self, request: Request, kind: ReplyKind, body: Body) -> None:
+    def deliver_reply(
+        self, request: Request, kind: ReplyKind, body: Body, headers: Headers | None
+    ) -> None:
         self.replies.append((kind, list(body)))
 
     def deliver_error(self, request: Request, error: MaitredError) -> None:

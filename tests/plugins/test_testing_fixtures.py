@@ -8,6 +8,7 @@ import sys
 import textwrap
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import pluggy
@@ -84,6 +85,14 @@ def test_make_broker_transports_by_name_need_an_ephemeral_address() -> None:
         make_broker(transports=["nope"])
     broker = make_broker(transports={"mdp": ["inproc://explicit"]})
     assert broker.endpoints() == {}  # built, not started
+
+
+def test_make_broker_refuses_an_unknown_option() -> None:
+    """Its options are a TypedDict (declared once for make_broker, running_broker and the
+    fixture): a misspelt one is still a TypeError, as for any keyword argument."""
+    options: Any = {"plugin": []}
+    with pytest.raises(TypeError, match=r"unexpected keyword argument 'plugin'"):
+        make_broker(**options)
 
 
 def test_running_broker_binds_a_free_port() -> None:

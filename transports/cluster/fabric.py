@@ -73,10 +73,11 @@ class _InSink(BaseSink):
     def __init__(self, fabric: ClusterFabric) -> None:
         self.fabric = fabric
 
-    def deliver_reply(self, request: Request, kind: ReplyKind, body: Body) -> None:
-        self.fabric._send_reply(
-            request, Kind.FINAL if kind == ReplyKind.FINAL else Kind.PARTIAL, body
-        )
+    def deliver_reply(
+        self, request: Request, kind: ReplyKind, body: Body, headers: Headers | None
+    ) -> None:
+        kind_ = Kind.FINAL if kind == ReplyKind.FINAL else Kind.PARTIAL
+        self.fabric._send_reply(request, kind_, body, headers=headers)
 
     def deliver_error(self, request: Request, error: MaitredError) -> None:
         self.fabric._send_reply(request, Kind.ERROR, (error.reason.encode(),), int(error.code))
@@ -547,12 +548,18 @@ class ClusterFabric(TopicsMixin, CancelsMixin):
         changes are announced within 20 ms)."""
         return name in self._local_names
 
-    def _send_reply(self, request: Request, kind: Kind, body: Body, code: int = 0) -> None:
+    def _send_reply(
+        self,
+        request: Request,
+        kind: Kind,
+        body: Body,
+        code: int = 0,
+        headers: Headers | None = None,
+    ) -> None:
         caller = request.correlation
         if isinstance(caller, _Caller):
             if kind != Kind.PARTIAL:
                 self._served.pop((caller.node, caller.token), None)
-            headers = request.reply_headers if kind != Kind.ERROR else None
             self._reply(caller, kind, body, code, dict(headers) if headers else None)
 
     def _reply(

@@ -63,7 +63,9 @@ class _RestSink(BaseSink):
         self.clock = clock
         self.stats = broker.stats
 
-    def deliver_reply(self, request: Request, kind: ReplyKind, body: Body) -> None:
+    def deliver_reply(
+        self, request: Request, kind: ReplyKind, body: Body, headers: Headers | None
+    ) -> None:
         call: _Call = request.correlation
         stream = call.queue
         if stream is not None:

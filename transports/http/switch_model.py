@@ -165,7 +165,9 @@ class TokenSink:
     def deliver_request(self, worker: Worker, request: Request) -> None:
         self.switch.on_dispatch(self.token, worker, request)
 
-    def deliver_reply(self, request: Request, kind: ReplyKind, body: Body) -> None:
+    def deliver_reply(
+        self, request: Request, kind: ReplyKind, body: Body, headers: Headers | None
+    ) -> None:
         return None
 
     def deliver_error(self, request: Request, error: MaitredError) -> None:
@@ -188,7 +190,9 @@ class QueueSink:
     def deliver_request(self, worker: Worker, request: Request) -> None:
         return None
 
-    def deliver_reply(self, request: Request, kind: ReplyKind, body: Body) -> None:
+    def deliver_reply(
+        self, request: Request, kind: ReplyKind, body: Body, headers: Headers | None
+    ) -> None:
         if kind is ReplyKind.FINAL:
             self.switch.on_reply(request, body)
 

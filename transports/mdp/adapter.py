@@ -35,7 +35,7 @@ from zmq.backend import Socket as _BaseSocket
 from maitred.core.access import Identity
 from maitred.core.errors import ErrorCode, MaitredError
 from maitred.core.logs import RejectionLog
-from maitred.core.routing.model import Body, ReplyKind, Request, Session, Worker
+from maitred.core.routing.model import Body, Headers, ReplyKind, Request, Session, Worker
 from maitred.core.transport import BrokerPort
 from maitred.transports.mdp import codec
 from maitred.transports.mdp.codec import (
@@ -532,7 +532,9 @@ class MdpTransport(CurvePeers, MdpWorkers):
             else:
                 self._defer(frames)
 
-    def deliver_reply(self, request: Request, kind: ReplyKind, body: Body) -> None:
+    def deliver_reply(
+        self, request: Request, kind: ReplyKind, body: Body, headers: Headers | None
+    ) -> None:
         rid, dialect, service_raw = request.correlation
         if self.socket is None:
             return

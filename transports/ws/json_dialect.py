@@ -283,12 +283,14 @@ class JsonConn(Conn):
             )
         )
 
-    def deliver_reply(self, request: Request, kind: ReplyKind, body: Body) -> None:
+    def deliver_reply(
+        self, request: Request, kind: ReplyKind, body: Body, headers: Headers | None
+    ) -> None:
         msg_id, responder = request.correlation
-        headers = dict(request.reply_headers) if request.reply_headers else _UNSET
+        own = dict(headers) if headers else _UNSET
         cls = jc.Reply if kind is _FINAL else jc.Partial
         fields = jc.body_fields(body)
-        self.push(jc.encode(cls(id=msg_id, responder=responder, headers=headers, **fields)))
+        self.push(jc.encode(cls(id=msg_id, responder=responder, headers=own, **fields)))
 
     def deliver_error(self, request: Request, error: MaitredError) -> None:
         msg_id, responder = request.correlation

@@ -311,24 +311,22 @@ class MmConn(Conn):
         ]
         self.push(encode("REQ", request.service, headers, body_text(request.body)))
 
-    def deliver_reply(self, request: Request, kind: ReplyKind, body: Body) -> None:
+    def deliver_reply(
+        self, request: Request, kind: ReplyKind, body: Body, headers: Headers | None
+    ) -> None:
         if kind is not _FINAL:
             self.stats["ws.mm.partials_skipped"] += 1
             return
         t = self.transport
         session = request.worker.session if request.worker is not None else None
-        own = _without_own(request.reply_headers)
+        own = _without_own(headers)
         asked = request.headers
         reqid = _first(pairs_of(asked), "Reqid")
         if reqid is not None and _first(own, "Reqid") is None:
             # a responder without headers (MDP, ...): keep the client's correlation
             own.insert(0, ("Reqid", reqid))
-        headers = [
-            *own,
-            ("Cid", t.cid_of(session)),
-            ("Uid", t.uid_of(session)),
-        ]
-        self.push(encode("RES", request.service, headers, body_text(body)))
+        own += (("Cid", t.cid_of(session)), ("Uid", t.uid_of(session)))
+        self.push(encode("RES", request.service, own, body_text(body)))
 
     def deliver_error(self, request: Request, error: MaitredError) -> None:
         self.error(request_error_text(request.service, error))

@@ -325,7 +325,9 @@ class LineConnection(BaseSink):
 
     # -- SessionSink --------------------------------------------------------------------------
 
-    def deliver_reply(self, request: Request, kind: ReplyKind, body: Body) -> None:
+    def deliver_reply(
+        self, request: Request, kind: ReplyKind, body: Body, headers: Headers | None
+    ) -> None:
         # the line protocol has no partial replies: a caller sees only the final one
         if kind is ReplyKind.FINAL:
             self.send(codec.ok(body))
