@@ -74,6 +74,8 @@ _parse = codec.parse
 _worker_request = codec.worker_request
 _POLLIN = int(zmq.POLLIN)
 _NOBLOCK_MORE = _NOBLOCK | _SNDMORE
+#: messages of a turn after each of which ZMQ_EVENTS is asked (see ``_on_readable``)
+_PEEK = 3
 
 
 def _bind_address(endpoint: str) -> str:
@@ -140,8 +142,6 @@ class MdpTransport(CurvePeers, MdpWorkers):
         self._scheduled = False
         self._draining = False
         self._closed = False
-        #: the last turn read one message at most (see ``_on_readable``)
-        self._lone = True
         #: messages (routing id first) handed to us from outside ``_on_readable`` (another
         #: transport's caller or worker): sent together at the end of the loop turn, so a burst
         #: costs libzmq's I/O thread one wake-up instead of one per message
@@ -284,7 +284,6 @@ class MdpTransport(CurvePeers, MdpWorkers):
         handle = self._handle_curve if self._zap is not None else self._handle
         now = self.port.clock()
         self._draining = True
-        lone = self._lone
         try:
             for i in range(self.config.batch):
                 try:
@@ -301,23 +300,23 @@ class MdpTransport(CurvePeers, MdpWorkers):
                     frame = _recv_frame(sock, _NOBLOCK, False)
                     frames.append(frame.bytes)
                 handle(frames, now)
-                if lone and not i:
-                    # The last turn read one message at most (e.g. each reply of a worker at
-                    # credit 1): send what this one produced and ask ZMQ_EVENTS. When nothing
-                    # else waits, that ends the turn without a receive failing with EAGAIN (a
-                    # system call and a Python exception), and this ZMQ_EVENTS after the sends
-                    # re-arms the FD (see below). Otherwise the rest is read until EAGAIN.
+                if i < _PEEK:
+                    # The first messages of a turn (a strict worker's reply, a client's
+                    # refill: a turn of one or two): send what this one produced and ask
+                    # ZMQ_EVENTS. When nothing else waits, that ends the turn without a receive
+                    # failing with EAGAIN (a system call and a Python exception, about three
+                    # times the cost of the question), and this ZMQ_EVENTS after the sends
+                    # re-arms the FD (see below). A longer turn is a burst: the rest is read
+                    # until EAGAIN and sent together.
                     self._flush_out()
                     if not _get_opt(sock, _EVENTS) & _POLLIN:
                         if self._lost:
                             self._drop_lost(now)
                         return
             else:
-                self._lone = False
                 self._flush_out()
                 self._reschedule()  # let timers and other transports run, then go on
                 return
-            self._lone = i <= 1  # i: the messages read before EAGAIN
             # what the batch produced goes out together: one wake-up of libzmq's I/O thread
             # for the burst rather than one per message
             self._flush_out()
