@@ -74,8 +74,9 @@ _parse = codec.parse
 _worker_request = codec.worker_request
 _POLLIN = int(zmq.POLLIN)
 _NOBLOCK_MORE = _NOBLOCK | _SNDMORE
-#: messages of a turn after each of which ZMQ_EVENTS is asked (see ``_on_readable``)
-_PEEK = 3
+#: a turn of fewer messages is short: the next one asks ZMQ_EVENTS after each of its first
+#: messages instead of reading until EAGAIN (see ``_on_readable``)
+_PEEK = 4
 
 
 def _bind_address(endpoint: str) -> str:
@@ -147,6 +148,9 @@ class MdpTransport(CurvePeers, MdpWorkers):
         #: costs libzmq's I/O thread one wake-up instead of one per message
         self._outq: list[list[bytes]] = []
         self._out_scheduled = False
+        #: ask ZMQ_EVENTS after each of the first this many messages of a turn (see
+        #: ``_on_readable``): ``_PEEK`` after a short turn, 0 after a burst
+        self._peek = _PEEK
         #: the publish/subscribe endpoints, when configured (transports/mdp/pubsub.py)
         self.pubsub: ZmqPubSub | None = None
         self.stats = port.stats
@@ -284,6 +288,7 @@ class MdpTransport(CurvePeers, MdpWorkers):
         handle = self._handle_curve if self._zap is not None else self._handle
         now = self.port.clock()
         self._draining = True
+        peek = self._peek
         try:
             for i in range(self.config.batch):
                 try:
@@ -300,23 +305,29 @@ class MdpTransport(CurvePeers, MdpWorkers):
                     frame = _recv_frame(sock, _NOBLOCK, False)
                     frames.append(frame.bytes)
                 handle(frames, now)
-                if i < _PEEK:
-                    # The first messages of a turn (a strict worker's reply, a client's
-                    # refill: a turn of one or two): send what this one produced and ask
-                    # ZMQ_EVENTS. When nothing else waits, that ends the turn without a receive
-                    # failing with EAGAIN (a system call and a Python exception, about three
-                    # times the cost of the question), and this ZMQ_EVENTS after the sends
-                    # re-arms the FD (see below). A longer turn is a burst: the rest is read
-                    # until EAGAIN and sent together.
-                    self._flush_out()
-                    if not _get_opt(sock, _EVENTS) & _POLLIN:
-                        if self._lost:
-                            self._drop_lost(now)
-                        return
+                # The last turn was short (strict MDP: a worker's reply, a client's
+                # refill): ask ZMQ_EVENTS after each of the first messages rather than end
+                # the turn with a receive that fails with EAGAIN (a system call and a Python
+                # exception, about three times the cost of the question). When nothing
+                # waits, send what the turn produced and ask again: that question after
+                # the sends re-arms the FD (see below) and ends the turn.
+                if i < peek and not _get_opt(sock, _EVENTS) & _POLLIN:
+                    if self._outq:
+                        self._flush_out()
+                        if _get_opt(sock, _EVENTS) & _POLLIN:
+                            continue
+                    self._peek = _PEEK
+                    if self._lost:
+                        self._drop_lost(now)
+                    return
             else:
+                self._peek = 0
                 self._flush_out()
                 self._reschedule()  # let timers and other transports run, then go on
                 return
+            # i: the messages read before EAGAIN; a longer turn is a burst (pipelined workers,
+            # many clients): the next one reads until EAGAIN and sends once, without questions
+            self._peek = _PEEK if i < _PEEK else 0
             # what the batch produced goes out together: one wake-up of libzmq's I/O thread
             # for the burst rather than one per message
             self._flush_out()
