@@ -305,21 +305,25 @@ class MdpTransport(CurvePeers, MdpWorkers):
                     frame = _recv_frame(sock, _NOBLOCK, False)
                     frames.append(frame.bytes)
                 handle(frames, now)
-                # The last turn was short (strict MDP: a worker's reply, a client's
-                # refill): ask ZMQ_EVENTS after each of the first messages rather than end
-                # the turn with a receive that fails with EAGAIN (a system call and a Python
-                # exception, about three times the cost of the question). When nothing
-                # waits, send what the turn produced and ask again: that question after
-                # the sends re-arms the FD (see below) and ends the turn.
-                if i < peek and not _get_opt(sock, _EVENTS) & _POLLIN:
-                    if self._outq:
+                if i < peek:
+                    # The last turn was short (strict MDP: a worker's reply, a client's refill):
+                    # ask ZMQ_EVENTS after each of the first messages rather than end the turn
+                    # with a receive that fails with EAGAIN (a system call and a Python
+                    # exception, about three times the cost of the question). What the first
+                    # message produced goes out before the question (a strict worker's next
+                    # request is the critical path); later ones are sent when nothing else
+                    # waits. A question after the last sends re-arms the FD (see below).
+                    if not i and self._outq:
                         self._flush_out()
-                        if _get_opt(sock, _EVENTS) & _POLLIN:
-                            continue
-                    self._peek = _PEEK
-                    if self._lost:
-                        self._drop_lost(now)
-                    return
+                    if not _get_opt(sock, _EVENTS) & _POLLIN:
+                        if self._outq:
+                            self._flush_out()
+                            if _get_opt(sock, _EVENTS) & _POLLIN:
+                                continue
+                        self._peek = _PEEK
+                        if self._lost:
+                            self._drop_lost(now)
+                        return
             else:
                 self._peek = 0
                 self._flush_out()
