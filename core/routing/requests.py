@@ -228,7 +228,8 @@ class RequestsMixin(RouterState):
         if self.held > self._cap and not self.overloaded:
             self._overload()
         request.caller.queued[request.id] = request
-        self._dispatch(service, now)
+        if service.free:  # none when it waits for a busy worker (strict MDP, mostly)
+            self._dispatch(service, now)
         return request
 
     @staticmethod

@@ -74,6 +74,9 @@ _parse = codec.parse
 _worker_request = codec.worker_request
 _POLLIN = int(zmq.POLLIN)
 _NOBLOCK_MORE = _NOBLOCK | _SNDMORE
+#: a turn of fewer messages is short: the next one asks ZMQ_EVENTS after each of its first
+#: messages instead of reading until EAGAIN (see ``_on_readable``)
+_PEEK = 4
 
 
 def _bind_address(endpoint: str) -> str:
@@ -140,13 +143,14 @@ class MdpTransport(CurvePeers, MdpWorkers):
         self._scheduled = False
         self._draining = False
         self._closed = False
-        #: the last turn read one message at most (see ``_on_readable``)
-        self._lone = True
         #: messages (routing id first) handed to us from outside ``_on_readable`` (another
         #: transport's caller or worker): sent together at the end of the loop turn, so a burst
         #: costs libzmq's I/O thread one wake-up instead of one per message
         self._outq: list[list[bytes]] = []
         self._out_scheduled = False
+        #: ask ZMQ_EVENTS after each of the first this many messages of a turn (see
+        #: ``_on_readable``): ``_PEEK`` after a short turn, 0 after a burst
+        self._peek = _PEEK
         #: the publish/subscribe endpoints, when configured (transports/mdp/pubsub.py)
         self.pubsub: ZmqPubSub | None = None
         self.stats = port.stats
@@ -284,7 +288,7 @@ class MdpTransport(CurvePeers, MdpWorkers):
         handle = self._handle_curve if self._zap is not None else self._handle
         now = self.port.clock()
         self._draining = True
-        lone = self._lone
+        peek = self._peek
         try:
             for i in range(self.config.batch):
                 try:
@@ -301,23 +305,33 @@ class MdpTransport(CurvePeers, MdpWorkers):
                     frame = _recv_frame(sock, _NOBLOCK, False)
                     frames.append(frame.bytes)
                 handle(frames, now)
-                if lone and not i:
-                    # The last turn read one message at most (e.g. each reply of a worker at
-                    # credit 1): send what this one produced and ask ZMQ_EVENTS. When nothing
-                    # else waits, that ends the turn without a receive failing with EAGAIN (a
-                    # system call and a Python exception), and this ZMQ_EVENTS after the sends
-                    # re-arms the FD (see below). Otherwise the rest is read until EAGAIN.
-                    self._flush_out()
+                if i < peek:
+                    # The last turn was short (strict MDP: a worker's reply, a client's refill):
+                    # ask ZMQ_EVENTS after each of the first messages rather than end the turn
+                    # with a receive that fails with EAGAIN (a system call and a Python
+                    # exception, about three times the cost of the question). What the first
+                    # message produced goes out before the question (a strict worker's next
+                    # request is the critical path); later ones are sent when nothing else
+                    # waits. A question after the last sends re-arms the FD (see below).
+                    if not i and self._outq:
+                        self._flush_out()
                     if not _get_opt(sock, _EVENTS) & _POLLIN:
+                        if self._outq:
+                            self._flush_out()
+                            if _get_opt(sock, _EVENTS) & _POLLIN:
+                                continue
+                        self._peek = _PEEK
                         if self._lost:
                             self._drop_lost(now)
                         return
             else:
-                self._lone = False
+                self._peek = 0
                 self._flush_out()
                 self._reschedule()  # let timers and other transports run, then go on
                 return
-            self._lone = i <= 1  # i: the messages read before EAGAIN
+            # i: the messages read before EAGAIN; a longer turn is a burst (pipelined workers,
+            # many clients): the next one reads until EAGAIN and sends once, without questions
+            self._peek = _PEEK if i < _PEEK else 0
             # what the batch produced goes out together: one wake-up of libzmq's I/O thread
             # for the burst rather than one per message
             self._flush_out()
