@@ -27,6 +27,7 @@ from typing import Any
 from urllib.parse import quote
 
 from maitred.core.errors import ErrorCode, PeerError
+from maitred.core.transport import FrameHandler
 from maitred.transports.http import codec
 
 
@@ -472,11 +473,7 @@ class HttpCliClient:
             conn.close()
 
     def serve(
-        self,
-        service: str,
-        handler: Callable[[list[bytes]], list[bytes]],
-        *,
-        max_requests: int | None = None,
+        self, service: str, handler: FrameHandler, *, max_requests: int | None = None
     ) -> None:
         with SwitchClient(
             self.url, timeout=self.timeout, bearer=self.token, cacert=self.cacert

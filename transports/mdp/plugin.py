@@ -3,12 +3,12 @@ plugin uses (entry point ``mdp`` of group ``maitred`` in pyproject.toml)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from maitred.core.errors import ConfigError, MaitredError
 from maitred.core.preflight import Problem, check_host, check_port, check_unix_path
-from maitred.core.transport import BrokerClient, BrokerPort, TransportSpec
+from maitred.core.transport import BrokerClient, BrokerPort, FrameHandler, TransportSpec
 from maitred.plugins import hookimpl
 from maitred.transports.mdp import codec
 from maitred.transports.mdp.adapter import MdpConfig, MdpTransport, cli_addresses
@@ -129,11 +129,7 @@ class MdpCliClient:
         return reply
 
     def serve(
-        self,
-        service: str,
-        handler: Callable[[list[bytes]], list[bytes]],
-        *,
-        max_requests: int | None = None,
+        self, service: str, handler: FrameHandler, *, max_requests: int | None = None
     ) -> None:
         from maitred.transports.mdp.client import Worker
 
