@@ -294,7 +294,7 @@ def add_commands(subparsers: Any) -> None:
         """The verb ``cmd_NAME`` runs: its docstring's first line is its help, the other lines
         its examples."""
         what, _, examples = inspect.cleandoc(run.__doc__ or "").partition("\n\n")
-        p = subparsers.add_parser(
+        p: argparse.ArgumentParser = subparsers.add_parser(
             run.__name__.removeprefix("cmd_"),
             formatter_class=argparse.RawDescriptionHelpFormatter,
             epilog="examples:\n" + "\n".join(f"  {line}" for line in examples.splitlines()),
