@@ -21,7 +21,8 @@ from maitred.transports.http.config import HttpConfig
 from maitred.transports.http.metrics import render_metrics
 from maitred.transports.http.server import _error, _json
 from maitred.transports.http.streams import _Call
-from maitred.transports.http.switch import DEAD_LETTERS, LIST, Switch
+from maitred.transports.http.switch import Switch
+from maitred.transports.http.switch_model import DEAD_LETTERS, LIST
 
 METRICS = "$sys.metrics"
 
