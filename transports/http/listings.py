@@ -32,7 +32,6 @@ class ListingRoutes:
 
     config: HttpConfig
     port: BrokerPort
-    broker: BrokerPort
     identity: Identity
     switch: Switch | None
     _rest: Session
@@ -45,7 +44,7 @@ class ListingRoutes:
         """Ask the MMI (answered at once) as the request's identity; its decoded JSON."""
         loop = asyncio.get_running_loop()
         call = _Call(loop.create_future(), None)
-        self.broker.submit(self._session_of(request), name, [arg], call, self.port.clock())
+        self.port.submit(self._session_of(request), name, [arg], call, self.port.clock())
         assert call.fut is not None and call.fut.done()
         ok, value = call.fut.result()
         if not ok:
@@ -96,7 +95,7 @@ class ListingRoutes:
         """None when the request's identity may ``observe`` ``name``; else the REST 403 (the
         denial is counted and published by the router)."""
         session = self._session_of(request)
-        if self.broker.allowed(session, Action.OBSERVE, name):
+        if self.port.allowed(session, Action.OBSERVE, name):
             return None
         return _error(ErrorCode.FORBIDDEN, f"{session.identity.name} may not observe {name}")
 
@@ -115,7 +114,7 @@ class ListingRoutes:
         def payload(q: str, data: bytes, kind: bytes) -> str:
             # the payload only to an identity that may call the queue (a preview-free view)
             if q not in shown:
-                shown[q] = self.broker.permits(self._session_of(request), Action.CALL, q)
+                shown[q] = self.port.permits(self._session_of(request), Action.CALL, q)
             if not shown[q]:
                 return ""
             if kind == KIND:  # a stored service request: its frames
@@ -142,7 +141,7 @@ class ListingRoutes:
             return refused
         journal = self.port.journal
         body, ctype = await render_metrics(
-            self.broker,
+            self.port,
             self.switch,
             self.config.metrics_max_services,
             None if journal is None else journal.snapshot(),
@@ -153,6 +152,6 @@ class ListingRoutes:
         return _json({"status": "ok"})
 
     async def _readyz(self, request: web.Request) -> web.Response:
-        if self._accepting and not self.broker.draining:
+        if self._accepting and not self.port.draining:
             return _json({"status": "ready"})
         return _json({"status": "draining"}, status=503)

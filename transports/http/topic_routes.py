@@ -26,7 +26,6 @@ class TopicRoutes:
 
     config: HttpConfig
     port: BrokerPort
-    broker: BrokerPort
     identity: Identity
     stats: Counter[str]
     _closed: bool
@@ -42,23 +41,23 @@ class TopicRoutes:
         except _TooLarge:
             return self._too_large(_error(ErrorCode.TOO_LARGE, "the request body is too large"))
         try:
-            n = self.broker.publish(self._session_of(request), topic, [body])
+            n = self.port.publish(self._session_of(request), topic, [body])
         except MaitredError as exc:
             return _error(exc.code, exc.reason)
         return _json({"delivered": n})
 
     async def _subscribe(self, request: web.Request) -> web.StreamResponse:
         pattern = request.match_info["pattern"]
-        sink = _TopicSink(self.config.sse_buffer, self.broker, self.config.sse_buffer_bytes)
+        sink = _TopicSink(self.config.sse_buffer, self.port, self.config.sse_buffer_bytes)
         self._topic_sinks.add(sink)
         now = self.port.clock()
         identity = request.get(IDENTITY) or self.identity
-        session = self.broker.open_session(
+        session = self.port.open_session(
             "http", sink, identity, now, label=f"http:sse:{id(sink):x}"
         )
         try:
             try:
-                self.broker.subscribe(session, pattern)
+                self.port.subscribe(session, pattern)
             except MaitredError as exc:
                 return _error(exc.code, exc.reason)
             response = web.StreamResponse(
@@ -89,5 +88,5 @@ class TopicRoutes:
             return response
         finally:
             self._topic_sinks.discard(sink)
-            self.broker.close_session(session, self.port.clock(), "stream closed")
+            self.port.close_session(session, self.port.clock(), "stream closed")
             sink.release_all()
