@@ -40,6 +40,17 @@ class ListingRoutes:
     #: the REST session of a request's identity (the transport's)
     _session_of: Callable[[web.Request], Session]
 
+    def add_listing_routes(self, r: web.UrlDispatcher) -> None:
+        """The listings (``GET /v1/services``, ``/v1/queues``, ...), metrics and health."""
+        r.add_get("/v1/services", self._services)
+        r.add_get("/v1/services/{name}", self._service)
+        r.add_get("/v1/queues", self._queues)
+        r.add_get("/v1/topics", self._topics)
+        r.add_get("/v1/dead-letters", self._dead_letters)
+        r.add_get("/metrics", self._metrics)
+        r.add_get("/healthz", self._healthz)
+        r.add_get("/readyz", self._readyz)
+
     def _mmi(self, request: web.Request, name: str, arg: bytes = b"") -> Any:
         """Ask the MMI (answered at once) as the request's identity; its decoded JSON."""
         loop = asyncio.get_running_loop()

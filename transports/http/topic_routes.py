@@ -34,6 +34,11 @@ class TopicRoutes:
     _read_body: Callable[[web.Request], Coroutine[Any, Any, bytes]]
     _too_large: Callable[[web.Response], web.Response]
 
+    def add_topic_routes(self, r: web.UrlDispatcher) -> None:
+        """``POST /v1/topics/{topic}`` publishes, ``GET /v1/topics/{pattern}`` subscribes (SSE)."""
+        r.add_post("/v1/topics/{topic}", self._publish)
+        r.add_get("/v1/topics/{pattern}", self._subscribe)
+
     async def _publish(self, request: web.Request) -> web.Response:
         topic = request.match_info["topic"]
         try:
