@@ -139,20 +139,6 @@ _SERVICE_COUNTERS = (
     ("errors", "Requests that failed"),
     ("timeouts", "Requests that passed their deadline"),
 )
-#: the per-transport counters: (name, help), each a key of the broker's ``traffic`` rows
-_TRANSPORT_COUNTERS = (
-    ("requests", "Requests its sessions submitted"),
-    ("replies", "Final replies its callers received"),
-    ("errors", "Requests of its callers that failed"),
-    ("served", "Requests handed to its workers"),
-)
-#: the per-peer gauges: (name, help, key of the peer's ``mmi.nodes`` row)
-_PEER_GAUGES = (
-    ("age_seconds", "Seconds since the peer's last announcement", "age"),
-    ("load", "Requests in flight on the peer's workers plus those waiting there", "load"),
-    ("services", "Services the peer announces (proxy workers here)", "services"),
-    ("inflight", "This node's requests the peer holds now", "inflight"),
-)
 
 _F = TypeVar("_F", GaugeMetricFamily, CounterMetricFamily)
 
@@ -171,6 +157,15 @@ def _counter(name: str, help_: str, label: str, items: Iterable[tuple[str, Any]]
     for key, value in items:
         family.add_metric([key], float(value))
     return family
+
+
+#: the per-transport counters: (name, help), each a key of the broker's ``traffic`` rows
+_TRANSPORT_COUNTERS = (
+    ("requests", "Requests its sessions submitted"),
+    ("replies", "Final replies its callers received"),
+    ("errors", "Requests of its callers that failed"),
+    ("served", "Requests handed to its workers"),
+)
 
 
 class _Collector:
@@ -270,6 +265,15 @@ class _Collector:
             yield GaugeMetricFamily(
                 "maitred_switch_sessions", "Logged-in switch tokens", value=self.switch_sessions
             )
+
+
+#: the per-peer gauges: (name, help, key of the peer's ``mmi.nodes`` row)
+_PEER_GAUGES = (
+    ("age_seconds", "Seconds since the peer's last announcement", "age"),
+    ("load", "Requests in flight on the peer's workers plus those waiting there", "load"),
+    ("services", "Services the peer announces (proxy workers here)", "services"),
+    ("inflight", "This node's requests the peer holds now", "inflight"),
+)
 
 
 def _cluster_metrics(nodes: list[dict[str, Any]]) -> Iterator[Metric]:
