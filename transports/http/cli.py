@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import inspect
 import json
 import os
@@ -53,6 +54,7 @@ def _switch_verb(
     """A verb that talks to the switch at ``-b``: ``body`` gets an open client; a switch that
     is not there or answers an error becomes the verb's message and exit code (``_fail``)."""
 
+    @functools.wraps(body)  # its name and docstring make the verb (``add_commands``)
     def run(args: argparse.Namespace) -> int:
         try:
             with _client(args) as sw:
@@ -60,8 +62,6 @@ def _switch_verb(
         except (OSError, SwitchError, Unreachable) as exc:
             return _fail(exc, args.broker)
 
-    run.__name__ = run.__qualname__ = body.__name__
-    run.__doc__ = body.__doc__
     return run
 
 
