@@ -379,6 +379,11 @@ class TransportSpec:
     store_hint: Callable[[Any], StoreHint | None] | None = None
 
 
+#: what ``maitred worker`` serves a service with (:meth:`BrokerClient.serve`): a request's
+#: frames in, the reply's frames out
+FrameHandler = Callable[[list[bytes]], list[bytes]]
+
+
 class BrokerClient(Protocol):
     """A blocking client the CLI uses (``maitred call``, ``worker``, ``services``), provided by
     the transport plugin that understands the broker URL (hook ``maitred_connect``)."""
@@ -388,11 +393,7 @@ class BrokerClient(Protocol):
         ...
 
     def serve(
-        self,
-        service: str,
-        handler: Callable[[list[bytes]], list[bytes]],
-        *,
-        max_requests: int | None = None,
+        self, service: str, handler: FrameHandler, *, max_requests: int | None = None
     ) -> None:
         """Serve ``service`` with ``handler`` until interrupted (or ``max_requests`` served)."""
         ...

@@ -5,43 +5,22 @@ reaches a worker) and answers 531 so the caller's proxy frees its credit."""
 
 from __future__ import annotations
 
-from collections import Counter
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from maitred.core.errors import ErrorCode
-from maitred.core.routing.model import Body, Request
-from maitred.core.transport import BrokerPort
+from maitred.core.routing.model import Request
 from maitred.transports.cluster import codec
 from maitred.transports.cluster.codec import Cancel, Kind
-from maitred.transports.cluster.peers import Peers
+from maitred.transports.cluster.part import FabricPart
 
 if TYPE_CHECKING:
     from nats.aio.msg import Msg
 
 
-class CancelsMixin:
+class CancelsMixin(FabricPart):
     """The cancel half of the fabric (its state is set up by the fabric)."""
 
-    port: BrokerPort
-    prefix: str
-    node: str
-    epoch: int
-    stats: Counter[str]
-    peers: Peers
     _served: dict[tuple[str, int], Request]
-
-    if TYPE_CHECKING:  # the fabric's own
-
-        def _send(self, subject: str, payload: bytes) -> None: ...
-
-        def _reply(
-            self,
-            caller: Any,
-            kind: Kind,
-            body: Body,
-            code: int = 0,
-            headers: dict[str, str] | None = None,
-        ) -> None: ...
 
     def _cancelled(self, request: Request, now: float) -> None:
         """A caller on this node gave up on a request a worker holds: when that worker is a
@@ -56,16 +35,8 @@ class CancelsMixin:
         )
 
     async def _on_cancel(self, msg: Msg) -> None:
-        try:
-            c = codec.decode_cancel(msg.data)
-        except codec.DecodeError:
-            self.stats["cluster.dropped.malformed"] += 1
-            return
-        peer = self.peers.peers.get(c.node)
-        if peer is None or peer.epoch != c.epoch:
-            self.stats[
-                "cluster.dropped.stale_epoch" if peer else "cluster.dropped.unknown_node"
-            ] += 1
+        c = self._decoded(codec.decode_cancel, msg.data)
+        if c is None or not self._from_peer(c.node, c.epoch):
             return
         request = self._served.pop((c.node, c.token), None)
         if request is None:  # answered already: its reply is on the way

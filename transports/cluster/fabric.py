@@ -40,8 +40,9 @@ from maitred.core.routing.model import (
 from maitred.core.transport import BrokerPort
 from maitred.transports.cluster import codec
 from maitred.transports.cluster.cancels import CancelsMixin
-from maitred.transports.cluster.codec import Forward, Kind, Reply
+from maitred.transports.cluster.codec import Forward, Kind
 from maitred.transports.cluster.config import ClusterConfig, connect_options
+from maitred.transports.cluster.part import Caller
 from maitred.transports.cluster.peers import Peers, ProxySink
 from maitred.transports.cluster.topics import TopicsMixin
 
@@ -55,13 +56,6 @@ log = logging.getLogger("maitred.transports.cluster")
 #: who the fabric's sessions are (``[access]`` rules may name the role ``cluster``)
 CLUSTER = Identity("cluster", frozenset({"cluster"}))
 _json = msgspec.json.Encoder()
-
-
-class _Caller(msgspec.Struct, array_like=True):
-    """The correlation of a request another node forwarded here."""
-
-    node: str
-    token: int
 
 
 class _InSink(BaseSink):
@@ -412,10 +406,8 @@ class ClusterFabric(TopicsMixin, CancelsMixin):
         self._system("$sys.node.leave", {"node": name, "epoch": peer.epoch, "reason": reason})
 
     async def _on_state(self, msg: Msg) -> None:
-        try:
-            a = codec.decode_announcement(msg.data)
-        except codec.DecodeError:
-            self.stats["cluster.dropped.malformed"] += 1
+        a = self._decoded(codec.decode_announcement, msg.data)
+        if a is None:
             return
         if a.node == self.node:
             if a.epoch != self.epoch:
@@ -504,21 +496,12 @@ class ClusterFabric(TopicsMixin, CancelsMixin):
         self._send(f"{self.prefix}.req.{peer.name}", payload)
 
     async def _on_request(self, msg: Msg) -> None:
-        try:
-            f = codec.decode_forward(msg.data)
-        except codec.DecodeError:
-            self.stats["cluster.dropped.malformed"] += 1
-            return
-        peer = self.peers.peers.get(f.node)
-        if peer is not None and peer.epoch != f.epoch:
-            self.stats["cluster.dropped.stale_epoch"] += 1
-            return
-        if peer is None:
-            self.stats["cluster.dropped.unknown_node"] += 1
+        f = self._decoded(codec.decode_forward, msg.data)
+        if f is None or not self._from_peer(f.node, f.epoch):
             return
         self.stats["cluster.served"] += 1
         name = codec.service_name(f.service)
-        caller = _Caller(f.node, f.token)
+        caller = Caller(f.node, f.token)
         if not self._has_local_worker(name):
             self._reply(
                 caller,
@@ -557,27 +540,14 @@ class ClusterFabric(TopicsMixin, CancelsMixin):
         headers: Headers | None = None,
     ) -> None:
         caller = request.correlation
-        if isinstance(caller, _Caller):
+        if isinstance(caller, Caller):
             if kind != Kind.PARTIAL:
                 self._served.pop((caller.node, caller.token), None)
             self._reply(caller, kind, body, code, dict(headers) if headers else None)
 
-    def _reply(
-        self,
-        caller: _Caller,
-        kind: Kind,
-        body: Body,
-        code: int = 0,
-        headers: dict[str, str] | None = None,
-    ) -> None:
-        reply = Reply(caller.token, int(kind), self.node, self.epoch, list(body), code, headers)
-        self._send(f"{self.prefix}.rep.{caller.node}", codec.encode(reply))
-
     async def _on_reply(self, msg: Msg) -> None:
-        try:
-            r = codec.decode_reply(msg.data)
-        except codec.DecodeError:
-            self.stats["cluster.dropped.malformed"] += 1
+        r = self._decoded(codec.decode_reply, msg.data)
+        if r is None:
             return
         pending = self.peers.pending.get(r.token)
         if pending is None:

@@ -6,17 +6,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import Counter
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 
 from maitred.core.errors import MaitredError
 from maitred.core.routing.model import Body, Headers
-from maitred.core.transport import BrokerPort
 from maitred.transports.cluster import codec
 from maitred.transports.cluster.codec import Publication
-from maitred.transports.cluster.peers import Peers
+from maitred.transports.cluster.part import FabricPart
 
 if TYPE_CHECKING:
     from nats.aio.client import Client
@@ -28,16 +26,10 @@ _json = msgspec.json.Encoder()
 _json_decode = msgspec.json.Decoder(dict[str, Any])
 
 
-class TopicsMixin:
+class TopicsMixin(FabricPart):
     """The publication half of the fabric (its state is set up by the fabric)."""
 
     nc: Client | None
-    port: BrokerPort
-    prefix: str
-    node: str
-    epoch: int
-    stats: Counter[str]
-    peers: Peers
     _subs: dict[str, Subscription]
     _tasks: list[asyncio.Task[None]]
     _pub_seq: int
@@ -45,8 +37,6 @@ class TopicsMixin:
     _republishing: bool
 
     if TYPE_CHECKING:  # the fabric's own
-
-        def _send(self, subject: str, payload: bytes) -> None: ...
 
         def _changed(self) -> None: ...
 
@@ -104,17 +94,13 @@ class TopicsMixin:
         self._send(codec.topic_subject(self.prefix, topic), codec.encode(pub))
 
     async def _on_publication(self, msg: Msg) -> None:
-        try:
-            p = codec.decode_publication(msg.data)
-        except codec.DecodeError:
-            self.stats["cluster.dropped.malformed"] += 1
+        p = self._decoded(codec.decode_publication, msg.data)
+        if p is None:
             return
         if p.node == self.node:
             self.stats["cluster.dropped.echo"] += 1
             return
-        peer = self.peers.peers.get(p.node)
-        if peer is None or peer.epoch != p.epoch:
-            self.stats["cluster.dropped.unknown_node"] += 1
+        if not self._from_peer(p.node, p.epoch, stale="cluster.dropped.unknown_node"):
             return
         if (
             codec.topic_subject(self.prefix, p.topic) != msg.subject

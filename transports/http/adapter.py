@@ -71,7 +71,6 @@ class HttpTransport(ListingRoutes, TopicRoutes, Secured):
     def __init__(self, config: HttpConfig, port: BrokerPort) -> None:
         self.config = config
         self.port = port
-        self.broker = port
         self.stats = port.stats
         self.identity = Identity(config.identity, frozenset(config.roles))
         self._runner: web.AppRunner | None = None
@@ -110,9 +109,9 @@ class HttpTransport(ListingRoutes, TopicRoutes, Secured):
     async def start(self) -> None:
         cfg = self.config
         now = self.port.clock()
-        self._rest = self.broker.open_session(
+        self._rest = self.port.open_session(
             "http",
-            _RestSink(self.broker, self.port.clock),
+            _RestSink(self.port, self.port.clock),
             self.identity,
             now,
             label="http:rest",
@@ -143,9 +142,7 @@ class HttpTransport(ListingRoutes, TopicRoutes, Secured):
                 diagnostics_messages=cfg.diagnostics_messages,
             )
             self.switch.open()
-            self.switch_routes = SwitchRoutes(
-                self.switch, self._read_body, self.broker.request_stop
-            )
+            self.switch_routes = SwitchRoutes(self.switch, self._read_body, self.port.request_stop)
         app = web.Application(
             client_max_size=cfg.max_body_size,
             middlewares=[self._head_seen, self._authenticate, _maitred_errors],
@@ -153,16 +150,8 @@ class HttpTransport(ListingRoutes, TopicRoutes, Secured):
         r = app.router
         r.add_get("/v1/openapi.json", self._openapi)
         r.add_post("/v1/services/{name}", self._call)
-        r.add_get("/v1/services", self._services)
-        r.add_get("/v1/services/{name}", self._service)
-        r.add_get("/v1/queues", self._queues)
-        r.add_get("/v1/topics", self._topics)
-        r.add_post("/v1/topics/{topic}", self._publish)
-        r.add_get("/v1/topics/{pattern}", self._subscribe)
-        r.add_get("/v1/dead-letters", self._dead_letters)
-        r.add_get("/metrics", self._metrics)
-        r.add_get("/healthz", self._healthz)
-        r.add_get("/readyz", self._readyz)
+        self.add_listing_routes(r)
+        self.add_topic_routes(r)
         add_example_routes(r)  # GET /examples/: the example pages (package data)
         if cfg.admin:  # GET /admin/: the live dashboard (before the switch's /admin page)
             add_admin_routes(r, self.port, self._session_of)
@@ -341,9 +330,9 @@ class HttpTransport(ListingRoutes, TopicRoutes, Secured):
         now = self.port.clock()
         rest = getattr(self, "_rest", None)
         if rest is not None:
-            self.broker.close_session(rest, now, "closing")
+            self.port.close_session(rest, now, "closing")
         for session in self._sessions.values():
-            self.broker.close_session(session, now, "closing")
+            self.port.close_session(session, now, "closing")
         self._sessions.clear()
         for path in self._unix_paths:
             _remove_stale_socket(path)
@@ -412,7 +401,7 @@ class HttpTransport(ListingRoutes, TopicRoutes, Secured):
     ) -> Request | None:
         """Submit a REST call as the request's identity, its trace context passed on."""
         self.stats["http.calls"] += 1
-        return self.broker.submit(
+        return self.port.submit(
             self._session_of(request),
             name,
             frames,
@@ -466,7 +455,7 @@ class HttpTransport(ListingRoutes, TopicRoutes, Secured):
         except asyncio.CancelledError:
             if submitted is not None:
                 self.stats["http.calls_cancelled"] += 1
-                self.broker.cancel(submitted, self.port.clock())
+                self.port.cancel(submitted, self.port.clock())
             raise
         if not ok:
             err: MaitredError = value
@@ -497,16 +486,16 @@ class HttpTransport(ListingRoutes, TopicRoutes, Secured):
             await journal.committed()
         except MaitredError as exc:  # the store refused it (JetStream unavailable: 503)
             log.warning("http: the store could not commit a request: %s", exc.reason)
-            self.broker.cancel(submitted, self.port.clock())
+            self.port.cancel(submitted, self.port.clock())
             return _error(exc.code, exc.reason)
         except Exception:
             log.exception("http: the store could not commit a request")
-            self.broker.cancel(submitted, self.port.clock())
+            self.port.cancel(submitted, self.port.clock())
             return _error(ErrorCode.INTERNAL, "the request could not be stored")
         assert call.fut is not None
         if call.fut.done():
             return None
-        self.broker.cancel(submitted, self.port.clock())
+        self.port.cancel(submitted, self.port.clock())
         self.stats["http.calls_stored"] += 1
         return web.Response(
             status=202,
@@ -518,7 +507,7 @@ class HttpTransport(ListingRoutes, TopicRoutes, Secured):
     async def _call_stream(
         self, request: web.Request, name: str, frames: list[bytes], timeout: float | None
     ) -> web.StreamResponse:
-        stream = _Stream(self.broker, self.config.sse_buffer_bytes)
+        stream = _Stream(self.port, self.config.sse_buffer_bytes)
         queue = stream.items
         call = _Call(None, stream)
         submitted = self._submit(request, name, frames, call, timeout)
@@ -551,7 +540,7 @@ class HttpTransport(ListingRoutes, TopicRoutes, Secured):
                     break
         except (asyncio.CancelledError, ConnectionResetError):
             if submitted is not None:
-                self.broker.cancel(submitted, self.port.clock())
+                self.port.cancel(submitted, self.port.clock())
             raise
         finally:
             stream.drop_all()

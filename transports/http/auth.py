@@ -166,7 +166,6 @@ class Secured:
 
     config: HttpConfig
     port: BrokerPort
-    broker: BrokerPort
     stats: Counter[str]
     identity: Identity
     rejections: RejectionLog
@@ -193,9 +192,9 @@ class Secured:
             return self._rest
         session = self._sessions.get(identity)
         if session is None:
-            session = self._sessions[identity] = self.broker.open_session(
+            session = self._sessions[identity] = self.port.open_session(
                 "http",
-                _RestSink(self.broker, self.port.clock),
+                _RestSink(self.port, self.port.clock),
                 identity,
                 self.port.clock(),
                 label=f"http:rest:{identity.name}",

@@ -8,11 +8,13 @@
 from __future__ import annotations
 
 import argparse
+import functools
+import inspect
 import json
 import os
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -46,21 +48,31 @@ def _fail(exc: Exception, url: str = "") -> int:
     return EXIT_FAIL
 
 
-def _missing(queue: str, url: str) -> int:
-    print(
-        f"maitred: no queue {queue!r} at {url} (`maitred list --all -b {url}` lists them)",
-        file=sys.stderr,
-    )
-    return EXIT_ERROR_REPLY
+def _switch_verb(
+    body: Callable[[argparse.Namespace, SwitchClient], int],
+) -> Callable[[argparse.Namespace], int]:
+    """A verb that talks to the switch at ``-b``: ``body`` gets an open client; a switch that
+    is not there or answers an error becomes the verb's message and exit code (``_fail``)."""
+
+    @functools.wraps(body)  # its name and docstring make the verb (``add_commands``)
+    def run(args: argparse.Namespace) -> int:
+        try:
+            with _client(args) as sw:
+                return body(args, sw)
+        except (OSError, SwitchError, Unreachable) as exc:
+            return _fail(exc, args.broker)
+
+    return run
 
 
-def cmd_list(args: argparse.Namespace) -> int:
-    try:
-        with _client(args) as sw:
-            names = sw.list_queues(args.prefix, alive=not args.all)
-    except (OSError, SwitchError, Unreachable) as exc:
-        return _fail(exc, args.broker)
-    for name in names:
+@_switch_verb
+def cmd_list(args: argparse.Namespace, sw: SwitchClient) -> int:
+    """list switch queues (alive ones unless --all)
+
+    maitred list -b http://127.0.0.1:8080
+    maitred list --all --prefix org.xen
+    """
+    for name in sw.list_queues(args.prefix, alive=not args.all):
         print(name)
     return 0
 
@@ -98,12 +110,14 @@ def _section(title: str, items: Iterable[str]) -> list[str]:
     return [f"{title}: {len(items)}", *[f"  {item}" for item in items], ""]
 
 
-def cmd_diagnostics(args: argparse.Namespace) -> int:
-    try:
-        with _client(args) as sw:
-            diag = sw.diagnostics()
-    except (OSError, SwitchError, Unreachable) as exc:
-        return _fail(exc, args.broker)
+@_switch_verb
+def cmd_diagnostics(args: argparse.Namespace, sw: SwitchClient) -> int:
+    """summary of switch services and queues
+
+    maitred diagnostics -b unix:/run/maitred/http.sock
+    maitred diagnostics --json
+    """
+    diag = sw.diagnostics()
     if args.json:
         print(json.dumps(diag, indent=2))
     else:
@@ -111,25 +125,38 @@ def cmd_diagnostics(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_ack(args: argparse.Namespace) -> int:
-    try:
-        with _client(args) as sw:
-            if args.queue not in sw.list_queues(args.queue, alive=False):
-                return _missing(args.queue, args.broker)
-            sw.ack(args.queue, args.n)
-    except (OSError, SwitchError, Unreachable) as exc:
-        return _fail(exc, args.broker)
+def _missing(sw: SwitchClient, queue: str, url: str) -> bool:
+    """Whether ``queue`` does not exist (said on stderr, with how to list the queues)."""
+    if queue in sw.list_queues(queue, alive=False):
+        return False
+    print(
+        f"maitred: no queue {queue!r} at {url} (`maitred list --all -b {url}` lists them)",
+        file=sys.stderr,
+    )
+    return True
+
+
+@_switch_verb
+def cmd_ack(args: argparse.Namespace, sw: SwitchClient) -> int:
+    """acknowledge (delete) message N of a queue
+
+    maitred ack org.xen.xapi 12
+    """
+    if _missing(sw, args.queue, args.broker):
+        return EXIT_ERROR_REPLY
+    sw.ack(args.queue, args.n)
     return 0
 
 
-def cmd_destroy(args: argparse.Namespace) -> int:
-    try:
-        with _client(args) as sw:
-            if args.queue not in sw.list_queues(args.queue, alive=False):
-                return _missing(args.queue, args.broker)
-            sw.destroy(args.queue)
-    except (OSError, SwitchError, Unreachable) as exc:
-        return _fail(exc, args.broker)
+@_switch_verb
+def cmd_destroy(args: argparse.Namespace, sw: SwitchClient) -> int:
+    """destroy a switch queue and its messages
+
+    maitred destroy org.xen.old-queue
+    """
+    if _missing(sw, args.queue, args.broker):
+        return EXIT_ERROR_REPLY
+    sw.destroy(args.queue)
     return 0
 
 
@@ -163,22 +190,26 @@ def trace_line(event: dict[str, Any]) -> str:
     return f"{when} {src} -> {event.get('queue', '-')} -> {dst}: {what}"
 
 
-def cmd_tail(args: argparse.Namespace) -> int:
+@_switch_verb
+def cmd_tail(args: argparse.Namespace, sw: SwitchClient) -> int:
+    """print the switch trace (--follow: keep going)
+
+    maitred tail
+    maitred tail -f | grep echo
+    maitred tail | head -5
+    """
     start = -1
     deadline = None if args.follow else time.monotonic()
     try:
-        with _client(args) as sw:
-            while True:
-                events = sw.trace(start, timeout=args.poll if args.follow else 0.0)
-                for n, event in events:
-                    print(trace_line(event), flush=True)
-                    start = max(start, n)
-                if deadline is not None and (not events or time.monotonic() > deadline):
-                    return 0
+        while True:
+            events = sw.trace(start, timeout=args.poll if args.follow else 0.0)
+            for n, event in events:
+                print(trace_line(event), flush=True)
+                start = max(start, n)
+            if deadline is not None and (not events or time.monotonic() > deadline):
+                return 0
     except KeyboardInterrupt:
         return 0
-    except (OSError, SwitchError, Unreachable) as exc:
-        return _fail(exc, args.broker)
 
 
 def mscgen(events: Iterable[dict[str, Any]]) -> str:
@@ -207,17 +238,23 @@ def mscgen(events: Iterable[dict[str, Any]]) -> str:
     return header + "\n".join(arrows) + "\n}\n"
 
 
-def cmd_mscgen(args: argparse.Namespace) -> int:
-    try:
-        with _client(args) as sw:
-            events = [event for _, event in sw.trace(-1, timeout=0.0)]
-    except (OSError, SwitchError, Unreachable) as exc:
-        return _fail(exc, args.broker)
+@_switch_verb
+def cmd_mscgen(args: argparse.Namespace, sw: SwitchClient) -> int:
+    """the trace as an mscgen sequence chart
+
+    maitred mscgen > trace.msc && mscgen -T png trace.msc
+    """
+    events = [event for _, event in sw.trace(-1, timeout=0.0)]
     sys.stdout.write(mscgen(events))
     return 0
 
 
 def cmd_shutdown(args: argparse.Namespace) -> int:
+    """stop the broker (needs the shutdown secret)
+
+    MAITRED_SHUTDOWN_SECRET=s3cret maitred shutdown
+    maitred shutdown --secret-file /etc/maitred/shutdown.secret
+    """
     try:
         secret = (
             Path(args.secret_file).read_text().strip()
@@ -253,92 +290,41 @@ def add_commands(subparsers: Any) -> None:
             "token is $MAITRED_TOKEN",
         )
 
-    p = subparsers.add_parser(
-        "list",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=(
-            "examples:\n"
-            "  maitred list -b http://127.0.0.1:8080\n"
-            "  maitred list --all --prefix org.xen"
-        ),
-        help="list switch queues (alive ones unless --all)",
-    )
+    def verb(run: Callable[[argparse.Namespace], int]) -> argparse.ArgumentParser:
+        """The verb ``cmd_NAME`` runs: its docstring's first line is its help, the other lines
+        its examples."""
+        what, _, examples = inspect.cleandoc(run.__doc__ or "").partition("\n\n")
+        p: argparse.ArgumentParser = subparsers.add_parser(
+            run.__name__.removeprefix("cmd_"),
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+            epilog="examples:\n" + "\n".join(f"  {line}" for line in examples.splitlines()),
+            help=what,
+        )
+        p.set_defaults(run=run)
+        verbs.append(p)
+        return p
+
+    verbs: list[argparse.ArgumentParser] = []
+
+    p = verb(cmd_list)
     p.add_argument("--prefix", default="", help="only names starting with this")
     p.add_argument("--all", action="store_true", help="every queue, not only alive ones")
-    switch_opts(p)
-    p.set_defaults(run=cmd_list)
-
-    p = subparsers.add_parser(
-        "diagnostics",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=(
-            "examples:\n"
-            "  maitred diagnostics -b unix:/run/maitred/http.sock\n"
-            "  maitred diagnostics --json"
-        ),
-        help="summary of switch services and queues",
-    )
+    p = verb(cmd_diagnostics)
     p.add_argument("--json", action="store_true", help="print the raw diagnostics document")
-    switch_opts(p)
-    p.set_defaults(run=cmd_diagnostics)
-
-    p = subparsers.add_parser(
-        "ack",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=("examples:\n  maitred ack org.xen.xapi 12"),
-        help="acknowledge (delete) message N of a queue",
-    )
+    p = verb(cmd_ack)
     p.add_argument("queue")
     p.add_argument("n", type=int)
-    switch_opts(p)
-    p.set_defaults(run=cmd_ack)
-
-    p = subparsers.add_parser(
-        "destroy",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=("examples:\n  maitred destroy org.xen.old-queue"),
-        help="destroy a switch queue and its messages",
-    )
+    p = verb(cmd_destroy)
     p.add_argument("queue")
-    switch_opts(p)
-    p.set_defaults(run=cmd_destroy)
-
-    p = subparsers.add_parser(
-        "tail",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=(
-            "examples:\n  maitred tail\n  maitred tail -f | grep echo\n  maitred tail | head -5"
-        ),
-        help="print the switch trace (--follow: keep going)",
-    )
+    p = verb(cmd_tail)
     p.add_argument("-f", "--follow", action="store_true")
     p.add_argument("--poll", type=float, default=5.0, help="long-poll seconds with --follow")
-    switch_opts(p)
-    p.set_defaults(run=cmd_tail)
-
-    p = subparsers.add_parser(
-        "mscgen",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=("examples:\n  maitred mscgen > trace.msc && mscgen -T png trace.msc"),
-        help="the trace as an mscgen sequence chart",
-    )
-    switch_opts(p)
-    p.set_defaults(run=cmd_mscgen)
-
-    p = subparsers.add_parser(
-        "shutdown",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=(
-            "examples:\n"
-            "  MAITRED_SHUTDOWN_SECRET=s3cret maitred shutdown\n"
-            "  maitred shutdown --secret-file /etc/maitred/shutdown.secret"
-        ),
-        help="stop the broker (needs the shutdown secret)",
-    )
+    verb(cmd_mscgen)
+    p = verb(cmd_shutdown)
     p.add_argument("--token", help="login token (where shutdown_tokens narrows who may)")
     p.add_argument(
         "--secret-file",
         help="file holding the shutdown secret (default: env MAITRED_SHUTDOWN_SECRET)",
     )
-    switch_opts(p)
-    p.set_defaults(run=cmd_shutdown)
+    for p in verbs:  # after each verb's own arguments, as ``--help`` lists them
+        switch_opts(p)

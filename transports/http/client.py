@@ -23,10 +23,11 @@ import socket
 import ssl
 import time
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import Any, Self
 from urllib.parse import quote
 
 from maitred.core.errors import ErrorCode, PeerError
+from maitred.core.transport import FrameHandler
 from maitred.transports.http import codec
 
 
@@ -89,8 +90,9 @@ def _seg(name: str) -> str:
     return quote(name, safe="")
 
 
-class RestClient:
-    """Blocking REST client (one keep-alive connection; not thread-safe)."""
+class _Client:
+    """What the REST clients have: the broker's URL, a timeout, the bearer token and CA file
+    (given, else from the environment: :func:`credentials`)."""
 
     def __init__(
         self,
@@ -103,7 +105,30 @@ class RestClient:
         self.url = url
         self.timeout = timeout
         self.token, self.cacert = credentials(token, cacert)
-        self._conn: http.client.HTTPConnection | None = None
+        self._open()
+
+    def _open(self) -> None:
+        """What a client sets up once its URL and credentials are known (nothing: a blocking
+        client connects on its first call)."""
+
+
+class _Closing:
+    """A blocking client that ``with client:`` closes at the end."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class RestClient(_Client, _Closing):
+    """Blocking REST client (one keep-alive connection; not thread-safe)."""
+
+    _conn: http.client.HTTPConnection | None = None
 
     def _request(
         self, method: str, path: str, body: bytes | None, headers: dict[str, str], timeout: float
@@ -169,28 +194,14 @@ class RestClient:
             self._conn.close()
             self._conn = None
 
-    def __enter__(self) -> RestClient:
-        return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-class AsyncRestClient:
+class AsyncRestClient(_Client):
     """asyncio REST client on an aiohttp ClientSession (TCP, TLS or Unix socket)."""
 
-    def __init__(
-        self,
-        url: str,
-        timeout: float = 10.0,
-        *,
-        token: str | None = None,
-        cacert: str | None = None,
-    ) -> None:
+    def _open(self) -> None:
         import aiohttp
 
-        self.timeout = timeout
-        token, cacert = credentials(token, cacert)
+        url, token, cacert = self.url, self.token, self.cacert
         if url.startswith("unix:"):
             self._base = "http://localhost"
             connector: aiohttp.BaseConnector = aiohttp.UnixConnector(path=url[5:])
@@ -267,7 +278,7 @@ class SwitchError(PeerError):
         self.body = body
 
 
-class SwitchClient:
+class SwitchClient(_Closing):
     """Blocking message-switch client: two connections logged in with the same token, one
     for Transfer (which blocks) and one for everything else, like the real clients."""
 
@@ -417,23 +428,15 @@ class SwitchClient:
         self._main.close()
         self._poll.close()
 
-    def __enter__(self) -> SwitchClient:
-        return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-class HttpCliClient:
+class HttpCliClient(_Client, _Closing):
     """The blocking client behind ``maitred call/worker/services -b http://... | unix:...``:
     calls go through the REST API, ``worker`` serves through the message switch."""
 
     def __init__(
         self, url: str, timeout: float, *, token: str | None = None, cacert: str | None = None
     ) -> None:
-        self.url = url
-        self.timeout = timeout
-        self.token, self.cacert = credentials(token, cacert)
+        super().__init__(url, timeout, token=token, cacert=cacert)
         self._rest = RestClient(url, timeout, token=self.token, cacert=self.cacert)
 
     def request(self, service: str, body: Sequence[bytes], timeout: float) -> list[bytes]:
@@ -472,11 +475,7 @@ class HttpCliClient:
             conn.close()
 
     def serve(
-        self,
-        service: str,
-        handler: Callable[[list[bytes]], list[bytes]],
-        *,
-        max_requests: int | None = None,
+        self, service: str, handler: FrameHandler, *, max_requests: int | None = None
     ) -> None:
         with SwitchClient(
             self.url, timeout=self.timeout, bearer=self.token, cacert=self.cacert

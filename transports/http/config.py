@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 import os
 import stat
 from pathlib import Path
@@ -11,6 +10,7 @@ from typing import Literal
 
 import msgspec
 
+from maitred.core.checks import at_least, finite
 from maitred.core.credentials import TokenConfig, token_problems
 from maitred.core.durable import StoreHint
 from maitred.core.errors import ErrorCode, MaitredError
@@ -171,39 +171,16 @@ class HttpConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
                 host, sep, port = addr.rpartition(":")
                 if not sep or not host or not port.isdigit():
                     out.append(f"listen: {addr!r} is not HOST:PORT or unix:/path")
-        if self.max_body_size < 1:
-            out.append("max_body_size must be >= 1")
-        if not (0 <= self.request_timeout < math.inf):
-            out.append("request_timeout must be a finite number >= 0")
-        if self.switch_credit < 1:
-            out.append("switch_credit must be >= 1")
-        if self.max_deliveries < 0:
-            out.append("max_deliveries must be >= 0 (deprecated: 0)")
-        if self.trace_size < 0:
-            out.append("trace_size must be >= 0")
-        if self.sse_buffer < 1:
-            out.append("sse_buffer must be >= 1")
+        out += at_least(self, 1, "max_body_size", "switch_credit", "sse_buffer")
+        out += at_least(self, 1, "switch_max_queue", "switch_max_queue_bytes")
+        out += at_least(self, 1, "switch_max_queues", "switch_max_queues_per_token")
+        out += at_least(self, 0, "max_deliveries", note="deprecated: 0")
+        out += at_least(self, 0, "trace_size", "diagnostics_messages", "max_connections")
+        out += at_least(self, 0, "metrics_max_services")
+        out += at_least(self, 1024, "sse_buffer_bytes")
+        out += finite(self, "request_timeout", "header_timeout", "body_timeout", "idle_timeout")
         if self.shutdown_secret_file and self.shutdown_secret_env:
             out.append("shutdown_secret_file and shutdown_secret_env: give one of them")
-        for key in (
-            "switch_max_queue",
-            "switch_max_queue_bytes",
-            "switch_max_queues",
-            "switch_max_queues_per_token",
-        ):
-            if getattr(self, key) < 1:
-                out.append(f"{key} must be >= 1")
-        if self.diagnostics_messages < 0:
-            out.append("diagnostics_messages must be >= 0")
-        for name in ("header_timeout", "body_timeout", "idle_timeout"):
-            if not (0 <= getattr(self, name) < math.inf):
-                out.append(f"{name} must be a finite number >= 0")
-        if self.max_connections < 0:
-            out.append("max_connections must be >= 0")
-        if self.metrics_max_services < 0:
-            out.append("metrics_max_services must be >= 0")
-        if self.sse_buffer_bytes < 1024:
-            out.append("sse_buffer_bytes must be >= 1024")
         out.extend(self._auth_problems())
         return out
 
@@ -213,8 +190,7 @@ class HttpConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
             out.append("tls_cert and tls_key go together")
         if self.tls_client_ca and not self.tls_cert:
             out.append("tls_client_ca needs tls_cert and tls_key (client certificates are TLS)")
-        if not (0 < self.tls_handshake_timeout < math.inf):
-            out.append("tls_handshake_timeout must be a finite number > 0")
+        out += finite(self, "tls_handshake_timeout", positive=True)
         for path in self.public_paths:
             if not path.startswith("/"):
                 out.append(f"public_paths: {path!r} does not start with /")

@@ -21,7 +21,8 @@ from maitred.transports.http.config import HttpConfig
 from maitred.transports.http.metrics import render_metrics
 from maitred.transports.http.server import _error, _json
 from maitred.transports.http.streams import _Call
-from maitred.transports.http.switch import DEAD_LETTERS, LIST, Switch
+from maitred.transports.http.switch import Switch
+from maitred.transports.http.switch_model import DEAD_LETTERS, LIST
 
 METRICS = "$sys.metrics"
 
@@ -31,7 +32,6 @@ class ListingRoutes:
 
     config: HttpConfig
     port: BrokerPort
-    broker: BrokerPort
     identity: Identity
     switch: Switch | None
     _rest: Session
@@ -40,11 +40,22 @@ class ListingRoutes:
     #: the REST session of a request's identity (the transport's)
     _session_of: Callable[[web.Request], Session]
 
+    def add_listing_routes(self, r: web.UrlDispatcher) -> None:
+        """The listings (``GET /v1/services``, ``/v1/queues``, ...), metrics and health."""
+        r.add_get("/v1/services", self._services)
+        r.add_get("/v1/services/{name}", self._service)
+        r.add_get("/v1/queues", self._queues)
+        r.add_get("/v1/topics", self._topics)
+        r.add_get("/v1/dead-letters", self._dead_letters)
+        r.add_get("/metrics", self._metrics)
+        r.add_get("/healthz", self._healthz)
+        r.add_get("/readyz", self._readyz)
+
     def _mmi(self, request: web.Request, name: str, arg: bytes = b"") -> Any:
         """Ask the MMI (answered at once) as the request's identity; its decoded JSON."""
         loop = asyncio.get_running_loop()
         call = _Call(loop.create_future(), None)
-        self.broker.submit(self._session_of(request), name, [arg], call, self.port.clock())
+        self.port.submit(self._session_of(request), name, [arg], call, self.port.clock())
         assert call.fut is not None and call.fut.done()
         ok, value = call.fut.result()
         if not ok:
@@ -95,7 +106,7 @@ class ListingRoutes:
         """None when the request's identity may ``observe`` ``name``; else the REST 403 (the
         denial is counted and published by the router)."""
         session = self._session_of(request)
-        if self.broker.allowed(session, Action.OBSERVE, name):
+        if self.port.allowed(session, Action.OBSERVE, name):
             return None
         return _error(ErrorCode.FORBIDDEN, f"{session.identity.name} may not observe {name}")
 
@@ -114,7 +125,7 @@ class ListingRoutes:
         def payload(q: str, data: bytes, kind: bytes) -> str:
             # the payload only to an identity that may call the queue (a preview-free view)
             if q not in shown:
-                shown[q] = self.broker.permits(self._session_of(request), Action.CALL, q)
+                shown[q] = self.port.permits(self._session_of(request), Action.CALL, q)
             if not shown[q]:
                 return ""
             if kind == KIND:  # a stored service request: its frames
@@ -141,7 +152,7 @@ class ListingRoutes:
             return refused
         journal = self.port.journal
         body, ctype = await render_metrics(
-            self.broker,
+            self.port,
             self.switch,
             self.config.metrics_max_services,
             None if journal is None else journal.snapshot(),
@@ -152,6 +163,6 @@ class ListingRoutes:
         return _json({"status": "ok"})
 
     async def _readyz(self, request: web.Request) -> web.Response:
-        if self._accepting and not self.broker.draining:
+        if self._accepting and not self.port.draining:
             return _json({"status": "ready"})
         return _json({"status": "draining"}, status=503)

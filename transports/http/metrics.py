@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import heapq
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -43,7 +43,7 @@ class _ServiceRow:
         "counts",
         "error_codes",
         "errors",
-        "free",
+        "free_workers",
         "inflight",
         "lat_count",
         "lat_sum",
@@ -57,7 +57,7 @@ class _ServiceRow:
 
     def __init__(self, name: str) -> None:
         self.name = name
-        self.workers = self.free = self.queued = self.inflight = 0
+        self.workers = self.free_workers = self.queued = self.inflight = 0
         self.requests = self.replies = self.errors = self.timeouts = 0
         self.error_codes: dict[int, int] = {}
         self.counts = [0] * (len(LATENCY_BOUNDS) + 1)
@@ -66,7 +66,7 @@ class _ServiceRow:
 
     def add(self, svc: Service) -> None:
         self.workers += len(svc.workers)
-        self.free += len(svc.free)
+        self.free_workers += len(svc.free)
         self.queued += svc.queued
         if svc.workers:
             self.inflight += svc.inflight()
@@ -125,6 +125,49 @@ async def gather_services(broker: BrokerPort, max_services: int) -> tuple[list[_
     return rows, len(rest)
 
 
+#: the per-service gauges and counters of a scrape: (name, help); each is a
+#: :class:`_ServiceRow` attribute of that name
+_SERVICE_GAUGES = (
+    ("workers", "Connected workers"),
+    ("free_workers", "Workers with credit left"),
+    ("queued", "Requests waiting for a worker"),
+    ("inflight", "Requests being served"),
+)
+_SERVICE_COUNTERS = (
+    ("requests", "Requests accepted"),
+    ("replies", "Final replies delivered"),
+    ("errors", "Requests that failed"),
+    ("timeouts", "Requests that passed their deadline"),
+)
+
+_F = TypeVar("_F", GaugeMetricFamily, CounterMetricFamily)
+
+
+def _families(
+    kind: type[_F], prefix: str, label: str, table: Iterable[tuple[str, ...]]
+) -> dict[str, _F]:
+    """One family of ``kind`` per row of ``table`` (name, help, …), named ``PREFIX + name``,
+    with the one label ``label``."""
+    return {row[0]: kind(prefix + row[0], row[1], labels=[label]) for row in table}
+
+
+def _counter(name: str, help_: str, label: str, items: Iterable[tuple[str, Any]]) -> Metric:
+    """A counter family with one sample per (``label`` value, value) of ``items``."""
+    family = CounterMetricFamily(name, help_, labels=[label])
+    for key, value in items:
+        family.add_metric([key], float(value))
+    return family
+
+
+#: the per-transport counters: (name, help), each a key of the broker's ``traffic`` rows
+_TRANSPORT_COUNTERS = (
+    ("requests", "Requests its sessions submitted"),
+    ("replies", "Final replies its callers received"),
+    ("errors", "Requests of its callers that failed"),
+    ("served", "Requests handed to its workers"),
+)
+
+
 class _Collector:
     """What one scrape shows, copied from the broker on the event loop; :meth:`collect` reads
     only these copies, so the text can be rendered in another thread."""
@@ -153,14 +196,12 @@ class _Collector:
         self.nodes: list[dict[str, Any]] | None = snapshot.get("nodes")
 
     def collect(self) -> Iterator[Metric]:
-        events = CounterMetricFamily(
+        yield _counter(
             "maitred_router_events",
             "Router and transport counters (router.stats)",
-            labels=["event"],
+            "event",
+            self.stats,
         )
-        for key, value in self.stats:
-            events.add_metric([key], float(value))
-        yield events
         yield GaugeMetricFamily("maitred_sessions", "Open router sessions", value=self.sessions)
         yield GaugeMetricFamily("maitred_services", "Known services", value=self.services)
         yield GaugeMetricFamily(
@@ -168,34 +209,12 @@ class _Collector:
             f"Services summed under service={OTHER!r} (beyond metrics_max_services)",
             value=self.unlisted,
         )
-        gauges = {
-            name: GaugeMetricFamily(f"maitred_service_{name}", help_, labels=["service"])
-            for name, help_ in (
-                ("workers", "Connected workers"),
-                ("free_workers", "Workers with credit left"),
-                ("queued", "Requests waiting for a worker"),
-                ("inflight", "Requests being served"),
-            )
-        }
-        counters = {
-            name: CounterMetricFamily(f"maitred_service_{name}", help_, labels=["service"])
-            for name, help_ in (
-                ("requests", "Requests accepted"),
-                ("replies", "Final replies delivered"),
-                ("errors", "Requests that failed"),
-                ("timeouts", "Requests that passed their deadline"),
-            )
-        }
+        gauges = _families(GaugeMetricFamily, "maitred_service_", "service", _SERVICE_GAUGES)
+        counters = _families(CounterMetricFamily, "maitred_service_", "service", _SERVICE_COUNTERS)
         for row in self.rows:
-            name = row.name
-            gauges["workers"].add_metric([name], row.workers)
-            gauges["free_workers"].add_metric([name], row.free)
-            gauges["queued"].add_metric([name], row.queued)
-            gauges["inflight"].add_metric([name], row.inflight)
-            counters["requests"].add_metric([name], row.requests)
-            counters["replies"].add_metric([name], row.replies)
-            counters["errors"].add_metric([name], row.errors)
-            counters["timeouts"].add_metric([name], row.timeouts)
+            for family in (gauges, counters):
+                for key, metric in family.items():
+                    metric.add_metric([row.name], getattr(row, key))
         yield from gauges.values()
         yield from counters.values()
         by_code = CounterMetricFamily(
@@ -220,28 +239,20 @@ class _Collector:
             latency.add_metric([row.name], buckets, sum_value=row.lat_sum)
         yield by_code
         yield latency
-        per_transport = {
-            name: CounterMetricFamily(f"maitred_transport_{name}", help_, labels=["transport"])
-            for name, help_ in (
-                ("requests", "Requests its sessions submitted"),
-                ("replies", "Final replies its callers received"),
-                ("errors", "Requests of its callers that failed"),
-                ("served", "Requests handed to its workers"),
-            )
-        }
+        per_transport = _families(
+            CounterMetricFamily, "maitred_transport_", "transport", _TRANSPORT_COUNTERS
+        )
         for tname, tstats in self.transports:
             for key, value in tstats.items():
                 per_transport[key].add_metric([tname], float(value))
         yield from per_transport.values()
         if self.store:
-            store = CounterMetricFamily(
+            yield _counter(
                 "maitred_store",
                 "The durable store: messages appended and dead-lettered, commits, failures, rows",
-                labels=["counter"],
+                "counter",
+                self.store,
             )
-            for key, value in self.store:
-                store.add_metric([key], float(value))
-            yield store
         if self.nodes is not None:
             yield from _cluster_metrics(self.nodes)
         if self.switch_sessions is not None:
@@ -254,6 +265,15 @@ class _Collector:
             yield GaugeMetricFamily(
                 "maitred_switch_sessions", "Logged-in switch tokens", value=self.switch_sessions
             )
+
+
+#: the per-peer gauges: (name, help, key of the peer's ``mmi.nodes`` row)
+_PEER_GAUGES = (
+    ("age_seconds", "Seconds since the peer's last announcement", "age"),
+    ("load", "Requests in flight on the peer's workers plus those waiting there", "load"),
+    ("services", "Services the peer announces (proxy workers here)", "services"),
+    ("inflight", "This node's requests the peer holds now", "inflight"),
+)
 
 
 def _cluster_metrics(nodes: list[dict[str, Any]]) -> Iterator[Metric]:
@@ -269,21 +289,11 @@ def _cluster_metrics(nodes: list[dict[str, Any]]) -> Iterator[Metric]:
     yield GaugeMetricFamily(
         "maitred_cluster_peers", "Other nodes this node takes for live", value=len(peers)
     )
-    per_peer = {
-        name: GaugeMetricFamily(f"maitred_cluster_peer_{name}", help_, labels=["peer"])
-        for name, help_ in (
-            ("age_seconds", "Seconds since the peer's last announcement"),
-            ("load", "Requests in flight on the peer's workers plus those waiting there"),
-            ("services", "Services the peer announces (proxy workers here)"),
-            ("inflight", "This node's requests the peer holds now"),
-        )
-    }
+    per_peer = _families(GaugeMetricFamily, "maitred_cluster_peer_", "peer", _PEER_GAUGES)
     for row in peers:
         peer = [str(row.get("node"))]
-        per_peer["age_seconds"].add_metric(peer, float(row.get("age") or 0))
-        per_peer["load"].add_metric(peer, float(row.get("load") or 0))
-        per_peer["services"].add_metric(peer, float(row.get("services") or 0))
-        per_peer["inflight"].add_metric(peer, float(row.get("inflight") or 0))
+        for name, _, key in _PEER_GAUGES:
+            per_peer[name].add_metric(peer, float(row.get(key) or 0))
     yield from per_peer.values()
 
 

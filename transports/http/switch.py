@@ -53,34 +53,10 @@ from maitred.core.transport import BrokerPort
 from maitred.transports.http import codec
 from maitred.transports.http.codec import Kind
 from maitred.transports.http.switch_leases import SwitchLeases
-from maitred.transports.http.switch_model import (
-    DEAD_LETTERS,
-    DIAGNOSTICS,
-    LIST,
-    OWNER,
-    SHUTDOWN,
-    TRACE,
-    Msg,
-    Queue,
-    QueueSink,
-    Refused,
-    Token,
-)
-from maitred.transports.http.switch_views import ROUTER_TRACE_IDLE, SwitchViews, _TraceRecord
+from maitred.transports.http.switch_model import OWNER, Msg, Queue, QueueSink, Refused, Token
+from maitred.transports.http.switch_views import SwitchViews, _TraceRecord
 
-__all__ = [
-    "DEAD_LETTERS",
-    "DIAGNOSTICS",
-    "LIST",
-    "ROUTER_TRACE_IDLE",
-    "SHUTDOWN",
-    "TRACE",
-    "Msg",
-    "Queue",
-    "Refused",
-    "Switch",
-    "Token",
-]
+__all__ = ["Msg", "Queue", "Refused", "Switch", "Token"]
 
 log = logging.getLogger("maitred.transports.http.switch")
 

@@ -23,6 +23,7 @@ from maitred.transports.http.switch_model import (
     Token,
     TokenSink,
     by_id,
+    woken,
 )
 from maitred.transports.http.switch_views import SwitchViews
 
@@ -226,19 +227,10 @@ class SwitchLeases(SwitchViews):
             remaining = deadline - loop.time()
             if remaining <= 0 or self.closing or token.session is None or token.session.closed:
                 break
-            fut: asyncio.Future[None] = loop.create_future()
-            waiting = [q for q in (self.queues.get(n) for n in names) if q is not None]
+            waiting = [q.waiters for q in (self.queues.get(n) for n in names) if q is not None]
             if not waiting:
                 break  # none of its queues exists (any more)
-            for q in waiting:
-                q.waiters.add(fut)
-            try:
-                await asyncio.wait_for(fut, remaining)
-            except TimeoutError:
-                pass
-            finally:
-                for q in waiting:
-                    q.waiters.discard(fut)
+            await woken(waiting, remaining)
             found = self._eligible(token, start, names)
         if not found:
             return codec.transfer_body((), start)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from maitred.core.access import Identity
@@ -35,6 +36,21 @@ TOO_MANY = 429
 OWNER = "switch"
 
 
+async def woken(waiters: list[set[asyncio.Future[None]]], timeout: float) -> None:
+    """Wait up to ``timeout`` seconds to be woken: a future is put in each set of ``waiters``
+    (whoever has news sets the futures there) and taken out again however the wait ends."""
+    fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    for waiting in waiters:
+        waiting.add(fut)
+    try:
+        await asyncio.wait_for(fut, timeout)
+    except TimeoutError:
+        pass
+    finally:
+        for waiting in waiters:
+            waiting.discard(fut)
+
+
 class Refused(MaitredError):
     """A switch operation refused by the access policy, a lease or a limit (already counted):
     answered with ``status`` and the switch's plain-text error form."""
@@ -46,50 +62,32 @@ class Refused(MaitredError):
         self.status = status
 
 
+@dataclass(slots=True, eq=False)
 class Msg:
     """A message in a switch queue."""
 
-    __slots__ = (
-        "acked",
-        "deliveries",
-        "headers",
-        "kind",
-        "lease",
-        "n",
-        "origin",
-        "parked",
-        "payload",
-        "queue",
-        "redelivered",
-        "request",
-        "shown",
-        "stored",
-        "time_ns",
-        "volatile",
-    )
-
-    def __init__(
-        self, queue: str, n: int, payload: bytes, kind: Kind, origin: str, time_ns: int
-    ) -> None:
-        self.queue = queue
-        self.n = n
-        self.payload = payload
-        self.kind = kind
-        self.origin = origin
-        self.time_ns = time_ns
-        self.lease: str | None = None  # the token holding it
-        self.shown = False  # returned by a Transfer to its lessee
-        self.redelivered = False  # came back from a lease: visible whatever the cursor
-        self.request: Request | None = None  # the router request carrying it
-        self.stored = False
-        self.volatile = False  # made for a caller of another protocol (not stored)
-        self.parked = False  # the router refused it (queue full): resubmitted when room is made
-        self.acked = (
-            False  # acked by its lessee without a response (the router's error is not news)
-        )
-        self.deliveries = 0
-        #: the sender's W3C trace context (``traceparent``, ``tracestate``), if it sent one
-        self.headers: dict[str, str] | None = None
+    queue: str
+    n: int
+    payload: bytes
+    kind: Kind
+    origin: str
+    time_ns: int
+    lease: str | None = field(default=None, init=False)  # the token holding it
+    shown: bool = field(default=False, init=False)  # returned by a Transfer to its lessee
+    #: came back from a lease: visible whatever the cursor
+    redelivered: bool = field(default=False, init=False)
+    #: the router request carrying it
+    request: Request | None = field(default=None, init=False)
+    stored: bool = field(default=False, init=False)
+    #: made for a caller of another protocol (not stored)
+    volatile: bool = field(default=False, init=False)
+    #: the router refused it (queue full): resubmitted when room is made
+    parked: bool = field(default=False, init=False)
+    #: acked by its lessee without a response (the router's error is not news)
+    acked: bool = field(default=False, init=False)
+    deliveries: int = field(default=0, init=False)
+    #: the sender's W3C trace context (``traceparent``, ``tracestate``), if it sent one
+    headers: dict[str, str] | None = field(default=None, init=False)
 
 
 class Queue:

@@ -23,8 +23,8 @@ from maitred.transports.http import codec
 from maitred.transports.http.admin import switch_page, switch_page_headers
 from maitred.transports.http.codec import SwitchError
 from maitred.transports.http.server import IDENTITY
-from maitred.transports.http.switch import LIST, Switch
-from maitred.transports.http.switch_model import Refused, Token
+from maitred.transports.http.switch import Switch
+from maitred.transports.http.switch_model import LIST, Refused, Token
 
 log = logging.getLogger("maitred.transports.http.switch")
 

@@ -35,6 +35,7 @@ from maitred.transports.http.switch_model import (
     TokenSink,
     by_id,
     token_name,
+    woken,
 )
 
 log = logging.getLogger("maitred.transports.http.switch")
@@ -293,14 +294,7 @@ class SwitchViews:
             remaining = deadline - loop.time()
             if events or remaining <= 0 or self.closing:
                 return codec.trace_body(events)
-            fut: asyncio.Future[None] = loop.create_future()
-            self.trace_waiters.add(fut)
-            try:
-                await asyncio.wait_for(fut, remaining)
-            except TimeoutError:
-                pass
-            finally:
-                self.trace_waiters.discard(fut)
+            await woken([self.trace_waiters], remaining)
 
     def shutdown(self, token: Token, secret: bytes | None) -> None:
         """POST /shutdown: ``manage`` on ``$sys.shutdown``, and the shutdown secret (compared in

@@ -26,7 +26,6 @@ class TopicRoutes:
 
     config: HttpConfig
     port: BrokerPort
-    broker: BrokerPort
     identity: Identity
     stats: Counter[str]
     _closed: bool
@@ -35,6 +34,11 @@ class TopicRoutes:
     _read_body: Callable[[web.Request], Coroutine[Any, Any, bytes]]
     _too_large: Callable[[web.Response], web.Response]
 
+    def add_topic_routes(self, r: web.UrlDispatcher) -> None:
+        """``POST /v1/topics/{topic}`` publishes, ``GET /v1/topics/{pattern}`` subscribes (SSE)."""
+        r.add_post("/v1/topics/{topic}", self._publish)
+        r.add_get("/v1/topics/{pattern}", self._subscribe)
+
     async def _publish(self, request: web.Request) -> web.Response:
         topic = request.match_info["topic"]
         try:
@@ -42,23 +46,23 @@ class TopicRoutes:
         except _TooLarge:
             return self._too_large(_error(ErrorCode.TOO_LARGE, "the request body is too large"))
         try:
-            n = self.broker.publish(self._session_of(request), topic, [body])
+            n = self.port.publish(self._session_of(request), topic, [body])
         except MaitredError as exc:
             return _error(exc.code, exc.reason)
         return _json({"delivered": n})
 
     async def _subscribe(self, request: web.Request) -> web.StreamResponse:
         pattern = request.match_info["pattern"]
-        sink = _TopicSink(self.config.sse_buffer, self.broker, self.config.sse_buffer_bytes)
+        sink = _TopicSink(self.config.sse_buffer, self.port, self.config.sse_buffer_bytes)
         self._topic_sinks.add(sink)
         now = self.port.clock()
         identity = request.get(IDENTITY) or self.identity
-        session = self.broker.open_session(
+        session = self.port.open_session(
             "http", sink, identity, now, label=f"http:sse:{id(sink):x}"
         )
         try:
             try:
-                self.broker.subscribe(session, pattern)
+                self.port.subscribe(session, pattern)
             except MaitredError as exc:
                 return _error(exc.code, exc.reason)
             response = web.StreamResponse(
@@ -89,5 +93,5 @@ class TopicRoutes:
             return response
         finally:
             self._topic_sinks.discard(sink)
-            self.broker.close_session(session, self.port.clock(), "stream closed")
+            self.port.close_session(session, self.port.clock(), "stream closed")
             sink.release_all()

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import math
 from typing import Literal
 
 import msgspec
 
+from maitred.core.checks import at_least, finite
 from maitred.transports.mdp.zap import CurveKey, key_problems
 
 
@@ -102,28 +102,16 @@ class MdpConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
                     out.append(
                         f"{key}: {ep!r} is not a ZeroMQ endpoint (tcp://, ipc://, inproc://)"
                     )
-        if self.pub_sndhwm < 1:
-            out.append("pub_sndhwm must be >= 1")
-        if not (0 <= self.heartbeat_interval < math.inf):
-            out.append("heartbeat_interval must be a finite number >= 0 (0: the [liveness] value)")
-        if self.liveness < 0:
-            out.append("liveness must be >= 0 (0: the [liveness] value)")
+        out += at_least(self, 1, "pub_sndhwm", "max_message_size", "max_frames", "batch")
+        out += at_least(self, 1, "worker_credit")
+        out += finite(self, "heartbeat_interval", note="0: the [liveness] value")
+        out += at_least(self, 0, "liveness", note="0: the [liveness] value")
         if self.sndhwm < 0 or self.rcvhwm < 0:
             out.append("sndhwm and rcvhwm must be >= 0 (0: no limit)")
-        if self.linger_ms < -1:
-            out.append("linger_ms must be >= -1 (-1: wait forever)")
-        if self.max_message_size < 1:
-            out.append("max_message_size must be >= 1")
-        if self.max_frames < 1:
-            out.append("max_frames must be >= 1")
-        if self.batch < 1:
-            out.append("batch must be >= 1")
-        if self.worker_credit < 1:
-            out.append("worker_credit must be >= 1")
+        out += at_least(self, -1, "linger_ms", note="-1: wait forever")
         if self.worker_credit_max < self.worker_credit:
             out.append("worker_credit_max must be >= worker_credit")
-        if not (0 < self.worker_pipeline_below < math.inf):
-            out.append("worker_pipeline_below must be a finite number > 0 (seconds)")
+        out += finite(self, "worker_pipeline_below", positive=True, note="seconds")
         return out + self.curve_problems()
 
     def curve_problems(self) -> list[str]:

@@ -3,7 +3,7 @@ plugin uses (entry point ``mdp`` of group ``maitred`` in pyproject.toml)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from maitred.core.errors import ConfigError, MaitredError
@@ -15,7 +15,7 @@ from maitred.core.preflight import (
     check_port,
     check_unix_path,
 )
-from maitred.core.transport import BrokerClient, TransportSpec
+from maitred.core.transport import BrokerClient, FrameHandler, TransportSpec
 from maitred.plugins import hookimpl, transports_hook
 from maitred.transports.mdp import codec
 from maitred.transports.mdp.adapter import MdpConfig, MdpTransport, cli_addresses
@@ -125,11 +125,7 @@ class MdpCliClient:
         return reply
 
     def serve(
-        self,
-        service: str,
-        handler: Callable[[list[bytes]], list[bytes]],
-        *,
-        max_requests: int | None = None,
+        self, service: str, handler: FrameHandler, *, max_requests: int | None = None
     ) -> None:
         from maitred.transports.mdp.client import Worker
 

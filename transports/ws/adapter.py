@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import http
 import logging
-import math
 import os
 import secrets
 import ssl
@@ -33,6 +32,7 @@ from websockets.http11 import Response as HttpResponse
 from websockets.typing import Subprotocol
 
 from maitred.core.access import Identity
+from maitred.core.checks import at_least, finite
 from maitred.core.credentials import (
     SecretError,
     TokenConfig,
@@ -164,27 +164,12 @@ class WsConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
                 out.append(f"keys[{i}]: the key of keys[{seen[k.key]}] twice")
             seen.setdefault(k.key, i)
         out += token_problems(self.tokens)
-        if self.max_frame_size < 64:
-            out.append("max_frame_size must be >= 64")
-        if self.outbox < 1:
-            out.append("outbox must be >= 1")
-        if self.outbox_bytes < 1024:
-            out.append("outbox_bytes must be >= 1024")
-        for name in ("ping_interval", "ping_timeout", "request_timeout"):
-            if not (0 <= getattr(self, name) < math.inf):
-                out.append(f"{name} must be a finite number >= 0")
-        if not (0 < self.handshake_timeout < math.inf):
-            out.append("handshake_timeout must be a finite number > 0")
-        if not (0 <= self.close_timeout < math.inf):
-            out.append("close_timeout must be a finite number >= 0")
-        if self.responder_credit < 1:
-            out.append("responder_credit must be >= 1")
-        if self.max_connections < 0:
-            out.append("max_connections must be >= 0")
-        if self.max_hello_methods < 0:
-            out.append("max_hello_methods must be >= 0")
-        if self.max_hello_size < 64:
-            out.append("max_hello_size must be >= 64")
+        out += at_least(self, 64, "max_frame_size", "max_hello_size")
+        out += at_least(self, 1, "outbox", "responder_credit")
+        out += at_least(self, 1024, "outbox_bytes")
+        out += at_least(self, 0, "max_connections", "max_hello_methods")
+        out += finite(self, "ping_interval", "ping_timeout", "request_timeout", "close_timeout")
+        out += finite(self, "handshake_timeout", positive=True)
         return out
 
 

@@ -6,10 +6,11 @@ from __future__ import annotations
 import asyncio
 import os
 import ssl
-from collections.abc import Callable, Coroutine, Iterator, Sequence
+from collections.abc import Coroutine, Iterator, Sequence
 from typing import Any, TypeVar
 
 from maitred.core.credentials import CACERT_ENV, TOKEN_ENV
+from maitred.core.transport import FrameHandler
 from maitred.transports.ws import json_codec as jc
 from maitred.transports.ws.client import JsonClient
 
@@ -82,11 +83,7 @@ class WsCliClient:
             yield event.topic, list(jc.body_of(event))
 
     def serve(
-        self,
-        service: str,
-        handler: Callable[[list[bytes]], list[bytes]],
-        *,
-        max_requests: int | None = None,
+        self, service: str, handler: FrameHandler, *, max_requests: int | None = None
     ) -> None:
         client = self._connect(methods=[service])
         served = 0
