@@ -35,8 +35,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import msgspec
-
 from maitred.core.errors import BrokerError, ErrorCode, MaitredError
 from maitred.core.jetstream_layout import (
     DEFAULT_SERVERS,
@@ -45,7 +43,6 @@ from maitred.core.jetstream_layout import (
     JetStreamSettings,
     JetStreamUnavailable,
     StreamMismatch,
-    message,
     message_limit,
     packed,
     settings_diff,
@@ -54,6 +51,7 @@ from maitred.core.jetstream_layout import (
     token_name,
     wanted_config,
 )
+from maitred.core.jetstream_load import load_stream
 from maitred.core.store import DeadLetter, Recovered, StoredMessage
 
 if TYPE_CHECKING:
@@ -81,8 +79,8 @@ log = logging.getLogger("maitred.core.store")
 
 #: seconds the start waits at least for JetStream to answer (leader elections after a loss)
 START_PATIENCE = 15.0
-#: readers of the stream at start, each over a part of its sequence range
-_WALKERS = 8
+#: attempts to take ids of a shared queue before a batch fails (each lost to another broker)
+_RESERVE_TRIES = 20
 
 
 @dataclass(slots=True)
@@ -129,6 +127,10 @@ class JetStreamStore:
         self._probe: asyncio.Task[None] | None = None
         self._on_flushed: Callable[[], None] | None = None
         self._on_failed: Callable[[int, BaseException], None] | None = None
+        #: messages whose ids are taken when their batch is written (:meth:`append_fresh`)
+        self._fresh: list[tuple[StoredMessage, Callable[[int], None]]] = []
+        #: queue -> the stream sequence of its record as this store last wrote or read it
+        self.record_seq: dict[str, int] = {}
 
     def listen(
         self, on_flushed: Callable[[], None], on_failed: Callable[[int, BaseException], None]
@@ -144,7 +146,7 @@ class JetStreamStore:
 
     @property
     def _buffered(self) -> bool:
-        return bool(self._pubs or self._purges or self._changed)
+        return bool(self._pubs or self._purges or self._changed or self._fresh)
 
     @property
     def dirty(self) -> bool:
@@ -178,12 +180,15 @@ class JetStreamStore:
     def _subject(self, kind: str, queue: str, *rest: object) -> str:
         return ".".join([self.stream, kind, self._token(queue), *map(str, rest)])
 
-    def _touch(self, name: str) -> _Queue:
+    def queue(self, name: str) -> _Queue:
         q = self._queues.get(name)
         if q is None:
             q = self._queues[name] = _Queue()
-        self._changed.add(name)
         return q
+
+    def _touch(self, name: str) -> _Queue:
+        self._changed.add(name)
+        return self.queue(name)
 
     def create_queue(self, name: str, owner: str = "") -> None:
         q = self._touch(name)
@@ -203,6 +208,12 @@ class JetStreamStore:
         q = self._queues.get(m.queue)
         if q is None or m.n + 1 > q.next_n:
             self._touch(m.queue).next_n = m.n + 1
+
+    def append_fresh(self, message: StoredMessage, numbered: Callable[[int], None]) -> None:
+        """Add a message of a queue that several brokers share: its id is taken when its batch
+        is written (the next ids by a compare-and-set of the queue's record, so two brokers
+        never take the same one), then ``numbered(id)`` is called, before it is published."""
+        self._fresh.append((message, numbered))
 
     def ack(self, queue: str, n: int) -> None:
         body = self._subject("m", queue, n, "body")
@@ -253,13 +264,14 @@ class JetStreamStore:
         purges, self._purges = self._purges, []
         changed, self._changed = self._changed, set()
         dead, self._dead_pending = self._dead_pending, []
+        fresh, self._fresh = self._fresh, []
         for name in changed:
             q = self._queues[name]
             record = {"next": q.next_n, "live": q.live, "owner": q.owner}
             pubs[self._subject("q", name)] = (json.dumps(record).encode(), "")
         self.started += 1
         self._task = asyncio.get_running_loop().create_task(
-            self._commit(self.started, pubs, purges, dead)
+            self._commit(self.started, pubs, purges, dead, fresh)
         )
 
     async def _commit(
@@ -268,9 +280,10 @@ class JetStreamStore:
         pubs: dict[str, tuple[bytes | StoredMessage, str]],
         purges: list[str],
         dead: list[DeadLetter],
+        fresh: list[tuple[StoredMessage, Callable[[int], None]]],
     ) -> None:
         try:
-            await asyncio.wait_for(self._write(pubs, purges), self.settings.timeout)
+            await asyncio.wait_for(self._write(pubs, purges, fresh), self.settings.timeout)
         except Exception as exc:  # JetStream down, no quorum, the stream gone, a timeout
             error = self._failed(exc)
             self.flushed = number
@@ -292,10 +305,14 @@ class JetStreamStore:
             self._start()
 
     async def _write(
-        self, pubs: dict[str, tuple[bytes | StoredMessage, str]], purges: list[str]
+        self,
+        pubs: dict[str, tuple[bytes | StoredMessage, str]],
+        purges: list[str],
+        fresh: list[tuple[StoredMessage, Callable[[int], None]]],
     ) -> None:
         """Purges first (every publish still buffered after a purge of its subject was made
-        after it), then every publish with its acknowledgement outstanding at once."""
+        after it), the ids of fresh messages, then every publish with its acknowledgement
+        outstanding at once."""
         api = f"$JS.API.STREAM.PURGE.{self.stream}"
         replies = await asyncio.gather(
             *(self._nc.request(api, json.dumps({"filter": f}).encode()) for f in purges)
@@ -304,6 +321,11 @@ class JetStreamStore:
             answer = json.loads(reply.data)
             if "error" in answer:
                 raise JetStreamUnavailable(f"purge refused: {answer['error'].get('description')}")
+        if fresh:
+            queues: dict[str, list[tuple[StoredMessage, Callable[[int], None]]]] = {}
+            for item in fresh:
+                queues.setdefault(item[0].queue, []).append(item)
+            await asyncio.gather(*(self._number(q, items, pubs) for q, items in queues.items()))
         publish = self._js.publish_async
         futures = [
             await publish(
@@ -314,6 +336,44 @@ class JetStreamStore:
             for s, (data, msgid) in pubs.items()
         ]
         await asyncio.gather(*futures)
+
+    async def _number(
+        self,
+        queue: str,
+        items: list[tuple[StoredMessage, Callable[[int], None]]],
+        pubs: dict[str, tuple[bytes | StoredMessage, str]],
+    ) -> None:
+        """Take ``len(items)`` ids of ``queue``: write its record with the next id past them,
+        on condition that the record is still the one this store knows (another broker that
+        took ids first makes it read the record again and try again)."""
+        from nats.js.errors import APIError, NotFoundError
+
+        q, subject = self.queue(queue), self._subject("q", queue)
+        for _ in range(_RESERVE_TRIES):
+            first = q.next_n
+            record = json.dumps({"next": first + len(items), "live": True, "owner": ""})
+            expected = {"Nats-Expected-Last-Subject-Sequence": str(self.record_seq.get(queue, 0))}
+            try:
+                ack = await self._js.publish(subject, record.encode(), headers=expected)
+            except APIError as exc:
+                if exc.err_code != 10071:  # (wrong last sequence: another broker took ids)
+                    raise
+                try:
+                    last = await self._js.get_last_msg(self.stream, subject)
+                    self.record_seq[queue] = last.seq or 0
+                    q.next_n = max(q.next_n, int(json.loads(last.data or b"{}")["next"]))
+                except NotFoundError:
+                    self.record_seq[queue] = 0
+                continue
+            self.record_seq[queue] = ack.seq
+            q.next_n = max(q.next_n, first + len(items))
+            for n, (m, numbered) in enumerate(items, first):
+                m.n = n
+                numbered(n)
+                body = self._subject("m", queue, n, "body")
+                pubs[body] = (m, body)
+            return
+        raise JetStreamUnavailable(f"could not take ids of {queue!r}: other brokers kept taking")
 
     def _failed(self, exc: BaseException) -> JetStreamUnavailable:
         """Log a failed batch once per episode and refuse new messages until a probe of the
@@ -420,79 +480,8 @@ class JetStreamStore:
         self.max_payload = message_limit(info.config.max_msg_size, self._nc.max_payload)
 
     async def _load(self) -> None:
-        """Read everything the stream holds into what :meth:`recover` returns: the stream
-        leader answers "the next message from sequence S" (``STREAM.MSG.GET``), walked by
-        :data:`_WALKERS` readers over parts of the sequence range at once. No consumer: a
-        work-queue stream would take one at a time, and a consumer needs the meta leader."""
-        from nats.js.errors import NotFoundError
-
-        info = await self._js.stream_info(self.stream)
-        first, last = info.state.first_seq, info.state.last_seq
-        bodies: dict[tuple[str, int], StoredMessage] = {}
-        counts: dict[tuple[str, int], int] = {}
-        taken: list[tuple[int, str, bytes]] = []
-        wildcard = f"{self.stream}.>"
-
-        async def walk(start: int, end: int) -> None:
-            seq = start
-            while seq <= end:
-                try:
-                    m = await self._js.get_msg(self.stream, seq=seq, subject=wildcard, next=True)
-                except NotFoundError:
-                    return
-                if m.seq is None or m.seq > end:
-                    return
-                taken.append((m.seq, m.subject or "", m.data or b""))
-                seq = m.seq + 1
-
-        if info.state.messages:
-            step = max(1, (last - first + 1 + _WALKERS - 1) // _WALKERS)
-            await asyncio.gather(
-                *(walk(a, min(a + step - 1, last)) for a in range(first, last + 1, step))
-            )
-        taken.sort(key=lambda t: t[0])  # in stream order: later records win
-        for _, subject, data in taken:
-            self._take(subject, data, bodies, counts)
-        out = self._recovered
-        for name_, q in self._queues.items():
-            out.counters[name_] = q.next_n
-            if q.live:
-                out.queues[name_] = []
-                if q.owner:
-                    out.owners[name_] = q.owner
-        for key in sorted(bodies):
-            m = bodies[key]
-            m.deliveries = max(m.deliveries, counts.get(key, 0))
-            out.queues.setdefault(m.queue, []).append(m)
-            if m.n + 1 > out.counters.get(m.queue, 0):
-                out.counters[m.queue] = m.n + 1
-                self._queues.setdefault(m.queue, _Queue()).next_n = m.n + 1
-        out.dead = self.dead_letters()
-
-    def _take(
-        self,
-        subject: str,
-        data: bytes,
-        bodies: dict[tuple[str, int], StoredMessage],
-        counts: dict[tuple[str, int], int],
-    ) -> None:
-        parts = subject.split(".")[1:]
-        try:
-            kind, queue = parts[0], token_name(parts[1])
-            if kind == "q":
-                record = json.loads(data)
-                self._queues[queue] = _Queue(
-                    int(record["next"]), bool(record["live"]), str(record["owner"])
-                )
-            elif kind == "d":
-                m, reason = message(queue, int(parts[2]), data)
-                self._dead.append(DeadLetter(m, reason))
-            elif kind == "m" and parts[3] == "body":
-                bodies[(queue, int(parts[2]))] = message(queue, int(parts[2]), data)[0]
-            elif kind == "m" and parts[3] == "count":
-                counts[(queue, int(parts[2]))] = int(data)
-        except (IndexError, ValueError, KeyError, TypeError, msgspec.DecodeError):
-            log.warning("store: %s is not a maitred message, left alone", subject)
+        """Read everything the stream holds into what :meth:`recover` returns."""
+        await load_stream(self)
 
 
 def _jetstream_error(exc: BaseException) -> str:

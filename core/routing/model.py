@@ -158,6 +158,11 @@ class Journal(Protocol):
     """Where the router keeps the requests of ``on_no_worker = "store"`` services (the runtime's
     durable store). Calls return at once: writes are buffered and committed in batches."""
 
+    #: True when the journal holds the requests it is given (``append``) instead of the
+    #: router's queue: a store shared by several brokers, from which each one pulls only what
+    #: its free workers can take and hands it back with ``Router.resume_stored``
+    pulls: bool
+
     def append(self, request: Request) -> None:
         """A request was accepted: store it and set ``request.stored`` to its id."""
 
