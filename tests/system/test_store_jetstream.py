@@ -30,7 +30,12 @@ pytestmark = pytest.mark.slow
 
 
 def config(
-    tmp_path: Path, url: str, stream: str = "MAITRED_DURABLE", extra: str = "", name: str = ""
+    tmp_path: Path,
+    url: str,
+    stream: str = "MAITRED_DURABLE",
+    extra: str = "",
+    name: str = "",
+    busy: float = 2.0,
 ) -> Path:
     path = tmp_path / f"maitred{name}.toml"
     path.write_text(
@@ -39,7 +44,7 @@ def config(
 drain_timeout = 0.5
 
 [liveness]
-busy_timeout = 2.0
+busy_timeout = {busy}
 
 [store]
 backend = "jetstream"
