@@ -197,12 +197,13 @@ class PullingJournal(StoreJournal):
         )
         answer = json.loads(reply.data)
         if "error" in answer:
-            log.warning(
-                "store: the consumer of %s was refused: %s",
-                service.name,
-                answer["error"].get("description"),
-            )
-            return False
+            why = answer["error"].get("description")
+            try:  # made by another broker with other settings: its settings stay
+                await self.jetstream._js.consumer_info(stream, config["durable_name"])
+            except Exception:
+                log.warning("store: the consumer of %s was refused: %s", service.name, why)
+                return False
+            log.warning("store: the consumer of %s keeps its settings (%s)", service.name, why)
         self._consumers[service.name] = max_deliver
         return True
 
