@@ -15,8 +15,7 @@ Layout of the stream ``S`` (``[store] jetstream_stream``, default ``MAITRED_DURA
 
 ``<Q>`` is the queue name encoded by :func:`subject_token` (base32 of its UTF-8 bytes, so any
 name, dots and spaces included, is one subject token). One subject per message and at most one
-message per subject make every write idempotent: writing the same message again replaces it,
-and its ``Nats-Msg-Id`` lets JetStream drop a duplicate inside the dedup window.
+message per subject make every write idempotent: writing the same message again replaces it.
 
 Writes are buffered like the SQLite store's and committed in batches (group commit), but a
 batch is asynchronous: :meth:`JetStreamStore.flush` hands it to JetStream and returns; the
@@ -56,6 +55,7 @@ from maitred.core.store import DeadLetter, Recovered, StoredMessage
 
 if TYPE_CHECKING:
     from nats.aio.client import Client
+    from nats.aio.msg import Msg
     from nats.js.client import JetStreamContext
 
 __all__ = [
@@ -81,6 +81,14 @@ log = logging.getLogger("maitred.core.store")
 START_PATIENCE = 15.0
 #: attempts to take ids of a shared queue before a batch fails (each lost to another broker)
 _RESERVE_TRIES = 20
+
+
+@dataclass(slots=True)
+class _Acks:
+    """The acknowledgements a batch waits for."""
+
+    left: int
+    done: asyncio.Future[None]
 
 
 @dataclass(slots=True)
@@ -110,9 +118,8 @@ class JetStreamStore:
         self.purged = 0
         #: payload limit (0: none), see :func:`message_limit`
         self.max_payload = 0
-        #: subject -> what to publish (a message is packed when its batch starts) and its
-        #: dedup id
-        self._pubs: dict[str, tuple[bytes | StoredMessage, str]] = {}
+        #: subject -> what to publish (a message is packed when its batch is written)
+        self._pubs: dict[str, bytes | StoredMessage] = {}
         self._tokens: dict[str, str] = {}
         self._purges: list[str] = []
         self._queues: dict[str, _Queue] = {}
@@ -129,6 +136,10 @@ class JetStreamStore:
         self._on_failed: Callable[[int, BaseException], None] | None = None
         #: messages whose ids are taken when their batch is written (:meth:`append_fresh`)
         self._fresh: list[tuple[StoredMessage, Callable[[int], None]]] = []
+        #: batches being written, by the reply subject of their publishes
+        self._acks: dict[str, _Acks] = {}
+        self._acks_inbox = ""
+        self._batch_seq = 0
         #: queue -> the stream sequence of its record as this store last wrote or read it
         self.record_seq: dict[str, int] = {}
 
@@ -204,7 +215,7 @@ class JetStreamStore:
     def append(self, message: StoredMessage) -> None:
         m = message
         subject = self._subject("m", m.queue, m.n, "body")
-        self._pubs[subject] = (m, subject)
+        self._pubs[subject] = m
         q = self._queues.get(m.queue)
         if q is None or m.n + 1 > q.next_n:
             self._touch(m.queue).next_n = m.n + 1
@@ -224,17 +235,15 @@ class JetStreamStore:
     def delivered(self, queue: str, n: int, deliveries: int) -> None:
         subject = self._subject("m", queue, n, "body")
         body = self._pubs.get(subject)
-        if body is not None and isinstance(body[0], StoredMessage):
-            body[0].deliveries = deliveries  # (its id: the body's own, a new body replaces it)
-            self._pubs[subject] = (body[0], f"{subject}.{deliveries}")
+        if isinstance(body, StoredMessage):
+            body.deliveries = deliveries
             return
-        count = self._subject("m", queue, n, "count")
-        self._pubs[count] = (str(deliveries).encode(), f"{count}.{deliveries}")
+        self._pubs[self._subject("m", queue, n, "count")] = str(deliveries).encode()
 
     def dead_letter(self, message: StoredMessage, reason: str) -> None:
         m = message
         subject = self._subject("d", m.queue, m.n)
-        self._pubs[subject] = (packed(m, reason), subject)
+        self._pubs[subject] = packed(m, reason)
         self._dead_pending.append(DeadLetter(m, reason))
         self.ack(m.queue, m.n)
 
@@ -268,7 +277,7 @@ class JetStreamStore:
         for name in changed:
             q = self._queues[name]
             record = {"next": q.next_n, "live": q.live, "owner": q.owner}
-            pubs[self._subject("q", name)] = (json.dumps(record).encode(), "")
+            pubs[self._subject("q", name)] = json.dumps(record).encode()
         self.started += 1
         self._task = asyncio.get_running_loop().create_task(
             self._commit(self.started, pubs, purges, dead, fresh)
@@ -277,7 +286,7 @@ class JetStreamStore:
     async def _commit(
         self,
         number: int,
-        pubs: dict[str, tuple[bytes | StoredMessage, str]],
+        pubs: dict[str, bytes | StoredMessage],
         purges: list[str],
         dead: list[DeadLetter],
         fresh: list[tuple[StoredMessage, Callable[[int], None]]],
@@ -306,7 +315,7 @@ class JetStreamStore:
 
     async def _write(
         self,
-        pubs: dict[str, tuple[bytes | StoredMessage, str]],
+        pubs: dict[str, bytes | StoredMessage],
         purges: list[str],
         fresh: list[tuple[StoredMessage, Callable[[int], None]]],
     ) -> None:
@@ -326,22 +335,50 @@ class JetStreamStore:
             for item in fresh:
                 queues.setdefault(item[0].queue, []).append(item)
             await asyncio.gather(*(self._number(q, items, pubs) for q, items in queues.items()))
-        publish = self._js.publish_async
-        futures = [
-            await publish(
-                s,
-                data if isinstance(data, bytes) else packed(data),
-                headers={"Nats-Msg-Id": msgid} if msgid else None,
-            )
-            for s, (data, msgid) in pubs.items()
-        ]
-        await asyncio.gather(*futures)
+        if not pubs:
+            return
+        # every publish of the batch with one reply subject: the batch is stored once that
+        # many acknowledgements came back without an error (no future, no parsed PubAck each)
+        if self._acks_inbox == "":
+            self._acks_inbox = self._nc.new_inbox()
+            await self._nc.subscribe(f"{self._acks_inbox}.*", cb=self._on_ack)
+        self._batch_seq += 1
+        inbox = f"{self._acks_inbox}.{self._batch_seq}"
+        acks = self._acks[inbox] = _Acks(len(pubs), asyncio.get_running_loop().create_future())
+        try:
+            publish = self._nc.publish
+            for subject, data in pubs.items():
+                await publish(
+                    subject, data if isinstance(data, bytes) else packed(data), reply=inbox
+                )
+            await acks.done
+        finally:
+            del self._acks[inbox]
+
+    async def _on_ack(self, msg: Msg) -> None:
+        """A ``PubAck`` (or an error, or "no stream": a 503 status) of a batch's publish."""
+        acks = self._acks.get(msg.subject)
+        if acks is None or acks.done.done():
+            return
+        status = msg.headers.get("Status") if msg.headers else None
+        if status is not None or b'"error"' in msg.data:
+            from nats.js.errors import APIError, NoStreamResponseError
+
+            if status == "503":
+                acks.done.set_exception(NoStreamResponseError())
+            else:
+                error = json.loads(msg.data).get("error", {}) if msg.data else {}
+                acks.done.set_exception(APIError.from_error(error or {"description": status}))
+            return
+        acks.left -= 1
+        if acks.left == 0:
+            acks.done.set_result(None)
 
     async def _number(
         self,
         queue: str,
         items: list[tuple[StoredMessage, Callable[[int], None]]],
-        pubs: dict[str, tuple[bytes | StoredMessage, str]],
+        pubs: dict[str, bytes | StoredMessage],
     ) -> None:
         """Take ``len(items)`` ids of ``queue``: write its record with the next id past them,
         on condition that the record is still the one this store knows (another broker that
@@ -371,7 +408,7 @@ class JetStreamStore:
                 m.n = n
                 numbered(n)
                 body = self._subject("m", queue, n, "body")
-                pubs[body] = (m, body)
+                pubs[body] = m
             return
         raise JetStreamUnavailable(f"could not take ids of {queue!r}: other brokers kept taking")
 
