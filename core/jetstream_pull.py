@@ -218,6 +218,10 @@ class PullingJournal(StoreJournal):
             left = msg.headers.get("Nats-Pending-Messages") if msg.headers else None
             asked = self._asked.get(name, 0)
             self._asked[name] = max(0, asked - int(left)) if left is not None else 0
+            router = self._router
+            service = router.services.get(name) if router is not None else None
+            if service is not None and left is not None and int(left) > 0:
+                service.backlog = 0  # it waited and got nothing: nothing waits in the stream
             return
         self._take(msg)
 
@@ -228,7 +232,7 @@ class PullingJournal(StoreJournal):
             queue, n = token_name(parts[2]), int(parts[3])
             m = message(queue, n, msg.data)[0]
             body, headers = decode_request(m.payload)
-            delivered = msg.metadata.num_delivered
+            delivered, backlog = msg.metadata.num_delivered, msg.metadata.num_pending
         except (IndexError, ValueError, msgspec.DecodeError, AttributeError):
             log.warning("store: %s is not a maitred request; it is not delivered", msg.subject)
             self._send(msg.reply, b"+TERM")
@@ -244,6 +248,7 @@ class PullingJournal(StoreJournal):
         if again:  # JetStream gave it again while held here: the newer delivery is kept
             return
         self.pulled += 1
+        router.service(queue).backlog = backlog or 0
         deliveries = max(m.deliveries, delivered - 1)
         now = self.clock()
         request = self._parked.pop(key, None)

@@ -355,6 +355,7 @@ class Service:
     """A named service: its workers, its waiting requests and its policy."""
 
     __slots__ = (
+        "backlog",
         "error_codes",
         "errors",
         "free",
@@ -380,6 +381,9 @@ class Service:
         self.queue: deque[Request] = deque()
         self.queued = 0  # live entries in ``queue``
         self.queued_bytes = 0  # the ``size`` of those entries, summed
+        #: requests waiting for this service elsewhere (a shared store's stream, as its pulling
+        #: journal last heard): adaptive credit grows for them as for ``queued`` ones
+        self.backlog = 0
         self.requests = 0
         self.replies = 0
         self.errors = 0

@@ -412,7 +412,7 @@ class RequestsMixin(RouterState):
             free = service.free
             if worker.max_credit:
                 if now - request.dispatched < worker.pipeline_below:
-                    if service.queued and worker.credit < worker.max_credit:
+                    if (service.queued or service.backlog) and worker.credit < worker.max_credit:
                         worker.credit += 1
                         if worker.idle_timeout > 0:  # watched for the moment it stops answering
                             self._lists.pipelined[worker] = None

@@ -84,7 +84,7 @@ class FakeStore(MemoryStore):
 
 class Meta:
     def __init__(self, delivered: int) -> None:
-        self.num_delivered = delivered
+        self.num_delivered, self.num_pending = delivered, 5
 
 
 class FakeMsg:
@@ -116,6 +116,7 @@ def test_the_pulling_journal_parks_pulls_acknowledges_and_dead_letters() -> None
         assert r.stored == 7
         journal._take(cast(Any, body_msg(7, [b"mine"])))  # this broker pulls its own request
         assert r.worker is w and PullingJournal.free_credit(service) == 0
+        assert service.backlog == 5  # what waits in the stream, for adaptive credit
         h.reply(w, r, (b"ok",))
         assert sink_of(c).reply_bodies(r) == [(ReplyKind.FINAL, [b"ok"])]
         await asyncio.sleep(0)
