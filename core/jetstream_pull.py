@@ -106,9 +106,11 @@ class PullingJournal(StoreJournal):
         #: per service: messages asked for and not delivered yet, and when last asked
         self._asked: dict[str, int] = {}
         self._asked_at: dict[str, float] = {}
-        #: per service: the max_deliver its consumer was made with (None: making it failed)
-        self._consumers: dict[str, int | None] = {}
+        #: per service: the max_deliver its consumer was made with; when it was last tried, and
+        #: the services whose consumer was refused (warned once until it is made)
+        self._consumers: dict[str, int] = {}
         self._tried: dict[str, float] = {}
+        self._refused: set[str] = set()
         self._inbox = ""
         self._poke = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -201,10 +203,13 @@ class PullingJournal(StoreJournal):
             try:  # made by another broker with other settings: its settings stay
                 await self.jetstream._js.consumer_info(stream, config["durable_name"])
             except Exception:
-                log.warning("store: the consumer of %s was refused: %s", service.name, why)
+                if service.name not in self._refused:
+                    log.warning("store: the consumer of %s was refused: %s", service.name, why)
+                    self._refused.add(service.name)
                 return False
             log.warning("store: the consumer of %s keeps its settings (%s)", service.name, why)
         self._consumers[service.name] = max_deliver
+        self._refused.discard(service.name)
         return True
 
     async def _on_message(self, msg: Msg) -> None:
@@ -215,6 +220,8 @@ class PullingJournal(StoreJournal):
                 name = token_name(token)
             except ValueError:
                 return
+            if status in ("503", "409"):  # no such consumer (the stream made again), or gone
+                self._consumers.pop(name, None)
             left = msg.headers.get("Nats-Pending-Messages") if msg.headers else None
             asked = self._asked.get(name, 0)
             self._asked[name] = max(0, asked - int(left)) if left is not None else 0

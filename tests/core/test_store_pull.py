@@ -6,6 +6,7 @@ router, acknowledges answers and sends dead letters through the store."""
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any, cast
 
 from maitred.core.durable import KIND, StoreJournal, encode_request
@@ -64,12 +65,25 @@ def test_consumer_settings_follow_busy_timeout_and_max_deliveries() -> None:
     assert long.startswith("maitred_H") and len(long) == 49
 
 
+class Reply:
+    data = b"{}"
+
+
 class FakeNats:
     def __init__(self) -> None:
         self.sent: list[tuple[str, bytes]] = []
+        self.asked: list[tuple[str, Any]] = []
 
     async def publish(self, subject: str, data: bytes, reply: str = "") -> None:
         self.sent.append((subject, data))
+
+    async def request(self, subject: str, data: bytes, timeout: float) -> Reply:
+        self.asked.append((subject, json.loads(data)))
+        return Reply()
+
+
+class Settings:
+    timeout = 1.0
 
 
 class FakeStore(MemoryStore):
@@ -77,6 +91,7 @@ class FakeStore(MemoryStore):
         super().__init__()
         self._nc = FakeNats()
         self.fresh: list[Any] = []
+        self.stream, self.settings = "S", Settings()
 
     def append_fresh(self, message: StoredMessage, numbered: Any) -> None:
         self.fresh.append((message, numbered))
@@ -89,7 +104,8 @@ class Meta:
 
 class FakeMsg:
     def __init__(self, subject: str, data: bytes, reply: str, delivered: int) -> None:
-        self.subject, self.data, self.reply, self.headers = subject, data, reply, None
+        self.subject, self.data, self.reply = subject, data, reply
+        self.headers: dict[str, str] | None = None
         self.metadata = Meta(delivered)
 
 
@@ -109,6 +125,17 @@ def test_the_pulling_journal_parks_pulls_acknowledges_and_dead_letters() -> None
         w = h.worker("jobs")
         service = h.router.services["jobs"]
         assert PullingJournal.free_credit(service) == 1
+        await journal._pull()  # makes the consumer, asks for what the one worker can take
+        ((made, config),) = store._nc.asked
+        assert made == f"$JS.API.CONSUMER.DURABLE.CREATE.S.{consumer_name('jobs')}"
+        assert (config["config"]["ack_wait"], config["config"]["max_deliver"]) == (900e9, 2)
+        assert json.loads(store._nc.sent.pop()[1])["batch"] == 1
+        await journal._pull()  # asked already: nothing more
+        assert store._nc.sent == [] and journal._asked["jobs"] == 1
+        status = FakeMsg(f"inbox.{subject_token('jobs')}", b"", "", 0)
+        status.headers = {"Status": "408", "Nats-Pending-Messages": "1"}
+        await journal._on_message(cast(Any, status))  # expired, nothing came
+        assert journal._asked["jobs"] == 0 and service.backlog == 0
         c = h.session("c")
         r = h.req(c, "jobs", (b"mine",))
         assert r.worker is None and len(store.fresh) == 1
@@ -132,5 +159,8 @@ def test_the_pulling_journal_parks_pulls_acknowledges_and_dead_letters() -> None
         journal._take(cast(Any, FakeMsg("S.m.x.1.body", b"?", "ack.x", 1)))
         await asyncio.sleep(0)
         assert store._nc.sent[-1] == ("ack.x", b"+TERM")
+        status.headers = {"Status": "409", "Description": "Consumer Deleted"}
+        await journal._on_message(cast(Any, status))  # made again at the next pull
+        assert "jobs" not in journal._consumers
 
     asyncio.run(main())
