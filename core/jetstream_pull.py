@@ -111,6 +111,9 @@ class PullingJournal(StoreJournal):
         self._consumers: dict[str, int] = {}
         self._tried: dict[str, float] = {}
         self._refused: set[str] = set()
+        #: services that got requests here, with their max_deliveries: their consumer is made
+        #: at once (it needs JetStream's meta leader, which may be away when a worker comes)
+        self._wanted: dict[str, int] = {}
         self._inbox = ""
         self._poke = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -164,6 +167,9 @@ class PullingJournal(StoreJournal):
         if router is None or router.draining:
             return
         nc, now = self.jetstream._nc, self.clock()
+        for name, max_deliver in list(self._wanted.items()):
+            if await self._consumer(name, max_deliver):
+                del self._wanted[name]
         for name, service in list(router.services.items()):
             if service.policy.on_no_worker != "store":
                 continue
@@ -171,7 +177,7 @@ class PullingJournal(StoreJournal):
             if asked and now - self._asked_at.get(name, now) > PULL_EXPIRES + 2:
                 asked = 0  # (its expiry was not heard of)
             want = self.free_credit(service) - asked
-            if want <= 0 or not await self._consumer(service):
+            if want <= 0 or not await self._consumer(name, service.policy.max_deliveries):
                 continue
             request = {"batch": want, "expires": int(PULL_EXPIRES * 1e9)}
             await nc.publish(
@@ -181,17 +187,24 @@ class PullingJournal(StoreJournal):
             )
             self._asked[name], self._asked_at[name] = asked + want, now
 
-    async def _consumer(self, service: Service) -> bool:
-        """Make (or update) ``service``'s consumer once; False when JetStream refused it (asked
-        again a second later)."""
-        max_deliver = service.policy.max_deliveries
-        if self._consumers.get(service.name) == max_deliver:
+    async def _consumer(self, name: str, max_deliver: int) -> bool:
+        """Make (or update) the consumer of service ``name`` once; False when JetStream refused
+        it (asked again a second later)."""
+        if self._consumers.get(name) == max_deliver:
             return True
-        if self.clock() - self._tried.get(service.name, -10.0) < 1.0:
+        if self.clock() - self._tried.get(name, -10.0) < 1.0:
             return False
-        self._tried[service.name] = self.clock()
+        self._tried[name] = self.clock()
         stream = self.jetstream.stream
-        config = consumer_config(stream, service.name, self.ack_wait, max_deliver)
+        config = consumer_config(stream, name, self.ack_wait, max_deliver)
+        try:  # there with these settings: taken as it is (its leader answers, not the meta one)
+            have = (await self.jetstream._js.consumer_info(stream, config["durable_name"])).config
+            filtered = have.filter_subject == config["filter_subject"]
+            if filtered and have.max_deliver == max_deliver and have.ack_wait == self.ack_wait:
+                self._consumers[name] = max_deliver
+                return True
+        except Exception:  # not made yet (or JetStream away: making it says)
+            pass
         reply = await self.jetstream._nc.request(
             f"$JS.API.CONSUMER.DURABLE.CREATE.{stream}.{config['durable_name']}",
             json.dumps({"stream_name": stream, "config": config}).encode(),
@@ -203,13 +216,13 @@ class PullingJournal(StoreJournal):
             try:  # made by another broker with other settings: its settings stay
                 await self.jetstream._js.consumer_info(stream, config["durable_name"])
             except Exception:
-                if service.name not in self._refused:
-                    log.warning("store: the consumer of %s was refused: %s", service.name, why)
-                    self._refused.add(service.name)
+                if name not in self._refused:
+                    log.warning("store: the consumer of %s was refused: %s", name, why)
+                    self._refused.add(name)
                 return False
-            log.warning("store: the consumer of %s keeps its settings (%s)", service.name, why)
-        self._consumers[service.name] = max_deliver
-        self._refused.discard(service.name)
+            log.warning("store: the consumer of %s keeps its settings (%s)", name, why)
+        self._consumers[name] = max_deliver
+        self._refused.discard(name)
         return True
 
     async def _on_message(self, msg: Msg) -> None:
@@ -310,6 +323,11 @@ class PullingJournal(StoreJournal):
         if request.caller in self._bypass:
             return
         request.stored = 0  # (its id is taken when its batch is written)
+        if request.service not in self._consumers and self._router is not None:
+            service = self._router.services.get(request.service)
+            if service is not None:
+                self._wanted[request.service] = service.policy.max_deliveries
+                self._poke.set()
         self.jetstream.append_fresh(
             StoredMessage(
                 request.service,
