@@ -78,6 +78,10 @@ def decode_request(payload: bytes) -> tuple[list[bytes], dict[str, str] | None]:
 class StoreJournal:
     """The router's :class:`~maitred.core.routing.model.Journal` over a store."""
 
+    #: requests wait in the router's queues (a store that several brokers share pulls them:
+    #: :class:`~maitred.core.jetstream_pull.PullingJournal`)
+    pulls = False
+
     def __init__(self, store: Store) -> None:
         self.store = store
         #: per service: the next id
@@ -112,6 +116,8 @@ class StoreJournal:
             if held is not None:
                 held[service] = []
             for m in messages:
+                if m.kind == KIND and self.pulls:
+                    continue  # (pulled from the shared store when workers are free)
                 if m.kind != KIND:
                     if held is not None:
                         held[service].append(m)

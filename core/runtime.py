@@ -253,7 +253,9 @@ class Broker:
                 )
         self.router.shutdown(self.clock())
         await self._close_transports()
-        drain = getattr(self.journal.store, "drain", None) if self.journal is not None else None
+        drain = getattr(self.journal, "drain", None) or getattr(
+            self.journal.store if self.journal is not None else None, "drain", None
+        )
         if drain is not None:  # an asynchronous store (JetStream) commits the rest first
             try:
                 await drain()
@@ -437,7 +439,16 @@ class Broker:
         self._attach(store)
 
     def _attach(self, store: Store) -> None:
-        journal = self.journal = StoreJournal(store)
+        from maitred.core.store_jetstream import JetStreamStore
+
+        journal: StoreJournal
+        if isinstance(store, JetStreamStore):  # brokers on one stream pull by free credit
+            from maitred.core.jetstream_pull import PullingJournal
+
+            journal = PullingJournal(store, self.config.liveness.busy_timeout, self.clock)
+        else:
+            journal = StoreJournal(store)
+        self.journal = journal
         self.router.journal = journal
         self.port.journal = journal
         journal.recover(self.router, self.clock())

@@ -15,8 +15,7 @@ Layout of the stream ``S`` (``[store] jetstream_stream``, default ``MAITRED_DURA
 
 ``<Q>`` is the queue name encoded by :func:`subject_token` (base32 of its UTF-8 bytes, so any
 name, dots and spaces included, is one subject token). One subject per message and at most one
-message per subject make every write idempotent: writing the same message again replaces it,
-and its ``Nats-Msg-Id`` lets JetStream drop a duplicate inside the dedup window.
+message per subject make every write idempotent: writing the same message again replaces it.
 
 Writes are buffered like the SQLite store's and committed in batches (group commit), but a
 batch is asynchronous: :meth:`JetStreamStore.flush` hands it to JetStream and returns; the
@@ -35,8 +34,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import msgspec
-
 from maitred.core.errors import BrokerError, ErrorCode, MaitredError
 from maitred.core.jetstream_layout import (
     DEFAULT_SERVERS,
@@ -45,7 +42,6 @@ from maitred.core.jetstream_layout import (
     JetStreamSettings,
     JetStreamUnavailable,
     StreamMismatch,
-    message,
     message_limit,
     packed,
     settings_diff,
@@ -54,10 +50,12 @@ from maitred.core.jetstream_layout import (
     token_name,
     wanted_config,
 )
+from maitred.core.jetstream_load import load_stream
 from maitred.core.store import DeadLetter, Recovered, StoredMessage
 
 if TYPE_CHECKING:
     from nats.aio.client import Client
+    from nats.aio.msg import Msg
     from nats.js.client import JetStreamContext
 
 __all__ = [
@@ -81,8 +79,16 @@ log = logging.getLogger("maitred.core.store")
 
 #: seconds the start waits at least for JetStream to answer (leader elections after a loss)
 START_PATIENCE = 15.0
-#: readers of the stream at start, each over a part of its sequence range
-_WALKERS = 8
+#: attempts to take ids of a shared queue before a batch fails (each lost to another broker)
+_RESERVE_TRIES = 20
+
+
+@dataclass(slots=True)
+class _Acks:
+    """The acknowledgements a batch waits for."""
+
+    left: int
+    done: asyncio.Future[None]
 
 
 @dataclass(slots=True)
@@ -112,9 +118,8 @@ class JetStreamStore:
         self.purged = 0
         #: payload limit (0: none), see :func:`message_limit`
         self.max_payload = 0
-        #: subject -> what to publish (a message is packed when its batch starts) and its
-        #: dedup id
-        self._pubs: dict[str, tuple[bytes | StoredMessage, str]] = {}
+        #: subject -> what to publish (a message is packed when its batch is written)
+        self._pubs: dict[str, bytes | StoredMessage] = {}
         self._tokens: dict[str, str] = {}
         self._purges: list[str] = []
         self._queues: dict[str, _Queue] = {}
@@ -129,6 +134,14 @@ class JetStreamStore:
         self._probe: asyncio.Task[None] | None = None
         self._on_flushed: Callable[[], None] | None = None
         self._on_failed: Callable[[int, BaseException], None] | None = None
+        #: messages whose ids are taken when their batch is written (:meth:`append_fresh`)
+        self._fresh: list[tuple[StoredMessage, Callable[[int], None]]] = []
+        #: batches being written, by the reply subject of their publishes
+        self._acks: dict[str, _Acks] = {}
+        self._acks_inbox = ""
+        self._batch_seq = 0
+        #: queue -> the stream sequence of its record as this store last wrote or read it
+        self.record_seq: dict[str, int] = {}
 
     def listen(
         self, on_flushed: Callable[[], None], on_failed: Callable[[int, BaseException], None]
@@ -144,7 +157,7 @@ class JetStreamStore:
 
     @property
     def _buffered(self) -> bool:
-        return bool(self._pubs or self._purges or self._changed)
+        return bool(self._pubs or self._purges or self._changed or self._fresh)
 
     @property
     def dirty(self) -> bool:
@@ -178,12 +191,15 @@ class JetStreamStore:
     def _subject(self, kind: str, queue: str, *rest: object) -> str:
         return ".".join([self.stream, kind, self._token(queue), *map(str, rest)])
 
-    def _touch(self, name: str) -> _Queue:
+    def queue(self, name: str) -> _Queue:
         q = self._queues.get(name)
         if q is None:
             q = self._queues[name] = _Queue()
-        self._changed.add(name)
         return q
+
+    def _touch(self, name: str) -> _Queue:
+        self._changed.add(name)
+        return self.queue(name)
 
     def create_queue(self, name: str, owner: str = "") -> None:
         q = self._touch(name)
@@ -199,10 +215,16 @@ class JetStreamStore:
     def append(self, message: StoredMessage) -> None:
         m = message
         subject = self._subject("m", m.queue, m.n, "body")
-        self._pubs[subject] = (m, subject)
+        self._pubs[subject] = m
         q = self._queues.get(m.queue)
         if q is None or m.n + 1 > q.next_n:
             self._touch(m.queue).next_n = m.n + 1
+
+    def append_fresh(self, message: StoredMessage, numbered: Callable[[int], None]) -> None:
+        """Add a message of a queue that several brokers share: its id is taken when its batch
+        is written (the next ids by a compare-and-set of the queue's record, so two brokers
+        never take the same one), then ``numbered(id)`` is called, before it is published."""
+        self._fresh.append((message, numbered))
 
     def ack(self, queue: str, n: int) -> None:
         body = self._subject("m", queue, n, "body")
@@ -213,17 +235,15 @@ class JetStreamStore:
     def delivered(self, queue: str, n: int, deliveries: int) -> None:
         subject = self._subject("m", queue, n, "body")
         body = self._pubs.get(subject)
-        if body is not None and isinstance(body[0], StoredMessage):
-            body[0].deliveries = deliveries  # (its id: the body's own, a new body replaces it)
-            self._pubs[subject] = (body[0], f"{subject}.{deliveries}")
+        if isinstance(body, StoredMessage):
+            body.deliveries = deliveries
             return
-        count = self._subject("m", queue, n, "count")
-        self._pubs[count] = (str(deliveries).encode(), f"{count}.{deliveries}")
+        self._pubs[self._subject("m", queue, n, "count")] = str(deliveries).encode()
 
     def dead_letter(self, message: StoredMessage, reason: str) -> None:
         m = message
         subject = self._subject("d", m.queue, m.n)
-        self._pubs[subject] = (packed(m, reason), subject)
+        self._pubs[subject] = packed(m, reason)
         self._dead_pending.append(DeadLetter(m, reason))
         self.ack(m.queue, m.n)
 
@@ -253,24 +273,26 @@ class JetStreamStore:
         purges, self._purges = self._purges, []
         changed, self._changed = self._changed, set()
         dead, self._dead_pending = self._dead_pending, []
+        fresh, self._fresh = self._fresh, []
         for name in changed:
             q = self._queues[name]
             record = {"next": q.next_n, "live": q.live, "owner": q.owner}
-            pubs[self._subject("q", name)] = (json.dumps(record).encode(), "")
+            pubs[self._subject("q", name)] = json.dumps(record).encode()
         self.started += 1
         self._task = asyncio.get_running_loop().create_task(
-            self._commit(self.started, pubs, purges, dead)
+            self._commit(self.started, pubs, purges, dead, fresh)
         )
 
     async def _commit(
         self,
         number: int,
-        pubs: dict[str, tuple[bytes | StoredMessage, str]],
+        pubs: dict[str, bytes | StoredMessage],
         purges: list[str],
         dead: list[DeadLetter],
+        fresh: list[tuple[StoredMessage, Callable[[int], None]]],
     ) -> None:
         try:
-            await asyncio.wait_for(self._write(pubs, purges), self.settings.timeout)
+            await asyncio.wait_for(self._write(pubs, purges, fresh), self.settings.timeout)
         except Exception as exc:  # JetStream down, no quorum, the stream gone, a timeout
             error = self._failed(exc)
             self.flushed = number
@@ -292,10 +314,14 @@ class JetStreamStore:
             self._start()
 
     async def _write(
-        self, pubs: dict[str, tuple[bytes | StoredMessage, str]], purges: list[str]
+        self,
+        pubs: dict[str, bytes | StoredMessage],
+        purges: list[str],
+        fresh: list[tuple[StoredMessage, Callable[[int], None]]],
     ) -> None:
         """Purges first (every publish still buffered after a purge of its subject was made
-        after it), then every publish with its acknowledgement outstanding at once."""
+        after it), the ids of fresh messages, then every publish with its acknowledgement
+        outstanding at once."""
         api = f"$JS.API.STREAM.PURGE.{self.stream}"
         replies = await asyncio.gather(
             *(self._nc.request(api, json.dumps({"filter": f}).encode()) for f in purges)
@@ -304,16 +330,87 @@ class JetStreamStore:
             answer = json.loads(reply.data)
             if "error" in answer:
                 raise JetStreamUnavailable(f"purge refused: {answer['error'].get('description')}")
-        publish = self._js.publish_async
-        futures = [
-            await publish(
-                s,
-                data if isinstance(data, bytes) else packed(data),
-                headers={"Nats-Msg-Id": msgid} if msgid else None,
-            )
-            for s, (data, msgid) in pubs.items()
-        ]
-        await asyncio.gather(*futures)
+        if fresh:
+            queues: dict[str, list[tuple[StoredMessage, Callable[[int], None]]]] = {}
+            for item in fresh:
+                queues.setdefault(item[0].queue, []).append(item)
+            await asyncio.gather(*(self._number(q, items, pubs) for q, items in queues.items()))
+        if not pubs:
+            return
+        # every publish of the batch with one reply subject: the batch is stored once that
+        # many acknowledgements came back without an error (no future, no parsed PubAck each)
+        if self._acks_inbox == "":
+            self._acks_inbox = self._nc.new_inbox()
+            await self._nc.subscribe(f"{self._acks_inbox}.*", cb=self._on_ack)
+        self._batch_seq += 1
+        inbox = f"{self._acks_inbox}.{self._batch_seq}"
+        acks = self._acks[inbox] = _Acks(len(pubs), asyncio.get_running_loop().create_future())
+        try:
+            publish = self._nc.publish
+            for subject, data in pubs.items():
+                await publish(
+                    subject, data if isinstance(data, bytes) else packed(data), reply=inbox
+                )
+            await acks.done
+        finally:
+            del self._acks[inbox]
+
+    async def _on_ack(self, msg: Msg) -> None:
+        """A ``PubAck`` (or an error, or "no stream": a 503 status) of a batch's publish."""
+        acks = self._acks.get(msg.subject)
+        if acks is None or acks.done.done():
+            return
+        status = msg.headers.get("Status") if msg.headers else None
+        if status is not None or b'"error"' in msg.data:
+            from nats.js.errors import APIError, NoStreamResponseError
+
+            if status == "503":
+                acks.done.set_exception(NoStreamResponseError())
+            else:
+                error = json.loads(msg.data).get("error", {}) if msg.data else {}
+                acks.done.set_exception(APIError.from_error(error or {"description": status}))
+            return
+        acks.left -= 1
+        if acks.left == 0:
+            acks.done.set_result(None)
+
+    async def _number(
+        self,
+        queue: str,
+        items: list[tuple[StoredMessage, Callable[[int], None]]],
+        pubs: dict[str, bytes | StoredMessage],
+    ) -> None:
+        """Take ``len(items)`` ids of ``queue``: write its record with the next id past them,
+        on condition that the record is still the one this store knows (another broker that
+        took ids first makes it read the record again and try again)."""
+        from nats.js.errors import APIError, NotFoundError
+
+        q, subject = self.queue(queue), self._subject("q", queue)
+        for _ in range(_RESERVE_TRIES):
+            first = q.next_n
+            record = json.dumps({"next": first + len(items), "live": True, "owner": ""})
+            expected = {"Nats-Expected-Last-Subject-Sequence": str(self.record_seq.get(queue, 0))}
+            try:
+                ack = await self._js.publish(subject, record.encode(), headers=expected)
+            except APIError as exc:
+                if exc.err_code != 10071:  # (wrong last sequence: another broker took ids)
+                    raise
+                try:
+                    last = await self._js.get_last_msg(self.stream, subject)
+                    self.record_seq[queue] = last.seq or 0
+                    q.next_n = max(q.next_n, int(json.loads(last.data or b"{}")["next"]))
+                except NotFoundError:
+                    self.record_seq[queue] = 0
+                continue
+            self.record_seq[queue] = ack.seq
+            q.next_n = max(q.next_n, first + len(items))
+            for n, (m, numbered) in enumerate(items, first):
+                m.n = n
+                numbered(n)
+                body = self._subject("m", queue, n, "body")
+                pubs[body] = m
+            return
+        raise JetStreamUnavailable(f"could not take ids of {queue!r}: other brokers kept taking")
 
     def _failed(self, exc: BaseException) -> JetStreamUnavailable:
         """Log a failed batch once per episode and refuse new messages until a probe of the
@@ -420,79 +517,8 @@ class JetStreamStore:
         self.max_payload = message_limit(info.config.max_msg_size, self._nc.max_payload)
 
     async def _load(self) -> None:
-        """Read everything the stream holds into what :meth:`recover` returns: the stream
-        leader answers "the next message from sequence S" (``STREAM.MSG.GET``), walked by
-        :data:`_WALKERS` readers over parts of the sequence range at once. No consumer: a
-        work-queue stream would take one at a time, and a consumer needs the meta leader."""
-        from nats.js.errors import NotFoundError
-
-        info = await self._js.stream_info(self.stream)
-        first, last = info.state.first_seq, info.state.last_seq
-        bodies: dict[tuple[str, int], StoredMessage] = {}
-        counts: dict[tuple[str, int], int] = {}
-        taken: list[tuple[int, str, bytes]] = []
-        wildcard = f"{self.stream}.>"
-
-        async def walk(start: int, end: int) -> None:
-            seq = start
-            while seq <= end:
-                try:
-                    m = await self._js.get_msg(self.stream, seq=seq, subject=wildcard, next=True)
-                except NotFoundError:
-                    return
-                if m.seq is None or m.seq > end:
-                    return
-                taken.append((m.seq, m.subject or "", m.data or b""))
-                seq = m.seq + 1
-
-        if info.state.messages:
-            step = max(1, (last - first + 1 + _WALKERS - 1) // _WALKERS)
-            await asyncio.gather(
-                *(walk(a, min(a + step - 1, last)) for a in range(first, last + 1, step))
-            )
-        taken.sort(key=lambda t: t[0])  # in stream order: later records win
-        for _, subject, data in taken:
-            self._take(subject, data, bodies, counts)
-        out = self._recovered
-        for name_, q in self._queues.items():
-            out.counters[name_] = q.next_n
-            if q.live:
-                out.queues[name_] = []
-                if q.owner:
-                    out.owners[name_] = q.owner
-        for key in sorted(bodies):
-            m = bodies[key]
-            m.deliveries = max(m.deliveries, counts.get(key, 0))
-            out.queues.setdefault(m.queue, []).append(m)
-            if m.n + 1 > out.counters.get(m.queue, 0):
-                out.counters[m.queue] = m.n + 1
-                self._queues.setdefault(m.queue, _Queue()).next_n = m.n + 1
-        out.dead = self.dead_letters()
-
-    def _take(
-        self,
-        subject: str,
-        data: bytes,
-        bodies: dict[tuple[str, int], StoredMessage],
-        counts: dict[tuple[str, int], int],
-    ) -> None:
-        parts = subject.split(".")[1:]
-        try:
-            kind, queue = parts[0], token_name(parts[1])
-            if kind == "q":
-                record = json.loads(data)
-                self._queues[queue] = _Queue(
-                    int(record["next"]), bool(record["live"]), str(record["owner"])
-                )
-            elif kind == "d":
-                m, reason = message(queue, int(parts[2]), data)
-                self._dead.append(DeadLetter(m, reason))
-            elif kind == "m" and parts[3] == "body":
-                bodies[(queue, int(parts[2]))] = message(queue, int(parts[2]), data)[0]
-            elif kind == "m" and parts[3] == "count":
-                counts[(queue, int(parts[2]))] = int(data)
-        except (IndexError, ValueError, KeyError, TypeError, msgspec.DecodeError):
-            log.warning("store: %s is not a maitred message, left alone", subject)
+        """Read everything the stream holds into what :meth:`recover` returns."""
+        await load_stream(self)
 
 
 def _jetstream_error(exc: BaseException) -> str:

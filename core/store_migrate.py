@@ -9,8 +9,8 @@ file is locked by its broker). Ids, delivery counts, owners, dead letters and th
 move as they are; the source is left as it was (delete it once the broker runs on the new one).
 
 Running it twice is harmless: a SQLite row and a JetStream subject hold one message each, so
-the second copy replaces the first (and JetStream drops it as a duplicate inside its window,
-``Nats-Msg-Id``).
+the second copy replaces the first. The id counters of every queue ever made, destroyed ones
+included, are checked too: ids never go back on the new store.
 """
 
 from __future__ import annotations
@@ -54,13 +54,18 @@ class Counts:
     queues: int = 0
     messages: int = 0
     dead: int = 0
+    counters: int = 0
 
     @classmethod
     def of(cls, r: Recovered) -> Counts:
-        return cls(len(r.queues), sum(map(len, r.queues.values())), len(r.dead))
+        messages = sum(map(len, r.queues.values()))
+        return cls(len(r.queues), messages, len(r.dead), len(r.counters))
 
     def __str__(self) -> str:
-        return f"{self.messages} messages in {self.queues} queues, {self.dead} dead letters"
+        return (
+            f"{self.messages} messages in {self.queues} queues, {self.dead} dead letters, "
+            f"{self.counters} id counters"
+        )
 
 
 async def _open(end: End, config: Config, *, source: bool) -> Any:
@@ -135,6 +140,11 @@ async def migrate(src: End, dst: End, config: Config) -> tuple[Counts, Counts]:
         f"dead {d.message.queue}/{d.message.n}"
         for d in held.dead
         if (d.message.queue, d.message.n) not in dead_back
+    ]
+    missing += [
+        f"the id counter of {name} ({n})"
+        for name, n in held.counters.items()
+        if back.counters.get(name, 0) < n
     ]
     if missing:
         raise BrokerError(

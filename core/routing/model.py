@@ -158,6 +158,11 @@ class Journal(Protocol):
     """Where the router keeps the requests of ``on_no_worker = "store"`` services (the runtime's
     durable store). Calls return at once: writes are buffered and committed in batches."""
 
+    #: True when the journal holds the requests it is given (``append``) instead of the
+    #: router's queue: a store shared by several brokers, from which each one pulls only what
+    #: its free workers can take and hands it back with ``Router.resume_stored``
+    pulls: bool
+
     def append(self, request: Request) -> None:
         """A request was accepted: store it and set ``request.stored`` to its id."""
 
@@ -386,6 +391,7 @@ class Service:
     """A named service: its workers, its waiting requests and its policy."""
 
     __slots__ = (
+        "backlog",
         "error_codes",
         "errors",
         "free",
@@ -411,6 +417,9 @@ class Service:
         self.queue: deque[Request] = deque()
         self.queued = 0  # live entries in ``queue``
         self.queued_bytes = 0  # the ``size`` of those entries, summed
+        #: requests waiting for this service elsewhere (a shared store's stream, as its pulling
+        #: journal last heard): adaptive credit grows for them as for ``queued`` ones
+        self.backlog = 0
         self.requests = 0
         self.replies = 0
         self.errors = 0

@@ -141,7 +141,7 @@ class RequestsMixin(RouterState):
             self._refuse(service, request, refused)
             return None
         free = service.free
-        if free and not service.queued:
+        if free and not service.queued and (journal is None or not journal.pulls):
             worker: Worker | None = next(iter(free))
             if worker is not None and worker.remote:
                 worker = self._pick(service, request)
@@ -257,27 +257,8 @@ class RequestsMixin(RouterState):
         journal.append(request)
         if request.deadline != NO_DEADLINE:
             self._deadlines.arm(request)
-        return self._enqueue(service, request, now)
-
-    def restore(
-        self,
-        service_name: str,
-        body: Body,
-        headers: Headers | None,
-        stored: int,
-        deliveries: int,
-        now: float,
-    ) -> Request:
-        """Queue a request brought back from the durable store (after a restart). It has no
-        caller any more (its replies are dropped) and no deadline; the journal has it already."""
-        self._next_request += 1
-        service = self.service(service_name)
-        caller = self._orphan_session(now)
-        request = self._new_request(caller, service_name, body, None, now, headers)
-        request.deliveries = deliveries
-        request.stored = stored
-        request.size = len(service_name) + sum(map(len, body))
-        service.requests += 1
+        if journal.pulls:  # it waits in the shared store until this node pulls it
+            return request
         return self._enqueue(service, request, now)
 
     def _orphan_session(self, now: float = 0.0) -> Session:
@@ -415,7 +396,7 @@ class RequestsMixin(RouterState):
             free = service.free
             if worker.max_credit:
                 if now - request.dispatched < worker.pipeline_below:
-                    if service.queued and worker.credit < worker.max_credit:
+                    if (service.queued or service.backlog) and worker.credit < worker.max_credit:
                         worker.credit += 1
                         if worker.idle_timeout > 0:  # watched for the moment it stops answering
                             self._lists.pipelined[worker] = None

@@ -27,7 +27,10 @@ from maitred.core.routing.grants import GrantsMixin
 from maitred.core.routing.liveness import Liveness, LivenessLists
 from maitred.core.routing.mmi import MmiMixin
 from maitred.core.routing.model import (
+    Body,
+    Headers,
     Journal,
+    Request,
     Service,
     ServicePolicy,
     Session,
@@ -274,6 +277,37 @@ class Router(RequestsMixin, ExpiryMixin, WorkersMixin, TopicsMixin, GrantsMixin,
                             MaitredError("broker is shutting down", ErrorCode.SHUTTING_DOWN),
                         )
                 self._drop_worker(worker, now, "shutdown", notify=True)
+
+    # -- stored requests ---------------------------------------------------------------------
+
+    def restore(
+        self,
+        service_name: str,
+        body: Body,
+        headers: Headers | None,
+        stored: int,
+        deliveries: int,
+        now: float,
+    ) -> Request:
+        """Queue a request brought back from the durable store (after a restart). It has no
+        caller any more (its replies are dropped) and no deadline; the journal has it already."""
+        self._next_request += 1
+        service = self.service(service_name)
+        caller = self._orphan_session(now)
+        request = self._new_request(caller, service_name, body, None, now, headers)
+        request.deliveries = deliveries
+        request.stored = stored
+        request.size = len(service_name) + sum(map(len, body))
+        service.requests += 1
+        return self._enqueue(service, request, now)
+
+    def resume_stored(self, request: Request, now: float) -> None:
+        """Queue a stored request the journal held back (a store shared by several brokers
+        keeps it until one of them pulls it): this node pulled it, it is served here."""
+        if request.state is not _QUEUED:
+            return
+        self._size(request)
+        self._enqueue(self.service(request.service), request, now)
 
     # -- introspection (MMI, metrics) ----------------------------------------------------------
 

@@ -236,16 +236,21 @@ def test_migrate_both_ways_with_counts_twice(
     store.append(msg("jobs.x", 0))
     store.dead_letter(msg("svc", 500), "dead")
     store.raise_counter("svc", 900)
+    store.create_queue("gone", "switch")  # destroyed: only its counter is left
+    store.append(msg("gone", 0))
+    store.append(msg("gone", 1))
+    store.flush()
+    store.destroy_queue("gone")
     store.flush()
     store.close()
     url = f"jetstream:{server.url}"
     for _ in range(2):  # idempotent: a second run changes nothing
         assert main(["store", "migrate", "--from", f"sqlite:{src}", "--to", url]) == 0
         out = capsys.readouterr().out
-        assert out.count("201 messages in 2 queues, 1 dead letters") == 2, out
+        assert out.count("201 messages in 2 queues, 1 dead letters, 3 id counters") == 2, out
     back = tmp_path / "back.sqlite3"
     assert main(["store", "migrate", "--from", url, "--to", f"sqlite:{back}"]) == 0
-    assert "201 messages in 2 queues, 1 dead letters" in capsys.readouterr().out
+    assert "201 messages in 2 queues, 1 dead letters, 3 id counters" in capsys.readouterr().out
     first, second = SQLiteStore(src), SQLiteStore(back)
     a, b = first.recover(), second.recover()
     first.close()
@@ -253,6 +258,7 @@ def test_migrate_both_ways_with_counts_twice(
     assert a.queues == b.queues and a.owners == b.owners
     assert [(d.message, d.reason) for d in a.dead] == [(d.message, d.reason) for d in b.dead]
     assert b.counters["svc"] == 900
+    assert (b.counters["gone"], "gone" in b.queues) == (2, False)
     assert main(["store", "migrate", "--from", f"sqlite:{tmp_path / 'none'}", "--to", url]) == 2
 
 

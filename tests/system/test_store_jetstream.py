@@ -29,12 +29,22 @@ pytest.importorskip("nats")
 pytestmark = pytest.mark.slow
 
 
-def config(tmp_path: Path, url: str, stream: str = "MAITRED_DURABLE", extra: str = "") -> Path:
-    path = tmp_path / "maitred.toml"
+def config(
+    tmp_path: Path,
+    url: str,
+    stream: str = "MAITRED_DURABLE",
+    extra: str = "",
+    name: str = "",
+    busy: float = 2.0,
+) -> Path:
+    path = tmp_path / f"maitred{name}.toml"
     path.write_text(
         f"""
 [broker]
 drain_timeout = 0.5
+
+[liveness]
+busy_timeout = {busy}
 
 [store]
 backend = "jetstream"
