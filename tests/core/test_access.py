@@ -29,6 +29,7 @@ from maitred.core.access import (
 from maitred.core.errors import Denied, ErrorCode
 from maitred.core.routing.model import RequestState
 from maitred.core.routing.patterns import matches
+from maitred.core.routing.throttle import PeerThrottle
 from tests.core.harness import Harness, sink_of
 
 HarnessFactory = Callable[..., Harness]
@@ -603,6 +604,7 @@ def test_a_peer_refused_before_it_has_a_session_is_counted_and_published(hr: Har
             "action": "authenticate",
             "name": "127.0.0.1:40000",
             "reason": "unknown token",
+            "suppressed": 0,
         },
         {
             "identity": "Yne@",
@@ -611,5 +613,49 @@ def test_a_peer_refused_before_it_has_a_session_is_counted_and_published(hr: Har
             "action": "authenticate",
             "name": "tcp://127.0.0.1",
             "reason": "unknown CURVE key",
+            "suppressed": 0,
         },
     ]
+
+
+def test_a_peer_refused_again_and_again_is_published_once_per_interval(hr: Harness) -> None:
+    clock = [100.0]
+    hr.router.auth_throttle = PeerThrottle(interval=10.0, clock=lambda: clock[0])
+    watcher = hr.session("watcher")
+    hr.router.subscribe(watcher, "$sys.auth.denied")
+    for _ in range(50):  # a CURVE client with a wrong key, reconnecting every 100 ms
+        hr.router.report_auth_failure("mdp", "127.0.0.1", "unknown CURVE key", who="k")
+        clock[0] += 0.1
+    hr.router.report_auth_failure("mdp", "10.0.0.2", "unknown CURVE key")  # another peer
+    hr.router.report_auth_failure("ws", "127.0.0.1", "no credentials")  # another transport
+    clock[0] += 5.5
+    hr.router.report_auth_failure("mdp", "127.0.0.1", "unknown CURVE key", who="k")
+    events = sink_of(watcher).event_payloads("$sys.auth.denied")
+    assert [(e["transport"], e["name"], e["suppressed"]) for e in events] == [
+        ("mdp", "127.0.0.1", 0),
+        ("mdp", "10.0.0.2", 0),
+        ("ws", "127.0.0.1", 0),
+        ("mdp", "127.0.0.1", 49),  # after 10 s: the ones held back are in the next event
+    ]
+    # every refusal is counted, the held-back ones also on their own
+    assert hr.router.stats["denied.authenticate"] == 53
+    assert hr.router.stats["denied.authenticate.mdp"] == 52
+    assert hr.router.stats["denied.authenticate.suppressed"] == 49
+
+
+def test_the_throttle_remembers_a_bounded_number_of_peers() -> None:
+    clock = [0.0]
+    throttle = PeerThrottle(interval=10.0, max_peers=3, clock=lambda: clock[0])
+    assert [throttle.admit(p) for p in "abc"] == [0, 0, 0]
+    assert throttle.admit("a") is None
+    assert throttle.admit("d") == 0  # full: the peer heard from longest ago ("a") is forgotten
+    assert len(throttle) == 3
+    assert throttle.admit("a") == 0  # let through early: its count went with it
+    assert throttle.admit("c") is None
+    clock[0] = 10.0  # every interval is over: all of them are forgotten for one new peer
+    assert throttle.admit("e") == 0
+    assert len(throttle) == 1
+    assert throttle.admit("c") == 0
+    assert throttle.admit("c") is None
+    clock[0] = 25.0
+    assert throttle.admit("c") == 1  # the same peer again after its interval: the held count

@@ -439,3 +439,42 @@ def test_reload_applies_the_key_table_to_new_handshakes(
     assert body == [b"4"]
     worker.final(addr, b"ok4")
     assert app.recv() == (True, [b"ok4"])
+
+
+def test_a_reconnect_storming_bad_peer_is_published_a_bounded_number_of_times(
+    curve: Curve, ctx: zmq.Context[Any]
+) -> None:
+    """A CURVE client that has the wrong server key fails the handshake and libzmq retries it
+    at once, again and again (every 100 ms by default; 5 ms here): each failure is counted,
+    one event is published (per address and reason every 10 s; the monitor names the
+    endpoint, not the peer), and a CURVE client beside it is served meanwhile."""
+    k = curve.keys
+    stormer = ctx.socket(zmq.DEALER)
+    stormer.linger = 0
+    stormer.reconnect_ivl = 5
+    stormer.curve_serverkey = zmq.curve_keypair()[0]  # not the broker's
+    stormer.curve_publickey, stormer.curve_secretkey = k.app  # a key the broker knows
+    stormer.connect(curve.tcp)
+    try:
+        wait_until(
+            lambda: curve.broker.stats().get("denied.authenticate.mdp", 0) >= 20,
+            10,
+            "20 failed handshakes",
+        )
+        worker = RawWorker(ctx, curve.tcp, "rfc", b"billing.pay", k.of(k.worker))
+        worker.ready()
+        app = RawClient(ctx, curve.tcp, "rfc", k.of(k.app))
+        app.send(b"billing.pay", b"still here")
+        addr, body = worker.request()
+        worker.final(addr, *body)
+        assert app.recv() == (True, [b"still here"])
+    finally:
+        stormer.close(0)
+    stats = curve.broker.stats()
+    denied = curve.denials()
+    assert [(d["name"], d["reason"], d["suppressed"]) for d in denied] == [
+        (curve.tcp, "failed CURVE handshake", 0)
+    ]
+    failed = stats["denied.authenticate.mdp"]
+    assert failed >= 20 and stats["denied.authenticate.suppressed"] == failed - 1
+    assert stats["mdp.rejected.failed CURVE handshake"] == failed
