@@ -200,6 +200,19 @@ def _summary(runs: list[dict[str, Any]], n: int, count: int) -> dict[str, Any]:
                 if r["leg"] == leg
             ]
             out[f"{leg}_{role}_cpu_us"] = statistics.median(per) if per else None
+        # the broker's (or proxy's) libzmq I/O threads, where CURVE encrypts and decrypts
+        io = [
+            sum(
+                v
+                for k, v in r.get("cpu_threads_percent", {}).get("broker", {}).items()
+                if k.startswith("ZMQbg/IO")
+            )
+            * 1e4
+            / r["req_per_s"]
+            for r in ok
+            if r["leg"] == leg and r.get("cpu_threads_percent")
+        ]
+        out[f"{leg}_broker_io_cpu_us"] = statistics.median(io) if io else None
     for secure, base, name in (
         ("curve", "plain", "ratio"),
         ("proxy-curve", "proxy", "proxy_ratio"),
@@ -232,10 +245,11 @@ def _render(s: dict[str, Any]) -> str:
         f"proxy plain {rate('proxy')}, curve {rate('proxy-curve')}",
         f"  curve/plain: maitred {ratio('ratio')}",
         f"  curve/plain: proxy   {ratio('proxy_ratio')}",
-        "  CPU µs per request (broker or proxy / client / worker / all):",
+        "  CPU µs per request (broker or proxy [its libzmq I/O thread] / client / worker / all):",
     ]
     for leg in LEGS:
         cells = " / ".join(f"{s[f'{leg}_{role}_cpu_us'] or 0:.1f}" for role in (*ROLES, "all"))
+        cells = cells.replace(" /", f" [{s[f'{leg}_broker_io_cpu_us'] or 0:.1f}] /", 1)
         lines.append(f"    {leg:11} {cells}")
     return "\n".join(lines)
 
