@@ -62,6 +62,13 @@ def _keys(directory: Path) -> tuple[str, str]:
     return toml, str(broker_secret), f"{broker_public} {public.decode()} {secret.decode()}"
 
 
+def _legs(text: str) -> list[str]:
+    legs = [x.strip() for x in text.split(",") if x.strip()]
+    if not legs or any(x not in LEGS for x in legs):
+        raise argparse.ArgumentTypeError(f"legs are {', '.join(LEGS)}")
+    return legs
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="maitred MDP throughput with and without CURVE")
     p.add_argument("--runs", type=int, default=3)
@@ -69,6 +76,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--size", type=int, default=1024)
     p.add_argument("--warmup", type=float, default=1.0)
     p.add_argument("--duration", type=float, default=3.0)
+    p.add_argument(
+        "--legs",
+        type=_legs,
+        default=list(LEGS),
+        help=f"a subset of {','.join(LEGS)} (default: all four)",
+    )
     p.add_argument("--smoke", action="store_true", help="1 run, 0.2 s warm-up, 0.5 s measured")
     p.add_argument("--json", type=Path, default=None)
     p.add_argument(
@@ -149,7 +162,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 for n in args.inflight:
                     for i in range(args.runs):
                         # rotate the order every run, so drift spreads over every leg
-                        order = LEGS[i % len(LEGS) :] + LEGS[: i % len(LEGS)]
+                        chosen = [leg for leg in LEGS if leg in args.legs]
+                        order = chosen[i % len(chosen) :] + chosen[: i % len(chosen)]
                         for leg in order:
                             if leg.endswith("curve"):
                                 os.environ[loadgen.CURVE_ENV] = curve_env

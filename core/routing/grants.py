@@ -46,7 +46,9 @@ class GrantsMixin(RouterState):
             },
         )
 
-    def report_auth_failure(self, transport: str, peer: str, reason: str, who: str = "") -> None:
+    def report_auth_failure(
+        self, transport: str, peer: str, reason: str, who: str = "", *, now: float
+    ) -> None:
         """Count a peer refused before it had a session (no credentials, a wrong token, an
         unknown CURVE key, a failed TLS client certificate) and publish it on
         ``$sys.auth.denied`` with ``action = "authenticate"``. ``peer`` is the peer's address,
@@ -60,7 +62,7 @@ class GrantsMixin(RouterState):
         how many were held back before it (``suppressed``)."""
         self.stats["denied.authenticate"] += 1
         self.stats[f"denied.authenticate.{transport}"] += 1
-        held = self.auth_throttle.admit((transport, peer, reason))
+        held = self.auth_throttle.admit((transport, peer, reason), now)
         if held is None:
             self.stats["denied.authenticate.suppressed"] += 1
             return

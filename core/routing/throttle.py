@@ -2,15 +2,14 @@
 (a CURVE client with an unknown key reconnects every 100 ms, libzmq's default) from flooding
 ``$sys.auth.denied`` and whoever listens to it.
 
-:class:`PeerThrottle` is pure (no I/O, an injectable clock): :meth:`PeerThrottle.admit` says
-whether one more event about a peer goes out now and, when it does, how many were held back
-since the last one went out, so the event that does go out carries that count.
+:class:`PeerThrottle` is pure (no I/O, no clock: the caller says when): its
+:meth:`PeerThrottle.admit` says whether one more event about a peer goes out now and, when it
+does, how many were held back since the last one went out, so that event carries the count.
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Hashable
+from collections.abc import Hashable
 
 __all__ = ["AUTH_DENIED_INTERVAL", "PeerThrottle"]
 
@@ -28,25 +27,19 @@ class PeerThrottle:
     interval, the one heard from longest ago is forgotten (its next event goes out early: many
     peers give many events, never more than one per peer per interval while they fit)."""
 
-    def __init__(
-        self,
-        interval: float = AUTH_DENIED_INTERVAL,
-        max_peers: int = 10_000,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
+    def __init__(self, interval: float = AUTH_DENIED_INTERVAL, max_peers: int = 10_000) -> None:
         self.interval = interval
         self.max_peers = max_peers
-        self._clock = clock
         #: key -> [when its last event went out, events held back since]
         self._peers: dict[Hashable, list[float]] = {}
 
     def __len__(self) -> int:
         return len(self._peers)
 
-    def admit(self, key: Hashable) -> int | None:
-        """None: hold this event back (counted for the next one). Else the event goes out now,
-        and the number is how many were held back before it (0 for the first)."""
-        now = self._clock()
+    def admit(self, key: Hashable, now: float) -> int | None:
+        """None: hold this event (at ``now``, monotonic seconds) back, counted for the next
+        one. Else the event goes out, and the number is how many were held back before it (0
+        for the first)."""
         peers = self._peers
         entry = peers.get(key)
         if entry is not None and now - entry[0] < self.interval:

@@ -130,12 +130,10 @@ AUTH_ROWS = [
         "curve",
         "none",
         "refused",
-        "no reply (no CURVE: no handshake)",
+        "no reply",  # a plain client on a CURVE endpoint: the handshake fails
         "failed CURVE handshake",
     ),
-    AuthRow(
-        "mdp", "curve", "wrong", "refused", "no reply (the handshake fails)", "unknown CURVE key"
-    ),
+    AuthRow("mdp", "curve", "wrong", "refused", "no reply", "unknown CURVE key"),
     AuthRow(
         "mdp",
         "curve",
@@ -321,8 +319,7 @@ class MdpRunner(Runner):
             wait_until(
                 lambda: self.obs.stats().get("denied.authenticate", 0) >= 1, 5, "the refusal"
             )
-            assert nothing(client.sock)
-            return Seen(row.form, False)
+            return Seen("no reply" if nothing(client.sock) else "a reply", False)
         assert client.call(b"ok.svc", b"hi", timeout=5) == [b"served:ok.svc"]
         reply = client.call(b"no.svc", b"hi", timeout=5)
         if reply == [b"served:no.svc"]:
