@@ -262,6 +262,8 @@ def _render(s: dict[str, Any]) -> str:
         "  CPU µs per request (broker or proxy [its libzmq I/O thread] / client / worker / all):",
     ]
     for leg in LEGS:
+        if s[f"{leg}_req_per_s"] is None:
+            continue  # not run (--legs)
         cells = " / ".join(f"{s[f'{leg}_{role}_cpu_us'] or 0:.1f}" for role in (*ROLES, "all"))
         cells = cells.replace(" /", f" [{s[f'{leg}_broker_io_cpu_us'] or 0:.1f}] /", 1)
         lines.append(f"    {leg:11} {cells}")
