@@ -77,6 +77,7 @@ def _ws_rows() -> list[AuthRow]:
         mm = dialect == "middleman"
         error = '{"type": "error", "id": "r1", "code": 403, "message": "%s may not call echo"}'
         forbidden = "PUB ERROR Not trusted REQ echo" if mm else error % "watcher"
+        bad_token = ("close 1008 bad token", "bad token")
         rows += [
             AuthRow(
                 "ws", f"{dialect}", "none", "refused", "close 1008 no credentials", "no credentials"
@@ -89,21 +90,9 @@ def _ws_rows() -> list[AuthRow]:
                 "PUB ERROR Not trusted REQ echo" if mm else error % "anonymous",
                 "anonymous",
             ),
-            AuthRow(
-                "ws",
-                f"{dialect} anonymous token",
-                "wrong",
-                "refused",
-                "close 1008 bad token",
-                "bad token",
-            ),
-            AuthRow(
-                "ws",
-                f"{dialect} anonymous token-query",
-                "wrong",
-                "refused",
-                "close 1008 bad token",
-                "bad token",
+            *(
+                AuthRow("ws", f"{dialect} anonymous {how}", "wrong", "refused", *bad_token)
+                for how in ("token", "token-query")
             ),
             AuthRow(
                 "ws",
@@ -250,8 +239,9 @@ class Runner:
 
 # -- MDP: CURVE keys ------------------------------------------------------------------------------
 
-#: the [access] rules of the MDP rows (the permission table's): app may call ok.*, ops anything
-MDP_ACCESS = """
+#: the [access] rules of the MDP and HTTP rows: ops may do anything; app (MDP) may call ok.svc,
+#: callers (HTTP) svc.echo; viewers (HTTP) may only observe
+ACCESS = """
 [access]
 default = "deny"
 
@@ -262,6 +252,16 @@ who = ["role:ops"]
 who = ["role:app"]
 actions = ["call"]
 names = ["ok.svc"]
+
+[[access.rules]]
+who = ["role:callers"]
+actions = ["call"]
+names = ["svc.echo"]
+
+[[access.rules]]
+who = ["role:viewers"]
+actions = ["observe"]
+names = [">"]
 """
 
 
@@ -284,7 +284,7 @@ class MdpRunner(Runner):
                 f'identity = "mdp-key-{role}"',
                 f'roles = ["{role}"]',
             ]
-        self.obs = Observed(make_broker(MDP_ACCESS, mdp="\n".join(lines) + "\n"))
+        self.obs = Observed(make_broker(ACCESS, mdp="\n".join(lines) + "\n"))
         self.thread = self.obs.thread
         self.ctx = ctx
 
@@ -358,23 +358,6 @@ HTTP_CREDENTIALS = {
     "valid:callers": HTTP_CALLER_TOKEN,
     "valid:viewers": HTTP_VIEWER_TOKEN,
 }
-HTTP_ACCESS = """
-[access]
-default = "deny"
-
-[[access.rules]]
-who = ["role:ops"]
-
-[[access.rules]]
-who = ["role:callers"]
-actions = ["call"]
-names = ["svc.echo"]
-
-[[access.rules]]
-who = ["role:viewers"]
-actions = ["observe"]
-names = [">"]
-"""
 
 
 class HttpBroker(Observed):
@@ -394,7 +377,7 @@ def http_toml(pki: Pki) -> str:
         f'sha256 = "{token_digest(HTTP_CALLER_TOKEN)}"\nidentity = "app"\nroles = ["callers"]\n'
         "[[transports.http.tokens]]\n"
         f'sha256 = "{token_digest(HTTP_VIEWER_TOKEN)}"\nidentity = "dash"\nroles = ["viewers"]\n'
-        + HTTP_ACCESS
+        + ACCESS
     )
 
 

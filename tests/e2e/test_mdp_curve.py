@@ -136,6 +136,22 @@ def curve(keys: Keys, tmp_path: Path) -> Iterator[Curve]:
     c.broker.stop(drain_timeout=0)
 
 
+def billing_worker(curve: Curve, ctx: zmq.Context[Any]) -> RawWorker:
+    """A CURVE worker of ``billing.pay`` (the worker's key), registered."""
+    worker = RawWorker(ctx, curve.tcp, "rfc", b"billing.pay", curve.keys.of(curve.keys.worker))
+    worker.ready()
+    return worker
+
+
+def served(curve: Curve, ctx: zmq.Context[Any], worker: RawWorker, body: bytes) -> None:
+    """A new CURVE client is served (the broker is not disturbed)."""
+    client = RawClient(ctx, curve.tcp, "rfc", curve.keys.of(curve.keys.app))
+    client.send(b"billing.pay", body)
+    addr, got = worker.request()
+    worker.final(addr, *got)
+    assert client.recv() == (True, [body])
+
+
 def test_curve_client_and_worker_in_plain_pyzmq(curve: Curve, ctx: zmq.Context[Any]) -> None:
     k = curve.keys
     worker = RawWorker(ctx, curve.tcp, "rfc", b"billing.pay", k.of(k.worker))
@@ -247,7 +263,6 @@ def test_garbage_curve_handshakes_are_refused_and_bounded(
     """A ZMTP 3.0 greeting asking for CURVE, then a truncated, zeroed or garbage HELLO, or
     nothing: no session; a bad HELLO is counted; the broker closes the connection (the stalled
     one is closed by us); a CURVE client is served meanwhile."""
-    k = curve.keys
     before = curve.sessions()
     host, port = curve.tcp.removeprefix("tcp://").rsplit(":", 1)
     greeting = b"\xff" + bytes(8) + b"\x7f" + b"\x03\x00" + b"CURVE".ljust(20, b"\0") + bytes(32)
@@ -267,13 +282,7 @@ def test_garbage_curve_handshakes_are_refused_and_bounded(
             "counted",
         )
         assert {d["reason"] for d in curve.denials()} == {"failed CURVE handshake"}
-    worker = RawWorker(ctx, curve.tcp, "rfc", b"billing.pay", k.of(k.worker))
-    worker.ready()
-    client = RawClient(ctx, curve.tcp, "rfc", k.of(k.app))
-    client.send(b"billing.pay", b"fine")
-    addr, body = worker.request()
-    worker.final(addr, *body)
-    assert client.recv() == (True, [b"fine"])
+    served(curve, ctx, billing_worker(curve, ctx), b"fine")
     # the worker's session and a clients' session per identity heard from, nothing for the
     # garbage
     assert curve.sessions() == before + 3
@@ -463,13 +472,7 @@ def test_a_reconnect_storming_bad_peer_is_published_a_bounded_number_of_times(
             10,
             "20 failed handshakes",
         )
-        worker = RawWorker(ctx, curve.tcp, "rfc", b"billing.pay", k.of(k.worker))
-        worker.ready()
-        app = RawClient(ctx, curve.tcp, "rfc", k.of(k.app))
-        app.send(b"billing.pay", b"still here")
-        addr, body = worker.request()
-        worker.final(addr, *body)
-        assert app.recv() == (True, [b"still here"])
+        served(curve, ctx, billing_worker(curve, ctx), b"still here")
     finally:
         stormer.close(0)
     stats = curve.broker.stats()
@@ -559,8 +562,7 @@ def relayed_client(
     """A worker, and the app's CURVE client connected through a relay that has seen it complete
     a handshake and a call."""
     k = curve.keys
-    worker = RawWorker(ctx, curve.tcp, "rfc", b"billing.pay", k.of(k.worker))
-    worker.ready()
+    worker = billing_worker(curve, ctx)
     relay = Relay(curve.tcp)
     try:
         app = RawClient(ctx, relay.endpoint, "rfc", k.of(k.app))
@@ -571,15 +573,6 @@ def relayed_client(
         yield relay, app, worker
     finally:
         relay.close()
-
-
-def served(curve: Curve, ctx: zmq.Context[Any], worker: RawWorker, body: bytes) -> None:
-    """A new CURVE client is served (the broker is not disturbed)."""
-    client = RawClient(ctx, curve.tcp, "rfc", curve.keys.of(curve.keys.app))
-    client.send(b"billing.pay", body)
-    addr, got = worker.request()
-    worker.final(addr, *got)
-    assert client.recv() == (True, [body])
 
 
 def test_a_replayed_curve_handshake_is_refused(curve: Curve, ctx: zmq.Context[Any]) -> None:
