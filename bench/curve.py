@@ -40,7 +40,9 @@ import zmq
 from bench import loadgen, run_mdp
 from maitred.transports.mdp.curve import write_certificate
 
-LEGS = ("plain", "curve")
+#: maitred without and with CURVE, then the same load through a bare ``zmq.proxy`` hop without
+#: and with CURVE (``bench/peers.py proxy``): the cost of libzmq's per-frame crypto on any broker
+LEGS = ("plain", "curve", "proxy", "proxy-curve")
 
 
 def _keys(directory: Path) -> tuple[str, str]:
@@ -57,7 +59,14 @@ def _keys(directory: Path) -> tuple[str, str]:
         f'public_key = "{peer_public}"\n'
         'identity = "bench"\n'
     )
-    return toml, f"{broker_public} {public.decode()} {secret.decode()}"
+    return toml, str(broker_secret), f"{broker_public} {public.decode()} {secret.decode()}"
+
+
+def _legs(text: str) -> list[str]:
+    legs = [x.strip() for x in text.split(",") if x.strip()]
+    if not legs or any(x not in LEGS for x in legs):
+        raise argparse.ArgumentTypeError(f"legs are {', '.join(LEGS)}")
+    return legs
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -67,6 +76,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--size", type=int, default=1024)
     p.add_argument("--warmup", type=float, default=1.0)
     p.add_argument("--duration", type=float, default=3.0)
+    p.add_argument(
+        "--legs",
+        type=_legs,
+        default=list(LEGS),
+        help=f"a subset of {','.join(LEGS)} (default: all four)",
+    )
     p.add_argument("--smoke", action="store_true", help="1 run, 0.2 s warm-up, 0.5 s measured")
     p.add_argument("--json", type=Path, default=None)
     p.add_argument(
@@ -88,9 +103,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.runs, args.warmup, args.duration = 1, 0.2, 0.5
     with tempfile.TemporaryDirectory(prefix="maitred-curve-bench-") as tmp:
         directory = Path(tmp)
-        curve_toml, curve_env = _keys(directory)
+        curve_toml, broker_secret, curve_env = _keys(directory)
         files = {}
-        for leg in LEGS:
+        for leg in ("plain", "curve"):
             path = directory / f"{leg}.toml"
             extra = "".join(f"{line}\n" for line in args.mdp_option)
             broker = "".join(f"{line}\n" for line in args.broker_option)
@@ -127,8 +142,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                 2.0,
                 f"maitred serve -c {leg}.toml",
             )
-            for leg in LEGS
+            for leg in ("plain", "curve")
         }
+        legs["proxy"] = run_mdp.Leg(
+            "proxy", "raw", run_mdp.proxy_starter(), 0.5, "bench/peers.py proxy"
+        )
+        legs["proxy-curve"] = run_mdp.Leg(
+            "proxy-curve",
+            "raw",
+            run_mdp.proxy_starter("--curve-secret-key-file", broker_secret),
+            0.5,
+            "bench/peers.py proxy --curve-secret-key-file broker.key_secret",
+        )
         runs: list[dict[str, Any]] = []
         ctx: zmq.Context[Any] = zmq.Context()
         children = run_mdp.Children()
@@ -136,9 +161,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             with run_mdp.terminate_on_signals():
                 for n in args.inflight:
                     for i in range(args.runs):
-                        order = LEGS if i % 2 == 0 else LEGS[::-1]
+                        # rotate the order every run, so drift spreads over every leg
+                        chosen = [leg for leg in LEGS if leg in args.legs]
+                        order = chosen[i % len(chosen) :] + chosen[: i % len(chosen)]
                         for leg in order:
-                            if leg == "curve":
+                            if leg.endswith("curve"):
                                 os.environ[loadgen.CURVE_ENV] = curve_env
                             else:
                                 os.environ.pop(loadgen.CURVE_ENV, None)
@@ -147,68 +174,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                             record.update(leg=leg, inflight=n, run=i, machine_busy=busy)
                             runs.append(record)
                             run_mdp.log(
-                                f"run {i + 1}/{args.runs} {leg:5} x{n}: "
+                                f"run {i + 1}/{args.runs} {leg:11} x{n}: "
                                 f"{record.get('req_per_s') or record.get('error')}"
                             )
         finally:
             os.environ.pop(loadgen.CURVE_ENV, None)
             children.stop_all()
             ctx.destroy(0)
-    summary = []
-    for n in args.inflight:
-        med = {}
-        for leg in LEGS:
-            rates = [
-                r["req_per_s"]
-                for r in runs
-                if r["leg"] == leg and r["inflight"] == n and r.get("ok")
-            ]
-            med[leg] = statistics.median(rates) if rates else None
-        pairs = []
-        for i in range(args.runs):
-            got = {
-                r["leg"]: r for r in runs if r["inflight"] == n and r["run"] == i and r.get("ok")
-            }
-            if len(got) == 2:
-                pairs.append(got["curve"]["req_per_s"] / got["plain"]["req_per_s"])
-        ratio = med["curve"] / med["plain"] if med["curve"] and med["plain"] else None
-        # CPU time per request (µs), steadier than req/s on a loaded machine
-        cpu: dict[str, float | None] = {}
-        for leg in LEGS:
-            for who in ("broker", "all"):
-                per = [
-                    sum(
-                        r["cpu_percent"].get(p) or 0
-                        for p in (
-                            ("broker",) if who == "broker" else ("broker", "client", "worker")
-                        )
-                    )
-                    * 1e4
-                    / r["req_per_s"]
-                    for r in runs
-                    if r["leg"] == leg and r["inflight"] == n and r.get("ok") and r["req_per_s"]
-                ]
-                cpu[f"{leg}_{who}_cpu_us"] = statistics.median(per) if per else None
-        summary.append(
-            {
-                "inflight": n,
-                "plain_req_per_s": med["plain"],
-                "curve_req_per_s": med["curve"],
-                "ratio_of_medians": ratio,
-                "median_of_run_ratios": statistics.median(pairs) if pairs else None,
-                "run_ratios": pairs,
-                **cpu,
-            }
-        )
-        per_run = ", ".join(f"{r:.3f}" for r in pairs)
-        print(
-            f"x{n}: plain {med['plain'] or 0:,.0f} req/s, curve {med['curve'] or 0:,.0f} req/s, "
-            f"curve/plain {ratio or 0:.3f} (median of per-run ratios "
-            f"{statistics.median(pairs) if pairs else 0:.3f}; runs {per_run}); CPU µs per "
-            f"request, broker/all: plain {cpu['plain_broker_cpu_us'] or 0:.0f}/"
-            f"{cpu['plain_all_cpu_us'] or 0:.0f}, curve {cpu['curve_broker_cpu_us'] or 0:.0f}/"
-            f"{cpu['curve_all_cpu_us'] or 0:.0f}"
-        )
+    summary = [_summary(runs, n, args.runs) for n in args.inflight]
+    for s in summary:
+        print(_render(s))
     out = args.json or run_mdp.RESULTS_DIR / f"curve-{dt.datetime.now():%Y%m%d-%H%M%S}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(
@@ -216,6 +191,83 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     run_mdp.log(f"results: {out}")
     return 0 if all(s["ratio_of_medians"] for s in summary) else 1
+
+
+ROLES = ("broker", "client", "worker")
+
+
+def _summary(runs: list[dict[str, Any]], n: int, count: int) -> dict[str, Any]:
+    """The medians of one in-flight level: req/s per leg, the CURVE/plain ratio of maitred and
+    of the proxy (of the medians, and the median of the per-run ratios), and the CPU µs per
+    request of each role (broker or proxy, client, worker, all three) per leg."""
+    ok = [r for r in runs if r["inflight"] == n and r.get("ok") and r.get("req_per_s")]
+    out: dict[str, Any] = {"inflight": n}
+    for leg in LEGS:
+        rates = [r["req_per_s"] for r in ok if r["leg"] == leg]
+        out[f"{leg}_req_per_s"] = statistics.median(rates) if rates else None
+        for role in (*ROLES, "all"):
+            per = [
+                sum(r["cpu_percent"].get(p) or 0 for p in (ROLES if role == "all" else (role,)))
+                * 1e4
+                / r["req_per_s"]
+                for r in ok
+                if r["leg"] == leg
+            ]
+            out[f"{leg}_{role}_cpu_us"] = statistics.median(per) if per else None
+        # the broker's (or proxy's) libzmq I/O threads, where CURVE encrypts and decrypts
+        io = [
+            sum(
+                v
+                for k, v in r.get("cpu_threads_percent", {}).get("broker", {}).items()
+                if k.startswith("ZMQbg/IO")
+            )
+            * 1e4
+            / r["req_per_s"]
+            for r in ok
+            if r["leg"] == leg and r.get("cpu_threads_percent")
+        ]
+        out[f"{leg}_broker_io_cpu_us"] = statistics.median(io) if io else None
+    for secure, base, name in (
+        ("curve", "plain", "ratio"),
+        ("proxy-curve", "proxy", "proxy_ratio"),
+    ):
+        a, b = out[f"{secure}_req_per_s"], out[f"{base}_req_per_s"]
+        pairs = []
+        for i in range(count):
+            got = {r["leg"]: r["req_per_s"] for r in ok if r["run"] == i}
+            if secure in got and base in got:
+                pairs.append(got[secure] / got[base])
+        out[f"{name}_of_medians"] = a / b if a and b else None
+        out[f"{name}_median_of_runs"] = statistics.median(pairs) if pairs else None
+        out[f"{name}_runs"] = pairs
+    return out
+
+
+def _render(s: dict[str, Any]) -> str:
+    def rate(leg: str) -> str:
+        return f"{s[f'{leg}_req_per_s'] or 0:,.0f}"
+
+    def ratio(name: str) -> str:
+        runs = ", ".join(f"{r:.3f}" for r in s[f"{name}_runs"])
+        return (
+            f"{s[f'{name}_of_medians'] or 0:.3f} (median of per-run ratios "
+            f"{s[f'{name}_median_of_runs'] or 0:.3f}; runs {runs})"
+        )
+
+    lines = [
+        f"x{s['inflight']}: req/s: maitred plain {rate('plain')}, curve {rate('curve')}; "
+        f"proxy plain {rate('proxy')}, curve {rate('proxy-curve')}",
+        f"  curve/plain: maitred {ratio('ratio')}",
+        f"  curve/plain: proxy   {ratio('proxy_ratio')}",
+        "  CPU µs per request (broker or proxy [its libzmq I/O thread] / client / worker / all):",
+    ]
+    for leg in LEGS:
+        if s[f"{leg}_req_per_s"] is None:
+            continue  # not run (--legs)
+        cells = " / ".join(f"{s[f'{leg}_{role}_cpu_us'] or 0:.1f}" for role in (*ROLES, "all"))
+        cells = cells.replace(" /", f" [{s[f'{leg}_broker_io_cpu_us'] or 0:.1f}] /", 1)
+        lines.append(f"    {leg:11} {cells}")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -262,15 +262,23 @@ def start_command_broker(name: str, template: str) -> Callable[[Children, Config
     return start
 
 
-def start_proxy(children: Children, cfg: Config) -> Running:
-    argv = [PY, str(PEERS), "proxy"]
-    child = children.spawn("proxy", argv, cfg.lifetime(), stdout=subprocess.PIPE)
-    try:
-        ends = json.loads(read_line(child, cfg.ready_timeout))
-        return Running(child, str(ends["frontend"]), str(ends["backend"]), argv)
-    except (StartError, ValueError, KeyError) as exc:
-        children.stop(child, 0)
-        raise StartError(f"proxy did not start: {exc}") from exc
+def proxy_starter(*extra: str) -> Callable[[Children, Config], Running]:
+    """Start ``bench/peers.py proxy`` with ``extra`` arguments (e.g. its CURVE key file)."""
+
+    def start(children: Children, cfg: Config) -> Running:
+        argv = [PY, str(PEERS), "proxy", *extra]
+        child = children.spawn("proxy", argv, cfg.lifetime(), stdout=subprocess.PIPE)
+        try:
+            ends = json.loads(read_line(child, cfg.ready_timeout))
+            return Running(child, str(ends["frontend"]), str(ends["backend"]), argv)
+        except (StartError, ValueError, KeyError) as exc:
+            children.stop(child, 0)
+            raise StartError(f"proxy did not start: {exc}") from exc
+
+    return start
+
+
+start_proxy = proxy_starter()
 
 
 def make_legs(cfg: Config) -> list[Leg]:

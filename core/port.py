@@ -57,7 +57,6 @@ class CorePort:
     publish: Callable[..., int]
     allowed: Callable[[Session, Action, str], bool]
     report_denied: Callable[[Session, Action, str], None]
-    report_auth_failure: Callable[..., None]
     permits: Callable[[Session, Action, str], bool]
     may_grant: Callable[[Session, Action, str], bool]
     grant: Callable[..., bool]
@@ -108,7 +107,6 @@ class CorePort:
         self.publish = router.publish
         self.allowed = router.allowed
         self.report_denied = router.report_denied
-        self.report_auth_failure = router.report_auth_failure
         self.permits = router.permits
         self.may_grant = router.may_grant
         self.grant = router.grant
@@ -116,6 +114,11 @@ class CorePort:
         self.hold = router.hold
         self.release = router.release
         self.snapshot = router.snapshot
+
+    def report_auth_failure(self, transport: str, peer: str, reason: str, who: str = "") -> None:
+        """The router's, at the runtime clock's ``now`` (it limits how often one peer is
+        published)."""
+        self._router.report_auth_failure(transport, peer, reason, who, now=self._clock())
 
     # -- runtime services -------------------------------------------------------------------
 

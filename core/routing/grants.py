@@ -46,13 +46,26 @@ class GrantsMixin(RouterState):
             },
         )
 
-    def report_auth_failure(self, transport: str, peer: str, reason: str, who: str = "") -> None:
+    def report_auth_failure(
+        self, transport: str, peer: str, reason: str, who: str = "", *, now: float
+    ) -> None:
         """Count a peer refused before it had a session (no credentials, a wrong token, an
         unknown CURVE key, a failed TLS client certificate) and publish it on
         ``$sys.auth.denied`` with ``action = "authenticate"``. ``peer`` is the peer's address,
-        ``who`` what it claimed to be (a key's or a certificate's name; never a secret)."""
+        ``who`` what it claimed to be (a key's or a certificate's name; never a secret).
+
+        Every refusal is counted; at most one per transport, peer address and reason is
+        published every :data:`~maitred.core.routing.throttle.AUTH_DENIED_INTERVAL` seconds (a
+        peer that reconnects in a loop is one event, not ten a second; ``who`` is not part of
+        the key, or a peer would get past it with a fresh key each time): the others are counted as
+        ``denied.authenticate.suppressed`` and the next event published for that peer says
+        how many were held back before it (``suppressed``)."""
         self.stats["denied.authenticate"] += 1
         self.stats[f"denied.authenticate.{transport}"] += 1
+        held = self.auth_throttle.admit((transport, peer, reason), now)
+        if held is None:
+            self.stats["denied.authenticate.suppressed"] += 1
+            return
         self._emit(
             "$sys.auth.denied",
             {
@@ -62,6 +75,7 @@ class GrantsMixin(RouterState):
                 "action": "authenticate",
                 "name": peer,
                 "reason": reason,
+                "suppressed": held,
             },
         )
 

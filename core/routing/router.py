@@ -51,6 +51,7 @@ from maitred.core.routing.state import (
     MmiHandler,
     Tracer,
 )
+from maitred.core.routing.throttle import PeerThrottle
 from maitred.core.routing.topics import TopicsMixin
 from maitred.core.routing.wheel import DeadlineWheel
 from maitred.core.routing.workers import WorkersMixin
@@ -98,6 +99,7 @@ class Router(RequestsMixin, ExpiryMixin, WorkersMixin, TopicsMixin, GrantsMixin,
         #: open sessions with a restricted identity (deliveries to them are always checked)
         self._restricted = 0
         self._access_open = is_open(self.access)
+        self.auth_throttle = PeerThrottle()
         self._on_event = on_event
         self.node_name = ""
         self._mmi = mmi

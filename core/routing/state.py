@@ -33,6 +33,7 @@ from maitred.core.routing.model import (
     Worker,
 )
 from maitred.core.routing.patterns import SubjectTree
+from maitred.core.routing.throttle import PeerThrottle
 
 if TYPE_CHECKING:
     from maitred.core.routing.liveness import Liveness, LivenessLists
@@ -79,6 +80,8 @@ class RouterState:
     _unchecked: dict[int, set[str]]
     _restricted: int
     _access_open: bool
+    #: one ``$sys.auth.denied`` event per transport and peer address per interval
+    auth_throttle: PeerThrottle
     _on_event: EventHook | None
     #: this broker's node name in a cluster (``""``: none), added to its ``$sys`` events
     node_name: str

@@ -29,6 +29,7 @@ from maitred.core.access import (
 from maitred.core.errors import Denied, ErrorCode
 from maitred.core.routing.model import RequestState
 from maitred.core.routing.patterns import matches
+from maitred.core.routing.throttle import PeerThrottle
 from tests.core.harness import Harness, sink_of
 
 HarnessFactory = Callable[..., Harness]
@@ -589,8 +590,8 @@ def test_a_peer_refused_before_it_has_a_session_is_counted_and_published(hr: Har
     watcher = hr.session("watcher")
     hr.router.subscribe(watcher, "$sys.auth.denied")
     sessions = len(hr.router.sessions)
-    hr.router.report_auth_failure("http", "127.0.0.1:40000", "unknown token")
-    hr.router.report_auth_failure("mdp", "tcp://127.0.0.1", "unknown CURVE key", who="Yne@")
+    hr.router.report_auth_failure("http", "127.0.0.1:40000", "unknown token", now=1.0)
+    hr.router.report_auth_failure("mdp", "tcp://127.0.0.1", "unknown CURVE key", "Yne@", now=1.0)
     assert hr.router.stats["denied.authenticate"] == 2
     assert hr.router.stats["denied.authenticate.http"] == 1
     assert hr.router.stats["denied.authenticate.mdp"] == 1
@@ -603,6 +604,7 @@ def test_a_peer_refused_before_it_has_a_session_is_counted_and_published(hr: Har
             "action": "authenticate",
             "name": "127.0.0.1:40000",
             "reason": "unknown token",
+            "suppressed": 0,
         },
         {
             "identity": "Yne@",
@@ -611,5 +613,49 @@ def test_a_peer_refused_before_it_has_a_session_is_counted_and_published(hr: Har
             "action": "authenticate",
             "name": "tcp://127.0.0.1",
             "reason": "unknown CURVE key",
+            "suppressed": 0,
         },
     ]
+
+
+def test_a_peer_refused_again_and_again_is_published_once_per_interval(hr: Harness) -> None:
+    watcher = hr.session("watcher")
+    hr.router.subscribe(watcher, "$sys.auth.denied")
+    now = 100.0
+    for _ in range(50):  # a CURVE client with a wrong server key, retrying every 100 ms
+        hr.router.report_auth_failure("mdp", "127.0.0.1", "unknown CURVE key", "k", now=now)
+        now += 0.1
+    hr.router.report_auth_failure("mdp", "10.0.0.2", "unknown CURVE key", now=now)  # another peer
+    hr.router.report_auth_failure("ws", "127.0.0.1", "no credentials", now=now)  # transport
+    hr.router.report_auth_failure("mdp", "127.0.0.1", "failed handshake", now=now)  # reason
+    now += 5.5
+    hr.router.report_auth_failure("mdp", "127.0.0.1", "unknown CURVE key", "k", now=now)
+    events = sink_of(watcher).event_payloads("$sys.auth.denied")
+    assert [(e["transport"], e["name"], e["reason"], e["suppressed"]) for e in events] == [
+        ("mdp", "127.0.0.1", "unknown CURVE key", 0),
+        ("mdp", "10.0.0.2", "unknown CURVE key", 0),
+        ("ws", "127.0.0.1", "no credentials", 0),
+        ("mdp", "127.0.0.1", "failed handshake", 0),
+        # after 10 s: the ones held back are counted in the next event
+        ("mdp", "127.0.0.1", "unknown CURVE key", 49),
+    ]
+    # every refusal is counted, the held-back ones also on their own
+    assert hr.router.stats["denied.authenticate"] == 54
+    assert hr.router.stats["denied.authenticate.mdp"] == 53
+    assert hr.router.stats["denied.authenticate.suppressed"] == 49
+
+
+def test_the_throttle_remembers_a_bounded_number_of_peers() -> None:
+    throttle = PeerThrottle(interval=10.0, max_peers=3)
+    assert [throttle.admit(p, 0.0) for p in "abc"] == [0, 0, 0]
+    assert throttle.admit("a", 0.0) is None
+    assert throttle.admit("d", 0.0) == 0  # full: the peer heard from longest ago ("a") goes
+    assert len(throttle) == 3
+    assert throttle.admit("a", 0.0) == 0  # let through early: its count went with it
+    assert throttle.admit("c", 0.0) is None
+    # every interval is over: all of them are forgotten for one new peer
+    assert throttle.admit("e", 10.0) == 0
+    assert len(throttle) == 1
+    assert throttle.admit("c", 10.0) == 0
+    assert throttle.admit("c", 10.0) is None
+    assert throttle.admit("c", 25.0) == 1  # the same peer after its interval: the held count

@@ -8,7 +8,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import select
 import socket as pysocket
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -134,6 +136,22 @@ def curve(keys: Keys, tmp_path: Path) -> Iterator[Curve]:
     c.broker.stop(drain_timeout=0)
 
 
+def billing_worker(curve: Curve, ctx: zmq.Context[Any]) -> RawWorker:
+    """A CURVE worker of ``billing.pay`` (the worker's key), registered."""
+    worker = RawWorker(ctx, curve.tcp, "rfc", b"billing.pay", curve.keys.of(curve.keys.worker))
+    worker.ready()
+    return worker
+
+
+def served(curve: Curve, ctx: zmq.Context[Any], worker: RawWorker, body: bytes) -> None:
+    """A new CURVE client is served (the broker is not disturbed)."""
+    client = RawClient(ctx, curve.tcp, "rfc", curve.keys.of(curve.keys.app))
+    client.send(b"billing.pay", body)
+    addr, got = worker.request()
+    worker.final(addr, *got)
+    assert client.recv() == (True, [body])
+
+
 def test_curve_client_and_worker_in_plain_pyzmq(curve: Curve, ctx: zmq.Context[Any]) -> None:
     k = curve.keys
     worker = RawWorker(ctx, curve.tcp, "rfc", b"billing.pay", k.of(k.worker))
@@ -245,7 +263,6 @@ def test_garbage_curve_handshakes_are_refused_and_bounded(
     """A ZMTP 3.0 greeting asking for CURVE, then a truncated, zeroed or garbage HELLO, or
     nothing: no session; a bad HELLO is counted; the broker closes the connection (the stalled
     one is closed by us); a CURVE client is served meanwhile."""
-    k = curve.keys
     before = curve.sessions()
     host, port = curve.tcp.removeprefix("tcp://").rsplit(":", 1)
     greeting = b"\xff" + bytes(8) + b"\x7f" + b"\x03\x00" + b"CURVE".ljust(20, b"\0") + bytes(32)
@@ -265,13 +282,7 @@ def test_garbage_curve_handshakes_are_refused_and_bounded(
             "counted",
         )
         assert {d["reason"] for d in curve.denials()} == {"failed CURVE handshake"}
-    worker = RawWorker(ctx, curve.tcp, "rfc", b"billing.pay", k.of(k.worker))
-    worker.ready()
-    client = RawClient(ctx, curve.tcp, "rfc", k.of(k.app))
-    client.send(b"billing.pay", b"fine")
-    addr, body = worker.request()
-    worker.final(addr, *body)
-    assert client.recv() == (True, [b"fine"])
+    served(curve, ctx, billing_worker(curve, ctx), b"fine")
     # the worker's session and a clients' session per identity heard from, nothing for the
     # garbage
     assert curve.sessions() == before + 3
@@ -439,3 +450,213 @@ def test_reload_applies_the_key_table_to_new_handshakes(
     assert body == [b"4"]
     worker.final(addr, b"ok4")
     assert app.recv() == (True, [b"ok4"])
+
+
+def test_a_reconnect_storming_bad_peer_is_published_a_bounded_number_of_times(
+    curve: Curve, ctx: zmq.Context[Any]
+) -> None:
+    """A CURVE client that has the wrong server key fails the handshake and libzmq retries it
+    at once, again and again (every 100 ms by default; 5 ms here): each failure is counted,
+    one event is published (per address and reason every 10 s; the monitor names the
+    endpoint, not the peer), and a CURVE client beside it is served meanwhile."""
+    k = curve.keys
+    stormer = ctx.socket(zmq.DEALER)
+    stormer.linger = 0
+    stormer.reconnect_ivl = 5
+    stormer.curve_serverkey = zmq.curve_keypair()[0]  # not the broker's
+    stormer.curve_publickey, stormer.curve_secretkey = k.app  # a key the broker knows
+    stormer.connect(curve.tcp)
+    try:
+        wait_until(
+            lambda: curve.broker.stats().get("denied.authenticate.mdp", 0) >= 20,
+            10,
+            "20 failed handshakes",
+        )
+        served(curve, ctx, billing_worker(curve, ctx), b"still here")
+    finally:
+        stormer.close(0)
+    stats = curve.broker.stats()
+    denied = curve.denials()
+    assert [(d["name"], d["reason"], d["suppressed"]) for d in denied] == [
+        (curve.tcp, "failed CURVE handshake", 0)
+    ]
+    failed = stats["denied.authenticate.mdp"]
+    assert failed >= 20 and stats["denied.authenticate.suppressed"] == failed - 1
+    assert stats["mdp.rejected.failed CURVE handshake"] == failed
+
+
+# -- replayed handshakes, and garbage after a valid one ------------------------------------------
+
+
+class Relay:
+    """A TCP relay for one connection, between a CURVE client and the broker: forwards both
+    ways, keeps what the client sent (``sent``), and can put bytes of its own into the stream
+    to the broker (:meth:`inject`, as a man in the middle would)."""
+
+    def __init__(self, upstream: str) -> None:
+        host, port = upstream.removeprefix("tcp://").rsplit(":", 1)
+        self._upstream = (host, int(port))
+        self._listener = pysocket.create_server(("127.0.0.1", 0))
+        self.endpoint = f"tcp://127.0.0.1:{self._listener.getsockname()[1]}"
+        self.sent = bytearray()
+        self.closed_by_broker = threading.Event()
+        self._up: pysocket.socket | None = None
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="relay", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        self._listener.settimeout(10)
+        down, _ = self._listener.accept()
+        with down, pysocket.create_connection(self._upstream, timeout=10) as up:
+            self._up = up
+            while not self._stop.is_set():
+                readable, _, _ = select.select([down, up], [], [], 0.05)
+                for sock in readable:
+                    try:
+                        data = sock.recv(65536)
+                    except ConnectionResetError:
+                        data = b""
+                    if not data:
+                        if sock is up:
+                            self.closed_by_broker.set()
+                        return
+                    if sock is down:
+                        self.sent += data
+                        with self._lock:
+                            up.sendall(data)
+                    else:
+                        down.sendall(data)
+
+    def inject(self, data: bytes) -> None:
+        assert self._up is not None
+        with self._lock:
+            self._up.sendall(data)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self._listener.close()
+
+
+def zmtp_commands(stream: bytes) -> list[tuple[bytes, int]]:
+    """The ZMTP 3 commands after the 64-byte greeting in ``stream``: (name, where it ends)."""
+    out, pos = [], 64
+    while pos < len(stream):
+        flags = stream[pos]
+        if flags & 0x02:
+            size, head = int.from_bytes(stream[pos + 1 : pos + 9], "big"), 9
+        else:
+            size, head = stream[pos + 1], 2
+        body = stream[pos + head : pos + head + size]
+        pos += head + size
+        out.append((body[1 : 1 + body[0]] if flags & 0x04 else b"", pos))
+    return out
+
+
+@contextlib.contextmanager
+def relayed_client(
+    curve: Curve, ctx: zmq.Context[Any]
+) -> Iterator[tuple[Relay, RawClient, RawWorker]]:
+    """A worker, and the app's CURVE client connected through a relay that has seen it complete
+    a handshake and a call."""
+    k = curve.keys
+    worker = billing_worker(curve, ctx)
+    relay = Relay(curve.tcp)
+    try:
+        app = RawClient(ctx, relay.endpoint, "rfc", k.of(k.app))
+        app.send(b"billing.pay", b"through the relay")
+        addr, body = worker.request()
+        worker.final(addr, *body)
+        assert app.recv() == (True, [b"through the relay"])
+        yield relay, app, worker
+    finally:
+        relay.close()
+
+
+def test_a_replayed_curve_handshake_is_refused(curve: Curve, ctx: zmq.Context[Any]) -> None:
+    """A real client's greeting, HELLO and INITIATE, captured on the wire and sent again on a
+    new connection: the broker's WELCOME carries a new cookie, so the old INITIATE does not
+    open: the handshake fails before the key is looked at (no ZAP request, no session),
+    counted and published, and the broker closes the connection; every other peer is served."""
+    with relayed_client(curve, ctx) as (relay, app, worker):
+        commands = zmtp_commands(bytes(relay.sent))
+        names = [name for name, _ in commands]
+        assert names[:2] == [b"HELLO", b"INITIATE"], names
+        handshake = bytes(relay.sent[: commands[1][1]])
+        before = curve.sessions()
+        stats = curve.broker.stats()
+        asked = stats["mdp.zap.curve"]
+        failed = stats.get("mdp.rejected.failed CURVE handshake", 0)
+        curve.denials()
+        host, port = curve.tcp.removeprefix("tcp://").rsplit(":", 1)
+        for replay in (handshake, bytes(relay.sent)):  # the handshake; with the request after it
+            with pysocket.create_connection((host, int(port)), timeout=5) as raw:
+                raw.sendall(replay)
+                received = b""
+                while chunk := raw.recv(4096):  # (the greeting, WELCOME), then the close
+                    received += chunk
+            assert b"\x05READY" not in received
+        wait_until(
+            lambda: (
+                curve.broker.stats().get("mdp.rejected.failed CURVE handshake", 0) >= failed + 2
+            ),
+            5,
+            "both replays counted",
+        )
+        assert curve.broker.stats()["mdp.zap.curve"] == asked  # the ZAP handler was not asked
+        assert curve.sessions() == before
+        assert [(d["reason"], d["name"]) for d in curve.denials()] == [
+            ("failed CURVE handshake", curve.tcp)
+        ]
+        # the client the handshake was taken from, and a new one, are served as before
+        app.send(b"billing.pay", b"again")
+        addr, body = worker.request()
+        worker.final(addr, *body)
+        assert app.recv() == (True, [b"again"])
+        served(curve, ctx, worker, b"new")
+
+
+@pytest.mark.parametrize(
+    ("garbage", "counted", "closed"),
+    [
+        # a frame longer than max_message_size: libzmq drops the connection at once and says
+        # only "disconnected" (as for any peer that goes away): not counted
+        (b"\xff" * 64, False, True),
+        # MESSAGE commands whose box does not open (an old nonce; a forged one): libzmq
+        # reports a failed handshake (counted) and reads nothing more from that connection,
+        # but leaves it open (libzmq 4.3.5) until the peer closes it: nothing it sends is
+        # read, its own heartbeats time out
+        (b"\x04\x30\x07MESSAGE" + bytes(40), True, False),
+        (b"\x04\x30\x07MESSAGE" + b"\xff" * 8 + bytes(32), True, False),
+        (b"\x00\x05hello", True, True),  # a plain frame on a CURVE connection
+    ],
+    ids=["oversized-frame", "replayed-nonce", "forged-box", "plain-frame"],
+)
+def test_garbage_after_a_valid_handshake_is_refused_and_disturbs_no_one(
+    curve: Curve,
+    ctx: zmq.Context[Any],
+    garbage: bytes,
+    counted: bool,
+    closed: bool,
+) -> None:
+    """Bytes a man in the middle puts into an established CURVE connection: never delivered,
+    no session opened, every other peer served; counted when libzmq reports it, and the
+    connection closed when libzmq closes it (see the cases)."""
+    with relayed_client(curve, ctx) as (relay, app, worker):
+        before = curve.sessions()
+        failed = curve.broker.stats().get("mdp.rejected.failed CURVE handshake", 0)
+        relay.inject(garbage)
+        if closed:
+            assert relay.closed_by_broker.wait(5), "the broker kept the connection"
+        if counted:
+            wait_until(
+                lambda: curve.broker.stats().get("mdp.rejected.failed CURVE handshake", 0) > failed,
+                5,
+                "counted",
+            )
+        app.send(b"billing.pay", b"after the garbage")  # not read any more
+        served(curve, ctx, worker, b"unaffected")  # the first request the worker sees
+        assert nothing(worker.sock) and nothing(app.sock)
+        assert curve.sessions() == before

@@ -28,7 +28,17 @@ from maitred.core.access import Identity
 from maitred.core.local import LocalClient, LocalWorker
 from maitred.core.routing.patterns import matches
 from maitred.transports.ws.mm_codec import MmMessage, parse
-from tests.e2e.helpers import BrokerThread, RawClient, RawWorker, nothing, wait_until
+from tests.e2e.auth_table import (
+    AUTH_ROWS,
+    RUNNERS,
+    AuthRow,
+    HttpBroker,
+    Runner,
+    WsRunner,
+    row_id,
+)
+from tests.e2e.helpers import BrokerThread, RawClient, RawWorker, wait_until
+from tests.e2e.tls_certs import make_pki
 
 # -- the one table ----------------------------------------------------------------------------
 
@@ -958,109 +968,99 @@ def test_deny_by_default_grants_and_wildcards(make_broker: Callable[..., BrokerT
 
 
 # -- authentication: who gets in at all -----------------------------------------------------------
-# One table for the credentials a transport checks before any action: no credentials, wrong
-# ones, valid ones of each role. A refusal gives no session, is counted (denied.authenticate)
-# and published on $sys.auth.denied (action "authenticate"), and leaves other peers served.
-# MDP's credentials are CURVE keys ([[transports.mdp.keys]]); HTTP and WebSocket rows come
-# with their tokens.
+# One table (tests/e2e/auth_table.py: AUTH_ROWS) for the credentials every transport checks
+# before any action: no credentials, wrong ones, valid ones of each role, with one runner per
+# transport. A refusal gives no session, is counted (denied.authenticate.<transport>), is
+# published on $sys.auth.denied (action "authenticate") and leaves a bystander served.
 
 
-class AuthCase(NamedTuple):
-    transport: str
-    #: "none", "wrong" or "valid:<role>"
-    credentials: str
-    #: the call of ok.svc: "refused" (no session: the handshake fails), "served"; with a valid
-    #: key, no.svc is denied in the transport's form (the [access] rules see its identity)
-    outcome: str
-
-
-AUTH_CASES = [
-    AuthCase("mdp", "none", "refused"),
-    AuthCase("mdp", "wrong", "refused"),
-    AuthCase("mdp", "valid:app", "served"),
-    AuthCase("mdp", "valid:ops", "served"),
-]
-
-#: the reason in $sys.auth.denied of a refusal, per transport and credentials
-AUTH_REASON = {("mdp", "none"): "failed CURVE handshake", ("mdp", "wrong"): "unknown CURVE key"}
-
-
-class CurveKeys:
-    """The broker's CURVE key and one client key per role, from plain pyzmq."""
-
-    def __init__(self, directory: Any) -> None:
-        from maitred.transports.mdp.curve import write_certificate
-
-        _, self.secret_file, public = write_certificate(directory, "broker")
-        self.public = public.encode()
-        self.roles = {role: zmq.curve_keypair() for role in ("app", "ops")}
-
-    def toml(self) -> str:
-        lines = [f'curve_secret_key_file = "{self.secret_file}"']
-        for role, (public, _) in self.roles.items():
-            lines += [
-                "[[transports.mdp.keys]]",
-                f'public_key = "{public.decode()}"',
-                f'identity = "mdp-key-{role}"',
-                f'roles = ["{role}"]',
-            ]
-        return "\n".join(lines) + "\n"
-
-    def client(self, credentials: str) -> tuple[bytes, bytes, bytes] | None:
-        if credentials == "none":
-            return None
-        public, secret = (
-            zmq.curve_keypair() if credentials == "wrong" else self.roles[credentials[6:]]
-        )
-        return self.public, public, secret
+@pytest.fixture(scope="module")
+def http_auth_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HttpBroker]:
+    """One HTTPS broker for every HTTP row."""
+    b = HttpBroker(make_pki(tmp_path_factory.mktemp("pki")))
+    yield b
+    b.thread.stop()
 
 
 @pytest.fixture
-def curve_fx(make_broker: Callable[..., BrokerThread], tmp_path: Any) -> tuple[Fixture, CurveKeys]:
-    keys = CurveKeys(tmp_path)
-    return Fixture(make_broker(ACCESS, mdp=keys.toml())), keys
+def auth_runner(request: pytest.FixtureRequest) -> Iterator[Callable[[AuthRow], Runner]]:
+    opened: list[Runner] = []
+
+    def make(row: AuthRow) -> Runner:
+        runner = RUNNERS[row.transport](request, row)
+        opened.append(runner)
+        return runner
+
+    yield make
+    for runner in opened:
+        runner.close()
 
 
-@pytest.mark.parametrize(
-    "case", AUTH_CASES, ids=[f"{c.transport}-{c.credentials}-{c.outcome}" for c in AUTH_CASES]
-)
-def test_authentication_table(
-    case: AuthCase, curve_fx: tuple[Fixture, CurveKeys], ctx: zmq.Context[Any]
-) -> None:
-    fx, keys = curve_fx
-    sessions = fx.broker.call(lambda: len(fx.broker.broker.router.sessions))
-    creds = keys.client(case.credentials)
-    client = RawClient(ctx, fx.broker.endpoint, "majortomo", creds)
-    if case.outcome == "refused":
-        client.send(b"ok.svc", b"hi")
-        wait_until(lambda: fx.stats().get("denied.authenticate", 0) >= 1, 5, "the refusal")
-        assert nothing(client.sock)
-        assert fx.broker.call(lambda: len(fx.broker.broker.router.sessions)) == sessions
-        denial = fx.denials()[0]
-        assert denial["transport"] == case.transport and denial["action"] == "authenticate"
-        assert denial["session"] == ""
-        assert denial["reason"] == AUTH_REASON[(case.transport, case.credentials)]
-        # what it claimed: the key it presented (a public key), nothing without one
-        claimed = creds[1].decode() if creds is not None else ""
-        assert denial["identity"] == claimed
-        # nobody else is disturbed: a valid key is served meanwhile
-        other = RawClient(ctx, fx.broker.endpoint, "majortomo", keys.client("valid:app"))
-        assert other.call(b"ok.svc", b"hi", timeout=5) == [b"served:ok.svc"]
-        return
-    assert client.call(b"ok.svc", b"hi", timeout=5) == [b"served:ok.svc"]
-    role = case.credentials[6:]
-    identity = f"mdp-key-{role}"
-    # the [access] rules see the key's identity: role app may not call no.svc, ops may
-    reply = client.call(b"no.svc", b"hi", timeout=5)
-    if role == "app":
-        assert reply == [b"403", f"{identity} may not call no.svc".encode()]
-        (denial,) = fx.denials()
-        assert (denial["identity"], denial["action"], denial["name"]) == (
-            identity,
-            "call",
-            "no.svc",
-        )
+@pytest.mark.parametrize("row", AUTH_ROWS, ids=row_id)
+def test_authentication_table(row: AuthRow, auth_runner: Callable[[AuthRow], Runner]) -> None:
+    runner = auth_runner(row)
+    obs = runner.obs
+    before, published, sessions = obs.stats(), len(obs.denials()), obs.sessions()
+    joins = len(obs.joins())
+    seen = runner.attempt(row)
+    assert seen.form == row.form
+    assert seen.answered == (row.outcome == "allowed")
+    if seen.identity is not None:
+        assert seen.identity == ("" if row.outcome == "refused" else row.who)
+    after = obs.stats()
+
+    def more(key: str) -> int:
+        return after.get(key, 0) - before.get(key, 0)
+
+    refused = row.outcome == "refused"
+    counted = more(f"denied.authenticate.{row.transport}")
+    assert counted >= 1 if refused and runner.retries else counted == refused
+    if refused:  # no session for a refused peer, not even for a moment
+        assert obs.sessions() == sessions and len(obs.joins()) == joins
+    assert more("denied.call") == (row.outcome == "denied")
+    action = {"refused": "authenticate", "denied": "call", "allowed": None}[row.outcome]
+    if action is None:
+        assert len(obs.denials()) == published
     else:
-        assert reply == [b"served:no.svc"]
-        assert fx.denials() == []
-    assert fx.stats().get("denied.authenticate", 0) == 0
+        wait_until(lambda: len(obs.denials()) == published + 1, what="the denial event")
+        event = obs.denials()[-1]
+        assert (event["action"], event["transport"]) == (action, row.transport)
+        if refused:
+            assert (event["reason"], event["session"]) == (row.who, "")
+        else:
+            assert event["identity"] == row.who
+        runner.check_event(row, event, before)
+    assert runner.undisturbed()
+
+
+def test_the_authentication_table_covers_every_transport_and_credential() -> None:
+    assert set(RUNNERS) == {"mdp", "http", "ws"}
+    for transport in RUNNERS:
+        rows = [r for r in AUTH_ROWS if r.transport == transport]
+        kinds = {r.credentials for r in rows}
+        assert {"none", "wrong"} <= kinds and len(kinds) >= 4, transport
+        assert {r.outcome for r in rows} == {"refused", "denied", "allowed"}, transport
+    assert len({row_id(r) for r in AUTH_ROWS}) == len(AUTH_ROWS)
+
+
+def test_ws_refusals_show_in_mmi_info_and_metrics(
+    auth_runner: Callable[[AuthRow], Runner],
+) -> None:
+    (row,) = [r for r in AUTH_ROWS if row_id(r) == "ws-json-anonymous-token-wrong"]
+    runner = auth_runner(row)
+    assert isinstance(runner, WsRunner)
+    assert runner.attempt(row).form == "close 1008 bad token"
+    runner.bystander.send("REQ mmi.info\r\n\r\n\r\n.\r\n")
+    frame = str(runner.bystander.recv(5))
+    assert frame.startswith("RES mmi.info\r\n"), frame
+    info = json.loads(frame.split("\r\n\r\n", 1)[1].removesuffix("\r\n.\r\n"))
+    assert info["stats"]["denied.authenticate.ws"] == 1
+    assert info["stats"]["ws.bad_token"] == 1
+    base = urllib.parse.urlsplit(runner.obs.thread.endpoints["http"][0])
+    conn = http.client.HTTPConnection(base.hostname or "", base.port, timeout=5)
+    try:
+        conn.request("GET", "/metrics")
+        metrics = conn.getresponse().read().decode()
+    finally:
+        conn.close()
+    assert 'maitred_router_events_total{event="denied.authenticate.ws"} 1.0' in metrics

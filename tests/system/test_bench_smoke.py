@@ -48,8 +48,9 @@ def test_mdp_bench_smoke(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_curve_bench_smoke(tmp_path: Path) -> None:
-    """bench/curve.py: both legs measured in one run, CURVE on the second (its peers connected
-    with the keys, or the curve leg would get no reply at all)."""
+    """bench/curve.py: the four legs measured in one run, CURVE on maitred's second and the
+    proxy's second (their peers connected with the keys, or those legs would get no reply at
+    all), with the CPU of the broker's libzmq I/O thread apart."""
     out = tmp_path / "curve.json"
     result = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "curve.py"), "--smoke", "--json", str(out)],
@@ -62,5 +63,8 @@ def test_curve_bench_smoke(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     report = json.loads(out.read_text())
     (row,) = report["summary"]
-    assert row["plain_req_per_s"] > 0 and row["curve_req_per_s"] > 0
-    assert {r["leg"] for r in report["runs"] if r.get("ok")} == {"plain", "curve"}
+    legs = ("plain", "curve", "proxy", "proxy-curve")
+    assert all(row[f"{leg}_req_per_s"] > 0 for leg in legs)
+    assert {r["leg"] for r in report["runs"] if r.get("ok")} == set(legs)
+    assert row["ratio_of_medians"] > 0 and row["proxy_ratio_of_medians"] > 0
+    assert row["curve_broker_io_cpu_us"] > 0
