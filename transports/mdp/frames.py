@@ -18,6 +18,7 @@ bound, or ``MAITRED_PURE=1`` is set in the environment. ``IMPLEMENTATION`` says 
 from __future__ import annotations
 
 import ctypes
+import importlib
 import logging
 import os
 from collections import Counter
@@ -93,8 +94,7 @@ def load(environ: Mapping[str, str]) -> tuple[FrameLoop | None, str]:
     if environ.get("MAITRED_PURE", "") not in ("", "0"):
         return None, "MAITRED_PURE is set"
     try:
-        from maitred.transports.mdp import _frames
-
+        _frames = importlib.import_module("maitred.transports.mdp._frames")
         functions = _pyzmq_functions()
     except (ImportError, AttributeError, OSError) as exc:
         return None, f"not available ({exc})"
