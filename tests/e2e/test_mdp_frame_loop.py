@@ -24,16 +24,32 @@ Ctx = zmq.Context[Any]
 MUST_BE_BUILT = bool(os.environ.get("CI")) and frames.REASON != "MAITRED_PURE is set"
 
 
+def need_compiled() -> frames.FrameLoop:
+    """The compiled loop; a skip where it was not built (a failure in CI, which builds it)."""
+    if frames.LOOP is None:
+        if MUST_BE_BUILT:
+            pytest.fail(f"the compiled frame loop is missing: {frames.REASON}")
+        pytest.skip(f"the compiled frame loop: {frames.REASON}")
+    return frames.LOOP
+
+
+def ready_worker(broker: BrokerThread, ctx: Ctx, kind: str, service: bytes) -> RawWorker:
+    """A raw worker of ``service``, known to the router."""
+    worker = RawWorker(ctx, broker.endpoint, kind, service)
+    worker.ready()
+    name = service.decode()
+    wait_until(lambda: broker.call(lambda: name in broker.broker.router.services))
+    return worker
+
+
 @pytest.fixture(params=["compiled", "pure"])
 def loop_kind(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """The loop the brokers this test starts use."""
     kind: str = request.param
     if kind == "pure":
         monkeypatch.setattr(mdp_adapter, "LOOP", None)
-    elif frames.LOOP is None:
-        if MUST_BE_BUILT:
-            pytest.fail(f"the compiled frame loop is missing: {frames.REASON}")
-        pytest.skip(f"the compiled frame loop: {frames.REASON}")
+    else:
+        need_compiled()
     return kind
 
 
@@ -47,9 +63,7 @@ def test_pipelined_bursts_in_every_dialect(
     # batch = 3: a burst is read over several turns (the compiled loop's budget and lone paths)
     broker = make_broker(mdp="batch = 3\nworker_credit_max = 8\n")
     assert _in_use(broker) == (loop_kind == "compiled")
-    worker = RawWorker(ctx, broker.endpoint, "majortomo", b"echo")
-    worker.ready()
-    wait_until(lambda: broker.call(lambda: "echo" in broker.broker.router.services))
+    worker = ready_worker(broker, ctx, "majortomo", b"echo")
     clients = [RawClient(ctx, broker.endpoint, k) for k in ("rfc", "majortomo", "0.1-dealer")]
     bodies: dict[str, list[tuple[bytes, ...]]] = {}
     for n, client in enumerate(clients):
@@ -79,8 +93,7 @@ def test_a_closed_worker_connection_is_noticed_by_its_fd(
 ) -> None:
     # heartbeats far apart: only the connection's fd (read from the READY) can name the worker
     broker = make_broker(mdp="heartbeat_interval = 30.0\nzmtp_heartbeats = false\n")
-    worker = RawWorker(ctx, broker.endpoint, "rfc", b"gone")
-    worker.ready()
+    worker = ready_worker(broker, ctx, "rfc", b"gone")
 
     def fds() -> int:
         return len(broker.broker.transports["mdp"]._fds)  # type: ignore[attr-defined]
@@ -99,9 +112,7 @@ def test_replies_to_a_client_that_never_reads_are_counted_and_dropped(
     make_broker: Callable[..., BrokerThread], ctx: Ctx, loop_kind: str
 ) -> None:
     broker = make_broker(mdp="sndhwm = 4\n")
-    worker = RawWorker(ctx, broker.endpoint, "rfc", b"echo")
-    worker.ready()
-    wait_until(lambda: broker.call(lambda: "echo" in broker.broker.router.services))
+    worker = ready_worker(broker, ctx, "rfc", b"echo")
     lazy = ctx.socket(zmq.DEALER)  # never reads: its own buffers hold almost nothing
     lazy.setsockopt(zmq.LINGER, 0)
     lazy.setsockopt(zmq.RCVHWM, 1)
@@ -150,10 +161,7 @@ def test_a_missing_extension_means_the_pure_loop(monkeypatch: pytest.MonkeyPatch
 
 
 def test_the_extension_binds_to_pyzmqs_own_libzmq() -> None:
-    if frames.LOOP is None:
-        if MUST_BE_BUILT:
-            pytest.fail(f"the compiled frame loop is missing: {frames.REASON}")
-        pytest.skip(f"the compiled frame loop: {frames.REASON}")
+    need_compiled()
     found = frames._pyzmq_functions()
     assert set(found) == set(frames.FUNCTIONS) and all(found.values())
     loop, reason = frames.load({"MAITRED_PURE": ""})
@@ -165,11 +173,7 @@ def test_the_extension_binds_to_pyzmqs_own_libzmq() -> None:
 
 @pytest.fixture
 def compiled() -> frames.FrameLoop:
-    if frames.LOOP is None:
-        if MUST_BE_BUILT:
-            pytest.fail(f"the compiled frame loop is missing: {frames.REASON}")
-        pytest.skip(f"the compiled frame loop: {frames.REASON}")
-    return frames.LOOP
+    return need_compiled()
 
 
 def test_recv_batch_reads_whole_messages_up_to_the_limit(
