@@ -4,6 +4,7 @@
     .venv/bin/python bench/run_mdp.py --smoke         # 1 short run of each, ~10-20 s
     .venv/bin/python -m bench.run_mdp --legs majortomo,proxy --runs 3
     .venv/bin/python bench/run_mdp.py --maitred-cmd "maitred serve --mdp {endpoint}"
+    .venv/bin/python bench/run_mdp.py --legs maitred,maitred-b,proxy   # A/B: b = MAITRED_PURE=1
 
 One measurement = fresh processes: the broker (or proxy), one echo worker, one client
 (``bench/loadgen.py``). The worker connects, a round trip through the broker proves readiness (no
@@ -53,7 +54,7 @@ GUARD = BENCH_DIR / "guard.py"
 LOADGEN = BENCH_DIR / "loadgen.py"
 PEERS = BENCH_DIR / "peers.py"
 RESULTS_DIR = BENCH_DIR / "results"
-ALL_LEGS = ("maitred", "maitred-strict", "majortomo", "proxy")
+ALL_LEGS = ("maitred", "maitred-strict", "majortomo", "proxy", "maitred-b", "maitred-strict-b")
 #: the maitred-strict leg: the maitred command with this config (MDP's one request per worker)
 STRICT_TOML = BENCH_DIR / "maitred-strict.toml"
 PY = sys.executable
@@ -222,6 +223,8 @@ class Config:
     legs: list[str]
     maitred_cmd: str
     majortomo_cmd: str
+    #: the A/B legs' maitred (``--b-cmd``; by default the same one with its pure-Python frame loop)
+    b_cmd: str = ""
 
     def lifetime(self) -> float:
         """Upper bound on how long any child of one measurement should live."""
@@ -283,6 +286,8 @@ start_proxy = proxy_starter()
 
 def make_legs(cfg: Config) -> list[Leg]:
     strict = f"{cfg.maitred_cmd} -c {shlex.quote(str(STRICT_TOML))}"
+    b_cmd = cfg.b_cmd or f"env MAITRED_PURE=1 {cfg.maitred_cmd}"
+    b_strict = f"{b_cmd} -c {shlex.quote(str(STRICT_TOML))}"
     table = {
         "maitred": Leg(
             "maitred", "mdp", start_command_broker("maitred", cfg.maitred_cmd), 2.0, cfg.maitred_cmd
@@ -302,6 +307,14 @@ def make_legs(cfg: Config) -> list[Leg]:
             cfg.majortomo_cmd,
         ),  # its SIGTERM handler waits out a 2.5 s recv
         "proxy": Leg("proxy", "raw", start_proxy, 0.5, f"{{python}} {PEERS} proxy"),
+        "maitred-b": Leg("maitred-b", "mdp", start_command_broker("maitred-b", b_cmd), 2.0, b_cmd),
+        "maitred-strict-b": Leg(
+            "maitred-strict-b",
+            "mdp",
+            start_command_broker("maitred-strict-b", b_strict),
+            2.0,
+            b_strict,
+        ),
     }
     return [table[name] for name in cfg.legs]
 
@@ -520,6 +533,10 @@ def ratios(
         ("maitred-strict", "majortomo"),
         ("maitred-strict", "proxy"),
         ("majortomo", "proxy"),
+        ("maitred", "maitred-b"),
+        ("maitred-b", "proxy"),
+        ("maitred-strict", "maitred-strict-b"),
+        ("maitred-strict-b", "proxy"),
     ):
         key = f"{num}/{den}"
         result[key] = {}
@@ -690,12 +707,19 @@ def build_parser() -> argparse.ArgumentParser:
         "to use less than --quiet-below %% of a CPU (0: do not wait; the load is reported anyway)",
     )
     p.add_argument("--quiet-below", type=float, default=20.0, help="see --quiet-wait")
-    p.add_argument("--legs", type=_csv_legs, default=list(ALL_LEGS), help="which brokers to run")
+    p.add_argument(
+        "--legs", type=_csv_legs, default=list(ALL_LEGS[:4]), help="which brokers to run"
+    )
     p.add_argument(
         "--maitred-cmd",
         default=None,
         help="maitred command, {endpoint} replaced (default: $MAITRED_CMD or "
         f"{peers.DEFAULT_MAITRED_CMD!r})",
+    )
+    p.add_argument(
+        "--b-cmd",
+        default="",
+        help="the maitred-b legs' command (default: the maitred one with MAITRED_PURE=1)",
     )
     p.add_argument("--majortomo-cmd", default=peers.MAJORTOMO_CMD, help="majortomo command")
     p.add_argument(
@@ -743,6 +767,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         legs=args.legs,
         maitred_cmd=maitred,
         majortomo_cmd=args.majortomo_cmd,
+        b_cmd=args.b_cmd,
     )
 
 

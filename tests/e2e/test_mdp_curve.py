@@ -165,6 +165,8 @@ def test_curve_client_and_worker_in_plain_pyzmq(curve: Curve, ctx: zmq.Context[A
     # each peer is the identity of its key: the worker's session and the clients' session
     assert {"billing-worker", "billing-app"} <= curve.identities()
     assert curve.denials() == []
+    # with CURVE on, each message's User-Id is read: the pure-Python frame loop (frames.py)
+    assert curve.broker.stats()["mdp.frame_loop.compiled"] == 0
 
 
 def test_unknown_key_gets_no_session_and_is_counted_and_published(

@@ -49,6 +49,7 @@ from maitred.transports.mdp.codec import (
 )
 from maitred.transports.mdp.config import MdpConfig
 from maitred.transports.mdp.curve import CurvePeers
+from maitred.transports.mdp.frames import LOOP, CompiledLoop
 from maitred.transports.mdp.liveness import (
     _DISCONNECTED,
     NAME_CACHE,
@@ -107,7 +108,7 @@ def _new_context(sched: str) -> zmq.Context[Any]:
 __all__ = ["MdpConfig", "MdpTransport", "cli_addresses"]
 
 
-class MdpTransport(CurvePeers, MdpWorkers):
+class MdpTransport(CurvePeers, MdpWorkers, CompiledLoop):
     """The ``mdp`` transport (see the module docstring)."""
 
     name = "mdp"
@@ -136,6 +137,7 @@ class MdpTransport(CurvePeers, MdpWorkers):
         self._monitor_fd: int | None = None
         #: the first frame after the routing id of the message being handled (its source fd)
         self._head: zmq.Frame | None = None
+        self._io, self._sock_ptr, self._srcfd = None, 0, -1  # the compiled loop (frames.py)
         self._clients: Session | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._fd: int | None = None
@@ -207,6 +209,7 @@ class MdpTransport(CurvePeers, MdpWorkers):
         self._identity = identity
         if self._zap is not None:
             self._curve_started()
+        self._choose_loop(sock, LOOP if self._zap is None else None)
         self._fd = sock.getsockopt(zmq.FD)
         monitor_at = f"inproc://maitred-mdp-monitor-{id(self):x}"
         sock.monitor(monitor_at, _DISCONNECTED | self._curve_monitor_events())
@@ -267,6 +270,7 @@ class MdpTransport(CurvePeers, MdpWorkers):
             self._monitor.close(0)
             self._monitor = None
         if self.socket is not None:
+            self._io = None
             self.socket.close(self.config.linger_ms)
             self.socket = None
         if self._own_context:
@@ -290,6 +294,9 @@ class MdpTransport(CurvePeers, MdpWorkers):
         self._draining = True
         peek = self._peek
         try:
+            if self._io is not None:  # the compiled loop (frames.py)
+                self._drain_compiled(self._io, now)
+                return
             for i in range(self.config.batch):
                 try:
                     # a ROUTER socket puts the peer's routing id first, always followed by the
@@ -370,6 +377,8 @@ class MdpTransport(CurvePeers, MdpWorkers):
         sock = self.socket
         if not queue or sock is None:
             return
+        if self._io is not None:
+            queue = self._send_compiled(self._io, queue)
         send = _send_frame
         for frames in queue:
             # every message has a routing id and at least one frame after it; the lists are
@@ -524,6 +533,11 @@ class MdpTransport(CurvePeers, MdpWorkers):
             return
         if self._outq:
             self._flush_out()  # keep the order of everything sent
+        if self._io is not None:
+            self._send_compiled(self._io, [[rid, *frames]])
+            if not self._draining:
+                self._sent_outside_drain()
+            return
         try:
             # never blocks: at the peer's high-water mark (ROUTER_MANDATORY) it raises EAGAIN
             _send_frame(sock, rid, _NOBLOCK_MORE)

@@ -112,6 +112,7 @@ class MdpWorkers(BaseSink):
     _lost: list[_MdpWorker]
     _monitor: zmq.Socket[Any] | None
     _head: zmq.Frame | None
+    _srcfd: int
     _loop: asyncio.AbstractEventLoop | None
     _hb_timer: asyncio.TimerHandle | None
     _scheduled: bool
@@ -228,7 +229,7 @@ class MdpWorkers(BaseSink):
         inproc, where libzmq has no fd to report)."""
         head = self._head
         if head is None:
-            return -1
+            return self._srcfd  # the compiled loop's (frames.py), else -1
         try:
             fd = head.get(_SRCFD)
         except zmq.ZMQError:
