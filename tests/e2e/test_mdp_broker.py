@@ -498,10 +498,10 @@ def _zmq_io_threads() -> set[int]:
 def test_io_thread_sched(sched: str) -> None:
     import os
 
-    from maitred.transports.mdp.adapter import _new_context
+    from maitred.transports.mdp.sockets import new_context
 
     before = _zmq_io_threads()
-    context = _new_context(sched)
+    context = new_context(sched)
     sock = context.socket(zmq.ROUTER)  # libzmq starts its threads with the first socket
     try:
         # a libzmq thread names itself once it runs: wait for the name to show

@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import sys
 from collections.abc import Callable, Sequence
 from typing import Any, cast
 
@@ -58,6 +56,7 @@ from maitred.transports.mdp.liveness import (
     _MdpWorker,
 )
 from maitred.transports.mdp.pubsub import ZmqPubSub
+from maitred.transports.mdp.sockets import bind_address, new_context
 
 log = logging.getLogger("maitred.transports.mdp")
 
@@ -80,31 +79,6 @@ _NOBLOCK_MORE = _NOBLOCK | _SNDMORE
 _PEEK = 4
 
 
-def _bind_address(endpoint: str) -> str:
-    if endpoint.startswith("tcp://") and endpoint.endswith(":0"):
-        return endpoint[:-2] + ":*"
-    return endpoint
-
-
-def _new_context(sched: str) -> zmq.Context[Any]:
-    """A ZeroMQ context whose background threads (created with the first socket) run under
-    ``sched`` (see ``MdpConfig.io_thread_sched``).
-
-    Why: libzmq's I/O thread sleeps whenever it has nothing to do and is woken for the next
-    message sent. Under CFS a freshly woken thread may preempt the one that woke it on the same
-    CPU, so with few cores each send can cost the event loop tens of microseconds. SCHED_BATCH
-    (no privilege needed) turns that wake-up preemption off for those threads only."""
-    context: zmq.Context[Any] = zmq.Context()
-    policy = getattr(os, "SCHED_BATCH", None)
-    option = getattr(zmq, "THREAD_SCHED_POLICY", None)
-    if sched == "batch" and sys.platform.startswith("linux") and policy and option is not None:
-        try:
-            context.set(option, policy)
-        except zmq.ZMQError as exc:  # an old libzmq: run with the default policy
-            log.debug("mdp: cannot set the I/O thread policy: %s", exc)
-    return context
-
-
 __all__ = ["MdpConfig", "MdpTransport", "cli_addresses"]
 
 
@@ -120,7 +94,7 @@ class MdpTransport(CurvePeers, MdpWorkers, CompiledLoop):
         self.port = port
         self.broker = port
         self._own_context = context is None
-        self.context: zmq.Context[Any] = context or _new_context(config.io_thread_sched)
+        self.context: zmq.Context[Any] = context or new_context(config.io_thread_sched)
         self.socket: zmq.Socket[Any] | None = None
         self._bound: list[str] = []
         live = port.liveness
@@ -153,6 +127,8 @@ class MdpTransport(CurvePeers, MdpWorkers, CompiledLoop):
         #: ask ZMQ_EVENTS after each of the first this many messages of a turn (see
         #: ``_on_readable``): ``_PEEK`` after a short turn, 0 after a burst
         self._peek = _PEEK
+        #: the compiled loop's twin of it: the last turn read one message at most
+        self._lone = True
         #: the publish/subscribe endpoints, when configured (transports/mdp/pubsub.py)
         self.pubsub: ZmqPubSub | None = None
         self.stats = port.stats
@@ -187,7 +163,7 @@ class MdpTransport(CurvePeers, MdpWorkers, CompiledLoop):
             for endpoint in self.config.endpoints:
                 if curve:
                     self._curve_endpoint(sock, endpoint in curve)
-                sock.bind(_bind_address(endpoint))
+                sock.bind(bind_address(endpoint))
                 self._bound.append(sock.getsockopt_string(zmq.LAST_ENDPOINT))
         except (zmq.ZMQError, MaitredError) as exc:
             sock.close(0)

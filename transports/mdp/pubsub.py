@@ -48,6 +48,7 @@ from maitred.transports.mdp.pubsub_codec import (
     parse_subscription,
     parse_subscription_message,
 )
+from maitred.transports.mdp.sockets import bind_address
 
 log = logging.getLogger("maitred.transports.mdp.pubsub")
 
@@ -57,12 +58,6 @@ _NOBLOCK = int(zmq.NOBLOCK)
 _NOBLOCK_MORE = _NOBLOCK | int(zmq.SNDMORE)
 _send_frame = _BaseSocket.send
 _POLLIN = int(zmq.POLLIN)
-
-
-def _bind_address(endpoint: str) -> str:
-    if endpoint.startswith("tcp://") and endpoint.endswith(":0"):
-        return endpoint[:-2] + ":*"
-    return endpoint
 
 
 class _Delivery(BaseSink):
@@ -141,7 +136,7 @@ class ZmqPubSub:
     def _bind(self, sock: zmq.Socket[Any], endpoints: list[str], bound: list[str]) -> None:
         for endpoint in endpoints:
             try:
-                sock.bind(_bind_address(endpoint))
+                sock.bind(bind_address(endpoint))
             except zmq.ZMQError as exc:
                 raise MaitredError(
                     f"mdp: cannot bind {endpoint}: {exc.strerror}", ErrorCode.BAD_REQUEST
