@@ -1,98 +1,10 @@
-"""The brokers the benchmark runs, and how to start each of them.
+"""Moved to ``maitred.plugins.bench.peers`` (installed with maitred, so ``maitred bench`` has it);
+this name stays for the scripts in bench/ and for ``python bench/peers.py``."""
 
-    python bench/peers.py proxy [--host 127.0.0.1]
-
-``proxy`` is the one-hop floor: ``zmq.proxy(ROUTER frontend, DEALER backend)``, all in C, no Python
-per message. It binds both sockets to port 0 and prints one JSON line
-``{"frontend": "tcp://127.0.0.1:P1", "backend": "tcp://127.0.0.1:P2"}`` before it starts proxying,
-so the orchestrator learns the ports without a race. The client talks to the frontend exactly as it
-talks to an MDP broker; the ``raw`` worker behind the backend answers in the client's dialect.
-
-The other legs are commands: ``majortomo`` is the PyPI broker run the way its users run it
-(``python -m majortomo.broker -b ENDPOINT``, at WARNING: ``majortomo-warning.yaml``), ``maitred`` is
-``maitred serve --mdp ENDPOINT`` (or ``$MAITRED_CMD`` / ``--maitred-cmd``). In a command template
-``{endpoint}`` is replaced by ``tcp://127.0.0.1:PORT`` with a free port and ``{python}`` by the
-running interpreter.
-"""
-
-from __future__ import annotations
-
-import argparse
-import json
-import os
-import shlex
-import socket
 import sys
-from collections.abc import Sequence
-from pathlib import Path
 
-BIN_DIR = Path(sys.executable).parent
-
-#: majortomo at WARNING (its default INFO logs a line per reply: that is not the broker's cost)
-MAJORTOMO_CMD = "{python} -m majortomo.broker -b {endpoint} -c " + shlex.quote(
-    str(Path(__file__).resolve().parent / "majortomo-warning.yaml")
-)
-DEFAULT_MAITRED_CMD = f"{shlex.quote(str(BIN_DIR / 'maitred'))} serve --mdp {{endpoint}}"
-
-
-def maitred_cmd_template(cli_value: str | None = None) -> str:
-    """``--maitred-cmd`` if given, else ``$MAITRED_CMD``, else ``<venv bin>/maitred serve ...``."""
-    return cli_value or os.environ.get("MAITRED_CMD") or DEFAULT_MAITRED_CMD
-
-
-def render_cmd(template: str, endpoint: str) -> list[str]:
-    """Split a command template like a shell would (no shell runs) and fill in the placeholders."""
-    if "{endpoint}" not in template:
-        raise ValueError(f"command template has no {{endpoint}} placeholder: {template!r}")
-    return [
-        part.replace("{endpoint}", endpoint).replace("{python}", sys.executable)
-        for part in shlex.split(template)
-    ]
-
-
-def free_tcp_port(host: str = "127.0.0.1") -> int:
-    """A port that was free a moment ago (for commands that must be given a port to bind)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
-
-
-def run_proxy(host: str = "127.0.0.1") -> int:
-    """Bind ROUTER/DEALER on free ports, announce them, then ``zmq.proxy`` until killed."""
-    import zmq
-
-    ctx = zmq.Context(io_threads=1)
-    frontend = ctx.socket(zmq.ROUTER)
-    backend = ctx.socket(zmq.DEALER)
-    for s in (frontend, backend):
-        s.linger = 0
-    frontend.bind(f"tcp://{host}:0")
-    backend.bind(f"tcp://{host}:0")
-    endpoints = {
-        "frontend": frontend.get_string(zmq.LAST_ENDPOINT),
-        "backend": backend.get_string(zmq.LAST_ENDPOINT),
-    }
-    print(json.dumps(endpoints), flush=True)
-    try:
-        zmq.proxy(frontend, backend)  # returns only when the context is terminated
-    except (KeyboardInterrupt, zmq.ContextTerminated):
-        pass
-    finally:
-        frontend.close(linger=0)
-        backend.close(linger=0)
-    return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="benchmark peers")
-    sub = parser.add_subparsers(dest="peer", required=True)
-    p = sub.add_parser("proxy", help="zmq.proxy(ROUTER, DEALER) on free ports")
-    p.add_argument("--host", default="127.0.0.1")
-    args = parser.parse_args(argv)
-    if args.peer == "proxy":
-        return run_proxy(args.host)
-    return 2
-
+from maitred.plugins.bench import peers as _impl
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(_impl.main())
+sys.modules[__name__] = _impl
