@@ -336,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
         asyncio.run(echo_server(int(argv[1])))
         return 0
     if argv[:1] == ["mm-service"]:
-        asyncio.run(mm_service(argv[1], "echo"))
+        asyncio.run(mm_service(argv[1], argv[2] if len(argv) > 2 else "echo"))
         return 0
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--legs", default="raw,ws-mdp,ws-ws,fanout")

@@ -187,8 +187,12 @@ class _ClientState:
         self.size = size
         self.pad = b"\xa5" * (size - SEQ.size)
         self.service = service
-        ring = 1
-        while ring < 2 * inflight + 2:
+        # the send times sit in a ring indexed by sequence number; replies can come back far
+        # out of order (several workers, one of them slow, or one the scheduler left waiting),
+        # so the ring spans many times what is in flight: a request overtaken by a whole ring's
+        # worth of others would find its slot reused (and fail the run as "not outstanding")
+        ring = 1 << 16
+        while ring < 64 * inflight:
             ring <<= 1
         self.mask = ring - 1
         self.sent_at = [0.0] * ring
