@@ -23,6 +23,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import signal
 import statistics
 import sys
 import time
@@ -251,10 +252,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ws-mdp-rate", type=float, default=1000.0)
     ap.add_argument("--ws-ws-rate", type=float, default=1000.0)
     ap.add_argument("--rest-rate", type=float, default=500.0)
-    ap.add_argument("--concurrency", type=int, default=16, help="requests in flight per path")
+    ap.add_argument("--concurrency", type=int, default=64, help="requests in flight per path")
     ap.add_argument("--size", type=int, default=1024)
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
+
+    def stop(signum: int, _frame: object) -> None:  # unwind, so the children are ended
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)
     if args.peak is not None:
         peak = rates_from_peak(args.peak, args.fraction)
         args.ws_mdp_rate = peak.get("ws-mdp", args.ws_mdp_rate)

@@ -265,7 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def plan_from_args(args: argparse.Namespace) -> Plan:
     quick = bool(args.quick)
-    scenarios = QUICK if quick else FULL
+    scenarios: tuple[Scenario, ...] = QUICK if quick else FULL
     if [s.name for s in FULL] != list(SCENARIO_NAMES):
         raise AssertionError("the scenario names in plugin.py are out of date")
     if args.scenarios:
