@@ -42,7 +42,7 @@ def test_maitred_bench_runs_the_set_and_writes_a_table_and_json(tmp_path: Path) 
             str(tmp_path / "absent" / "mdbroker.py"),
             "-o",
             str(out),
-        ],  # fmt: skip
+        ],
         capture_output=True,
         text=True,
         timeout=50,
