@@ -19,6 +19,12 @@ DESCRIPTION = (
     "with a progress bar on stderr; print a table and write it with a JSON file."
 )
 
+EXAMPLES = """examples:
+  maitred bench --quick
+  maitred bench --full --mdbroker ~/zguide/examples/Python/mdbroker.py -o set.json
+  maitred bench --legs maitred-strict,maitred,proxy --scenarios 1w-fast --inflight 64 --runs 5
+"""
+
 
 def _run(args: argparse.Namespace) -> int:
     from maitred.plugins.bench import standard
@@ -91,7 +97,12 @@ def add_options(p: argparse.ArgumentParser) -> None:
 
 @hookimpl
 def maitred_add_commands(subparsers: Any) -> None:
-    parser = subparsers.add_parser("bench", help="run the standard MDP benchmark set",
-                                   description=DESCRIPTION)  # fmt: skip
+    parser = subparsers.add_parser(
+        "bench",
+        help="run the standard MDP benchmark set",
+        description=DESCRIPTION,
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     add_options(parser)
     parser.set_defaults(run=_run)
