@@ -41,6 +41,7 @@ if __package__ in (None, ""):
 
 import aiohttp
 
+from bench import http_bench
 from bench import ws as wsb
 from maitred.plugins.bench import loadgen
 
@@ -132,11 +133,11 @@ def run_http_leg(leg: str, args: argparse.Namespace) -> dict[str, float]:
     http_port, mdp_port = wsb.free_port(), wsb.free_port()
     with contextlib.ExitStack() as stack:
         if leg == "http-raw":
-            here = str(Path(__file__).resolve().parent / "http_bench.py")
             # http_bench's echo server binds port 0 and prints its URL
-            server = stack.enter_context(_announcing(stack, [PY, here, "echo-server"], "http://"))
-            url = f"{server[1]}/echo"
-            pid = server[0]
+            echo, found = http_bench.start([PY, http_bench.__file__, "echo-server"], "echo")
+            stack.callback(wsb.stop, echo)
+            url = f"{found['echo']}/echo"
+            pid = echo.pid
         else:
             p = stack.enter_context(wsb.proc(*maitred_http_cmd(http_port, mdp_port)))
             stack.enter_context(wsb.proc(*worker_cmd(mdp_port)))
@@ -146,34 +147,6 @@ def run_http_leg(leg: str, args: argparse.Namespace) -> dict[str, float]:
         return asyncio.run(
             http_load(url, args.inflight, args.size, args.warmup, args.duration, pid)
         )
-
-
-@contextlib.contextmanager
-def _announcing(
-    stack: contextlib.ExitStack, argv: list[str], prefix: str, timeout: float = 20.0
-) -> Any:
-    """Start ``argv``; yield (pid, the first stdout line starting with ``prefix``)."""
-    import subprocess
-
-    p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    try:
-        assert p.stdout is not None
-        deadline = time.monotonic() + timeout
-        line = ""
-        while time.monotonic() < deadline:
-            line = p.stdout.readline()
-            if not line or line.startswith(prefix):
-                break
-        if not line.startswith(prefix):
-            raise RuntimeError(f"{argv} did not announce itself")
-        yield p.pid, line.strip()
-    finally:
-        p.terminate()
-        try:
-            p.wait(10)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
 
 
 def run_leg(leg: str, args: argparse.Namespace) -> dict[str, float]:

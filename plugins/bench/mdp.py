@@ -44,6 +44,7 @@ from typing import IO, Any
 import zmq
 
 from maitred.plugins.bench import loadgen, peers
+from maitred.plugins.bench.plugin import csv_ints
 
 BENCH_DIR = Path(__file__).resolve().parent
 GUARD = BENCH_DIR / "guard.py"
@@ -690,14 +691,8 @@ def machine_info() -> dict[str, Any]:
 # main
 
 
-def _csv_ints(text: str) -> list[int]:
-    try:
-        values = [int(x) for x in text.split(",") if x.strip()]
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from exc
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError("expected positive integers, comma separated")
-    return values
+#: positive integers, comma separated (``--inflight 1,64``)
+_csv_ints = csv_ints
 
 
 def _csv_legs(text: str) -> list[str]:

@@ -45,7 +45,8 @@ def _legs(text: str) -> str:
     return ",".join(legs)
 
 
-def _ints(text: str) -> list[int]:
+def csv_ints(text: str) -> list[int]:
+    """Positive integers, comma separated (an ``argparse`` type)."""
     try:
         values = [int(x) for x in text.split(",") if x.strip()]
     except ValueError as exc:
@@ -73,7 +74,7 @@ def add_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--warmup", type=float, default=None, help="warm-up seconds")
     p.add_argument("--legs", type=_legs, default=None, help=f"of {','.join(LEG_NAMES)}")
     p.add_argument("--scenarios", default=None, help=f"of {','.join(SCENARIO_NAMES)}")
-    p.add_argument("--inflight", type=_ints, default=None, help="in-flight levels, e.g. 1,64")
+    p.add_argument("--inflight", type=csv_ints, default=None, help="in-flight levels, e.g. 1,64")
     p.add_argument(
         "--mdbroker",
         default=os.environ.get("MAITRED_BENCH_MDBROKER"),
