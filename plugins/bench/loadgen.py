@@ -49,6 +49,8 @@ from typing import Any, NamedTuple
 import zmq
 from zmq.backend import Socket as _BaseSocket
 
+from maitred.core.errors import ErrorCode, MaitredError, PeerError
+
 EMPTY = b""
 CLIENT_HEADER = b"MDPC02"
 WORKER_HEADER = b"MDPW02"
@@ -82,12 +84,14 @@ SendFn = Callable[..., Any]
 RecvFn = Callable[..., Any]
 
 
-class ProtocolViolation(Exception):
+class ProtocolViolation(PeerError):
     """The peer sent something that is not the expected MDP message."""
 
 
-class Stalled(Exception):
+class Stalled(MaitredError):
     """No reply arrived within the timeout."""
+
+    code = ErrorCode.TIMEOUT
 
 
 #: CURVE client keys for every socket made here, "SERVER_PUBLIC PUBLIC SECRET" (Z85), set by

@@ -43,6 +43,7 @@ from typing import IO, Any
 
 import zmq
 
+from maitred.core.errors import ErrorCode, MaitredError
 from maitred.plugins.bench import loadgen, peers
 from maitred.plugins.bench.plugin import csv_ints
 
@@ -66,8 +67,10 @@ def log(msg: str) -> None:
 # child processes
 
 
-class StartError(Exception):
+class StartError(MaitredError):
     """A broker, proxy or worker did not come up."""
+
+    code = ErrorCode.NO_WORKER
 
 
 @dataclass
