@@ -4,6 +4,7 @@
     .venv/bin/python bench/run_mdp.py --smoke         # 1 short run of each, ~10-20 s
     .venv/bin/python -m bench.run_mdp --legs majortomo,proxy --runs 3
     .venv/bin/python bench/run_mdp.py --maitred-cmd "maitred serve --mdp {endpoint}"
+    .venv/bin/python bench/run_mdp.py --legs maitred,maitred-b,proxy   # A/B: b = MAITRED_PURE=1
 
 One measurement = fresh processes: the broker (or proxy), one echo worker, one client
 (``bench/loadgen.py``). The worker connects, a round trip through the broker proves readiness (no
@@ -53,7 +54,9 @@ LOADGEN = BENCH_DIR / "loadgen.py"
 PEERS = BENCH_DIR / "peers.py"
 #: where result files go by default: bench/results/ in a source checkout, else ./bench-results/
 RESULTS_DIR = Path("bench/results") if Path("bench/README.md").is_file() else Path("bench-results")
-ALL_LEGS = ("maitred-strict", "maitred", "majortomo", "mdbroker", "proxy")
+#: the legs of the standard set (``maitred bench``), then the A/B legs of ``--b-cmd``
+STANDARD_LEGS = ("maitred-strict", "maitred", "majortomo", "mdbroker", "proxy")
+ALL_LEGS = (*STANDARD_LEGS, "maitred-b", "maitred-strict-b")
 #: the maitred-strict leg: the maitred command with this config (MDP's one request per worker)
 STRICT_TOML = BENCH_DIR / "maitred-strict.toml"
 PY = sys.executable
@@ -229,6 +232,8 @@ class Config:
     shape: str = "fast"  # the MDP workers' loop: "fast" or "simple" (see loadgen)
     slow: int = 0  # how many of the workers are slow (the last ones)
     slow_delay_us: int = 1000
+    #: the A/B legs' maitred (``--b-cmd``; by default the same one with its pure-Python frame loop)
+    b_cmd: str = ""
 
     def lifetime(self) -> float:
         """Upper bound on how long any child of one measurement should live."""
@@ -269,19 +274,29 @@ def start_command_broker(name: str, template: str) -> Callable[[Children, Config
     return start
 
 
-def start_proxy(children: Children, cfg: Config) -> Running:
-    argv = [PY, str(PEERS), "proxy"]
-    child = children.spawn("proxy", argv, cfg.lifetime(), stdout=subprocess.PIPE)
-    try:
-        ends = json.loads(read_line(child, cfg.ready_timeout))
-        return Running(child, str(ends["frontend"]), str(ends["backend"]), argv)
-    except (StartError, ValueError, KeyError) as exc:
-        children.stop(child, 0)
-        raise StartError(f"proxy did not start: {exc}") from exc
+def proxy_starter(*extra: str) -> Callable[[Children, Config], Running]:
+    """Start ``bench/peers.py proxy`` with ``extra`` arguments (e.g. its CURVE key file)."""
+
+    def start(children: Children, cfg: Config) -> Running:
+        argv = [PY, str(PEERS), "proxy", *extra]
+        child = children.spawn("proxy", argv, cfg.lifetime(), stdout=subprocess.PIPE)
+        try:
+            ends = json.loads(read_line(child, cfg.ready_timeout))
+            return Running(child, str(ends["frontend"]), str(ends["backend"]), argv)
+        except (StartError, ValueError, KeyError) as exc:
+            children.stop(child, 0)
+            raise StartError(f"proxy did not start: {exc}") from exc
+
+    return start
+
+
+start_proxy = proxy_starter()
 
 
 def make_legs(cfg: Config) -> list[Leg]:
     strict = f"{cfg.maitred_cmd} -c {shlex.quote(str(STRICT_TOML))}"
+    b_cmd = cfg.b_cmd or f"env MAITRED_PURE=1 {cfg.maitred_cmd}"
+    b_strict = f"{b_cmd} -c {shlex.quote(str(STRICT_TOML))}"
     mdbroker = "{python} -m maitred.plugins.bench.peers mdbroker --endpoint {endpoint} --path "
     mdbroker += shlex.quote(cfg.mdbroker or "mdbroker.py")
     mdbroker_leg = Leg(
@@ -313,6 +328,14 @@ def make_legs(cfg: Config) -> list[Leg]:
         ),  # its SIGTERM handler waits out a 2.5 s recv
         "mdbroker": mdbroker_leg,
         "proxy": Leg("proxy", "raw", start_proxy, 0.5, f"{{python}} {PEERS} proxy"),
+        "maitred-b": Leg("maitred-b", "mdp", start_command_broker("maitred-b", b_cmd), 2.0, b_cmd),
+        "maitred-strict-b": Leg(
+            "maitred-strict-b",
+            "mdp",
+            start_command_broker("maitred-strict-b", b_strict),
+            2.0,
+            b_strict,
+        ),
     }
     return [table[name] for name in cfg.legs]
 
@@ -581,6 +604,13 @@ def ratios(
         ("maitred-strict", "majortomo"),
         ("maitred-strict", "proxy"),
         ("majortomo", "proxy"),
+        ("maitred", "mdbroker"),
+        ("maitred-strict", "mdbroker"),
+        ("mdbroker", "proxy"),
+        ("maitred", "maitred-b"),
+        ("maitred-b", "proxy"),
+        ("maitred-strict", "maitred-strict-b"),
+        ("maitred-strict-b", "proxy"),
     ):
         key = f"{num}/{den}"
         result[key] = {}
@@ -745,7 +775,19 @@ def build_parser() -> argparse.ArgumentParser:
         "to use less than --quiet-below %% of a CPU (0: do not wait; the load is reported anyway)",
     )
     p.add_argument("--quiet-below", type=float, default=20.0, help="see --quiet-wait")
-    p.add_argument("--legs", type=_csv_legs, default=list(ALL_LEGS), help="which brokers to run")
+    p.add_argument(
+        "--legs", type=_csv_legs, default=list(STANDARD_LEGS), help="which brokers to run"
+    )
+    p.add_argument(
+        "--b-cmd",
+        default="",
+        help="the maitred-b legs' command (default: the maitred one with MAITRED_PURE=1)",
+    )
+    p.add_argument(
+        "--mdbroker",
+        default=os.environ.get("MAITRED_BENCH_MDBROKER"),
+        help="zguide's mdbroker.py for the mdbroker leg (skipped without it)",
+    )
     p.add_argument(
         "--maitred-cmd",
         default=None,
@@ -774,8 +816,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
         args.runs, args.warmup, args.duration = 1, 0.2, 0.5
         args.ready_timeout = min(args.ready_timeout, 5.0)
         args.timeout = min(args.timeout, 3.0)
-    if args.runs < 1 or args.size < loadgen.SEQ.size or args.duration <= 0 or args.warmup < 0:
-        raise SystemExit("bench: --runs >= 1, --size >= 8, --duration > 0, --warmup >= 0")
+    if args.runs < 1 or args.size <= loadgen.SEQ.size or args.duration <= 0 or args.warmup < 0:
+        raise SystemExit("bench: --runs >= 1, --size >= 9, --duration > 0, --warmup >= 0")
     maitred = peers.maitred_cmd_template(args.maitred_cmd)
     for name, template in (("maitred", maitred), ("majortomo", args.majortomo_cmd)):
         try:
@@ -798,6 +840,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
         legs=args.legs,
         maitred_cmd=maitred,
         majortomo_cmd=args.majortomo_cmd,
+        mdbroker=args.mdbroker,
+        b_cmd=args.b_cmd,
     )
 
 

@@ -1,6 +1,6 @@
 """The brokers the benchmark runs, and how to start each of them.
 
-    python bench/peers.py proxy [--host 127.0.0.1]
+    python bench/peers.py proxy [--host 127.0.0.1] [--curve-secret-key-file FILE]
 
 ``proxy`` is the one-hop floor: ``zmq.proxy(ROUTER frontend, DEALER backend)``, all in C, no Python
 per message. It binds both sockets to port 0 and prints one JSON line
@@ -57,8 +57,13 @@ def free_tcp_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
-def run_proxy(host: str = "127.0.0.1") -> int:
-    """Bind ROUTER/DEALER on free ports, announce them, then ``zmq.proxy`` until killed."""
+def run_proxy(host: str = "127.0.0.1", curve_secret_key_file: str | None = None) -> int:
+    """Bind ROUTER/DEALER on free ports, announce them, then ``zmq.proxy`` until killed.
+
+    With ``curve_secret_key_file`` (a ZeroMQ secret certificate) both sockets are CURVE servers
+    with that key pair: every frame is encrypted by libzmq on each of the four hops, as through
+    a CURVE broker, and nothing else changes (no ZAP handler: libzmq accepts any client key
+    then, which costs only the handshake, not each message)."""
     import zmq
 
     ctx = zmq.Context(io_threads=1)
@@ -66,6 +71,13 @@ def run_proxy(host: str = "127.0.0.1") -> int:
     backend = ctx.socket(zmq.DEALER)
     for s in (frontend, backend):
         s.linger = 0
+    if curve_secret_key_file:
+        import zmq.auth
+
+        public, secret = zmq.auth.load_certificate(curve_secret_key_file)
+        assert secret is not None, f"{curve_secret_key_file}: no secret key"
+        for s in (frontend, backend):
+            s.curve_publickey, s.curve_secretkey, s.curve_server = public, secret, True
     frontend.bind(f"tcp://{host}:0")
     backend.bind(f"tcp://{host}:0")
     endpoints = {
@@ -114,12 +126,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="peer", required=True)
     p = sub.add_parser("proxy", help="zmq.proxy(ROUTER, DEALER) on free ports")
     p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--curve-secret-key-file", default=None, help="make both sockets CURVE servers")
     m = sub.add_parser("mdbroker", help=f"zguide's mdbroker.py ({MDBROKER_SOURCE})")
     m.add_argument("--path", required=True, help="mdbroker.py, with MDP.py and zhelpers.py beside")
     m.add_argument("--endpoint", required=True)
     args = parser.parse_args(argv)
     if args.peer == "proxy":
-        return run_proxy(args.host)
+        return run_proxy(args.host, args.curve_secret_key_file)
     if args.peer == "mdbroker":
         return run_mdbroker(args.path, args.endpoint)
     return 2

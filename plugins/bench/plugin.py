@@ -32,7 +32,7 @@ def _run(args: argparse.Namespace) -> int:
     return standard.run_command(args)
 
 
-#: the legs and the scenarios (kept equal to ``mdp.ALL_LEGS`` and ``standard.FULL``, which
+#: the legs and the scenarios (kept equal to ``mdp.STANDARD_LEGS`` and ``standard.FULL``, which
 #: cannot be imported here without pyzmq)
 LEG_NAMES = ("maitred-strict", "maitred", "majortomo", "mdbroker", "proxy")
 SCENARIO_NAMES = ("1w-fast", "1w-simple", "4w-fast", "4w-1slow")

@@ -282,14 +282,18 @@ def plan_from_args(args: argparse.Namespace) -> Plan:
         runs=args.runs or (1 if quick else 5),
         warmup=args.warmup if args.warmup is not None else (0.3 if quick else 0.5),
         duration=args.duration if args.duration is not None else (1.0 if quick else 1.5),
-        legs=[x for x in (args.legs or ",".join(mdp.ALL_LEGS)).split(",") if x in mdp.ALL_LEGS],
+        legs=[
+            x
+            for x in (args.legs or ",".join(mdp.STANDARD_LEGS)).split(",")
+            if x in mdp.STANDARD_LEGS
+        ],
         mdbroker=args.mdbroker,
         maitred_cmd=peers.maitred_cmd_template(args.maitred_cmd),
     )
     if plan.runs < 1 or plan.duration <= 0 or plan.warmup < 0:
         raise SystemExit("maitred bench: --runs >= 1, --duration > 0, --warmup >= 0")
     if not plan.legs:
-        raise SystemExit(f"maitred bench: --legs takes {', '.join(mdp.ALL_LEGS)}")
+        raise SystemExit(f"maitred bench: --legs takes {', '.join(mdp.STANDARD_LEGS)}")
     return plan
 
 

@@ -28,7 +28,7 @@ def test_the_bench_verb_imports_no_benchmark_until_it_runs() -> None:
 def test_the_verb_knows_every_leg_and_scenario() -> None:
     from maitred.plugins.bench import mdp
 
-    assert plugin.LEG_NAMES == mdp.ALL_LEGS
+    assert plugin.LEG_NAMES == mdp.STANDARD_LEGS
     assert tuple(s.name for s in standard.FULL) == plugin.SCENARIO_NAMES
 
 
