@@ -37,6 +37,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.asyncio.server import ServerConnection, serve
@@ -59,12 +60,17 @@ def proc(*argv: str) -> Iterator[subprocess.Popen[bytes]]:
     try:
         yield p
     finally:
-        p.terminate()
-        try:
-            p.wait(10)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
+        stop(p)
+
+
+def stop(p: subprocess.Popen[Any]) -> None:
+    """SIGTERM, then SIGKILL after 10 s."""
+    p.terminate()
+    try:
+        p.wait(10)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        p.wait()
 
 
 #: the certificate the TLS legs' broker presents (set for the child processes too)
@@ -336,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
         asyncio.run(echo_server(int(argv[1])))
         return 0
     if argv[:1] == ["mm-service"]:
-        asyncio.run(mm_service(argv[1], "echo"))
+        asyncio.run(mm_service(argv[1], argv[2] if len(argv) > 2 else "echo"))
         return 0
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--legs", default="raw,ws-mdp,ws-ws,fanout")
