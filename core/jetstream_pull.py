@@ -18,7 +18,13 @@ subjects ``S.m.<token>.*.body``), shared by every broker:
   message to the dead letters as with SQLite, and a message JetStream stops delivering because
   its broker died on that last delivery is moved there by the brokers that hear JetStream's
   ``MAX_DELIVERIES`` advisory;
-- a final answer acknowledges the message (the work-queue stream drops it).
+- a final answer acknowledges the message (the work-queue stream drops it);
+- a request whose worker died goes to another worker of this broker that is free now, else
+  back to the stream (``-NAK``, a delivery JetStream counts), for any broker's next free worker.
+
+What waits in the stream, pulled by no broker (each consumer's ``num_pending``, read every
+:data:`COUNT_EVERY` seconds), is each service's ``backlog`` in the router: the listings count
+it as queued, and a service with stored requests and no worker stays known, as with SQLite.
 
 A request accepted here is held by the journal (not queued) until a broker pulls it: when this
 broker does, the request goes on with its caller (:meth:`Router.resume_stored`); when another

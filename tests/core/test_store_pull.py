@@ -11,12 +11,12 @@ from typing import Any, cast
 
 from maitred.core.durable import KIND, StoreJournal, encode_request
 from maitred.core.jetstream_layout import packed, subject_token
-from maitred.core.management import Management
 from maitred.core.jetstream_pull import (
     PullingJournal,
     consumer_config,
     consumer_name,
 )
+from maitred.core.management import Management
 from maitred.core.routing.model import ReplyKind, Request, RequestState, ServicePolicy
 from maitred.core.store import MemoryStore, StoredMessage
 from tests.core.harness import Harness, sink_of
