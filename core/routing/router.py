@@ -319,10 +319,10 @@ class Router(RequestsMixin, ExpiryMixin, WorkersMixin, TopicsMixin, GrantsMixin,
         service = self.services.get(request.service)
         if request.state is not _QUEUED or request.stored < 0 or service is None:
             return False
-        try:
-            service.queue.remove(request)
-        except ValueError:
+        queue = deque(r for r in service.queue if r is not request)  # (by identity)
+        if len(queue) == len(service.queue):
             return False
+        service.queue = queue
         self._unqueued(service, request)
         request.caller.queued.pop(request.id, None)
         self._maybe_forget(service)
