@@ -18,7 +18,13 @@ subjects ``S.m.<token>.*.body``), shared by every broker:
   message to the dead letters as with SQLite, and a message JetStream stops delivering because
   its broker died on that last delivery is moved there by the brokers that hear JetStream's
   ``MAX_DELIVERIES`` advisory;
-- a final answer acknowledges the message (the work-queue stream drops it).
+- a final answer acknowledges the message (the work-queue stream drops it);
+- a request whose worker died goes to another worker of this broker that is free now, else
+  back to the stream (``-NAK``, a delivery JetStream counts), for any broker's next free worker.
+
+What waits in the stream, pulled by no broker (each consumer's ``num_pending``, read every
+:data:`COUNT_EVERY` seconds), is each service's ``backlog`` in the router: the listings count
+it as queued, and a service with stored requests and no worker stays known, as with SQLite.
 
 A request accepted here is held by the journal (not queued) until a broker pulls it: when this
 broker does, the request goes on with its caller (:meth:`Router.resume_stored`); when another
@@ -59,6 +65,8 @@ PULL_EXPIRES = 1.0
 PULL_EVERY = 0.05
 #: most messages the stream hands out to all brokers at once and not yet acknowledged
 MAX_ACK_PENDING = 100_000
+#: seconds between two looks at what waits in the stream for each service (``mmi.queues``)
+COUNT_EVERY = 1.0
 
 
 def consumer_name(service: str) -> str:
@@ -98,11 +106,15 @@ class PullingJournal(StoreJournal):
         #: messages pulled from the stream, and handed back to it at a stop
         self.pulled = 0
         self.handed_back = 0
+        #: messages whose worker died here, given back to the stream for another broker
+        self.given_back = 0
         self._router: Router | None = None
         #: requests accepted here, by (service, id), until a broker pulls them
         self._parked: dict[tuple[str, int], Request] = {}
         #: the stream's messages this broker holds (pulled, not acknowledged), by (service, id)
         self._held: dict[tuple[str, int], Msg] = {}
+        #: held requests whose worker died, to give back unless a worker here took them
+        self._orphaned: dict[tuple[str, int], Request] = {}
         #: per service: messages asked for and not delivered yet, and when last asked
         self._asked: dict[str, int] = {}
         self._asked_at: dict[str, float] = {}
@@ -117,6 +129,7 @@ class PullingJournal(StoreJournal):
         self._inbox = ""
         self._poke = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._counter: asyncio.Task[None] | None = None
         self._sends: set[asyncio.Task[None]] = set()
         self._stopping = False
 
@@ -127,6 +140,7 @@ class PullingJournal(StoreJournal):
         count = super().recover(router, now)
         self._router = router
         self._task = asyncio.get_running_loop().create_task(self._run())
+        self._counter = asyncio.get_running_loop().create_task(self._count_waiting())
         return count
 
     async def _run(self) -> None:
@@ -279,6 +293,49 @@ class PullingJournal(StoreJournal):
             router.restore(queue, body, headers, n, deliveries, now)
         self._poke.set()
 
+    async def _count_waiting(self) -> None:
+        """Every :data:`COUNT_EVERY` seconds: what waits in the stream for each service, not
+        pulled by any broker (its consumer's ``num_pending``), for the router's listings (a
+        service with stored requests and no worker is listed, as with SQLite)."""
+        while not self._stopping:
+            try:
+                self.count(await self._consumers_info())
+            except Exception as exc:  # JetStream away: counted again at the next turn
+                log.debug("store: counting the stream's messages failed: %s", exc)
+            await asyncio.sleep(COUNT_EVERY)
+
+    async def _consumers_info(self) -> list[Any]:
+        stream, infos = self.jetstream.stream, []
+        for _ in range(40):  # (256 a page)
+            page = await self.jetstream._js.consumers_info(stream, offset=len(infos) or None)
+            infos.extend(page)
+            if len(page) < 256:
+                break
+        return infos
+
+    def count(self, infos: list[Any]) -> None:
+        """Set each store service's backlog from its consumer's info (``ConsumerInfo``)."""
+        router = self._router
+        if router is None:
+            return
+        prefix, suffix = f"{self.jetstream.stream}.m.", ".*.body"
+        waiting: dict[str, int] = {}
+        for info in infos:
+            subject = info.config.filter_subject or ""
+            if not subject.startswith(prefix) or not subject.endswith(suffix):
+                continue
+            try:
+                name = token_name(subject[len(prefix) : -len(suffix)])
+            except ValueError:
+                continue
+            if router.policy_for(name).on_no_worker == "store":
+                waiting[name] = info.num_pending or 0
+        for name, service in list(router.services.items()):
+            if service.backlog and name not in waiting:
+                router.set_backlog(name, 0)
+        for name, n in waiting.items():
+            router.set_backlog(name, n)
+
     async def _on_exceeded(self, msg: Msg) -> None:
         """JetStream stopped delivering a message (``max_deliver``): its last broker died with
         it. Move it to the dead letters (every broker that hears this does; the same subject)."""
@@ -356,8 +413,28 @@ class PullingJournal(StoreJournal):
         self._poke.set()
 
     def redelivered(self, request: Request) -> None:
-        """Its worker died: it waits here for another one (JetStream counts the deliveries
-        to brokers; what this broker counts stays here)."""
+        """Its worker died: when the router has no other free worker here for it (it is still
+        queued once the router's call returns), it goes back to the stream, where any broker's
+        worker may take it. JetStream counts that delivery (``-NAK``), as SQLite counts the
+        redelivery of a request whose worker died."""
+        key = (request.service, request.stored)
+        if key not in self._held:
+            return
+        if not self._orphaned:
+            asyncio.get_running_loop().call_soon(self._give_back)
+        self._orphaned[key] = request
+
+    def _give_back(self) -> None:
+        orphaned, self._orphaned = self._orphaned, {}
+        router = self._router
+        for key, request in orphaned.items():
+            msg = self._held.get(key)
+            if msg is None or router is None or not router.unqueue_stored(request):
+                continue  # a worker here took it (or it was answered, or dead-lettered)
+            del self._held[key]
+            self._parked[key] = request  # (resumed with its caller if it comes back here)
+            self.given_back += 1
+            self._send(msg.reply, b"-NAK")
 
     def dead(self, request: Request, reason: str) -> None:
         # the dead letter and the purge of the message go in one batch: it is not acknowledged
@@ -371,8 +448,9 @@ class PullingJournal(StoreJournal):
         """Hand the messages held here back to the stream (another broker takes them at once),
         then commit the rest and close the store."""
         self._stopping = True
-        if self._task is not None:
-            self._task.cancel()
+        for task in (self._task, self._counter):
+            if task is not None:
+                task.cancel()
         nc = self.jetstream._nc
         held, self._held = self._held, {}
         try:
@@ -387,12 +465,14 @@ class PullingJournal(StoreJournal):
 
     def close(self) -> None:
         self._stopping = True
-        if self._task is not None:
-            self._task.cancel()
+        for task in (self._task, self._counter):
+            if task is not None:
+                task.cancel()
         super().close()
 
     def snapshot(self) -> dict[str, Any]:
         out = super().snapshot()
         out["pulled"] = self.pulled
         out["handed_back"] = self.handed_back
+        out["given_back"] = self.given_back
         return out

@@ -63,7 +63,7 @@ def _service_row(svc: Service) -> dict[str, Any]:
         "name": svc.name,
         "workers": len(svc.workers),
         "free": len(svc.free),
-        "queued": svc.queued,
+        "queued": svc.queued + svc.backlog,  # (and what waits in a shared store)
         "inflight": svc.inflight(),
         "requests": svc.requests,
         "replies": svc.replies,
@@ -272,7 +272,11 @@ class Management:
         names, total, start = self._names(router, page)
         services = router.services
         depths: dict[str, dict[str, Any]] = {
-            name: {"queued": services[name].queued, "inflight": services[name].inflight()}
+            name: {
+                # (``backlog``: what waits in a shared store's stream, not pulled yet)
+                "queued": services[name].queued + services[name].backlog,
+                "inflight": services[name].inflight(),
+            }
             for name in names
         }
         cluster = _cluster_of(router, detail=page is not None and page.cluster)

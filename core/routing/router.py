@@ -311,6 +311,35 @@ class Router(RequestsMixin, ExpiryMixin, WorkersMixin, TopicsMixin, GrantsMixin,
         self._size(request)
         self._enqueue(self.service(request.service), request, now)
 
+    def unqueue_stored(self, request: Request) -> bool:
+        """Take a stored request out of its service's queue again (its worker died and no
+        other worker here is free for it): the journal hands it back to the shared store and
+        holds it as before this node pulled it (still queued, for :meth:`resume_stored`).
+        False: it is not waiting in the queue (a worker took it meanwhile)."""
+        service = self.services.get(request.service)
+        if request.state is not _QUEUED or request.stored < 0 or service is None:
+            return False
+        queue = deque(r for r in service.queue if r is not request)  # (by identity)
+        if len(queue) == len(service.queue):
+            return False
+        service.queue = queue
+        self._unqueued(service, request)
+        request.caller.queued.pop(request.id, None)
+        self._maybe_forget(service)
+        return True
+
+    def set_backlog(self, name: str, waiting: int) -> None:
+        """What waits for service ``name`` in a shared store, not pulled by any node yet (as
+        its pulling journal last heard): ``mmi.queues`` counts it among the queued requests,
+        and the service is known while it is above 0, with or without a worker."""
+        service = self.services.get(name)
+        if service is None:
+            if waiting <= 0 or len(self.services) >= self.max_services:
+                return
+            service = self.service(name)
+        service.backlog = max(0, waiting)
+        self._maybe_forget(service)
+
     # -- introspection (MMI, metrics) ----------------------------------------------------------
 
     def iter_workers(self) -> Iterator[Worker]:

@@ -269,7 +269,7 @@ class WorkersMixin(RouterState):
         self._maybe_forget(service)
 
     def _maybe_forget(self, service: Service) -> None:
-        if not service.workers and not service.queued:
+        if not service.workers and not service.queued and not service.backlog:
             service.queue.clear()
             if self.services.get(service.name) is service:
                 del self.services[service.name]

@@ -16,6 +16,7 @@ from maitred.core.jetstream_pull import (
     consumer_config,
     consumer_name,
 )
+from maitred.core.management import Management
 from maitred.core.routing.model import ReplyKind, Request, RequestState, ServicePolicy
 from maitred.core.store import MemoryStore, StoredMessage
 from tests.core.harness import Harness, sink_of
@@ -162,5 +163,86 @@ def test_the_pulling_journal_parks_pulls_acknowledges_and_dead_letters() -> None
         status.headers = {"Status": "409", "Description": "Consumer Deleted"}
         await journal._on_message(cast(Any, status))  # made again at the next pull
         assert "jobs" not in journal._consumers
+
+    asyncio.run(main())
+
+
+class Info:
+    """A ``ConsumerInfo`` as the journal reads it."""
+
+    def __init__(self, token: str, pending: int | None) -> None:
+        self.config = type("Config", (), {"filter_subject": f"S.m.{token}.*.body"})()
+        self.num_pending = pending
+
+
+def test_what_waits_in_the_stream_is_listed_and_keeps_a_service_without_worker() -> None:
+    h = Harness(policies={"jobs": STORE, "other": STORE}, mmi=Management(), max_services=3)
+    journal = PullingJournal(cast(Any, FakeStore()), 1.0, lambda: h.now)
+    journal._router = h.router
+    journal.count([])  # nothing anywhere: nothing known
+    assert h.router.services == {}
+    infos = [
+        Info(subject_token("jobs"), 4),
+        Info(subject_token("wait"), 9),  # not a store service here: not listed
+        Info("not-a-token!", 1),
+        type("Foreign", (), {"config": type("C", (), {"filter_subject": "X.y"})()})(),
+    ]
+    journal.count(infos)
+    assert set(h.router.services) == {"jobs"}
+    c = h.session("c")
+    queues = h.router.submit(c, "mmi.queues", (b"",), None, h.now)
+    assert queues is not None
+    assert json.loads(sink_of(c).reply_bodies(queues)[0][1][0]) == {
+        "jobs": {"queued": 4, "inflight": 0}
+    }
+    w = h.worker("jobs")
+    journal.count([Info(subject_token("jobs"), None)])  # all pulled: the worker keeps it
+    assert h.router.services["jobs"].backlog == 0
+    h.router.remove_worker(w, h.now)
+    assert "jobs" not in h.router.services
+    journal.count([Info(subject_token("jobs"), 2)])
+    journal.count([])  # its consumer is gone: so is what it counted
+    assert "jobs" not in h.router.services
+    for name in ("a", "b", "c"):
+        h.router.service(name)
+    h.router.set_backlog("jobs", 5)  # max_services reached: not made for a count
+    assert "jobs" not in h.router.services
+
+
+def test_a_pulled_request_whose_worker_died_goes_back_to_the_stream_unless_one_here_is_free() -> (
+    None
+):
+    async def main() -> None:
+        h = Harness(policies={"jobs": ServicePolicy(on_no_worker="store", max_deliveries=5)})
+        store = FakeStore()
+        journal = PullingJournal(cast(Any, store), 1.0, lambda: h.now)
+        h.router.journal = journal
+        journal._router = h.router
+        service = h.router.service("jobs")
+        w1, w2 = h.worker("jobs"), h.worker("jobs")
+        c = h.session("c")
+        r = h.req(c, "jobs", (b"mine",))
+        store.fresh[0][1](7)
+        journal._take(cast(Any, body_msg(7, [b"mine"])))
+        first = r.worker
+        assert first is not None and r.deliveries == 1
+        h.router.remove_worker(first, h.now)  # the other worker is free: it takes it here
+        other = w2 if first is w1 else w1
+        await asyncio.sleep(0)
+        assert r.worker is other and journal.given_back == 0
+        assert ("ack.7", b"-NAK") not in store._nc.sent
+        h.router.remove_worker(other, h.now)  # no worker left here: back to the stream
+        assert service.queued == 1  # (until the router's call has returned)
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        assert store._nc.sent[-1] == ("ack.7", b"-NAK") and journal.given_back == 1
+        assert service.queued == 0 and r.state is RequestState.QUEUED
+        assert journal.snapshot()["given_back"] == 1
+        assert h.router.unqueue_stored(r) is False  # not in a queue any more
+        w3 = h.worker("jobs")
+        journal._take(cast(Any, body_msg(7, [b"mine"], delivered=3)))  # it comes back here
+        assert r.worker is w3 and r.deliveries == 3  # JetStream's count: 2 before this one
+        h.reply(w3, r, (b"ok",))
+        assert sink_of(c).reply_bodies(r) == [(ReplyKind.FINAL, [b"ok"])]
 
     asyncio.run(main())

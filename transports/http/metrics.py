@@ -67,7 +67,7 @@ class _ServiceRow:
     def add(self, svc: Service) -> None:
         self.workers += len(svc.workers)
         self.free_workers += len(svc.free)
-        self.queued += svc.queued
+        self.queued += svc.queued + svc.backlog  # (and what waits in a shared store)
         if svc.workers:
             self.inflight += svc.inflight()
         self.requests += svc.requests
