@@ -305,7 +305,8 @@ class PullingJournal(StoreJournal):
             await asyncio.sleep(COUNT_EVERY)
 
     async def _consumers_info(self) -> list[Any]:
-        stream, infos = self.jetstream.stream, []
+        stream = self.jetstream.stream
+        infos: list[Any] = []
         for _ in range(40):  # (256 a page)
             page = await self.jetstream._js.consumers_info(stream, offset=len(infos) or None)
             infos.extend(page)
