@@ -114,22 +114,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 + (curve_toml if leg == "curve" else "")
             )
             files[leg] = path
-        cfg = run_mdp.Config(
-            runs=args.runs,
-            inflight=args.inflight,
-            size=args.size,
-            warmup=args.warmup,
-            warmup_max=200_000,
-            duration=args.duration,
-            max_requests=500_000,
-            timeout=5.0,
-            ready_timeout=10.0,
-            io="batch",
-            quiet_wait=0.0,
-            quiet_below=20.0,
-            legs=["maitred"],
-            maitred_cmd="",
-            majortomo_cmd="",
+        cfg = run_mdp.Config.measured(
+            args.runs, args.inflight, args.size, args.warmup, args.duration
         )
         legs = {
             leg: run_mdp.Leg(

@@ -235,6 +235,26 @@ class Config:
     #: the A/B legs' maitred (``--b-cmd``; by default the same one with its pure-Python frame loop)
     b_cmd: str = ""
 
+    @classmethod
+    def measured(
+        cls, runs: int, inflight: list[int], size: int, warmup: float, duration: float, **rest: Any
+    ) -> Config:
+        """A configuration with the standard limits (warm-up cap, request cap, timeouts, batch
+        I/O, no waiting for a quiet machine); ``rest`` sets any other field."""
+        fixed: dict[str, Any] = {
+            "warmup_max": 200_000,
+            "max_requests": 500_000,
+            "timeout": 5.0,
+            "ready_timeout": 10.0,
+            "io": "batch",
+            "quiet_wait": 0.0,
+            "quiet_below": 20.0,
+            "legs": ["maitred"],
+            "maitred_cmd": "",
+            "majortomo_cmd": "",
+        }
+        return cls(runs, inflight, size, warmup, duration=duration, **{**fixed, **rest})
+
     def lifetime(self) -> float:
         """Upper bound on how long any child of one measurement should live."""
         return self.ready_timeout + self.warmup + self.duration + 2 * self.timeout + 30.0

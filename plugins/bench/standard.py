@@ -76,19 +76,12 @@ class Plan:
 
 
 def base_config(plan: Plan) -> mdp.Config:
-    return mdp.Config(
-        runs=plan.runs,
-        inflight=[1],
-        size=1024,
-        warmup=plan.warmup,
-        warmup_max=200_000,
-        duration=plan.duration,
-        max_requests=500_000,
-        timeout=5.0,
-        ready_timeout=10.0,
-        io="batch",
-        quiet_wait=0.0,
-        quiet_below=20.0,
+    return mdp.Config.measured(
+        plan.runs,
+        [1],
+        1024,
+        plan.warmup,
+        plan.duration,
         legs=list(plan.legs),
         maitred_cmd=plan.maitred_cmd,
         majortomo_cmd=peers.MAJORTOMO_CMD,

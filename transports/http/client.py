@@ -22,6 +22,7 @@ import os
 import socket
 import ssl
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Self
 from urllib.parse import quote
@@ -112,11 +113,12 @@ class _Client:
         client connects on its first call)."""
 
 
-class _Closing:
+class _Closing(ABC):
     """A blocking client that ``with client:`` closes at the end."""
 
+    @abstractmethod
     def close(self) -> None:
-        raise NotImplementedError
+        """Let go of the client's connection."""
 
     def __enter__(self) -> Self:
         return self

@@ -11,6 +11,7 @@ import contextlib
 import inspect
 import threading
 import time
+from abc import ABCMeta, abstractmethod
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
 from typing import Any, Generic
@@ -38,7 +39,7 @@ _DISCONNECT_LINGER_MS = 100
 _STOP_SLICE = 0.1
 
 
-class _SocketWorker(WorkerCore, Generic[SocketT]):
+class _SocketWorker(WorkerCore, Generic[SocketT], metaclass=ABCMeta):
     """What both workers add to their :class:`WorkerCore`: the options they take, the zmq
     context, the CURVE keys, the DEALER socket to the broker, and the run state that
     :meth:`stop` and ``close()`` (from any thread) look at."""
@@ -74,9 +75,9 @@ class _SocketWorker(WorkerCore, Generic[SocketT]):
         self._lock = threading.Lock()  # _running and _closed, between run() and the others
         self._running = False
 
+    @abstractmethod
     def _default_context(self) -> zmq.Context[SocketT]:
         """The shared context of the worker's kind, when none is given."""
-        raise NotImplementedError  # pragma: no cover - each worker says which
 
     def _drop(self) -> None:
         """Close the socket at once (a reconnection follows)."""
