@@ -16,7 +16,7 @@ import zmq
 
 from maitred.transports.mdp import adapter as mdp_adapter
 from maitred.transports.mdp import frames
-from tests.e2e.helpers import BrokerThread, RawClient, RawWorker, recv, wait_until
+from tests.e2e.helpers import W02, BrokerThread, RawClient, RawWorker, recv, wait_until
 
 Ctx = zmq.Context[Any]
 
@@ -241,3 +241,69 @@ def test_recv_batch_raises_libzmqs_error(ctx: Ctx, compiled: frames.FrameLoop) -
         assert caught.value.errno == zmq.EFSM
     finally:
         req.close(0)
+
+
+class _SpyLoop:
+    """The compiled loop, each call noted: ("r", [(header, command) of each message read]) and
+    ("s", [the header of each message sent])."""
+
+    def __init__(self, real: frames.FrameLoop) -> None:
+        self.real = real
+        self.calls: list[tuple[str, list[tuple[bytes, bytes]]]] = []
+
+    def recv_batch(self, socket: int, limit: int, out: list[list[bytes]], fds: list[int]) -> int:
+        n = self.real.recv_batch(socket, limit, out, fds)
+        if n:
+            self.calls.append(("r", [(m[2], m[3]) for m in out[len(out) - n :]]))
+        return n
+
+    def send_batch(self, socket: int, queue: Any) -> Any:
+        self.calls.append(("s", [(m[2], m[3]) for m in queue]))
+        return self.real.send_batch(socket, queue)
+
+    def send(self, socket: int, rid: bytes, frames_: Any) -> int:
+        return self.real.send(socket, rid, frames_)
+
+
+def test_strict_worker_gets_its_next_request_before_the_refill_is_read(
+    make_broker: Callable[..., BrokerThread], ctx: Ctx, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Strict MDP with the compiled loop: a turn after a short one reads one message and sends
+    what it produced before it reads on, so a worker's reply that came with a client's refill
+    gets the worker its next request first (its round trip is what strict MDP waits on)."""
+    spy = _SpyLoop(need_compiled())
+    monkeypatch.setattr(mdp_adapter, "LOOP", spy)
+    broker = make_broker(mdp="worker_credit_max = 1\n")
+    assert _in_use(broker) == 1
+    worker = ready_worker(broker, ctx, "majortomo", b"echo")
+    client = RawClient(ctx, broker.endpoint, "majortomo")
+    total, in_flight = 200, 8
+    for sent in range(in_flight):
+        client.send(b"echo", b"%d" % sent)
+    sent = in_flight
+    start = end = 0
+    for answered in range(total):  # bounded: each step answers one request or fails in 3 s
+        if answered == 20:
+            start = len(spy.calls)  # the first burst of requests is behind
+        if answered == total - in_flight - 2:
+            end = len(spy.calls)  # from here on the queue runs dry
+        addr, body = worker.request()
+        worker.final(addr, *body)
+        if sent < total:  # the refill goes with the reply, before the reply is read
+            client.send(b"echo", b"%d" % sent)
+            sent += 1
+        final, got = client.recv()
+        assert final and got == [b"%d" % answered], got
+    calls = spy.calls[start:end]
+    final = (W02, b"\x04")  # a worker's FINAL
+    reads = [(i, msgs) for i, (kind, msgs) in enumerate(calls) if kind == "r" and final in msgs]
+    assert len(reads) >= total // 2  # the spy saw the worker's replies
+    late = [
+        msgs
+        for i, msgs in reads
+        if msgs[-1] != final  # something was read after the reply before the sends
+        or i + 1 >= len(calls)
+        or calls[i + 1][0] != "s"
+        or (W02, b"\x02") not in calls[i + 1][1]  # the next request, to the worker
+    ]
+    assert not late, (len(late), late[:5])

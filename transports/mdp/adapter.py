@@ -47,7 +47,7 @@ from maitred.transports.mdp.codec import (
 )
 from maitred.transports.mdp.config import MdpConfig
 from maitred.transports.mdp.curve import CurvePeers
-from maitred.transports.mdp.frames import LOOP, CompiledLoop
+from maitred.transports.mdp.frames import LOOP, SHORT_TURN, CompiledLoop
 from maitred.transports.mdp.liveness import (
     _DISCONNECTED,
     NAME_CACHE,
@@ -76,7 +76,7 @@ _POLLIN = int(zmq.POLLIN)
 _NOBLOCK_MORE = _NOBLOCK | _SNDMORE
 #: a turn of fewer messages is short: the next one asks ZMQ_EVENTS after each of its first
 #: messages instead of reading until EAGAIN (see ``_on_readable``)
-_PEEK = 4
+_PEEK = SHORT_TURN
 
 
 __all__ = ["MdpConfig", "MdpTransport", "cli_addresses"]
@@ -127,7 +127,7 @@ class MdpTransport(CurvePeers, MdpWorkers, CompiledLoop):
         #: ask ZMQ_EVENTS after each of the first this many messages of a turn (see
         #: ``_on_readable``): ``_PEEK`` after a short turn, 0 after a burst
         self._peek = _PEEK
-        #: the compiled loop's twin of it: the last turn read one message at most
+        #: the compiled loop's twin of it: the last turn was short (fewer than ``_PEEK``)
         self._lone = True
         #: the publish/subscribe endpoints, when configured (transports/mdp/pubsub.py)
         self.pubsub: ZmqPubSub | None = None

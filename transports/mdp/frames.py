@@ -29,7 +29,7 @@ import zmq
 
 from maitred.transports.mdp.config import MdpConfig
 
-__all__ = ["IMPLEMENTATION", "LOOP", "REASON", "CompiledLoop", "FrameLoop", "load"]
+__all__ = ["IMPLEMENTATION", "LOOP", "REASON", "SHORT_TURN", "CompiledLoop", "FrameLoop", "load"]
 
 #: what the compiled module calls, resolved in pyzmq's libzmq
 log = logging.getLogger("maitred.transports.mdp")
@@ -103,6 +103,10 @@ def load(environ: Mapping[str, str]) -> tuple[FrameLoop | None, str]:
     return loop, "built and bound to pyzmq's libzmq"
 
 
+#: a turn that read fewer messages than this is short: the next one answers its first message
+#: before it reads the others (the pure loop's ``_PEEK`` rule, adapter.py)
+SHORT_TURN = 4
+
 LOOP, REASON = load(os.environ)
 #: "compiled" or "pure"
 IMPLEMENTATION = "pure" if LOOP is None else "compiled"
@@ -115,6 +119,7 @@ class CompiledLoop:
 
     config: MdpConfig
     _lone: bool
+    _outq: list[list[bytes]]
     _lost: list[Any]
     #: the compiled loop and the socket's address, when in use
     _io: FrameLoop | None
@@ -147,9 +152,13 @@ class CompiledLoop:
         ZMQ_EVENTS does) and picks up whatever slipped in meanwhile."""
         handle = self._handle
         budget = self.config.batch
-        # The last turn read one message at most (e.g. each reply of a worker at credit 1):
-        # read one and answer it before a receive finds the queue empty.
-        limit = 1 if self._lone else budget
+        # After a short turn (fewer than SHORT_TURN messages: strict MDP, where a turn is a
+        # worker's reply, often with a client's refill) the first SHORT_TURN messages are read
+        # one at a time, each answer sent before the next read (a worker's next request is the
+        # critical path: it must not wait for the refill's handling). A burst (pipelining) is
+        # read in batches and answered together.
+        short = self._lone
+        limit = 1 if short else budget
         read = 0
         msgs: list[list[bytes]] = []
         fds: list[int] = []
@@ -166,13 +175,14 @@ class CompiledLoop:
                 read += n
                 # what the batch produced goes out together: one wake-up of libzmq's I/O
                 # thread for the burst rather than one per message
-                self._flush_out()
+                if self._outq:
+                    self._flush_out()
                 if read >= budget:
                     self._lone = False
                     self._reschedule()  # let timers and other transports run, then go on
                     return
-                limit = budget - read
-            self._lone = read <= 1
+                limit = 1 if short and read < SHORT_TURN else budget - read
+            self._lone = read < SHORT_TURN
             if self._lost:
                 self._drop_lost(now)  # all they sent before their connection closed is read
         finally:
