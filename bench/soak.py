@@ -1,6 +1,6 @@
 """A bounded soak: the three front ends at once, at a fixed rate, sampling the broker's memory.
 
-    .venv/bin/python bench/soak.py                       # 10 minutes
+    .venv/bin/python bench/soak.py --measure-peak 20     # 10 minutes at half the mix's peak
     .venv/bin/python bench/soak.py --minutes 1 --peak /tmp/frontends.json
 
 One ``maitred serve`` (WebSocket, HTTP and MDP listeners), one MDP echo worker process
@@ -8,8 +8,11 @@ One ``maitred serve`` (WebSocket, HTTP and MDP listeners), one MDP echo worker p
 WebSocket connection (bench/ws.py ``mm-service``, service ``wsecho``), and this process as the
 load: WebSocket → MDP (``REQ echo``), WebSocket → WebSocket (``REQ wsecho``) and REST → MDP
 (``POST /v1/services/echo``), 1 KiB each, all three at the same time, each at a fixed rate:
-half its peak (``--fraction``) from a ``bench/frontends.py --json`` file (``--peak``), or the
-rates given (``--ws-mdp-rate``, ``--ws-ws-rate``, ``--rest-rate``). Every ``--every`` seconds it
+half its peak (``--fraction``): the peak of this mix measured first (``--measure-peak SECONDS``:
+the three paths at once, as fast as they go), or each path's peak alone from a
+``bench/frontends.py --json`` file (``--peak``; the three at once then ask 1.5 times what the
+machine gave one path at a time), or the rates given (``--ws-mdp-rate``, ``--ws-ws-rate``,
+``--rest-rate``). Every ``--every`` seconds it
 samples the broker's resident memory (VmRSS from /proc) and counts the replies and errors.
 
 The report: RSS after the first minute and at the end (and their ratio), the largest sample,
@@ -136,7 +139,6 @@ async def soak(
     args: argparse.Namespace, broker_pid: int, ws_url: str, http_url: str
 ) -> dict[str, Any]:
     rates = {"ws-mdp": args.ws_mdp_rate, "ws-ws": args.ws_ws_rate, "rest": args.rest_rate}
-    counts = {name: Counter() for name in rates}
     ws_mdp = WsCaller(ws_url, "echo", args.size)
     ws_ws = WsCaller(ws_url, "wsecho", args.size)
     await ws_mdp.start()
@@ -150,6 +152,22 @@ async def soak(
             if resp.status != 200 or len(data) != args.size:
                 raise RuntimeError(f"REST reply {resp.status}")
 
+    callers: dict[str, Any] = {"ws-mdp": ws_mdp, "ws-ws": ws_ws, "rest": rest}
+    peak: dict[str, float] = {}
+    if args.measure_peak > 0:
+        # the peak of this very mix: the three paths at once, closed loop (each of the
+        # --concurrency tasks sends its next request when its reply is in), for a while
+        t_peak = time.monotonic()
+        peak_end = t_peak + args.measure_peak
+        peak_counts = {name: Counter() for name in rates}
+        await asyncio.gather(
+            *(paced(1e9, args.concurrency, peak_end, callers[n], peak_counts[n]) for n in rates)
+        )
+        took = time.monotonic() - t_peak
+        peak = {n: round(c.replies / took, 1) for n, c in peak_counts.items()}
+        rates = {n: args.fraction * peak[n] for n in rates}
+        print(f"peak of the mix: {json.dumps(peak)}; soaking at {rates}", file=sys.stderr)
+    counts = {name: Counter() for name in rates}
     start = time.monotonic()
     stop_at = start + args.minutes * 60
     samples: list[dict[str, Any]] = []
@@ -174,9 +192,7 @@ async def soak(
     sampling = asyncio.ensure_future(sampler())
     try:
         await asyncio.gather(
-            paced(rates["ws-mdp"], args.concurrency, stop_at, ws_mdp, counts["ws-mdp"]),
-            paced(rates["ws-ws"], args.concurrency, stop_at, ws_ws, counts["ws-ws"]),
-            paced(rates["rest"], args.concurrency, stop_at, rest, counts["rest"]),
+            *(paced(rates[n], args.concurrency, stop_at, callers[n], counts[n]) for n in rates)
         )
         await asyncio.wait_for(sampling, args.every + 5)
     finally:
@@ -188,6 +204,7 @@ async def soak(
     return {
         "samples": samples,
         "elapsed": elapsed,
+        "peak_of_the_mix": peak,
         "rates_asked": rates,
         "rates_got": {n: round(c.replies / elapsed, 1) for n, c in counts.items()},
         "errors": {n: c.errors for n, c in counts.items()},
@@ -248,6 +265,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--minutes", type=float, default=10.0)
     ap.add_argument("--every", type=float, default=5.0, help="seconds between samples")
     ap.add_argument("--peak", type=Path, default=None, help="bench/frontends.py --json output")
+    ap.add_argument(
+        "--measure-peak",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="first run the three paths at once as fast as they go for SECONDS, then soak at "
+        "--fraction of the rates each reached (the peak of this mix, not of each path alone)",
+    )
     ap.add_argument("--fraction", type=float, default=0.5, help="of the peak rates")
     ap.add_argument("--ws-mdp-rate", type=float, default=1000.0)
     ap.add_argument("--ws-ws-rate", type=float, default=1000.0)
