@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import subprocess
 import sys
 import time
@@ -32,19 +31,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
 PY = sys.executable
-
-
-def cpu_seconds(pid: int | None) -> float:
-    """User + system CPU seconds of process ``pid`` so far (0.0 without /proc or a pid)."""
-    if pid is None:
-        return 0.0
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return 0.0
-    fields = stat.rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def build_request(url: str, size: int, headers: dict[str, str] | None = None) -> bytes:
@@ -219,6 +209,8 @@ def load(
     """Run ``procs`` client processes with ``inflight`` connections between them against
     ``url``: req/s, p50/p99 latency (ms), the server's and the clients' CPU per request (µs)
     and share of one CPU (%) in the measured window. RuntimeError when an answer is wrong."""
+    from bench.ws import cpu_seconds  # the parent's only (the clients need not load it)
+
     procs = max(1, min(procs, inflight))
     start_at = time.time() + 0.3  # connections open before the warm-up counts
     t_measure = start_at + warmup
