@@ -12,7 +12,14 @@ Legs (each measurement on fresh processes; the load generator is this process, 6
 - ``ws-ws``: middleman ``REQ`` → maitred → a middleman responder on another WebSocket
   connection (its own process);
 - ``http-raw``: a plain aiohttp server answering ``POST /echo`` with the body;
-- ``rest``: ``POST /v1/services/echo`` → maitred → MDP echo worker (its own process).
+- ``rest``: ``POST /v1/services/echo`` → maitred → MDP echo worker (its own process);
+- ``rest-b`` (only when named, with ``--b-maitred PATH``): ``rest`` against another build's
+  ``maitred`` (e.g. a pristine checkout's venv), for an A/B in the same run.
+
+The HTTP legs' load comes from bench/httpload.py by default: lean keep-alive client processes
+(``--http-procs``, 1 by default) with pre-built requests, which report their own CPU so that a
+reader can tell whether the server or the client was the limit; ``--http-client aiohttp`` keeps
+the earlier one-process aiohttp client (the limit of both legs at ~2k req/s on a 2-CPU machine).
 
 The WebSocket legs are bench/ws.py's; the HTTP ones are here, with the MDP worker in its own
 process (bench/http_bench.py runs it as a thread of the load generator, which then competes with
@@ -41,19 +48,21 @@ if __package__ in (None, ""):
 
 import aiohttp
 
-from bench import http_bench
+from bench import http_bench, httpload
 from bench import ws as wsb
 from maitred.plugins.bench import loadgen
 
 PY = sys.executable
 LEGS = ("ws-raw", "ws-mdp", "ws-ws", "http-raw", "rest")
-PAIRS = {"ws-mdp": "ws-raw", "ws-ws": "ws-raw", "rest": "http-raw"}
+#: legs run only when asked for: ``rest-b`` is ``rest`` with ``--b-maitred`` (an A/B in one run)
+EXTRA_LEGS = ("rest-b",)
+PAIRS = {"ws-mdp": "ws-raw", "ws-ws": "ws-raw", "rest": "http-raw", "rest-b": "http-raw"}
 
 
-def maitred_http_cmd(http_port: int, mdp_port: int) -> list[str]:
+def maitred_http_cmd(http_port: int, mdp_port: int, maitred: str = "") -> list[str]:
     config = os.environ.get("MAITRED_BENCH_CONFIG", "")
     return [
-        wsb.MAITRED,
+        maitred or wsb.MAITRED,
         "serve",
         *(["-c", config] if config else []),
         "--http",
@@ -139,13 +148,18 @@ def run_http_leg(leg: str, args: argparse.Namespace) -> dict[str, float]:
             url = f"{found['echo']}/echo"
             pid = echo.pid
         else:
-            p = stack.enter_context(wsb.proc(*maitred_http_cmd(http_port, mdp_port)))
+            maitred = args.b_maitred if leg == "rest-b" else ""
+            p = stack.enter_context(wsb.proc(*maitred_http_cmd(http_port, mdp_port, maitred)))
             stack.enter_context(wsb.proc(*worker_cmd(mdp_port)))
             url = f"http://127.0.0.1:{http_port}/v1/services/echo"
             pid = p.pid
         asyncio.run(http_probe(url, b"x" * args.size))
-        return asyncio.run(
-            http_load(url, args.inflight, args.size, args.warmup, args.duration, pid)
+        if args.http_client == "aiohttp":
+            return asyncio.run(
+                http_load(url, args.inflight, args.size, args.warmup, args.duration, pid)
+            )
+        return httpload.load(
+            url, args.inflight, args.size, args.warmup, args.duration, pid, args.http_procs
         )
 
 
@@ -172,13 +186,27 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup", type=float, default=0.5)
     ap.add_argument("--duration", type=float, default=2.0)
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument(
+        "--http-client",
+        choices=("lean", "aiohttp"),
+        default="lean",
+        help="the HTTP legs' load generator: bench/httpload.py's (default) or one aiohttp client",
+    )
+    ap.add_argument("--http-procs", type=int, default=1, help="lean client processes")
+    ap.add_argument(
+        "--b-maitred",
+        default="",
+        help="the maitred executable of the rest-b leg (e.g. another checkout's venv/bin/maitred)",
+    )
     ap.add_argument("--smoke", action="store_true", help="1 run of 0.2 s + 0.5 s")
     args = ap.parse_args(argv)
     if args.smoke:
         args.runs, args.warmup, args.duration = 1, 0.2, 0.5
     legs = [x for x in args.legs.split(",") if x]
-    if bad := set(legs) - set(LEGS):
+    if bad := set(legs) - set(LEGS) - set(EXTRA_LEGS):
         ap.error(f"unknown legs {sorted(bad)}")
+    if "rest-b" in legs and not args.b_maitred:
+        ap.error("the rest-b leg needs --b-maitred")
     runs: list[dict[str, Any]] = []
     for r in range(args.runs):
         order = legs[r % len(legs) :] + legs[: r % len(legs)]
@@ -193,7 +221,15 @@ def main(argv: list[str] | None = None) -> int:
         mine = [x for x in runs if x["leg"] == leg]
         med[leg] = {
             k: statistics.median(float(x[k]) for x in mine)
-            for k in ("req_s", "p50_ms", "p99_ms", "cpu_us_req")
+            for k in (
+                "req_s",
+                "p50_ms",
+                "p99_ms",
+                "cpu_us_req",
+                "server_cpu_pct",
+                "client_cpu_us_req",
+                "client_cpu_pct",
+            )
             if all(k in x for x in mine)
         }
     print(
@@ -208,6 +244,11 @@ def main(argv: list[str] | None = None) -> int:
             f"  {leg:<9} req/s {m['req_s']:>9,.0f}  p50 {m['p50_ms']:6.2f} ms  "
             f"p99 {m['p99_ms']:6.2f} ms  server CPU {m.get('cpu_us_req', 0):6.1f} µs/req"
         )
+        if "client_cpu_pct" in m:
+            line += (
+                f" ({m['server_cpu_pct']:3.0f} % of a CPU; client {m['client_cpu_us_req']:5.1f}"
+                f" µs/req, {m['client_cpu_pct']:3.0f} %)"
+            )
         base = PAIRS.get(leg)
         if base in med:
             per_run = [

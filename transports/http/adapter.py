@@ -40,7 +40,6 @@ from maitred.transports.http.server import (
     _busy_response,
     _error,
     _json,
-    _maitred_errors,
     _peer,
     _plain,
     _remove_stale_socket,
@@ -145,7 +144,7 @@ class HttpTransport(ListingRoutes, TopicRoutes, Secured):
             self.switch_routes = SwitchRoutes(self.switch, self._read_body, self.port.request_stop)
         app = web.Application(
             client_max_size=cfg.max_body_size,
-            middlewares=[self._head_seen, self._authenticate, _maitred_errors],
+            middlewares=[self._front],
         )
         r = app.router
         r.add_get("/v1/openapi.json", self._openapi)
@@ -183,7 +182,7 @@ class HttpTransport(ListingRoutes, TopicRoutes, Secured):
             self._tls_done(handler)
             accepted = len(server.connections) - len(self._refused)
             if cfg.max_connections and accepted > cfg.max_connections:
-                # answered 503 as soon as its request head is read (_head_seen), or after
+                # answered 503 as soon as its request head is read (_front), or after
                 # REFUSE_GRACE if it sends none: closing at once, with the request unread,
                 # would make the kernel reset the connection before the client reads the 503
                 self.stats["http.connections_refused"] += 1
@@ -235,20 +234,34 @@ class HttpTransport(ListingRoutes, TopicRoutes, Secured):
         handler.force_close()  # the transport closes once the 503 is written
 
     @web.middleware
-    async def _head_seen(self, request: web.Request, handler: Any) -> web.StreamResponse:
-        """A request head arrived: the connection's ``header_timeout`` is over; on a connection
-        past ``max_connections``, the request is answered 503 and the connection closed."""
-        refused = self._refused.pop(request.protocol, None)
-        if refused is not None:
-            refused.cancel()
-            busy = _error(ErrorCode.NO_WORKER, "too many connections")
-            busy.headers["Retry-After"] = "1"
-            busy.force_close()
-            return busy
-        timer = self._head_timers.pop(request.protocol, None)
-        if timer is not None:
-            timer.cancel()
-        response: web.StreamResponse = await handler(request)
+    async def _front(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        """What every request goes through, in this order (one middleware, not three: each
+        layer costs a coroutine per request):
+
+        1. a request head arrived: the connection's ``header_timeout`` is over; on a connection
+           past ``max_connections``, the request is answered 503 and the connection closed;
+        2. the caller is authenticated (:meth:`HttpAuth.admit`: its identity, or a 401);
+        3. a :class:`MaitredError` the handler lets through (e.g. the MMI refused by
+           ``[access]``) is answered with its status and the JSON error body, not a 500."""
+        if self._refused:
+            refused = self._refused.pop(request.protocol, None)
+            if refused is not None:
+                refused.cancel()
+                busy = _error(ErrorCode.NO_WORKER, "too many connections")
+                busy.headers["Retry-After"] = "1"
+                busy.force_close()
+                return busy
+        if self._head_timers:
+            timer = self._head_timers.pop(request.protocol, None)
+            if timer is not None:
+                timer.cancel()
+        refusal = self.auth.admit(request)
+        if refusal is not None:
+            return refusal
+        try:
+            response: web.StreamResponse = await handler(request)
+        except MaitredError as exc:
+            return _error(exc.code, exc.reason)
         return response
 
     async def _bind(self, runner: web.AppRunner, addr: str) -> None:
@@ -345,6 +358,13 @@ class HttpTransport(ListingRoutes, TopicRoutes, Secured):
         length = request.content_length
         if length is not None and length > limit:
             raise _TooLarge("the request body is too large")
+        content = request.content
+        if content.is_eof():
+            # the whole body came with the head (the usual small request): no timer, no wait
+            body = content.read_nowait()
+            if len(body) > limit:
+                raise _TooLarge("the request body is too large")
+            return body
         chunks: list[bytes] = []
         size = 0
         try:

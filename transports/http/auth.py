@@ -97,15 +97,15 @@ class HttpAuth:
         self.mtls = bool(config.tls_client_ca)
         rejections.kinds.setdefault("auth", "HTTP requests refused (no or wrong credentials)")
 
-    @web.middleware
-    async def middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
+    def admit(self, request: web.Request) -> web.Response | None:
+        """Identify the caller of a request (its :data:`IDENTITY`), or the 401 that refuses it;
+        None for a public path (no identity) and for an admitted caller."""
         if request.path not in self.public:
             identity = self.identify(request)
             if isinstance(identity, web.Response):
                 return identity
             request[IDENTITY] = identity
-        response: web.StreamResponse = await handler(request)
-        return response
+        return None
 
     def identify(self, request: web.Request) -> Identity | web.Response | None:
         """The caller's identity, or the 401 that refuses it (reported); None for the
@@ -179,10 +179,6 @@ class Secured:
     _tls_unclaimed: int
     #: :func:`tls.fingerprint` of the certificate and key the listeners hold
     _tls_loaded: str
-
-    @web.middleware
-    async def _authenticate(self, request: web.Request, handler: Any) -> web.StreamResponse:
-        return await self.auth.middleware(request, handler)
 
     def _session_of(self, request: web.Request) -> Session:
         """The REST session of the request's identity (one per identity, opened when first

@@ -37,17 +37,6 @@ def _error(code: ErrorCode, reason: str) -> web.Response:
     )
 
 
-@web.middleware
-async def _maitred_errors(request: web.Request, handler: Any) -> web.StreamResponse:
-    """A :class:`MaitredError` a handler lets through (e.g. the MMI refused by ``[access]``)
-    is answered with its status and the JSON error body, not a 500."""
-    try:
-        response: web.StreamResponse = await handler(request)
-    except MaitredError as exc:
-        return _error(exc.code, exc.reason)
-    return response
-
-
 #: idle_timeout = 0 ("no limit") as given to aiohttp, for which 0 would mean "close at once"
 _NO_LIMIT = 365 * 86400.0
 
