@@ -67,7 +67,7 @@ def add_options(p: argparse.ArgumentParser) -> None:
     size.add_argument(
         "--full",
         action="store_true",
-        help="the standard set (default): 4 scenarios, 5 runs, 0.5 s + 1.5 s each (~8-10 min on 2 quiet CPUs)",
+        help="the standard set (default): 4 scenarios, 5 runs, 0.5 s + 1.5 s each (~10 min)",
     )
     p.add_argument("--runs", type=int, default=None, help="runs of each measurement")
     p.add_argument("--duration", type=float, default=None, help="measured seconds")
