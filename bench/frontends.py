@@ -12,7 +12,9 @@ Legs (each measurement on fresh processes; the load generator is this process, 6
 - ``ws-ws``: middleman ``REQ`` → maitred → a middleman responder on another WebSocket
   connection (its own process);
 - ``http-raw``: a plain aiohttp server answering ``POST /echo`` with the body;
-- ``rest``: ``POST /v1/services/echo`` → maitred → MDP echo worker (its own process).
+- ``rest``: ``POST /v1/services/echo`` → maitred → MDP echo worker (its own process);
+- ``ws-raw-uvloop`` (only when named in ``--legs``): ``ws-raw`` on uvloop, the event loop maitred
+  runs on by default; the ratios stay against ``ws-raw``.
 
 The WebSocket legs are bench/ws.py's; the HTTP ones are here, with the MDP worker in its own
 process (bench/http_bench.py runs it as a thread of the load generator, which then competes with
@@ -47,6 +49,8 @@ from maitred.plugins.bench import loadgen
 
 PY = sys.executable
 LEGS = ("ws-raw", "ws-mdp", "ws-ws", "http-raw", "rest")
+#: legs run only when named: the websockets echo on uvloop (maitred's default event loop)
+EXTRA_LEGS = ("ws-raw-uvloop",)
 PAIRS = {"ws-mdp": "ws-raw", "ws-ws": "ws-raw", "rest": "http-raw"}
 
 
@@ -151,7 +155,7 @@ def run_http_leg(leg: str, args: argparse.Namespace) -> dict[str, float]:
 
 def run_leg(leg: str, args: argparse.Namespace) -> dict[str, float]:
     if leg.startswith("ws-"):
-        name = "raw" if leg == "ws-raw" else leg
+        name = leg.removeprefix("ws-") if leg.startswith("ws-raw") else leg
         return wsb.run_leg(name, args)
     return run_http_leg(leg, args)
 
@@ -177,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.smoke:
         args.runs, args.warmup, args.duration = 1, 0.2, 0.5
     legs = [x for x in args.legs.split(",") if x]
-    if bad := set(legs) - set(LEGS):
+    if bad := set(legs) - set(LEGS) - set(EXTRA_LEGS):
         ap.error(f"unknown legs {sorted(bad)}")
     runs: list[dict[str, Any]] = []
     for r in range(args.runs):

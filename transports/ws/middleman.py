@@ -49,9 +49,8 @@ from maitred.transports.ws.mm_codec import (
 )
 
 if TYPE_CHECKING:
-    from websockets.asyncio.server import ServerConnection
-
     from maitred.transports.ws.adapter import WsTransport
+    from maitred.transports.ws.link import WsLink
 
 _FINAL = ReplyKind.FINAL
 #: the action each trusted-only command stands for, to report an untrusted one as a denial
@@ -86,7 +85,7 @@ class MmConn(Conn):
 
     dialect = "middleman"
 
-    def __init__(self, transport: WsTransport, ws: ServerConnection) -> None:
+    def __init__(self, transport: WsTransport, ws: WsLink) -> None:
         super().__init__(transport, ws)
         self._commands: dict[str, Callable[[MmMessage], None]] = {
             "PUB": self._pub,
