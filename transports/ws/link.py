@@ -25,7 +25,12 @@ from typing import Any
 from websockets.asyncio.messages import MAX_FRAGMENTS
 from websockets.asyncio.server import ServerConnection
 from websockets.frames import BINARY, TEXT, CloseCode, Frame
-from websockets.protocol import Event
+from websockets.protocol import OPEN, Event
+
+try:
+    from websockets.speedups import apply_mask
+except ImportError:  # pragma: no cover - websockets built without its C extension
+    from websockets.utils import apply_mask
 
 #: a handler of one complete message (``str`` for text frames, ``bytes`` for binary ones)
 MessageHandler = Callable[[str | bytes], None]
@@ -63,6 +68,14 @@ class WsLink(ServerConnection):
         #: called once when the TCP connection is lost (the WebSocket state is then CLOSED)
         self.on_lost: Callable[[], None] | None = None
         self._fragments: list[Frame] = []
+        #: whether :meth:`data_received` splits the stream into frames itself (None: not
+        #: decided yet, until the first read after the opening handshake)
+        self._split: bool | None = None
+        #: the start of a frame not yet whole, in pieces, their size, and the size of the
+        #: frame (0: its header is not whole yet)
+        self._rest: list[bytes] = []
+        self._have = 0
+        self._need = 0
 
     @property
     def plain(self) -> bool:
@@ -94,6 +107,95 @@ class WsLink(ServerConnection):
         if self.connection_lost_waiter.done():
             on_lost()
 
+    # -- reading ---------------------------------------------------------------------------------
+    #
+    # After the opening handshake, data_received cuts the stream into frames itself. A final,
+    # masked text or binary frame without reserved bits, within max_size, outside a fragmented
+    # message, goes straight to the handler (unmasked here, as websockets would). Any other
+    # whole frame (control frames, fragments, or every frame while no handler has taken over)
+    # is handed to websockets' parser alone, which so always starts at a frame boundary. A
+    # frame websockets must refuse (unmasked, too big, reserved bits), or a connection no
+    # longer open, hands the rest of the stream to websockets for good.
+
+    def data_received(self, data: bytes) -> None:
+        if not self._split:
+            if self._split is None and self.protocol.state is OPEN:
+                # the first read after the handshake: split from here when websockets holds
+                # no partial frame and nothing but plain frames can come
+                self._split = self.plain and not self.protocol.reader.buffer
+            if not self._split:
+                super().data_received(data)
+                return
+        if self._rest:
+            self._rest.append(data)
+            self._have += len(data)
+            if self._have < self._need:
+                return
+            data = b"".join(self._rest)
+            self._rest.clear()
+        self._frames(data)
+
+    def _frames(self, buf: bytes) -> None:
+        proto = self.protocol
+        limit = proto.max_message_size
+        n = len(buf)
+        pos = 0
+        view = memoryview(buf)
+        while n - pos >= 2:
+            head1 = buf[pos]
+            head2 = buf[pos + 1]
+            length = head2 & 0x7F
+            start = pos + 2
+            if length == 126:
+                start = pos + 4
+                length = int.from_bytes(buf[pos + 2 : start]) if n >= start else -1
+            elif length == 127:
+                start = pos + 10
+                length = int.from_bytes(buf[pos + 2 : start]) if n >= start else -1
+            if length < 0:
+                break  # the length is not all here yet
+            if head1 & 0x70 or not head2 & 0x80 or (limit is not None and length > limit):
+                self._give_up(buf[pos:])  # websockets fails the connection, with its code
+                return
+            end = start + 4 + length
+            if end > n:
+                self._rest.append(buf[pos:])
+                self._have = n - pos
+                self._need = end - pos
+                return
+            opcode = head1 & 0x0F
+            if (
+                head1 & 0x80
+                and (opcode == 1 or opcode == 2)
+                and self.on_message is not None
+                and proto.current_size is None
+            ):
+                payload = apply_mask(view[start + 4 : end], buf[start : start + 4])
+                self._message(opcode == 1, payload)
+            else:
+                super().data_received(buf[pos:end])
+            pos = end
+            if proto.state is not OPEN:  # closing or failed: websockets has the rest
+                self._give_up(buf[pos:])
+                return
+        if pos < n:  # a header not yet whole: look again at the next read
+            self._rest.append(buf[pos:])
+            self._have = n - pos
+            self._need = 0
+
+    def _give_up(self, rest: bytes) -> None:
+        """websockets' parser reads everything from here on (it is at a frame boundary)."""
+        self._split = False
+        if rest:
+            super().data_received(rest)
+
+    def eof_received(self) -> None:
+        if self._rest:  # a partial frame: websockets sees it, and fails as it would
+            rest = b"".join(self._rest)
+            self._rest.clear()
+            self._give_up(rest)
+        super().eof_received()
+
     def process_event(self, event: Event) -> None:
         if self.on_message is None or not isinstance(event, Frame) or event.opcode > BINARY:
             super().process_event(event)  # the opening handshake, control frames, or no handler
@@ -101,8 +203,6 @@ class WsLink(ServerConnection):
             self._data_frame(event)
 
     def _data_frame(self, frame: Frame) -> None:
-        handler = self.on_message
-        assert handler is not None
         fragments = self._fragments
         if frame.fin and not fragments:
             data: bytes = bytes(frame.data)
@@ -119,14 +219,19 @@ class WsLink(ServerConnection):
             opcode = fragments[0].opcode
             data = b"".join(f.data for f in fragments)
             fragments.clear()
-        if opcode is TEXT:
+        self._message(opcode is TEXT, data)
+
+    def _message(self, text: bool, data: bytes) -> None:
+        handler = self.on_message
+        assert handler is not None
+        if text:
             try:
-                text = data.decode()
+                message = data.decode()
             except UnicodeDecodeError as exc:
                 self.set_connection_exc(exc)
                 self._fail(CloseCode.INVALID_DATA, f"{exc.reason} at position {exc.start}")
                 return
-            handler(text)
+            handler(message)
         else:
             handler(data)
 
