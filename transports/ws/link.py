@@ -172,9 +172,12 @@ class WsLink(ServerConnection):
             ):
                 payload = apply_mask(view[start + 4 : end], buf[start : start + 4])
                 self._message(opcode == 1, payload)
+                pos = end
+                if self.on_message is not None:  # else it may have failed the connection
+                    continue
             else:
                 super().data_received(buf[pos:end])
-            pos = end
+                pos = end
             if proto.state is not OPEN:  # closing or failed: websockets has the rest
                 self._give_up(buf[pos:])
                 return

@@ -195,7 +195,8 @@ class MmConn(Conn):
         if self.restricted and not self.broker.allowed(self.session, Action.PUBLISH, k):
             self.error(error_text("RES", ErrorCode.FORBIDDEN, k))
             return
-        rid = _first(msg.headers, "Rid") or ""
+        headers = MmHeaders(msg.headers)
+        rid = headers.get("Rid", "")  # parsed names are canonical: any case of it is "Rid"
         try:
             token = int(rid)
         except ValueError:
@@ -207,7 +208,7 @@ class MmConn(Conn):
             (msg.body.encode(),),
             self.transport.port.clock(),
             final=True,
-            headers=MmHeaders(msg.headers),
+            headers=headers,
             stamp=self._stamp(),
         ):
             self.error(error_text("RES", ErrorCode.NOT_FOUND, k))
