@@ -147,11 +147,11 @@ def parse(text: str) -> MmMessage:
     if end > 0:
         head = text[:end]
         if head.count("\n") == head.count("\r\n") and "\n " not in head and "\n\t" not in head:
-            first, *lines = head.split("\r\n")
-            cmd, sep, target = first.partition(" ")
+            command_line, *header_lines = head.split("\r\n")
+            cmd, sep, target = command_line.partition(" ")
             if sep:
                 out: list[tuple[str, str]] = []
-                for line in lines:
+                for line in header_lines:
                     _header(_trim(line), out)
                 rest = _Lines(text)
                 rest.pos = end + 4
