@@ -4,6 +4,7 @@ fragments, and a handler that fails. The same as websockets' own reading would d
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 
@@ -111,3 +112,17 @@ def test_a_handler_that_fails_closes_its_connection_1011(
     ws.send("SUB t\r\n\r\n.\r\n")
     assert closed_with(ws) == 1011
     assert broker.stats().get("ws.internal_errors", 0) == 1
+
+
+def test_with_websockets_debug_log_its_own_framing_and_parser_serve(
+    broker: BrokerThread, stack: ExitStack, caplog: pytest.LogCaptureFixture
+) -> None:
+    # websockets logs each frame at DEBUG: then maitred leaves framing and parsing to it
+    caplog.set_level(logging.DEBUG, logger="websockets.server")
+    ws = login(broker, stack)
+    ws.send("SUB dbg\r\n\r\n.\r\n")
+    ws.send(["PUB d", "bg\r\n\r\nlogged\r\n.\r\n"])
+    frame = ws.recv(timeout=5)
+    assert isinstance(frame, str) and frame.endswith("\r\n\r\nlogged\r\n.\r\n")
+    assert any("> TEXT" in r.getMessage() for r in caplog.records)
+    assert any("< TEXT" in r.getMessage() for r in caplog.records)
