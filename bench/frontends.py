@@ -14,7 +14,9 @@ Legs (each measurement on fresh processes; the load generator is this process, 6
 - ``http-raw``: a plain aiohttp server answering ``POST /echo`` with the body;
 - ``rest``: ``POST /v1/services/echo`` → maitred → MDP echo worker (its own process);
 - ``rest-b`` (only when named, with ``--b-maitred PATH``): ``rest`` against another build's
-  ``maitred`` (e.g. a pristine checkout's venv), for an A/B in the same run.
+  ``maitred`` (e.g. a pristine checkout's venv), for an A/B in the same run;
+- ``ws-raw-uvloop`` (only when named in ``--legs``): ``ws-raw`` on uvloop, the event loop maitred
+  runs on by default; the ratios stay against ``ws-raw``.
 
 The HTTP legs' load comes from bench/httpload.py by default: lean keep-alive client processes
 (``--http-procs``, 1 by default) with pre-built requests, which report their own CPU so that a
@@ -54,8 +56,9 @@ from maitred.plugins.bench import loadgen
 
 PY = sys.executable
 LEGS = ("ws-raw", "ws-mdp", "ws-ws", "http-raw", "rest")
-#: legs run only when asked for: ``rest-b`` is ``rest`` with ``--b-maitred`` (an A/B in one run)
-EXTRA_LEGS = ("rest-b",)
+#: legs run only when named: ``rest-b`` is ``rest`` with ``--b-maitred`` (an A/B in one run);
+#: ``ws-raw-uvloop`` the websockets echo on uvloop (maitred's default event loop)
+EXTRA_LEGS = ("rest-b", "ws-raw-uvloop")
 PAIRS = {"ws-mdp": "ws-raw", "ws-ws": "ws-raw", "rest": "http-raw", "rest-b": "http-raw"}
 
 
@@ -165,7 +168,7 @@ def run_http_leg(leg: str, args: argparse.Namespace) -> dict[str, float]:
 
 def run_leg(leg: str, args: argparse.Namespace) -> dict[str, float]:
     if leg.startswith("ws-"):
-        name = "raw" if leg == "ws-raw" else leg
+        name = leg.removeprefix("ws-") if leg.startswith("ws-raw") else leg
         return wsb.run_leg(name, args)
     return run_http_leg(leg, args)
 

@@ -3,7 +3,10 @@
 Legs (each in fresh processes, medians of ``--runs``):
 
 - ``raw``: a plain websockets echo server (one process) — the floor: the client's middleman REQ
-  frame comes straight back;
+  frame comes straight back; on asyncio's default event loop;
+- ``raw-uvloop``: the same echo server on uvloop, the event loop maitred runs on by default
+  (``[broker] uvloop``); an extra leg, for the comparison on equal loops (the ratios stay
+  against ``raw``);
 - ``ws-mdp``: middleman client → maitred (``--ws``/``--mdp``) → MDP echo worker (bench/loadgen.py);
 - ``ws-ws``: middleman client → maitred → middleman echo service (a plain websockets client, EREQ);
 - ``fanout``: one publisher, ``--subscribers`` middleman connections (default 1,000) subscribed to
@@ -307,8 +310,9 @@ def run_leg(leg: str, args: argparse.Namespace) -> dict[str, float]:
     leg = leg.removesuffix("-tls")
     url = f"{'wss' if tls else 'ws'}://127.0.0.1:{ws_port}"
     with contextlib.ExitStack() as stack:
-        if leg == "raw":
-            server = stack.enter_context(proc(PY, __file__, "echo-server", str(ws_port)))
+        if leg in ("raw", "raw-uvloop"):
+            loop = ["uvloop"] if leg == "raw-uvloop" else []
+            server = stack.enter_context(proc(PY, __file__, "echo-server", str(ws_port), *loop))
         else:
             tls_dir = Path(os.environ[CA_ENV]).parent if tls else None
             server = stack.enter_context(proc(*maitred_cmd(ws_port, mdp_port, tls_dir)))
@@ -326,7 +330,7 @@ def run_leg(leg: str, args: argparse.Namespace) -> dict[str, float]:
         return asyncio.run(
             request_load(
                 url,
-                leg == "raw",
+                leg.startswith("raw"),
                 args.inflight,
                 args.size,
                 args.warmup,
@@ -339,7 +343,12 @@ def run_leg(leg: str, args: argparse.Namespace) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["echo-server"]:
-        asyncio.run(echo_server(int(argv[1])))
+        if argv[2:3] == ["uvloop"]:
+            import uvloop
+
+            uvloop.run(echo_server(int(argv[1])))
+        else:
+            asyncio.run(echo_server(int(argv[1])))
         return 0
     if argv[:1] == ["mm-service"]:
         asyncio.run(mm_service(argv[1], argv[2] if len(argv) > 2 else "echo"))

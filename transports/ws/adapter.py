@@ -23,7 +23,7 @@ import os
 import secrets
 import ssl
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import msgspec
 from websockets.asyncio.server import Server, ServerConnection, serve
@@ -49,6 +49,7 @@ from maitred.core.transport import BrokerPort, ReloadPlan
 from maitred.transports.ws.auth import redacting_logger
 from maitred.transports.ws.conn import CLOSE_GOING_AWAY, Conn, peer_of
 from maitred.transports.ws.json_dialect import JsonConn
+from maitred.transports.ws.link import WsLink
 from maitred.transports.ws.middleman import MmConn
 
 log = logging.getLogger("maitred.transports.ws")
@@ -377,6 +378,8 @@ class WsTransport:
                     process_request=self._admit,
                     reuse_port=cfg.reuse_port or None,
                     logger=redacting_logger(),  # its DEBUG lines would print tokens
+                    # messages go to the dialect as they are read (see .link)
+                    create_connection=WsLink,
                 )
             except OSError as exc:
                 await self.close()
@@ -480,8 +483,9 @@ class WsTransport:
             self._tasks.add(task)
         self.stats["ws.connections"] += 1
         try:
+            link = cast(WsLink, ws)  # serve(create_connection=WsLink) made it
             json = ws.subprotocol == JSON_SUBPROTOCOL
-            conn: Conn = JsonConn(self, ws) if json else MmConn(self, ws)
+            conn: Conn = JsonConn(self, link) if json else MmConn(self, link)
             await conn.run()
         finally:
             if task is not None:

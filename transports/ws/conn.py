@@ -15,7 +15,7 @@ from collections import deque
 from typing import TYPE_CHECKING
 
 from websockets.asyncio.server import ServerConnection
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, ConnectionClosedOK
 from websockets.protocol import State
 
 from maitred.core.access import Identity
@@ -28,6 +28,7 @@ from maitred.transports.ws.auth import (
     NO_CREDENTIALS,
     presented_token,
 )
+from maitred.transports.ws.link import WsLink, text_frames
 
 if TYPE_CHECKING:  # type-only: no import at run time
     from maitred.transports.ws.adapter import WsTransport
@@ -56,9 +57,10 @@ class Conn(ABC):
 
     dialect = ""
 
-    def __init__(self, transport: WsTransport, ws: ServerConnection) -> None:
+    def __init__(self, transport: WsTransport, ws: WsLink) -> None:
         self.transport = transport
         self.ws = ws
+        self._loop = asyncio.get_running_loop()
         self.broker = transport.broker
         self.stats = transport.stats
         self.cid = transport.new_cid()
@@ -71,7 +73,17 @@ class Conn(ABC):
         self._outbox: deque[str] = deque()
         #: characters queued in ``_outbox`` (counted in the router's ``held``)
         self._bytes = 0
+        #: the writer task: woken for what a turn's flush could not write, and to close
         self._wake = asyncio.Event()
+        #: a flush of the outbox is scheduled for the end of this turn
+        self._scheduled = False
+        #: the writer task waits for ``_wake`` (the outbox is the flush's to write)
+        self._idle = False
+        #: set when reading ends: the connection is lost, a message came while closing, or a
+        #: handler failed (``_failed``)
+        self._done: asyncio.Future[None] | None = None
+        self._lost = False
+        self._failed = False
         self._limit = transport.config.outbox
         self._limit_bytes = transport.config.outbox_bytes
         self._drop = transport.config.slow_consumer == "drop"
@@ -105,7 +117,9 @@ class Conn(ABC):
         outbox.append(frame)
         self._bytes += size
         self.broker.hold(size)
-        self._wake.set()
+        if not self._scheduled:
+            self._scheduled = True
+            self._loop.call_soon(self._flush)
 
     def _popleft(self) -> str:
         frame = self._outbox.popleft()
@@ -130,52 +144,72 @@ class Conn(ABC):
         self.closing = True
         self._wake.set()
 
+    def _flush(self) -> None:
+        """Write what this turn queued, in one socket write (the event loop calls it once per
+        turn that pushed). What it cannot write (the socket is behind, the connection is
+        closing) is the writer task's, which sends with websockets' flow control."""
+        self._scheduled = False
+        if not self._outbox:
+            return
+        if self._idle and self._write_batch():
+            if self._outbox:  # more than one batch: the rest in the next turn
+                self._scheduled = True
+                self._loop.call_soon(self._flush)
+            return
+        self._wake.set()
+
     async def writer(self) -> None:
         outbox = self._outbox
         ws = self.ws
         try:
             while True:
                 while outbox:
-                    if len(outbox) > 1 and self._write_batch():
+                    if self._write_batch():
                         await asyncio.sleep(0)  # let the readers and the router run
                     else:
                         await ws.send(self._popleft())  # with websockets' flow control
                 if self.closing:
                     break
                 self._wake.clear()
-                await self._wake.wait()
+                self._idle = True
+                try:
+                    await self._wake.wait()
+                finally:
+                    self._idle = False
             code, reason = self._close or (CLOSE_NORMAL, "")
             await ws.close(code, reason)
         except ConnectionClosed:
             pass
 
     def _write_batch(self) -> bool:
-        """Frame several queued messages at once with the websockets protocol and hand them to
-        the socket in one write (one system call instead of one per message). Only while the
-        connection is open and its socket keeps up (write buffer under ``BATCH_BUFFER``);
-        False: send one message the usual way instead, which waits for the peer to read."""
+        """Frame queued messages (up to ``BATCH_MESSAGES``, about ``BATCH_BUFFER`` bytes) and
+        hand them to the socket in one write (one system call instead of one per message).
+        Only while the connection is open and its socket keeps up (write buffer under
+        ``BATCH_BUFFER``); False: send one message the usual way instead, which waits for the
+        peer to read."""
         ws = self.ws
         proto = ws.protocol
         transport = ws.transport
         if proto.state is not State.OPEN or transport.get_write_buffer_size() > BATCH_BUFFER:
             return False
         outbox = self._outbox
+        popleft = outbox.popleft
+        messages: list[bytes] = []
         size = 0
         for _ in range(min(len(outbox), BATCH_MESSAGES)):
-            frame = self._popleft()
-            proto.send_text(frame.encode())
+            frame = popleft()
+            messages.append(frame.encode())
             size += len(frame)
             if size >= BATCH_BUFFER:
                 break
-        chunks = proto.data_to_send()
-        data = b"".join(chunks)
-        if data:
-            transport.write(data)
-        if any(not c for c in chunks):  # the protocol wants the TCP connection half-closed
-            if transport.can_write_eof():
-                transport.write_eof()
-            else:
-                transport.close()
+        self._bytes -= size
+        self.broker.release(size)
+        if ws.plain:
+            transport.write(b"".join(text_frames(messages)))
+        else:  # an extension, or websockets' DEBUG log of each frame: its own framing
+            for data in messages:
+                proto.send_text(data)
+            ws.send_data()
         self.stats["ws.batched_writes"] += 1
         return True
 
@@ -317,25 +351,11 @@ class Conn(ABC):
                 self.close(CLOSE_POLICY, "no key in time")
                 ok = False
             if ok:
-                async for message in self.ws:
-                    if self.closing:
-                        break
-                    if isinstance(message, str):
-                        self.on_text(message)
-                    else:
-                        self.on_binary(message)
-        except ConnectionClosed as exc:
-            sent = exc.sent
-            if sent is not None and sent.code == CLOSE_TOO_BIG:
-                self.stats["ws.oversized"] += 1
-                reason = "frame too big"
-            else:
-                reason = "connection lost"
+                reason = await self._read()
+        except ConnectionClosed as exc:  # during the handshake
+            reason = self._ended_by(exc)
         except Exception:
-            # a bug in a dialect handler: close this connection only, with 1011
-            log.exception("ws: connection %s failed", self.cid)
-            self.stats["ws.internal_errors"] += 1
-            self.close(CLOSE_INTERNAL, "internal error", flush=False)
+            self._internal_error()
             reason = "internal error"
         finally:
             self.release(reason)
@@ -346,6 +366,58 @@ class Conn(ABC):
             except (TimeoutError, ConnectionClosed):
                 writer.cancel()
             self._discard()  # what the peer will never read
+
+    async def _read(self) -> str:
+        """Hand each message to the dialect as it is read (:meth:`WsLink.take_over`), until
+        the connection is lost, a message comes while closing, or a handler fails; the reason
+        the session ends."""
+        done = self._done = self._loop.create_future()
+        self.ws.take_over(self._on_message, self._on_lost)
+        await done
+        if self._failed:
+            return "internal error"
+        if not self._lost:
+            return "closed"
+        exc = self.ws.close_exc
+        return "closed" if isinstance(exc, ConnectionClosedOK) else self._ended_by(exc)
+
+    def _on_message(self, message: str | bytes) -> None:
+        if self.closing:  # stop reading, as ``async for`` with a ``break`` would
+            self._stop_reading()
+            return
+        try:
+            if isinstance(message, str):
+                self.on_text(message)
+            else:
+                self.on_binary(message)
+        except Exception:
+            self._internal_error()
+            self._failed = True
+            self._stop_reading()
+
+    def _on_lost(self) -> None:
+        self._lost = True
+        self._stop_reading()
+
+    def _stop_reading(self) -> None:
+        self.ws.on_message = None
+        done = self._done
+        if done is not None and not done.done():
+            done.set_result(None)
+
+    def _ended_by(self, exc: ConnectionClosed) -> str:
+        """Why a connection that websockets closed ended (a frame too big is counted)."""
+        sent = exc.sent
+        if sent is not None and sent.code == CLOSE_TOO_BIG:
+            self.stats["ws.oversized"] += 1
+            return "frame too big"
+        return "connection lost"
+
+    def _internal_error(self) -> None:
+        """A bug in a dialect handler: close this connection only, with 1011."""
+        log.exception("ws: connection %s failed", self.cid)
+        self.stats["ws.internal_errors"] += 1
+        self.close(CLOSE_INTERNAL, "internal error", flush=False)
 
 
 def address_of(ws: ServerConnection) -> str:

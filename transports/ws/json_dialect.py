@@ -22,9 +22,8 @@ from maitred.transports.ws import json_codec as jc
 from maitred.transports.ws.conn import CLOSE_POLICY, Conn
 
 if TYPE_CHECKING:
-    from websockets.asyncio.server import ServerConnection
-
     from maitred.transports.ws.adapter import WsTransport
+    from maitred.transports.ws.link import WsLink
 
 _FINAL = ReplyKind.FINAL
 _UNSET = msgspec.UNSET
@@ -39,7 +38,7 @@ class JsonConn(Conn):
 
     dialect = "json"
 
-    def __init__(self, transport: WsTransport, ws: ServerConnection) -> None:
+    def __init__(self, transport: WsTransport, ws: WsLink) -> None:
         super().__init__(transport, ws)
         self.name = ""
 

@@ -49,9 +49,8 @@ from maitred.transports.ws.mm_codec import (
 )
 
 if TYPE_CHECKING:
-    from websockets.asyncio.server import ServerConnection
-
     from maitred.transports.ws.adapter import WsTransport
+    from maitred.transports.ws.link import WsLink
 
 _FINAL = ReplyKind.FINAL
 #: the action each trusted-only command stands for, to report an untrusted one as a denial
@@ -86,7 +85,7 @@ class MmConn(Conn):
 
     dialect = "middleman"
 
-    def __init__(self, transport: WsTransport, ws: ServerConnection) -> None:
+    def __init__(self, transport: WsTransport, ws: WsLink) -> None:
         super().__init__(transport, ws)
         self._commands: dict[str, Callable[[MmMessage], None]] = {
             "PUB": self._pub,
@@ -196,7 +195,8 @@ class MmConn(Conn):
         if self.restricted and not self.broker.allowed(self.session, Action.PUBLISH, k):
             self.error(error_text("RES", ErrorCode.FORBIDDEN, k))
             return
-        rid = _first(msg.headers, "Rid") or ""
+        headers = MmHeaders(msg.headers)
+        rid = headers.get("Rid", "")  # parsed names are canonical: any case of it is "Rid"
         try:
             token = int(rid)
         except ValueError:
@@ -208,7 +208,7 @@ class MmConn(Conn):
             (msg.body.encode(),),
             self.transport.port.clock(),
             final=True,
-            headers=MmHeaders(msg.headers),
+            headers=headers,
             stamp=self._stamp(),
         ):
             self.error(error_text("RES", ErrorCode.NOT_FOUND, k))
