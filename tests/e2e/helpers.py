@@ -232,11 +232,19 @@ class RawWorker:
             return "disconnect", []
         raise AssertionError(f"unexpected command to worker: {frames}")
 
-    def request(self, timeout: float = 3.0) -> tuple[bytes, list[bytes]]:
-        """The next request (heartbeats skipped): (client address, body)."""
+    def request(
+        self, timeout: float = 3.0, keepalive: float | None = None
+    ) -> tuple[bytes, list[bytes]]:
+        """The next request (heartbeats skipped): (client address, body). ``keepalive``: send
+        a HEARTBEAT every that many seconds while waiting, as a real worker does (a wait longer
+        than the broker's liveness window would otherwise get the worker dropped)."""
         deadline = time.monotonic() + timeout
         while True:
-            kind, frames = self.next(max(0.01, deadline - time.monotonic()))
+            left = max(0.01, deadline - time.monotonic())
+            if keepalive is not None and left > keepalive and nothing(self.sock, keepalive):
+                self.heartbeat()
+                continue
+            kind, frames = self.next(left)
             if kind == "request":
                 return frames[0], frames[1:]
             if kind == "disconnect":

@@ -134,7 +134,9 @@ def test_r3_loses_nothing_when_a_nats_server_and_the_broker_die(
                 worker.ready()
                 got: list[bytes] = []
                 while not accepted <= set(got):
-                    addr, body = worker.request(timeout=15)
+                    # the stream may pause while it settles on two servers: beat meanwhile,
+                    # or a wait past the liveness window (7.5 s) gets the worker dropped
+                    addr, body = worker.request(timeout=30, keepalive=2.0)
                     worker.final(addr, b"ok")
                     got.append(body[-1])
             finally:
